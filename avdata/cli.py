@@ -1,0 +1,12 @@
+"""avdata command line: thin Click commands that call plain functions."""
+
+import click
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+def main():
+    """avdata: build reproducible face-voice datasets from raw media."""
+
+
+if __name__ == "__main__":
+    main()
