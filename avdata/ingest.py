@@ -1,0 +1,132 @@
+"""Scanners: list raw media trees into one table, resolving every file to an identity.
+
+Supported layouts (the first path component under the root names the identity,
+either as a VoxCeleb id ``idNNNNN`` or as the VGGFace1 name from the meta file):
+
+* audio  ``idNNNNN/YTID/NNNNN.wav`` (VoxCeleb1/2), ``NAME/YTID_0000001.wav`` (PINs lists),
+  ``NAME.wav`` (one clip per identity);
+* faces  ``NAME/YTID/NNNNNNN.jpg`` (VoxCeleb1 face frames), ``NAME/*.jpg|png`` (VGGFace);
+* videos ``idNNNNN/YTID/NNNNN.mp4`` (VoxCeleb2 style), ``NAME/*.mp4``.
+
+The table has one row per file: ``modality, name, vox_id, source_id, rel_path, path``,
+sorted by (modality, vox_id, rel_path) so every later stage sees one fixed order.
+``source_id`` is the source video (YouTube id) when the layout has one, else the
+file stem; seen-heard hold-outs and tuple constraints work on it.
+
+Nothing here opens media: a scanner only reports what it can see from the tree
+(unknown identities, empty folders, zero-byte files). Decoding errors are found by
+the extractors and recorded there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from avdata.errors import InputError
+
+AUDIO_EXTS = (".wav", ".flac", ".m4a")
+FACE_EXTS = (".jpg", ".jpeg", ".png")
+VIDEO_EXTS = (".mp4",)
+MODALITY_EXTS = {"audio": AUDIO_EXTS, "face": FACE_EXTS, "video": VIDEO_EXTS}
+COLUMNS = ["modality", "name", "vox_id", "source_id", "rel_path", "path"]
+_VOX_ID = re.compile(r"^id\d+$")
+_PINS_AUDIO_STEM = re.compile(r"^(?P<ytid>.+)_(?P<num>\d+)$")
+
+
+@dataclass
+class ScanResult:
+    media: pd.DataFrame
+    problems: list[dict] = field(default_factory=list)  # {"path", "reason"}
+
+    def extend(self, other: "ScanResult") -> "ScanResult":
+        media = pd.concat([self.media, other.media], ignore_index=True)
+        return ScanResult(sort_media(media), self.problems + other.problems)
+
+
+def sort_media(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values(["modality", "vox_id", "rel_path"], kind="mergesort").reset_index(drop=True)
+
+
+class IdentityIndex:
+    """Resolves a folder or file stem to (name, vox_id) using the meta table."""
+
+    def __init__(self, meta: pd.DataFrame):
+        self.by_id = dict(zip(meta["vox_id"], meta["name"]))
+        self.by_name = dict(zip(meta["name"], meta["vox_id"]))
+
+    def resolve(self, token: str) -> tuple[str, str] | None:
+        if _VOX_ID.match(token) and token in self.by_id:
+            return self.by_id[token], token
+        if token in self.by_name:
+            return token, self.by_name[token]
+        return None
+
+
+def _source_id(parts: tuple[str, ...], modality: str) -> str:
+    """Source video of a file from its path below the identity folder."""
+    if len(parts) >= 2:  # ident/YTID/.../file
+        return parts[0]
+    stem = Path(parts[0]).stem
+    m = _PINS_AUDIO_STEM.match(stem)
+    if modality == "audio" and m:  # NAME/YTID_0000001.wav
+        return m.group("ytid")
+    return stem
+
+
+def scan_tree(root: str | Path, meta: pd.DataFrame, modality: str) -> ScanResult:
+    """List every ``modality`` file under ``root`` (see module docstring for layouts)."""
+    if modality not in MODALITY_EXTS:
+        raise ValueError(f"unknown modality {modality!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, f"{modality} root is not a directory")
+    exts = MODALITY_EXTS[modality]
+    index = IdentityIndex(meta)
+    rows, problems = [], []
+
+    def add(path: Path, ident: tuple[str, str], below: tuple[str, ...]):
+        if path.stat().st_size == 0:
+            problems.append({"path": str(path), "reason": "empty file (0 bytes)"})
+            return
+        rows.append((modality, ident[0], ident[1], _source_id(below, modality),
+                     path.relative_to(root).as_posix(), str(path)))
+
+    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+        p = Path(entry.path)
+        if entry.is_file():
+            if p.suffix.lower() not in exts:
+                continue
+            ident = index.resolve(p.stem)  # flat layout: NAME.wav
+            if ident is None:
+                problems.append({"path": str(p), "reason": f"unknown identity {p.stem!r}: not in the meta file"})
+            else:
+                add(p, ident, (p.name,))
+            continue
+        if not entry.is_dir():
+            continue
+        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in exts)
+        ident = index.resolve(entry.name)
+        if not files:
+            problems.append({"path": str(p), "reason": f"empty folder: no {'/'.join(exts)} files"})
+        elif ident is None:
+            problems.append({"path": str(p), "reason": f"unknown identity {entry.name!r}: not in the meta file ({len(files)} files skipped)"})
+        else:
+            for f in files:
+                add(f, ident, f.relative_to(p).parts)
+    media = pd.DataFrame(rows, columns=COLUMNS)
+    return ScanResult(sort_media(media), problems)
+
+
+def scan_all(meta: pd.DataFrame, audio: str | Path | None = None, faces: str | Path | None = None,
+             videos: str | Path | None = None) -> ScanResult:
+    """Scan every given root into one table."""
+    result = ScanResult(pd.DataFrame(columns=COLUMNS), [])
+    for modality, root in (("audio", audio), ("face", faces), ("video", videos)):
+        if root is not None:
+            result = result.extend(scan_tree(root, meta, modality))
+    return result
