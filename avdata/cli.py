@@ -48,5 +48,41 @@ def splits_cmd(meta, protocol, pins_splits, out):
         click.echo("seen_heard media are carved from train identities per source video when shards are built")
 
 
+@main.command("build-shards")
+@click.option("--audio", type=click.Path(file_okay=False, exists=True), default=None, help="Audio root (idNNNNN/YTID/NNNNN.wav, NAME/*.wav or NAME.wav).")
+@click.option("--faces", type=click.Path(file_okay=False, exists=True), default=None, help="Face image root (NAME/YTID/NNNNNNN.jpg or NAME/*.jpg|png).")
+@click.option("--videos", type=click.Path(file_okay=False, exists=True), default=None, help="Video root (idNNNNN/YTID/NNNNN.mp4 or NAME/*.mp4); feeds both modalities.")
+@click.option("--meta", type=click.Path(dir_okay=False, exists=True), required=True, help="VoxCeleb1 meta file (vox1_meta.csv).")
+@click.option("--protocol", type=click.Choice(["matching", "pins"]), default="matching", help="Identity split protocol.")
+@click.option("--pins-splits", type=click.Path(dir_okay=False, exists=True), default=None, help="Learnable-PINs identity_splits.txt (for --protocol pins).")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output directory for SPLIT/{audio,face}-NNNNNN.tar and the manifest.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, help="Worker processes; each owns whole shards. Output is identical for any value.")
+@click.option("--seed", type=int, default=0, help="Seed for the seen-heard hold-out (pins).")
+@click.option("--shard-size", type=click.IntRange(min=1), default=500, help="Input files per shard.")
+@click.option("--windows", type=click.IntRange(min=1), default=1, help="Max 125-frame spectrogram windows per clip.")
+@click.option("--face-margin", type=float, default=0.2, help="Margin around the face box, as a fraction of its size.")
+@click.option("--video-fps", type=float, default=1.0, help="Frames per second sampled from videos for faces.")
+@click.option("--max-frames-per-video", type=click.IntRange(min=1), default=8, help="Cap on face frames per video.")
+@click.option("--fault-tolerant/--fail-fast", default=True, help="Record bad inputs in rejects.jsonl and go on, or stop at the first.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar (items/s, rejects so far).")
+def build_shards_cmd(audio, faces, videos, meta, protocol, pins_splits, out, jobs, seed, shard_size, windows,
+                     face_margin, video_fps, max_frames_per_video, fault_tolerant, progress):
+    """Build identity-split WebDataset shards; re-run the same command to resume."""
+    from avdata.extract import ExtractConfig
+    from avdata.shards import BuildConfig, build_shards
+
+    config = BuildConfig(protocol=protocol, seed=seed, shard_size=shard_size,
+                         extract=ExtractConfig(windows=windows, face_margin=face_margin, video_fps=video_fps,
+                                               max_frames_per_video=max_frames_per_video))
+    try:
+        manifest = build_shards(out, meta, audio=audio, faces=faces, videos=videos, pins_splits=pins_splits,
+                                config=config, jobs=jobs, fail_fast=not fault_tolerant, progress=progress)
+    except (InputError, ValueError) as exc:
+        fail(str(exc))
+    for split, s in manifest["splits"].items():
+        click.echo(f"{split}: {s['identities']} identities, {s['samples']['audio']} audio, {s['samples']['face']} face samples")
+    click.echo(f"{out}: {len(manifest['shards'])} shards, {manifest['rejects']} rejects (see rejects.jsonl)")
+
+
 if __name__ == "__main__":
     main()

@@ -176,3 +176,22 @@ def assign_media_splits(
         move = [bool(t) and s in held.get(n, ()) for t, n, s in zip(train, out["name"], out["source_id"])]
         out.loc[move, "split"] = "seen_heard"
     return out
+
+
+def make_pins_sets(names: list[str], seed: int = 0, fractions=(0.72, 0.08, 0.20)) -> dict[str, int]:
+    """A Learnable-PINs style identity split for a corpus without an official one
+    (the synthetic corpus): sets 1 (train) / 2 (val) / 4 (unseen-unheard) in the
+    official proportions 901 / 100 / 250, each set non-empty when there are >= 3 names."""
+    order = np.random.default_rng([seed, 4]).permutation(len(names))
+    n = len(names)
+    n_val = max(1, int(round(fractions[1] * n))) if n >= 3 else 0
+    n_test = max(1, int(round(fractions[2] * n))) if n >= 3 else 0
+    sets = {}
+    for rank, i in enumerate(order):
+        sets[names[i]] = 2 if rank < n_val else 4 if rank < n_val + n_test else 1
+    return dict(sorted(sets.items()))
+
+
+def write_pins_sets(sets: dict[str, int], path: str | Path) -> None:
+    """Write ``NAME SET`` lines with the official file's trailing space."""
+    Path(path).write_text("".join(f"{name} {s} \n" for name, s in sets.items()))
