@@ -19,7 +19,11 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/avdata synth $(DEMO)/corpus --videos --seed 0
-	$(BIN)/avdata extract --audio $(DEMO)/corpus/wav --faces $(DEMO)/corpus/faces --meta $(DEMO)/corpus/vox1_meta.csv --out $(DEMO)/arrays
+	$(BIN)/avdata build-shards --audio $(DEMO)/corpus/wav --faces $(DEMO)/corpus/faces --videos $(DEMO)/corpus/mp4 \
+	    --meta $(DEMO)/corpus/vox1_meta.csv --protocol matching --out $(DEMO)/shards-matching -j 2
+	$(BIN)/avdata build-shards --audio $(DEMO)/corpus/wav --faces $(DEMO)/corpus/faces --videos $(DEMO)/corpus/mp4 \
+	    --meta $(DEMO)/corpus/vox1_meta.csv --protocol pins --pins-splits $(DEMO)/corpus/identity_splits.txt \
+	    --out $(DEMO)/shards-pins -j 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -29,6 +33,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/faces.py
+	$(BIN)/python bench/build_shards.py
 
 clean:
 	rm -rf $(DEMO)

@@ -24,6 +24,30 @@ def main():
     """avdata: build reproducible face-voice datasets from raw media."""
 
 
+@main.command("synth")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--identities", type=click.IntRange(min=3), default=60, help="Number of identities (names spread over A-Z so every split is populated).")
+@click.option("--clips-per-identity", type=click.IntRange(min=1), default=4, help="Voice clips (wav) per identity.")
+@click.option("--faces-per-identity", type=click.IntRange(min=1), default=4, help="Face photos (jpg) per identity.")
+@click.option("--videos/--no-videos", default=False, help="Also write talking-head mp4s (frames + voice track).")
+@click.option("--seed", type=int, default=0, help="Corpus seed; the same seed gives byte-identical files.")
+def synth_cmd(out, identities, clips_per_identity, faces_per_identity, videos, seed):
+    """Write the built-in synthetic corpus to OUT in the real VoxCeleb layouts.
+
+    OUT/vox1_meta.csv, OUT/identity_splits.txt (PINs format), OUT/wav/idNNNNN/YTID/NNNNN.wav,
+    OUT/faces/NAME/YTID/NNNNNNN.jpg and, with --videos, OUT/mp4/idNNNNN/YTID/NNNNN.mp4.
+    Hidden identity attributes shape both voice and face (OUT/attributes.json).
+    """
+    from avdata.synth import synth_corpus
+
+    try:
+        summary = synth_corpus(out, identities=identities, clips_per_identity=clips_per_identity,
+                               faces_per_identity=faces_per_identity, videos=videos, seed=seed, progress=True)
+    except (InputError, ValueError) as exc:
+        fail(str(exc))
+    click.echo(f"{out}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if isinstance(v, int)))
+
+
 @main.command("splits")
 @click.option("--meta", type=click.Path(dir_okay=False), required=True, help="VoxCeleb1 meta file (vox1_meta.csv, tab separated).")
 @click.option("--protocol", type=click.Choice(["matching", "pins"]), required=True,

@@ -50,9 +50,12 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def sample_key(vox_id: str, rel_path: str, suffix: str = "") -> str:
-    """A key unique within the corpus, with no dots (webdataset splits keys at dots)."""
-    stem = rel_path.rsplit(".", 1)[0]
-    return _UNSAFE.sub("-", f"{vox_id}__{stem.replace('/', '__')}{suffix}")
+    """A key unique within the corpus and free of dots (webdataset splits keys at dots):
+    the vox id, then the path below the identity folder with the extension kept (a
+    clip's wav and its mp4 must not collide), '/' -> '__', other unsafe chars -> '-'."""
+    parts = rel_path.split("/")
+    below = parts[1:] if len(parts) > 1 else parts  # drop the identity folder
+    return _UNSAFE.sub("-", "__".join([vox_id, *below]) + suffix)
 
 
 def _base_meta(row: dict) -> dict:

@@ -70,5 +70,7 @@ def iter_samples(urls: list[str]):
     """Decoded samples of the given shards, in order (webdataset tar reading)."""
     import webdataset as wds
 
+    if not urls:  # a split with no shards of this modality
+        return
     ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False).map(decode_sample)
     yield from ds

@@ -300,6 +300,8 @@ def build_shards(out: str | Path, meta: str | Path, audio: str | Path | None = N
     specs = plan_shards(media, config.shard_size)
 
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*/.*.tmp*"):  # left by a killed build; never under a final name
+        stale.unlink()
     todo = [s for s in specs if shard_done(out, s.name) is None]
     _run_specs(todo, config, out, class_of, jobs, fail_fast, progress)
 
