@@ -66,15 +66,22 @@ def _base_meta(row: dict) -> dict:
 class Extractor:
     """Holds the (lazily built) MTCNN so a worker process builds it once."""
 
-    def __init__(self, config: ExtractConfig, device: str = "cpu"):
+    def __init__(self, config: ExtractConfig, device: str = "cpu", torch_threads: int | None = None):
         self.config = config
         self.device = device
+        self.torch_threads = torch_threads
         self._aligner = None
 
     @property
     def aligner(self):
         if self._aligner is None:
+            import torch
+
             from avdata.faces import FaceAligner
+
+            if self.torch_threads:
+                # Set here, not at start-up, so audio-only workers never import torch.
+                torch.set_num_threads(self.torch_threads)
 
             c = self.config
             self._aligner = FaceAligner(margin=c.face_margin, detect_max_side=c.detect_max_side,

@@ -182,11 +182,12 @@ def write_shard(spec: ShardSpec, extractor: Extractor, out: Path, class_of: dict
 _worker: dict = {}
 
 
-def _init_worker(progress_queue, config: BuildConfig, out: str, class_of: dict, fail_fast: bool):
-    import torch
+# One torch thread per worker: fastest for MTCNN on few cores, and the same numerics for any -j.
+TORCH_THREADS = 1
 
-    torch.set_num_threads(1)  # one thread per worker: fastest for MTCNN, and identical numerics for any -j
-    _worker.update(queue=progress_queue, extractor=Extractor(config.extract), out=Path(out),
+
+def _init_worker(progress_queue, config: BuildConfig, out: str, class_of: dict, fail_fast: bool):
+    _worker.update(queue=progress_queue, extractor=Extractor(config.extract, torch_threads=TORCH_THREADS), out=Path(out),
                    class_of=class_of, fail_fast=fail_fast)
 
 
@@ -219,13 +220,12 @@ def _run_specs(todo: list[ShardSpec], config: BuildConfig, out: Path, class_of: 
             import torch
 
             threads = torch.get_num_threads()
-            torch.set_num_threads(1)
             try:
-                extractor = Extractor(config.extract)
+                extractor = Extractor(config.extract, torch_threads=TORCH_THREADS)
                 for spec in todo:
                     write_shard(spec, extractor, out, class_of, fail_fast, on_item=tick)
             finally:
-                torch.set_num_threads(threads)
+                torch.set_num_threads(threads)  # leave the caller's setting as it was
             return
         ctx = mp.get_context("spawn")  # no forked torch/OpenMP state in workers
         q = ctx.Queue()
@@ -312,7 +312,8 @@ def build_shards(out: str | Path, meta: str | Path, audio: str | Path | None = N
     for st in stats:
         rejects.extend(st["rejects"])
 
-    splits.to_csv(out / "splits.csv", index=False)
+    # identity level, with the attributes make-tuples --constrain needs
+    splits.merge(meta_df[["vox_id", "gender", "nationality"]], on="vox_id").to_csv(out / "splits.csv", index=False)
     sizes = {st["shard"]: st["samples"] for st in stats}
     (out / "sizes.json").write_text(json.dumps(sizes, indent=1, sort_keys=True) + "\n")
     with open(out / "rejects.jsonl", "w") as f:

@@ -1,0 +1,55 @@
+"""Shared fixtures: the real media in ../shared/data (beside the checkout; never copied in).
+
+CI always has ../shared, so a missing directory is a setup error and fails loudly rather
+than skipping the real-data tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path to ../shared/data (protocols/ and media/); fails if it is absent."""
+    if not (SHARED_DATA / "media").is_dir():
+        pytest.fail(
+            f"real test data not found at {SHARED_DATA}: the tests expect ../shared/data "
+            "beside the repository checkout (see shared/data/README.md)",
+            pytrace=False,
+        )
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def real_wavs(shared_data: Path) -> list[Path]:
+    """The 10 real VoxCeleb1 utterances (16 kHz mono, 3.9-10.3 s)."""
+    wavs = sorted((shared_data / "media" / "voice" / "voxceleb1_named").glob("*.wav"))
+    assert wavs, "no wavs in shared/data/media/voice/voxceleb1_named"
+    return wavs
+
+
+@pytest.fixture(scope="session")
+def real_mp4s(shared_data: Path) -> list[Path]:
+    """The 2 real talking-head videos (8 s, 512x512, AAC 16 kHz stereo)."""
+    videos = sorted((shared_data / "media" / "video" / "hdtf_talking").glob("*.mp4"))
+    assert videos, "no mp4s in shared/data/media/video/hdtf_talking"
+    return videos
+
+
+@pytest.fixture(scope="session")
+def face_dir(shared_data: Path) -> Path:
+    """media/faces/facenet_pytorch: test_images/, test_images_aligned/, multiface.jpg."""
+    return shared_data / "media" / "faces" / "facenet_pytorch"
+
+
+@pytest.fixture(scope="session")
+def real_photos(face_dir: Path) -> list[Path]:
+    """The 4 real single-person photos (1.1-4.1 MP)."""
+    photos = sorted(face_dir.glob("test_images/*/1.jpg"))
+    assert len(photos) == 4, photos
+    return photos
