@@ -108,5 +108,97 @@ def build_shards_cmd(audio, faces, videos, meta, protocol, pins_splits, out, job
     click.echo(f"{out}: {len(manifest['shards'])} shards, {manifest['rejects']} rejects (see rejects.jsonl)")
 
 
+def _parse_k(value: str) -> list[int]:
+    """'10' -> [10]; '2-10' -> [2..10]; '2,5,10' -> [2, 5, 10]."""
+    ks = []
+    for part in value.split(","):
+        lo, _, hi = part.partition("-")
+        ks.extend(range(int(lo), int(hi or lo) + 1))
+    if not ks or min(ks) < 2 or max(ks) > 10:
+        raise click.BadParameter(f"k must lie in 2..10, got {value!r}")
+    return sorted(set(ks))
+
+
+@main.command("make-tuples")
+@click.option("--shards", type=click.Path(file_okay=False, exists=True), required=True, help="Shard directory from build-shards.")
+@click.option("--task", type=click.Choice(["matching", "verification", "retrieval"]), required=True, help="Evaluation protocol.")
+@click.option("--split", "splits", multiple=True, required=True, help="Split(s) to draw from, e.g. train, test, seen_heard, unseen_unheard (repeatable).")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output directory (index/, shards/, sizes.json, manifest.json).")
+@click.option("--k", "k_spec", default="2", help="Matching gallery size: 10, a range 2-10 or a list 2,5,10.")
+@click.option("--direction", type=click.Choice(["a2v", "v2a", "both"]), default="both", help="a2v: voice query, face gallery; v2a: the reverse.")
+@click.option("--seed", type=int, default=0, help="Seed of every draw; same shards + seed give identical files.")
+@click.option("--negatives-per-positive", type=click.IntRange(min=1), default=15, help="Matching k=2: tuples (one negative each) per positive pair.")
+@click.option("--sets-per-identity", type=click.IntRange(min=1), default=50, help="Matching k>2: tuples per identity.")
+@click.option("--pairs-per-identity", type=click.IntRange(min=1), default=10, help="Verification: positive pairs per identity (as many negatives).")
+@click.option("--constrain", default="", help="Negatives share these attributes with the query: gender, nationality or gender,nationality.")
+@click.option("--tuple-shards/--no-tuple-shards", default=None, help="Also write tuple shards carrying every member's arrays [default: on for split train].")
+@click.option("--tuples-per-shard", type=click.IntRange(min=1), default=500, help="Tuples per tuple shard.")
+def make_tuples_cmd(shards, task, splits, out, k_spec, direction, seed, negatives_per_positive, sets_per_identity,
+                    pairs_per_identity, constrain, tuple_shards, tuples_per_shard):
+    """Draw fixed tuples from shards, write them, then check every rule (as check-tuples)."""
+    from avdata.tuples import ATTRIBUTES, TupleConfig, check_tuples, make_tuples
+
+    constraint = tuple(c for c in constrain.split(",") if c)
+    bad = [c for c in constraint if c not in ATTRIBUTES]
+    if bad:
+        fail(f"--constrain: unknown attribute(s) {bad}; choose from {list(ATTRIBUTES)}")
+    directions = ["a2v", "v2a"] if direction == "both" else [direction]
+    ks = _parse_k(k_spec) if task == "matching" else [1]
+    if task == "verification":
+        directions = ["a2v"]  # a pair is (voice, face) whichever way it is scored
+    configs = [TupleConfig(task=task, split=sp, direction=d, k=k, seed=seed, negatives_per_positive=negatives_per_positive,
+                           sets_per_identity=sets_per_identity, pairs_per_identity=pairs_per_identity, constrain=constraint)
+               for sp in splits for d in directions for k in ks]
+    with_shards = all(sp == "train" for sp in splits) if tuple_shards is None else tuple_shards
+    try:
+        summary = make_tuples(shards, out, configs, tuple_shards=with_shards and task != "retrieval",
+                              tuples_per_shard=tuples_per_shard)
+    except (InputError, ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    for name, counts in summary.items():
+        click.echo(f"{name}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    problems = check_tuples(out, shards)
+    if problems:
+        for p in problems:
+            click.echo(p, err=True)
+        fail(f"{out}: {len(problems)} tuple check(s) failed")
+    click.echo(f"{out}: all tuple checks passed")
+
+
+@main.command("check-tuples")
+@click.argument("dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--shards", type=click.Path(file_okay=False, exists=True), required=True, help="The shard directory the tuples were drawn from.")
+def check_tuples_cmd(dir, shards):
+    """Check every tuple list in DIR against its shards; exit 1 naming each broken rule."""
+    from avdata.tuples import check_tuples
+
+    try:
+        problems = check_tuples(dir, shards)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        fail(f"{dir}: cannot check ({exc})")
+    for p in problems:
+        click.echo(p, err=True)
+    if problems:
+        fail(f"{dir}: {len(problems)} tuple check(s) failed")
+    click.echo(f"{dir}: all tuple checks passed")
+
+
+@main.command("import-veriflist")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--shards", type=click.Path(file_okay=False, exists=True), required=True, help="Shard directory to map the list onto.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Tuple directory to add the mapped list to.")
+def import_veriflist_cmd(file, shards, out):
+    """Map an official Learnable-PINs verification list (veriflist_*.txt) onto shard keys."""
+    from avdata.tuples import import_veriflist
+
+    try:
+        res = import_veriflist(file, shards, out)
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    click.echo(f"{file}: mapped {res['mapped']} of {res['pairs']} pairs -> {res['index']}")
+    for reason, n in res["unmapped"].items():
+        click.echo(f"  unmapped {n}: {reason}")
+
+
 if __name__ == "__main__":
     main()
