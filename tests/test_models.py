@@ -1,0 +1,271 @@
+"""AML networks: the shape contract, parameter counts worked out by hand, Xavier init, inputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from avtrain.models import (
+    AML,
+    AudioBranch,
+    Generator,
+    MatchingHead,
+    ModalityDiscriminator,
+    ModelConfig,
+    RetrievalHead,
+    VerificationHead,
+    VisualBranch,
+    normalise_audio,
+    normalise_face,
+)
+
+
+def n_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def conv(c_in, c_out, kh, kw):  # weights + one bias per output channel
+    return c_out * (c_in * kh * kw + 1)
+
+
+def bn(c):  # affine weight and bias (running stats are buffers, not parameters)
+    return 2 * c
+
+
+def linear(n_in, n_out):
+    return n_out * (n_in + 1)
+
+
+# Parameter counts, layer by layer from docs/aml-spec.md
+AUDIO_PARAMS = (
+    conv(1, 3, 5, 5) + bn(3)  # 78 + 6
+    + conv(3, 5, 3, 6) + bn(5)  # 275 + 10
+    + conv(5, 8, 3, 3) + bn(8)  # 368 + 16
+    + conv(8, 16, 3, 3) + bn(16)  # 1168 + 32
+    + conv(16, 32, 3, 3)  # 4640
+)  # = 6593
+VISUAL_PARAMS = (
+    conv(3, 3, 7, 7) + bn(3)  # 444 + 6
+    + conv(3, 5, 5, 5) + bn(5)  # 380 + 10
+    + conv(5, 8, 2, 2) + bn(8)  # 168 + 16
+    + conv(8, 16, 3, 3) + bn(16)  # 1168 + 32
+    + conv(16, 32, 3, 3)  # 4640
+)  # = 6864
+GENERATOR_PARAMS = linear(3200, 128) + linear(128, 128)  # 409728 + 16512 = 426240
+DISCRIMINATOR_PARAMS = linear(128, 2)  # 258
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny CPU workloads: extra intra-op threads only fight each other (and any parallel test
+    # job) for cores; one thread is ~10x faster on a busy 2-core machine. Restored afterwards.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def test_hand_counts_are_what_the_comments_say():
+    assert (AUDIO_PARAMS, VISUAL_PARAMS, GENERATOR_PARAMS, DISCRIMINATOR_PARAMS) == (6593, 6864, 426240, 258)
+
+
+def test_audio_branch_shapes_stage_by_stage():
+    # (C, freq, time) after each layer, worked out in the docstring of avtrain/models/aml.py
+    expected = [
+        (3, 111, 123), (3, 55, 60), (3, 55, 60), (3, 55, 60),  # conv, avgpool, BN, act
+        (5, 28, 29), (5, 28, 29), (5, 13, 14), (5, 13, 14),  # conv, BN, avgpool, act
+        (8, 13, 14), (8, 13, 14), (16, 13, 14), (16, 13, 14), (32, 13, 14),
+        (32, 10, 10), (32, 10, 10),  # maxpool k(4,5) s1, act
+    ]
+    x = torch.randn(2, 1, 224, 125)
+    layers = AudioBranch().eval().layers
+    assert len(layers) == len(expected)
+    for layer, shape in zip(layers, expected):
+        x = layer(x)
+        assert tuple(x.shape[1:]) == shape, layer
+
+
+def test_visual_branch_shapes_stage_by_stage():
+    expected = [
+        (3, 112, 112), (3, 56, 56), (3, 56, 56), (3, 56, 56),
+        (5, 28, 28), (5, 14, 14), (5, 14, 14), (5, 14, 14),
+        (8, 21, 21), (8, 21, 21), (8, 21, 21),  # conv k2 s1 p4: 14 + 8 - 2 + 1 = 21
+        (16, 21, 21), (16, 21, 21), (32, 21, 21),
+        (32, 10, 10), (32, 10, 10),  # maxpool 2 s2: floor(19 / 2) + 1 = 10
+    ]
+    x = torch.randn(2, 3, 224, 224)
+    layers = VisualBranch().eval().layers
+    assert len(layers) == len(expected)
+    for layer, shape in zip(layers, expected):
+        x = layer(x)
+        assert tuple(x.shape[1:]) == shape, layer
+
+
+def test_features_and_embeddings():
+    model = AML().eval()
+    audio, face = torch.randn(3, 1, 224, 125), torch.randn(3, 3, 224, 224)
+    assert model.features_audio(audio).shape == (3, 3200)
+    assert model.features_face(face).shape == (3, 3200)
+    h_a, h_v = model.embed_audio(audio), model.embed_face(face)
+    assert h_a.shape == h_v.shape == (3, 128)
+    assert h_a.abs().max() < 1 and h_v.abs().max() < 1  # tanh output
+
+
+@pytest.mark.parametrize("k", [2, 10])
+@pytest.mark.parametrize("task", ["matching", "retrieval"])
+@pytest.mark.parametrize("direction", ["a2v", "v2a"])
+def test_forward_gallery_tasks(task, k, direction):
+    model = AML(ModelConfig(task=task, k=k)).eval()
+    B = 2
+    audio_q, face_q = torch.randn(B, 1, 224, 125), torch.randn(B, 3, 224, 224)
+    face_g, audio_g = torch.randn(B, k, 3, 224, 224), torch.randn(B, k, 1, 224, 125)
+    query, gallery = (audio_q, face_g) if direction == "a2v" else (face_q, audio_g)
+    out = model(query, gallery, direction)
+    assert out["h_query"].shape == (B, 128)
+    assert out["h_gallery"].shape == (B, k, 128)
+    assert out["logits"].shape == (B, k)
+    assert out["direction"] == direction
+
+
+def test_forward_verification():
+    model = AML(ModelConfig(task="verification", k=1)).eval()
+    out = model(torch.randn(2, 1, 224, 125), torch.randn(2, 3, 224, 224), "a2v")  # 4-D gallery
+    assert out["h_gallery"].shape == (2, 1, 128) and out["logits"].shape == (2, 2)
+    out = model(torch.randn(2, 3, 224, 224), torch.randn(2, 1, 1, 224, 125), "v2a")  # 5-D gallery
+    assert out["logits"].shape == (2, 2)
+
+
+def test_forward_embeds_gallery_items_independently():
+    # the gallery is flattened into one batch and reshaped back: item j of tuple b must be
+    # the embedding of gallery[b, j] (eval mode: BN uses running stats, no dropout)
+    model = AML(ModelConfig(k=2)).eval()
+    query, gallery = torch.randn(2, 1, 224, 125), torch.randn(2, 2, 3, 224, 224)
+    out = model(query, gallery, "a2v")
+    torch.testing.assert_close(out["h_gallery"][1, 0], model.embed_face(gallery[1, 0:1])[0])
+    torch.testing.assert_close(out["h_query"], model.embed_audio(query))
+
+
+def test_head_logits_shapes_and_parameter_counts():
+    for k in (2, 10):
+        head = MatchingHead(k)
+        assert head(torch.randn(4, 128), torch.randn(4, k, 128)).shape == (4, k)
+        assert n_params(head) == linear((k + 1) * 128, k)  # k=2: 770, k=10: 14090
+        retrieval = RetrievalHead()
+        assert retrieval(torch.randn(4, 128), torch.randn(4, k, 128)).shape == (4, k)
+    assert n_params(MatchingHead(2)) == 770 and n_params(MatchingHead(10)) == 14090
+    verification = VerificationHead()
+    assert verification(torch.randn(4, 128), torch.randn(4, 1, 128)).shape == (4, 2)
+    assert n_params(verification) == linear(256, 2) == 514
+    assert n_params(RetrievalHead()) == linear(128, 1) == 129
+    # retrieval against one shared gallery: (Q, 1, D) vs (1, G, D) -> (Q, G)
+    assert RetrievalHead()(torch.randn(5, 1, 128), torch.randn(1, 7, 128)).shape == (5, 7)
+
+
+def test_retrieval_head_scores_the_difference():
+    head = RetrievalHead().eval()
+    q, g = torch.randn(2, 128), torch.randn(2, 3, 128)
+    linear_layer = head.layers[1]
+    expected = (q[:, None] - g) @ linear_layer.weight[0] + linear_layer.bias
+    torch.testing.assert_close(head(q, g), expected)
+
+
+def test_parameter_counts():
+    assert n_params(AudioBranch()) == AUDIO_PARAMS
+    assert n_params(VisualBranch()) == VISUAL_PARAMS
+    assert n_params(Generator()) == GENERATOR_PARAMS
+    assert n_params(ModalityDiscriminator()) == DISCRIMINATOR_PARAMS
+    shared = AML(ModelConfig(task="matching", k=2))
+    head = linear(3 * 128, 2)
+    assert n_params(shared) == AUDIO_PARAMS + VISUAL_PARAMS + GENERATOR_PARAMS + head + DISCRIMINATOR_PARAMS
+    assert shared.face_generator is shared.generator
+    separate = AML(ModelConfig(task="matching", k=2, shared_generator=False))
+    assert n_params(separate) == n_params(shared) + GENERATOR_PARAMS
+    # the encoder optimiser group is everything but the discriminator
+    assert sum(p.numel() for p in shared.encoder_parameters()) == n_params(shared) - DISCRIMINATOR_PARAMS
+
+
+def test_separate_generators_give_different_face_embeddings():
+    model = AML(ModelConfig(shared_generator=False)).eval()
+    f = torch.randn(2, 3200)
+    assert not torch.allclose(model.generator(f), model.face_generator(f))
+
+
+def test_channels_last_input_matches_contiguous():
+    model = AML(ModelConfig(k=2)).eval()
+    audio, face = torch.randn(2, 1, 224, 125), torch.randn(2, 3, 224, 224)
+    cl_audio = audio.to(memory_format=torch.channels_last)
+    cl_face = face.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(model.embed_audio(cl_audio), model.embed_audio(audio), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(model.embed_face(cl_face), model.embed_face(face), rtol=1e-4, atol=1e-5)
+    model_cl = model.to(memory_format=torch.channels_last)
+    assert model_cl.features_face(cl_face).shape == (2, 3200)
+    out = model_cl(cl_audio, face[:, None].expand(2, 2, 3, 224, 224), "a2v")
+    assert out["logits"].shape == (2, 2)
+
+
+def test_xavier_init():
+    model = AML(ModelConfig(task="matching", k=10))
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(layers) == 5 + 5 + 2 + 1 + 1  # convs, convs, generator, head, discriminator
+    for m in layers:
+        fan_in = m.weight[0].numel()  # in_channels * kh * kw
+        fan_out = m.weight.shape[0] * m.weight[0, 0].numel()  # out_channels * kh * kw
+        bound = math.sqrt(6.0 / (fan_in + fan_out))  # Glorot uniform: U(-bound, bound)
+        assert m.weight.abs().max() <= bound + 1e-7
+        assert torch.all(m.bias == 0)
+        if m.weight.numel() >= 4000:  # enough samples for a tight std estimate
+            expected_std = math.sqrt(2.0 / (fan_in + fan_out))
+            assert m.weight.std().item() == pytest.approx(expected_std, rel=0.05), m
+
+
+def test_discriminator_weight_clipping():
+    d = ModalityDiscriminator(clip_value=0.01)
+    with torch.no_grad():
+        d.layers[1].weight.normal_(0, 1)
+        d.layers[1].bias.fill_(0.5)
+    d.clip_weights()
+    assert all(p.abs().max() <= 0.01 for p in d.parameters())
+    d.clip_weights(0.001)
+    assert all(p.abs().max() <= 0.001 for p in d.parameters())
+
+
+def test_model_config_validation():
+    with pytest.raises(ValueError):
+        ModelConfig(task="verification", k=2)
+    with pytest.raises(ValueError):
+        ModelConfig(task="matching", k=1)
+    with pytest.raises(ValueError):
+        ModelConfig(task="ranking")
+    with pytest.raises(ValueError):
+        AML()(torch.randn(1, 1, 224, 125), torch.randn(1, 2, 3, 224, 224), "a2a")
+
+
+def test_normalise_audio():
+    spec = np.array([[-80.0, 0.0], [-1.0, 0.5]], dtype=np.float32)
+    x = normalise_audio(spec)
+    assert x.shape == (1, 2, 2) and x.dtype == torch.float32
+    # (x - 0.5) / 0.5: -80 -> -161, 0 -> -1, -1 -> -3, 0.5 -> 0
+    torch.testing.assert_close(x[0], torch.tensor([[-161.0, -1.0], [-3.0, 0.0]]))
+    assert normalise_audio(np.zeros((4, 224, 125), np.float32)).shape == (4, 1, 224, 125)
+    assert normalise_audio(torch.zeros(224, 125), add_channel=False).shape == (224, 125)
+
+
+def test_normalise_face():
+    img = np.zeros((224, 224, 3), np.uint8)
+    img[0, 0] = (0, 255, 51)
+    x = normalise_face(img)
+    assert x.shape == (3, 224, 224) and x.dtype == torch.float32
+    # 0 -> -1, 255 -> 1, 51 -> (0.2 - 0.5) / 0.5 = -0.6
+    torch.testing.assert_close(x[:, 0, 0], torch.tensor([-1.0, 1.0, -0.6]))
+    assert normalise_face(np.zeros((5, 224, 224, 3), np.uint8)).shape == (5, 3, 224, 224)
+    with pytest.raises(TypeError):
+        normalise_face(np.zeros((224, 224, 3), np.float32))
