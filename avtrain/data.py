@@ -1,0 +1,152 @@
+"""Training input: tuple shards streamed as an explicit list of webdataset stages.
+
+    shard list ─ shuffled with (seed, epoch) ─ split by rank ─ split by DataLoader worker
+      ─ tar reading ─ safe decode (pickles refused) ─ seeded sample shuffle buffer
+      ─ to uint8 / float32 arrays ─ batching (full batches only)
+
+The epoch length is computed from ``sizes.json`` before anything is read: every rank
+takes the same number of batches (the fewest any rank can fill), so DDP ranks never
+wait on each other, and ranks and workers read disjoint shards. Arrays stay compact
+(faces uint8 HWC) through the workers; normalisation happens on the device
+(:func:`to_model_inputs`), so pinned host memory and copies stay small.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from avdata.reader import decode_sample
+
+
+def epoch_shards(urls: list[str], seed: int, epoch: int) -> list[str]:
+    """The shard order of one epoch: a permutation seeded by (seed, epoch)."""
+    order = np.random.default_rng([seed, epoch]).permutation(len(urls))
+    return [urls[i] for i in order]
+
+
+def split_for(urls: list[str], index: int, count: int) -> list[str]:
+    """Every count-th shard from index: disjoint and covering across the count parts."""
+    return urls[index::count]
+
+
+def batches_per_rank(urls: list[str], sizes: dict[str, int], batch_size: int, seed: int, epoch: int,
+                     world: int, workers: int) -> int:
+    """Batches every rank yields this epoch: the minimum over ranks of the full batches
+    its workers can fill (each worker batches only its own shards)."""
+    order = epoch_shards(urls, seed, epoch)
+    per_rank = []
+    for rank in range(world):
+        mine = split_for(order, rank, world)
+        per_rank.append(sum(sum(sizes[u] for u in split_for(mine, w, max(1, workers))) // batch_size
+                            for w in range(max(1, workers))))
+    return min(per_rank)
+
+
+def shuffle_buffer(samples, size: int, rng: random.Random):
+    """Reservoir-style shuffle with a fixed RNG (order depends only on the seed)."""
+    buf = []
+    for s in samples:
+        buf.append(s)
+        if len(buf) >= size:
+            yield buf.pop(rng.randrange(len(buf)))
+    while buf:
+        yield buf.pop(rng.randrange(len(buf)))
+
+
+def _array(sample: dict, role: str) -> np.ndarray:
+    for ext in ("npy", "jpg"):
+        if f"{role}.{ext}" in sample:
+            return sample[f"{role}.{ext}"]
+    raise KeyError(f"{sample.get('__url__')}: {sample.get('__key__')}: no {role}.npy or {role}.jpg member")
+
+
+def to_arrays(sample: dict) -> tuple[np.ndarray, np.ndarray, int]:
+    """(query array, stacked gallery arrays, label) from a decoded tuple sample."""
+    k = len(sample["json"]["gallery"])
+    gallery = np.stack([_array(sample, f"g{i}") for i in range(k)])
+    return _array(sample, "q"), gallery, int(sample["cls"])
+
+
+def collate(batch) -> dict:
+    queries, galleries, labels = zip(*batch)
+    return {"query": torch.from_numpy(np.stack(queries)), "gallery": torch.from_numpy(np.stack(galleries)),
+            "label": torch.tensor(labels, dtype=torch.long)}
+
+
+class TupleStream(IterableDataset):
+    """One rank's stream of batches of training tuples for one epoch (see set_epoch)."""
+
+    def __init__(self, urls: list[str], batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
+                 shuffle_size: int = 200):
+        self.urls, self.batch_size, self.seed = sorted(urls), batch_size, seed
+        self.rank, self.world, self.shuffle_size = rank, world, shuffle_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        import webdataset as wds
+
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        shards = split_for(split_for(epoch_shards(self.urls, self.seed, self.epoch), self.rank, self.world),
+                           worker, workers)
+        if not shards:
+            return iter(())
+        rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
+        pipeline = wds.DataPipeline(
+            wds.SimpleShardList(shards),  # already ordered by (seed, epoch) and split above
+            wds.tarfile_to_samples(),
+            wds.map(decode_sample),  # explicit decoders only; refuses .pyd/.pkl/.pth
+            lambda src: shuffle_buffer(src, self.shuffle_size, rng),
+            wds.map(to_arrays),
+            wds.batched(self.batch_size, collation_fn=collate, partial=False),
+        )
+        return iter(pipeline)
+
+
+def load_sizes(root: str | Path, prefix: str) -> tuple[list[str], dict[str, int]]:
+    """Tuple-shard urls whose name starts with prefix, and their sizes, from sizes.json."""
+    root = Path(root)
+    sizes_file = root / "sizes.json"
+    if not sizes_file.is_file():
+        raise FileNotFoundError(f"{root}: no sizes.json; run avdata make-tuples first")
+    sizes = json.loads(sizes_file.read_text())
+    picked = {str(root / k): v for k, v in sorted(sizes.items()) if Path(k).name.startswith(prefix)}
+    if not picked:
+        names = sorted({Path(k).name.rsplit("-", 1)[0] for k in sizes})
+        raise FileNotFoundError(f"{root}: no tuple shards named {prefix}-*.tar; found {names}")
+    return list(picked), picked
+
+
+def make_loader(stream: TupleStream, workers: int, pin_memory: bool) -> DataLoader:
+    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                      persistent_workers=False, prefetch_factor=4 if workers else None)
+
+
+def to_model_inputs(batch: dict, direction: str, device: torch.device, train: bool,
+                    flip_generator: torch.Generator | None = None, channels_last: bool = False) -> tuple:
+    """Move a batch to the device and normalise: spectrograms as the reference,
+    faces to [-1, 1] CHW; random horizontal face flips for training only."""
+    from avtrain.models import normalise_audio, normalise_face
+
+    q = batch["query"].to(device, non_blocking=True)
+    g = batch["gallery"].to(device, non_blocking=True)
+    label = batch["label"].to(device, non_blocking=True)
+    audio, faces = (q, g) if direction == "a2v" else (g, q)
+    audio = normalise_audio(audio)      # (B,224,125) -> (B,1,224,125); (B,k,...) -> (B,k,1,...)
+    faces = normalise_face(faces)       # (..., 224, 224, 3) uint8 -> (..., 3, 224, 224) float
+    if train and flip_generator is not None:
+        flip = (torch.rand(faces.shape[:-3], generator=flip_generator) < 0.5).to(device)
+        faces = torch.where(flip[..., None, None, None], faces.flip(-1), faces)
+    query, gallery = (audio, faces) if direction == "a2v" else (faces, audio)
+    if channels_last:
+        query = query.contiguous(memory_format=torch.channels_last)
+    return query, gallery, label
