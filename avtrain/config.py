@@ -50,6 +50,7 @@ class TrainConfig:
     channels_last: bool = True        # on CUDA
     log_every: int = 1
     max_steps_per_epoch: int | None = None  # cap for smoke tests and benchmarks
+    record_batches: bool = False      # write RUN/batches-rank{R}.jsonl (tuple ids per batch) to audit DDP
 
     def __post_init__(self):
         if self.task not in EPOCHS_PER_TASK:

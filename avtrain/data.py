@@ -66,17 +66,17 @@ def _array(sample: dict, role: str) -> np.ndarray:
     raise KeyError(f"{sample.get('__url__')}: {sample.get('__key__')}: no {role}.npy or {role}.jpg member")
 
 
-def to_arrays(sample: dict) -> tuple[np.ndarray, np.ndarray, int]:
-    """(query array, stacked gallery arrays, label) from a decoded tuple sample."""
+def to_arrays(sample: dict) -> tuple[np.ndarray, np.ndarray, int, str]:
+    """(query array, stacked gallery arrays, label, tuple id) from a decoded tuple sample."""
     k = len(sample["json"]["gallery"])
     gallery = np.stack([_array(sample, f"g{i}") for i in range(k)])
-    return _array(sample, "q"), gallery, int(sample["cls"])
+    return _array(sample, "q"), gallery, int(sample["cls"]), sample["__key__"]
 
 
 def collate(batch) -> dict:
-    queries, galleries, labels = zip(*batch)
+    queries, galleries, labels, keys = zip(*batch)
     return {"query": torch.from_numpy(np.stack(queries)), "gallery": torch.from_numpy(np.stack(galleries)),
-            "label": torch.tensor(labels, dtype=torch.long)}
+            "label": torch.tensor(labels, dtype=torch.long), "keys": list(keys)}
 
 
 class TupleStream(IterableDataset):

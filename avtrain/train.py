@@ -149,6 +149,11 @@ def fit(cfg: TrainConfig, tuples_dir: str | Path, out: str | Path, resume: bool 
 
     stream = TupleStream(urls, cfg.batch_size, cfg.seed, ddp.rank, ddp.world, cfg.shuffle_buffer)
     log_file = open(out / "log.jsonl", "a") if is_main else None
+    if cfg.record_batches:
+        out.mkdir(parents=True, exist_ok=True)
+        audit = open(out / f"batches-rank{ddp.rank}.jsonl", "a")
+        on_batch = (lambda rank, b, _prev=on_batch: (audit.write(json.dumps({"epoch": stream.epoch, "keys": b["keys"]}) + "\n"),
+                                                     _prev and _prev(rank, b)))
     tb = None
     if is_main:
         try:

@@ -53,3 +53,24 @@ def real_photos(face_dir: Path) -> list[Path]:
     photos = sorted(face_dir.glob("test_images/*/1.jpg"))
     assert len(photos) == 4, photos
     return photos
+
+
+@pytest.fixture(scope="session")
+def train_tuples(tmp_path_factory):
+    """A small synthetic corpus -> matching shards -> binary training tuple shards
+    (several shards, so ranks and workers have something to split)."""
+    from click.testing import CliRunner
+
+    from avdata.cli import main
+    from avdata.synth import synth_corpus
+
+    root = tmp_path_factory.mktemp("train_tuples")
+    synth_corpus(root / "corpus", identities=12, clips_per_identity=3, faces_per_identity=3, seed=5)
+    c = root / "corpus"
+    for args in (["build-shards", "--audio", c / "wav", "--faces", c / "faces", "--meta", c / "vox1_meta.csv",
+                  "--out", root / "shards", "--no-progress"],
+                 ["make-tuples", "--shards", root / "shards", "--task", "matching", "--split", "train", "--k", "2",
+                  "--direction", "a2v", "--out", root / "tuples", "--tuples-per-shard", "16"]):
+        res = CliRunner().invoke(main, [str(a) for a in args])
+        assert res.exit_code == 0, res.output
+    return root / "tuples"
