@@ -45,6 +45,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"              # auto | cpu | cuda | cuda:N
     workers: int = 2                  # DataLoader workers per rank
+    threads: int = 0                  # torch CPU threads; 0 -> cores left after the workers (at least 1)
     shuffle_buffer: int = 200
     amp: bool = True                  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True        # on CUDA

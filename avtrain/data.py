@@ -126,9 +126,14 @@ def load_sizes(root: str | Path, prefix: str) -> tuple[list[str], dict[str, int]
     return list(picked), picked
 
 
+def _worker_init(_):
+    torch.set_num_threads(1)  # loader workers only decode; their cores belong to the trainer
+
+
 def make_loader(stream: TupleStream, workers: int, pin_memory: bool) -> DataLoader:
     return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if workers else None)
+                      persistent_workers=False, prefetch_factor=4 if workers else None,
+                      worker_init_fn=_worker_init if workers else None)
 
 
 def to_model_inputs(batch: dict, direction: str, device: torch.device, train: bool,

@@ -100,6 +100,9 @@ def fit(cfg: TrainConfig, tuples_dir: str | Path, out: str | Path, resume: bool 
         torch.cuda.set_device(device)
     ddp = Distributed(device)
     is_main = ddp.rank == 0
+    # Oversubscribed cores cost 10x here: leave one core per loader worker.
+    cores = max(1, (os.cpu_count() or 1) // ddp.world)
+    torch.set_num_threads(cfg.threads or max(1, cores - cfg.workers))
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
