@@ -1,0 +1,96 @@
+"""Benchmark full AML training steps (forward, T discriminator steps, encoder step).
+
+Tuples/s on random in-memory batches of the real input shapes, per task/k, against a
+baseline in the same run: the encoder step alone (no adversarial term). On CUDA it
+also runs bf16 autocast + channels-last, the trainer's GPU settings.
+
+    .venv/bin/python bench/train_step.py [--device cpu|cuda] [--threads 2] [--steps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+
+def make_batch(task: str, k: int, B: int, device):
+    q = torch.randn(B, 1, 224, 125, device=device) * 20 - 40   # dB-like spectrograms
+    g = torch.rand(B, k, 3, 224, 224, device=device) * 2 - 1  # normalised faces
+    labels = torch.randint(0, 2 if task == "verification" else k, (B,), device=device)
+    return q, g, labels
+
+
+def run(task: str, k: int, B: int, steps: int, device, adversarial: bool, amp: bool) -> float:
+    from avtrain.config import TrainConfig
+    from avtrain.train import build_loss, build_model
+
+    cfg = TrainConfig(task=task, k=k, batch_size=B, adversarial=adversarial)
+    model = build_model(cfg).to(device)
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = build_loss(cfg)
+    opt_g = torch.optim.Adam(model.encoder_parameters(), lr=1e-4)
+    opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=1e-4)
+    q, g, lab = make_batch(task, cfg.k, B, device)
+    if cuda:
+        q = q.contiguous(memory_format=torch.channels_last)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and amp) else torch.autocast("cpu", enabled=False)
+
+    def step():
+        with autocast:
+            out = model(q, g if cfg.k > 1 else g[:, 0], "a2v")
+        out = {k_: (v.float() if torch.is_tensor(v) else v) for k_, v in out.items()}
+        if loss_fn.uses_discriminator:
+            d = loss_fn.discriminator_loss(out, model.discriminator)
+            opt_d.zero_grad()
+            d["L_dis"].backward()
+            opt_d.step()
+            model.discriminator.clip_weights()
+        e = loss_fn.encoder_loss(out, lab, model.discriminator)
+        opt_g.zero_grad()
+        e["objective"].backward()
+        opt_g.step()
+
+    for _ in range(2):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    return steps * B / (time.perf_counter() - t)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=50)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
+    rows = {}
+    for task, k in (("matching", 2), ("matching", 10), ("verification", 1), ("retrieval", 10)):
+        full = run(task, k, args.batch_size, args.steps, device, adversarial=True, amp=True)
+        base = run(task, k, args.batch_size, args.steps, device, adversarial=False, amp=True)
+        rows[f"{task} k={k}"] = {"aml": full, "no_adversarial": base}
+    print(f"AML training steps, batch {args.batch_size}, {name}")
+    print(f"{'':18}{'AML tuples/s':>14}{'no-adv tuples/s':>17}{'ratio':>8}{'s/tuple':>10}")
+    for k, r in rows.items():
+        print(f"{k:18}{r['aml']:14.1f}{r['no_adversarial']:17.1f}{r['aml'] / r['no_adversarial']:8.2f}{1 / r['aml']:10.4f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": name, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
