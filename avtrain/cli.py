@@ -44,5 +44,47 @@ def fit_cmd(tuples_dir, task, k, direction, out, epochs, config_file, sets, devi
     click.echo(f"{out}: {summary['steps']} steps on {summary['device']}, {summary['tuples_per_s']:.1f} tuples/s; {final}")
 
 
+@main.command("evaluate")
+@click.option("--run", type=click.Path(file_okay=False, exists=True), required=True,
+              help="Run directory with checkpoint.pt (from avtrain fit); embeddings.npz is written there.")
+@click.option("--shards", type=click.Path(file_okay=False, exists=True), required=True,
+              help="Item shard directory (avdata build-shards) the tuple lists were drawn from.")
+@click.option("--tuples", "tuples_dir", type=click.Path(file_okay=False, exists=True), required=True,
+              help="Tuple directory (avdata make-tuples); every list in its index/ is evaluated.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="metrics.json path [default: RUN/metrics.json].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Items per forward pass.")
+@click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(min=1), default=1000, help="Bootstrap resamples for the 95% CIs.")
+@click.option("--seed", type=int, default=0, help="Seed of the bootstrap and of the embedding samples.")
+def evaluate_cmd(run, shards, tuples_dir, out, batch_size, device, n_boot, seed):
+    """Score a run on matching, verification and retrieval lists (score = -L2 distance)."""
+    from avtrain.evaluate import EvaluationError, evaluate
+
+    try:
+        evaluate(run, shards, tuples_dir, out=out, batch_size=batch_size, device=device, n_boot=n_boot, seed=seed,
+                 echo=click.echo)
+    except (EvaluationError, InputError, ValueError, FileNotFoundError, KeyError) as exc:
+        raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+
+
+@main.command("report")
+@click.option("--run", type=click.Path(file_okay=False, exists=True), required=True,
+              help="Run directory (metrics.json, log.jsonl, embeddings.npz).")
+@click.option("--metrics", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="metrics.json from avtrain evaluate [default: RUN/metrics.json].")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="HTML file [default: RUN/report.html].")
+@click.option("--compare", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="Another run directory (with metrics.json) for the side-by-side table (repeatable).")
+def report_cmd(run, metrics, out, compare):
+    """Write a self-contained HTML report (tables and embedded plots) of a run."""
+    from avtrain.report import ReportError, build_report
+
+    try:
+        path = build_report(run, metrics=metrics, out=out, compare=compare)
+    except (ReportError, ValueError, FileNotFoundError, KeyError) as exc:
+        raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    click.echo(f"wrote {path}")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,395 @@
+"""avtrain report: one self-contained HTML page for a run (and, with --compare, several).
+
+Every plot is drawn with matplotlib's Agg canvas (``matplotlib.figure.Figure``, no
+pyplot state) and embedded as a base64 PNG, so the page is a single file that can be
+mailed or archived. Inputs: ``RUN/metrics.json`` (from ``avtrain evaluate``),
+``RUN/log.jsonl`` (training losses), ``RUN/embeddings.npz`` (the embedding sample).
+
+Sections (the paper's figures in brackets): metrics table beside the paper's VoxCeleb1
+numbers (clearly marked as a different dataset); matching accuracy against k with 95%
+CIs [Fig. 5]; verification ROC curves; L_total and L_dis against steps [Fig. 10];
+t-SNE of audio and face embeddings before and after the generator [Fig. 3]; mean
+same-identity audio-face distance before/after the generator [Fig. 8]; and, with
+--compare, a side-by-side table of runs labelled by their distinguishing settings.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+SECTIONS = {
+    "metrics": "Metrics",
+    "paper": "Paper's reported numbers (VoxCeleb1 + VGGFace; not comparable)",
+    "accuracy_k": "Matching accuracy against k (Fig. 5)",
+    "roc": "Verification ROC curves",
+    "losses": "Training losses (Fig. 10)",
+    "tsne": "t-SNE of embeddings before and after the generator (Fig. 3)",
+    "distance": "Same-identity audio-face distance before and after the generator (Fig. 8)",
+    "compare": "Run comparison",
+}
+
+# docs/aml-spec.md, "Headline results" (VoxCeleb1 + VGGFace, %)
+PAPER_ROWS = [
+    ("matching k=2", "92.72", "93.33"),
+    ("matching k=10", "43.45", "39.35"),
+    ("verification AUC seen-heard / unseen-unheard", "92.30 / 80.60", ""),
+    ("retrieval R@10 seen-heard / unseen-unheard (PINs split)", "47.83 / 11.39", "55.75 / 16.03"),
+    ("peers, matching k=2 A→V", "SVHF-Net 81.0, PINs 84.0, DIMNet 84.12, SSNet 78.0", ""),
+    ("ablation V→A k=2", "", "neither 83.13, AL only 86.23, ML only 85.18, both 93.33"),
+]
+# settings that tell ablation runs apart (Tables VII-IX); other differing settings are added
+ABLATION_KEYS = ("adversarial", "metric", "adversarial_kind", "metric_kind")
+RUNTIME_KEYS = {"device", "workers", "threads", "log_every", "record_batches", "amp", "channels_last",
+                "shuffle_buffer", "tuples"}
+MARKERS = "os^vD<>ph*Xd+x"
+
+
+class ReportError(ValueError):
+    """A problem with the inputs of a report (one line, for the CLI)."""
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    return '<img alt="plot" src="data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode("ascii") + '">'
+
+
+def _figure(w: float = 6.0, h: float = 4.0):
+    from matplotlib.figure import Figure  # the Agg canvas is attached by savefig; no pyplot, no global backend
+
+    return Figure(figsize=(w, h))
+
+
+def _esc(x) -> str:
+    return html.escape(str(x))
+
+
+def _pct(e: dict | None, ci: bool = True) -> str:
+    if not e or e.get("value") is None:
+        return "–"
+    s = f"{100 * e['value']:.2f}"
+    if ci and e.get("ci95"):
+        lo, hi = e["ci95"]
+        s += f" <small>[{100 * lo:.1f}, {100 * hi:.1f}]</small>"
+    return s
+
+
+def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def load_metrics(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ReportError(f"{path}: no metrics file; run avtrain evaluate first")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}: not JSON ({exc.msg})") from None
+
+
+def read_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut by a killed run
+    return rows
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def metrics_table(m: dict) -> str:
+    rows = []
+    for d in ("a2v", "v2a"):
+        for kname, e in sorted(m.get("matching", {}).get(d, {}).items(), key=lambda kv: int(kv[0][1:])):
+            extra = f"; head {_pct(e['head'])}" if e.get("head") else ""
+            rows.append([f"matching {_esc(m.get('matching_split'))} {d.upper().replace('2', '→')} k={kname[1:]}",
+                         _pct(e) + extra, str(e.get("n", ""))])
+    for name, e in m.get("matching_other", {}).items():
+        rows.append([f"matching {_esc(name)}", _pct(e), str(e.get("n", ""))])
+    for name, e in m.get("verification", {}).items():
+        rows.append([f"verification {_esc(name)} AUC", _pct(e["auc"]), str(e["n"])])
+        rows.append([f"verification {_esc(name)} EER", _pct(e["eer"]), str(e["n"])])
+        if e.get("head_auc"):
+            rows.append([f"verification {_esc(name)} AUC (learned head)", _pct(e["head_auc"]), str(e["n"])])
+    for split, dirs in m.get("retrieval", {}).items():
+        for d, e in dirs.items():
+            for k in ("R@1", "R@5", "R@10", "mAP"):
+                rows.append([f"retrieval {_esc(split)} {d.upper().replace('2', '→')} {k}", _pct(e.get(k)), str(e["n"])])
+    if not rows:
+        return "<p>No metrics.</p>"
+    return _table(["metric (this run; score −L2)", "% [95% CI]", "n"], rows, "metrics")
+
+
+def paper_table() -> str:
+    note = ('<p class="warn"><b>Different dataset — not comparable.</b> These are the numbers the paper '
+            "reports on VoxCeleb1 + VGGFace (docs/aml-spec.md, “Headline results”). This run was evaluated on "
+            "whatever shards and tuple lists were given (possibly synthetic or a subset), with other identities, "
+            "tuple draws and training length; shown for orientation only.</p>")
+    return note + _table(["task (paper, VoxCeleb1 + VGGFace)", "A→V %", "V→A %"],
+                         [[_esc(a), _esc(b), _esc(c)] for a, b, c in PAPER_ROWS], "paper")
+
+
+def accuracy_vs_k(m: dict) -> str | None:
+    matching = m.get("matching", {})
+    if not matching:
+        return None
+    fig = _figure()
+    ax = fig.add_subplot()
+    all_k = set()
+    for i, d in enumerate(("a2v", "v2a")):
+        entries = sorted(((int(k[1:]), e) for k, e in matching.get(d, {}).items()), key=lambda t: t[0])
+        if not entries:
+            continue
+        ks = np.array([k for k, _ in entries])
+        all_k.update(ks.tolist())
+        v = np.array([e["value"] for _, e in entries]) * 100
+        lo = np.array([e["ci95"][0] if e.get("ci95") else e["value"] for _, e in entries]) * 100
+        hi = np.array([e["ci95"][1] if e.get("ci95") else e["value"] for _, e in entries]) * 100
+        ax.errorbar(ks + (i - 0.5) * 0.08, v, yerr=[v - lo, hi - v], marker="os"[i], capsize=3,
+                    label=d.upper().replace("2", "→"))
+    ks = np.array(sorted(all_k))
+    ax.plot(ks, 100.0 / ks, "k:", label="chance (1/k)")
+    ax.set_xlabel("k (gallery size)")
+    ax.set_ylabel("accuracy % (score −L2, 95% CI)")
+    ax.set_xticks(ks)
+    ax.set_xlim(ks.min() - 0.5, ks.max() + 0.5)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(f"Matching accuracy vs k (split {m.get('matching_split')})")
+    return _png(fig)
+
+
+def roc_plot(m: dict) -> str | None:
+    ver = m.get("verification", {})
+    if not ver:
+        return None
+    fig = _figure(5, 5)
+    ax = fig.add_subplot()
+    for name, e in ver.items():
+        ax.plot(e["roc"]["fpr"], e["roc"]["tpr"], label=f"{name} (AUC {100 * e['auc']['value']:.1f}%)")
+    ax.plot([0, 1], [0, 1], "k:", label="chance")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("Verification ROC (score −L2)")
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", fontsize="small")
+    return _png(fig)
+
+
+def loss_plot(log: list[dict]) -> str | None:
+    rows = [r for r in log if "step" in r and "L_total" in r]
+    if not rows:
+        return None
+    steps = np.array([r["step"] for r in rows])
+    fig = _figure(9, 3.5)
+    for i, key in enumerate(("L_total", "L_dis")):
+        ax = fig.add_subplot(1, 2, i + 1)
+        y = np.array([r.get(key, np.nan) for r in rows], dtype=float)
+        ax.plot(steps, y, lw=0.8, alpha=0.5, label=key)
+        if y.size >= 10:  # moving average over ~2% of the run
+            w = max(2, y.size // 50)
+            ax.plot(steps[w - 1:], np.convolve(y, np.ones(w) / w, mode="valid"), lw=1.5, label=f"{key} (mean of {w})")
+        ax.set_xlabel("step")
+        ax.set_title(key)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return _png(fig)
+
+
+def _tsne(x: np.ndarray) -> np.ndarray:
+    from sklearn.manifold import TSNE
+
+    n = x.shape[0]
+    perplexity = float(min(30.0, max(2.0, (n - 1) / 3.0)))
+    perplexity = min(perplexity, n - 1.0 - 1e-6)
+    return TSNE(n_components=2, perplexity=perplexity, random_state=0, init="pca",
+                learning_rate="auto").fit_transform(x.astype(np.float64))
+
+
+def tsne_plot(npz_path: Path) -> tuple[str | None, str]:
+    if not npz_path.is_file():
+        return None, f"{npz_path.name} not found (run avtrain evaluate)"
+    with np.load(npz_path, allow_pickle=False) as z:
+        d = {k: z[k] for k in z.files}
+    na, nf = len(d["audio_ids"]), len(d["face_ids"])
+    if na + nf < 5:
+        return None, f"only {na + nf} embedded items in {npz_path.name}: too few for t-SNE"
+    ids = np.concatenate([d["audio_ids"], d["face_ids"]])
+    uniq = sorted(set(ids.tolist()))
+    fig = _figure(11, 5)
+    for i, space in enumerate(("before", "after")):
+        ax = fig.add_subplot(1, 2, i + 1)
+        y = _tsne(np.concatenate([d[f"audio_{space}"], d[f"face_{space}"]]))
+        for j, ident in enumerate(uniq):
+            for mod, sl, colour in (("audio", slice(0, na), "tab:blue"), ("face", slice(na, na + nf), "tab:orange")):
+                sel = np.flatnonzero(ids[sl] == ident) + sl.start
+                if sel.size:
+                    ax.scatter(y[sel, 0], y[sel, 1], c=colour, marker=MARKERS[j % len(MARKERS)], s=22, alpha=0.8,
+                               label=mod if j == 0 else None)
+        ax.set_title(f"{'before' if space == 'before' else 'after'} the generator "
+                     f"({3200 if space == 'before' else 128}-d)")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize="small")
+    perplexity = min(30.0, max(2.0, (na + nf - 1) / 3.0))
+    return _png(fig), (f"{na} voices and {nf} faces of {len(uniq)} identities; colour = modality, marker = identity; "
+                       f"sklearn TSNE, perplexity {perplexity:.1f}, random_state 0, PCA init.")
+
+
+def distance_plot(m: dict) -> tuple[str | None, str]:
+    pd_ = m.get("pair_distance") or {}
+    if not pd_.get("before") or not pd_.get("after"):
+        return None, "no identity has both voices and faces among the evaluated items"
+    fig = _figure(9, 3.5)
+    ax = fig.add_subplot(1, 2, 1)
+    labels = ["before G (3200-d)", "after G (128-d)"]
+    ax.bar(labels, [pd_["before"]["same"], pd_["after"]["same"]], color=["tab:gray", "tab:green"])
+    ax.set_title("mean same-identity distance (raw)")
+    ax.set_ylabel("Euclidean distance")
+    ax = fig.add_subplot(1, 2, 2)
+    vals = [pd_["before"]["normalised"], pd_["after"]["normalised"]]
+    ax.bar(labels, [v if v is not None else np.nan for v in vals], color=["tab:gray", "tab:green"])
+    ax.axhline(1.0, color="k", ls=":", lw=1)
+    ax.set_title("same / different identity (normalised)")
+    text = (f"{pd_['n_audio']} voices, {pd_['n_face']} faces, {pd_['n_identities_both']} identities with both. "
+            "Raw distances live in spaces of different dimension and scale, so compare the normalised bars: "
+            "mean same-identity distance divided by the mean different-identity distance in the same space "
+            "(1 = no better than a random pair; lower = voices closer to their own faces).")
+    return _png(fig), text
+
+
+# --------------------------------------------------------------------------- comparison
+
+
+def distinguishing(configs: list[dict]) -> list[str]:
+    """The ablation keys plus every other (non-runtime) setting that differs between runs."""
+    keys = set().union(*configs) if configs else set()
+    other = sorted(k for k in keys - set(ABLATION_KEYS) - RUNTIME_KEYS
+                   if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1)
+    return list(ABLATION_KEYS) + other
+
+
+def run_label(cfg: dict, extra_keys: list[str]) -> str:
+    al, ml = cfg.get("adversarial", True), cfg.get("metric", True)
+    name = {(True, True): "AL+ML", (True, False): "AL only", (False, True): "ML only", (False, False): "neither"}[bool(al), bool(ml)]
+    parts = []
+    if al:
+        parts.append(str(cfg.get("adversarial_kind")))
+    if ml:
+        parts.append(str(cfg.get("metric_kind")))
+    parts += [f"{k}={cfg.get(k)}" for k in extra_keys if k not in ABLATION_KEYS]
+    return name + (f" ({', '.join(parts)})" if parts else "")
+
+
+def _main_metrics(m: dict) -> dict[str, dict]:
+    out = {}
+    for d in ("a2v", "v2a"):
+        for kname, e in m.get("matching", {}).get(d, {}).items():
+            out[f"match {d.upper().replace('2', '→')} k={kname[1:]}"] = e
+    for name, e in m.get("verification", {}).items():
+        out[f"verif AUC {name}"] = e["auc"]
+    for split, dirs in m.get("retrieval", {}).items():
+        for d, e in dirs.items():
+            out[f"R@10 {split} {d.upper().replace('2', '→')}"] = e.get("R@10")
+    return out
+
+
+def compare_table(runs: list[tuple[Path, dict]]) -> str:
+    configs = [dict(m.get("config") or {}) for _, m in runs]
+    keys = distinguishing(configs)
+    per_run = [_main_metrics(m) for _, m in runs]
+
+    def order(name: str):
+        if name.startswith("match"):
+            return (0, name[6:9], int(name.split("k=")[1]))
+        return (1, name, 0)
+
+    cols = sorted(set().union(*per_run), key=order)
+    header = ["run", "label"] + [_esc(k) for k in keys] + [_esc(c) + " %" for c in cols]
+    rows = []
+    for (run, m), cfg, mm in zip(runs, configs, per_run):
+        rows.append([_esc(run), _esc(run_label(cfg, keys))] + [_esc(cfg.get(k, "–")) for k in keys]
+                    + [_pct(mm.get(c)) for c in cols])
+    return _table(header, rows, "compare")
+
+
+# --------------------------------------------------------------------------- page
+
+CSS = """
+body{font-family:system-ui,sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0;font-size:0.9em}
+th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;vertical-align:top}
+th{background:#f2f2f2} .side{display:flex;gap:2em;flex-wrap:wrap;align-items:flex-start}
+.warn{background:#fff4e0;border-left:4px solid #e69500;padding:0.4em 0.7em;max-width:36em}
+.paper{background:#fafafa;color:#555} small{color:#666} img{max-width:100%}
+"""
+
+
+def build_report(run: str | Path, metrics: str | Path | None = None, out: str | Path | None = None,
+                 compare: tuple[str | Path, ...] | list = ()) -> Path:
+    """Write the HTML report of RUN (default RUN/report.html) and return its path."""
+    run = Path(run)
+    m = load_metrics(Path(metrics) if metrics else run / "metrics.json")
+    out = Path(out) if out else run / "report.html"
+    cfg = m.get("config") or {}
+    parts = [f"<h1>AML report: {_esc(run)}</h1>",
+             f"<p>checkpoint epoch {_esc(m.get('checkpoint_epoch'))} (step {_esc(m.get('checkpoint_step'))}); "
+             f"task {_esc(cfg.get('task'))}, k={_esc(cfg.get('k'))}, direction {_esc(cfg.get('direction'))}; "
+             f"label: <b>{_esc(run_label(cfg, []))}</b>. Shards {_esc(m.get('shards'))}, tuples {_esc(m.get('tuples'))}; "
+             f"{_esc(m.get('items', {}).get('audio'))} voices and {_esc(m.get('items', {}).get('face'))} faces embedded once each.</p>",
+             "<p>Scores are −Euclidean distance between the 128-d embeddings (the learned heads only "
+             "exist for the trained k/direction and are shown as “head” where available). Values in %, "
+             f"95% percentile bootstrap CIs ({_esc(m.get('bootstrap', {}).get('n'))} resamples, seed "
+             f"{_esc(m.get('bootstrap', {}).get('seed'))}) in brackets. See docs/evaluation.md.</p>"]
+
+    parts.append('<div class="side"><div>')
+    parts.append(f"<h2>{SECTIONS['metrics']}</h2>" + metrics_table(m))
+    parts.append("</div><div>")
+    parts.append(f"<h2>{SECTIONS['paper']}</h2>" + paper_table())
+    parts.append("</div></div>")
+
+    img = accuracy_vs_k(m)
+    parts.append(f"<h2>{SECTIONS['accuracy_k']}</h2>" + (img or "<p>No matching lists were evaluated.</p>"))
+    img = roc_plot(m)
+    parts.append(f"<h2>{SECTIONS['roc']}</h2>" + (img or "<p>No verification lists were evaluated.</p>"))
+    img = loss_plot(read_log(run / "log.jsonl"))
+    parts.append(f"<h2>{SECTIONS['losses']}</h2>" + (img or f"<p>No training log at {_esc(run / 'log.jsonl')}.</p>"))
+    img, text = tsne_plot(run / "embeddings.npz")
+    parts.append(f"<h2>{SECTIONS['tsne']}</h2>" + (img or "") + f"<p>{_esc(text)}</p>")
+    img, text = distance_plot(m)
+    parts.append(f"<h2>{SECTIONS['distance']}</h2>" + (img or "") + f"<p>{_esc(text)}</p>")
+
+    if compare:
+        runs = [(run, m)] + [(Path(r), load_metrics(Path(r) / "metrics.json")) for r in compare]
+        parts.append(f"<h2>{SECTIONS['compare']}</h2>"
+                     "<p>Main metrics of each run (score −L2, %, 95% CI), labelled by its ablation settings "
+                     "(AL = adversarial learning, ML = metric learning) and any other setting that differs. "
+                     "Compare runs evaluated on the same tuple lists only.</p>" + compare_table(runs))
+
+    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>AML report: {_esc(run)}</title><style>{CSS}</style></head><body>\n"
+            + "\n".join(parts) + "\n</body></html>\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(out)
+    return out

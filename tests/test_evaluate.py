@@ -1,0 +1,226 @@
+"""avtrain evaluate / report on the synthetic corpus: structure, correctness against a
+brute-force recomputation, determinism, embed-once cost, and the HTML report."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from avtrain.cli import main as avtrain_main
+from avtrain.config import TrainConfig
+from avtrain.evaluate import read_tuple_lists
+from avtrain.models.aml import AudioBranch, VisualBranch
+from avtrain.train import CHECKPOINT, build_model, fit, save_checkpoint
+
+torch.set_num_threads(1)
+
+
+def _avdata(args):
+    from avdata.cli import main
+
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+
+@pytest.fixture(scope="module")
+def setup(train_tuples, tmp_path_factory):
+    """Evaluation lists (matching k=2..4 on train: the 12-identity corpus has only 2 test
+    identities, too few for k > 2; verification and retrieval on test), a briefly trained
+    run and an untrained 'ML only' run saved in the same checkpoint format."""
+    root = train_tuples.parent
+    shards = root / "shards"
+    tmp = tmp_path_factory.mktemp("evaluate")
+    ev = tmp / "ev"
+    _avdata(["make-tuples", "--shards", shards, "--task", "matching", "--split", "train", "--k", "2-4",
+             "--sets-per-identity", "3", "--negatives-per-positive", "2", "--out", ev])  # also writes tuple shards
+    _avdata(["make-tuples", "--shards", shards, "--task", "verification", "--split", "test",
+             "--pairs-per-identity", "3", "--out", ev])
+    _avdata(["make-tuples", "--shards", shards, "--task", "retrieval", "--split", "test", "--out", ev])
+
+    run = tmp / "run"
+    cfg = TrainConfig(task="matching", k=2, direction="a2v", epochs=1, batch_size=8, workers=0, threads=1,
+                      seed=0, max_steps_per_epoch=3)
+    fit(cfg, train_tuples, run, progress=False)
+
+    ablation = tmp / "run_ml_only"
+    ablation.mkdir()
+    cfg2 = TrainConfig(task="matching", k=2, direction="a2v", adversarial=False, seed=1)
+    torch.manual_seed(1)
+    save_checkpoint(ablation / CHECKPOINT, {"config": cfg2.to_dict(), "model": build_model(cfg2).state_dict(),
+                                            "epoch": 0, "step": 0})
+    return {"shards": shards, "ev": ev, "run": run, "ablation": ablation, "tmp": tmp}
+
+
+def _evaluate(s, run, out, *extra):
+    res = CliRunner().invoke(avtrain_main, ["evaluate", "--run", str(run), "--shards", str(s["shards"]),
+                                            "--tuples", str(s["ev"]), "--out", str(out), "--bootstrap", "200",
+                                            "--batch-size", "16", *extra])
+    assert res.exit_code == 0, res.output
+    return json.loads(Path(out).read_text()), res.output
+
+
+def _check_entry(e: dict):
+    assert 0.0 <= e["value"] <= 1.0
+    lo, hi = e["ci95"]
+    assert 0.0 <= lo <= e["value"] <= hi <= 1.0
+
+
+def test_metrics_structure_and_values(setup):
+    m, output = _evaluate(setup, setup["run"], setup["run"] / "metrics.json")
+    assert "matching" in output and "verification" in output and "retrieval" in output
+    assert m["checkpoint_epoch"] == 1 and m["config"]["k"] == 2 and m["run"] == str(setup["run"])
+    assert m["matching_split"] == "train" and m["matching_other"] == {}
+    index = setup["ev"] / "index"
+    for d in ("a2v", "v2a"):
+        assert sorted(m["matching"][d]) == ["k2", "k3", "k4"]
+        for k in (2, 3, 4):
+            e = m["matching"][d][f"k{k}"]
+            _check_entry(e)
+            assert e["n"] == len(_lines(index / f"matching_train_{d}_k{k}.jsonl"))
+            assert e["chance"] == pytest.approx(1 / k)
+    # the learned head exists only for the trained k and direction
+    assert "head" in m["matching"]["a2v"]["k2"]
+    _check_entry(m["matching"]["a2v"]["k2"]["head"])
+    assert all("head" not in e for d in ("a2v", "v2a") for k, e in m["matching"][d].items() if (d, k) != ("a2v", "k2"))
+    v = m["verification"]["test"]
+    _check_entry(v["auc"])
+    _check_entry(v["eer"])
+    assert v["n"] == v["n_pos"] + v["n_neg"] == len(_lines(index / "verification_test.jsonl"))
+    assert v["roc"]["fpr"][0] == 0 and v["roc"]["tpr"][-1] == 1
+    for d in ("a2v", "v2a"):
+        r = m["retrieval"]["test"][d]
+        for key in ("R@1", "R@5", "R@10", "mAP"):
+            _check_entry(r[key])
+        assert r["R@1"]["value"] <= r["R@5"]["value"] <= r["R@10"]["value"]
+        assert r["n"] == len(_lines(index / f"retrieval_test_{d}_queries.jsonl"))
+    pd_ = m["pair_distance"]
+    for space in ("before", "after"):
+        assert pd_[space]["same"] > 0 and pd_[space]["different"] > 0
+        assert pd_[space]["normalised"] == pytest.approx(pd_[space]["same"] / pd_[space]["different"])
+    with np.load(setup["run"] / "embeddings.npz", allow_pickle=False) as z:
+        assert z["audio_before"].shape[1] == 3200 and z["face_after"].shape[1] == 128
+        assert z["audio_before"].shape[0] == z["audio_ids"].shape[0] == z["audio_after"].shape[0] > 0
+        assert z["face_ids"].dtype.kind == "U"
+
+
+def test_scores_match_brute_force(setup):
+    """Accuracy and AUC equal a direct per-tuple recomputation from freshly embedded items."""
+    from sklearn.metrics import roc_auc_score
+
+    from avdata.reader import decode_jpg, decode_npy, index_items, read_member
+    from avtrain.evaluate import load_run
+    from avtrain.models import normalise_audio, normalise_face
+
+    m = json.loads((setup["run"] / "metrics.json").read_text())
+    model, _, _ = load_run(setup["run"], torch.device("cpu"))
+    items = index_items(setup["shards"]).set_index("key")
+
+    def h(key):
+        r = items.loc[key]
+        data = read_member(setup["shards"] / r["tar"], int(r["data_offset"]), int(r["data_size"]))
+        with torch.no_grad():
+            if r["modality"] == "audio":
+                return model.embed_audio(normalise_audio(np.stack([decode_npy(data)])))[0].double().numpy()
+            return model.embed_face(normalise_face(np.stack([decode_jpg(data)])))[0].double().numpy()
+
+    cache = {}
+    emb = lambda k: cache.setdefault(k, h(k))
+    tuples = _lines(setup["ev"] / "index" / "matching_train_v2a_k3.jsonl")
+    correct = [int(np.argmin([np.linalg.norm(emb(t["query"]) - emb(g)) for g in t["gallery"]]) == t["label"])
+               for t in tuples]
+    assert m["matching"]["v2a"]["k3"]["value"] == pytest.approx(np.mean(correct), abs=1e-12)
+    pairs = _lines(setup["ev"] / "index" / "verification_test.jsonl")
+    scores = [-np.linalg.norm(emb(p["query"]) - emb(p["gallery"][0])) for p in pairs]
+    assert m["verification"]["test"]["auc"]["value"] == pytest.approx(roc_auc_score([p["label"] for p in pairs], scores))
+
+
+def test_deterministic_and_embeds_each_item_once(setup):
+    """Two evaluations give identical bytes; branch forward rows == distinct items."""
+    calls = {"audio": [], "face": []}
+
+    def hook(module, inputs, output):
+        if isinstance(module, AudioBranch):
+            calls["audio"].append(inputs[0].shape[0])
+        elif isinstance(module, VisualBranch):
+            calls["face"].append(inputs[0].shape[0])
+
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        a, _ = _evaluate(setup, setup["run"], setup["tmp"] / "a.json")
+    finally:
+        handle.remove()
+    _evaluate(setup, setup["run"], setup["tmp"] / "b.json")
+    assert (setup["tmp"] / "a.json").read_bytes() == (setup["tmp"] / "b.json").read_bytes()
+
+    audio, face, tuple_slots = set(), set(), 0
+    for f in sorted((setup["ev"] / "index").glob("*.jsonl")):
+        for r in _lines(f):
+            if "gallery" in r:  # matching / verification tuple
+                d = r["direction"]
+                (audio if d == "a2v" else face).add(r["query"])
+                (face if d == "a2v" else audio).update(r["gallery"])
+                tuple_slots += 1 + len(r["gallery"])
+            elif "query" in r:  # retrieval query
+                (audio if r["direction"] == "a2v" else face).add(r["query"])
+            else:  # retrieval gallery line
+                (face if "_a2v_" in f.name else audio).add(r["key"])
+    assert sum(calls["audio"]) == len(audio) == a["items"]["audio"]
+    assert sum(calls["face"]) == len(face) == a["items"]["face"]
+    assert len(calls["audio"]) == math.ceil(len(audio) / 16) and len(calls["face"]) == math.ceil(len(face) / 16)
+    assert len(audio) + len(face) < tuple_slots  # cost follows items, not tuples x k
+
+
+def test_report_with_comparison(setup):
+    _evaluate(setup, setup["ablation"], setup["ablation"] / "metrics.json")
+    out = setup["tmp"] / "report.html"
+    res = CliRunner().invoke(avtrain_main, ["report", "--run", str(setup["run"]), "--out", str(out),
+                                            "--compare", str(setup["ablation"])])
+    assert res.exit_code == 0, res.output
+    page = out.read_text()
+    for title in ("Metrics", "not comparable", "Matching accuracy against k", "Verification ROC curves",
+                  "Training losses", "t-SNE", "Same-identity audio-face distance", "Run comparison"):
+        assert title in page, title
+    assert page.count("data:image/png;base64,") == 5  # accuracy-k, ROC, losses, t-SNE, distances
+    assert "http://" not in page and "https://" not in page  # self-contained
+    table = page[page.index('<table class="compare">'):]
+    table = table[:table.index("</table>")]
+    assert table.count("<tr>") == 3  # header + two runs
+    assert "AL+ML (gan, lifted" in table and "ML only (lifted" in table
+    assert re.search(r"<th>seed</th>", table)  # another differing setting is shown
+
+
+def test_cli_errors_are_one_line(setup, tmp_path):
+    res = CliRunner().invoke(avtrain_main, ["evaluate", "--run", str(tmp_path), "--shards", str(setup["shards"]),
+                                            "--tuples", str(setup["ev"])])
+    assert res.exit_code == 1 and "no checkpoint.pt" in res.output and res.output.count("\n") == 1
+    res = CliRunner().invoke(avtrain_main, ["evaluate", "--run", str(setup["run"]), "--shards", str(setup["shards"]),
+                                            "--tuples", str(tmp_path)])
+    assert res.exit_code == 1 and "no index/" in res.output
+    res = CliRunner().invoke(avtrain_main, ["report", "--run", str(tmp_path)])
+    assert res.exit_code == 1 and "no metrics file" in res.output
+
+
+def test_list_names_with_underscored_splits(tmp_path):
+    index = tmp_path / "index"
+    index.mkdir()
+    t = {"direction": "a2v", "gallery": ["f1", "f2"], "label": 0, "query": "a1", "split": "seen_heard"}
+    (index / "matching_seen_heard_a2v_k2_gender+nationality.jsonl").write_text(json.dumps(t) + "\n")
+    (index / "matching_seen_heard_v2a_k3.jsonl").write_text("")  # empty: left out
+    (index / "verification_imported_veriflist_test.jsonl").write_text(
+        json.dumps(t | {"gallery": ["f1"], "split": "unseen_unheard"}) + "\n")
+    lists = {tl.name: tl for tl in read_tuple_lists(tmp_path)}
+    assert set(lists) == {"matching_seen_heard_a2v_k2_gender+nationality", "verification_imported_veriflist_test"}
+    m = lists["matching_seen_heard_a2v_k2_gender+nationality"]
+    assert (m.split, m.direction, m.k, m.constraint) == ("seen_heard", "a2v", 2, "gender+nationality")
