@@ -200,5 +200,131 @@ def import_veriflist_cmd(file, shards, out):
         click.echo(f"  unmapped {n}: {reason}")
 
 
+@main.group("manifest")
+def manifest_group():
+    """Manifests of shards, tuples, runs and splits.
+
+    Describe outputs by hashes, counts and settings, and re-check them anywhere
+    (docs/reproducibility.md).
+    """
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _report_diff(lines: list[str], what: str, against: str) -> None:
+    """Print diff lines; exit 1 (one-line error) if any is more than a warning."""
+    from avdata.manifest import has_failures
+
+    for line in lines:
+        click.echo(line)
+    if has_failures(lines):
+        n = sum(1 for l in lines if not l.startswith("warning: "))
+        fail(f"{what}: differs from {against} ({n} difference line(s) above)")
+    warn = f" ({len(lines)} warning(s))" if lines else ""
+    click.echo(f"{what}: identical to {against}{warn}")
+
+
+@manifest_group.command("verify")
+@click.argument("dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--against", type=click.Path(dir_okay=False, exists=True), required=True,
+              help="Committed manifest to compare with, e.g. manifests/demo/shards-matching.json.")
+@click.option("--tuples", type=click.Path(file_okay=False, exists=True), default=None,
+              help="For a training run directory: the tuple directory it trained on (its manifest hash is recorded).")
+def manifest_verify_cmd(dir, against, tuples):
+    """Compare DIR with a committed manifest.
+
+    DIR is a shard, tuple or training-run directory; every file its manifest.json lists
+    is re-hashed. Exit 0 when identical (library-version lines are only warnings); else
+    print one line per difference, naming it, and exit 1.
+    """
+    from avdata.manifest import verify
+
+    try:
+        lines = verify(dir, against, tuples=tuples)
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        fail(_one_line(f"{dir}: cannot verify ({exc})"))
+    _report_diff(lines, dir, against)
+
+
+@manifest_group.command("update")
+@click.argument("dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", type=click.Path(dir_okay=False), required=True,
+              help="Manifest file to (re)write as canonical JSON, e.g. manifests/demo/shards-matching.json.")
+@click.option("--tuples", type=click.Path(file_okay=False, exists=True), default=None,
+              help="For a training run directory: the tuple directory it trained on (its manifest hash is recorded).")
+def manifest_update_cmd(dir, out, tuples):
+    """Write DIR's manifest to OUT (intentional changes).
+
+    Prints what changed from the previous OUT; review it (git diff) and commit it.
+    Refuses a directory whose files do not match its own manifest.json.
+    """
+    from avdata.manifest import update
+
+    existed = Path(out).is_file()
+    try:
+        lines = update(dir, out, tuples=tuples)
+    except (ValueError, KeyError, RuntimeError, OSError) as exc:
+        fail(_one_line(f"{dir}: cannot describe ({exc})"))
+    for line in lines:
+        click.echo(line)
+    state = f"{len(lines)} change(s) from the previous version" if lines else "unchanged" if existed else "new"
+    click.echo(f"{out}: written ({state})")
+
+
+_META_OPTION = click.option("--meta", type=click.Path(dir_okay=False, exists=True), required=True,
+                            help="VoxCeleb1 meta file (vox1_meta.csv, tab separated).")
+_PROTOCOL_OPTION = click.option("--protocol", type=click.Choice(["matching", "pins"]), required=True,
+                                help="matching: A-B val, C-E test, F-Z train by first letter; pins: Learnable-PINs sets.")
+_PINS_OPTION = click.option("--pins-splits", type=click.Path(dir_okay=False, exists=True), default=None,
+                            help="Learnable-PINs identity_splits.txt (needed for --protocol pins).")
+
+
+@manifest_group.command("splits")
+@_META_OPTION
+@_PROTOCOL_OPTION
+@_PINS_OPTION
+@click.option("--out", type=click.Path(dir_okay=False), required=True,
+              help="Manifest file to write, e.g. manifests/voxceleb1/matching.json (hashes and counts only).")
+def manifest_splits_cmd(meta, protocol, pins_splits, out):
+    """Write a protocol's identity-split manifest.
+
+    Input file hashes, the split rule, and per split the identity count and the sha256
+    of the sorted VoxCeleb1 id list: hashes and counts only, never the files' contents.
+    """
+    from avdata.manifest import identity_split_manifest, write_with_diff
+
+    try:
+        desc = identity_split_manifest(meta, protocol, pins_splits)
+    except (InputError, ValueError) as exc:
+        fail(str(exc))
+    lines = write_with_diff(desc, out)
+    for line in lines:
+        click.echo(line)
+    counts = " ".join(f"{k}={v['identities']}" for k, v in desc["splits"].items())
+    click.echo(f"{out}: {protocol} {counts}" + (f" ({len(lines)} change(s))" if lines else ""))
+
+
+@manifest_group.command("verify-splits")
+@_META_OPTION
+@_PROTOCOL_OPTION
+@_PINS_OPTION
+@click.option("--against", type=click.Path(dir_okay=False, exists=True), required=True,
+              help="Committed identity-split manifest, e.g. manifests/voxceleb1/matching.json.")
+def manifest_verify_splits_cmd(meta, protocol, pins_splits, against):
+    """Check a protocol's identity split against a manifest.
+
+    Recomputes the split from the official files; exit 1 naming what changed.
+    """
+    from avdata.manifest import verify_splits
+
+    try:
+        lines = verify_splits(meta, protocol, against, pins_splits=pins_splits)
+    except (InputError, ValueError) as exc:
+        fail(str(exc))
+    _report_diff(lines, f"{protocol} identity splits", against)
+
+
 if __name__ == "__main__":
     main()
