@@ -25,6 +25,7 @@ import json
 import multiprocessing as mp
 import os
 import queue
+import sys
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,7 +228,9 @@ def _run_specs(todo: list[ShardSpec], config: BuildConfig, out: Path, class_of: 
             finally:
                 torch.set_num_threads(threads)  # leave the caller's setting as it was
             return
-        ctx = mp.get_context("spawn")  # no forked torch/OpenMP state in workers
+        # fork is fast and safe while this process has not started torch's thread pools;
+        # otherwise spawn, so no forked OpenMP state reaches the workers
+        ctx = mp.get_context("fork" if "torch" not in sys.modules else "spawn")
         q = ctx.Queue()
         with ctx.Pool(jobs, initializer=_init_worker, initargs=(q, config, str(out), class_of, fail_fast)) as pool:
             pending = [pool.apply_async(_build_in_worker, (spec,)) for spec in todo]
