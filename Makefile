@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO    ?= demo-out
 
-.PHONY: demo test test-slow bench venv clean
+.PHONY: demo demo-data test test-slow bench venv clean verify-manifests manifests
 
 venv: $(STAMP)
 
@@ -17,13 +17,48 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# ---- the demo: data half (demo-data), then train -> evaluate -> report
+DEMO_SETS   := shards-matching shards-pins tuples-matching tuples-pins
+DEMO_EPOCHS ?= 6
+VOX1        ?= ../shared/data/protocols/voxceleb1
+
+demo-data: $(STAMP)
+	rm -rf $(DEMO)
 	$(BIN)/avdata synth $(DEMO)/corpus --videos --seed 0
 	$(BIN)/avdata build-shards --audio $(DEMO)/corpus/wav --faces $(DEMO)/corpus/faces --videos $(DEMO)/corpus/mp4 \
-	    --meta $(DEMO)/corpus/vox1_meta.csv --protocol matching --out $(DEMO)/shards-matching -j 2
+	    --meta $(DEMO)/corpus/vox1_meta.csv --protocol matching --out $(DEMO)/shards-matching -j 2 --no-progress
 	$(BIN)/avdata build-shards --audio $(DEMO)/corpus/wav --faces $(DEMO)/corpus/faces --videos $(DEMO)/corpus/mp4 \
 	    --meta $(DEMO)/corpus/vox1_meta.csv --protocol pins --pins-splits $(DEMO)/corpus/identity_splits.txt \
-	    --out $(DEMO)/shards-pins -j 2
+	    --out $(DEMO)/shards-pins -j 2 --no-progress
+	$(BIN)/avdata make-tuples --shards $(DEMO)/shards-matching --task matching --split train --k 2 --direction a2v \
+	    --negatives-per-positive 60 --tuples-per-shard 200 --out $(DEMO)/tuples-matching
+	$(BIN)/avdata make-tuples --shards $(DEMO)/shards-matching --task matching --split test --k 2-10 --out $(DEMO)/tuples-matching
+	$(BIN)/avdata make-tuples --shards $(DEMO)/shards-matching --task verification --split test --out $(DEMO)/tuples-matching
+	$(BIN)/avdata make-tuples --shards $(DEMO)/shards-matching --task retrieval --split test --out $(DEMO)/tuples-matching
+	$(BIN)/avdata make-tuples --shards $(DEMO)/shards-pins --task verification --split seen_heard --split unseen_unheard \
+	    --out $(DEMO)/tuples-pins
+
+demo: demo-data
+	$(BIN)/avtrain fit --shards $(DEMO)/tuples-matching --task matching --k 2 --direction a2v \
+	    --epochs $(DEMO_EPOCHS) --out $(DEMO)/runs/aml --no-progress
+	$(BIN)/avtrain evaluate --run $(DEMO)/runs/aml --shards $(DEMO)/shards-matching --tuples $(DEMO)/tuples-matching
+	$(BIN)/avtrain report --run $(DEMO)/runs/aml
+	@echo "report: $(DEMO)/runs/aml/report.html"
+
+verify-manifests: $(STAMP)
+	@st=0; for d in $(DEMO_SETS); do \
+	    $(BIN)/avdata manifest verify $(DEMO)/$$d --against manifests/demo/$$d.json || st=1; done; \
+	$(BIN)/avdata manifest verify-splits --meta $(VOX1)/vox1_meta.csv --protocol matching --against manifests/voxceleb1/matching.json || st=1; \
+	$(BIN)/avdata manifest verify-splits --meta $(VOX1)/vox1_meta.csv --protocol pins \
+	    --pins-splits $(VOX1)/learnable_pins/identity_splits.txt --against manifests/voxceleb1/pins.json || st=1; \
+	exit $$st
+
+# accept an intentional change: rebuild the demo data, rewrite manifests/, review `git diff manifests/`
+manifests: demo-data
+	for d in $(DEMO_SETS); do $(BIN)/avdata manifest update $(DEMO)/$$d --out manifests/demo/$$d.json || exit 1; done
+	$(BIN)/avdata manifest splits --meta $(VOX1)/vox1_meta.csv --protocol matching --out manifests/voxceleb1/matching.json
+	$(BIN)/avdata manifest splits --meta $(VOX1)/vox1_meta.csv --protocol pins \
+	    --pins-splits $(VOX1)/learnable_pins/identity_splits.txt --out manifests/voxceleb1/pins.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -34,6 +69,8 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/faces.py
 	$(BIN)/python bench/build_shards.py
+	$(BIN)/python bench/loader.py
+	$(BIN)/python bench/train_step.py
 
 clean:
 	rm -rf $(DEMO)

@@ -274,8 +274,9 @@ def _fake_shards(root: Path, groups: dict[str, int]):
                     vox = f"id{vid + i}"
                     meta = {"name": f"{letters[split]}{i:04d}", "vox_id": vox, "source": f"{vox}/yt/00001.x",
                             "source_id": "yt", "source_modality": modality}
-                    for ext, data in _encode(Sample(f"{vox}__yt__00001", modality, ext_arr, meta), i, 90):
-                        _add_member(tar, f"{vox}__yt__00001.{ext}", data)
+                    key = f"{vox}__yt__00001-" + ("wav_w0" if modality == "audio" else "jpg")
+                    for ext, data in _encode(Sample(key, modality, ext_arr, meta), i, 90):
+                        _add_member(tar, f"{key}.{ext}", data)
             sizes[f"{split}/{modality}-000000.tar"] = n
         rows += [f"{letters[split]}{i:04d},id{vid + i},{split},m,USA" for i in range(n)]
         vid += n
