@@ -128,12 +128,13 @@ def _parse_k(value: str) -> list[int]:
 @click.option("--direction", type=click.Choice(["a2v", "v2a", "both"]), default="both", help="a2v: voice query, face gallery; v2a: the reverse.")
 @click.option("--seed", type=int, default=0, help="Seed of every draw; same shards + seed give identical files.")
 @click.option("--negatives-per-positive", type=click.IntRange(min=1), default=15, help="Matching k=2: tuples (one negative each) per positive pair.")
+@click.option("--positives-per-identity", type=click.IntRange(min=1), default=1, help="Matching k=2: (query, positive) pairs per identity (the paper: 1).")
 @click.option("--sets-per-identity", type=click.IntRange(min=1), default=50, help="Matching k>2: tuples per identity.")
 @click.option("--pairs-per-identity", type=click.IntRange(min=1), default=10, help="Verification: positive pairs per identity (as many negatives).")
 @click.option("--constrain", default="", help="Negatives share these attributes with the query: gender, nationality or gender,nationality.")
 @click.option("--tuple-shards/--no-tuple-shards", default=None, help="Also write tuple shards carrying every member's arrays [default: on for split train].")
 @click.option("--tuples-per-shard", type=click.IntRange(min=1), default=500, help="Tuples per tuple shard.")
-def make_tuples_cmd(shards, task, splits, out, k_spec, direction, seed, negatives_per_positive, sets_per_identity,
+def make_tuples_cmd(shards, task, splits, out, k_spec, direction, seed, negatives_per_positive, positives_per_identity, sets_per_identity,
                     pairs_per_identity, constrain, tuple_shards, tuples_per_shard):
     """Draw fixed tuples from shards, write them, then check every rule (as check-tuples)."""
     from avdata.tuples import ATTRIBUTES, TupleConfig, check_tuples, make_tuples
@@ -147,6 +148,7 @@ def make_tuples_cmd(shards, task, splits, out, k_spec, direction, seed, negative
     if task == "verification":
         directions = ["a2v"]  # a pair is (voice, face) whichever way it is scored
     configs = [TupleConfig(task=task, split=sp, direction=d, k=k, seed=seed, negatives_per_positive=negatives_per_positive,
+                           positives_per_identity=positives_per_identity,
                            sets_per_identity=sets_per_identity, pairs_per_identity=pairs_per_identity, constrain=constraint)
                for sp in splits for d in directions for k in ks]
     with_shards = all(sp == "train" for sp in splits) if tuple_shards is None else tuple_shards

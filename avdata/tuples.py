@@ -47,6 +47,7 @@ class TupleConfig:
     k: int = 2
     seed: int = 0
     negatives_per_positive: int = 15
+    positives_per_identity: int = 1   # k = 2: (query, positive) pairs per identity, each with its negatives
     sets_per_identity: int = 50
     pairs_per_identity: int = 10
     constrain: tuple[str, ...] = ()
@@ -117,12 +118,15 @@ def draw_matching(pool: Pool, cfg: TupleConfig) -> tuple[list[dict], list[dict]]
             continue
         q_keys, p_keys = pool.by_id[q_mod][vox_id], pool.by_id[g_mod][vox_id]
         if cfg.k == 2:
-            # one positive pair, then negatives_per_positive tuples, negatives from distinct identities
-            # while there are enough of them
-            query, positive = q_keys[rng.integers(len(q_keys))], p_keys[rng.integers(len(p_keys))]
-            replace = len(candidates) < cfg.negatives_per_positive
-            neg_ids = rng.choice(candidates, cfg.negatives_per_positive, replace=replace)
-            draws = [(query, positive, [n]) for n in neg_ids]
+            # positives_per_identity (query, positive) pairs (1: the paper's protocol), each with
+            # negatives_per_positive tuples whose negatives come from distinct identities while
+            # there are enough of them
+            draws = []
+            for _ in range(cfg.positives_per_identity):
+                query, positive = q_keys[rng.integers(len(q_keys))], p_keys[rng.integers(len(p_keys))]
+                replace = len(candidates) < cfg.negatives_per_positive
+                neg_ids = rng.choice(candidates, cfg.negatives_per_positive, replace=replace)
+                draws += [(query, positive, [n]) for n in neg_ids]
         else:
             draws = []
             for _ in range(cfg.sets_per_identity):
