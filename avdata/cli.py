@@ -31,7 +31,9 @@ def main():
 @click.option("--faces-per-identity", type=click.IntRange(min=1), default=4, help="Face photos (jpg) per identity.")
 @click.option("--videos/--no-videos", default=False, help="Also write talking-head mp4s (frames + voice track).")
 @click.option("--seed", type=int, default=0, help="Corpus seed; the same seed gives byte-identical files.")
-def synth_cmd(out, identities, clips_per_identity, faces_per_identity, videos, seed):
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, help="Worker processes (identities in parallel); the files are the same for any value.")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+def synth_cmd(out, identities, clips_per_identity, faces_per_identity, videos, seed, jobs, progress):
     """Write the built-in synthetic corpus to OUT in the real VoxCeleb layouts.
 
     OUT/vox1_meta.csv, OUT/identity_splits.txt (PINs format), OUT/wav/idNNNNN/YTID/NNNNN.wav,
@@ -42,7 +44,8 @@ def synth_cmd(out, identities, clips_per_identity, faces_per_identity, videos, s
 
     try:
         summary = synth_corpus(out, identities=identities, clips_per_identity=clips_per_identity,
-                               faces_per_identity=faces_per_identity, videos=videos, seed=seed, progress=True)
+                               faces_per_identity=faces_per_identity, videos=videos, seed=seed, progress=progress,
+                               workers=jobs)
     except (InputError, ValueError) as exc:
         fail(str(exc))
     click.echo(f"{out}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if isinstance(v, int)))

@@ -15,3 +15,13 @@ class InputError(Exception):
 
     def to_record(self) -> dict:
         return {"path": self.path, "reason": self.reason}
+
+
+def check_readable_file(path: Path) -> None:
+    """Fail early, with a plain reason, on what decoders would report obscurely."""
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if not path.is_file():
+        raise InputError(path, "not a regular file")
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty file")

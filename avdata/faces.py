@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from avdata.errors import InputError
+from avdata.errors import InputError, check_readable_file
 
 __all__ = ["FaceCrop", "FaceAligner", "load_image", "box_iou"]
 
@@ -50,12 +50,7 @@ def load_image(path: str | Path) -> Image.Image:
     file fails in this function with a clear reason, not later inside the detector.
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(path, "file not found")
-    if not path.is_file():
-        raise InputError(path, "not a regular file")
-    if path.stat().st_size == 0:
-        raise InputError(path, "empty file")
+    check_readable_file(path)
     try:
         with Image.open(path) as opened:
             opened.load()

@@ -32,7 +32,7 @@ import imageio_ffmpeg
 import numpy as np
 import soundfile
 
-from avdata.errors import InputError
+from avdata.errors import InputError, check_readable_file
 
 __all__ = ["decode_audio", "decode_video_frames", "load_wav", "ffmpeg_exe"]
 
@@ -50,16 +50,6 @@ _OUTPUT_AUDIO_RATE = re.compile(r"Stream #\d+:\d+.*?: Audio: .*?, (\d+) Hz")
 def ffmpeg_exe() -> str:
     """Path of the ffmpeg binary bundled with imageio-ffmpeg (no system ffmpeg needed)."""
     return imageio_ffmpeg.get_ffmpeg_exe()
-
-
-def _check_file(path: Path) -> None:
-    """Fail early, with a plain reason, on what ffmpeg would report obscurely."""
-    if not path.exists():
-        raise InputError(path, "file not found")
-    if not path.is_file():
-        raise InputError(path, "not a regular file")
-    if path.stat().st_size == 0:
-        raise InputError(path, "empty file")
 
 
 def _ffmpeg_url(path: Path) -> str:
@@ -117,7 +107,7 @@ def _run(stream, path: Path, stream_kind: str) -> tuple[bytes, str]:
 
 def _ffmpeg_decode_audio(path: Path, sr: int | None) -> tuple[np.ndarray, int]:
     """ffmpeg decode of the first audio stream to mono s16le at `sr` (None: the native rate)."""
-    _check_file(path)
+    check_readable_file(path)
     output_args = {"format": "s16le", "acodec": "pcm_s16le", "ac": 1, "map": "0:a:0"}
     if sr is not None:
         output_args["ar"] = int(sr)
@@ -182,7 +172,7 @@ def load_wav(path: str | Path) -> tuple[np.ndarray, int]:
     takes any media file with an audio stream.
     """
     path = Path(path)
-    _check_file(path)
+    check_readable_file(path)
     reason = _wav_truncation(path)
     if reason is not None:
         raise InputError(path, reason)
@@ -207,7 +197,7 @@ def decode_video_frames(
     and no ffprobe. `max_frames` stops decoding early (ffmpeg ``-frames:v``).
     """
     path = Path(path)
-    _check_file(path)
+    check_readable_file(path)
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
     output_args = {"format": "rawvideo", "pix_fmt": "rgb24"}

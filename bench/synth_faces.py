@@ -1,0 +1,48 @@
+"""MTCNN hit rate on the synthetic corpus's face photos (and video frames).
+
+A hit is facenet-pytorch `MTCNN().detect(img)` returning a box, on every
+faces/**/*.jpg of a freshly synthesised corpus (1 torch thread).
+
+    .venv/bin/python bench/synth_faces.py [--identities 60] [--seed 0] [--videos]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--identities", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--videos", action="store_true", help="also count frames of the videos (1 fps)")
+    args = ap.parse_args()
+    from facenet_pytorch import MTCNN
+    from PIL import Image
+
+    from avdata.media import decode_video_frames
+    from avdata.synth import synth_corpus
+
+    torch.set_num_threads(1)
+    mtcnn = MTCNN()
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        synth_corpus(Path(tmp), identities=args.identities, videos=args.videos, seed=args.seed)
+        synth_s = time.perf_counter() - t
+        photos = sorted(Path(tmp, "faces").rglob("*.jpg"))
+        hits = sum(mtcnn.detect(Image.open(p).convert("RGB"))[0] is not None for p in photos)
+        print(f"synthetic corpus: {args.identities} identities, seed {args.seed}, generated in {synth_s:.1f} s")
+        print(f"photos: {hits}/{len(photos)} detected = {hits / len(photos):.1%}")
+        if args.videos:
+            frames = [f for v in sorted(Path(tmp, "mp4").rglob("*.mp4")) for f in decode_video_frames(v, fps=1.0)]
+            fh = sum(mtcnn.detect(Image.fromarray(f))[0] is not None for f in frames)
+            print(f"video frames (1 fps): {fh}/{len(frames)} detected = {fh / len(frames):.1%}")
+
+
+if __name__ == "__main__":
+    main()
