@@ -34,8 +34,8 @@ demo-data: $(STAMP)
 	$(BIN)/avdata build-shards --audio $(DEMO)/corpus/wav --faces $(DEMO)/corpus/faces --videos $(DEMO)/corpus/mp4 \
 	    --meta $(DEMO)/corpus/vox1_meta.csv --protocol pins --pins-splits $(DEMO)/corpus/identity_splits.txt \
 	    --out $(DEMO)/shards-pins -j 2 --no-progress
-	$(BIN)/avdata make-tuples --shards $(DEMO)/shards-matching --task matching --split train --k 2 --direction a2v \
-	    --positives-per-identity 10 --negatives-per-positive 3 --tuples-per-shard 200 --out $(DEMO)/tuples-matching
+	$(BIN)/avdata make-tuples --shards $(DEMO)/shards-matching --task matching --split train --k 3 --direction a2v \
+	    --sets-per-identity 30 --tuples-per-shard 200 --out $(DEMO)/tuples-matching
 	$(BIN)/avdata make-tuples --shards $(DEMO)/shards-matching --task matching --split test --k 2-10 --out $(DEMO)/tuples-matching
 	$(BIN)/avdata make-tuples --shards $(DEMO)/shards-matching --task verification --split test --out $(DEMO)/tuples-matching
 	$(BIN)/avdata make-tuples --shards $(DEMO)/shards-matching --task retrieval --split test --out $(DEMO)/tuples-matching
@@ -43,7 +43,7 @@ demo-data: $(STAMP)
 	    --out $(DEMO)/tuples-pins
 
 demo: demo-data
-	$(BIN)/avtrain fit --shards $(DEMO)/tuples-matching --task matching --k 2 --direction a2v \
+	$(BIN)/avtrain fit --shards $(DEMO)/tuples-matching --task matching --k 3 --direction a2v \
 	    --epochs $(DEMO_EPOCHS) $(DEMO_TRAIN) --out $(DEMO)/runs/aml --no-progress
 	$(BIN)/avtrain evaluate --run $(DEMO)/runs/aml --shards $(DEMO)/shards-matching --tuples $(DEMO)/tuples-matching
 	$(BIN)/avtrain report --run $(DEMO)/runs/aml
