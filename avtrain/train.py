@@ -89,10 +89,8 @@ class Distributed:
             dist.destroy_process_group()
 
 
-def fit(cfg: TrainConfig, tuples_dir: str | Path, out: str | Path, resume: bool = False, progress: bool = True,
-        on_batch=None) -> dict:
-    """Train; returns a summary (final losses, steps, samples/s). ``on_batch(rank, batch)`` is
-    a hook for tests that need to see what each rank read."""
+def fit(cfg: TrainConfig, tuples_dir: str | Path, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train; returns a summary (final losses, steps, samples/s)."""
     out = Path(out)
     device = pick_device(cfg.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
@@ -152,11 +150,10 @@ def fit(cfg: TrainConfig, tuples_dir: str | Path, out: str | Path, resume: bool 
 
     stream = TupleStream(urls, cfg.batch_size, cfg.seed, ddp.rank, ddp.world, cfg.shuffle_buffer)
     log_file = open(out / "log.jsonl", "a") if is_main else None
-    if cfg.record_batches:
+    audit = None
+    if cfg.record_batches:  # which tuples each rank read, to audit DDP splitting
         out.mkdir(parents=True, exist_ok=True)
         audit = open(out / f"batches-rank{ddp.rank}.jsonl", "a")
-        on_batch = (lambda rank, b, _prev=on_batch: (audit.write(json.dumps({"epoch": stream.epoch, "keys": b["keys"]}) + "\n"),
-                                                     _prev and _prev(rank, b)))
     tb = None
     if is_main:
         try:
@@ -178,8 +175,8 @@ def fit(cfg: TrainConfig, tuples_dir: str | Path, out: str | Path, resume: bool 
         bar = tqdm(total=steps_per_epoch[epoch], desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                    disable=not (progress and is_main), dynamic_ncols=True)
         for batch in islice(loader, steps_per_epoch[epoch]):
-            if on_batch:
-                on_batch(ddp.rank, batch)
+            if audit:
+                audit.write(json.dumps({"epoch": epoch, "keys": batch["keys"]}) + "\n")
             query, gallery, label = to_model_inputs(batch, cfg.direction, device, train=True, flip_generator=flips,
                                                     channels_last=cuda and cfg.channels_last)
             with autocast:
@@ -226,8 +223,9 @@ def fit(cfg: TrainConfig, tuples_dir: str | Path, out: str | Path, resume: bool 
             save_checkpoint(ckpt_path, state)
         if ddp.enabled:
             dist.barrier()
-    if log_file:
-        log_file.close()
+    for f in (log_file, audit):
+        if f:
+            f.close()
     if tb:
         tb.close()
     elapsed = time.perf_counter() - t_start

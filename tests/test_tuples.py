@@ -293,3 +293,13 @@ def test_table_ii_counts_through_the_cli(tmp_path):
     res = cli("make-tuples", "--shards", tmp_path / "s", "--task", "matching", "--split", "test", "--k", "10",
               "--direction", "a2v", "--out", tmp_path / "t")
     assert "matching_test_a2v_k10: tuples=7650, identities=153" in res.output
+
+
+def test_positives_per_identity_multiplies_binary_tuples(shards, tmp_path):
+    out = tmp_path / "t"
+    res = cli("make-tuples", "--shards", shards / "matching", "--task", "matching", "--split", "train", "--k", "2",
+              "--direction", "a2v", "--positives-per-identity", "3", "--negatives-per-positive", "4",
+              "--out", out, "--no-tuple-shards")
+    tuples = read_index(out / "index" / "matching_train_a2v_k2.jsonl")
+    ids = {t["query_identity"] for t in tuples}
+    assert len(tuples) == len(ids) * 3 * 4 and "all tuple checks passed" in res.output
