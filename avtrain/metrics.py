@@ -70,6 +70,18 @@ def _as_emb(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
+
+def _labelled_pair(x_emb, y_emb, x_ids, y_ids, x_name: str, y_name: str):
+    """Two embedding sets of one dimension, each with one identity label per row."""
+    x = _as_emb(x_emb, f"{x_name}_emb")
+    y = _as_emb(y_emb, f"{y_name}_emb")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"embedding dims differ: {x.shape[1]} vs {y.shape[1]}")
+    xids, yids = np.asarray(x_ids), np.asarray(y_ids)
+    if xids.shape != (x.shape[0],) or yids.shape != (y.shape[0],):
+        raise ValueError(f"{x_name}_ids / {y_name}_ids must be 1-D and match the embedding rows")
+    return x, y, xids, yids
+
 def _as_index(x: np.ndarray, name: str, n: int, ndim: int) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim != ndim:
@@ -327,14 +339,7 @@ def retrieval_per_query(
           the query has no relevant item.
     """
     _check_kind(kind)
-    q = _as_emb(query_emb, "query_emb")
-    g = _as_emb(gallery_emb, "gallery_emb")
-    if q.shape[1] != g.shape[1]:
-        raise ValueError(f"embedding dims differ: {q.shape[1]} vs {g.shape[1]}")
-    qids = np.asarray(query_ids)
-    gids = np.asarray(gallery_ids)
-    if qids.shape != (q.shape[0],) or gids.shape != (g.shape[0],):
-        raise ValueError("query_ids / gallery_ids must be 1-D and match the embedding rows")
+    q, g, qids, gids = _labelled_pair(query_emb, gallery_emb, query_ids, gallery_ids, "query", "gallery")
     if g.shape[0] == 0:
         raise ValueError("empty gallery")
     ks = tuple(int(k) for k in ks)
@@ -498,14 +503,7 @@ def mean_pair_distance(
     with more items weigh more. Distances are exact (norm of the difference), computed
     per identity in bounded blocks. Raises ValueError if no identity occurs in both.
     """
-    a = _as_emb(audio_emb, "audio_emb")
-    f = _as_emb(face_emb, "face_emb")
-    if a.shape[1] != f.shape[1]:
-        raise ValueError(f"embedding dims differ: {a.shape[1]} vs {f.shape[1]}")
-    aid = np.asarray(audio_ids)
-    fid = np.asarray(face_ids)
-    if aid.shape != (a.shape[0],) or fid.shape != (f.shape[0],):
-        raise ValueError("audio_ids / face_ids must be 1-D and match the embedding rows")
+    a, f, aid, fid = _labelled_pair(audio_emb, face_emb, audio_ids, face_ids, "audio", "face")
     a_code, f_code = _id_codes(aid, fid)
     a_order = np.argsort(a_code, kind="stable")
     f_order = np.argsort(f_code, kind="stable")
