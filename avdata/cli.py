@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import click
@@ -140,6 +138,7 @@ def _parse_k(value: str) -> list[int]:
 def make_tuples_cmd(shards, task, splits, out, k_spec, direction, seed, negatives_per_positive, positives_per_identity, sets_per_identity,
                     pairs_per_identity, constrain, tuple_shards, tuples_per_shard):
     """Draw fixed tuples from shards, write them, then check every rule (as check-tuples)."""
+    from avdata.reader import index_items
     from avdata.tuples import ATTRIBUTES, TupleConfig, check_tuples, make_tuples
 
     constraint = tuple(c for c in constrain.split(",") if c)
@@ -156,13 +155,14 @@ def make_tuples_cmd(shards, task, splits, out, k_spec, direction, seed, negative
                for sp in splits for d in directions for k in ks]
     with_shards = all(sp == "train" for sp in splits) if tuple_shards is None else tuple_shards
     try:
+        items = index_items(shards)  # read the shards' keys once for drawing and checking
         summary = make_tuples(shards, out, configs, tuple_shards=with_shards and task != "retrieval",
-                              tuples_per_shard=tuples_per_shard)
+                              tuples_per_shard=tuples_per_shard, items=items)
     except (InputError, ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     for name, counts in summary.items():
         click.echo(f"{name}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
-    problems = check_tuples(out, shards)
+    problems = check_tuples(out, shards, items=items)
     if problems:
         for p in problems:
             click.echo(p, err=True)

@@ -112,6 +112,20 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+class _HashingWriter:
+    """A write-only file object that hashes every byte passing through."""
+
+    def __init__(self, raw):
+        self.raw, self.sha256 = raw, hashlib.sha256()
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        return self.raw.write(data)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -144,7 +158,8 @@ def write_shard(spec: ShardSpec, extractor: Extractor, out: Path, class_of: dict
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
     rejects, n_samples, identities = [], 0, set()
     inputs_hash = hashlib.sha256()
-    with open(tmp, "wb") as f:
+    with open(tmp, "wb") as raw:
+        f = _HashingWriter(raw)  # the shard's sha256 as it is written, not by reading it back
         with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
             for row in spec.rows:
                 if os.path.isfile(row["path"]):
@@ -164,12 +179,12 @@ def write_shard(spec: ShardSpec, extractor: Extractor, out: Path, class_of: dict
                     identities.add(row["vox_id"])
                 if on_item:
                     on_item(len(result.rejects))
-        f.flush()
-        os.fsync(f.fileno())
+        raw.flush()
+        os.fsync(raw.fileno())
     os.replace(tmp, final)  # readers never see a partial tar under the final name
     stats = {"shard": f"{spec.name}.tar", "split": spec.split, "modality": spec.modality,
              "items": len(spec.rows), "samples": n_samples, "bytes": final.stat().st_size,
-             "sha256": _sha256_file(final), "inputs_sha256": inputs_hash.hexdigest(),
+             "sha256": f.sha256.hexdigest(), "inputs_sha256": inputs_hash.hexdigest(),
              "identities": sorted(identities), "rejects": rejects}
     sp = stats_path(out, spec.name)
     tmp_stats = sp.with_name(f".{sp.name}.tmp{os.getpid()}")

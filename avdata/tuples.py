@@ -216,10 +216,11 @@ def write_tuple_shards(tuples: list[dict], items: pd.DataFrame, shards_root: Pat
 
 
 def make_tuples(shards: str | Path, out: str | Path, configs: list[TupleConfig], tuple_shards: bool = False,
-                tuples_per_shard: int = 500) -> dict:
-    """Draw every config's tuples, write index files (and tuple shards), update DIR/manifest.json."""
+                tuples_per_shard: int = 500, items: pd.DataFrame | None = None) -> dict:
+    """Draw every config's tuples, write index files (and tuple shards), update DIR/manifest.json.
+    ``items`` (from index_items) saves re-reading the shards when the caller has it."""
     shards, out = Path(shards), Path(out)
-    items = index_items(shards)
+    items = index_items(shards) if items is None else items
     manifest_path = out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {
         "kind": "avmatch.tuples", "format_version": 1, "files": {}, "shards": {}}
@@ -256,11 +257,12 @@ def make_tuples(shards: str | Path, out: str | Path, configs: list[TupleConfig],
 
 # ---------------------------------------------------------------- checks
 
-def check_tuples(out: str | Path, shards: str | Path, max_reports: int = 20) -> list[str]:
+def check_tuples(out: str | Path, shards: str | Path, max_reports: int = 20,
+                 items: pd.DataFrame | None = None) -> list[str]:
     """Every rule a tuple list must satisfy; returns one line per broken rule (empty: all hold)."""
     out, shards = Path(out), Path(shards)
     manifest = json.loads((out / "manifest.json").read_text())
-    items = index_items(shards).set_index("key")
+    items = (index_items(shards) if items is None else items).set_index("key")
     ids = pd.read_csv(shards / "splits.csv", dtype=str, keep_default_na=False)
     attrs = {r["vox_id"]: r for r in ids.to_dict("records")}
     problems: list[str] = []

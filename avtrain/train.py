@@ -72,7 +72,6 @@ class Distributed:
     def __init__(self, device: torch.device):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.enabled = self.world > 1
         if self.enabled and not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")

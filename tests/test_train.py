@@ -11,7 +11,6 @@ import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner

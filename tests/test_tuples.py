@@ -1,7 +1,6 @@
 """make-tuples / check-tuples / import-veriflist on the synthetic corpus and real list files."""
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np

@@ -13,7 +13,6 @@ below are the cited papers' own (documented per function).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 # sqrt is not differentiable at 0 (d = 0 when two features coincide): clamp the squared
 # distance from below so the gradient there is 0 instead of NaN. 1e-12 -> d >= 1e-6.
