@@ -31,16 +31,16 @@ factor        voice                                         face
 ============  ============================================  ==========================================
 gender        F0 ~118 Hz (m) / ~208 Hz (f); formants x1.16  beard only for men, long hair for women,
               for women                                     redder lips
-pitch         F0 x exp(0.13 * pitch)                        face width (low voice -> wider face),
+pitch         F0 x exp(0.20 * pitch)                        face width (low voice -> wider face),
                                                             eyebrow thickness, beard density (men),
                                                             hair length (women)
-vocal_tract   formants x exp(-0.10 * vocal_tract)           face length (longer tract -> longer face,
+vocal_tract   formants x exp(-0.14 * vocal_tract)           face length (longer tract -> longer face,
               (longer tract -> lower formants)              lower nose and mouth)
 brightness    spectral tilt: the source's 2-pole low-pass   skin tone (bright voice -> lighter skin)
               corner (bright voice -> more treble)
 breathiness   turbulent noise above 1.5 kHz, aspiration     hair colour (breathy -> lighter hair:
               between harmonics, wider formant bandwidths   black, brown, auburn, blond)
-tempo         syllable rate x exp(0.18 * tempo)             eye size (fast talker -> bigger eyes)
+tempo         syllable rate x exp(0.25 * tempo)             eye size (fast talker -> bigger eyes)
 age           F0 jitter and 5.5 Hz tremor grow with age,    grey hair, forehead lines, receding
               slight F0 shift                               hairline (men)
 ============  ============================================  ==========================================
@@ -62,9 +62,9 @@ photo draws its own size (160-640 px a side), pose (roll/yaw/nod), scale,
 position, lighting, background (gradient, blotches, shapes); clothing stays the
 same within one YouTube video. The face is always >= ~84 px wide. About 1 photo
 in 25 is deliberately flawed (face half out of frame, occluded, or badly out of
-focus), as in real scraped sets. facenet-pytorch MTCNN finds a face in ~96-97%
-of the photos (measured over seeds 0-2: 97.1%, 96.7%, 96.3%): nearly every miss
-is a flawed photo, and the misses exercise the "no face" path downstream.
+focus), as in real scraped sets. facenet-pytorch MTCNN finds a face in ~95-97%
+of the photos (measured over seeds 0-2: 97.1%, 95.4%, 95.8%, bench/synth_faces.py):
+about as many misses as flawed photos, and they exercise the "no face" path downstream.
 Nothing is filtered through a detector.
 
 Videos (``videos=True``) show the same painted person, drifting, zooming and
@@ -252,16 +252,16 @@ def _attributes(index: int, name: str, gender: str, seed: int) -> IdentityAttrib
     old = (age - 20) / 50  # 0..1
 
     # ---- voice
-    f0 = (118.0 if male else 208.0) * math.exp(0.13 * pitch) * (1 + (0.04 if male else -0.06) * old)
-    formant_scale = (1.0 if male else 1.16) * math.exp(-0.10 * vocal_tract)
+    f0 = (118.0 if male else 208.0) * math.exp(0.20 * pitch) * (1 + (0.04 if male else -0.06) * old)
+    formant_scale = (1.0 if male else 1.16) * math.exp(-0.14 * vocal_tract)
     tilt = 0.55 - 0.15 * brightness          # source low-pass pole: 0.22 (bright) .. 0.88 (dark)
     breath = 0.02 + 0.16 * _sigmoid(1.6 * breathiness)
-    syllables_per_s = 4.3 * math.exp(0.18 * tempo)
+    syllables_per_s = 4.3 * math.exp(0.25 * tempo)
     jitter = 0.004 + 0.02 * old
 
     # ---- face (face units: eye centres are +-0.40 apart horizontally, fixed)
-    face_width = 1.0 - 0.07 * pitch + (0.04 if male else -0.02)
-    face_height = 1.30 + 0.12 * vocal_tract + (0.03 if male else 0.0)
+    face_width = 1.0 - 0.10 * pitch + (0.04 if male else -0.02)
+    face_height = 1.30 + 0.16 * vocal_tract + (0.03 if male else 0.0)
     light = _sigmoid(1.3 * brightness)        # dark brown .. pale
     skin = _mix((0.40, 0.25, 0.17), (0.96, 0.80, 0.70), light)
     hair_light = _sigmoid(1.4 * breathiness)  # black .. blond, via brown and auburn
@@ -274,7 +274,7 @@ def _attributes(index: int, name: str, gender: str, seed: int) -> IdentityAttrib
     hair_length = float(np.clip(0.75 + 0.13 * pitch + rng.uniform(-0.05, 0.05), 0.4, 1.0) if not male
                         else rng.uniform(0.0, 0.2))
     beard = float(np.clip(0.55 - 0.55 * pitch, 0, 1)) if male else 0.0
-    eye_size = 1.0 + 0.13 * tempo
+    eye_size = 1.0 + 0.18 * tempo
     brow_thickness = (0.042 if male else 0.032) * math.exp(-0.18 * pitch)
     lip = (0.72, 0.30, 0.32) if not male else (0.62, 0.38, 0.36)
     lip = _mix(lip, tuple(c * 0.75 for c in skin), 0.35)
