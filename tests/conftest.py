@@ -10,6 +10,19 @@ from pathlib import Path
 
 import pytest
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a test module, restored afterwards. The tests' tiny CPU
+    workloads (MTCNN on small images, small models) are fastest single-threaded, and with 2+
+    threads they slow 10-30x when another process competes for the 2 cores (OpenMP spin-waits)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from avdata.errors import InputError
@@ -15,14 +14,8 @@ from avdata.faces import FaceAligner, FaceCrop, box_iou, load_image
 from avdata.media import decode_video_frames
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread, as in production workers: on a busy CI machine more threads
-    oversubscribe the cores and make MTCNN many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+# one intra-op thread, as in production workers (conftest.one_torch_thread)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -34,14 +34,7 @@ H0, H1, HNEG = t([0.0, 0.0]), t([3.0, 0.0]), t([0.0, 4.0])[None]  # (1,2) (1,2) 
 J_345 = math.log(1 + math.exp(-1))  # 0.3132617
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny CPU workloads: extra intra-op threads only fight each other (and any parallel test
-    # job) for cores; one thread is ~10x faster on a busy 2-core machine. Restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ----------------------------------------------------------------------- lifted

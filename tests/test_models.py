@@ -59,14 +59,7 @@ GENERATOR_PARAMS = linear(3200, 128) + linear(128, 128)  # 409728 + 16512 = 4262
 DISCRIMINATOR_PARAMS = linear(128, 2)  # 258
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny CPU workloads: extra intra-op threads only fight each other (and any parallel test
-    # job) for cores; one thread is ~10x faster on a busy 2-core machine. Restored afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -78,6 +71,14 @@ def test_hand_counts_are_what_the_comments_say():
     assert (AUDIO_PARAMS, VISUAL_PARAMS, GENERATOR_PARAMS, DISCRIMINATOR_PARAMS) == (6593, 6864, 426240, 258)
 
 
+def _assert_stage_shapes(layers: nn.Sequential, x: torch.Tensor, expected: list[tuple[int, ...]]) -> None:
+    """Run x through the layers one at a time; each output's (C, H, W) must be the expected one."""
+    assert len(layers) == len(expected)
+    for layer, shape in zip(layers, expected):
+        x = layer(x)
+        assert tuple(x.shape[1:]) == shape, layer
+
+
 def test_audio_branch_shapes_stage_by_stage():
     # (C, freq, time) after each layer, worked out in the docstring of avtrain/models/aml.py
     expected = [
@@ -86,12 +87,7 @@ def test_audio_branch_shapes_stage_by_stage():
         (8, 13, 14), (8, 13, 14), (16, 13, 14), (16, 13, 14), (32, 13, 14),
         (32, 10, 10), (32, 10, 10),  # maxpool k(4,5) s1, act
     ]
-    x = torch.randn(2, 1, 224, 125)
-    layers = AudioBranch().eval().layers
-    assert len(layers) == len(expected)
-    for layer, shape in zip(layers, expected):
-        x = layer(x)
-        assert tuple(x.shape[1:]) == shape, layer
+    _assert_stage_shapes(AudioBranch().eval().layers, torch.randn(2, 1, 224, 125), expected)
 
 
 def test_visual_branch_shapes_stage_by_stage():
@@ -102,12 +98,7 @@ def test_visual_branch_shapes_stage_by_stage():
         (16, 21, 21), (16, 21, 21), (32, 21, 21),
         (32, 10, 10), (32, 10, 10),  # maxpool 2 s2: floor(19 / 2) + 1 = 10
     ]
-    x = torch.randn(2, 3, 224, 224)
-    layers = VisualBranch().eval().layers
-    assert len(layers) == len(expected)
-    for layer, shape in zip(layers, expected):
-        x = layer(x)
-        assert tuple(x.shape[1:]) == shape, layer
+    _assert_stage_shapes(VisualBranch().eval().layers, torch.randn(2, 3, 224, 224), expected)
 
 
 def test_features_and_embeddings():

@@ -168,17 +168,6 @@ def test_bad_arguments(tmp_path):
         identity_attributes("Nobody_Here", seed=0)
 
 
-@pytest.fixture
-def one_torch_thread():
-    """MTCNN on small images is fastest single-threaded, and with 2+ threads it slows ~30x
-    when another process competes for the cores (OpenMP spin-waits)."""
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_mtcnn_finds_most_faces_and_skin_follows_brightness(corpus, one_torch_thread):
     from facenet_pytorch import MTCNN
     root, _ = corpus
