@@ -1,0 +1,101 @@
+"""The one owner of how avmatch writes and hashes files.
+
+* hashes: :func:`sha256_file` (streamed), :func:`sha256_ids` (identity lists);
+* canonical JSON / JSONL text;
+* atomic writes: every output file is written under a temp name in its own directory,
+  fsynced, then renamed over the final name, so a crash or a full disk never leaves a
+  truncated file under a final name. A full disk becomes one line:
+  ``no space left on device while writing PATH``.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from avdata.errors import AvmatchError
+
+
+class DiskFullError(AvmatchError):
+    """Writing an output failed for lack of space (or quota)."""
+
+
+def sha256_file(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (bounded memory for any size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def sha256_ids(ids) -> str:
+    """The identity-list hash used everywhere (shard and split manifests): sha256 of the
+    sorted ids joined by '\\n', no trailing newline."""
+    return sha256_text("\n".join(sorted(ids)))
+
+
+def canonical_json(obj) -> str:
+    """The committed form: sorted keys, indent 1, trailing newline."""
+    return json.dumps(obj, sort_keys=True, indent=1) + "\n"
+
+
+def jsonl_text(rows) -> str:
+    """One compact JSON object per line, keys sorted."""
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temp name, fsync, rename (then fsync the dir)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"no space left on device while writing {path}") from None
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: str | Path, obj) -> None:
+    """Canonical JSON (sorted keys, indent 1, trailing newline), written atomically."""
+    atomic_write_text(path, canonical_json(obj))
+
+
+def write_jsonl(path: str | Path, rows) -> None:
+    atomic_write_text(path, jsonl_text(rows))
