@@ -202,15 +202,28 @@ _worker: dict = {}
 TORCH_THREADS = 1
 
 
+_extractors: dict = {}  # per process: one Extractor (its MTCNN) per extract config
+
+
+def build_shard_task(spec: ShardSpec, config: BuildConfig, out: str | Path, class_of: dict[str, int],
+                     fail_fast: bool = False, on_item=None) -> dict:
+    """Build one shard in the calling process and return its stats: the unit of work that every
+    distributor (multiprocessing, Dask) runs. Its arguments pickle; the Extractor is made once
+    per process and config."""
+    key = repr(config.extract)
+    if key not in _extractors:
+        _extractors[key] = Extractor(config.extract, torch_threads=TORCH_THREADS)
+    return write_shard(spec, _extractors[key], Path(out), class_of, fail_fast, on_item=on_item)
+
+
 def _init_worker(progress_queue, config: BuildConfig, out: str, class_of: dict, fail_fast: bool):
-    _worker.update(queue=progress_queue, extractor=Extractor(config.extract, torch_threads=TORCH_THREADS), out=Path(out),
-                   class_of=class_of, fail_fast=fail_fast)
+    _worker.update(queue=progress_queue, config=config, out=out, class_of=class_of, fail_fast=fail_fast)
 
 
 def _build_in_worker(spec: ShardSpec) -> dict:
     w = _worker
-    return write_shard(spec, w["extractor"], w["out"], w["class_of"], w["fail_fast"],
-                       on_item=lambda n_rej: w["queue"].put(n_rej))
+    return build_shard_task(spec, w["config"], w["out"], w["class_of"], w["fail_fast"],
+                            on_item=lambda n_rej: w["queue"].put(n_rej))
 
 
 def _progress_bar(total: int, enabled: bool):
