@@ -106,6 +106,8 @@ def build_shards_cmd(audio, faces, videos, meta, protocol, pins_splits, out, job
         fail(str(exc))
     for split, s in manifest["splits"].items():
         click.echo(f"{split}: {s['identities']} identities, {s['samples']['audio']} audio, {s['samples']['face']} face samples")
+    for pattern in manifest["patterns"].values():
+        click.echo(f"shards: {Path(out) / pattern}")
     click.echo(f"{out}: {len(manifest['shards'])} shards, {manifest['rejects']} rejects (see rejects.jsonl)")
 
 

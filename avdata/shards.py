@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from avdata.ecosystem import write_ecosystem_files
 from avdata.errors import InputError
 from avdata.extract import ExtractConfig, Extractor, Sample
 
@@ -381,6 +382,7 @@ def build_shards(out: str | Path, meta: str | Path, audio: str | Path | None = N
         "rejects": len(rejects),
         "rejects_sha256": _sha256_file(out / "rejects.jsonl"),
     }
+    manifest["patterns"] = write_ecosystem_files(out, manifest["shards"], config.protocol)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return manifest
 
