@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO    ?= demo-out
 
-.PHONY: demo demo-pins demo-data test test-slow bench venv clean verify-manifests manifests
+.PHONY: demo demo-pins demo-data test test-slow lint format bench venv clean verify-manifests manifests
 
 venv: $(STAMP)
 
@@ -81,6 +81,15 @@ manifests: demo-data
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# ruff: lint rules and formatting (line length 110) from pyproject.toml; `make format` rewrites
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
