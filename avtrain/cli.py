@@ -128,8 +128,11 @@ def embed_cmd(run, audio, faces, videos, out, batch_size, device, progress):
 @click.option("--device", default="cpu", help=_DEVICE_HELP)
 @user_errors
 def match_cmd(gallery, run, voice, face, faces_flag, voices_flag, as_json, device):
-    """Rank GALLERY for one query by score = -L2 (best first):
-    avtrain match --run RUN --voice clip.wav --faces a.jpg b.jpg ...
+    """Rank GALLERY for one query by score = -L2, best first.
+
+    \b
+      avtrain match --run RUN --voice clip.wav --faces a.jpg b.jpg ...
+      avtrain match --run RUN --face x.jpg --voices a.wav b.wav ...
     """
     import json as json_
 

@@ -86,7 +86,7 @@ def _load_from_run(run: Path, device: torch.device):
 
 
 def _load_from_export(directory: Path, device: torch.device):
-    from safetensors import SafetensorsError
+    from safetensors import SafetensorError
     from safetensors.torch import load as load_safetensors
 
     from avdata.io import sha256_file
@@ -110,7 +110,7 @@ def _load_from_export(directory: Path, device: torch.device):
             tensors[alias] = tensors[target]
         model = build_model(cfg)
         model.load_state_dict(tensors, strict=True)
-    except (KeyError, TypeError, ValueError, RuntimeError, SafetensorsError) as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
         raise InferenceError(f"{directory}: cannot load the exported model ({type(exc).__name__}: {first})") from None
     model.to(device).eval()
