@@ -10,4 +10,4 @@ def load_model(run_or_file, device="cpu", extract=None):
     return _load_model(run_or_file, device, extract)
 
 
-__all__ = ["load_model", "__version__"]
+__all__ = ["__version__", "load_model"]

@@ -88,7 +88,7 @@ def report_cmd(run, metrics, out, compare):
 
 # --------------------------------------------------------------------------- raw media (avtrain.inference)
 
-from avdata.cli_base import user_errors  # noqa: E402
+from avdata.cli_base import user_errors
 
 _RUN_HELP = "Run directory (checkpoint.pt from avtrain fit) or model directory (avtrain export)."
 _DEVICE_HELP = "auto, cpu, cuda or cuda:N."

@@ -29,11 +29,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import math
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -41,8 +40,20 @@ import torch
 from avdata.errors import AvmatchError, InputError, UnsafeInputError
 from avdata.extract import ExtractConfig, Extractor
 
-__all__ = ["InferenceError", "FaceVoiceModel", "load_model", "export_model", "embed_files", "match",
-           "score_pairs", "read_pair_list", "safe_join", "SCORE_KIND", "EXPORT_WEIGHTS", "EXPORT_CONFIG"]
+__all__ = [
+    "EXPORT_CONFIG",
+    "EXPORT_WEIGHTS",
+    "SCORE_KIND",
+    "FaceVoiceModel",
+    "InferenceError",
+    "embed_files",
+    "export_model",
+    "load_model",
+    "match",
+    "read_pair_list",
+    "safe_join",
+    "score_pairs",
+]
 
 SCORE_KIND = "neg_l2"  # as avtrain.evaluate.SCORE_KIND
 EXPORT_WEIGHTS = "model.safetensors"
@@ -119,7 +130,7 @@ def _load_from_export(directory: Path, device: torch.device):
 
 
 def load_model(run_or_file: str | Path, device: str | torch.device = "cpu",
-               extract: ExtractConfig | None = None) -> "FaceVoiceModel":
+               extract: ExtractConfig | None = None) -> FaceVoiceModel:
     """A trained model ready for raw media.
 
     ``run_or_file``: a run directory (``checkpoint.pt``), an ``avtrain export`` directory
@@ -437,8 +448,9 @@ def match(model: FaceVoiceModel, query: str, query_modality: str, gallery: list[
 
 
 def format_ranking(result: dict) -> str:
-    lines = [f"{result['query_modality']} {result['query']}: {len(result['ranking'])} {result['gallery_modality']}(s) "
-             f"ranked by score = -L2 (higher = more likely the same person)"]
+    head = (f"{result['query_modality']} {result['query']}: {len(result['ranking'])} {result['gallery_modality']}(s) "
+            f"ranked by score = -L2 (higher = more likely the same person)")
+    lines = [head]
     lines += [f"{r['rank']:>4}  {r['score']:>10.4f}  {r['path']}" for r in result["ranking"]]
     lines += [f"   -  {'rejected':>10}  {r['path']}: {r['reason']}" for r in result["rejects"]]
     return "\n".join(lines)
@@ -597,7 +609,7 @@ def score_pairs(model: FaceVoiceModel, list_path: str | Path, root: str | Path, 
         scores.append(float(s))
         labels.append(p.label)
         scored.append(i)
-        lines.append(f"{p.id} {(-s if values == 'l2' else s):.6f}")
+        lines.append(f"{p.id} {((-s if values == 'l2' else s) + 0.0):.6f}")  # + 0.0: never '-0.000000'
     atomic_write_text(out, "\n".join(lines) + ("\n" if lines else ""))
     write_jsonl(rejects_path, rejects)
     summary = {"list": str(list_path), "format": fmt, "pairs": len(pairs), "scored": len(scored),
@@ -639,8 +651,9 @@ def _pct(e: dict) -> str:
 
 
 def format_score_summary(s: dict) -> str:
-    lines = [f"{s['scores']}: {s['scored']}/{s['pairs']} pairs scored ({s['format']} list); "
-             f"values = {s['values_rule']}; unscorable pairs = {s['missing_marker']}"]
+    head = (f"{s['scores']}: {s['scored']}/{s['pairs']} pairs scored ({s['format']} list); "
+            f"values = {s['values_rule']}; unscorable pairs = {s['missing_marker']}")
+    lines = [head]
     if s["rejected"]:
         lines.append(f"{s['rejected']} pair(s) rejected, reasons in {s['rejects']}")
     m = s.get("metrics")
@@ -651,6 +664,3 @@ def format_score_summary(s: dict) -> str:
         lines.append(s["metrics_note"])
     return "\n".join(lines)
 
-
-def items_per_second(n: int, seconds: float) -> float:
-    return n / seconds if seconds > 0 else math.inf
