@@ -255,15 +255,31 @@ def test_export_is_pickle_free_and_loads_to_the_same_model(setup, tmp_path):
     voice = min((setup["corpus"] / "wav").rglob("*.wav"))
     assert np.array_equal(a.embed_voice(voice), b.embed_voice(voice))
     # embed / score accept the export directory too
-    pytest.importorskip("pyarrow")  # declared in the dev extra; .parquet is optional for users
-    _avtrain(["embed", "--run", out, "--audio", voice, "--out", tmp_path / "e.parquet", "--no-progress"])
+    _avtrain(["embed", "--run", out, "--audio", voice, "--out", tmp_path / "e.npz", "--no-progress"])
     from avtrain.inference import read_embeddings
 
-    assert np.array_equal(read_embeddings(tmp_path / "e.parquet").voice[0], a.embed_voice(voice))
+    assert np.array_equal(read_embeddings(tmp_path / "e.npz").voice[0], a.embed_voice(voice))
     # tampered weights are refused, in one line
     (out / "model.safetensors").write_bytes(raw[:-4] + b"\0\0\0\1")
     res = _avtrain(["embed", "--run", out, "--audio", voice, "--out", tmp_path / "f.npz"], code=1)
     assert "sha256 differs" in res.output and res.output.count("\n") == 1
+
+
+def test_embed_writes_parquet_with_rejects(setup, tmp_path):
+    pytest.importorskip("pyarrow")  # in the dev extra; .parquet output is optional for users
+    import pyarrow.parquet as pq
+
+    voice = min((setup["corpus"] / "wav").rglob("*.wav"))
+    out = tmp_path / "e.parquet"
+    _avtrain(["embed", "--run", setup["run"], "--audio", voice, "--faces", setup["bad"] / "no_face.png",
+              "--out", out, "--no-progress"])
+    rows = pq.read_table(out).to_pylist()
+    assert [(r["key"], r["modality"]) for r in rows] == [(str(voice), "voice"), (str(setup["bad"] / "no_face.png"), "face")]
+    assert len(rows[0]["embedding"]) == 128 and rows[0]["reject_reason"] is None
+    assert rows[1]["embedding"] is None and "no face detected" in rows[1]["reject_reason"]
+    from avtrain import load_model
+
+    assert np.allclose(rows[0]["embedding"], load_model(setup["run"]).embed_voice(voice), atol=0)
 
 
 def test_commands_in_help_and_cli_doc():
