@@ -106,8 +106,14 @@ _DEVICE_HELP = "auto, cpu, cuda or cuda:N."
 @user_errors
 def embed_cmd(run, audio, faces, videos, out, batch_size, device, progress):
     """Embed raw voices and faces (build-shards' preprocessing) into 128-d vectors keyed by path."""
-    from avtrain.inference import embed_files, load_model, write_embeddings
+    from avtrain.inference import (
+        check_output_name,
+        embed_files,
+        load_model,
+        write_embeddings,
+    )
 
+    check_output_name(out)
     model = load_model(run, device)
     res = embed_files(model, audio, faces, videos, batch_size=batch_size, progress=progress)
     path = write_embeddings(res, out)

@@ -360,18 +360,29 @@ def embed_files(model: FaceVoiceModel, audio=(), faces=(), videos=(), batch_size
     return embed_items(model, preprocess(model, jobs, progress, "embed"), batch_size)
 
 
+def check_output_name(out: str | Path) -> None:
+    """Fail before any work on an output name embed cannot write."""
+    out = Path(out)
+    if out.suffix not in (".npz", ".parquet"):
+        raise InferenceError(f"{out}: the output name must end in .npz or .parquet")
+    if out.suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise InferenceError(f"{out}: writing .parquet needs pyarrow (pip install pyarrow); or use .npz") from None
+
+
 def write_embeddings(res: EmbedResult, out: str | Path) -> Path:
     """OUT.npz (plain arrays, allow_pickle=False) or OUT.parquet (one row per key and per reject)."""
     from avdata.io import atomic_write_bytes
 
+    check_output_name(out)
     out = Path(out)
     buf = io.BytesIO()
     if out.suffix == ".parquet":
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise InferenceError(f"{out}: writing .parquet needs pyarrow (pip install pyarrow); or use .npz") from None
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         keys = res.voice_keys + res.face_keys + [r["path"] for r in res.rejects]
         mods = ["voice"] * len(res.voice_keys) + ["face"] * len(res.face_keys) + [r["modality"] for r in res.rejects]
         emb = [list(map(float, v)) for v in res.voice] + [list(map(float, v)) for v in res.face]
@@ -381,14 +392,12 @@ def write_embeddings(res: EmbedResult, out: str | Path) -> Path:
                           "embedding": pa.array(emb, pa.list_(pa.float32(), 128)),
                           "reject_reason": pa.array(reasons, pa.string())})
         pq.write_table(table, buf)
-    elif out.suffix == ".npz":
+    else:
         np.savez(buf, voice_keys=np.array(res.voice_keys, dtype=str), voice=res.voice.astype(np.float32),
                  face_keys=np.array(res.face_keys, dtype=str), face=res.face.astype(np.float32),
                  reject_paths=np.array([r["path"] for r in res.rejects], dtype=str),
                  reject_modalities=np.array([r["modality"] for r in res.rejects], dtype=str),
                  reject_reasons=np.array([r["reason"] for r in res.rejects], dtype=str))
-    else:
-        raise InferenceError(f"{out}: the output name must end in .npz or .parquet")
     atomic_write_bytes(out, buf.getvalue())
     return out
 
