@@ -1,3 +1,13 @@
 """avtrain: AML (Adversarial-Metric Learning) trainer and evaluator for face-voice matching."""
 
 __version__ = "0.1.0"
+
+
+def load_model(run_or_file, device="cpu", extract=None):
+    """A trained model for raw media (see avtrain.inference.load_model)."""
+    from avtrain.inference import load_model as _load_model
+
+    return _load_model(run_or_file, device, extract)
+
+
+__all__ = ["__version__", "load_model"]

@@ -86,5 +86,120 @@ def report_cmd(run, metrics, out, compare):
     click.echo(f"wrote {path}")
 
 
+# --------------------------------------------------------------------------- raw media (avtrain.inference)
+
+from avdata.cli_base import user_errors
+
+_RUN_HELP = "Run directory (checkpoint.pt from avtrain fit) or model directory (avtrain export)."
+_DEVICE_HELP = "auto, cpu, cuda or cuda:N."
+
+
+@main.command("embed")
+@click.option("--run", required=True, type=click.Path(exists=True), help=_RUN_HELP)
+@click.option("--audio", multiple=True, type=click.Path(), help="Audio file or folder (wav/flac/m4a, walked recursively; repeatable).")
+@click.option("--faces", multiple=True, type=click.Path(), help="Face image or folder (jpg/jpeg/png; repeatable).")
+@click.option("--videos", multiple=True, type=click.Path(), help="Video file or folder (mp4): its voice and its frames' faces (repeatable).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output file: .npz, or .parquet (needs pyarrow).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Items per forward pass.")
+@click.option("--device", default="cpu", help=_DEVICE_HELP)
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@user_errors
+def embed_cmd(run, audio, faces, videos, out, batch_size, device, progress):
+    """Embed raw voices and faces (build-shards' preprocessing) into 128-d vectors keyed by path."""
+    from avtrain.inference import (
+        check_output_name,
+        embed_files,
+        load_model,
+        write_embeddings,
+    )
+
+    check_output_name(out)
+    model = load_model(run, device)
+    res = embed_files(model, audio, faces, videos, batch_size=batch_size, progress=progress)
+    path = write_embeddings(res, out)
+    click.echo(f"wrote {path}: {len(res.voice_keys)} voice(s), {len(res.face_keys)} face(s), "
+               f"{len(res.rejects)} reject(s)")
+    for r in res.rejects:
+        click.echo(f"  rejected {r['modality']} {r['path']}: {r['reason']}")
+
+
+@main.command("match")
+@click.argument("gallery", nargs=-1, type=click.Path())
+@click.option("--run", required=True, type=click.Path(exists=True), help=_RUN_HELP)
+@click.option("--voice", type=click.Path(), default=None, help="Query voice; GALLERY are face images.")
+@click.option("--face", type=click.Path(), default=None, help="Query face; GALLERY are voices.")
+@click.option("--faces", "faces_flag", is_flag=True, help="Marks GALLERY as faces (with --voice; optional).")
+@click.option("--voices", "voices_flag", is_flag=True, help="Marks GALLERY as voices (with --face; optional).")
+@click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON.")
+@click.option("--device", default="cpu", help=_DEVICE_HELP)
+@user_errors
+def match_cmd(gallery, run, voice, face, faces_flag, voices_flag, as_json, device):
+    """Rank GALLERY for one query by score = -L2, best first.
+
+    \b
+      avtrain match --run RUN --voice clip.wav --faces a.jpg b.jpg ...
+      avtrain match --run RUN --face x.jpg --voices a.wav b.wav ...
+    """
+    import json as json_
+
+    from avtrain.inference import InferenceError, format_ranking, load_model, match
+
+    if (voice is None) == (face is None):
+        raise InferenceError("give exactly one query: --voice PATH (faces as GALLERY) or --face PATH (voices)")
+    if (voice and voices_flag) or (face and faces_flag):
+        raise InferenceError("the gallery is the other modality: --voice goes with --faces, --face with --voices")
+    model = load_model(run, device)
+    result = match(model, voice or face, "voice" if voice else "face", list(gallery))
+    click.echo(json_.dumps(result, indent=1) if as_json else format_ranking(result))
+
+
+@main.command("score")
+@click.option("--run", required=True, type=click.Path(exists=True), help=_RUN_HELP)
+@click.option("--pairs", "pairs_file", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="Pair list: FAME 'ID voice face', VoxCeleb 'LABEL voice face', or Learnable-PINs veriflist CSV.")
+@click.option("--root", required=True, type=click.Path(file_okay=False, exists=True),
+              help="Folder the list's relative paths are resolved in (never left: no '..', absolute paths or URLs).")
+@click.option("--voice-root", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Folder for the voice paths [default: --root].")
+@click.option("--face-root", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Folder for the face paths [default: --root].")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Scores file: 'ID SCORE' per pair in list order; 'nan' where a pair cannot be scored.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "fame", "labelled", "pins-csv"]), default="auto",
+              help="List format (auto: pins-csv by its header, labelled if every first field is 0/1, else fame).")
+@click.option("--values", type=click.Choice(["auto", "l2", "neg_l2"]), default="auto",
+              help="What SCORE holds: l2 = L2 distance (lower = same person; FAME's), neg_l2 = -L2 (higher = "
+                   "same person; avtrain's). auto: l2 for FAME lists, neg_l2 otherwise.")
+@click.option("--rejects", "rejects_file", type=click.Path(dir_okay=False), default=None,
+              help="Rejected pairs with reasons, JSONL [default: OUT.rejects.jsonl].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Items per forward pass.")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(min=1), default=1000, help="Bootstrap resamples for the 95% CIs.")
+@click.option("--seed", type=int, default=0, help="Seed of the bootstrap.")
+@click.option("--device", default="cpu", help=_DEVICE_HELP)
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@user_errors
+def score_cmd(run, pairs_file, root, voice_root, face_root, out, fmt, values, rejects_file, batch_size, n_boot,
+              seed, device, progress):
+    """Score a list of (voice, face) pairs from raw files; labelled lists also get AUC and EER with CIs."""
+    from avtrain.inference import load_model, score_pairs
+
+    model = load_model(run, device)
+    score_pairs(model, pairs_file, root, out, fmt=fmt, values=values, voice_root=voice_root, face_root=face_root,
+                rejects_path=rejects_file, batch_size=batch_size, n_boot=n_boot, seed=seed, progress=progress,
+                echo=click.echo)
+
+
+@main.command("export")
+@click.option("--run", required=True, type=click.Path(file_okay=False, exists=True), help="Run directory (checkpoint.pt).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Model directory to write.")
+@user_errors
+def export_cmd(run, out):
+    """Write OUT/model.safetensors (weights only, no pickle) and OUT/config.json; load_model reads OUT."""
+    from avtrain.inference import export_model
+
+    meta = export_model(run, out)
+    click.echo(f"wrote {out}/model.safetensors ({len(meta['aliases'])} shared tensor alias(es)) and {out}/config.json")
+
+
 if __name__ == "__main__":
     main()

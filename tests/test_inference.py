@@ -1,0 +1,290 @@
+"""avtrain embed / match / score / export and avtrain.load_model on raw media of the synthetic
+corpus: raw-media embeddings equal the shard path's (evaluate), score's AUC equals evaluate's on
+the same pairs, bad files become rejects, list paths never leave --root, exports hold no pickle."""
+
+from __future__ import annotations
+
+import json
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from avtrain.cli import main as avtrain_main
+
+
+def _avdata(args):
+    from avdata.cli import main
+
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    return res
+
+
+def _avtrain(args, code=0):
+    res = CliRunner().invoke(avtrain_main, [str(a) for a in args])
+    assert res.exit_code == code, res.output
+    return res
+
+
+def _write_wav(path: Path, samples: np.ndarray, sr: int = 16000):
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+@pytest.fixture(scope="module")
+def setup(train_tuples, tmp_path_factory, one_torch_thread):
+    """The session's synthetic corpus and shards, verification tuples on its test split, a
+    randomly initialised run (enough for consistency), and a folder of bad files."""
+    from avtrain.config import TrainConfig
+    from avtrain.train import CHECKPOINT, build_model, save_checkpoint
+
+    root = train_tuples.parent
+    tmp = tmp_path_factory.mktemp("inference")
+    ev = tmp / "ev"
+    _avdata(["make-tuples", "--shards", root / "shards", "--task", "verification", "--split", "test",
+             "--pairs-per-identity", "4", "--out", ev])
+    run = tmp / "run"
+    run.mkdir()
+    cfg = TrainConfig(task="matching", k=2, direction="a2v", seed=3)
+    torch.manual_seed(3)
+    save_checkpoint(run / CHECKPOINT, {"config": cfg.to_dict(), "model": build_model(cfg).state_dict(),
+                                       "epoch": 0, "step": 0})
+    bad = tmp / "bad"
+    bad.mkdir()
+    _write_wav(bad / "silent.wav", np.zeros(32000))
+    (bad / "empty.wav").write_bytes(b"")
+    (bad / "not_an_image.jpg").write_bytes(b"this is text, not a JPEG\n" * 20)
+    from PIL import Image
+
+    Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(bad / "no_face.png")  # flat grey
+    return {"root": root, "corpus": root / "corpus", "shards": root / "shards", "ev": ev, "run": run,
+            "tmp": tmp, "bad": bad}
+
+
+def _shard_embeddings(s) -> dict[str, dict[str, np.ndarray]]:
+    """Every shard item embedded by the evaluate path, keyed by its source file (relative path)."""
+    from avdata.reader import index_items
+    from avtrain.evaluate import embed_items, load_run
+
+    model, _, _ = load_run(s["run"], torch.device("cpu"))
+    items = index_items(s["shards"])
+    emb = embed_items(model, items, s["shards"], 16, torch.device("cpu"), set())
+    source = dict(zip(items["key"], items["source"]))
+    out = {}
+    for mod in ("audio", "face"):
+        out[mod] = {source[k]: emb.h[mod][i] for i, k in enumerate(emb.keys[mod]) if mod == "face" or k.endswith("_w0")}
+    return out
+
+
+def test_embed_equals_shard_path_and_rejects_bad_files(setup):
+    """embed on raw trees gives the evaluate (shard) embeddings within 1e-5; missing, empty,
+    silent, non-image and no-face files are listed as rejects with a reason, the rest embedded."""
+    c, bad = setup["corpus"], setup["bad"]
+    out = setup["tmp"] / "emb.npz"
+    res = _avtrain(["embed", "--run", setup["run"], "--audio", c / "wav", "--audio", bad / "silent.wav",
+                    "--audio", bad / "empty.wav", "--audio", bad / "missing.wav",
+                    "--faces", c / "faces", "--faces", bad / "not_an_image.jpg", "--faces", bad / "no_face.png",
+                    "--out", out, "--no-progress", "--batch-size", "7"])
+    assert "rejected" in res.output
+    from avtrain.inference import read_embeddings
+
+    got = read_embeddings(out)
+    reasons = {Path(r["path"]).name: r["reason"] for r in got.rejects}
+    assert "silent audio" in reasons["silent.wav"]
+    assert "empty file" in reasons["empty.wav"]
+    assert "file not found" in reasons["missing.wav"]
+    assert "not a recognised image" in reasons["not_an_image.jpg"]
+    assert "no face detected" in reasons["no_face.png"]
+
+    ref = _shard_embeddings(setup)
+    for mod, keys, h, base in (("audio", got.voice_keys, got.voice, c / "wav"), ("face", got.face_keys, got.face, c / "faces")):
+        raw = {Path(k).relative_to(base).as_posix(): h[i] for i, k in enumerate(keys)}
+        assert set(raw) == set(ref[mod]) and len(raw) > 10  # same files kept, same files rejected
+        diff = max(float(np.abs(raw[k] - ref[mod][k]).max()) for k in raw)
+        assert diff < 1e-5, (mod, diff)
+
+
+def test_score_verification_list_gives_evaluate_auc(setup):
+    """The shard verification pairs written as a 'label voice face' list: score's AUC, EER and
+    their CIs are exactly evaluate's."""
+    from avdata.reader import index_items
+
+    m = json.loads(_avtrain(["evaluate", "--run", setup["run"], "--shards", setup["shards"], "--tuples", setup["ev"],
+                             "--out", setup["tmp"] / "metrics.json", "--bootstrap", "200"]).output and
+                   (setup["tmp"] / "metrics.json").read_text())["verification"]["test"]
+    items = index_items(setup["shards"])
+    source = dict(zip(items["key"], items["source"]))
+    pairs = [json.loads(ln) for ln in (setup["ev"] / "index" / "verification_test.jsonl").read_text().splitlines()]
+    lines = []
+    for p in pairs:
+        a, f = (p["query"], p["gallery"][0]) if p["direction"] == "a2v" else (p["gallery"][0], p["query"])
+        lines.append(f"{p['label']} wav/{source[a]} faces/{source[f]}")
+    plist = setup["tmp"] / "veri.txt"
+    plist.write_text("\n".join(lines) + "\n")
+    out = setup["tmp"] / "veri.scores"
+    res = _avtrain(["score", "--run", setup["run"], "--pairs", plist, "--root", setup["corpus"], "--out", out,
+                    "--bootstrap", "200", "--no-progress"])
+    assert "AUC" in res.output and "-L2" in res.output
+    summary = json.loads((setup["tmp"] / "veri.scores.metrics.json").read_text())
+    assert summary["format"] == "labelled" and summary["scored"] == len(pairs) == m["n"]
+    assert summary["metrics"]["auc"] == m["auc"]  # value and CI, exactly
+    assert summary["metrics"]["eer"] == m["eer"]
+    rows = [ln.split() for ln in out.read_text().splitlines()]
+    assert [r[0] for r in rows] == [str(i) for i in range(1, len(pairs) + 1)]
+    assert all(float(r[1]) < 0 for r in rows)  # -L2 for labelled lists
+
+
+def test_score_fame_list_marks_bad_pairs_and_refuses_unsafe_paths(setup, tmp_path):
+    """FAME 'ID voice face': one line per pair in list order, L2 distances (>= 0); a pair with a
+    missing, silent or faceless file or a path leaving --root gets 'nan' and a reject entry."""
+    c = setup["corpus"]
+    wav = min((c / "wav").rglob("*.wav")).relative_to(c).as_posix()
+    face = min((c / "faces").rglob("*.jpg")).relative_to(c).as_posix()
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "wav").symlink_to(c / "wav")
+    (root / "faces").symlink_to(c / "faces")
+    (root / "bad").symlink_to(setup["bad"])
+    lines = [f"p00 {wav} {face}", f"p01 {wav} faces/missing.jpg", f"p02 bad/silent.wav {face}",
+             f"p03 {wav} bad/no_face.png", f"p04 ../{wav} {face}", f"p05 /etc/passwd {face}",
+             f"p06 pipe:cat {face}", f"p07 {wav} bad/not_an_image.jpg", f"p08 {wav} {face}"]
+    plist = tmp_path / "English_test.txt"
+    plist.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "sub_score.txt"
+    res = _avtrain(["score", "--run", setup["run"], "--pairs", plist, "--root", root, "--out", out, "--no-progress"])
+    assert "L2 distance" in res.output and "lower = same person" in res.output
+    rows = [ln.split() for ln in out.read_text().splitlines()]
+    assert [r[0] for r in rows] == [f"p0{i}" for i in range(9)]
+    assert [r[1] == "nan" for r in rows] == [False, True, True, True, True, True, True, True, False]
+    assert float(rows[0][1]) > 0 and rows[0][1] == rows[8][1]
+    from avtrain.inference import load_model
+
+    model = load_model(setup["run"])
+    d = -model.score(model.embed_voice(c / wav), model.embed_face(c / face))
+    assert float(rows[0][1]) == pytest.approx(d, abs=1e-5)
+    rejects = {r["id"]: r["reasons"][0]["reason"] for r in
+               map(json.loads, (tmp_path / "sub_score.txt.rejects.jsonl").read_text().splitlines())}
+    assert sorted(rejects) == [f"p0{i}" for i in range(1, 8)]
+    assert "file not found" in rejects["p01"] and "silent" in rejects["p02"] and "no face" in rejects["p03"]
+    assert "'..'" in rejects["p04"] and "absolute" in rejects["p05"] and "URL" in rejects["p06"]
+    assert "not a recognised image" in rejects["p07"]
+    assert not (tmp_path / "sub_score.txt.metrics.json").exists()  # FAME lists carry no labels
+
+
+def test_score_reads_the_learnable_pins_csv(setup, shared_data, tmp_path):
+    """The official veriflist CSV form parses; its files are absent here, so every pair is 'nan'."""
+    official = shared_data / "protocols" / "voxceleb1" / "learnable_pins" / "veriflist_test_random_seenheard.txt"
+    head = official.read_text().splitlines()[:6]
+    plist = tmp_path / "veriflist_head.txt"
+    plist.write_text("\n".join(head) + "\n")
+    out = tmp_path / "pins.scores"
+    res = _avtrain(["score", "--run", setup["run"], "--pairs", plist, "--root", tmp_path, "--out", out, "--no-progress"])
+    assert "0/5 pairs scored (pins-csv list)" in res.output
+    assert out.read_text().splitlines() == [f"{i} nan" for i in range(1, 6)]
+
+
+def test_match_ranks_by_neg_l2_and_prints_json(setup):
+    c = setup["corpus"]
+    voice = min((c / "wav").rglob("*.wav"))
+    faces = sorted((c / "faces").rglob("*.jpg"))[:4] + [setup["bad"] / "no_face.png"]
+    args = ["match", "--run", setup["run"], "--voice", voice, "--faces", *faces]
+    text = _avtrain(args).output
+    result = json.loads(_avtrain([*args, "--json"]).output)
+    assert "ranked by score = -L2" in text and "rejected" in text
+    ranking = result["ranking"]
+    assert [r["rank"] for r in ranking] == [1, 2, 3, 4] and len(result["rejects"]) == 1
+    scores = [r["score"] for r in ranking]
+    assert scores == sorted(scores, reverse=True) and all(s < 0 for s in scores)
+    from avtrain import load_model
+
+    model = load_model(setup["run"])
+    hv = model.embed_voice(voice)
+    for r in ranking:
+        assert r["score"] == pytest.approx(model.score(hv, model.embed_face(r["path"])), abs=1e-5)
+    lines = text.splitlines()[1:5]
+    assert [ln.split()[-1] for ln in lines] == [r["path"] for r in ranking]
+    # the other direction, and a query that cannot be used: one line, exit 1
+    back = json.loads(_avtrain(["match", "--run", setup["run"], "--face", faces[0], "--voices", voice, "--json"]).output)
+    assert back["gallery_modality"] == "voice" and back["ranking"][0]["score"] == pytest.approx(
+        next(r["score"] for r in ranking if r["path"] == str(faces[0])), abs=1e-5)
+    bad = _avtrain(["match", "--run", setup["run"], "--voice", setup["bad"] / "silent.wav", *faces[:2]], code=1)
+    assert bad.output.startswith("Error: ") and "silent audio" in bad.output and bad.output.count("\n") == 1
+
+
+def test_api_waveform_and_pil_inputs_equal_files(setup):
+    from PIL import Image
+
+    from avdata.faces import load_image
+    from avdata.media import load_wav
+    from avtrain import load_model
+
+    c = setup["corpus"]
+    model = load_model(setup["run"], "cpu")
+    wav = sorted((c / "wav").rglob("*.wav"))[1]
+    face = sorted((c / "faces").rglob("*.jpg"))[1]
+    wave_, sr = load_wav(wav)
+    assert np.array_equal(model.embed_voice(wave_, sr=sr), model.embed_voice(wav))
+    assert np.array_equal(model.embed_face(load_image(face)), model.embed_face(str(face)))
+    assert model.embed_face(Image.open(face)).shape == (128,)
+    with pytest.raises(ValueError, match="sample rate"):
+        model.embed_voice(wave_)
+
+
+def test_export_is_pickle_free_and_loads_to_the_same_model(setup, tmp_path):
+    out = tmp_path / "model"
+    _avtrain(["export", "--run", setup["run"], "--out", out])
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    raw = (out / "model.safetensors").read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    json.loads(raw[8:8 + header_len])  # safetensors: a JSON header, then raw tensor bytes
+    assert b"\x80\x04" not in raw[:2] and not raw.startswith(b"PK")  # neither a pickle nor a torch zip
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["format"] == "avmatch.model" and meta["scoring"]["kind"] == "neg_l2"
+    from avtrain import load_model
+
+    a, b = load_model(setup["run"]), load_model(out)
+    for name, tensor in a.model.state_dict().items():
+        assert torch.equal(tensor, b.model.state_dict()[name]), name
+    voice = min((setup["corpus"] / "wav").rglob("*.wav"))
+    assert np.array_equal(a.embed_voice(voice), b.embed_voice(voice))
+    # embed / score accept the export directory too
+    _avtrain(["embed", "--run", out, "--audio", voice, "--out", tmp_path / "e.npz", "--no-progress"])
+    from avtrain.inference import read_embeddings
+
+    assert np.array_equal(read_embeddings(tmp_path / "e.npz").voice[0], a.embed_voice(voice))
+    # tampered weights are refused, in one line
+    (out / "model.safetensors").write_bytes(raw[:-4] + b"\0\0\0\1")
+    res = _avtrain(["embed", "--run", out, "--audio", voice, "--out", tmp_path / "f.npz"], code=1)
+    assert "sha256 differs" in res.output and res.output.count("\n") == 1
+
+
+def test_embed_writes_parquet_with_rejects(setup, tmp_path):
+    pytest.importorskip("pyarrow")  # in the dev extra; .parquet output is optional for users
+    import pyarrow.parquet as pq
+
+    voice = min((setup["corpus"] / "wav").rglob("*.wav"))
+    out = tmp_path / "e.parquet"
+    _avtrain(["embed", "--run", setup["run"], "--audio", voice, "--faces", setup["bad"] / "no_face.png",
+              "--out", out, "--no-progress"])
+    rows = pq.read_table(out).to_pylist()
+    assert [(r["key"], r["modality"]) for r in rows] == [(str(voice), "voice"), (str(setup["bad"] / "no_face.png"), "face")]
+    assert len(rows[0]["embedding"]) == 128 and rows[0]["reject_reason"] is None
+    assert rows[1]["embedding"] is None and "no face detected" in rows[1]["reject_reason"]
+    from avtrain import load_model
+
+    assert np.allclose(rows[0]["embedding"], load_model(setup["run"]).embed_voice(voice), atol=0)
+
+
+def test_commands_in_help_and_cli_doc():
+    out = _avtrain(["--help"]).output
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()
+    for cmd in ("embed", "match", "score", "export"):
+        assert cmd in out
+        assert f"### avtrain {cmd}" in doc
