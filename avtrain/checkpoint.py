@@ -180,9 +180,12 @@ def load_run(run: str | Path, device: torch.device | str = "cpu", which: str = "
         device = pick_device(device)
     path = resolve(run, which)
     if not path.is_file():
-        hint = " (a run trained with validation has one: avtrain fit --val-shards ...)" if which == "best" else \
-            "; train with avtrain fit first"
-        raise CheckpointError(f"{path}: checkpoint not found{hint}")
+        if which == "best":
+            raise CheckpointError(f"{run}: no {BEST}; only a run trained with validation has one "
+                                  "(avtrain fit --val-shards ...)")
+        if which == "last":
+            raise CheckpointError(f"{run}: no {LAST}; train with avtrain fit first")
+        raise CheckpointError(f"{path}: checkpoint not found")
     state = load_checkpoint(path)
     try:
         cfg = TrainConfig.from_dict(state["config"])

@@ -56,26 +56,27 @@ def build_loss(cfg: TrainConfig) -> AMLLoss:
 # --------------------------------------------------------------------------- learning rate
 
 
-def _lr_multiplier(step: int, plan: list, total_steps: int, lr_start: float, lr_end: float) -> float:
-    s0, l0 = plan[0]
-    for s, lr in plan:
-        if step >= s:
-            s0, l0 = s, lr
-    span = max(1, total_steps - 1 - int(s0))
+def _lr_multiplier(step: int, plan: list, lr_start: float, lr_end: float) -> float:
+    s0, l0, total = plan[0]
+    for point in plan:
+        if step >= point[0]:
+            s0, l0, total = point
+    span = max(1, int(total) - 1 - int(s0))
     # a fresh run: exactly (lr_end / lr_start) ** (step / span), as before plans existed
     return (l0 / lr_start) * (lr_end / l0) ** (min(step - s0, span) / span)
 
 
-def lr_at(step: int, plan: list, total_steps: int, lr_start: float, lr_end: float) -> float:
-    """Encoder LR at ``step``: log-linear decay from the last plan point (step s0, lr l0) to
-    lr_end at the run's last step. A fresh run's plan is [[0, lr_start]]; growing ``epochs`` on
-    resume adds [s, LR at s], so the LR goes on from where it was down to lr_end at the new end
-    (a finished run, already at lr_end, goes on at lr_end)."""
-    return lr_start * _lr_multiplier(step, plan, total_steps, lr_start, lr_end)
+def lr_at(step: int, plan: list, lr_start: float, lr_end: float) -> float:
+    """Encoder LR at ``step`` from the plan, a list of [first step, LR there, total steps]:
+    log-linear decay from each point's LR to lr_end at its total's last step. A fresh run's
+    plan is [[0, lr_start, total]]; growing ``epochs`` on resume appends [step, LR at step,
+    new total], so the steps taken keep their LR and the LR goes on from where it was down to
+    lr_end at the new end (a finished run, already at lr_end, goes on at lr_end)."""
+    return lr_start * _lr_multiplier(step, plan, lr_start, lr_end)
 
 
-def _lambda(plan, total_steps, lr_start, lr_end):
-    return lambda step: _lr_multiplier(step, plan, total_steps, lr_start, lr_end)
+def _lambda(plan, lr_start, lr_end):
+    return lambda step: _lr_multiplier(step, plan, lr_start, lr_end)
 
 
 # --------------------------------------------------------------------------- one step
@@ -227,8 +228,8 @@ def fit(cfg: TrainConfig, tuples_dir: str | Path, out: str | Path, resume: bool 
     opt_g = torch.optim.Adam(model.encoder_parameters(), lr=cfg.lr_start, weight_decay=cfg.weight_decay)
     opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.lr_dis, weight_decay=cfg.weight_decay)
     total_steps = sum(steps_per_epoch)
-    plan = [[0, cfg.lr_start]]  # mutated in place on resume: the scheduler's lambda reads it
-    sched = torch.optim.lr_scheduler.LambdaLR(opt_g, _lambda(plan, total_steps, cfg.lr_start, cfg.lr_end))
+    plan = [[0, cfg.lr_start, total_steps]]  # mutated in place on resume: the scheduler's lambda reads it
+    sched = torch.optim.lr_scheduler.LambdaLR(opt_g, _lambda(plan, cfg.lr_start, cfg.lr_end))
     start_epoch, step = 0, 0
     best = {"metric": cfg.select_metric, "value": None, "epoch": None}
     stale = 0  # validations since the last improvement (patience)
@@ -241,10 +242,10 @@ def fit(cfg: TrainConfig, tuples_dir: str | Path, out: str | Path, resume: bool 
         if cuda and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"])
         start_epoch, step = state["epoch"], state["step"]
-        plan[:] = [list(p) for p in state.get("lr_plan", plan)]
-        saved_total = state.get("total_steps", total_steps)
-        if saved_total != total_steps and step > 0:  # epochs grew: go on from the current LR
-            plan.append([step, lr_at(step, plan, saved_total, cfg.lr_start, cfg.lr_end)])
+        saved_total = int(state.get("total_steps", total_steps))
+        plan[:] = [list(p) for p in state.get("lr_plan", [[0, cfg.lr_start, saved_total]])]
+        if saved_total != total_steps:  # epochs grew: go on from the current LR
+            plan.append([step, lr_at(step, plan, cfg.lr_start, cfg.lr_end), total_steps])
         best = state.get("best", best)
         stale = int(state.get("stale_validations", 0))
 
