@@ -16,6 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from avtrain.checkpoint import CheckpointError, UnsafeCheckpointError
 from avtrain.cli import main
 from avtrain.config import ConfigError, TrainConfig, load_config, save_config
 from avtrain.data import batches_per_rank, epoch_shards, split_for
@@ -56,8 +57,11 @@ def test_killed_run_resumes_to_identical_weights(train_tuples, tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline:
         ck = killed / CHECKPOINT
-        if ck.is_file() and load_checkpoint(ck)["epoch"] >= 1:
-            break
+        try:
+            if ck.is_file() and load_checkpoint(ck)["epoch"] >= 1:
+                break
+        except (CheckpointError, UnsafeCheckpointError):  # read while the trainer swapped files
+            pass
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
