@@ -365,6 +365,10 @@ def test_validation_keeps_best_and_last_n(train_tuples, val_tuples, tmp_path):
     assert load_checkpoint(run / "best.pt")["epoch"] == best_epoch and checksum_path(run / "best.pt").is_file()
     assert sorted(p.name for p in run.glob("epoch-*.pt")) == ["epoch-0002.pt", "epoch-0003.pt"]
     assert not (run / "epoch-0001.pt.sha256").exists()
+    # validation draws no random numbers: the same run without it trains to the same weights
+    fit(cfg, train_tuples, tmp_path / "plain", progress=False)
+    a, b = load_checkpoint(run / CHECKPOINT)["model"], load_checkpoint(tmp_path / "plain" / CHECKPOINT)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
     # TensorBoard: every loss term, lr, tuples/s, val metrics per epoch
     tags = set()
     for events in (run / "tb").rglob("events.out.tfevents.*"):
