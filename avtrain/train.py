@@ -32,10 +32,24 @@ import torch
 import torch.distributed as dist
 
 from avdata.errors import AvmatchError
-from avtrain.checkpoint import (BEST, LAST, build_model, epoch_name, load_checkpoint, pick_device,
-                                remove_checkpoint, save_checkpoint)
+from avtrain.checkpoint import (
+    BEST,
+    LAST,
+    build_model,
+    epoch_name,
+    load_checkpoint,
+    pick_device,
+    remove_checkpoint,
+    save_checkpoint,
+)
 from avtrain.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, save_config
-from avtrain.data import TupleStream, batches_per_rank, load_sizes, make_loader, to_model_inputs
+from avtrain.data import (
+    TupleStream,
+    batches_per_rank,
+    load_sizes,
+    make_loader,
+    to_model_inputs,
+)
 from avtrain.losses import AMLLoss
 
 CHECKPOINT = LAST  # kept for callers of the old name

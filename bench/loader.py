@@ -104,7 +104,13 @@ def main():
 
     from avdata.reader import index_items
     from avtrain.config import TrainConfig
-    from avtrain.data import TupleStream, collate, load_sizes, make_loader, to_model_inputs
+    from avtrain.data import (
+        TupleStream,
+        collate,
+        load_sizes,
+        make_loader,
+        to_model_inputs,
+    )
     from avtrain.train import build_loss, build_model, train_step
 
     torch.set_num_threads(1)

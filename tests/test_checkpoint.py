@@ -13,8 +13,16 @@ import torch
 from click.testing import CliRunner
 
 from avdata.io import sha256_file
-from avtrain.checkpoint import (BEST, LAST, CheckpointError, UnsafeCheckpointError, checksum_path, load_checkpoint,
-                                load_run, save_checkpoint)
+from avtrain.checkpoint import (
+    BEST,
+    LAST,
+    CheckpointError,
+    UnsafeCheckpointError,
+    checksum_path,
+    load_checkpoint,
+    load_run,
+    save_checkpoint,
+)
 from avtrain.cli import main as avtrain_main
 from avtrain.config import TrainConfig
 from avtrain.train import fit
@@ -95,7 +103,7 @@ def test_save_writes_a_checksum_and_load_verifies_it(trained):
     assert side.read_text() == f"{sha256_file(trained / LAST)}  {LAST}\n"
     state = load_checkpoint(trained / LAST)
     assert state["epoch"] == 1 and "model" in state
-    model, state2, cfg = load_run(trained, "cpu")
+    model, _, cfg = load_run(trained, "cpu")
     assert cfg.seed == 2 and not model.training
 
 

@@ -1,10 +1,11 @@
 """avtrain fit on the synthetic corpus: learning, resume, unsafe shards, DDP on 2 CPU processes."""
 
 import io
-import re
+import itertools
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -214,7 +215,7 @@ def test_resume_names_each_difference_and_epochs_may_grow(train_tuples, tmp_path
     assert [r["step"] for r in log] == list(range(1, 7))
     lrs = [r["lr"] for r in log]
     # the schedule stays defined: never rises, ends at lr_end; the finished 1-epoch run was at lr_end
-    assert all(b <= a * (1 + 1e-12) for a, b in zip(lrs, lrs[1:])) and lrs[-1] == pytest.approx(5e-5)
+    assert all(b <= a * (1 + 1e-12) for a, b in itertools.pairwise(lrs)) and lrs[-1] == pytest.approx(5e-5)
 
 
 def test_lr_schedule_continues_from_the_current_lr_when_epochs_grow():
@@ -226,7 +227,7 @@ def test_lr_schedule_continues_from_the_current_lr_when_epochs_grow():
     grown = plan + [[4, lr_at(4, plan, 5e-3, 5e-5), 20]]  # resumed at step 4 with 20 steps in all
     new = [lr_at(s, grown, 5e-3, 5e-5) for s in range(20)]
     assert new[:5] == old[:5]  # the steps already taken keep their LR
-    assert all(b < a for a, b in zip(new[4:], new[5:]))  # continuous, decaying
+    assert all(b < a for a, b in itertools.pairwise(new[4:]))  # continuous, decaying
     assert new[19] == pytest.approx(5e-5)
 
 
@@ -292,7 +293,12 @@ def test_first_encoder_update_is_the_gradient_of_the_aml_objective(one_torch_thr
     import torch.nn.functional as F
     from torch.func import functional_call
 
-    from avtrain.losses import lifted_structured_loss, modality_loss, split_gallery, split_modalities
+    from avtrain.losses import (
+        lifted_structured_loss,
+        modality_loss,
+        split_gallery,
+        split_modalities,
+    )
     from avtrain.train import train_step
 
     cfg, model, loss_fn, (q, g, y) = _step_setup(clip_value=0.01)
