@@ -123,7 +123,11 @@ def test_a_swap_in_progress_still_loads(trained, tmp_path):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_bad_checkpoint_is_one_line_everywhere(trained, train_tuples, tmp_path, kind):
+    from avdata.cli import main as avdata_main
+
     run = _copy(trained, tmp_path)
+    res = CliRunner().invoke(avdata_main, ["manifest", "update", str(run), "--out", str(tmp_path / "good.json")])
+    assert res.exit_code == 0, res.output
     marker = tmp_path / "pwned"
     phrase = _damage(kind, run / LAST, marker)
     with pytest.raises((CheckpointError, UnsafeCheckpointError), match=phrase):
@@ -142,12 +146,10 @@ def test_bad_checkpoint_is_one_line_everywhere(trained, train_tuples, tmp_path, 
         assert res.output.startswith("Error: ") and res.output.count("\n") == 1, (name, res.output)
         assert phrase in res.output, (name, res.output)
     assert sha256_file(run / LAST) == before  # a refused resume wrote nothing
-    from avdata.cli import main as avdata_main
-
-    res = CliRunner().invoke(avdata_main, ["manifest", "verify", str(run), "--against", str(tmp_path / "none.json")])
-    assert res.exit_code != 0
-    res = CliRunner().invoke(avdata_main, ["manifest", "update", str(run), "--out", str(tmp_path / "m.json")])
-    assert res.exit_code == 1 and res.output.count("\n") == 1 and phrase in res.output, res.output
+    for args in (["verify", str(run), "--against", str(tmp_path / "good.json")],
+                 ["update", str(run), "--out", str(tmp_path / "m.json")]):
+        res = CliRunner().invoke(avdata_main, ["manifest", *args])
+        assert res.exit_code == 1 and res.output.count("\n") == 1 and phrase in res.output, res.output
     assert not marker.exists()
 
 

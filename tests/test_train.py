@@ -391,6 +391,13 @@ def test_validation_keeps_best_and_last_n(train_tuples, val_tuples, tmp_path):
     assert m["checkpoint_epoch"] == best_epoch and m["checkpoint"] == "best"
     # the same -L2 rule and code: evaluate's val accuracy of best.pt is the one fit logged
     assert m["matching"]["a2v"]["k2"]["value"] == pytest.approx(max(values))
+    # ... and its headline metrics land in the run's TensorBoard directory
+    tags = set()
+    for events in (run / "tb").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"eval/matching_a2v_k2", "eval/verification_val_auc"} <= tags
 
 
 def test_patience_stops_a_run_that_no_longer_improves(train_tuples, val_tuples, tmp_path):
