@@ -305,10 +305,10 @@ def run_manifest(run_dir: str | Path, tuples: str | Path | None = None,
     Final losses are the loss terms (``L_*``) of the last RUN/log.jsonl line; speed
     fields (``samples_per_s`` ...) are left out because they differ on every run.
     """
-    import torch
     import yaml
 
     from avdata.shards import library_versions
+    from avtrain.checkpoint import load_checkpoint
 
     run = Path(run_dir)
     cfg_path = run / "config.yaml"
@@ -316,18 +316,19 @@ def run_manifest(run_dir: str | Path, tuples: str | Path | None = None,
         raise ValueError(f"{run}: not a run directory (no config.yaml)")
     cfg = yaml.safe_load(cfg_path.read_text()) or {}
     ckpt = Path(checkpoint) if checkpoint else run / RUN_CHECKPOINT
-    if not ckpt.is_file():
-        raise ValueError(f"{ckpt}: checkpoint not found")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    model_state = state["model"] if isinstance(state, dict) and "model" in state else state
+    # checksum, weights_only and the keys of a run checkpoint: a truncated, empty, foreign,
+    # tampered or malicious file is a one-line CheckpointError/UnsafeCheckpointError
+    state = load_checkpoint(ckpt)
+    model_state = state["model"]
 
     final_losses = None
     log = run / "log.jsonl"
     if log.is_file():
-        lines = [l for l in log.read_text().splitlines() if l.strip()]
-        if lines:
-            last = json.loads(lines[-1])
-            final_losses = {k: v for k, v in sorted(last.items()) if k.startswith("L_")}
+        # the last training-step line (validation lines carry "val", not loss terms)
+        lines = [json.loads(l) for l in log.read_text().splitlines() if l.strip()]
+        steps = [r for r in lines if "L_total" in r]
+        if steps:
+            final_losses = {k: v for k, v in sorted(steps[-1].items()) if k.startswith("L_")}
     metrics = None
     if (run / "metrics.json").is_file():
         metrics = _without_volatile(json.loads((run / "metrics.json").read_text()))

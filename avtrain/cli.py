@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from avdata.errors import InputError
+from avdata.cli_base import user_errors
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -21,32 +21,55 @@ def main():
 @click.option("--task", type=click.Choice(["matching", "verification", "retrieval"]), default=None, help="Task [config: matching].")
 @click.option("--k", type=click.IntRange(2, 10), default=None, help="Gallery size of the training tuples [config: 2].")
 @click.option("--direction", type=click.Choice(["a2v", "v2a"]), default=None, help="a2v: voice query, face gallery [config: a2v].")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Run directory (config.yaml, checkpoint.pt, log.jsonl, tb/).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs [config: 50 matching, 20 verification, 100 retrieval].")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None, help="YAML file of TrainConfig settings.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any TrainConfig setting, e.g. --set adversarial=false (repeatable).")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Run directory (config.yaml, checkpoint.pt, best.pt, log.jsonl, tb/); created only once every setting is checked.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs [config: 50 matching, 20 verification, 100 retrieval]; may grow on --resume.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
+              help="YAML file of settings (top level, model:, loss:; see docs/training.md).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="Override any setting, e.g. --set lr_start=1e-3, --set loss.triplet_margin=0.5, "
+                   "--set model.generator_dropout=0.3 (repeatable).")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [config: auto].")
 @click.option("--seed", type=int, default=None, help="Seed for init, data order and dropout [config: 0].")
-@click.option("--resume", is_flag=True, help="Continue from RUN/checkpoint.pt if it exists.")
+@click.option("--val-shards", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Item shards (avdata build-shards) of the val lists: turns validation on.")
+@click.option("--val-tuples", type=click.Path(file_okay=False, exists=True), default=None,
+              help="Tuple directory with the val lists (make-tuples --split val) [default: the --shards directory].")
+@click.option("--val-every", type=click.IntRange(min=1), default=None, help="Validate every N epochs (and after the last) [config: 1].")
+@click.option("--select", default=None,
+              help="Validation metric that picks best.pt: val_matching_{a2v|v2a}_k{K} or val_verification_auc "
+                   "[config: auto = matching accuracy for the trained k and direction].")
+@click.option("--keep-last", type=click.IntRange(min=0), default=None, help="Keep the last N per-epoch checkpoints epoch-NNNN.pt [config: 0].")
+@click.option("--patience", type=click.IntRange(min=1), default=None,
+              help="Stop after N validations without a better --select metric [config: off].")
+@click.option("--resume", is_flag=True, help="Continue from RUN/checkpoint.pt if it exists (same settings; epochs may grow).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar with tuples/s.")
-def fit_cmd(tuples_dir, task, k, direction, out, epochs, config_file, sets, device, seed, resume, progress):
+@user_errors
+def fit_cmd(tuples_dir, task, k, direction, out, epochs, config_file, sets, device, seed, val_shards, val_tuples,
+            val_every, select, keep_last, patience, resume, progress):
     """Train AML on tuple shards (also under torchrun for DDP)."""
     from avtrain.config import load_config
     from avtrain.train import fit
 
-    try:
-        cfg = load_config(config_file, {"task": task, "k": k, "direction": direction, "epochs": epochs,
-                                        "device": device, "seed": seed}, sets)
-        summary = fit(cfg, tuples_dir, out, resume=resume, progress=progress)
-    except (InputError, ValueError, FileNotFoundError) as exc:
-        raise click.ClickException(str(exc))
+    cfg = load_config(config_file, {"task": task, "k": k, "direction": direction, "epochs": epochs,
+                                    "device": device, "seed": seed, "val_every": val_every, "select": select,
+                                    "keep_last": keep_last, "patience": patience}, sets)
+    summary = fit(cfg, tuples_dir, out, resume=resume, progress=progress, val_tuples=val_tuples,
+                  val_shards=val_shards)
     final = ", ".join(f"{k}={v:.4f}" for k, v in summary["final"].items())
     click.echo(f"{out}: {summary['steps']} steps on {summary['device']}, {summary['tuples_per_s']:.1f} tuples/s; {final}")
+    best = summary["best"]
+    if best["value"] is not None:
+        stop = " (stopped early)" if summary["stopped_early"] else ""
+        click.echo(f"{out}: best {best['metric']}={best['value']:.4f} at epoch {best['epoch']} -> best.pt{stop}")
 
 
 @main.command("evaluate")
 @click.option("--run", type=click.Path(file_okay=False, exists=True), required=True,
-              help="Run directory with checkpoint.pt (from avtrain fit); embeddings.npz is written there.")
+              help="Run directory (from avtrain fit); embeddings.npz and tb/ scalars are written there.")
+@click.option("--checkpoint", default="last",
+              help="Which weights: last (RUN/checkpoint.pt), best (RUN/best.pt, needs fit --val-shards) or a path.")
 @click.option("--shards", type=click.Path(file_okay=False, exists=True), required=True,
               help="Item shard directory (avdata build-shards) the tuple lists were drawn from.")
 @click.option("--tuples", "tuples_dir", type=click.Path(file_okay=False, exists=True), required=True,
@@ -56,15 +79,13 @@ def fit_cmd(tuples_dir, task, k, direction, out, epochs, config_file, sets, devi
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
 @click.option("--bootstrap", "n_boot", type=click.IntRange(min=1), default=1000, help="Bootstrap resamples for the 95% CIs.")
 @click.option("--seed", type=int, default=0, help="Seed of the bootstrap and of the embedding samples.")
-def evaluate_cmd(run, shards, tuples_dir, out, batch_size, device, n_boot, seed):
+@user_errors
+def evaluate_cmd(run, checkpoint, shards, tuples_dir, out, batch_size, device, n_boot, seed):
     """Score a run on matching, verification and retrieval lists (score = -L2 distance)."""
-    from avtrain.evaluate import EvaluationError, evaluate
+    from avtrain.evaluate import evaluate
 
-    try:
-        evaluate(run, shards, tuples_dir, out=out, batch_size=batch_size, device=device, n_boot=n_boot, seed=seed,
-                 echo=click.echo)
-    except (EvaluationError, InputError, ValueError, FileNotFoundError, KeyError) as exc:
-        raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+    evaluate(run, shards, tuples_dir, out=out, batch_size=batch_size, device=device, n_boot=n_boot, seed=seed,
+             echo=click.echo, checkpoint=checkpoint)
 
 
 @main.command("report")
@@ -75,6 +96,7 @@ def evaluate_cmd(run, shards, tuples_dir, out, batch_size, device, n_boot, seed)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="HTML file [default: RUN/report.html].")
 @click.option("--compare", multiple=True, type=click.Path(file_okay=False, exists=True),
               help="Another run directory (with metrics.json) for the side-by-side table (repeatable).")
+@user_errors
 def report_cmd(run, metrics, out, compare):
     """Write a self-contained HTML report (tables and embedded plots) of a run."""
     from avtrain.report import ReportError, build_report

@@ -18,6 +18,7 @@ see docs/evaluation.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -27,7 +28,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from avdata.errors import AvmatchError
+from avdata.io import atomic_write_text
 from avtrain import metrics as M
+from avtrain.checkpoint import CheckpointError, DeviceError, load_run, pick_device  # noqa: F401 (re-exported)
 
 SCORE_KIND = "neg_l2"
 MATCHING_RE = re.compile(r"^matching_(?P<split>.+)_(?P<direction>a2v|v2a)_k(?P<k>\d+)(?:_(?P<constraint>.+))?$")
@@ -41,7 +45,7 @@ MODALITY_OF_ROLE = {("a2v", "query"): "audio", ("a2v", "gallery"): "face",
                     ("v2a", "query"): "face", ("v2a", "gallery"): "audio"}
 
 
-class EvaluationError(ValueError):
+class EvaluationError(AvmatchError, ValueError):
     """A problem with the inputs of an evaluation (one line, for the CLI)."""
 
 
@@ -144,26 +148,6 @@ def needed_items(lists: list[TupleList]) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- model and items
-
-
-def load_run(run: str | Path, device: torch.device):
-    """(model in eval mode on device, checkpoint state without optimiser tensors)."""
-    from avtrain.config import TrainConfig
-    from avtrain.train import CHECKPOINT, build_model, load_checkpoint
-
-    path = Path(run) / CHECKPOINT
-    if not path.is_file():
-        raise EvaluationError(f"{run}: no {CHECKPOINT}; train with avtrain fit first")
-    try:
-        state = load_checkpoint(path)  # weights_only=True: never unpickles arbitrary objects
-        cfg = TrainConfig.from_dict(state["config"])
-        model = build_model(cfg)
-        model.load_state_dict(state["model"])
-    except Exception as exc:  # a foreign, truncated or unsafe checkpoint: one line for the CLI
-        first = (str(exc).strip().splitlines() or [""])[0]
-        raise EvaluationError(f"{path}: cannot load the checkpoint ({type(exc).__name__}: {first})") from None
-    model.to(device).eval()
-    return model, state, cfg
 
 
 @dataclass
@@ -294,7 +278,8 @@ def _matching_entry(tl: TupleList, emb: Embeddings, model, cfg, device, n_boot: 
     return entry
 
 
-def _verification_entry(tl: TupleList, emb: Embeddings, model, cfg, device, n_boot: int, seed: int) -> dict:
+def _verification_scores(tl: TupleList, emb: Embeddings):
+    """(−L2 scores, labels, voice rows, face rows) of a verification list."""
     voice, face, labels = [], [], []
     for r in tl.rows:
         d = r.get("direction", "a2v")
@@ -304,9 +289,14 @@ def _verification_entry(tl: TupleList, emb: Embeddings, model, cfg, device, n_bo
         face.append(emb.row["face"][f_key])
         labels.append(int(r["label"]))
     vi, fi, y = np.array(voice, dtype=np.intp), np.array(face, dtype=np.intp), np.array(labels)
+    scores = M.gather_scores(emb.h["audio"], emb.h["face"], vi, fi[:, None], kind=SCORE_KIND)[:, 0]
+    return scores, y, vi, fi
+
+
+def _verification_entry(tl: TupleList, emb: Embeddings, model, cfg, device, n_boot: int, seed: int) -> dict:
+    scores, y, vi, fi = _verification_scores(tl, emb)
     if y.min() == y.max():
         raise EvaluationError(f"{tl.name}: verification needs both positive and negative pairs")
-    scores = M.gather_scores(emb.h["audio"], emb.h["face"], vi, fi[:, None], kind=SCORE_KIND)[:, 0]
     auc, eer = M.roc_auc(scores, y), M.equal_error_rate(scores, y)
     fpr, tpr, _ = M.roc_curve(scores, y)
     entry = {"auc": _summary(auc, _ci_pairs(scores, y, M.roc_auc, n_boot, seed)),
@@ -435,33 +425,17 @@ def save_embedding_sample(emb: Embeddings, samples: dict, path: Path) -> dict:
 
 
 def _pick_device(name: str) -> torch.device:
-    from avtrain.train import pick_device
-
     try:
-        device = pick_device(name)
-    except RuntimeError as exc:
-        raise EvaluationError(f"--device {name}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EvaluationError(f"--device {name}: CUDA is not available")
-    return device
+        return pick_device(name)
+    except DeviceError as exc:
+        raise EvaluationError(f"--device: {exc}") from None
 
 
-def evaluate(run: str | Path, shards: str | Path, tuples_dir: str | Path, out: str | Path | None = None,
-             batch_size: int = 64, device: str = "auto", n_boot: int = 1000, seed: int = 0,
-             echo: Callable[[str], None] | None = print) -> dict:
-    """Evaluate RUN/checkpoint.pt on every list of tuples_dir/index; write metrics.json
-    (default RUN/metrics.json) and RUN/embeddings.npz; return the metrics dict."""
+def load_items(lists: list[TupleList], shards: str | Path, tuples_dir: str | Path):
+    """(needed key -> modality, index_items rows of exactly those keys), checked: every key
+    present once, with the modality the lists use it as."""
     from avdata.reader import index_items
 
-    run = Path(run)
-    out = Path(out) if out else run / "metrics.json"
-    if batch_size < 1 or n_boot < 1:
-        raise EvaluationError("--batch-size and --bootstrap must be >= 1")
-    dev = _pick_device(device)
-    model, state, cfg = load_run(run, dev)
-    lists = read_tuple_lists(tuples_dir)
-    if not lists:
-        raise EvaluationError(f"{tuples_dir}: no non-empty matching, verification or retrieval list in index/")
     need = needed_items(lists)
     try:
         items = index_items(shards)
@@ -477,6 +451,73 @@ def evaluate(run: str | Path, shards: str | Path, tuples_dir: str | Path, out: s
     wrong = items[items["modality"] != items["key"].map(need)]
     if len(wrong):
         raise EvaluationError(f"{wrong['key'].iloc[0]}: is {wrong['modality'].iloc[0]} in the shards but used as {need[wrong['key'].iloc[0]]}")
+    return need, items
+
+
+class ValidationSet:
+    """The val lists a run is validated on during ``fit``: matching for the trained k and
+    direction, and verification if a val list exists; scored with the −L2 rule of
+    :func:`evaluate` (same lists reader, item loader, embedding and metrics code).
+
+    Metric names: ``val_matching_{direction}_k{k}`` (accuracy) and ``val_verification_auc``."""
+
+    def __init__(self, tuples_dir: str | Path, shards: str | Path, task: str, k: int, direction: str,
+                 select: str, split: str = "val", batch_size: int = 64):
+        self.shards, self.batch_size = Path(shards), batch_size
+        lists = read_tuple_lists(tuples_dir)
+        want = f"matching_{split}_{direction}_k{k}"
+        self.lists = [t for t in lists if (t.task == "matching" and t.name == want)
+                      or (t.task == "verification" and t.split == split)]
+        names = {self.metric_name(t) for t in self.lists}
+        if not self.lists:
+            raise EvaluationError(f"{tuples_dir}: no {split} lists ({want}.jsonl or verification_{split}.jsonl) in "
+                                  f"index/; build them with avdata make-tuples --split {split}")
+        if select not in names:
+            raise EvaluationError(f"{tuples_dir}: the selection metric {select} needs a list that is not there "
+                                  f"(have {', '.join(sorted(names))})")
+        self.need, self.items = load_items(self.lists, shards, tuples_dir)
+
+    @staticmethod
+    def metric_name(tl: TupleList) -> str:
+        return "val_verification_auc" if tl.task == "verification" else f"val_matching_{tl.direction}_k{tl.k}"
+
+    def score(self, model, device: torch.device) -> dict[str, float]:
+        """Metric name -> value; the model is left in eval mode."""
+        model.eval()
+        emb = embed_items(model, self.items, self.shards, self.batch_size, device, set())
+        out = {}
+        for tl in self.lists:
+            if tl.task == "matching":
+                qm, gm = _qg(emb, tl.direction)
+                qi = np.array([emb.row[qm][r["query"]] for r in tl.rows], dtype=np.intp)
+                gi = np.array([[emb.row[gm][g] for g in r["gallery"]] for r in tl.rows], dtype=np.intp)
+                labels = np.array([int(r["label"]) for r in tl.rows], dtype=np.intp)
+                out[self.metric_name(tl)] = float(M.matching_accuracy(
+                    M.gather_scores(emb.h[qm], emb.h[gm], qi, gi, kind=SCORE_KIND), labels))
+            else:
+                scores, y, _, _ = _verification_scores(tl, emb)
+                if y.min() == y.max():
+                    raise EvaluationError(f"{tl.name}: verification needs both positive and negative pairs")
+                out[self.metric_name(tl)] = float(M.roc_auc(scores, y))
+        return dict(sorted(out.items()))
+
+
+def evaluate(run: str | Path, shards: str | Path, tuples_dir: str | Path, out: str | Path | None = None,
+             batch_size: int = 64, device: str = "auto", n_boot: int = 1000, seed: int = 0,
+             echo: Callable[[str], None] | None = print, checkpoint: str = "last") -> dict:
+    """Evaluate RUN's ``checkpoint`` (last, best or a path) on every list of tuples_dir/index;
+    write metrics.json (default RUN/metrics.json), RUN/embeddings.npz and the headline metrics
+    into RUN/tb (TensorBoard); return the metrics dict."""
+    run = Path(run)
+    out = Path(out) if out else run / "metrics.json"
+    if batch_size < 1 or n_boot < 1:
+        raise EvaluationError("--batch-size and --bootstrap must be >= 1")
+    dev = _pick_device(device)
+    model, state, cfg = load_run(run, dev, checkpoint)
+    lists = read_tuple_lists(tuples_dir)
+    if not lists:
+        raise EvaluationError(f"{tuples_dir}: no non-empty matching, verification or retrieval list in index/")
+    need, items = load_items(lists, shards, tuples_dir)
 
     # features are kept only for the sampled keys; the sample needs the key lists first
     keys_by_mod = {m: sorted(k for k, v in need.items() if v == m) for m in ("audio", "face")}
@@ -486,7 +527,7 @@ def evaluate(run: str | Path, shards: str | Path, tuples_dir: str | Path, out: s
     keep, samples = _sample_keys(pre, seed)
     emb = embed_items(model, items, shards, batch_size, dev, keep)
 
-    result: dict = {"run": str(run), "checkpoint_epoch": int(state.get("epoch", 0)),
+    result: dict = {"run": str(run), "checkpoint": str(checkpoint), "checkpoint_epoch": int(state.get("epoch", 0)),
                     "checkpoint_step": int(state.get("step", 0)), "config": state["config"],
                     "scoring": {"kind": SCORE_KIND, "rule": "score = -Euclidean distance between 128-d embeddings"},
                     "bootstrap": {"n": int(n_boot), "seed": int(seed), "ci": 0.95, "method": "percentile"},
@@ -518,14 +559,41 @@ def evaluate(run: str | Path, shards: str | Path, tuples_dir: str | Path, out: s
     result["pair_distance"] = pair_distance_report(emb, samples)
     result["embeddings"] = save_embedding_sample(emb, samples, run / EMBEDDINGS_FILE)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, sort_keys=True, indent=1) + "\n")
-    tmp.replace(out)
+    atomic_write_text(out, json.dumps(result, sort_keys=True, indent=1) + "\n")
+    write_tensorboard(run / "tb", result)
     if echo:
         echo(format_table(result))
         echo(f"wrote {out}")
     return result
+
+
+def headline(m: dict) -> dict[str, float]:
+    """The metrics worth a TensorBoard scalar: matching accuracy per direction and k,
+    verification AUC/EER per list, retrieval mAP and R@10 per split and direction."""
+    out = {}
+    for d, ks in m["matching"].items():
+        for k, e in ks.items():
+            out[f"eval/matching_{d}_{k}"] = e["value"]
+    for name, e in m["verification"].items():
+        out[f"eval/verification_{name}_auc"] = e["auc"]["value"]
+        out[f"eval/verification_{name}_eer"] = e["eer"]["value"]
+    for split, dirs in m["retrieval"].items():
+        for d, e in dirs.items():
+            for key in ("mAP", "R@10"):
+                if e.get(key):
+                    out[f"eval/retrieval_{split}_{d}_{key.replace('@', '_at_')}"] = e[key]["value"]
+    return dict(sorted(out.items()))
+
+
+def write_tensorboard(tb_dir: Path, m: dict) -> None:
+    """Headline metrics as scalars at the checkpoint's step (skipped without tensorboard)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return
+    with contextlib.closing(SummaryWriter(str(tb_dir))) as tb:
+        for tag, value in headline(m).items():
+            tb.add_scalar(tag, value, m["checkpoint_step"])
 
 
 # --------------------------------------------------------------------------- stdout table

@@ -46,7 +46,17 @@ PAPER_ROWS = [
 # settings that tell ablation runs apart (Tables VII-IX); other differing settings are added
 ABLATION_KEYS = ("adversarial", "metric", "adversarial_kind", "metric_kind")
 RUNTIME_KEYS = {"device", "workers", "threads", "log_every", "record_batches", "amp", "channels_last",
-                "shuffle_buffer", "tuples"}
+                "shuffle_buffer", "tuples", "val_every", "keep_last"}
+
+
+def flat_config(cfg: dict) -> dict:
+    """A run's config with its model/loss sections lifted to the top level (the flat names of
+    older configs: adversarial, metric_kind, clip_value, ...)."""
+    out = {k: v for k, v in cfg.items() if not (k in ("model", "loss") and isinstance(v, dict))}
+    for section in ("model", "loss"):
+        if isinstance(cfg.get(section), dict):
+            out.update(cfg[section])
+    return out
 MARKERS = "os^vD<>ph*Xd+x"
 
 
@@ -314,7 +324,7 @@ def _main_metrics(m: dict) -> dict[str, dict]:
 
 
 def compare_table(runs: list[tuple[Path, dict]]) -> str:
-    configs = [dict(m.get("config") or {}) for _, m in runs]
+    configs = [flat_config(m.get("config") or {}) for _, m in runs]
     keys = distinguishing(configs)
     per_run = [_main_metrics(m) for _, m in runs]
 
@@ -350,7 +360,7 @@ def build_report(run: str | Path, metrics: str | Path | None = None, out: str | 
     run = Path(run)
     m = load_metrics(Path(metrics) if metrics else run / "metrics.json")
     out = Path(out) if out else run / "report.html"
-    cfg = m.get("config") or {}
+    cfg = flat_config(m.get("config") or {})
     parts = [f"<h1>AML report: {_esc(run)}</h1>",
              f"<p>checkpoint epoch {_esc(m.get('checkpoint_epoch'))} (step {_esc(m.get('checkpoint_step'))}); "
              f"task {_esc(cfg.get('task'))}, k={_esc(cfg.get('k'))}, direction {_esc(cfg.get('direction'))}; "

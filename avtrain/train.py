@@ -1,19 +1,26 @@
 """avtrain fit: AML trained from streamed tuple shards (Algorithm 1 of the paper).
 
-One step on a batch of tuples:
+One step on a batch of tuples (:func:`train_step`, the only implementation; ``fit`` and the
+benchmarks call it):
   1. forward the encoders + generator + head once: h_query, h_gallery, logits;
   2. T discriminator steps on the detached h (modality cross-entropy), weights clipped;
-  3. one encoder/generator/head step on L_total - L_dis (fool the fixed discriminator).
+  3. one encoder/generator/head step on β·L_metric + γ·L_cls − L_dis (fool the fixed discriminator).
 The encoder learning rate decays logarithmically lr_start -> lr_end over the run.
+
+With validation lists (``--val-shards``) the val identities are scored every ``val_every``
+epochs with the code of ``avtrain evaluate`` (−L2 rule); ``best.pt`` keeps the best epoch
+by ``select``, ``patience`` stops early.
 
 Runs on CPU or CUDA (bf16 autocast, channels-last, non-blocking copies), and under
 ``torchrun`` with DistributedDataParallel (gloo on CPU, NCCL on GPU). A checkpoint is
 written atomically after every epoch with optimiser, scheduler and RNG state, so
-``--resume`` continues a killed run to the same final weights.
+``--resume`` continues a killed run to the same final weights. Every setting, the data and
+the checkpoint to resume from are checked before the run directory is created.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -24,46 +31,108 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from avtrain.config import TrainConfig, save_config
-from avtrain.data import TupleStream, batches_per_rank, load_sizes, make_loader, to_model_inputs
-from avtrain.losses import AMLLoss, LossConfig
-from avtrain.models import AML, ModelConfig
+from avdata.errors import AvmatchError
+from avtrain.checkpoint import (
+    BEST,
+    LAST,
+    build_model,
+    epoch_name,
+    load_checkpoint,
+    pick_device,
+    remove_checkpoint,
+    save_checkpoint,
+)
+from avtrain.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, save_config
+from avtrain.data import (
+    TupleStream,
+    batches_per_rank,
+    load_sizes,
+    make_loader,
+    to_model_inputs,
+)
+from avtrain.losses import AMLLoss
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = LAST  # kept for callers of the old name
 LOG_TERMS = ("L_total", "L_dis", "L_metric", "L_cls", "L_adv")
 
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+__all__ = ["CHECKPOINT", "LOG_TERMS", "TrainingError", "build_loss", "build_model", "fit", "load_checkpoint",
+           "lr_at", "pick_device", "train_step"]
 
 
-def build_model(cfg: TrainConfig) -> AML:
-    return AML(ModelConfig(task=cfg.task, k=cfg.k, shared_generator=cfg.shared_generator, clip_value=cfg.clip_value))
+class TrainingError(AvmatchError):
+    """A run that cannot start or go on (data, resume state): one line for the CLI."""
 
 
 def build_loss(cfg: TrainConfig) -> AMLLoss:
-    return AMLLoss(LossConfig(task=cfg.task, lambda_margin=cfg.lambda_margin, beta=cfg.beta, gamma=cfg.gamma,
-                              metric=cfg.metric, adversarial=cfg.adversarial, metric_kind=cfg.metric_kind,
-                              adversarial_kind=cfg.adversarial_kind, lifted_squared=cfg.lifted_squared,
-                              dis_reduction=cfg.dis_reduction))
+    return AMLLoss(cfg.loss_config())
 
 
-def log_decay(total_steps: int, lr_start: float, lr_end: float):
-    """Multiplier for LambdaLR: lr_start at step 0, lr_end at the last step, geometric between."""
-    span = max(1, total_steps - 1)
-    return lambda step: (lr_end / lr_start) ** (min(step, span) / span)
+# --------------------------------------------------------------------------- learning rate
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # a killed run never leaves a half-written checkpoint
+def _lr_multiplier(step: int, plan: list, lr_start: float, lr_end: float) -> float:
+    s0, l0, total = plan[0]
+    for point in plan:
+        if step >= point[0]:
+            s0, l0, total = point
+    span = max(1, int(total) - 1 - int(s0))
+    # a fresh run: exactly (lr_end / lr_start) ** (step / span), as before plans existed
+    return (l0 / lr_start) * (lr_end / l0) ** (min(step - s0, span) / span)
 
 
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+def lr_at(step: int, plan: list, lr_start: float, lr_end: float) -> float:
+    """Encoder LR at ``step`` from the plan, a list of [first step, LR there, total steps]:
+    log-linear decay from each point's LR to lr_end at its total's last step. A fresh run's
+    plan is [[0, lr_start, total]]; growing ``epochs`` on resume appends [step, LR at step,
+    new total], so the steps taken keep their LR and the LR goes on from where it was down to
+    lr_end at the new end (a finished run, already at lr_end, goes on at lr_end)."""
+    return lr_start * _lr_multiplier(step, plan, lr_start, lr_end)
+
+
+def _lambda(plan, lr_start, lr_end):
+    return lambda step: _lr_multiplier(step, plan, lr_start, lr_end)
+
+
+# --------------------------------------------------------------------------- one step
+
+
+def train_step(model, loss_fn: AMLLoss, opt_g, opt_d, query, gallery, labels, direction: str, *,
+               d_steps: int = 1, clip_value: float | None = 0.01, net=None, autocast=None,
+               average_grads=None) -> dict:
+    """Algorithm 1's step on one batch: forward once; ``d_steps`` discriminator steps on the
+    detached h (each followed by weight clipping to ±clip_value when set); one step of the
+    encoders/generator/head on β·L_metric + γ·L_cls − L_dis with D held fixed.
+
+    ``net``: the (DDP-wrapped) module to forward (default ``model``); ``average_grads``:
+    called with the discriminator's parameters after each D backward (DDP). The scheduler is
+    the caller's. Returns the loss terms as floats (``L_dis_step``: the last D step's L_dis).
+    """
+    net = net if net is not None else model
+    with (autocast if autocast is not None else contextlib.nullcontext()):
+        out = net(query, gallery, direction)
+    out = {k: (v.float() if torch.is_tensor(v) else v) for k, v in out.items()}
+    d_terms = {}
+    if loss_fn.uses_discriminator:
+        for _ in range(d_steps):
+            d_terms = loss_fn.discriminator_loss(out, model.discriminator)
+            opt_d.zero_grad(set_to_none=True)
+            d_terms["L_dis"].backward()
+            if average_grads is not None:
+                average_grads(model.discriminator.parameters())
+            opt_d.step()
+            if clip_value:
+                model.discriminator.clip_weights(clip_value)
+    e_terms = loss_fn.encoder_loss(out, labels, model.discriminator)
+    opt_g.zero_grad(set_to_none=True)
+    e_terms["objective"].backward()
+    opt_g.step()
+    terms = {k: float(e_terms[k].detach()) for k in LOG_TERMS}
+    if d_terms:
+        terms["L_dis_step"] = float(d_terms["L_dis"].detach())
+    return terms
+
+
+# --------------------------------------------------------------------------- DDP
 
 
 class Distributed:
@@ -88,21 +157,81 @@ class Distributed:
             dist.destroy_process_group()
 
 
-def fit(cfg: TrainConfig, tuples_dir: str | Path, out: str | Path, resume: bool = False, progress: bool = True) -> dict:
-    """Train; returns a summary (final losses, steps, samples/s)."""
+# --------------------------------------------------------------------------- setup
+
+
+def _resume_state(cfg: TrainConfig, path: Path) -> dict:
+    """The checkpoint to continue from, after checking that only resumable settings differ."""
+    state = load_checkpoint(path)  # checksum + weights_only: one line on a bad file
+    try:
+        saved = TrainConfig.from_dict(state["config"])
+    except ConfigError as exc:
+        raise TrainingError(f"{path}: its saved config is not valid ({exc})") from None
+    diffs = saved.differences(cfg)
+    blocking = [d for d in diffs if d.split(":", 1)[0] not in RESUMABLE_CHANGES]
+    if cfg.epochs < saved.epochs:
+        blocking.append(f"epochs: {saved.epochs} -> {cfg.epochs} (epochs can only grow on resume)")
+    if cfg.epochs < state["epoch"]:
+        blocking.append(f"the checkpoint is already at epoch {state['epoch']}")
+    if blocking:
+        raise TrainingError(f"{path}: cannot resume with other settings: {'; '.join(blocking)}. "
+                            "Resume with the saved settings (RUN/config.yaml) or train into a new --out")
+    return state
+
+
+def _val_setup(cfg: TrainConfig, tuples_dir, val_tuples, val_shards):
+    """The validation set (or None), prepared before anything is written."""
+    if val_shards is None:
+        if val_tuples is not None:
+            raise TrainingError("--val-tuples needs --val-shards (the item shards the val lists were drawn from)")
+        return None
+    from avtrain.evaluate import EvaluationError, ValidationSet
+
+    try:
+        return ValidationSet(val_tuples or tuples_dir, val_shards, cfg.task, cfg.k, cfg.direction, cfg.select_metric)
+    except EvaluationError as exc:
+        raise TrainingError(f"validation: {exc}") from None
+
+
+def _hparams(cfg: TrainConfig) -> dict:
+    out = {}
+    for k, v in cfg.flat().items():
+        out[k] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def fit(cfg: TrainConfig, tuples_dir: str | Path, out: str | Path, resume: bool = False, progress: bool = True,
+        val_tuples: str | Path | None = None, val_shards: str | Path | None = None) -> dict:
+    """Train; returns a summary (final losses, steps, tuples/s, best validation).
+
+    Everything that can fail on the user's input (settings, device, data, validation lists,
+    the checkpoint to resume from) is checked before ``out`` is created."""
     out = Path(out)
     device = pick_device(cfg.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
+    try:
+        urls, sizes = load_sizes(tuples_dir, cfg.tuples)
+    except FileNotFoundError as exc:
+        raise TrainingError(str(exc)) from None
+    ckpt_path = out / LAST
+    state = _resume_state(cfg, ckpt_path) if resume and ckpt_path.is_file() else None
+    val = _val_setup(cfg, tuples_dir, val_tuples, val_shards)
+
     ddp = Distributed(device)
     is_main = ddp.rank == 0
     # Oversubscribed cores cost 10x here: leave one core per loader worker.
     cores = max(1, (os.cpu_count() or 1) // ddp.world)
     torch.set_num_threads(cfg.threads or max(1, cores - cfg.workers))
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
+    workers = cfg.workers
+    steps_per_epoch = [batches_per_rank(urls, sizes, cfg.batch_size, cfg.seed, e, ddp.world, workers)
+                       for e in range(cfg.epochs)]
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = [min(s, cfg.max_steps_per_epoch) for s in steps_per_epoch]
+    if min(steps_per_epoch) == 0:
+        raise TrainingError(f"{tuples_dir}: {sum(sizes.values())} tuples give no full batch of {cfg.batch_size} "
+                            f"per rank ({ddp.world} rank(s) x {max(1, workers)} worker(s)); lower --set batch_size")
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
@@ -112,24 +241,13 @@ def fit(cfg: TrainConfig, tuples_dir: str | Path, out: str | Path, resume: bool 
     loss_fn = build_loss(cfg)
     opt_g = torch.optim.Adam(model.encoder_parameters(), lr=cfg.lr_start, weight_decay=cfg.weight_decay)
     opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.lr_dis, weight_decay=cfg.weight_decay)
-
-    urls, sizes = load_sizes(tuples_dir, cfg.tuples)
-    workers = cfg.workers
-    steps_per_epoch = [batches_per_rank(urls, sizes, cfg.batch_size, cfg.seed, e, ddp.world, workers)
-                       for e in range(cfg.epochs)]
-    if cfg.max_steps_per_epoch:
-        steps_per_epoch = [min(s, cfg.max_steps_per_epoch) for s in steps_per_epoch]
-    if min(steps_per_epoch) == 0:
-        raise ValueError(f"{tuples_dir}: {sum(sizes.values())} tuples give no full batch of {cfg.batch_size} "
-                         f"per rank ({ddp.world} rank(s) x {max(1, workers)} worker(s)); lower --set batch_size")
-    sched = torch.optim.lr_scheduler.LambdaLR(opt_g, log_decay(sum(steps_per_epoch), cfg.lr_start, cfg.lr_end))
-
+    total_steps = sum(steps_per_epoch)
+    plan = [[0, cfg.lr_start, total_steps]]  # mutated in place on resume: the scheduler's lambda reads it
+    sched = torch.optim.lr_scheduler.LambdaLR(opt_g, _lambda(plan, cfg.lr_start, cfg.lr_end))
     start_epoch, step = 0, 0
-    ckpt_path = out / CHECKPOINT
-    if resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
-        if state["config"] != cfg.to_dict():
-            raise ValueError(f"{ckpt_path}: saved config differs from this run's; resume with the same settings")
+    best = {"metric": cfg.select_metric, "value": None, "epoch": None}
+    stale = 0  # validations since the last improvement (patience)
+    if state is not None:
         model.load_state_dict(state["model"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
@@ -138,6 +256,12 @@ def fit(cfg: TrainConfig, tuples_dir: str | Path, out: str | Path, resume: bool 
         if cuda and "cuda_rng" in state:
             torch.cuda.set_rng_state(state["cuda_rng"])
         start_epoch, step = state["epoch"], state["step"]
+        saved_total = int(state.get("total_steps", total_steps))
+        plan[:] = [list(p) for p in state.get("lr_plan", [[0, cfg.lr_start, saved_total]])]
+        if saved_total != total_steps:  # epochs grew: go on from the current LR
+            plan.append([step, lr_at(step, plan, cfg.lr_start, cfg.lr_end), total_steps])
+        best = state.get("best", best)
+        stale = int(state.get("stale_validations", 0))
 
     net = model
     if ddp.enabled:
@@ -147,87 +271,129 @@ def fit(cfg: TrainConfig, tuples_dir: str | Path, out: str | Path, resume: bool 
         torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignore)
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
 
-    stream = TupleStream(urls, cfg.batch_size, cfg.seed, ddp.rank, ddp.world, cfg.shuffle_buffer)
-    log_file = open(out / "log.jsonl", "a") if is_main else None
-    audit = None
-    if cfg.record_batches:  # which tuples each rank read, to audit DDP splitting
+    if is_main:  # everything checked: now the run directory
         out.mkdir(parents=True, exist_ok=True)
-        audit = open(out / f"batches-rank{ddp.rank}.jsonl", "a")
-    tb = None
-    if is_main:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            tb = SummaryWriter(str(out / "tb"))
-        except ImportError:  # tensorboard is optional: the JSONL log has the same numbers
-            tb = None
+        save_config(cfg, out / "config.yaml")
+    stream = TupleStream(urls, cfg.batch_size, cfg.seed, ddp.rank, ddp.world, cfg.shuffle_buffer)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and cfg.amp) else torch.autocast("cpu", enabled=False)
     from tqdm import tqdm
 
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and cfg.amp) else torch.autocast("cpu", enabled=False)
-    last = {}
+    last: dict = {}
     samples_seen, t_start = 0, time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        stream.set_epoch(epoch)
-        loader = make_loader(stream, workers, pin_memory=cuda)
-        flips = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-        bar = tqdm(total=steps_per_epoch[epoch], desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not (progress and is_main), dynamic_ncols=True)
-        for batch in islice(loader, steps_per_epoch[epoch]):
-            if audit:
-                audit.write(json.dumps({"epoch": epoch, "keys": batch["keys"]}) + "\n")
-            query, gallery, label = to_model_inputs(batch, cfg.direction, device, train=True, flip_generator=flips,
-                                                    channels_last=cuda and cfg.channels_last)
-            with autocast:
-                out_ = net(query, gallery, cfg.direction)
-            out_ = {k: (v.float() if torch.is_tensor(v) else v) for k, v in out_.items()}
-            d_terms = {}
-            if loss_fn.uses_discriminator:
-                for _ in range(cfg.d_steps):
-                    d_terms = loss_fn.discriminator_loss(out_, model.discriminator)
-                    opt_d.zero_grad(set_to_none=True)
-                    d_terms["L_dis"].backward()
-                    ddp.average_grads(model.discriminator.parameters())
-                    opt_d.step()
-                    if cfg.clip_value:
-                        model.discriminator.clip_weights(cfg.clip_value)
-            e_terms = loss_fn.encoder_loss(out_, label, model.discriminator)
-            opt_g.zero_grad(set_to_none=True)
-            e_terms["objective"].backward()
-            opt_g.step()
-            sched.step()
-            step += 1
-            samples_seen += label.shape[0] * ddp.world
-            last = {k: float(e_terms[k].detach()) for k in LOG_TERMS}
-            if d_terms:
-                last["L_dis_step"] = float(d_terms["L_dis"].detach())
-            if is_main and step % cfg.log_every == 0:
-                rate = samples_seen / (time.perf_counter() - t_start)
-                rec = {"epoch": epoch, "step": step, "lr": sched.get_last_lr()[0], "samples_per_s": round(rate, 2), **last}
-                log_file.write(json.dumps(rec) + "\n")
+    stopped_early = False
+    with contextlib.ExitStack() as files:
+        log_file = files.enter_context(open(out / "log.jsonl", "a")) if is_main else None
+        audit = files.enter_context(open(out / f"batches-rank{ddp.rank}.jsonl", "a")) if cfg.record_batches else None
+        tb = files.enter_context(_summary_writer(out / "tb")) if is_main else None
+        for epoch in range(start_epoch, cfg.epochs):
+            model.train()
+            stream.set_epoch(epoch)
+            loader = make_loader(stream, workers, pin_memory=cuda)
+            flips = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
+            bar = tqdm(total=steps_per_epoch[epoch], desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                       disable=not (progress and is_main), dynamic_ncols=True)
+            for batch in _data_errors(islice(loader, steps_per_epoch[epoch])):
+                if audit:
+                    audit.write(json.dumps({"epoch": epoch, "keys": batch["keys"]}) + "\n")
+                query, gallery, label = to_model_inputs(batch, cfg.direction, device, train=True, flip_generator=flips,
+                                                        channels_last=cuda and cfg.channels_last)
+                last = train_step(model, loss_fn, opt_g, opt_d, query, gallery, label, cfg.direction,
+                                  d_steps=cfg.d_steps, clip_value=cfg.model.clip_value, net=net, autocast=autocast,
+                                  average_grads=ddp.average_grads if ddp.enabled else None)
+                lr = sched.get_last_lr()[0]  # the LR this step used
+                sched.step()
+                step += 1
+                samples_seen += label.shape[0] * ddp.world
+                if is_main and step % cfg.log_every == 0:
+                    rate = samples_seen / (time.perf_counter() - t_start)
+                    rec = {"epoch": epoch, "step": step, "lr": sched.get_last_lr()[0], "samples_per_s": round(rate, 2),
+                           **last}
+                    log_file.write(json.dumps(rec) + "\n")
+                    if tb:
+                        for k, v in last.items():
+                            tb.add_scalar(f"loss/{k}", v, step)
+                        tb.add_scalar("train/lr", lr, step)
+                        tb.add_scalar("train/tuples_per_s", rate, step)
+                    bar.set_postfix(L_total=f"{last['L_total']:.3f}", L_dis=f"{last['L_dis']:.3f}",
+                                    tuples_s=f"{rate:.0f}", refresh=False)
+                bar.update(1)
+            bar.close()
+
+            scores = None
+            if val is not None and is_main and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+                scores = val.score(model, device)
+                model.train()
+                value = scores[best["metric"]]
+                improved = best["value"] is None or value > best["value"]
+                if improved:
+                    best = {"metric": best["metric"], "value": value, "epoch": epoch + 1}
+                    stale = 0
+                else:
+                    stale += 1
+                log_file.write(json.dumps({"epoch": epoch, "step": step, "val": scores,
+                                           "best": best}) + "\n")
                 if tb:
-                    for k, v in last.items():
-                        tb.add_scalar(f"loss/{k}", v, step)
-                bar.set_postfix(L_total=f"{last['L_total']:.3f}", L_dis=f"{last['L_dis']:.3f}",
-                                tuples_s=f"{rate:.0f}", refresh=False)
-            bar.update(1)
-        bar.close()
-        if is_main:
-            log_file.flush()
-            state = {"config": cfg.to_dict(), "model": model.state_dict(), "opt_g": opt_g.state_dict(),
-                     "opt_d": opt_d.state_dict(), "sched": sched.state_dict(), "epoch": epoch + 1, "step": step,
-                     "torch_rng": torch.get_rng_state()}
-            if cuda:
-                state["cuda_rng"] = torch.cuda.get_rng_state()
-            save_checkpoint(ckpt_path, state)
-        if ddp.enabled:
-            dist.barrier()
-    for f in (log_file, audit):
-        if f:
-            f.close()
-    if tb:
-        tb.close()
+                    for k, v in scores.items():
+                        tb.add_scalar(f"val/{k}", v, epoch + 1)
+            if is_main:
+                log_file.flush()
+                state = {"config": cfg.to_dict(), "model": model.state_dict(), "opt_g": opt_g.state_dict(),
+                         "opt_d": opt_d.state_dict(), "sched": sched.state_dict(), "epoch": epoch + 1, "step": step,
+                         "torch_rng": torch.get_rng_state(), "lr_plan": plan, "total_steps": total_steps,
+                         "best": best, "stale_validations": stale}
+                if scores is not None:
+                    state["val"] = scores
+                if cuda:
+                    state["cuda_rng"] = torch.cuda.get_rng_state()
+                save_checkpoint(out / LAST, state)
+                if scores is not None and best["epoch"] == epoch + 1:
+                    save_checkpoint(out / BEST, state)
+                if cfg.keep_last:
+                    save_checkpoint(out / epoch_name(epoch + 1), state)
+                    for old in range(1, epoch + 2 - cfg.keep_last):
+                        remove_checkpoint(out / epoch_name(old))
+            stop = bool(cfg.patience) and stale >= cfg.patience
+            if ddp.enabled:
+                flag = torch.tensor([int(stop)], device=device)
+                dist.broadcast(flag, 0)
+                stop = bool(flag.item())
+                dist.barrier()
+            if stop:
+                stopped_early = True
+                break
+        if tb and best["value"] is not None:
+            tb.add_hparams(_hparams(cfg), {f"hparam/{best['metric']}": best["value"]}, run_name="hparams")
     elapsed = time.perf_counter() - t_start
     ddp.close()
     return {"epochs": cfg.epochs, "steps": step, "final": last, "device": str(device),
-            "tuples_per_s": samples_seen / elapsed if elapsed > 0 else math.nan}
+            "tuples_per_s": samples_seen / elapsed if elapsed > 0 else math.nan, "best": best,
+            "stopped_early": stopped_early}
+
+
+@contextlib.contextmanager
+def _summary_writer(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional: the JSONL log has the same numbers
+        yield None
+        return
+    tb = SummaryWriter(str(path))
+    try:
+        yield tb
+    finally:
+        tb.close()
+
+
+def _data_errors(batches):
+    """Unsafe or unreadable tuple shards -> one-line TrainingError (also from loader workers,
+    whose re-raised message carries the worker's traceback: its last line is the reason)."""
+    from avdata.reader import UnsafeShardError
+
+    try:
+        yield from batches
+    except (UnsafeShardError, AvmatchError) as exc:
+        lines = [l for l in str(exc).strip().splitlines() if l.strip()]
+        reason = lines[-1] if lines else type(exc).__name__
+        if ": " in reason and reason.split(": ", 1)[0].endswith("Error"):
+            reason = reason.split(": ", 1)[1]
+        raise TrainingError(reason) from None

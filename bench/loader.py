@@ -104,8 +104,14 @@ def main():
 
     from avdata.reader import index_items
     from avtrain.config import TrainConfig
-    from avtrain.data import TupleStream, collate, load_sizes, make_loader, to_model_inputs
-    from avtrain.train import build_loss, build_model
+    from avtrain.data import (
+        TupleStream,
+        collate,
+        load_sizes,
+        make_loader,
+        to_model_inputs,
+    )
+    from avtrain.train import build_loss, build_model, train_step
 
     torch.set_num_threads(1)
     cpu = torch.device("cpu")
@@ -146,15 +152,14 @@ def main():
 
         cfg = TrainConfig(batch_size=B)
         model, loss_fn = build_model(cfg), build_loss(cfg)
-        opt = torch.optim.Adam(model.encoder_parameters(), lr=1e-4)
+        model.train()
+        opt_g = torch.optim.Adam(model.encoder_parameters(), lr=cfg.lr_start, weight_decay=cfg.weight_decay)
+        opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.lr_dis, weight_decay=cfg.weight_decay)
 
-        def step(b):
+        def step(b):  # the step fit runs (D steps + clipping, then the encoder step)
             q, g, lab = inputs(b)
-            out = model(q, g, "a2v")
-            e = loss_fn.encoder_loss(out, lab, model.discriminator)
-            opt.zero_grad()
-            e["objective"].backward()
-            opt.step()
+            train_step(model, loss_fn, opt_g, opt_d, q, g, lab, "a2v", d_steps=cfg.d_steps,
+                       clip_value=cfg.model.clip_value)
 
         r_stream_step = rate(stream_loader(), batches, step)
         r_ref_step = rate(ref_loader(), batches, step)

@@ -25,36 +25,27 @@ def make_batch(task: str, k: int, B: int, device):
 
 
 def run(task: str, k: int, B: int, steps: int, device, adversarial: bool, amp: bool) -> float:
+    """Tuples/s of avtrain.train.train_step (the step fit runs), with fit's optimisers."""
     from avtrain.config import TrainConfig
-    from avtrain.train import build_loss, build_model
+    from avtrain.train import build_loss, build_model, train_step
 
-    cfg = TrainConfig(task=task, k=k, batch_size=B, adversarial=adversarial)
+    cfg = TrainConfig.from_dict({"task": task, "k": k, "batch_size": B, "loss": {"adversarial": adversarial}})
     model = build_model(cfg).to(device)
     cuda = device.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)
+    model.train()
     loss_fn = build_loss(cfg)
-    opt_g = torch.optim.Adam(model.encoder_parameters(), lr=1e-4)
-    opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=1e-4)
+    opt_g = torch.optim.Adam(model.encoder_parameters(), lr=cfg.lr_start, weight_decay=cfg.weight_decay)
+    opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.lr_dis, weight_decay=cfg.weight_decay)
     q, g, lab = make_batch(task, cfg.k, B, device)
     if cuda:
         q = q.contiguous(memory_format=torch.channels_last)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and amp) else torch.autocast("cpu", enabled=False)
 
     def step():
-        with autocast:
-            out = model(q, g if cfg.k > 1 else g[:, 0], "a2v")
-        out = {k_: (v.float() if torch.is_tensor(v) else v) for k_, v in out.items()}
-        if loss_fn.uses_discriminator:
-            d = loss_fn.discriminator_loss(out, model.discriminator)
-            opt_d.zero_grad()
-            d["L_dis"].backward()
-            opt_d.step()
-            model.discriminator.clip_weights()
-        e = loss_fn.encoder_loss(out, lab, model.discriminator)
-        opt_g.zero_grad()
-        e["objective"].backward()
-        opt_g.step()
+        train_step(model, loss_fn, opt_g, opt_d, q, g if cfg.k > 1 else g[:, 0], lab, "a2v", d_steps=cfg.d_steps,
+                   clip_value=cfg.model.clip_value, autocast=autocast)
 
     for _ in range(2):
         step()

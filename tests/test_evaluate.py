@@ -56,7 +56,7 @@ def setup(train_tuples, tmp_path_factory):
 
     ablation = tmp / "run_ml_only"
     ablation.mkdir()
-    cfg2 = TrainConfig(task="matching", k=2, direction="a2v", adversarial=False, seed=1)
+    cfg2 = TrainConfig.from_dict({"task": "matching", "k": 2, "direction": "a2v", "adversarial": False, "seed": 1})
     torch.manual_seed(1)
     save_checkpoint(ablation / CHECKPOINT, {"config": cfg2.to_dict(), "model": build_model(cfg2).state_dict(),
                                             "epoch": 0, "step": 0})

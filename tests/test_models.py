@@ -67,8 +67,25 @@ def _seed():
     torch.manual_seed(0)
 
 
-def test_hand_counts_are_what_the_comments_say():
-    assert (AUDIO_PARAMS, VISUAL_PARAMS, GENERATOR_PARAMS, DISCRIMINATOR_PARAMS) == (6593, 6864, 426240, 258)
+def _layer_counts(module: nn.Module) -> list[tuple[str, int]]:
+    return [(type(m).__name__, n_params(m)) for m in module.modules()
+            if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
+
+
+def test_hand_counts_match_the_model_layer_by_layer():
+    """Each parameterised layer of the model, in order, has the count of its spec formula
+    (a wrong kernel, channel count or missing layer fails here, not only in the total)."""
+    C, B, L = "Conv2d", "BatchNorm2d", "Linear"
+    assert _layer_counts(AudioBranch()) == [
+        (C, conv(1, 3, 5, 5)), (B, bn(3)), (C, conv(3, 5, 3, 6)), (B, bn(5)), (C, conv(5, 8, 3, 3)), (B, bn(8)),
+        (C, conv(8, 16, 3, 3)), (B, bn(16)), (C, conv(16, 32, 3, 3))]
+    assert _layer_counts(VisualBranch()) == [
+        (C, conv(3, 3, 7, 7)), (B, bn(3)), (C, conv(3, 5, 5, 5)), (B, bn(5)), (C, conv(5, 8, 2, 2)), (B, bn(8)),
+        (C, conv(8, 16, 3, 3)), (B, bn(16)), (C, conv(16, 32, 3, 3))]
+    assert _layer_counts(Generator()) == [(L, linear(3200, 128)), (L, linear(128, 128))]
+    assert _layer_counts(ModalityDiscriminator()) == [(L, linear(128, 2))]
+    assert sum(n for _, n in _layer_counts(AudioBranch())) == AUDIO_PARAMS
+    assert sum(n for _, n in _layer_counts(VisualBranch())) == VISUAL_PARAMS
 
 
 def _assert_stage_shapes(layers: nn.Sequential, x: torch.Tensor, expected: list[tuple[int, ...]]) -> None:

@@ -1,9 +1,11 @@
 """avtrain fit on the synthetic corpus: learning, resume, unsafe shards, DDP on 2 CPU processes."""
 
 import io
+import itertools
 import json
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -15,8 +17,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from avtrain.checkpoint import CheckpointError, UnsafeCheckpointError
 from avtrain.cli import main
-from avtrain.config import TrainConfig, load_config
+from avtrain.config import ConfigError, TrainConfig, load_config, save_config
 from avtrain.data import batches_per_rank, epoch_shards, split_for
 from avtrain.train import CHECKPOINT, fit, load_checkpoint
 
@@ -55,8 +58,11 @@ def test_killed_run_resumes_to_identical_weights(train_tuples, tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline:
         ck = killed / CHECKPOINT
-        if ck.is_file() and load_checkpoint(ck)["epoch"] >= 1:
-            break
+        try:
+            if ck.is_file() and load_checkpoint(ck)["epoch"] >= 1:
+                break
+        except (CheckpointError, UnsafeCheckpointError):  # read while the trainer swapped files
+            pass
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -114,10 +120,10 @@ def test_config_yaml_and_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("task: retrieval\nk: 5\nadversarial: false\n")
     cfg = load_config(f, {"epochs": 3}, ["metric_kind=triplet", "lr_start=0.001", "clip_value=none"])
-    assert (cfg.task, cfg.k, cfg.adversarial, cfg.epochs, cfg.metric_kind, cfg.lr_start, cfg.clip_value) == \
-        ("retrieval", 5, False, 3, "triplet", 0.001, None)
+    assert (cfg.task, cfg.k, cfg.loss.adversarial, cfg.epochs, cfg.loss.metric_kind, cfg.lr_start,
+            cfg.model.clip_value) == ("retrieval", 5, False, 3, "triplet", 0.001, None)
     assert TrainConfig(task="verification").epochs == 20 and TrainConfig().epochs == 50
-    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+    with pytest.raises(ConfigError, match="unknown setting 'nope'"):
         load_config(None, {}, ["nope=1"])
 
 
@@ -139,3 +145,276 @@ def test_ddp_two_cpu_processes(train_tuples, tmp_path):
         assert counts[0] == counts[1] > 0
         assert not keys[0] & keys[1]
     assert load_checkpoint(run / CHECKPOINT)["epoch"] == 2
+
+
+# --------------------------------------------------------------------------- settings checked before the run exists
+
+
+def test_yaml_numbers_are_coerced_and_bad_values_name_their_key(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("lr_start: 1e-3\nbatch_size: 16\nloss:\n  triplet_margin: 0.5\nmodel:\n  generator_dropout: 0.2\n")
+    cfg = load_config(f)  # YAML reads 1e-3 as a string; it must arrive as a float
+    assert type(cfg.lr_start) is float and cfg.lr_start == 1e-3
+    assert (cfg.loss.triplet_margin, cfg.model.generator_dropout) == (0.5, 0.2)
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert "lr_start: 0.001\n" in (tmp_path / "saved.yaml").read_text()
+    assert load_config(tmp_path / "saved.yaml") == cfg
+    f.write_text("batch_size: fifty\n")
+    with pytest.raises(ConfigError, match=r"^batch_size: expected an integer, got 'fifty'$"):
+        load_config(f)
+    cases = {"batch_size=0": "batch_size: must be >= 1", "lr_start=0": "lr_start: must be > 0",
+             "lr_dis=-1": "lr_dis: must be > 0", "model.discriminator_dropout=1": "must be in [0, 1)",
+             "loss.triplet_margin=fifty": "loss.triplet_margin: expected a number",
+             "loss.tripletmargin=1": "did you mean loss.triplet_margin",
+             "lr_strat=1": "did you mean lr_start", "amp=maybe": "amp: expected true or false",
+             "direction=a2b": "direction: expected one of a2v, v2a"}
+    for item, message in cases.items():
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(None, {}, [item])
+    # every loss and model setting is reachable, nested or by its old flat name
+    cfg = load_config(None, {}, ["loss.rll_alpha=1.0", "model.head_dropout=0.3", "loss.triplet_margin=0.5",
+                                 "rll_margin=0.2", "shared_generator=false"])
+    assert (cfg.loss.rll_alpha, cfg.model.head_dropout, cfg.loss.triplet_margin, cfg.loss.rll_margin,
+            cfg.model.shared_generator) == (1.0, 0.3, 0.5, 0.2, False)
+    assert cfg.loss_config().rll_alpha == 1.0 and cfg.model_config().head_dropout == 0.3
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["batch_size=0"], "batch_size: must be >= 1, got 0"),
+    (["lr_start=fifty"], "lr_start: expected a number, got 'fifty'"),
+    (["loss.trplet_margin=1"], "did you mean loss.triplet_margin"),
+    (["batch_size=100000"], "give no full batch of 100000"),
+    (["device=cuda"], "CUDA is not available"),
+])
+def test_failed_start_is_one_line_and_leaves_no_run_dir(train_tuples, tmp_path, sets, message):
+    if sets == ["device=cuda"] and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "run"
+    args = ["fit", "--shards", str(train_tuples), "--out", str(out), "--epochs", "1", "--no-progress"]
+    res = CliRunner().invoke(main, args + [a for s in sets for a in ("--set", s)])
+    assert res.exit_code == 1, res.output
+    assert res.output.startswith("Error: ") and res.output.count("\n") == 1 and message in res.output, res.output
+    assert not out.exists()
+
+
+def test_resume_names_each_difference_and_epochs_may_grow(train_tuples, tmp_path):
+    run = tmp_path / "run"
+    base = ["fit", "--shards", str(train_tuples), "--out", str(run), "--no-progress", "--set", "batch_size=8",
+            "--set", "workers=0", "--set", "threads=1", "--set", "max_steps_per_epoch=3"]
+    res = CliRunner().invoke(main, base + ["--epochs", "1"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, base + ["--epochs", "1", "--resume", "--set", "lr_start=1e-3",
+                                           "--set", "loss.triplet_margin=0.5"])
+    assert res.exit_code == 1 and res.output.count("\n") == 1
+    assert "lr_start: 0.005 -> 0.001" in res.output and "loss.triplet_margin: 1.0 -> 0.5" in res.output
+    assert "Resume with the saved settings" in res.output
+    res = CliRunner().invoke(main, base + ["--epochs", "2", "--resume"])
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint(run / CHECKPOINT)["epoch"] == 2
+    log = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 7))
+    lrs = [r["lr"] for r in log]
+    # the schedule stays defined: never rises, ends at lr_end; the finished 1-epoch run was at lr_end
+    assert all(b <= a * (1 + 1e-12) for a, b in itertools.pairwise(lrs)) and lrs[-1] == pytest.approx(5e-5)
+
+
+def test_lr_schedule_continues_from_the_current_lr_when_epochs_grow():
+    from avtrain.train import lr_at
+
+    plan = [[0, 5e-3, 10]]
+    old = [lr_at(s, plan, 5e-3, 5e-5) for s in range(11)]
+    assert old[0] == 5e-3 and old[9] == pytest.approx(5e-5) and old[10] == pytest.approx(5e-5)
+    grown = plan + [[4, lr_at(4, plan, 5e-3, 5e-5), 20]]  # resumed at step 4 with 20 steps in all
+    new = [lr_at(s, grown, 5e-3, 5e-5) for s in range(20)]
+    assert new[:5] == old[:5]  # the steps already taken keep their LR
+    assert all(b < a for a, b in itertools.pairwise(new[4:]))  # continuous, decaying
+    assert new[19] == pytest.approx(5e-5)
+
+
+# --------------------------------------------------------------------------- the adversarial step
+
+
+def _step_setup(clip_value=0.01, d_steps=1, seed=0):
+    from avtrain.train import build_loss, build_model
+
+    cfg = TrainConfig.from_dict({"batch_size": 4, "d_steps": d_steps, "model": {"clip_value": clip_value}})
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    g = torch.Generator().manual_seed(seed)
+    query = torch.randn(4, 1, 224, 125, generator=g)
+    gallery = torch.rand(4, 2, 3, 224, 224, generator=g) * 2 - 1
+    labels = torch.tensor([0, 1, 1, 0])
+    return cfg, model, build_loss(cfg), (query, gallery, labels)
+
+
+def _adam(cfg, model):
+    return (torch.optim.Adam(model.encoder_parameters(), lr=cfg.lr_start),
+            torch.optim.Adam(model.discriminator.parameters(), lr=cfg.lr_dis))
+
+
+def test_discriminator_weights_are_clipped_after_real_steps(one_torch_thread):
+    from avtrain.train import train_step
+
+    for clip in (0.01, None):
+        cfg, model, loss_fn, (q, g, y) = _step_setup(clip_value=clip)
+        opt_g, opt_d = _adam(cfg, model)
+        model.train()
+        for _ in range(3):
+            train_step(model, loss_fn, opt_g, opt_d, q, g, y, "a2v", d_steps=cfg.d_steps,
+                       clip_value=cfg.model.clip_value)
+        biggest = max(p.detach().abs().max().item() for p in model.discriminator.parameters())
+        if clip:
+            assert biggest <= 0.01
+        else:
+            assert biggest > 0.01  # Xavier init of Linear(128, 2) reaches ~0.2: nothing clipped it
+
+
+def test_d_steps_discriminator_steps_per_batch(one_torch_thread):
+    from avtrain.train import train_step
+
+    cfg, model, loss_fn, (q, g, y) = _step_setup(d_steps=2)
+    opt_g, opt_d = _adam(cfg, model)
+    model.train()
+    for _ in range(3):
+        train_step(model, loss_fn, opt_g, opt_d, q, g, y, "a2v", d_steps=cfg.d_steps,
+                   clip_value=cfg.model.clip_value)
+    d_state = opt_d.state_dict()["state"]
+    g_state = opt_g.state_dict()["state"]
+    assert {int(s["step"]) for s in d_state.values()} == {6}  # exactly 2 per batch
+    assert {int(s["step"]) for s in g_state.values()} == {3}
+
+
+def test_first_encoder_update_is_the_gradient_of_the_aml_objective(one_torch_thread):
+    """One train_step with SGD on a fixed batch moves every encoder/generator/head weight by
+    -lr times the gradient of beta*L_metric + gamma*L_cls - L_dis, computed here from the loss
+    functions on a copy of the model holding the discriminator the D step left behind."""
+    import copy
+
+    import torch.nn.functional as F
+    from torch.func import functional_call
+
+    from avtrain.losses import (
+        lifted_structured_loss,
+        modality_loss,
+        split_gallery,
+        split_modalities,
+    )
+    from avtrain.train import train_step
+
+    cfg, model, loss_fn, (q, g, y) = _step_setup(clip_value=0.01)
+    model.eval()  # no dropout: the batch and the weights alone decide the gradient
+    before = copy.deepcopy(model)
+    lr = 0.1
+    opt_g = torch.optim.SGD(model.encoder_parameters(), lr=lr)
+    opt_d = torch.optim.SGD(model.discriminator.parameters(), lr=0.5)
+    train_step(model, loss_fn, opt_g, opt_d, q, g, y, "a2v", d_steps=1, clip_value=0.01)
+    d_after = {k: v.clone() for k, v in model.discriminator.state_dict().items()}
+    assert any(not torch.equal(d_after[k], v) for k, v in before.discriminator.state_dict().items())
+
+    ref = copy.deepcopy(before)
+    ref.discriminator.load_state_dict(d_after)  # the encoder step sees D after its own step
+    out = ref(q, g, "a2v")
+    beta, gamma, lam = cfg.loss.beta, cfg.loss.gamma, cfg.loss.lambda_margin
+    h_pos, h_neg = split_gallery(out["h_gallery"], y)
+    L_metric = lifted_structured_loss(out["h_query"], h_pos, h_neg, lam, True)["loss"]
+    L_cls = F.cross_entropy(out["logits"], y)
+    h_audio, h_face = split_modalities(out)
+    frozen = {n: p.detach() for n, p in ref.discriminator.named_parameters()}
+    L_dis = modality_loss(functional_call(ref.discriminator, frozen, (h_audio,)),
+                          functional_call(ref.discriminator, frozen, (h_face,)), "gan", q.shape[0])["loss"]
+    assert L_metric.item() > 0 and L_cls.item() > 0 and L_dis.item() > 0
+    params = ref.encoder_parameters()
+    grads = torch.autograd.grad(beta * L_metric + gamma * L_cls - L_dis, params, allow_unused=True)
+    names = {id(p): n for n, p in ref.named_parameters()}
+    after = dict(model.named_parameters())
+    moved = 0
+    for p, grad in zip(params, grads):
+        name = names[id(p)]
+        expected = p.detach() - lr * (grad if grad is not None else torch.zeros_like(p))
+        assert torch.allclose(after[name].detach(), expected, rtol=1e-4, atol=1e-6), name
+        moved += int(grad is not None and grad.abs().sum() > 0)
+    assert moved > 10
+
+
+# --------------------------------------------------------------------------- validation during fit
+
+
+@pytest.fixture(scope="module")
+def val_tuples(train_tuples, tmp_path_factory):
+    """A-B (val) lists of the fixture corpus: matching k=2 a2v and verification."""
+    from avdata.cli import main as avdata_main
+
+    out = tmp_path_factory.mktemp("val") / "tuples-val"
+    shards = train_tuples.parent / "shards"
+    for extra in (["--task", "matching", "--k", "2", "--direction", "a2v"], ["--task", "verification"]):
+        res = CliRunner().invoke(avdata_main, ["make-tuples", "--shards", str(shards), "--split", "val",
+                                               "--out", str(out), *extra])
+        assert res.exit_code == 0, res.output
+    return out
+
+
+def test_validation_keeps_best_and_last_n(train_tuples, val_tuples, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from avtrain.checkpoint import checksum_path
+
+    run = tmp_path / "run"
+    shards = train_tuples.parent / "shards"
+    cfg = small_cfg(epochs=3, workers=0, threads=1, max_steps_per_epoch=3, keep_last=2)
+    summary = fit(cfg, train_tuples, run, progress=False, val_tuples=val_tuples, val_shards=shards)
+    log = [json.loads(l) for l in (run / "log.jsonl").read_text().splitlines()]
+    vals = [r for r in log if "val" in r]
+    assert len(vals) == 3 and set(vals[0]["val"]) == {"val_matching_a2v_k2", "val_verification_auc"}
+    values = [r["val"]["val_matching_a2v_k2"] for r in vals]
+    best_epoch = values.index(max(values)) + 1  # first epoch reaching the maximum
+    assert summary["best"] == {"metric": "val_matching_a2v_k2", "value": max(values), "epoch": best_epoch}
+    assert load_checkpoint(run / "best.pt")["epoch"] == best_epoch and checksum_path(run / "best.pt").is_file()
+    assert sorted(p.name for p in run.glob("epoch-*.pt")) == ["epoch-0002.pt", "epoch-0003.pt"]
+    assert not (run / "epoch-0001.pt.sha256").exists()
+    # validation draws no random numbers: the same run without it trains to the same weights
+    fit(cfg, train_tuples, tmp_path / "plain", progress=False)
+    a, b = load_checkpoint(run / CHECKPOINT)["model"], load_checkpoint(tmp_path / "plain" / CHECKPOINT)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # TensorBoard: every loss term, lr, tuples/s, val metrics per epoch
+    tags = set()
+    for events in (run / "tb").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"loss/L_total", "loss/L_dis", "loss/L_metric", "loss/L_cls", "loss/L_adv", "train/lr",
+            "train/tuples_per_s", "val/val_matching_a2v_k2", "val/val_verification_auc"} <= tags
+    # evaluate picks best.pt with --checkpoint best
+    res = CliRunner().invoke(main, ["evaluate", "--run", str(run), "--checkpoint", "best", "--shards", str(shards),
+                                    "--tuples", str(val_tuples), "--bootstrap", "20", "--out", str(tmp_path / "m.json")])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["checkpoint_epoch"] == best_epoch and m["checkpoint"] == "best"
+    # the same -L2 rule and code: evaluate's val accuracy of best.pt is the one fit logged
+    assert m["matching"]["a2v"]["k2"]["value"] == pytest.approx(max(values))
+    # ... and its headline metrics land in the run's TensorBoard directory
+    tags = set()
+    for events in (run / "tb").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"eval/matching_a2v_k2", "eval/verification_val_auc"} <= tags
+
+
+def test_patience_stops_a_run_that_no_longer_improves(train_tuples, val_tuples, tmp_path):
+    run = tmp_path / "run"
+    # a learning rate so small that the val metric cannot change: the 2nd validation is no better
+    res = CliRunner().invoke(main, ["fit", "--shards", str(train_tuples), "--out", str(run), "--epochs", "5",
+                                    "--no-progress", "--val-tuples", str(val_tuples), "--val-shards",
+                                    str(train_tuples.parent / "shards"), "--patience", "1", "--set", "batch_size=8",
+                                    "--set", "workers=0", "--set", "threads=1", "--set", "max_steps_per_epoch=2",
+                                    "--set", "lr_start=1e-12", "--set", "lr_end=1e-13", "--set", "lr_dis=1e-12"])
+    assert res.exit_code == 0, res.output
+    assert "stopped early" in res.output and "at epoch 1 -> best.pt" in res.output
+    assert load_checkpoint(run / CHECKPOINT)["epoch"] == 2
+    res = CliRunner().invoke(main, ["fit", "--shards", str(train_tuples), "--out", str(tmp_path / "x"),
+                                    "--val-tuples", str(val_tuples)])
+    assert res.exit_code == 1 and "--val-tuples needs --val-shards" in res.output
+    res = CliRunner().invoke(main, ["fit", "--shards", str(train_tuples), "--out", str(tmp_path / "x"),
+                                    "--val-shards", str(train_tuples.parent / "shards"), "--val-tuples",
+                                    str(val_tuples), "--select", "val_matching_v2a_k3"])
+    assert res.exit_code == 1 and "val_matching_v2a_k3" in res.output and not (tmp_path / "x").exists()

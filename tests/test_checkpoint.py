@@ -1,0 +1,160 @@
+"""Checkpoints: checksum beside every file, verified loads; damaged, foreign and malicious
+files are refused in one line by evaluate, fit --resume and avdata manifest verify."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from avdata.io import sha256_file
+from avtrain.checkpoint import (
+    BEST,
+    LAST,
+    CheckpointError,
+    UnsafeCheckpointError,
+    checksum_path,
+    load_checkpoint,
+    load_run,
+    save_checkpoint,
+)
+from avtrain.cli import main as avtrain_main
+from avtrain.config import TrainConfig
+from avtrain.train import fit
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def trained(train_tuples, tmp_path_factory):
+    run = tmp_path_factory.mktemp("ckpt") / "run"
+    cfg = TrainConfig(epochs=1, batch_size=8, workers=0, threads=1, seed=2, max_steps_per_epoch=2)
+    fit(cfg, train_tuples, run, progress=False)
+    return run
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(run, dst)
+    return dst
+
+
+class Boom:
+    """Unpickling this writes a marker file: proof that something was unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "unpickled!"))
+
+
+def _damage(kind: str, path: Path, marker: Path) -> str:
+    """Damage RUN/checkpoint.pt; returns a phrase the one-line error must contain."""
+    if kind == "flipped":  # 200 bytes flipped in the middle, checksum file untouched
+        data = bytearray(path.read_bytes())
+        mid = len(data) // 2
+        for i in range(mid, mid + 200):
+            data[i] ^= 0xFF
+        path.write_bytes(bytes(data))
+        return "does not match checkpoint.pt.sha256"
+    if kind == "no_checksum":
+        checksum_path(path).unlink()
+        return "no checksum file checkpoint.pt.sha256"
+    if kind == "empty":
+        path.write_bytes(b"")
+        return "empty file"
+    # the rest also rewrite the checksum, as someone who replaced the file would
+    if kind == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+        phrase = "truncated or corrupt"
+    elif kind == "foreign":  # a valid torch file, but not a run checkpoint
+        torch.save({"weights": torch.zeros(3)}, path)
+        phrase = "not an avtrain checkpoint"
+    elif kind == "text":
+        path.write_text("hello, not a checkpoint\n")
+        phrase = "truncated or corrupt"
+    elif kind == "malicious":  # a torch zip whose data.pkl carries a __reduce__ payload
+        torch.save({"config": {}, "model": {}, "epoch": 1, "step": 1}, path)
+        with zipfile.ZipFile(path) as z:
+            members = {n: z.read(n) for n in z.namelist()}
+        name = next(n for n in members if n.endswith("data.pkl"))
+        members[name] = pickle.dumps({"config": Boom(str(marker)), "model": {}, "epoch": 1, "step": 1}, protocol=2)
+        with zipfile.ZipFile(path, "w") as z:
+            for n, data in members.items():
+                z.writestr(n, data)
+        phrase = "refusing a checkpoint with pickled objects"
+    else:
+        raise AssertionError(kind)
+    checksum_path(path).write_text(f"{sha256_file(path)}  {path.name}\n")
+    return phrase
+
+
+KINDS = ["flipped", "no_checksum", "empty", "truncated", "foreign", "text", "malicious"]
+
+
+def test_save_writes_a_checksum_and_load_verifies_it(trained):
+    side = checksum_path(trained / LAST)
+    assert side.read_text() == f"{sha256_file(trained / LAST)}  {LAST}\n"
+    state = load_checkpoint(trained / LAST)
+    assert state["epoch"] == 1 and "model" in state
+    model, _, cfg = load_run(trained, "cpu")
+    assert cfg.seed == 2 and not model.training
+
+
+def test_a_swap_in_progress_still_loads(trained, tmp_path):
+    """The checksum file names the old and the new hash while save_checkpoint swaps files, so
+    a run killed between the two renames resumes; any other file is still refused."""
+    run = _copy(trained, tmp_path)
+    state = load_checkpoint(run / LAST)
+    old = sha256_file(run / LAST)
+    state["epoch"] = 7
+    new = save_checkpoint(tmp_path / "new.pt", state)
+    checksum_path(run / LAST).write_text(f"{old}  {LAST}\n{new}  {LAST}\n")  # as during the swap
+    assert load_checkpoint(run / LAST)["epoch"] == 1
+    shutil.copy(tmp_path / "new.pt", run / LAST)
+    assert load_checkpoint(run / LAST)["epoch"] == 7
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bad_checkpoint_is_one_line_everywhere(trained, train_tuples, tmp_path, kind):
+    from avdata.cli import main as avdata_main
+
+    run = _copy(trained, tmp_path)
+    res = CliRunner().invoke(avdata_main, ["manifest", "update", str(run), "--out", str(tmp_path / "good.json")])
+    assert res.exit_code == 0, res.output
+    marker = tmp_path / "pwned"
+    phrase = _damage(kind, run / LAST, marker)
+    with pytest.raises((CheckpointError, UnsafeCheckpointError), match=phrase):
+        load_checkpoint(run / LAST)
+    shards = train_tuples.parent / "shards"
+    runs = {
+        "evaluate": ["evaluate", "--run", str(run), "--shards", str(shards), "--tuples", str(train_tuples)],
+        "resume": ["fit", "--shards", str(train_tuples), "--out", str(run), "--resume", "--epochs", "1",
+                   "--no-progress", "--seed", "2", "--set", "batch_size=8", "--set", "workers=0", "--set", "threads=1",
+                   "--set", "max_steps_per_epoch=2"],
+    }
+    before = sha256_file(run / LAST)
+    for name, args in runs.items():
+        res = CliRunner().invoke(avtrain_main, args)
+        assert res.exit_code == 1, (name, res.output)
+        assert res.output.startswith("Error: ") and res.output.count("\n") == 1, (name, res.output)
+        assert phrase in res.output, (name, res.output)
+    assert sha256_file(run / LAST) == before  # a refused resume wrote nothing
+    for args in (["verify", str(run), "--against", str(tmp_path / "good.json")],
+                 ["update", str(run), "--out", str(tmp_path / "m.json")]):
+        res = CliRunner().invoke(avdata_main, ["manifest", *args])
+        assert res.exit_code == 1 and res.output.count("\n") == 1 and phrase in res.output, res.output
+    assert not marker.exists()
+
+
+def test_evaluate_best_without_validation_says_so(trained, train_tuples):
+    res = CliRunner().invoke(avtrain_main, ["evaluate", "--run", str(trained), "--checkpoint", BEST.split(".")[0],
+                                            "--shards", str(train_tuples.parent / "shards"),
+                                            "--tuples", str(train_tuples)])
+    assert res.exit_code == 1 and "no best.pt" in res.output and res.output.count("\n") == 1
