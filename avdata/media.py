@@ -371,8 +371,11 @@ class AudioStream:
     def blocks(self, block_size: int = AUDIO_BLOCK) -> Iterator[np.ndarray]:
         if not self.via_ffmpeg:
             frames = max(1, block_size // max(1, self.channels))
-            for data in soundfile.blocks(str(self.path), blocksize=frames, dtype="float32", always_2d=True):
-                yield _mono(data)
+            try:
+                for data in soundfile.blocks(str(self.path), blocksize=frames, dtype="float32", always_2d=True):
+                    yield _mono(data)
+            except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
+                raise InputError(self.path, f"unreadable audio ({error})") from None
             return
         yield from _ffmpeg_blocks(self.path, self.n_samples)
 
