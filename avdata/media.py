@@ -42,9 +42,9 @@ import signal
 import struct
 import subprocess
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import ffmpeg
 import imageio_ffmpeg
@@ -54,17 +54,17 @@ import soundfile
 from avdata.errors import DecoderCrashError, InputError, check_readable_file
 
 __all__ = [
+    "MAX_FRAME_SIDE",
+    "MAX_INPUT_SIDE",
+    "MAX_SAMPLE_RATE",
+    "MIN_SAMPLE_RATE",
+    "AudioStream",
     "decode_audio",
     "decode_video_frames",
+    "ffmpeg_exe",
     "iter_video_frames",
     "load_wav",
     "open_audio",
-    "AudioStream",
-    "ffmpeg_exe",
-    "MIN_SAMPLE_RATE",
-    "MAX_SAMPLE_RATE",
-    "MAX_FRAME_SIDE",
-    "MAX_INPUT_SIDE",
 ]
 
 MIN_SAMPLE_RATE = 4000      # Hz; below this a header is absurd (speech needs >= 8 kHz)

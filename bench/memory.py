@@ -83,8 +83,8 @@ def make_inputs(tmp: Path, exe: str, minutes: int) -> dict[str, tuple[str, Path]
     large = inputs / "large_4096.mp4"
     ffmpeg(exe, "-f", "lavfi", "-i", "testsrc=s=4096x4096:r=1", "-t", "8", "-c:v", "libx264",
            "-preset", "ultrafast", "-crf", "40", "-pix_fmt", "yuv420p", str(large))
-    short_wav = sorted((SHARED / "voice" / "voxceleb1_named").glob("*.wav"))[0]
-    short_mp4 = sorted((SHARED / "video" / "hdtf_talking").glob("*.mp4"))[0]
+    short_wav = min((SHARED / "voice" / "voxceleb1_named").glob("*.wav"))
+    short_mp4 = min((SHARED / "video" / "hdtf_talking").glob("*.mp4"))
     return {
         "short wav (baseline, audio)": ("audio", short_wav),
         f"{minutes}-minute wav": ("audio", long_wav),
@@ -112,7 +112,7 @@ def run_case(repo: Path, tmp: Path, tag: str, root: str, media: Path) -> dict:
     start = time.perf_counter()
     with open(corpus / "stdout", "wb") as out, open(corpus / "stderr", "wb") as err:
         child = subprocess.Popen([sys.executable, "-c", RUN_ONE, json.dumps(args)], cwd=repo, env=env,
-                                 stdout=out, stderr=err, preexec_fn=_limit_address_space)
+                                 stdout=out, stderr=err, preexec_fn=_limit_address_space)  # noqa: PLW1509 - no threads here
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
