@@ -155,8 +155,12 @@ class _FFmpeg:
         self.refused: str | None = None  # an InputError reason found while ffmpeg ran
         self._stderr = bytearray()
         self._output_seen = threading.Event()
-        self.proc = subprocess.Popen([ffmpeg_exe(), "-hide_banner", "-nostdin", "-nostats", *args],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        exe = ffmpeg_exe()
+        try:
+            self.proc = subprocess.Popen([exe, "-hide_banner", "-nostdin", "-nostats", *args],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        except OSError as error:  # the decoder, not the file: a missing or broken binary
+            raise DecoderCrashError(path, f"cannot run ffmpeg {exe} ({error.strerror or error})") from None
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()
 

@@ -126,13 +126,37 @@ def run_case(repo: Path, tmp: Path, tag: str, root: str, media: Path) -> dict:
     return result
 
 
+def table(results: list[dict]) -> str:
+    """Markdown table: peak RSS of the build's process tree and of the build process alone."""
+    lines = ["| input | file size | peak RSS MB (tree) | vs baseline MB | build process VmHWM MB | build result | wall s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        if r["exit"] != 0:
+            outcome = f"build failed: {' '.join(r['error'])[:120]}"
+        elif r["rejects"]:
+            reasons = list(dict.fromkeys(r["rejects"]))  # distinct, in order
+            outcome = f"{r['samples']} samples; rejects: " + "; ".join(reason[:90] for reason in reasons[:2])
+        else:
+            outcome = f"{r['samples']} samples"
+        size = r["file_bytes"]
+        size_text = f"{size / 2**20:.1f} MB" if size >= 2**20 else f"{size / 1024:.0f} KB"
+        hwm = f"{r['self_hwm_mb']:.0f}" if "self_hwm_mb" in r else "-"
+        lines.append(f"| {r['case']} | {size_text} | {r['peak_rss_mb']:.0f} | {r['delta_mb']:+.0f} | {hwm} | "
+                     f"{outcome} | {r['wall_s']:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose avdata is measured")
     parser.add_argument("--minutes", type=int, default=60, help="length of the long wav")
     parser.add_argument("--only", action="append", default=None, help="run only cases containing this text")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument("--render", type=Path, default=None, help="only print the table of a --json file")
     args = parser.parse_args()
+    if args.render:
+        print(table(json.loads(args.render.read_text())))
+        return
     exe = ffmpeg_exe()
     with tempfile.TemporaryDirectory(prefix="avmatch-memory-") as name:
         tmp = Path(name)
@@ -149,20 +173,7 @@ def main() -> None:
             results.append(result)
             print(json.dumps(result), flush=True)
     print(f"\nrepo: {args.repo}\n")
-    print("| input | file size | peak RSS MB | vs baseline MB | build result | wall s |")
-    print("|---|---|---|---|---|---|")
-    for r in results:
-        if r["exit"] != 0:
-            outcome = f"build failed: {' '.join(r['error'])[:120]}"
-        elif r["rejects"]:
-            reasons = list(dict.fromkeys(r["rejects"]))  # distinct, in order
-            outcome = f"{r['samples']} samples; rejects: " + "; ".join(reason[:90] for reason in reasons[:2])
-        else:
-            outcome = f"{r['samples']} samples"
-        size = r["file_bytes"]
-        size_text = f"{size / 2**20:.1f} MB" if size >= 2**20 else f"{size / 1024:.0f} KB"
-        print(f"| {r['case']} | {size_text} | {r['peak_rss_mb']:.0f} | {r['delta_mb']:+.0f} | {outcome} | "
-              f"{r['wall_s']:.1f} |")
+    print(table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
 
