@@ -11,7 +11,7 @@ same way from an ordinary short clip of the same modality, in the same run.
 Inputs are generated with the real (bundled) ffmpeg into a temporary directory:
   * 60-minute 16 kHz mono wav (pink noise, `anoisesrc`), ~115 MB;
   * an 8 KB wav whose header claims 1 Hz (4000 s of "audio");
-  * an 8000x8000 h264 mp4 of 2 frames at very low bitrate (~190 KB);
+  * an 8000x8000 h264 mp4 of 8 frames at 1 fps, very low bitrate (~240 KB);
   * a 4096x4096 h264 mp4 (the largest frame size accepted), 8 frames at 1 fps.
 Baselines: the first real VoxCeleb wav and the first real HDTF mp4 in ../shared/data/media.
 
@@ -78,7 +78,7 @@ def make_inputs(tmp: Path, exe: str, minutes: int) -> dict[str, tuple[str, Path]
     one_hz = inputs / "one_hz.wav"
     one_hz_wav(one_hz)
     huge = inputs / "huge_8000.mp4"
-    ffmpeg(exe, "-f", "lavfi", "-i", "color=c=gray:s=8000x8000:r=1", "-t", "2", "-c:v", "libx264",
+    ffmpeg(exe, "-f", "lavfi", "-i", "color=c=gray:s=8000x8000:r=1", "-t", "8", "-c:v", "libx264",
            "-preset", "ultrafast", "-crf", "51", "-pix_fmt", "yuv420p", str(huge))
     large = inputs / "large_4096.mp4"
     ffmpeg(exe, "-f", "lavfi", "-i", "testsrc=s=4096x4096:r=1", "-t", "8", "-c:v", "libx264",
