@@ -51,6 +51,7 @@ __all__ = [
     "SPEC_CONFIG",
     "spectrogram",
     "spectrogram_windows",
+    "spectrogram_windows_streamed",
     "audio_features",
     "hann_window",
 ]
