@@ -44,13 +44,14 @@ import scipy.fft
 import soxr
 
 from avdata.errors import InputError
-from avdata.media import load_wav
+from avdata.media import AudioStream, open_audio
 
 __all__ = [
     "SPEC_SHAPE",
     "SPEC_CONFIG",
     "spectrogram",
     "spectrogram_windows",
+    "spectrogram_windows_streamed",
     "audio_features",
     "hann_window",
 ]
@@ -170,8 +171,13 @@ def spectrogram_windows(
         raise ValueError(f"max_windows must be >= 1, got {max_windows}")
     magnitude = _magnitude(wave, sr, source)
     n_windows = min(max_windows, magnitude.shape[0] // FRAMES)
-    ref_db = 20.0 * np.log10(max(AMIN, float(magnitude.max())))
-    kept = magnitude[: n_windows * FRAMES, :FREQ_BINS]
+    return _to_db_windows(magnitude[: n_windows * FRAMES, :FREQ_BINS], float(magnitude.max()), n_windows)
+
+
+def _to_db_windows(kept: np.ndarray, peak_magnitude: float, n_windows: int) -> np.ndarray:
+    """Step 5-6: the kept magnitudes (n_windows * 125 frames, 224 bins) in dB relative to the
+    clip's peak magnitude -> float32 (n_windows, 224, 125)."""
+    ref_db = 20.0 * np.log10(max(AMIN, peak_magnitude))
     # librosa floors at (max of the dB array) - top_db; that max is exactly 0 dB.
     db = 20.0 * np.log10(np.maximum(AMIN, kept)) - ref_db
     np.maximum(db, -TOP_DB, out=db)
@@ -184,7 +190,198 @@ def spectrogram(wave: np.ndarray, sr: int, source: str | Path = "<array>") -> np
     return spectrogram_windows(wave, sr, max_windows=1, source=source)[0]
 
 
-def audio_features(path: str | Path, max_windows: int = 1) -> np.ndarray:
-    """Load any audio or video file (wav fast path, else ffmpeg) -> (n, 224, 125) windows."""
-    wave, sr = load_wav(path)
-    return spectrogram_windows(wave, sr, max_windows=max_windows, source=path)
+# A clip is decoded whole only up to this many input values (samples x channels, about 60 s at
+# 16 kHz mono; ~130 MB at peak); longer ones are streamed (below) with the same result.
+IN_MEMORY_MAX_VALUES = 60 * 16000
+STREAM_BLOCK = 1 << 16  # input samples per block when streaming
+
+
+def audio_features(path: str | Path, max_windows: int = 1,
+                   max_in_memory: int = IN_MEMORY_MAX_VALUES) -> np.ndarray:
+    """Load any audio or video file (wav fast path, else ffmpeg) -> (n, 224, 125) windows.
+
+    Clips with more than `max_in_memory` values are never held whole: they are decoded twice
+    block by block (:func:`spectrogram_windows_streamed`), giving the same bytes in bounded
+    memory."""
+    wave, stream = open_audio(path, max_in_memory=max_in_memory)
+    if wave is not None:
+        return spectrogram_windows(wave, stream.sr, max_windows=max_windows, source=path)
+    return spectrogram_windows_streamed(stream, max_windows=max_windows)
+
+
+# --- the same recipe on a stream, in bounded memory ---------------------------------------------
+#
+# Byte-identical to spectrogram_windows on the whole clip, because every step is either
+# element-wise, or a maximum, or done the way numpy/soxr do it on a whole array:
+# * means: numpy sums float32 with pairwise summation, splitting n > 128 values at
+#   n2 = n//2 - (n//2) % 8; _PairwiseSum follows that tree down to leaves of <= 2**20 values,
+#   sums each leaf with np.sum and adds the halves back up in the same order; the mean is then
+#   float32(float64(sum) / n), as np.mean computes it;
+# * soxr's streaming resampler gives the same samples as its one-shot call;
+# * each STFT frame's FFT does not depend on how many frames are transformed together;
+# * max |x - m| over the clip is max(hi - m, m - lo) (rounding is monotonic).
+
+
+def _pairwise_leaves(n: int, leaf: int) -> list[int]:
+    if n <= leaf:
+        return [n]
+    half = n // 2
+    half -= half % 8
+    return _pairwise_leaves(half, leaf) + _pairwise_leaves(n - half, leaf)
+
+
+class _PairwiseSum:
+    """np.sum of a float32 array of known length n, fed in arbitrary pieces, bit for bit."""
+
+    LEAF = 1 << 20
+
+    def __init__(self, n: int):
+        self.n = n
+        self._sizes = _pairwise_leaves(n, self.LEAF)
+        self._sums: list[np.float32] = []
+        self._pending: list[np.ndarray] = []
+        self._pending_n = 0
+
+    def add(self, values: np.ndarray) -> None:
+        self._pending.append(values)
+        self._pending_n += values.shape[0]
+        while len(self._sums) < len(self._sizes) and self._pending_n >= self._sizes[len(self._sums)]:
+            size = self._sizes[len(self._sums)]
+            joined = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+            self._sums.append(np.sum(joined[:size]))
+            rest = joined[size:]
+            self._pending, self._pending_n = ([rest] if rest.shape[0] else []), rest.shape[0]
+
+    def total(self) -> np.float32:
+        if len(self._sums) != len(self._sizes) or self._pending_n:
+            raise RuntimeError(f"pairwise sum fed {self._pending_n} values off its length {self.n}")
+        sums = iter(self._sums)
+
+        def combine(n: int) -> np.float32:
+            if n <= self.LEAF:
+                return next(sums)
+            half = n // 2
+            half -= half % 8
+            return combine(half) + combine(n - half)
+
+        return combine(self.n)
+
+    def mean(self) -> np.float32:
+        return np.float32(np.float64(self.total()) / self.n)
+
+
+def _resampled_blocks(stream: AudioStream, n_out: int, on_input=None):
+    """The clip resampled to 22,050 Hz, block by block, exactly `n_out` samples in all (the
+    length rule of _resample); `on_input` sees every input block first."""
+    resampler = None if stream.sr == SAMPLE_RATE else soxr.ResampleStream(
+        stream.sr, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+    produced = 0
+    blocks = stream.blocks(STREAM_BLOCK)
+    done = False
+    while not done:
+        block = next(blocks, None)
+        done = block is None
+        if block is not None and on_input is not None:
+            on_input(block)
+        if resampler is None:
+            out = block if block is not None else np.zeros(0, np.float32)
+        else:
+            out = resampler.resample_chunk(block if block is not None else np.zeros(0, np.float32),
+                                           last=done)
+        out = np.asarray(out, dtype=np.float32)[: n_out - produced]
+        produced += out.shape[0]
+        if out.shape[0]:
+            yield out
+    if produced < n_out:
+        yield np.zeros(n_out - produced, dtype=np.float32)
+
+
+def spectrogram_windows_streamed(stream: AudioStream, max_windows: int = 1) -> np.ndarray:
+    """spectrogram_windows of a clip read from `stream`, holding a block at a time (two decodes).
+
+    Pass 1 finds the clip's means (input and resampled), extremes and finiteness; pass 2 runs
+    mean removal, pre-emphasis and the STFT over the stream, keeping only the frames of the
+    windows returned and the running maximum magnitude (the dB reference)."""
+    if max_windows < 1:
+        raise ValueError(f"max_windows must be >= 1, got {max_windows}")
+    source, sr, n_in = stream.path, stream.sr, stream.n_samples
+    duration = n_in / sr
+    if duration < MIN_DURATION_S:
+        raise InputError(source, f"too short ({duration:.2f} s < {MIN_DURATION_S} s)")
+    n_out = n_in if sr == SAMPLE_RATE else int(math.ceil(n_in * SAMPLE_RATE / sr))
+    if n_out < MIN_SAMPLES_FOR_ONE_WINDOW:  # tiling needs the whole clip: it is short anyway
+        wave = np.concatenate(list(stream.blocks(STREAM_BLOCK)))
+        return spectrogram_windows(wave, sr, max_windows=max_windows, source=source)
+
+    # Pass 1: means, extremes, finiteness.
+    input_sum, output_sum = _PairwiseSum(n_in), _PairwiseSum(n_out)
+    facts = {"n": 0, "finite": True, "lo": np.float32(np.inf), "hi": np.float32(-np.inf)}
+
+    def see_input(block: np.ndarray) -> None:
+        input_sum.add(block)
+        facts["n"] += block.shape[0]
+        if block.shape[0]:
+            facts["finite"] = facts["finite"] and bool(np.all(np.isfinite(block)))
+            facts["lo"] = min(facts["lo"], block.min())
+            facts["hi"] = max(facts["hi"], block.max())
+
+    for block in _resampled_blocks(stream, n_out, on_input=see_input):
+        output_sum.add(block)
+    if facts["n"] != n_in:
+        raise InputError(source, f"decoded {facts['n']} samples, the header declares {n_in}")
+    if not facts["finite"]:
+        raise InputError(source, "audio contains NaN or infinite samples")
+    input_mean = input_sum.mean()
+    peak = float(max(facts["hi"] - input_mean, input_mean - facts["lo"]))
+    if peak < SILENCE_PEAK:
+        raise InputError(source, f"silent audio (peak {peak:.1e} < {SILENCE_PEAK:.0e})")
+    mean = output_sum.mean()
+
+    # Pass 2: mean removal, pre-emphasis and the STFT, frame batch by frame batch.
+    n_frames = n_out // HOP + 1  # frames of the centred STFT of n_out samples
+    n_windows = min(max_windows, n_frames // FRAMES)
+    n_kept = n_windows * FRAMES
+    kept = np.empty((n_kept, FREQ_BINS), dtype=np.float64)
+    peak_magnitude = 0.0
+    # `pending` holds emphasised samples from frame `next_frame`'s start on (float64, as the
+    # whole-clip array); it starts with the centring pad.
+    pending = [np.zeros(N_FFT // 2, dtype=np.float64)]
+    pending_n, next_frame = N_FFT // 2, 0
+    previous = None  # last mean-removed sample of the previous block, for pre-emphasis
+    batch_frames = 512
+
+    def run_frames(final: bool) -> None:
+        nonlocal pending, pending_n, next_frame, peak_magnitude
+        available = (pending_n - N_FFT) // HOP + 1 if pending_n >= N_FFT else 0
+        if final:
+            available = n_frames - next_frame
+        while available > 0 and (available >= batch_frames or final):
+            count = min(batch_frames, available)
+            joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
+            frames = np.lib.stride_tricks.sliding_window_view(joined[: (count - 1) * HOP + N_FFT], N_FFT)[::HOP]
+            magnitude = np.abs(scipy.fft.rfft(frames * _WINDOW, axis=-1, overwrite_x=True))
+            peak_magnitude = max(peak_magnitude, float(magnitude.max()))
+            if next_frame < n_kept:
+                take = min(count, n_kept - next_frame)
+                kept[next_frame: next_frame + take] = magnitude[:take, :FREQ_BINS]
+            next_frame += count
+            rest = joined[count * HOP:]
+            pending, pending_n = [rest], rest.shape[0]
+            available -= count
+
+    for block in _resampled_blocks(stream, n_out):
+        y = block - mean
+        emphasised = np.empty(y.shape[0], dtype=np.float64)
+        if previous is None:
+            emphasised[0] = y[0]
+        else:
+            emphasised[0] = y[0] - np.float32(PREEMPHASIS) * previous
+        emphasised[1:] = y[1:] - np.float32(PREEMPHASIS) * y[:-1]
+        previous = y[-1]
+        pending.append(emphasised)
+        pending_n += emphasised.shape[0]
+        run_frames(final=False)
+    pending.append(np.zeros(N_FFT // 2, dtype=np.float64))
+    pending_n += N_FFT // 2
+    run_frames(final=True)
+    return _to_db_windows(kept, peak_magnitude, n_windows)
