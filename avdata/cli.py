@@ -141,7 +141,14 @@ def make_tuples_cmd(shards, task, splits, out, k_spec, direction, seed, negative
                     pairs_per_identity, constrain, tuple_shards, tuples_per_shard):
     """Draw fixed tuples from shards, write them, then check every rule (as check-tuples)."""
     from avdata.reader import index_items
-    from avdata.tuples import ATTRIBUTES, TupleConfig, check_out_dir, check_tuples, make_tuples, source_manifest_sha256
+    from avdata.tuples import (
+        ATTRIBUTES,
+        TupleConfig,
+        check_out_dir,
+        check_tuples,
+        make_tuples,
+        source_manifest_sha256,
+    )
 
     constraint = tuple(c for c in constrain.split(",") if c)
     bad = [c for c in constraint if c not in ATTRIBUTES]

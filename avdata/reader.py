@@ -27,9 +27,6 @@ import numpy as np
 from avdata.errors import AvmatchError, InputError
 from avdata.untrusted import UnsafeShardError, check_local_path, resolve_inside
 
-__all__ = ["UnsafeShardError", "PICKLE_EXTS", "SAFE_DECODERS", "decode_sample", "decode_npy", "decode_jpg",
-           "iter_tar_samples", "iter_samples", "shard_urls", "index_shard", "index_items", "read_member",
-           "read_sizes", "member_problem", "MissingInputError", "npy_problem"]
 
 class MissingInputError(AvmatchError, FileNotFoundError):
     """A directory lacks the file that makes it a shard or tuple directory (sizes.json).
@@ -144,7 +141,7 @@ def decode_sample(sample: dict) -> dict:
             out[name] = decoder(value)
         except UnsafeShardError as exc:
             raise UnsafeShardError(f"{where}.{name}: {exc}") from None
-        except Exception as exc:  # any decoder failure on untrusted bytes is a bad file
+        except Exception as exc:  # noqa: BLE001 - any decoder failure on untrusted bytes is a bad file
             raise InputError(url, f"{key}.{name}: cannot decode .{ext} ({type(exc).__name__}: {exc})") from None
     return out
 

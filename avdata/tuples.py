@@ -35,7 +35,13 @@ import pandas as pd
 
 from avdata.errors import AvmatchError, InputError
 from avdata.io import atomic_write_text, sha256_file, sha256_text, write_json
-from avdata.reader import check_member, index_items, npy_problem, read_member, read_sizes
+from avdata.reader import (
+    check_member,
+    index_items,
+    npy_problem,
+    read_member,
+    read_sizes,
+)
 from avdata.untrusted import UnsafeShardError, name_problem, resolve_inside
 
 TASKS = ("matching", "verification", "retrieval")

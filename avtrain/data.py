@@ -19,7 +19,6 @@ wait on each other, and ranks and workers read disjoint shards. Arrays stay comp
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 

@@ -113,7 +113,7 @@ def shards(train_tuples, tmp_path):
 
 
 def first_shard(tuples: Path) -> str:
-    return sorted(json.loads((tuples / "sizes.json").read_text()))[0]
+    return min(json.loads((tuples / "sizes.json").read_text()))
 
 
 def test_error_classes():
@@ -171,7 +171,7 @@ BAD_MEMBERS = {
 @pytest.mark.parametrize("kind", sorted(BAD_MEMBERS))
 def test_bad_item_shard_member_is_refused_by_make_tuples(kind, shards, tmp_path):
     info, data = BAD_MEMBERS[kind]
-    tar = sorted((shards / "train").glob("face-*.tar"))[0]
+    tar = min((shards / "train").glob("face-*.tar"))
     rewrite_tar(tar, extra=[(info, data)])
     res = run(avdata_main, "make-tuples", "--shards", shards, "--task", "matching", "--split", "train",
               "--k", "2", "--out", tmp_path / "t", "--no-tuple-shards")
@@ -184,7 +184,7 @@ def test_readers_refuse_bad_members(kind, shards):
     from avdata.reader import UnsafeShardError, index_shard, iter_samples, shard_urls
 
     info, data = BAD_MEMBERS[kind]
-    tar = sorted((shards / "train").glob("audio-*.tar"))[0]
+    tar = min((shards / "train").glob("audio-*.tar"))
     rewrite_tar(tar, extra=[(info, data)])
     for read in (lambda: index_shard(tar), lambda: list(iter_samples(shard_urls(shards, "train", "audio")))):
         with pytest.raises(UnsafeShardError, match="refusing"):
@@ -195,7 +195,7 @@ def test_shard_urls_refuse_a_symlink_out(shards, tmp_path):
     from avdata.reader import UnsafeShardError, shard_urls
 
     outside = tmp_path / "outside.tar"
-    shutil.copy(sorted((shards / "train").glob("audio-*.tar"))[0], outside)
+    shutil.copy(min((shards / "train").glob("audio-*.tar")), outside)
     os.symlink(outside, shards / "train" / "audio-000099.tar")
     with pytest.raises(UnsafeShardError, match="symlink leads outside"):
         shard_urls(shards, "train", "audio")
@@ -211,7 +211,7 @@ def test_iter_samples_refuses_urls():
 
 def test_object_array_in_item_shard_is_named(shards, tmp_path):
     marker = tmp_path / "pwned"
-    tar = sorted((shards / "train").glob("audio-*.tar"))[0]
+    tar = min((shards / "train").glob("audio-*.tar"))
     victim = []
 
     def edit(info, data):
