@@ -12,14 +12,14 @@ it and says why (:class:`UnsafeShardError`).
 from __future__ import annotations
 
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from avdata.errors import UnsafeInputError
 
 # a URL scheme ("pipe:", "http:", "s3:", "file:", a Windows drive "C:") at the start of a name
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 # what avmatch itself ever writes in a name: split, tuple-list and shard names
-_PLAIN = re.compile(r"^[A-Za-z0-9_+.-]+$")
+_PLAIN = re.compile(r"[A-Za-z0-9_+.-]")
 
 
 class UnsafeShardError(UnsafeInputError, ValueError):
@@ -43,12 +43,12 @@ def name_problem(name) -> str | None:
         return "contains a backslash"
     if name.startswith("/"):
         return "an absolute path"
-    parts = PurePosixPath(name).parts
-    if any(p == ".." for p in name.split("/")):
+    parts = name.split("/")
+    if ".." in parts:
         return "a '..' component leaves the directory"
-    if any(p in ("", ".") for p in name.split("/")):
+    if any(p in ("", ".") for p in parts):
         return "an empty or '.' path component"
-    bad = sorted({c for p in parts for c in p if not _PLAIN.match(c)})
+    bad = sorted({c for c in name.replace("/", "") if not _PLAIN.match(c)})
     if bad:
         return f"characters outside [A-Za-z0-9_+.-/]: {''.join(bad)!r}"
     return None
@@ -72,10 +72,10 @@ def resolve_inside(root: str | Path, name, where: str) -> Path:
 
 
 def check_local_path(path: str | Path, where: str = "shard") -> Path:
-    """A path handed to a reader directly (no directory to stay inside): refuse URL
-    schemes, so a caller passing webdataset-style URLs gets an error, not a download or a
-    shell command."""
+    """A path handed to a reader directly (no directory to stay inside): refuse anything
+    that looks like a URL, so a caller passing webdataset-style URLs gets a one-line error
+    rather than a download or a shell command."""
     text = str(path)
-    if text.startswith("pipe:") or (_SCHEME.match(text) and not re.match(r"^[A-Za-z]:[\\/]", text)):
+    if _SCHEME.match(text):
         raise UnsafeShardError(f"{where} {text!r}: a URL, not a local file; avmatch reads local files only")
     return Path(path)
