@@ -140,8 +140,10 @@ _WORKER_ERRORS = {"InputError": InputError, "UnsafeShardError": UnsafeShardError
 def _errors_as_items(batches):
     try:
         yield from batches
-    except (InputError, UnsafeShardError) as exc:
-        yield {_ERROR_ITEM: [type(exc).__name__, *map(str, exc.args)]}
+    except UnsafeShardError as exc:
+        yield {_ERROR_ITEM: ["UnsafeShardError", str(exc)]}
+    except InputError as exc:
+        yield {_ERROR_ITEM: ["InputError", exc.path, exc.reason]}
 
 
 class LoaderWithErrors:
