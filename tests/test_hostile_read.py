@@ -329,3 +329,24 @@ def test_make_tuples_refuses_empty_or_unreadable_shard_manifest(content, shards,
     line = one_line_error(res)
     assert "manifest.json" in line and "build-shards" in line, line
     assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("name", ["../../outside.jsonl", "index/../../x.jsonl", "pipe:cat x #.jsonl"])
+def test_names_in_a_tuple_manifest_are_refused(name, tuples, train_tuples):
+    man = json.loads((tuples / "manifest.json").read_text())
+    entry = next(iter(man["files"].values()))
+    man["files"][name] = entry
+    (tuples / "manifest.json").write_text(json.dumps(man))
+    line = one_line_error(run(avdata_main, "check-tuples", tuples, "--shards", train_tuples.parent / "shards"))
+    assert repr(name) in line, line
+    # make-tuples adding to the same directory reads that manifest too
+    line = one_line_error(run(avdata_main, "make-tuples", "--shards", train_tuples.parent / "shards", "--task",
+                              "retrieval", "--split", "test", "--out", tuples))
+    assert repr(name) in line
+
+
+def test_import_veriflist_refuses_out_equal_to_shards(shards, tmp_path):
+    lst = tmp_path / "veriflist_x.txt"
+    lst.write_text("id,voice-speaker-id,face-speaker-id,label,voice-path,face-path\n")
+    line = one_line_error(run(avdata_main, "import-veriflist", lst, "--shards", shards, "--out", shards))
+    assert "is the shard directory" in line
