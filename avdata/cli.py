@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from avdata.cli_base import user_errors
 from avdata.errors import InputError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
@@ -137,11 +138,19 @@ def _parse_k(value: str) -> list[int]:
 @click.option("--constrain", default="", help="Negatives share these attributes with the query: gender, nationality or gender,nationality.")
 @click.option("--tuple-shards/--no-tuple-shards", default=None, help="Also write tuple shards carrying every member's arrays [default: on for split train].")
 @click.option("--tuples-per-shard", type=click.IntRange(min=1), default=500, help="Tuples per tuple shard.")
+@user_errors
 def make_tuples_cmd(shards, task, splits, out, k_spec, direction, seed, negatives_per_positive, positives_per_identity, sets_per_identity,
                     pairs_per_identity, constrain, tuple_shards, tuples_per_shard):
     """Draw fixed tuples from shards, write them, then check every rule (as check-tuples)."""
     from avdata.reader import index_items
-    from avdata.tuples import ATTRIBUTES, TupleConfig, check_tuples, make_tuples
+    from avdata.tuples import (
+        ATTRIBUTES,
+        TupleConfig,
+        check_out_dir,
+        check_tuples,
+        make_tuples,
+        source_manifest_sha256,
+    )
 
     constraint = tuple(c for c in constrain.split(",") if c)
     bad = [c for c in constraint if c not in ATTRIBUTES]
@@ -156,12 +165,11 @@ def make_tuples_cmd(shards, task, splits, out, k_spec, direction, seed, negative
                            sets_per_identity=sets_per_identity, pairs_per_identity=pairs_per_identity, constrain=constraint)
                for sp in splits for d in directions for k in ks]
     with_shards = all(sp == "train" for sp in splits) if tuple_shards is None else tuple_shards
-    try:
-        items = index_items(shards)  # read the shards' keys once for drawing and checking
-        summary = make_tuples(shards, out, configs, tuple_shards=with_shards and task != "retrieval",
-                              tuples_per_shard=tuples_per_shard, items=items)
-    except (InputError, ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+    check_out_dir(shards, out)  # before the (long) indexing: nothing is written into the shards
+    source_manifest_sha256(shards)
+    items = index_items(shards)  # read the shards' keys once for drawing and checking
+    summary = make_tuples(shards, out, configs, tuple_shards=with_shards and task != "retrieval",
+                          tuples_per_shard=tuples_per_shard, items=items)
     for name, counts in summary.items():
         click.echo(f"{name}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     problems = check_tuples(out, shards, items=items)
@@ -175,14 +183,17 @@ def make_tuples_cmd(shards, task, splits, out, k_spec, direction, seed, negative
 @main.command("check-tuples")
 @click.argument("dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--shards", type=click.Path(file_okay=False, exists=True), required=True, help="The shard directory the tuples were drawn from.")
+@user_errors
 def check_tuples_cmd(dir, shards):
-    """Check every tuple list in DIR against its shards; exit 1 naming each broken rule."""
+    """Check every tuple list and tuple shard in DIR against its shards; exit 1 naming each broken rule.
+
+    Also checks that DIR is safe to train on: sizes.json names only the manifest's shards
+    (plain paths inside DIR, with their counts), and every tuple shard's members are plain
+    files with safe names and no pickles.
+    """
     from avdata.tuples import check_tuples
 
-    try:
-        problems = check_tuples(dir, shards)
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        fail(f"{dir}: cannot check ({exc})")
+    problems = check_tuples(dir, shards)
     for p in problems:
         click.echo(p, err=True)
     if problems:
@@ -194,14 +205,12 @@ def check_tuples_cmd(dir, shards):
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
 @click.option("--shards", type=click.Path(file_okay=False, exists=True), required=True, help="Shard directory to map the list onto.")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Tuple directory to add the mapped list to.")
+@user_errors
 def import_veriflist_cmd(file, shards, out):
     """Map an official Learnable-PINs verification list (veriflist_*.txt) onto shard keys."""
     from avdata.tuples import import_veriflist
 
-    try:
-        res = import_veriflist(file, shards, out)
-    except (ValueError, FileNotFoundError) as exc:
-        fail(str(exc))
+    res = import_veriflist(file, shards, out)
     click.echo(f"{file}: mapped {res['mapped']} of {res['pairs']} pairs -> {res['index']}")
     for reason, n in res["unmapped"].items():
         click.echo(f"  unmapped {n}: {reason}")

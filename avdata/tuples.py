@@ -20,10 +20,11 @@ the same shards and seed, and adding an identity does not reshuffle the others.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
+import os
+import re
 import tarfile
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -32,11 +33,159 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from avdata.reader import index_items, read_member
+from avdata.errors import AvmatchError, InputError
+from avdata.io import atomic_write_text, sha256_file, sha256_text, write_json
+from avdata.reader import (
+    check_member,
+    index_items,
+    npy_problem,
+    read_member,
+    read_sizes,
+)
+from avdata.untrusted import UnsafeShardError, name_problem, resolve_inside
 
 TASKS = ("matching", "verification", "retrieval")
 DIRECTIONS = {"a2v": ("audio", "face"), "v2a": ("face", "audio")}
 ATTRIBUTES = ("gender", "nationality")
+
+
+class TupleError(AvmatchError, ValueError):
+    """A tuple request or tuple directory that cannot be used (one line). Also a ValueError
+    for callers written before AvmatchError existed."""
+
+
+# ---------------------------------------------------------------- untrusted directories
+
+def check_out_dir(shards: str | Path, out: str | Path) -> None:
+    """Refuse an --out that would write into the shard directory (its sizes.json and
+    manifest.json would be overwritten; it is shared and verified by its manifest), or a
+    shard directory inside the parts of --out that make-tuples writes."""
+    s, o = Path(shards).resolve(), Path(out).resolve()
+    if o == s:
+        raise TupleError(f"--out {out} is the shard directory: make-tuples would overwrite its sizes.json and "
+                         f"manifest.json; choose another directory")
+    if s in o.parents:
+        raise TupleError(f"--out {out} lies inside the shard directory {shards}; write tuples beside it, not into it")
+    for sub in ("index", "shards"):
+        if s == o / sub or (o / sub) in s.parents:
+            raise TupleError(f"--shards {shards} lies inside {out}/{sub}, where make-tuples writes")
+
+
+def source_manifest_sha256(shards: Path) -> str:
+    """sha256 of SHARDS/manifest.json, after checking that it is a readable JSON object
+    (an empty or unreadable one means the directory is not a finished build)."""
+    path = Path(shards) / "manifest.json"
+    if not path.is_file():
+        raise InputError(path, "missing; not a shard directory from avdata build-shards")
+    try:
+        data = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        why = "empty file" if path.stat().st_size == 0 else f"not valid JSON ({type(exc).__name__})"
+        raise InputError(path, f"{why}; rebuild the shards with avdata build-shards") from None
+    if not isinstance(data, dict):
+        raise InputError(path, "not a JSON object; rebuild the shards with avdata build-shards")
+    return sha256_file(path)
+
+
+_CONFIG_TYPES = {"task": str, "split": str, "direction": str, "k": int}
+
+
+def read_tuple_manifest(out: Path, required: bool) -> dict:
+    """DIR/manifest.json of a tuple directory, checked before any name in it is used:
+    ``files`` and ``shards`` objects whose names are plain relative paths (index/..., shards/...)
+    and whose entries have the fields the readers use. Missing: a new manifest, unless required."""
+    path = out / "manifest.json"
+    if not path.is_file():
+        if required:
+            raise InputError(path, "missing; not a tuple directory from avdata make-tuples")
+        return {"kind": "avmatch.tuples", "format_version": 1, "files": {}, "shards": {}}
+    try:
+        manifest = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(path, f"not valid JSON ({type(exc).__name__})") from None
+    if not (isinstance(manifest, dict) and isinstance(manifest.get("files"), dict)
+            and isinstance(manifest.get("shards"), dict)):
+        raise UnsafeShardError(f"{path}: not a tuple manifest (needs 'files' and 'shards' objects)")
+    for rel, entry in manifest["files"].items():
+        problem = name_problem(rel) or ("" if rel.startswith("index/") and rel.endswith(".jsonl") else
+                                        "not an index/NAME.jsonl name")
+        if not problem and not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+                                and isinstance(entry.get("config"), dict)):
+            problem = "entry lacks sha256 or config"
+        if not problem:
+            cfg = entry["config"]
+            bad = [f for f, t in _CONFIG_TYPES.items() if not isinstance(cfg.get(f), t)]
+            if bad or cfg["task"] not in TASKS or cfg["direction"] not in DIRECTIONS:
+                problem = f"config has a missing or unknown {', '.join(bad) or 'task or direction'}"
+            elif "gallery" in entry and (name_problem(entry["gallery"]) or entry["gallery"] not in manifest["files"]):
+                problem = f"gallery {entry['gallery']!r} is not a listed index file"
+        if problem:
+            raise UnsafeShardError(f"{path}: files entry {rel!r}: {problem}")
+    for rel, entry in manifest["shards"].items():
+        problem = name_problem(rel) or ("" if _TUPLE_SHARD.match(rel) else "not a shards/NAME-NNNNNN.tar name")
+        if not problem and not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+                                and isinstance(entry.get("tuples"), int)):
+            problem = "entry lacks sha256 or tuples"
+        if problem:
+            raise UnsafeShardError(f"{path}: shards entry {rel!r}: {problem}")
+    return manifest
+
+
+_TUPLE_SHARD = re.compile(r"^shards/(.+)-[0-9]{6}\.tar$")
+_ROLE_MEMBER = re.compile(r"^(q|g(?:0|[1-9][0-9]*))\.(npy|jpg)$")
+
+
+def _tuple_members_problem(members: dict) -> str | None:
+    exts = set(members)
+    if not {"cls", "json"} <= exts:
+        return "lacks its .cls or .json member"
+    roles: dict[str, str] = {}
+    for ext in sorted(exts - {"cls", "json"}):
+        m = _ROLE_MEMBER.match(ext)
+        if not m:
+            return f"unexpected member .{ext}"
+        if m.group(1) in roles:
+            return f"two members for role {m.group(1)}"
+        roles[m.group(1)] = ext
+    k = len(roles) - 1
+    if "q" not in roles or k < 1 or set(roles) != {"q", *(f"g{i}" for i in range(k))}:
+        return f"members {sorted(roles)} are not q and g0..g(k-1)"
+    return None
+
+
+def scan_tuple_shard(path: str | Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """(tuple id, {member ext: (data offset, size)}) per sample of a tuple shard, in order,
+    from its tar headers (nothing is decoded). Refuses (UnsafeShardError, naming the member)
+    unsafe members (names leaving the directory, links, devices, pickles, object arrays),
+    repeated members or samples, and samples that are not .cls + .json + q + g0..g(k-1)."""
+    path = Path(path)
+    samples: list[tuple[str, dict]] = []
+    seen: set[str] = set()
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for m in tar:
+                check_member(path, m)
+                key, _, ext = m.name.partition(".")
+                if not samples or samples[-1][0] != key:
+                    if key in seen:
+                        raise UnsafeShardError(f"{path}: tuple {key!r} occurs twice (its members are not adjacent)")
+                    seen.add(key)
+                    samples.append((key, {}))
+                members = samples[-1][1]
+                if ext in members:
+                    raise UnsafeShardError(f"{path}: member {m.name!r} occurs twice")
+                if ext.endswith("npy"):
+                    problem = npy_problem(tar.extractfile(m))
+                    if problem:
+                        raise UnsafeShardError(f"{path}: member {m.name!r}: refusing {problem}")
+                members[ext] = (m.offset_data, m.size)
+    except (tarfile.TarError, EOFError) as exc:
+        raise InputError(path, f"not a readable uncompressed tar ({type(exc).__name__}: {exc})") from None
+    for key, members in samples:
+        problem = _tuple_members_problem(members)
+        if problem:
+            raise UnsafeShardError(f"{path}: tuple {key!r}: {problem}")
+    return samples
 
 
 @dataclass(frozen=True)
@@ -96,7 +245,7 @@ def load_pool(shards: str | Path, split: str, items: pd.DataFrame | None = None)
     split_items = items[items["split"] == split].reset_index(drop=True)
     if split_items.empty:
         present = sorted(items["split"].unique())
-        raise ValueError(f"{shards}: no samples in split {split!r}; splits present: {present}")
+        raise TupleError(f"{shards}: no samples in split {split!r}; splits present: {present}")
     ids = pd.read_csv(shards / "splits.csv", dtype=str, keep_default_na=False)
     attrs = {r["vox_id"]: {a: r.get(a, "") for a in ATTRIBUTES} for r in ids.to_dict("records")}
     return Pool(split_items, attrs)
@@ -176,14 +325,10 @@ def retrieval_lists(pool: Pool, cfg: TupleConfig) -> tuple[list[dict], list[dict
 # ---------------------------------------------------------------- outputs
 
 def _dump_jsonl(rows: list[dict], path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in rows).encode()
-    path.write_bytes(data)
-    return hashlib.sha256(data).hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """Compact JSON lines (the committed tuple-list format), written atomically; its sha256."""
+    text = "".join(json.dumps(r, sort_keys=True, separators=(",", ":")) + "\n" for r in rows)
+    atomic_write_text(path, text)
+    return sha256_text(text)
 
 
 def write_tuple_shards(tuples: list[dict], items: pd.DataFrame, shards_root: Path, out: Path, name: str,
@@ -196,7 +341,7 @@ def write_tuple_shards(tuples: list[dict], items: pd.DataFrame, shards_root: Pat
         rel = f"shards/{name}-{s:06d}.tar"
         final = out / rel
         final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.tmp")
+        tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
         chunk = tuples[s * per_shard:(s + 1) * per_shard]
         with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
             for t in chunk:
@@ -210,8 +355,8 @@ def write_tuple_shards(tuples: list[dict], items: pd.DataFrame, shards_root: Pat
                     info = tarfile.TarInfo(f"{key}.{ext}")
                     info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = len(data), 0, 0o644, 0, 0, "", ""
                     tar.addfile(info, io.BytesIO(data))
-        tmp.replace(final)
-        written[rel] = {"sha256": _sha256(final), "tuples": len(chunk)}
+        tmp.replace(final)  # readers never see a partial tar under the final name
+        written[rel] = {"sha256": sha256_file(final), "tuples": len(chunk)}
     return written
 
 
@@ -220,11 +365,11 @@ def make_tuples(shards: str | Path, out: str | Path, configs: list[TupleConfig],
     """Draw every config's tuples, write index files (and tuple shards), update DIR/manifest.json.
     ``items`` (from index_items) saves re-reading the shards when the caller has it."""
     shards, out = Path(shards), Path(out)
+    check_out_dir(shards, out)
+    source_sha = source_manifest_sha256(shards)
     items = index_items(shards) if items is None else items
-    manifest_path = out / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {
-        "kind": "avmatch.tuples", "format_version": 1, "files": {}, "shards": {}}
-    manifest["source_shards_manifest_sha256"] = _sha256(shards / "manifest.json")
+    manifest = read_tuple_manifest(out, required=False)
+    manifest["source_shards_manifest_sha256"] = source_sha
     pools: dict[str, Pool] = {}
     summary = {}
     for cfg in configs:
@@ -245,13 +390,18 @@ def make_tuples(shards: str | Path, out: str | Path, configs: list[TupleConfig],
         manifest["files"][rel] = entry | {"sha256": _dump_jsonl(tuples, out / rel), "tuples": len(tuples),
                                           "identities": len({t["query_identity"] for t in tuples}),
                                           "skipped_identities": skipped}
-        if tuple_shards:
-            manifest["shards"].update(write_tuple_shards(tuples, items, shards, out, cfg.name, tuples_per_shard))
+        written = write_tuple_shards(tuples, items, shards, out, cfg.name, tuples_per_shard) if tuple_shards else {}
+        for old in sorted(manifest["shards"]):
+            # shards of an earlier draw of this list would hold other tuples (or more of them)
+            if _TUPLE_SHARD.match(old).group(1) == cfg.name and old not in written:
+                del manifest["shards"][old]
+                resolve_inside(out, old, str(out / "manifest.json")).unlink(missing_ok=True)
+        manifest["shards"].update(written)
         summary[cfg.name] = {"tuples": len(tuples), "identities": manifest["files"][rel]["identities"],
                              "skipped_identities": len(skipped)}
     sizes = {k: v["tuples"] for k, v in sorted(manifest["shards"].items())}
-    (out / "sizes.json").write_text(json.dumps(sizes, indent=1, sort_keys=True) + "\n")
-    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    write_json(out / "sizes.json", sizes)
+    write_json(out / "manifest.json", manifest)
     return summary
 
 
@@ -261,27 +411,33 @@ def check_tuples(out: str | Path, shards: str | Path, max_reports: int = 20,
                  items: pd.DataFrame | None = None) -> list[str]:
     """Every rule a tuple list must satisfy; returns one line per broken rule (empty: all hold)."""
     out, shards = Path(out), Path(shards)
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = read_tuple_manifest(out, required=True)  # refuses unsafe names before any is opened
     items = (index_items(shards) if items is None else items).set_index("key")
     ids = pd.read_csv(shards / "splits.csv", dtype=str, keep_default_na=False)
     attrs = {r["vox_id"]: r for r in ids.to_dict("records")}
     problems: list[str] = []
+    lists: dict[str, list[dict]] = {}  # list NAME -> its tuples (for the tuple-shard checks)
 
     def report(rel: str, tid: str, msg: str):
         if len(problems) < max_reports:
             problems.append(f"{rel}: {tid}: {msg}")
 
     for rel, entry in sorted(manifest["files"].items()):
-        path = out / rel
+        try:
+            path = resolve_inside(out, rel, str(out / "manifest.json"))
+        except UnsafeShardError as exc:
+            problems.append(str(exc))
+            continue
         if not path.is_file():
             problems.append(f"{rel}: listed in the manifest but missing")
             continue
-        if _sha256(path) != entry["sha256"]:
+        if sha256_file(path) != entry["sha256"]:
             problems.append(f"{rel}: sha256 differs from the manifest (edited after make-tuples?)")
         cfg = entry["config"]
         if "gallery" not in entry and cfg["task"] == "retrieval":
             continue  # a gallery list, checked with its queries
-        rows = [json.loads(l) for l in path.read_text().splitlines()]
+        rows = _read_rows(path, rel, cfg["task"], report)
+        lists[rel[len("index/"):-len(".jsonl")]] = rows
         task = cfg["task"]
         q_mod, g_mod = DIRECTIONS[cfg["direction"]]
         labels = []
@@ -312,6 +468,9 @@ def check_tuples(out: str | Path, shards: str | Path, max_reports: int = 20,
                 if len(g_ids) != cfg["k"]:
                     report(rel, tid, f"{len(g_ids)} gallery items, expected k={cfg['k']}")
                     continue
+                if not 0 <= label < len(g_ids):
+                    report(rel, tid, f"label {label} is not a gallery position 0..{len(g_ids) - 1}")
+                    continue
                 if g_ids[label] != q_id:
                     report(rel, tid, "positive does not share the query's identity")
                 negatives = [g for i, g in enumerate(g_ids) if i != label]
@@ -330,13 +489,133 @@ def check_tuples(out: str | Path, shards: str | Path, max_reports: int = 20,
             want_q = set(items[(items["split"] == split) & (items["modality"] == q_mod)].index)
             if {t["query"] for t in rows} != want_q or len(rows) != len(want_q):
                 problems.append(f"{rel}: queries are not exactly the {len(want_q)} {q_mod} items of {split}")
-            gallery = [json.loads(l)["key"] for l in (out / entry["gallery"]).read_text().splitlines()]
+            gallery = [g["key"] for g in _read_rows(out / entry["gallery"], entry["gallery"], "gallery", report)]
             want_g = set(items[(items["split"] == split) & (items["modality"] == g_mod)].index)
             if set(gallery) != want_g or len(gallery) != len(want_g):
                 problems.append(f"{entry['gallery']}: gallery is not exactly the {len(want_g)} {g_mod} items of {split}")
             continue
         if "imported_from" not in cfg:  # an official list is as balanced as its authors made it
             problems.extend(f"{rel}: {m}" for m in label_balance_problems(labels, task, cfg["k"]))
+    problems.extend(tuple_shard_problems(out, manifest, lists, items, max_reports))
+    return problems
+
+
+_ROW_FIELDS = {"gallery": {"key": str},
+               "retrieval": {"tuple_id": str, "query": str},
+               "matching": {"tuple_id": str, "query": str, "query_identity": str, "gallery": list,
+                            "gallery_identities": list, "label": int}}
+_ROW_FIELDS["verification"] = _ROW_FIELDS["matching"]
+
+
+def _read_rows(path: Path, rel: str, kind: str, report) -> list[dict]:
+    """The JSON lines of an index file that have the fields ``kind`` needs; each other line
+    is reported (by line number) and skipped."""
+    rows = []
+    for i, line in enumerate(path.read_bytes().decode("utf-8", "replace").splitlines(), 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            report(rel, f"line {i}", "not JSON")
+            continue
+        bad = [f for f, t in _ROW_FIELDS[kind].items()
+               if not isinstance(row, dict) or not isinstance(row.get(f), t) or isinstance(row.get(f), bool)]
+        if not bad and "gallery" in row and kind != "gallery" and len(row["gallery"]) != len(row["gallery_identities"]):
+            bad = ["gallery_identities (length)"]
+        if bad:
+            report(rel, f"line {i}", f"missing or malformed field(s) {', '.join(bad)}")
+            continue
+        rows.append(row)
+    return rows
+
+
+def tuple_shard_problems(out: Path, manifest: dict, lists: dict[str, list[dict]], items: pd.DataFrame,
+                         max_reports: int = 20) -> list[str]:
+    """Checks of DIR/sizes.json and DIR/shards/*.tar: sizes.json names only the manifest's
+    shards with their counts; every shard is safe to read (scan_tuple_shard: member names and
+    types, no pickles or object arrays), has its manifest sha256 and count, and holds exactly
+    the tuples of its index list, in order (each sample's .json equal to the index line, .cls
+    to its label, one array member per query/gallery item with that item's format and size)."""
+    problems: list[str] = []
+    listed = manifest["shards"]
+    sizes_file = out / "sizes.json"
+    sizes: dict | None = None
+    if sizes_file.is_file():
+        try:
+            sizes = read_sizes(sizes_file)
+        except UnsafeShardError as exc:
+            problems.append(str(exc))
+    elif listed:
+        problems.append(f"sizes.json: missing, but the manifest lists {len(listed)} tuple shard(s)")
+    if sizes is not None:
+        for name in sorted(sizes):
+            problem = name_problem(name)
+            if problem:
+                problems.append(f"sizes.json: refusing the name {name!r}: {problem}")
+        expected = {k: v["tuples"] for k, v in listed.items()}
+        if sizes != expected:
+            extra, absent = sorted(set(sizes) - set(expected)), sorted(set(expected) - set(sizes))
+            differ = sorted(k for k in set(sizes) & set(expected) if sizes[k] != expected[k])
+            problems.append(f"sizes.json: does not match the tuple shards of manifest.json (not in the manifest: "
+                            f"{extra[:3]}, missing: {absent[:3]}, other counts: {differ[:3]})")
+    in_shards: dict[str, list[str]] = {}
+    for rel, entry in sorted(listed.items()):
+        try:
+            path = resolve_inside(out, rel, str(out / "manifest.json"))
+        except UnsafeShardError as exc:
+            problems.append(str(exc))
+            continue
+        if not path.is_file():
+            problems.append(f"{rel}: listed in the manifest but missing")
+            continue
+        if sha256_file(path) != entry["sha256"]:
+            problems.append(f"{rel}: sha256 differs from the manifest (edited after make-tuples?)")
+        try:
+            samples = scan_tuple_shard(path)
+        except (UnsafeShardError, InputError) as exc:
+            problems.append(str(exc))
+            continue
+        if len(samples) != entry["tuples"]:
+            problems.append(f"{rel}: holds {len(samples)} tuples, the manifest says {entry['tuples']}")
+        name = _TUPLE_SHARD.match(rel).group(1)
+        if name not in lists:
+            problems.append(f"{rel}: no index/{name}.jsonl in the manifest for its tuples")
+            continue
+        index = {t["tuple_id"]: t for t in lists[name]}
+        for key, members in samples:
+            if len(problems) >= max_reports:
+                break
+            in_shards.setdefault(name, []).append(key)
+            t = index.get(key)
+            if t is None:
+                problems.append(f"{rel}: {key}: not a tuple of index/{name}.jsonl")
+                continue
+            try:
+                meta = json.loads(read_member(path, *members["json"]).decode("utf-8"))
+                label = int(read_member(path, *members["cls"]).decode("ascii"))
+            except (UnicodeDecodeError, ValueError):
+                problems.append(f"{rel}: {key}: .json or .cls member does not decode")
+                continue
+            if meta != t:
+                problems.append(f"{rel}: {key}: .json member differs from its index line")
+            if label != t["label"]:
+                problems.append(f"{rel}: {key}: .cls {label} differs from the label {t['label']}")
+            roles = [("q", t["query"])] + [(f"g{i}", g) for i, g in enumerate(t["gallery"])]
+            if len(members) - 2 != len(roles):
+                problems.append(f"{rel}: {key}: {len(members) - 2} array members for {len(roles)} items")
+                continue
+            for role, item in roles:
+                if item not in items.index:
+                    continue  # reported with the index file
+                it = items.loc[item]
+                got = members.get(f"{role}.{it['data_ext']}")
+                if got is None or got[1] != it["data_size"]:
+                    problems.append(f"{rel}: {key}: member {role} is not the {it['data_ext']} item {item} "
+                                    f"({it['data_size']} bytes)")
+    for name, keys in sorted(in_shards.items()):
+        want = [t["tuple_id"] for t in lists.get(name, [])]
+        if keys != want and len(problems) < max_reports:
+            problems.append(f"shards/{name}-*.tar: hold {len(keys)} tuples, index/{name}.jsonl has {len(want)} "
+                            f"(the shards must hold exactly its tuples, in order)")
     return problems
 
 
@@ -371,10 +650,15 @@ def import_veriflist(list_path: str | Path, shards: str | Path, out: str | Path)
     try:
         rows = pd.read_csv(list_path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, FileNotFoundError) as exc:
-        raise ValueError(f"{list_path}: not a readable verification list ({type(exc).__name__})") from None
+        raise TupleError(f"{list_path}: not a readable verification list ({type(exc).__name__})") from None
     cols = ["id", "voice-speaker-id", "face-speaker-id", "label", "voice-path", "face-path"]
     if list(rows.columns) != cols:
-        raise ValueError(f"{list_path}: header {list(rows.columns)} is not {cols}")
+        raise TupleError(f"{list_path}: header {list(rows.columns)} is not {cols}")
+    bad = [r["id"] for r in rows.to_dict("records") if not (r["id"].isdigit() and r["label"] in ("0", "1"))]
+    if bad:
+        raise TupleError(f"{list_path}: row id {bad[0]!r}: id must be an integer and label 0 or 1")
+    check_out_dir(shards, out)
+    source_sha = source_manifest_sha256(shards)
     items = index_items(shards)
     vox_of = dict(zip(items["key"], items["vox_id"]))
     voice_index, face_index = {}, {}
@@ -420,16 +704,14 @@ def import_veriflist(list_path: str | Path, shards: str | Path, out: str | Path)
                        "split": voice[1], "direction": "a2v", "query": voice[0], "query_identity": vox_of[voice[0]],
                        "gallery": [face[0]], "gallery_identities": [vox_of[face[0]]], "label": label})
     rel = f"index/verification_imported_{list_path.stem}.jsonl"
-    manifest_path = out / "manifest.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {
-        "kind": "avmatch.tuples", "format_version": 1, "files": {}, "shards": {}}
+    manifest = read_tuple_manifest(out, required=False)
     split = mapped[0]["split"] if mapped else ""
     manifest["files"][rel] = {"config": {"task": "verification", "split": split, "direction": "a2v", "k": 1,
-                                         "imported_from": list_path.name, "imported_sha256": _sha256(list_path),
+                                         "imported_from": list_path.name, "imported_sha256": sha256_file(list_path),
                                          "constrain": []},
                               "sha256": _dump_jsonl(mapped, out / rel), "tuples": len(mapped),
                               "unmapped": dict(sorted(reasons.items()))}
-    manifest.setdefault("source_shards_manifest_sha256", _sha256(shards / "manifest.json"))
-    manifest_path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    manifest.setdefault("source_shards_manifest_sha256", source_sha)
+    write_json(out / "manifest.json", manifest)
     return {"pairs": len(rows), "mapped": len(mapped), "unmapped": dict(sorted(reasons.items())), "index": str(out / rel)}
 

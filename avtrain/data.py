@@ -1,8 +1,14 @@
-"""Training input: tuple shards streamed as an explicit list of webdataset stages.
+"""Training input: tuple shards streamed as an explicit list of stages.
 
     shard list ─ shuffled with (seed, epoch) ─ split by rank ─ split by DataLoader worker
-      ─ tar reading ─ safe decode (pickles refused) ─ seeded sample shuffle buffer
-      ─ to uint8 / float32 arrays ─ batching (full batches only)
+      ─ tar reading (local files opened here, members checked) ─ safe decode (pickles refused)
+      ─ seeded sample shuffle buffer ─ to uint8 / float32 arrays ─ batching (full batches only)
+
+The tuple directory is untrusted (docs/security.md): :func:`load_sizes` checks every name in
+``sizes.json`` (plain relative paths inside the directory, never URLs: webdataset would run
+``pipe:`` names as shell commands) and every member of every tuple shard it picks, in the
+main process, so a bad directory is one line before any worker starts. The shards are then
+opened with ``open``/``tarfile`` by the workers themselves, never through a URL opener.
 
 The epoch length is computed from ``sizes.json`` before anything is read: every rank
 takes the same number of batches (the fewest any rank can fill), so DDP ranks never
@@ -13,7 +19,6 @@ wait on each other, and ranks and workers read disjoint shards. Arrays stay comp
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
@@ -21,7 +26,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from avdata.reader import decode_sample
+from avdata.errors import InputError
+from avdata.reader import MissingInputError, decode_sample, iter_tar_samples, read_sizes
+from avdata.untrusted import UnsafeShardError, resolve_inside
 
 
 def epoch_shards(urls: list[str], seed: int, epoch: int) -> list[str]:
@@ -63,14 +70,21 @@ def _array(sample: dict, role: str) -> np.ndarray:
     for ext in ("npy", "jpg"):
         if f"{role}.{ext}" in sample:
             return sample[f"{role}.{ext}"]
-    raise KeyError(f"{sample.get('__url__')}: {sample.get('__key__')}: no {role}.npy or {role}.jpg member")
+    raise UnsafeShardError(f"{sample.get('__url__')}: {sample.get('__key__')}: no {role}.npy or {role}.jpg member")
 
 
 def to_arrays(sample: dict) -> tuple[np.ndarray, np.ndarray, int, str]:
     """(query array, stacked gallery arrays, label, tuple id) from a decoded tuple sample."""
-    k = len(sample["json"]["gallery"])
-    gallery = np.stack([_array(sample, f"g{i}") for i in range(k)])
-    return _array(sample, "q"), gallery, int(sample["cls"]), sample["__key__"]
+    where = f"{sample.get('__url__')}: {sample.get('__key__')}"
+    meta = sample.get("json")
+    if not isinstance(meta, dict) or not isinstance(meta.get("gallery"), list) or "cls" not in sample:
+        raise UnsafeShardError(f"{where}: not a tuple sample (needs .cls and a .json with a gallery list)")
+    k = len(meta["gallery"])
+    arrays = [_array(sample, f"g{i}") for i in range(k)]
+    if len({a.shape for a in arrays}) > 1:
+        raise InputError(sample.get("__url__"), f"{sample.get('__key__')}: gallery arrays of different shapes "
+                         f"{sorted({a.shape for a in arrays})}")
+    return _array(sample, "q"), np.stack(arrays), int(sample["cls"]), sample["__key__"]
 
 
 def collate(batch) -> dict:
@@ -92,8 +106,6 @@ class TupleStream(IterableDataset):
         self.epoch = epoch
 
     def __iter__(self):
-        import webdataset as wds
-
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
         shards = split_for(split_for(epoch_shards(self.urls, self.seed, self.epoch), self.rank, self.world),
@@ -101,28 +113,80 @@ class TupleStream(IterableDataset):
         if not shards:
             return iter(())
         rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
-        pipeline = wds.DataPipeline(
-            wds.SimpleShardList(shards),  # already ordered by (seed, epoch) and split above
-            wds.tarfile_to_samples(),
-            wds.map(decode_sample),  # explicit decoders only; refuses .pyd/.pkl/.pth
-            lambda src: shuffle_buffer(src, self.shuffle_size, rng),
-            wds.map(to_arrays),
-            wds.batched(self.batch_size, collation_fn=collate, partial=False),
-        )
-        return iter(pipeline)
+        # already ordered by (seed, epoch) and split above; each path opened here, never as a URL
+        samples = (decode_sample(s) for path in shards for s in iter_tar_samples(path))
+        tuples = map(to_arrays, shuffle_buffer(samples, self.shuffle_size, rng))
+        batches = full_batches(tuples, self.batch_size)
+        return _errors_as_items(batches) if info else batches
+
+
+def full_batches(items, batch_size: int):
+    """Collated batches of exactly batch_size items; a last partial batch is dropped."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == batch_size:
+            yield collate(batch)
+            batch = []
+
+
+# A user error inside a DataLoader worker reaches the main process as a re-raised copy whose
+# message is the worker's whole traceback. Workers pass it on as an item instead, and
+# LoaderWithErrors raises it again as the same one-line error.
+_ERROR_ITEM = "__avmatch_error__"
+_WORKER_ERRORS = {"InputError": InputError, "UnsafeShardError": UnsafeShardError}
+
+
+def _errors_as_items(batches):
+    try:
+        yield from batches
+    except UnsafeShardError as exc:
+        yield {_ERROR_ITEM: ["UnsafeShardError", str(exc)]}
+    except InputError as exc:
+        yield {_ERROR_ITEM: ["InputError", exc.path, exc.reason]}
+
+
+class LoaderWithErrors:
+    """Iterates a DataLoader; an error item from a worker is raised as its one-line error."""
+
+    def __init__(self, loader: DataLoader):
+        self.loader = loader
+
+    def __iter__(self):
+        for batch in self.loader:
+            if isinstance(batch, dict) and _ERROR_ITEM in batch:
+                name, *args = batch[_ERROR_ITEM]
+                raise _WORKER_ERRORS[name](*args)
+            yield batch
 
 
 def load_sizes(root: str | Path, prefix: str) -> tuple[list[str], dict[str, int]]:
-    """Tuple-shard urls whose name starts with prefix, and their sizes, from sizes.json."""
+    """Tuple-shard paths whose name starts with prefix, and their sizes, from sizes.json.
+
+    Everything is checked here, in the calling (main) process, before any worker reads:
+    every name in sizes.json is a plain relative path inside ``root`` (no URL schemes,
+    ``pipe:``, ``..``, absolute paths or symlinks leading out), and every picked shard's
+    members are safe (:func:`avdata.tuples.scan_tuple_shard`) and as many as sizes.json
+    says. A refusal is an :class:`UnsafeShardError` naming the name or member."""
+    from avdata.tuples import scan_tuple_shard
+
     root = Path(root)
     sizes_file = root / "sizes.json"
     if not sizes_file.is_file():
-        raise FileNotFoundError(f"{root}: no sizes.json; run avdata make-tuples first")
-    sizes = json.loads(sizes_file.read_text())
+        raise MissingInputError(f"{root}: no sizes.json; run avdata make-tuples first")
+    sizes = read_sizes(sizes_file)
+    for name in sorted(sizes):
+        resolve_inside(root, name, str(sizes_file))
     picked = {str(root / k): v for k, v in sorted(sizes.items()) if Path(k).name.startswith(prefix)}
     if not picked:
         names = sorted({Path(k).name.rsplit("-", 1)[0] for k in sizes})
-        raise FileNotFoundError(f"{root}: no tuple shards named {prefix}-*.tar; found {names}")
+        raise MissingInputError(f"{root}: no tuple shards named {prefix}-*.tar; found {names}")
+    for path, n in picked.items():
+        if not Path(path).is_file():
+            raise InputError(path, "listed in sizes.json but missing")
+        held = len(scan_tuple_shard(path))
+        if held != n:
+            raise UnsafeShardError(f"{path}: holds {held} tuples, {sizes_file} says {n}")
     return list(picked), picked
 
 
@@ -130,10 +194,10 @@ def _worker_init(_):
     torch.set_num_threads(1)  # loader workers only decode; their cores belong to the trainer
 
 
-def make_loader(stream: TupleStream, workers: int, pin_memory: bool) -> DataLoader:
-    return DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                      persistent_workers=False, prefetch_factor=4 if workers else None,
-                      worker_init_fn=_worker_init if workers else None)
+def make_loader(stream: TupleStream, workers: int, pin_memory: bool) -> LoaderWithErrors:
+    return LoaderWithErrors(DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                                       persistent_workers=False, prefetch_factor=4 if workers else None,
+                                       worker_init_fn=_worker_init if workers else None))
 
 
 def to_model_inputs(batch: dict, direction: str, device: torch.device, train: bool,

@@ -1,0 +1,352 @@
+"""Hostile and faulty shard / tuple directories (issue #11, read side).
+
+Shard and tuple directories are shared between labs: every name read from them is
+untrusted. Each test builds a real directory (the conftest's synthetic shards and tuple
+shards), tampers with it the way an attacker or a broken copy would, and checks that
+avmatch refuses it with one line naming what it refused, and runs or unpickles nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import shutil
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from avdata.cli import main as avdata_main
+from avdata.errors import AvmatchError, UnsafeInputError
+from avdata.io import sha256_file
+from avtrain.cli import main as avtrain_main
+
+K2 = "matching_train_a2v_k2"
+
+
+class Boom:
+    """Unpickling this writes a marker file: proof that something was unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "unpickled!"))
+
+
+def run(main, *args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(res) -> str:
+    """The CLI failed with exactly one line, `Error: ...` (no traceback); that line."""
+    assert res.exit_code == 1, (res.exit_code, res.output, res.exception)
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    return lines[0]
+
+
+def fit(tuples_dir, out, workers=0):
+    return run(avtrain_main, "fit", "--shards", tuples_dir, "--out", out, "--epochs", "1", "--device", "cpu",
+               "--set", "batch_size=4", "--set", f"workers={workers}", "--set", "max_steps_per_epoch=1",
+               "--no-progress")
+
+
+def rewrite_tar(path: Path, edit=None, extra=()):
+    """Rewrite a tar in place: members through ``edit(info, data) -> (info, data) | None``
+    (None drops it), then ``extra`` (TarInfo, bytes) members appended."""
+    with tarfile.open(path) as tin:
+        members = [(m, tin.extractfile(m).read() if m.isfile() else b"") for m in tin]
+    tmp = path.with_name(path.name + ".new")
+    with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tout:
+        for info, data in members:
+            if edit:
+                kept = edit(info, data)
+                if kept is None:
+                    continue
+                info, data = kept
+                info.size = len(data)
+            tout.addfile(info, io.BytesIO(data))
+        for info, data in extra:
+            tout.addfile(info, io.BytesIO(data) if info.isfile() else None)
+    tmp.replace(path)
+
+
+def member(name: str, data: bytes = b"", kind=tarfile.REGTYPE, link: str = "") -> tuple[tarfile.TarInfo, bytes]:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.size = kind, link, len(data) if kind == tarfile.REGTYPE else 0
+    return info, data
+
+
+def object_npy(marker: Path) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.array([Boom(str(marker))], dtype=object), allow_pickle=True)
+    return buf.getvalue()
+
+
+def reseal(tuples: Path, shard: str):
+    """Make manifest.json and sizes.json agree with a tampered tuple shard again (an attacker
+    can rewrite both), so only the checks under test can notice."""
+    man = json.loads((tuples / "manifest.json").read_text())
+    man["shards"][shard]["sha256"] = sha256_file(tuples / shard)
+    (tuples / "manifest.json").write_text(json.dumps(man, indent=1, sort_keys=True) + "\n")
+
+
+@pytest.fixture
+def tuples(train_tuples, tmp_path):
+    """A private copy of the session's tuple directory (matching train a2v k=2, 16 per shard)."""
+    dst = tmp_path / "tuples"
+    shutil.copytree(train_tuples, dst)
+    return dst
+
+
+@pytest.fixture
+def shards(train_tuples, tmp_path):
+    """A private copy of the item shard directory the tuples were drawn from."""
+    dst = tmp_path / "shards"
+    shutil.copytree(train_tuples.parent / "shards", dst)
+    return dst
+
+
+def first_shard(tuples: Path) -> str:
+    return min(json.loads((tuples / "sizes.json").read_text()))
+
+
+def test_error_classes():
+    from avdata.reader import UnsafeShardError
+
+    assert issubclass(UnsafeShardError, UnsafeInputError) and issubclass(UnsafeShardError, AvmatchError)
+    assert issubclass(UnsafeShardError, ValueError)  # callers that caught the old class still do
+
+
+# ---- 1. names in sizes.json: never URLs, never outside the directory
+
+def test_pipe_name_in_sizes_json_runs_no_command(tuples, tmp_path, monkeypatch):
+    """The issue's exploit: webdataset ran `pipe:` shard names as shell commands."""
+    name = f"pipe:touch PWNED; cat shards/{K2}-000000.tar #/{K2}-000001.tar"
+    sizes = json.loads((tuples / "sizes.json").read_text())
+    (tuples / "sizes.json").write_text(json.dumps(sizes | {name: 16}))
+    monkeypatch.chdir(tuples)
+    line = one_line_error(fit(".", tmp_path / "run"))
+    assert not (tuples / "PWNED").exists()
+    assert "pipe:touch PWNED" in line and "refusing the name" in line
+
+
+@pytest.mark.parametrize("how", ["dotdot", "absolute", "symlink", "scheme"])
+def test_names_leaving_the_tuple_dir_are_refused(how, tuples, tmp_path):
+    outside = tmp_path / "elsewhere" / f"{K2}-000000.tar"
+    outside.parent.mkdir()
+    shutil.copy(tuples / first_shard(tuples), outside)
+    if how == "dotdot":
+        name = f"../elsewhere/{K2}-000000.tar"
+    elif how == "absolute":
+        name = str(outside)
+    elif how == "symlink":
+        name = f"shards/{K2}-000099.tar"
+        os.symlink(outside, tuples / name)
+    else:
+        name = f"file:{outside}"
+    (tuples / "sizes.json").write_text(json.dumps({name: 16}))
+    line = one_line_error(fit(tuples, tmp_path / "run"))
+    assert repr(name) in line, line
+
+
+# ---- 2. tar members: names, types, pickles, object arrays, refused by name up front
+
+BAD_MEMBERS = {
+    "dotdot": member("../x.json", b"{}"),
+    "absolute": member("/etc/x.json", b"{}"),
+    "symlink": member("evil.jpg", kind=tarfile.SYMTYPE, link="/etc/passwd"),
+    "hardlink": member("evil.jpg", kind=tarfile.LNKTYPE, link="/etc/passwd"),
+    "device": member("evil.jpg", kind=tarfile.CHRTYPE),
+    "directory": member("evil", kind=tarfile.DIRTYPE),
+    "pickle": member("evil.pyd", pickle.dumps(1)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_MEMBERS))
+def test_bad_item_shard_member_is_refused_by_make_tuples(kind, shards, tmp_path):
+    info, data = BAD_MEMBERS[kind]
+    tar = min((shards / "train").glob("face-*.tar"))
+    rewrite_tar(tar, extra=[(info, data)])
+    res = run(avdata_main, "make-tuples", "--shards", shards, "--task", "matching", "--split", "train",
+              "--k", "2", "--out", tmp_path / "t", "--no-tuple-shards")
+    line = one_line_error(res)
+    assert repr(info.name) in line and str(tar) in line, line
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "symlink", "pickle"])
+def test_readers_refuse_bad_members(kind, shards):
+    from avdata.reader import UnsafeShardError, index_shard, iter_samples, shard_urls
+
+    info, data = BAD_MEMBERS[kind]
+    tar = min((shards / "train").glob("audio-*.tar"))
+    rewrite_tar(tar, extra=[(info, data)])
+    for read in (lambda: index_shard(tar), lambda: list(iter_samples(shard_urls(shards, "train", "audio")))):
+        with pytest.raises(UnsafeShardError, match="refusing"):
+            read()
+
+
+def test_shard_urls_refuse_a_symlink_out(shards, tmp_path):
+    from avdata.reader import UnsafeShardError, shard_urls
+
+    outside = tmp_path / "outside.tar"
+    shutil.copy(min((shards / "train").glob("audio-*.tar")), outside)
+    os.symlink(outside, shards / "train" / "audio-000099.tar")
+    with pytest.raises(UnsafeShardError, match="symlink leads outside"):
+        shard_urls(shards, "train", "audio")
+
+
+def test_iter_samples_refuses_urls():
+    from avdata.reader import UnsafeShardError, iter_samples
+
+    with pytest.raises(UnsafeShardError, match="not a local file"):
+        list(iter_samples(["pipe:touch PWNED"]))
+    assert not Path("PWNED").exists()
+
+
+def test_object_array_in_item_shard_is_named(shards, tmp_path):
+    marker = tmp_path / "pwned"
+    tar = min((shards / "train").glob("audio-*.tar"))
+    victim = []
+
+    def edit(info, data):
+        if info.name.endswith(".npy") and not victim:
+            victim.append(info.name)
+            return info, object_npy(marker)
+        return info, data
+
+    rewrite_tar(tar, edit)
+    res = run(avdata_main, "make-tuples", "--shards", shards, "--task", "matching", "--split", "train",
+              "--k", "2", "--out", tmp_path / "t")
+    line = one_line_error(res)
+    assert victim[0] in line and str(tar) in line and "object array" in line, line
+    assert not marker.exists()
+
+
+# ---- 3. check-tuples looks inside the tuple shards and at sizes.json
+
+def _tamper(tuples: Path, how: str, tmp_path: Path) -> str:
+    """Tamper with the tuple dir; return a phrase check-tuples must print."""
+    shard = first_shard(tuples)
+    if how == "pipe_name":
+        sizes = json.loads((tuples / "sizes.json").read_text())
+        (tuples / "sizes.json").write_text(json.dumps(sizes | {f"pipe:touch PWNED #/{K2}-000001.tar": 16}))
+        return "pipe:touch PWNED"
+    if how == "count":
+        sizes = json.loads((tuples / "sizes.json").read_text())
+        (tuples / "sizes.json").write_text(json.dumps(sizes | {shard: sizes[shard] + 50}))
+        return "sizes.json: does not match"
+    if how == "swapped_tuple":  # a sample's .json no longer matches its index line
+        def edit(info, data):
+            if info.name.endswith(".json"):
+                t = json.loads(data)
+                t["label"] = 1 - t["label"]
+                return info, json.dumps(t, sort_keys=True, separators=(",", ":")).encode()
+            return info, data
+
+        rewrite_tar(tuples / shard, edit)
+        reseal(tuples, shard)
+        return ".json member differs"
+    info, data = {"pickle": member(f"{K2}-0000000.extra.pyd", pickle.dumps(Boom(str(tmp_path / "pwned")))),
+                  "dotdot": member("../../x.cls", b"1"),
+                  "symlink": member(f"{K2}-0000000.g1.jpg", kind=tarfile.SYMTYPE, link="/etc/passwd")}[how]
+    rewrite_tar(tuples / shard, extra=[(info, data)])
+    reseal(tuples, shard)
+    return repr(info.name)
+
+
+@pytest.mark.parametrize("how", ["pipe_name", "count", "swapped_tuple", "pickle", "dotdot", "symlink"])
+def test_check_tuples_catches_tampered_tuple_dir(how, tuples, train_tuples, tmp_path):
+    want = _tamper(tuples, how, tmp_path)
+    res = run(avdata_main, "check-tuples", tuples, "--shards", train_tuples.parent / "shards")
+    assert res.exit_code == 1, res.output
+    assert want in res.output, res.output
+    assert not (tmp_path / "pwned").exists() and not Path("PWNED").exists()
+
+
+def test_check_tuples_passes_an_untouched_dir(train_tuples):
+    res = run(avdata_main, "check-tuples", train_tuples, "--shards", train_tuples.parent / "shards")
+    assert res.exit_code == 0 and "all tuple checks passed" in res.output, res.output
+
+
+# ---- 14. one line, not a traceback, for avtrain fit on a refused tuple shard
+
+def test_fit_refuses_pickle_member_before_workers_in_one_line(tuples, tmp_path):
+    marker = tmp_path / "pwned"
+    shard = first_shard(tuples)
+    rewrite_tar(tuples / shard, extra=[member(f"{K2}-0000003.extra.pyd", pickle.dumps(Boom(str(marker))))])
+    line = one_line_error(fit(tuples, tmp_path / "run", workers=1))
+    assert "refusing a pickle-type member" in line and shard in line
+    assert not marker.exists()
+
+
+def test_fit_names_an_object_array_in_one_line(tuples, tmp_path):
+    marker = tmp_path / "pwned"
+    shard = first_shard(tuples)
+    rewrite_tar(tuples / shard, lambda i, d: (i, object_npy(marker)) if i.name.endswith(".q.npy") else (i, d))
+    line = one_line_error(fit(tuples, tmp_path / "run", workers=1))
+    assert "object array" in line and f"{K2}-0000000.q.npy" in line and shard in line, line
+    assert not marker.exists()
+
+
+def test_fit_undecodable_member_in_a_worker_is_one_line(tuples, tmp_path):
+    """A JPEG that does not decode is only found by a DataLoader worker; the error still
+    reaches the user as one line naming the shard and member."""
+    shard = first_shard(tuples)
+    (tuples / "sizes.json").write_text(json.dumps({shard: 16}))
+    rewrite_tar(tuples / shard, lambda i, d: (i, b"not a jpeg") if i.name.endswith(".g0.jpg") else (i, d))
+    line = one_line_error(fit(tuples, tmp_path / "run", workers=1))
+    assert shard in line and ".g0.jpg" in line and "cannot decode" in line, line
+
+
+# ---- 14. make-tuples: --out vs --shards, and the shard manifest
+
+def test_make_tuples_refuses_out_equal_to_shards(shards):
+    before = {p.name: p.read_bytes() for p in shards.iterdir() if p.is_file()}
+    res = run(avdata_main, "make-tuples", "--shards", shards, "--task", "matching", "--split", "train",
+              "--k", "2", "--out", shards)
+    assert "is the shard directory" in one_line_error(res)
+    assert {p.name: p.read_bytes() for p in shards.iterdir() if p.is_file()} == before
+
+
+def test_make_tuples_refuses_out_inside_shards(shards):
+    res = run(avdata_main, "make-tuples", "--shards", shards, "--task", "matching", "--split", "train",
+              "--k", "2", "--out", shards / "train")
+    assert "inside the shard directory" in one_line_error(res)
+    assert not (shards / "train" / "sizes.json").exists()
+
+
+@pytest.mark.parametrize("content", ["", "{not json", "[1, 2]"])
+def test_make_tuples_refuses_empty_or_unreadable_shard_manifest(content, shards, tmp_path):
+    (shards / "manifest.json").write_text(content)
+    res = run(avdata_main, "make-tuples", "--shards", shards, "--task", "matching", "--split", "train",
+              "--k", "2", "--out", tmp_path / "t")
+    line = one_line_error(res)
+    assert "manifest.json" in line and "build-shards" in line, line
+    assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("name", ["../../outside.jsonl", "index/../../x.jsonl", "pipe:cat x #.jsonl"])
+def test_names_in_a_tuple_manifest_are_refused(name, tuples, train_tuples):
+    man = json.loads((tuples / "manifest.json").read_text())
+    entry = next(iter(man["files"].values()))
+    man["files"][name] = entry
+    (tuples / "manifest.json").write_text(json.dumps(man))
+    line = one_line_error(run(avdata_main, "check-tuples", tuples, "--shards", train_tuples.parent / "shards"))
+    assert repr(name) in line, line
+    # make-tuples adding to the same directory reads that manifest too
+    line = one_line_error(run(avdata_main, "make-tuples", "--shards", train_tuples.parent / "shards", "--task",
+                              "retrieval", "--split", "test", "--out", tuples))
+    assert repr(name) in line
+
+
+def test_import_veriflist_refuses_out_equal_to_shards(shards, tmp_path):
+    lst = tmp_path / "veriflist_x.txt"
+    lst.write_text("id,voice-speaker-id,face-speaker-id,label,voice-path,face-path\n")
+    line = one_line_error(run(avdata_main, "import-veriflist", lst, "--shards", shards, "--out", shards))
+    assert "is the shard directory" in line
