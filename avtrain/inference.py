@@ -73,25 +73,15 @@ class InferenceError(AvmatchError):
 
 
 def _device(name: str | torch.device) -> torch.device:
-    from avtrain.train import pick_device
+    from avtrain.checkpoint import pick_device
 
-    try:
-        device = pick_device(str(name))
-    except RuntimeError as exc:
-        raise InferenceError(f"--device {name}: {exc}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InferenceError(f"--device {name}: CUDA is not available")
-    return device
+    return pick_device(str(name))  # a device this machine lacks: one-line DeviceError
 
 
-def _load_from_run(run: Path, device: torch.device):
-    """The one use of the run loader (it moves to avtrain.checkpoint; re-exported by evaluate)."""
-    from avtrain.evaluate import EvaluationError, load_run
+def _load_from_run(run: Path, device: torch.device, which: str = "last"):
+    from avtrain.checkpoint import load_run
 
-    try:
-        model, state, cfg = load_run(run, device)
-    except EvaluationError as exc:
-        raise InferenceError(str(exc)) from None
+    model, state, cfg = load_run(run, device, which)  # checksummed, weights_only; errors are one line
     return model, cfg, {"kind": "run", "path": str(run), "epoch": int(state.get("epoch", 0)),
                         "step": int(state.get("step", 0))}
 
@@ -102,7 +92,7 @@ def _load_from_export(directory: Path, device: torch.device):
 
     from avdata.io import sha256_file
     from avtrain.config import TrainConfig
-    from avtrain.train import build_model
+    from avtrain.checkpoint import build_model
 
     cfg_path, weights = directory / EXPORT_CONFIG, directory / EXPORT_WEIGHTS
     try:
@@ -139,17 +129,19 @@ def load_model(run_or_file: str | Path, device: str | torch.device = "cpu",
     else avdata's defaults (what ``avdata build-shards`` uses unless told otherwise).
     """
     path = Path(run_or_file)
-    if path.is_file():
+    which = "last"
+    if path.is_file():  # a checkpoint file (best.pt, epoch-0003.pt, ...) or an export's file
+        which = str(path) if path.suffix == ".pt" else "last"
         path = path.parent
     if not path.is_dir():
         raise InferenceError(f"{run_or_file}: no such run or model directory")
     dev = _device(device)
-    from avtrain.train import CHECKPOINT
+    from avtrain.checkpoint import LAST as CHECKPOINT
 
     if (path / EXPORT_WEIGHTS).is_file():
         model, cfg, saved_extract, source = _load_from_export(path, dev)
-    elif (path / CHECKPOINT).is_file():
-        (model, cfg, source), saved_extract = _load_from_run(path, dev), ExtractConfig()
+    elif which != "last" or (path / CHECKPOINT).is_file():
+        (model, cfg, source), saved_extract = _load_from_run(path, dev, which), ExtractConfig()
     else:
         raise InferenceError(f"{path}: neither {CHECKPOINT} (avtrain fit) nor {EXPORT_WEIGHTS} (avtrain export)")
     return FaceVoiceModel(model, cfg, dev, extract or saved_extract, source)
