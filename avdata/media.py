@@ -23,6 +23,7 @@ telling line of ffmpeg's stderr.
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from pathlib import Path
@@ -48,8 +49,9 @@ _OUTPUT_AUDIO_RATE = re.compile(r"Stream #\d+:\d+.*?: Audio: .*?, (\d+) Hz")
 
 
 def ffmpeg_exe() -> str:
-    """Path of the ffmpeg binary bundled with imageio-ffmpeg (no system ffmpeg needed)."""
-    return imageio_ffmpeg.get_ffmpeg_exe()
+    """Path of the ffmpeg binary bundled with imageio-ffmpeg (no system ffmpeg needed);
+    the AVMATCH_FFMPEG environment variable names another one (tests use wrapper scripts)."""
+    return os.environ.get("AVMATCH_FFMPEG") or imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def _ffmpeg_url(path: Path) -> str:
