@@ -300,6 +300,13 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="item", disable=not enabled, dynamic_ncols=True, desc="build-shards")
 
 
+def _remove_temps(out: Path) -> None:
+    """Temp tars and markers left by killed writers; never under a final name. Only called
+    while this build holds OUT/.lock and none of its writers runs."""
+    for stale in out.glob("*/.*.tmp*"):
+        stale.unlink(missing_ok=True)
+
+
 def _stop_pool(executor: ProcessPoolExecutor, kill: bool) -> None:
     """Shut a pool down; with ``kill`` first terminate its workers, so that none goes on
     writing after the build has stopped (fail-fast, errors)."""
@@ -396,9 +403,13 @@ def _run_specs(todo: list[ShardSpec], config: BuildConfig, out: Path, class_of: 
             finally:
                 torch.set_num_threads(threads)  # leave the caller's setting as it was
         else:
-            remaining, dying = _run_pool(todo, config, out, class_of, jobs, fail_fast, tick, crashed)
-            if remaining:  # a worker died: once more, in a fresh pool
-                remaining, dying = _run_pool(remaining, config, out, class_of, jobs, fail_fast, tick, crashed)
+            try:
+                remaining, dying = _run_pool(todo, config, out, class_of, jobs, fail_fast, tick, crashed)
+                if remaining:  # a worker died: once more, in a fresh pool
+                    _remove_temps(out)
+                    remaining, dying = _run_pool(remaining, config, out, class_of, jobs, fail_fast, tick, crashed)
+            finally:
+                _remove_temps(out)  # of workers killed or stopped; the pool's workers have all ended
             if remaining:
                 where = (f"while building {dying[0]}.tar" + (f" (or {', '.join(d + '.tar' for d in dying[1:])})"
                                                              if len(dying) > 1 else "")
@@ -542,8 +553,7 @@ def _build_locked(out: Path, meta, audio, faces, videos, pins_splits, config: Bu
     specs = plan_shards(media, config.shard_size)
     manifest_config = config.to_dict() | {"spectrogram": SPEC_CONFIG}
 
-    for stale in out.glob("*/.*.tmp*"):  # left by a killed build; never under a final name
-        stale.unlink()
+    _remove_temps(out)  # left by a killed build
     keys = {s.name: shard_build_sha256(s, config.extract, class_of) for s in specs}
     todo = [s for s in specs if shard_done(out, s.name, keys[s.name]) is None]
     planned = {f"{s.name}{ext}" for s in specs for ext in (".tar", ".stats.json")}
