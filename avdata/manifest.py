@@ -32,6 +32,7 @@ import string
 from pathlib import Path
 
 from avdata.errors import AvmatchError
+
 # the one owner of hashing and atomic writes; re-exported here for existing callers
 from avdata.io import canonical_json, sha256_file, sha256_ids, write_json  # noqa: F401
 

@@ -40,7 +40,14 @@ import pandas as pd
 
 from avdata.errors import AvmatchError, DecoderCrashError, InputError
 from avdata.extract import ExtractConfig, Extractor, Sample, duplicate_keys, sample_key
-from avdata.io import DiskFullError, atomic_write_text, sha256_file, sha256_text, write_json, write_jsonl
+from avdata.io import (
+    DiskFullError,
+    atomic_write_text,
+    sha256_file,
+    sha256_text,
+    write_json,
+    write_jsonl,
+)
 
 MODALITIES = ("audio", "face")
 # Which source rows feed each output modality (videos feed both).
@@ -420,14 +427,14 @@ def _run_specs(todo: list[ShardSpec], config: BuildConfig, out: Path, class_of: 
     finally:
         bar.close()
     if crashed:
-        name, exc = sorted(crashed, key=lambda c: c[0])[0]
+        name, exc = min(crashed, key=lambda c: c[0])
         more = f" ({len(crashed) - 1} more shard(s) failed the same way)" if len(crashed) > 1 else ""
         raise ShardFailedError(f"shard {name}.tar not built: {exc}{more}")
 
 
 def library_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
     import platform
+    from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
     for pkg in ("avmatch", "numpy", "torch", "librosa", "soxr", "soundfile", "pillow", "facenet-pytorch",
@@ -517,7 +524,12 @@ def _build_locked(out: Path, meta, audio, faces, videos, pins_splits, config: Bu
                   fail_fast: bool, progress: bool, log) -> dict:
     from avdata.audio import SPEC_CONFIG
     from avdata.ingest import scan_all
-    from avdata.splits import assign_media_splits, identity_splits, read_meta, split_counts
+    from avdata.splits import (
+        assign_media_splits,
+        identity_splits,
+        read_meta,
+        split_counts,
+    )
 
     meta_df = read_meta(meta)
     splits = identity_splits(meta_df, config.protocol, pins_splits)
