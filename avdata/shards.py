@@ -269,6 +269,7 @@ def _write_tar(spec: ShardSpec, extractor: Extractor, raw, class_of: dict[str, i
 # ---------------------------------------------------------------- distributor
 
 _worker: dict = {}
+_lock_fd: int | None = None  # this process' OUT/.lock descriptor while it holds the lock
 
 
 # One torch thread per worker: fastest for MTCNN on few cores, and the same numerics for any -j.
@@ -291,7 +292,28 @@ def build_shard_task(spec: ShardSpec, config: BuildConfig, out: str | Path, clas
 
 
 def _init_worker(messages, config: BuildConfig, out: str, class_of: dict, fail_fast: bool):
+    global _lock_fd
+    if _lock_fd is not None:  # forked: drop our copy, so only the parent holds OUT/.lock
+        try:
+            os.close(_lock_fd)
+        except OSError:
+            pass
+        _lock_fd = None
+    _die_with_parent()
     _worker.update(messages=messages, config=config, out=out, class_of=class_of, fail_fast=fail_fast)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the build process dies (kill -9, OOM), so no orphan
+    goes on building after it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
 
 
 def _build_in_worker(spec: ShardSpec) -> dict:
@@ -452,6 +474,7 @@ def output_lock(out: Path):
     build into the same directory stops at once, naming the holder's pid, instead of deleting
     the first one's temp files. The kernel drops the lock when its holder dies, so a killed
     build never leaves a stale lock; the file itself stays."""
+    global _lock_fd
     out.mkdir(parents=True, exist_ok=True)
     path = out / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -463,7 +486,8 @@ def output_lock(out: Path):
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             raise OutputLockedError(f"{out} is being written by another build (pid {holder}); "
                                     "wait for it to finish or choose another --out") from None
-        raise
+        raise BuildError(f"cannot lock {path} ({exc.strerror or exc})") from None
+    _lock_fd = fd
     try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
@@ -472,6 +496,7 @@ def output_lock(out: Path):
     try:
         yield
     finally:
+        _lock_fd = None
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 

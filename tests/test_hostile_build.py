@@ -280,6 +280,26 @@ def test_second_build_into_a_locked_output_stops_naming_the_holder(corpus, clean
     same_build(out, clean)
 
 
+def test_killed_parallel_build_leaves_no_lock_holder_and_resumes(corpus, clean, tmp_path):
+    """kill -9 of a -j 2 build: its workers die with it and do not keep OUT/.lock."""
+    slow = ffmpeg_wrapper(tmp_path / "ffmpeg", "sleep 2")
+    out = tmp_path / "o"
+    env = os.environ | {"PYTHONPATH": str(REPO), "AVMATCH_FFMPEG": str(slow)}
+    first = subprocess.Popen([sys.executable, "-m", "avdata.cli", *args_for(corpus, out, "-j", "2")], env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not list(out.glob("*/.*.tmp*")):
+            time.sleep(0.02)
+    finally:
+        first.kill()
+        first.wait()
+    time.sleep(0.5)
+    res = run_sub(args_for(corpus, out, "-j", "2"), timeout=240)
+    assert res.returncode == 0, res.stderr
+    same_build(out, clean)
+
+
 # ---------------------------------------------------------------- 11: a full disk
 
 @pytest.fixture
