@@ -373,10 +373,14 @@ def _run_pool(specs: list[ShardSpec], config: BuildConfig, out: Path, class_of: 
                                    initargs=(messages, config, str(out), class_of, fail_fast))
     ok = False
     try:
-        futures = {executor.submit(_build_in_worker, spec): spec for spec in specs}
+        futures, broken = {}, False
+        try:
+            for spec in specs:
+                futures[executor.submit(_build_in_worker, spec)] = spec
+        except BrokenProcessPool:  # a worker died before all shards were handed out
+            broken = True
         pending = set(futures)
-        broken = False
-        while pending and not broken:
+        while pending:
             done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
             drain()
             for fut in done:
