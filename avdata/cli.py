@@ -6,10 +6,8 @@ from pathlib import Path
 
 import click
 
-from avdata.cli_base import user_errors
+from avdata.cli_base import CONTEXT, user_errors
 from avdata.errors import InputError
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
 
 def fail(msg: str):
@@ -56,16 +54,14 @@ def synth_cmd(out, identities, clips_per_identity, faces_per_identity, videos, s
               help="matching: A-B val, C-E test, F-Z train by first letter; pins: Learnable-PINs sets.")
 @click.option("--pins-splits", type=click.Path(dir_okay=False), default=None, help="Learnable-PINs identity_splits.txt (needed for --protocol pins).")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output CSV: name,vox_id,split.")
+@user_errors
 def splits_cmd(meta, protocol, pins_splits, out):
     """Write the identity split of a protocol as name,vox_id,split."""
+    from avdata.io import atomic_write_text
     from avdata.splits import identity_splits, read_meta, split_counts
 
-    try:
-        df = identity_splits(read_meta(meta), protocol, pins_splits)
-    except (InputError, ValueError) as exc:
-        fail(str(exc))
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out, index=False)
+    df = identity_splits(read_meta(meta), protocol, pins_splits)
+    atomic_write_text(out, df.to_csv(index=False))
     for name, reason in df.attrs["unplaced"]:
         click.echo(f"unplaced: {name}: {reason}", err=True)
     counts = split_counts(df)
@@ -91,20 +87,24 @@ def splits_cmd(meta, protocol, pins_splits, out):
 @click.option("--max-frames-per-video", type=click.IntRange(min=1), default=8, help="Cap on face frames per video.")
 @click.option("--fault-tolerant/--fail-fast", default=True, help="Record bad inputs in rejects.jsonl and go on, or stop at the first.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar (items/s, rejects so far).")
+@user_errors
 def build_shards_cmd(audio, faces, videos, meta, protocol, pins_splits, out, jobs, seed, shard_size, windows,
                      face_margin, video_fps, max_frames_per_video, fault_tolerant, progress):
-    """Build identity-split WebDataset shards; re-run the same command to resume."""
+    """Build identity-split WebDataset shards; re-run the same command to resume.
+
+    OUT is locked while a build runs (OUT/.lock; a second build into it stops at once). A
+    shard is kept only if it was built with the same settings from the same input files;
+    others are rebuilt, so the manifest always describes the shards on disk.
+    """
     from avdata.extract import ExtractConfig
     from avdata.shards import BuildConfig, build_shards
 
     config = BuildConfig(protocol=protocol, seed=seed, shard_size=shard_size,
                          extract=ExtractConfig(windows=windows, face_margin=face_margin, video_fps=video_fps,
                                                max_frames_per_video=max_frames_per_video))
-    try:
-        manifest = build_shards(out, meta, audio=audio, faces=faces, videos=videos, pins_splits=pins_splits,
-                                config=config, jobs=jobs, fail_fast=not fault_tolerant, progress=progress)
-    except (InputError, ValueError) as exc:
-        fail(str(exc))
+    manifest = build_shards(out, meta, audio=audio, faces=faces, videos=videos, pins_splits=pins_splits,
+                            config=config, jobs=jobs, fail_fast=not fault_tolerant, progress=progress,
+                            log=lambda line: click.echo(line, err=True))
     for split, s in manifest["splits"].items():
         click.echo(f"{split}: {s['identities']} identities, {s['samples']['audio']} audio, {s['samples']['face']} face samples")
     for pattern in manifest["patterns"].values():
@@ -248,6 +248,7 @@ def _report_diff(lines: list[str], what: str, against: str) -> None:
               help="Committed manifest to compare with, e.g. manifests/demo/shards-matching.json.")
 @click.option("--tuples", type=click.Path(file_okay=False, exists=True), default=None,
               help="For a training run directory: the tuple directory it trained on (its manifest hash is recorded).")
+@user_errors
 def manifest_verify_cmd(dir, against, tuples):
     """Compare DIR with a committed manifest.
 
@@ -270,6 +271,7 @@ def manifest_verify_cmd(dir, against, tuples):
               help="Manifest file to (re)write as canonical JSON, e.g. manifests/demo/shards-matching.json.")
 @click.option("--tuples", type=click.Path(file_okay=False, exists=True), default=None,
               help="For a training run directory: the tuple directory it trained on (its manifest hash is recorded).")
+@user_errors
 def manifest_update_cmd(dir, out, tuples):
     """Write DIR's manifest to OUT (intentional changes).
 
@@ -303,6 +305,7 @@ _PINS_OPTION = click.option("--pins-splits", type=click.Path(dir_okay=False, exi
 @_PINS_OPTION
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Manifest file to write, e.g. manifests/voxceleb1/matching.json (hashes and counts only).")
+@user_errors
 def manifest_splits_cmd(meta, protocol, pins_splits, out):
     """Write a protocol's identity-split manifest.
 
@@ -311,10 +314,7 @@ def manifest_splits_cmd(meta, protocol, pins_splits, out):
     """
     from avdata.manifest import identity_split_manifest, write_with_diff
 
-    try:
-        desc = identity_split_manifest(meta, protocol, pins_splits)
-    except (InputError, ValueError) as exc:
-        fail(str(exc))
+    desc = identity_split_manifest(meta, protocol, pins_splits)
     lines = write_with_diff(desc, out)
     for line in lines:
         click.echo(line)
@@ -328,6 +328,7 @@ def manifest_splits_cmd(meta, protocol, pins_splits, out):
 @_PINS_OPTION
 @click.option("--against", type=click.Path(dir_okay=False, exists=True), required=True,
               help="Committed identity-split manifest, e.g. manifests/voxceleb1/matching.json.")
+@user_errors
 def manifest_verify_splits_cmd(meta, protocol, pins_splits, against):
     """Check a protocol's identity split against a manifest.
 
@@ -335,10 +336,7 @@ def manifest_verify_splits_cmd(meta, protocol, pins_splits, against):
     """
     from avdata.manifest import verify_splits
 
-    try:
-        lines = verify_splits(meta, protocol, against, pins_splits=pins_splits)
-    except (InputError, ValueError) as exc:
-        fail(str(exc))
+    lines = verify_splits(meta, protocol, against, pins_splits=pins_splits)
     _report_diff(lines, f"{protocol} identity splits", against)
 
 

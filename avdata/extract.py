@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from avdata.errors import InputError
+from avdata.io import sha256_text
 
 
 @dataclass(frozen=True)
@@ -47,15 +48,44 @@ class Extracted:
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_PLAIN_DIR = re.compile(r"^[A-Za-z0-9_-]+$")
+_PLAIN_FILE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9]+$")
 
 
 def sample_key(vox_id: str, rel_path: str, suffix: str = "") -> str:
     """A key unique within the corpus and free of dots (webdataset splits keys at dots):
     the vox id, then the path below the identity folder with the extension kept (a
-    clip's wav and its mp4 must not collide), '/' -> '__', other unsafe chars -> '-'."""
+    clip's wav and its mp4 must not collide), '/' -> '__'.
+
+    A plain path (only ``[A-Za-z0-9_-]`` and the extension's dot) keeps that readable
+    key. Any other path has its unsafe characters replaced by '-' and, because that
+    replacement can map two names onto one (``clip 1.wav`` / ``clip-1.wav``), a
+    ``__x`` + 16 hex digits of the sha256 of the true path appended. Such a key never
+    equals a plain one: a plain key's last ``__`` part holds the '-' of its extension.
+    The few collisions left among plain paths (``yt__a/b.wav`` / ``yt/a__b.wav``) are
+    found by :func:`duplicate_keys` and the later file is rejected."""
     parts = rel_path.split("/")
     below = parts[1:] if len(parts) > 1 else parts  # drop the identity folder
-    return _UNSAFE.sub("-", "__".join([vox_id, *below]) + suffix)
+    base = _UNSAFE.sub("-", "__".join([vox_id, *below]))
+    plain = (_PLAIN_DIR.match(vox_id) and all(_PLAIN_DIR.match(p) for p in below[:-1])
+             and _PLAIN_FILE.match(below[-1]))
+    if not plain:
+        base += "__x" + sha256_text("/".join([vox_id, *below]))[:16]
+    return base + suffix
+
+
+def duplicate_keys(rows) -> dict[int, int]:
+    """Rows whose sample key is already taken by an earlier row: {later index: earlier index}.
+    ``rows``: (vox_id, rel_path) pairs in their fixed (sorted) order."""
+    first: dict[str, int] = {}
+    dups = {}
+    for i, (vox_id, rel_path) in enumerate(rows):
+        key = sample_key(vox_id, rel_path)
+        if key in first:
+            dups[i] = first[key]
+        else:
+            first[key] = i
+    return dups
 
 
 def _base_meta(row: dict) -> dict:

@@ -8,13 +8,15 @@ either as a VoxCeleb id ``idNNNNN`` or as the VGGFace1 name from the meta file):
 * faces  ``NAME/YTID/NNNNNNN.jpg`` (VoxCeleb1 face frames), ``NAME/*.jpg|png`` (VGGFace);
 * videos ``idNNNNN/YTID/NNNNN.mp4`` (VoxCeleb2 style), ``NAME/*.mp4``.
 
-The table has one row per file: ``modality, name, vox_id, source_id, rel_path, path``,
+The table has one row per file: ``modality, name, vox_id, source_id, rel_path, path, size,
+mtime_ns``,
 sorted by (modality, vox_id, rel_path) so every later stage sees one fixed order.
 ``source_id`` is the source video (YouTube id) when the layout has one, else the
 file stem; seen-heard hold-outs and tuple constraints work on it.
 
 Nothing here opens media: a scanner only reports what it can see from the tree
-(unknown identities, empty folders, zero-byte files). Decoding errors are found by
+(unknown identities, empty folders, zero-byte files, entries named like media that are
+not regular files: FIFOs, folders, dangling symlinks; folders it cannot list). Decoding errors are found by
 the extractors and recorded there.
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +36,8 @@ AUDIO_EXTS = (".wav", ".flac", ".m4a")
 FACE_EXTS = (".jpg", ".jpeg", ".png")
 VIDEO_EXTS = (".mp4",)
 MODALITY_EXTS = {"audio": AUDIO_EXTS, "face": FACE_EXTS, "video": VIDEO_EXTS}
-COLUMNS = ["modality", "name", "vox_id", "source_id", "rel_path", "path"]
+# size and mtime_ns (from the scan) fingerprint a file for the shard done markers
+COLUMNS = ["modality", "name", "vox_id", "source_id", "rel_path", "path", "size", "mtime_ns"]
 _VOX_ID = re.compile(r"^id\d+$")
 _PINS_AUDIO_STEM = re.compile(r"^(?P<ytid>.+)_(?P<num>\d+)$")
 
@@ -78,6 +82,51 @@ def _source_id(parts: tuple[str, ...], modality: str) -> str:
     return stem
 
 
+def _not_a_file(path: Path) -> str | None:
+    """Why an entry with a media name is not a readable regular file (None: it is one)."""
+    try:
+        st = path.stat()  # follows symlinks
+    except FileNotFoundError:
+        return "dangling symlink (its target does not exist)" if path.is_symlink() else "file not found"
+    except OSError as exc:
+        return f"cannot read ({exc.strerror or exc})"
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        return "a directory, not a media file"
+    kind = ("FIFO" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode)
+            else "device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "special file")
+    return f"not a regular file ({kind})"
+
+
+def _media_below(directory: Path, exts: tuple[str, ...], problems: list[dict]) -> list[Path]:
+    """Media files below ``directory`` (symlinked folders are not followed). Entries named like
+    media that are not readable regular files (FIFOs, folders, dangling links) and folders that
+    cannot be listed become problems, so nothing is skipped without a record."""
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError as exc:
+        problems.append({"path": str(directory), "reason": f"cannot read folder ({exc.strerror or exc})"})
+        return []
+    files = []
+    for entry in entries:
+        p = Path(entry.path)
+        is_media_name = p.suffix.lower() in exts
+        try:
+            real_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            real_dir = False
+        if is_media_name:
+            reason = _not_a_file(p)
+            if reason is None:
+                files.append(p)
+            else:
+                problems.append({"path": str(p), "reason": reason})
+        if real_dir:
+            files.extend(_media_below(p, exts, problems))
+    return files
+
+
 def scan_tree(root: str | Path, meta: pd.DataFrame, modality: str) -> ScanResult:
     """List every ``modality`` file under ``root`` (see module docstring for layouts)."""
     if modality not in MODALITY_EXTS:
@@ -90,29 +139,42 @@ def scan_tree(root: str | Path, meta: pd.DataFrame, modality: str) -> ScanResult
     rows, problems = [], []
 
     def add(path: Path, ident: tuple[str, str], below: tuple[str, ...]):
-        if path.stat().st_size == 0:
+        st = path.stat()
+        if st.st_size == 0:
             problems.append({"path": str(path), "reason": "empty file (0 bytes)"})
             return
         rows.append((modality, ident[0], ident[1], _source_id(below, modality),
-                     path.relative_to(root).as_posix(), str(path)))
+                     path.relative_to(root).as_posix(), str(path), int(st.st_size), int(st.st_mtime_ns)))
 
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
+    try:
+        top = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as exc:
+        raise InputError(root, f"cannot read {modality} root ({exc.strerror or exc})") from None
+    for entry in top:
         p = Path(entry.path)
-        if entry.is_file():
+        try:
+            is_dir = entry.is_dir()  # an identity folder may be a symlink
+        except OSError:
+            is_dir = False
+        if not is_dir:
             if p.suffix.lower() not in exts:
                 continue
+            reason = _not_a_file(p)
             ident = index.resolve(p.stem)  # flat layout: NAME.wav
-            if ident is None:
+            if reason is not None:
+                problems.append({"path": str(p), "reason": reason})
+            elif ident is None:
                 problems.append({"path": str(p), "reason": f"unknown identity {p.stem!r}: not in the meta file"})
             else:
                 add(p, ident, (p.name,))
             continue
-        if not entry.is_dir():
-            continue
-        files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in exts)
+        inner: list[dict] = []
+        files = sorted(_media_below(p, exts, inner))
+        problems.extend(inner)
         ident = index.resolve(entry.name)
         if not files:
-            problems.append({"path": str(p), "reason": f"empty folder: no {'/'.join(exts)} files"})
+            if not inner:
+                problems.append({"path": str(p), "reason": f"empty folder: no {'/'.join(exts)} files"})
         elif ident is None:
             problems.append({"path": str(p), "reason": f"unknown identity {entry.name!r}: not in the meta file ({len(files)} files skipped)"})
         else:

@@ -27,10 +27,14 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import re
 import string
 from pathlib import Path
+
+from avdata.errors import AvmatchError
+
+# the one owner of hashing and atomic writes; re-exported here for existing callers
+from avdata.io import canonical_json, sha256_file, sha256_ids, write_json  # noqa: F401
 
 FORMAT_VERSION = 1
 SHARDS_KIND = "avmatch.shards"
@@ -58,50 +62,33 @@ _SECTION_ORDER = ("kind", "format_version", "protocol", "rule", "config", "seed"
                   "identity_splits", "splits", "unplaced", "files", "shards", "rejects", "rejects_sha256",
                   "progress", "final_losses", "metrics", "weights_sha256")
 
+class ManifestError(AvmatchError, ValueError):
+    """A manifest or directory that cannot be described or compared (one line). A ValueError
+    too, for callers that catch those."""
+
+
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _MISSING = object()
 
 
 # ---------------------------------------------------------------- hashing and files
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def sha256_ids(ids) -> str:
-    """The identity-list hash used everywhere (shard manifests too): sha256 of the
-    sorted ids joined by '\\n', no trailing newline."""
-    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
-
-
-def canonical_json(obj: dict) -> str:
-    """The committed form: sorted keys, indent 1, trailing newline."""
-    return json.dumps(obj, sort_keys=True, indent=1) + "\n"
-
-
 def load_manifest(path: str | Path) -> dict:
     path = Path(path)
     try:
         obj = json.loads(path.read_text())
     except FileNotFoundError:
-        raise ValueError(f"{path}: manifest not found") from None
+        raise ManifestError(f"{path}: manifest not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path}: not a JSON manifest ({exc})") from None
+        raise ManifestError(f"{path}: not a JSON manifest ({exc})") from None
     if not isinstance(obj, dict) or "kind" not in obj:
-        raise ValueError(f"{path}: not an avmatch manifest (no 'kind')")
+        raise ManifestError(f"{path}: not an avmatch manifest (no 'kind')")
     return obj
 
 
 def write_manifest(obj: dict, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(canonical_json(obj))
-    os.replace(tmp, path)
+    """Canonical JSON, written atomically (a full disk is a one-line DiskFullError)."""
+    write_json(path, obj)
 
 
 # ---------------------------------------------------------------- describe
@@ -118,7 +105,7 @@ def describe(dir: str | Path, tuples: str | Path | None = None) -> dict:
     """
     dir = Path(dir)
     if not dir.is_dir():
-        raise ValueError(f"{dir}: not a directory")
+        raise ManifestError(f"{dir}: not a directory")
     mpath = dir / "manifest.json"
     if mpath.is_file():
         m = load_manifest(mpath)
@@ -126,10 +113,10 @@ def describe(dir: str | Path, tuples: str | Path | None = None) -> dict:
             return _describe_shards(dir, m)
         if m["kind"] == TUPLES_KIND:
             return _describe_tuples(dir, m)
-        raise ValueError(f"{mpath}: unknown manifest kind {m['kind']!r}")
+        raise ManifestError(f"{mpath}: unknown manifest kind {m['kind']!r}")
     if (dir / "config.yaml").is_file() and (dir / RUN_CHECKPOINT).is_file():
         return run_manifest(dir, tuples)
-    raise ValueError(f"{dir}: not a shard, tuple or run directory "
+    raise ManifestError(f"{dir}: not a shard, tuple or run directory "
                      f"(no manifest.json, no config.yaml + {RUN_CHECKPOINT})")
 
 
@@ -238,7 +225,7 @@ def split_rule(protocol: str) -> str:
         sets = ", ".join(f"{k} {v}" for k, v in sorted(splits.PINS_SET_TO_SPLIT.items()))
         return (f"pins: identity_splits.txt set {sets}; seen_heard holds media of train identities "
                 "(held-out source videos, chosen when shards are built)")
-    raise ValueError(f"unknown protocol {protocol!r}; choose from {splits.PROTOCOLS}")
+    raise ManifestError(f"unknown protocol {protocol!r}; choose from {splits.PROTOCOLS}")
 
 
 def identity_split_manifest(meta: str | Path, protocol: str, pins_splits: str | Path | None = None) -> dict:
@@ -313,7 +300,7 @@ def run_manifest(run_dir: str | Path, tuples: str | Path | None = None,
     run = Path(run_dir)
     cfg_path = run / "config.yaml"
     if not cfg_path.is_file():
-        raise ValueError(f"{run}: not a run directory (no config.yaml)")
+        raise ManifestError(f"{run}: not a run directory (no config.yaml)")
     cfg = yaml.safe_load(cfg_path.read_text()) or {}
     ckpt = Path(checkpoint) if checkpoint else run / RUN_CHECKPOINT
     # checksum, weights_only and the keys of a run checkpoint: a truncated, empty, foreign,
@@ -338,7 +325,7 @@ def run_manifest(run_dir: str | Path, tuples: str | Path | None = None,
     if tuples:
         tm = Path(tuples) / "manifest.json"
         if not tm.is_file():
-            raise ValueError(f"{tuples}: not a tuple directory (no manifest.json)")
+            raise ManifestError(f"{tuples}: not a tuple directory (no manifest.json)")
         tuples_sha = sha256_file(tm)
     return {
         "kind": RUN_KIND,
@@ -520,7 +507,7 @@ def update(dir: str | Path, file: str | Path, tuples: str | Path | None = None) 
     bytes do not match its own manifest.json."""
     desc = describe(dir, tuples=tuples)
     if desc.get("integrity"):
-        raise ValueError(f"{dir}: {desc['integrity'][0]} ({len(desc['integrity'])} problem(s)); "
+        raise ManifestError(f"{dir}: {desc['integrity'][0]} ({len(desc['integrity'])} problem(s)); "
                          "rebuild it before updating its manifest")
     return write_with_diff(desc, file)
 

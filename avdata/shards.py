@@ -19,14 +19,19 @@ every worker runs torch with one thread, so the shards are byte-identical for an
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import io
 import json
 import multiprocessing as mp
 import os
-import queue
+import re
 import sys
 import tarfile
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,14 +39,43 @@ import numpy as np
 import pandas as pd
 
 from avdata.ecosystem import write_ecosystem_files
-from avdata.errors import InputError
-from avdata.extract import ExtractConfig, Extractor, Sample
+from avdata.errors import AvmatchError, DecoderCrashError, InputError
+from avdata.extract import ExtractConfig, Extractor, Sample, duplicate_keys, sample_key
+from avdata.io import (
+    DiskFullError,
+    atomic_write_text,
+    sha256_file,
+    sha256_text,
+    write_json,
+    write_jsonl,
+)
 
 MODALITIES = ("audio", "face")
 # Which source rows feed each output modality (videos feed both).
 SOURCES_FOR = {"audio": ("audio", "video"), "face": ("face", "video")}
 ROOT_LABEL = {"audio": "audio", "face": "faces", "video": "videos"}
 TAR_MTIME = 0  # fixed header fields: same bytes on every machine and run
+LOCK_NAME = ".lock"
+KNOWN_SPLITS = ("train", "val", "test", "seen_heard", "unseen_unheard")
+_SHARD_FILE = re.compile(r"^(audio|face)-\d{6}(\.tar|\.stats\.json)$")
+
+
+class BuildError(AvmatchError, ValueError):
+    """A build that cannot start or finish (bad arguments, a locked output directory, dead
+    workers, a shard whose decoder crashed). One line; a ValueError too for older callers."""
+
+
+class OutputLockedError(BuildError):
+    """Another build holds OUT/.lock."""
+
+
+class WorkerDiedError(BuildError):
+    """A worker process was killed (signal, OOM killer) twice while building a shard."""
+
+
+class ShardFailedError(BuildError):
+    """A shard could not be built for a reason that is not its inputs' fault (decoder crash);
+    it is left without a done marker so that a re-run rebuilds it."""
 
 
 @dataclass(frozen=True)
@@ -127,76 +161,116 @@ class _HashingWriter:
         return self.raw.tell()
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def stats_path(out: Path, name: str) -> Path:
     return out / f"{name}.stats.json"
 
 
-def shard_done(out: Path, name: str) -> dict | None:
-    """The stats of a complete shard, or None if it must be (re)built."""
+def shard_build_sha256(spec: ShardSpec, extract: ExtractConfig, class_of: dict[str, int]) -> str:
+    """What a shard's bytes depend on: the extraction settings and spectrogram recipe, the
+    shard's name and, per input row, its identity, class, path, size and mtime. Stored in
+    the done marker; a marker with another value (other settings, changed or moved inputs,
+    another plan) is not done, so a re-run rebuilds that shard instead of keeping bytes the
+    manifest would misdescribe. Size + mtime (not content) keep resuming cheap; the content
+    hash of what was read is in the marker as ``inputs_sha256``."""
+    from avdata.audio import SPEC_CONFIG
+
+    rows = [[r["modality"], r["name"], r["vox_id"], r["source_id"], r["rel_path"], int(r["size"]),
+             int(r["mtime_ns"]), int(class_of[r["vox_id"]])] for r in spec.rows]
+    recipe = {"marker_version": 1, "shard": spec.name, "extract": dataclasses.asdict(extract),
+              "spectrogram": SPEC_CONFIG, "rows": rows}
+    return sha256_text(json.dumps(recipe, sort_keys=True, separators=(",", ":")))
+
+
+def shard_done(out: Path, name: str, build_sha256: str | None = None) -> dict | None:
+    """The stats of a complete shard, or None if it must be (re)built. With
+    ``build_sha256`` (see :func:`shard_build_sha256`) a marker written for other settings
+    or other inputs is not done."""
     sp, tp = stats_path(out, name), out / f"{name}.tar"
     if not (sp.is_file() and tp.is_file()):
         return None
     try:
         stats = json.loads(sp.read_text())
-    except (json.JSONDecodeError, OSError):
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
         return None
-    return stats if stats.get("bytes") == tp.stat().st_size else None
+    if not isinstance(stats, dict) or stats.get("bytes") != tp.stat().st_size:
+        return None
+    if build_sha256 is not None and stats.get("build_sha256") != build_sha256:
+        return None
+    return stats
+
+
+def _is_disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def write_shard(spec: ShardSpec, extractor: Extractor, out: Path, class_of: dict[str, int],
                 fail_fast: bool = False, on_item=None) -> dict:
-    """Write one shard atomically and return its stats (also saved as the done marker)."""
+    """Write one shard atomically and return its stats (also saved as the done marker).
+
+    A bad input is a reject (or, with ``fail_fast``, an :class:`InputError`). A decoder
+    crash (:class:`DecoderCrashError`) or a full disk (:class:`DiskFullError`) is not the
+    input's fault: the temp tar is removed, no marker is written and the error propagates."""
     final = out / f"{spec.name}.tar"
-    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as raw:
+            stats = _write_tar(spec, extractor, raw, class_of, fail_fast, on_item)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, final)  # readers never see a partial tar under the final name
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if _is_disk_full(exc):
+            raise DiskFullError(f"no space left on device while writing {final}") from None
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    stats = {"shard": f"{spec.name}.tar", "split": spec.split, "modality": spec.modality,
+             "items": len(spec.rows), "bytes": final.stat().st_size,
+             "build_sha256": shard_build_sha256(spec, extractor.config, class_of)} | stats
+    write_json(stats_path(out, spec.name), stats)  # written last: marks the shard done
+    return stats
+
+
+def _write_tar(spec: ShardSpec, extractor: Extractor, raw, class_of: dict[str, int], fail_fast: bool,
+               on_item) -> dict:
     rejects, n_samples, identities = [], 0, set()
     inputs_hash = hashlib.sha256()
-    with open(tmp, "wb") as raw:
-        f = _HashingWriter(raw)  # the shard's sha256 as it is written, not by reading it back
-        with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
-            for row in spec.rows:
+    f = _HashingWriter(raw)  # the shard's sha256 as it is written, not by reading it back
+    with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        for row in spec.rows:
+            samples, reasons = [], []
+            try:
                 if os.path.isfile(row["path"]):
-                    inputs_hash.update(f"{row['rel_path']}\t{_sha256_file(Path(row['path']))}\n".encode())
+                    inputs_hash.update(f"{row['rel_path']}\t{sha256_file(row['path'])}\n".encode())
+            except OSError as exc:  # permission denied, I/O error: a bad input like any other
+                reasons = [f"cannot read file ({exc.strerror or exc})"]
+            else:
                 result = extractor.extract(row, spec.modality)
-                for rej in result.rejects:
-                    rej = {"root": ROOT_LABEL[row["modality"]], "source": row["rel_path"],
-                           "modality": spec.modality, "reason": rej["reason"], "stage": "extract"}
-                    if fail_fast:
-                        tmp.unlink(missing_ok=True)
-                        raise InputError(row["path"], rej["reason"])
-                    rejects.append(rej)
-                for sample in result.samples:
-                    for ext, data in _encode(sample, class_of[row["vox_id"]], extractor.config.jpeg_quality):
-                        _add_member(tar, f"{sample.key}.{ext}", data)
-                    n_samples += 1
-                    identities.add(row["vox_id"])
-                if on_item:
-                    on_item(len(result.rejects))
-        raw.flush()
-        os.fsync(raw.fileno())
-    os.replace(tmp, final)  # readers never see a partial tar under the final name
-    stats = {"shard": f"{spec.name}.tar", "split": spec.split, "modality": spec.modality,
-             "items": len(spec.rows), "samples": n_samples, "bytes": final.stat().st_size,
-             "sha256": f.sha256.hexdigest(), "inputs_sha256": inputs_hash.hexdigest(),
-             "identities": sorted(identities), "rejects": rejects}
-    sp = stats_path(out, spec.name)
-    tmp_stats = sp.with_name(f".{sp.name}.tmp{os.getpid()}")
-    tmp_stats.write_text(json.dumps(stats, sort_keys=True, indent=1))
-    os.replace(tmp_stats, sp)  # written last: marks the shard done
-    return stats
+                samples, reasons = result.samples, [r["reason"] for r in result.rejects]
+            for reason in reasons:
+                rej = {"root": ROOT_LABEL[row["modality"]], "source": row["rel_path"],
+                       "modality": spec.modality, "reason": reason, "stage": "extract"}
+                if fail_fast:
+                    raise InputError(row["path"], reason)
+                rejects.append(rej)
+            for sample in samples:
+                for ext, data in _encode(sample, class_of[row["vox_id"]], extractor.config.jpeg_quality):
+                    _add_member(tar, f"{sample.key}.{ext}", data)
+                n_samples += 1
+                identities.add(row["vox_id"])
+            if on_item:
+                on_item(len(reasons))
+    return {"samples": n_samples, "sha256": f.sha256.hexdigest(), "inputs_sha256": inputs_hash.hexdigest(),
+            "identities": sorted(identities), "rejects": rejects}
 
 
 # ---------------------------------------------------------------- distributor
 
 _worker: dict = {}
+_lock_fd: int | None = None  # this process' OUT/.lock descriptor while it holds the lock
 
 
 # One torch thread per worker: fastest for MTCNN on few cores, and the same numerics for any -j.
@@ -209,22 +283,45 @@ _extractors: dict = {}  # per process: one Extractor (its MTCNN) per extract con
 def build_shard_task(spec: ShardSpec, config: BuildConfig, out: str | Path, class_of: dict[str, int],
                      fail_fast: bool = False, on_item=None) -> dict:
     """Build one shard in the calling process and return its stats: the unit of work that every
-    distributor (multiprocessing, Dask) runs. Its arguments pickle; the Extractor is made once
-    per process and config."""
+    distributor (multiprocessing, Dask) runs. Its arguments pickle, and so does every error it
+    raises (InputError with fail_fast, DecoderCrashError, DiskFullError); the Extractor is made
+    once per process and config."""
     key = repr(config.extract)
     if key not in _extractors:
         _extractors[key] = Extractor(config.extract, torch_threads=TORCH_THREADS)
     return write_shard(spec, _extractors[key], Path(out), class_of, fail_fast, on_item=on_item)
 
 
-def _init_worker(progress_queue, config: BuildConfig, out: str, class_of: dict, fail_fast: bool):
-    _worker.update(queue=progress_queue, config=config, out=out, class_of=class_of, fail_fast=fail_fast)
+def _init_worker(messages, config: BuildConfig, out: str, class_of: dict, fail_fast: bool):
+    global _lock_fd
+    if _lock_fd is not None:  # forked: drop our copy, so only the parent holds OUT/.lock
+        try:
+            os.close(_lock_fd)
+        except OSError:
+            pass
+        _lock_fd = None
+    _die_with_parent()
+    _worker.update(messages=messages, config=config, out=out, class_of=class_of, fail_fast=fail_fast)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the build process dies (kill -9, OOM), so no orphan
+    goes on building after it."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
 
 
 def _build_in_worker(spec: ShardSpec) -> dict:
     w = _worker
+    w["messages"].put(("start", spec.name))  # lets the parent name the shard of a worker that dies
     return build_shard_task(spec, w["config"], w["out"], w["class_of"], w["fail_fast"],
-                            on_item=lambda n_rej: w["queue"].put(n_rej))
+                            on_item=lambda n_rej: w["messages"].put(("item", n_rej)))
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -233,10 +330,90 @@ def _progress_bar(total: int, enabled: bool):
     return tqdm(total=total, unit="item", disable=not enabled, dynamic_ncols=True, desc="build-shards")
 
 
+def _remove_temps(out: Path) -> None:
+    """Temp tars and markers left by killed writers; never under a final name. Only called
+    while this build holds OUT/.lock and none of its writers runs."""
+    for stale in out.glob("*/.*.tmp*"):
+        stale.unlink(missing_ok=True)
+
+
+def _stop_pool(executor: ProcessPoolExecutor, kill: bool) -> None:
+    """Shut a pool down; with ``kill`` first terminate its workers, so that none goes on
+    writing after the build has stopped (fail-fast, errors)."""
+    if kill:
+        # Python < 3.14 has no public terminate_workers(); _processes is the pool's own map
+        procs = list((getattr(executor, "_processes", None) or {}).values())
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+        for p in procs:
+            p.join(timeout=10)
+    executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_pool(specs: list[ShardSpec], config: BuildConfig, out: Path, class_of: dict, jobs: int,
+              fail_fast: bool, tick, crashed: list) -> tuple[list[ShardSpec], list[str]]:
+    """Run ``specs`` on a fresh pool of ``jobs`` processes. Returns the specs not finished
+    because a worker died (empty when none did) and the shards being built when it died."""
+    # fork is fast and safe while this process has not started torch's thread pools;
+    # otherwise spawn, so no forked OpenMP state reaches the workers
+    ctx = mp.get_context("fork" if "torch" not in sys.modules else "spawn")
+    messages = ctx.SimpleQueue()  # no feeder thread: a message is in the pipe when put() returns
+    building: dict[str, None] = {}  # started, not finished (insertion order)
+    finished: set[str] = set()
+
+    def drain():
+        while not messages.empty():
+            msg = messages.get()
+            if msg[0] == "start":
+                building[msg[1]] = None
+            else:
+                tick(msg[1])
+
+    executor = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
+                                   initargs=(messages, config, str(out), class_of, fail_fast))
+    ok = False
+    try:
+        futures, broken = {}, False
+        try:
+            for spec in specs:
+                futures[executor.submit(_build_in_worker, spec)] = spec
+        except BrokenProcessPool:  # a worker died before all shards were handed out
+            broken = True
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            drain()
+            for fut in done:
+                spec = futures[fut]
+                try:
+                    fut.result()  # re-raises a worker's error here (fail-fast, full disk)
+                except BrokenProcessPool:
+                    broken = True
+                    continue
+                except DecoderCrashError as exc:
+                    crashed.append((spec.name, exc))
+                finished.add(spec.name)
+                building.pop(spec.name, None)
+        drain()
+        ok = not broken
+        unfinished = [s for s in specs if s.name not in finished]
+        return unfinished, [n for n in building if n not in finished]
+    finally:
+        _stop_pool(executor, kill=not ok)
+
+
 def _run_specs(todo: list[ShardSpec], config: BuildConfig, out: Path, class_of: dict, jobs: int,
                fail_fast: bool, progress: bool) -> None:
+    """The multiprocessing distributor: ``jobs`` processes, each builds whole shards.
+
+    A worker that dies (kill -9, the OOM killer) breaks its pool: the shards not finished
+    are retried once in a fresh pool, then the build stops with one line naming the shard.
+    A shard whose decoder crashed is left unbuilt (no done marker) while the others finish,
+    then the build stops with one line naming it; a re-run rebuilds just those."""
     total_items = sum(len(s.rows) for s in todo)
     rejected = 0
+    crashed: list[tuple[str, DecoderCrashError]] = []
     bar = _progress_bar(total_items, progress)
 
     def tick(n_rej: int):
@@ -253,41 +430,38 @@ def _run_specs(todo: list[ShardSpec], config: BuildConfig, out: Path, class_of: 
             try:
                 extractor = Extractor(config.extract, torch_threads=TORCH_THREADS)
                 for spec in todo:
-                    write_shard(spec, extractor, out, class_of, fail_fast, on_item=tick)
+                    try:
+                        write_shard(spec, extractor, out, class_of, fail_fast, on_item=tick)
+                    except DecoderCrashError as exc:
+                        crashed.append((spec.name, exc))
             finally:
                 torch.set_num_threads(threads)  # leave the caller's setting as it was
-            return
-        # fork is fast and safe while this process has not started torch's thread pools;
-        # otherwise spawn, so no forked OpenMP state reaches the workers
-        ctx = mp.get_context("fork" if "torch" not in sys.modules else "spawn")
-        q = ctx.Queue()
-        with ctx.Pool(jobs, initializer=_init_worker, initargs=(q, config, str(out), class_of, fail_fast)) as pool:
-            pending = [pool.apply_async(_build_in_worker, (spec,)) for spec in todo]
-            while pending:
-                try:
-                    while True:
-                        tick(q.get(timeout=0.2))
-                except queue.Empty:
-                    pass
-                for r in [r for r in pending if r.ready()]:
-                    r.get()  # re-raises a worker's error (fail-fast) here
-                    pending.remove(r)
-            while True:  # drain the last progress messages
-                try:
-                    tick(q.get(timeout=0.05))
-                except queue.Empty:
-                    break
+        else:
+            try:
+                remaining, dying = _run_pool(todo, config, out, class_of, jobs, fail_fast, tick, crashed)
+                if remaining:  # a worker died: once more, in a fresh pool
+                    _remove_temps(out)
+                    remaining, dying = _run_pool(remaining, config, out, class_of, jobs, fail_fast, tick, crashed)
+            finally:
+                _remove_temps(out)  # of workers killed or stopped; the pool's workers have all ended
+            if remaining:
+                where = (f"while building {dying[0]}.tar" + (f" (or {', '.join(d + '.tar' for d in dying[1:])})"
+                                                             if len(dying) > 1 else "")
+                         if dying else f"before it reported a shard (unfinished: {remaining[0].name}.tar)")
+                raise WorkerDiedError(
+                    f"a build worker died twice (killed by a signal or the out-of-memory killer) {where}; "
+                    f"{len(remaining)} shard(s) not built; re-run the same command to resume")
     finally:
         bar.close()
-
-
-def _hash_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+    if crashed:
+        name, exc = min(crashed, key=lambda c: c[0])
+        more = f" ({len(crashed) - 1} more shard(s) failed the same way)" if len(crashed) > 1 else ""
+        raise ShardFailedError(f"shard {name}.tar not built: {exc}{more}")
 
 
 def library_versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
     import platform
+    from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
     for pkg in ("avmatch", "numpy", "torch", "librosa", "soxr", "soundfile", "pillow", "facenet-pytorch",
@@ -299,18 +473,94 @@ def library_versions() -> dict:
     return out
 
 
+@contextmanager
+def output_lock(out: Path):
+    """Hold an exclusive lock on OUT/.lock (``fcntl.flock``) for the whole build: a second
+    build into the same directory stops at once, naming the holder's pid, instead of deleting
+    the first one's temp files. The kernel drops the lock when its holder dies, so a killed
+    build never leaves a stale lock; the file itself stays."""
+    global _lock_fd
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise OutputLockedError(f"{out} is being written by another build (pid {holder}); "
+                                    "wait for it to finish or choose another --out") from None
+        raise BuildError(f"cannot lock {path} ({exc.strerror or exc})") from None
+    _lock_fd = fd
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass  # the pid is only for the message; a full disk must not stop the lock
+    try:
+        yield
+    finally:
+        _lock_fd = None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _shard_files(out: Path) -> list[Path]:
+    """Shard tars and done markers under OUT (SPLIT/{audio,face}-NNNNNN.{tar,stats.json})."""
+    return sorted(p for p in out.glob("*/*") if _SHARD_FILE.match(p.name) and p.parent.name in KNOWN_SPLITS)
+
+
+def _config_changes(out: Path, manifest_config: dict) -> list[str]:
+    """Settings of the previous build in OUT (its manifest.json) that differ from this one's."""
+    try:
+        old = json.loads((out / "manifest.json").read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(old, dict):
+        return []
+    changes = []
+
+    def walk(a, b, path):
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+        elif a != b:
+            changes.append(f"{path} {a!r} -> {b!r}")
+
+    walk(old, manifest_config, "")
+    return changes
+
+
 def build_shards(out: str | Path, meta: str | Path, audio: str | Path | None = None, faces: str | Path | None = None,
                  videos: str | Path | None = None, pins_splits: str | Path | None = None,
                  config: BuildConfig = BuildConfig(), jobs: int = 1, fail_fast: bool = False,
-                 progress: bool = False) -> dict:
-    """Build (or resume) identity-split shards; returns the manifest dict."""
-    from avdata.audio import SPEC_CONFIG
-    from avdata.ingest import scan_all
-    from avdata.splits import assign_media_splits, identity_splits, read_meta, split_counts
+                 progress: bool = False, log=None) -> dict:
+    """Build (or resume) identity-split shards; returns the manifest dict.
 
+    Holds OUT/.lock throughout. A shard is skipped only when its done marker was written for
+    the same settings and the same input files (:func:`shard_build_sha256`); others are
+    rebuilt and shards no longer in the plan are removed, so the manifest always describes
+    the bytes on disk. ``log``: called with one-line notes (what is rebuilt and why)."""
     out = Path(out)
     if audio is None and faces is None and videos is None:
-        raise ValueError("give at least one of --audio, --faces, --videos")
+        raise BuildError("give at least one of --audio, --faces, --videos")
+    with output_lock(out):
+        return _build_locked(out, meta, audio, faces, videos, pins_splits, config, jobs, fail_fast, progress,
+                             log or (lambda line: print(line, file=sys.stderr)))
+
+
+def _build_locked(out: Path, meta, audio, faces, videos, pins_splits, config: BuildConfig, jobs: int,
+                  fail_fast: bool, progress: bool, log) -> dict:
+    from avdata.audio import SPEC_CONFIG
+    from avdata.ingest import scan_all
+    from avdata.splits import (
+        assign_media_splits,
+        identity_splits,
+        read_meta,
+        split_counts,
+    )
+
     meta_df = read_meta(meta)
     splits = identity_splits(meta_df, config.protocol, pins_splits)
     scan = scan_all(meta_df, audio=audio, faces=faces, videos=videos)
@@ -328,38 +578,65 @@ def build_shards(out: str | Path, meta: str | Path, audio: str | Path | None = N
         if fail_fast:
             raise InputError(row.path, rej["reason"])
         rejects.append(rej)
+    # Two files whose sample keys would be equal (only possible for unusual plain names, see
+    # avdata.extract.sample_key): the later one is a reject, so keys are unique in the dataset.
+    placed = media[media["split"].notna()].reset_index(drop=True)
+    dups = duplicate_keys(zip(placed["vox_id"], placed["rel_path"]))
+    for i, first in sorted(dups.items()):
+        row, other = placed.iloc[i], placed.iloc[first]
+        reason = (f"sample key {sample_key(row['vox_id'], row['rel_path'])} is already used by "
+                  f"{other['rel_path']}; rename one of the two files")
+        if fail_fast:
+            raise InputError(row["path"], reason)
+        rejects.append({"root": ROOT_LABEL[row["modality"]], "source": row["rel_path"], "stage": "scan",
+                        "reason": reason})
+    media = placed.drop(index=list(dups))
     class_of = {v: i for i, v in enumerate(meta_df["vox_id"])}  # stable for a given meta file
     specs = plan_shards(media, config.shard_size)
+    manifest_config = config.to_dict() | {"spectrogram": SPEC_CONFIG}
 
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*/.*.tmp*"):  # left by a killed build; never under a final name
-        stale.unlink()
-    todo = [s for s in specs if shard_done(out, s.name) is None]
+    _remove_temps(out)  # left by a killed build
+    keys = {s.name: shard_build_sha256(s, config.extract, class_of) for s in specs}
+    todo = [s for s in specs if shard_done(out, s.name, keys[s.name]) is None]
+    planned = {f"{s.name}{ext}" for s in specs for ext in (".tar", ".stats.json")}
+    stale_shards = [p for p in _shard_files(out) if p.relative_to(out).as_posix() not in planned]
+    if todo or stale_shards:
+        # the old manifest and sizes no longer describe what is (about to be) on disk
+        changed = [s for s in todo if stats_path(out, s.name).exists()]
+        if changed or stale_shards:
+            why = _config_changes(out, manifest_config)
+            log(f"{out}: rebuilding {len(changed)} shard(s), removing {len(stale_shards)} file(s) of shards no "
+                f"longer planned: " + ("; ".join(why[:3]) if why else "inputs or plan changed since they were built"))
+        for name in ("manifest.json", "sizes.json"):
+            (out / name).unlink(missing_ok=True)
+        for p in stale_shards:
+            p.unlink()
+        for s in todo:
+            stats_path(out, s.name).unlink(missing_ok=True)
     _run_specs(todo, config, out, class_of, jobs, fail_fast, progress)
 
-    stats = [shard_done(out, s.name) for s in specs]
+    stats = [shard_done(out, s.name, keys[s.name]) for s in specs]
     missing = [s.name for s, st in zip(specs, stats) if st is None]
     if missing:
-        raise RuntimeError(f"shards not complete after build: {missing[:3]}")
+        raise BuildError(f"{len(missing)} shard(s) not complete after the build, e.g. {missing[0]}.tar; "
+                         "re-run the same command to resume")
     for st in stats:
         rejects.extend(st["rejects"])
 
     # identity level, with the attributes make-tuples --constrain needs
-    splits.merge(meta_df[["vox_id", "gender", "nationality"]], on="vox_id").to_csv(out / "splits.csv", index=False)
-    sizes = {st["shard"]: st["samples"] for st in stats}
-    (out / "sizes.json").write_text(json.dumps(sizes, indent=1, sort_keys=True) + "\n")
-    with open(out / "rejects.jsonl", "w") as f:
-        for rej in rejects:
-            f.write(json.dumps(rej, sort_keys=True) + "\n")
+    splits_csv = splits.merge(meta_df[["vox_id", "gender", "nationality"]], on="vox_id").to_csv(index=False)
+    atomic_write_text(out / "splits.csv", splits_csv)
+    write_json(out / "sizes.json", {st["shard"]: st["samples"] for st in stats})
+    write_jsonl(out / "rejects.jsonl", rejects)
 
-    listing = "".join(f"{r.modality}\t{r.rel_path}\t{os.path.getsize(r.path)}\n" for r in scan.media.itertuples())
+    listing = "".join(f"{r.modality}\t{r.rel_path}\t{int(r.size)}\n" for r in scan.media.itertuples())
     per_split = {}
     for split in sorted(splits["split"].unique().tolist() + (["seen_heard"] if config.protocol == "pins" else [])):
         ids = splits[splits["split"] == split]["vox_id"] if split != "seen_heard" else splits[splits["split"] == "train"]["vox_id"]
         with_samples = sorted({i for st in stats if st["split"] == split for i in st["identities"]})
         per_split[split] = {
             "identities": int(len(ids)),
-            "identities_sha256": _hash_text("\n".join(sorted(ids))),
+            "identities_sha256": sha256_text("\n".join(sorted(ids))),
             "identities_with_samples": len(with_samples),
             "samples": {m: sum(st["samples"] for st in stats if st["split"] == split and st["modality"] == m)
                         for m in MODALITIES},
@@ -367,12 +644,12 @@ def build_shards(out: str | Path, meta: str | Path, audio: str | Path | None = N
     manifest = {
         "kind": "avmatch.shards",
         "format_version": 1,
-        "config": config.to_dict() | {"spectrogram": SPEC_CONFIG},
+        "config": manifest_config,
         "versions": library_versions(),
         "inputs": {
-            "meta_sha256": _sha256_file(Path(meta)),
-            "pins_splits_sha256": _sha256_file(Path(pins_splits)) if pins_splits else None,
-            "listing_sha256": _hash_text(listing),
+            "meta_sha256": sha256_file(meta),
+            "pins_splits_sha256": sha256_file(pins_splits) if pins_splits else None,
+            "listing_sha256": sha256_text(listing),
             "files": {m: int((scan.media["modality"] == m).sum()) for m in ("audio", "face", "video")},
         },
         "identity_splits": split_counts(splits),
@@ -380,14 +657,17 @@ def build_shards(out: str | Path, meta: str | Path, audio: str | Path | None = N
         "shards": {st["shard"]: {"sha256": st["sha256"], "samples": st["samples"], "bytes": st["bytes"],
                                  "inputs_sha256": st["inputs_sha256"]} for st in stats},
         "rejects": len(rejects),
-        "rejects_sha256": _sha256_file(out / "rejects.jsonl"),
+        "rejects_sha256": sha256_file(out / "rejects.jsonl"),
     }
     manifest["patterns"] = write_ecosystem_files(out, manifest["shards"], config.protocol)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    write_json(out / "manifest.json", manifest)  # written last: a build is complete when it exists
     return manifest
 
 
 def _relative_to_roots(path: str, roots: dict) -> tuple[str, str]:
+    for label, root in roots.items():  # scanned paths start with their root as given
+        if root is not None and (Path(path) == Path(root) or Path(root) in Path(path).parents):
+            return label, Path(path).relative_to(root).as_posix() or "."
     p = Path(path).resolve()
     for label, root in roots.items():
         if root is None:

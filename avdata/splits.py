@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from avdata.errors import InputError
+from avdata.errors import AvmatchError, InputError
+from avdata.io import atomic_write_text
 
 PROTOCOLS = ("matching", "pins")
 MATCHING_SPLITS = ("train", "val", "test")
@@ -32,10 +33,43 @@ META_COLUMNS = ["VoxCeleb1 ID", "VGGFace1 ID", "Gender", "Nationality", "Set"]
 DEFAULT_SEEN_HEARD_FRACTION = 0.1
 
 
+class SplitError(AvmatchError, ValueError):
+    """A protocol that cannot be applied as asked (unknown protocol, missing PINs file,
+    identities in two splits). A ValueError too, for callers that catch those."""
+
+
+def _check_rows(path: Path) -> None:
+    """Every row has exactly the header's number of tab-separated fields. pandas would
+    otherwise shift a row with an extra field (a stray tab) into the wrong columns, or
+    take the first column as an index when every row has one."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+    except IsADirectoryError:
+        raise InputError(path, "a directory, not a meta file") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot read meta file ({exc.strerror or exc})") from None
+    lines = text.splitlines()
+    if not lines:
+        raise InputError(path, "empty meta file")
+    n_header = len(lines[0].split("\t"))
+    for lineno, line in enumerate(lines[1:], 2):
+        if not line.strip():
+            continue
+        n = len(line.split("\t"))
+        if n != n_header:
+            raise InputError(path, f"row {lineno}: {n} tab-separated fields, the header has {n_header} "
+                                   f"({line.strip()[:60]!r})")
+
+
 def read_meta(path: str | Path) -> pd.DataFrame:
     """Read a VoxCeleb1 meta file (tab separated, official header) into
     columns ``vox_id, name, gender, nationality, set``, sorted by vox_id."""
     path = Path(path)
+    if not path.exists():
+        raise InputError(path, "meta file not found")
+    _check_rows(path)
     try:
         df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except FileNotFoundError:
@@ -90,7 +124,7 @@ def identity_splits(meta: pd.DataFrame, protocol: str, pins_splits: str | Path |
     ``df.attrs['unplaced']`` as ``(name, reason)`` pairs.
     """
     if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
+        raise SplitError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
     rows, unplaced = [], []
     if protocol == "matching":
         for name, vox_id in zip(meta["name"], meta["vox_id"]):
@@ -100,7 +134,7 @@ def identity_splits(meta: pd.DataFrame, protocol: str, pins_splits: str | Path |
                 unplaced.append((name, str(exc)))
     else:
         if pins_splits is None:
-            raise ValueError("--protocol pins needs --pins-splits identity_splits.txt")
+            raise SplitError("--protocol pins needs --pins-splits identity_splits.txt")
         sets = read_pins_splits(pins_splits)
         for name, vox_id in zip(meta["name"], meta["vox_id"]):
             s = sets.get(name)
@@ -123,7 +157,7 @@ def check_disjoint(splits: pd.DataFrame) -> None:
         per_id = splits.groupby(col)["split"].nunique()
         bad = per_id[per_id > 1]
         if len(bad):
-            raise ValueError(f"identities in more than one split ({col}): {sorted(bad.index)[:5]}")
+            raise SplitError(f"identities in more than one split ({col}): {sorted(bad.index)[:5]}")
 
 
 def split_counts(splits: pd.DataFrame) -> dict[str, int]:
@@ -194,4 +228,4 @@ def make_pins_sets(names: list[str], seed: int = 0, fractions=(0.72, 0.08, 0.20)
 
 def write_pins_sets(sets: dict[str, int], path: str | Path) -> None:
     """Write ``NAME SET`` lines with the official file's trailing space."""
-    Path(path).write_text("".join(f"{name} {s} \n" for name, s in sets.items()))
+    atomic_write_text(path, "".join(f"{name} {s} \n" for name, s in sets.items()))
