@@ -131,6 +131,43 @@ def read_tuple_manifest(out: Path, required: bool) -> dict:
     return manifest
 
 
+@dataclass(frozen=True)
+class IndexedList:
+    """One evaluation/training list of a tuple directory, as its manifest.json records it."""
+
+    name: str          # index file stem; retrieval: retrieval_SPLIT_DIR (queries + gallery files)
+    task: str          # matching | verification | retrieval
+    split: str
+    direction: str
+    k: int             # matching: gallery size; verification 1; retrieval 0
+    constraint: str    # "+".join(constrain), "" when unconstrained
+    path: Path         # the index file (retrieval: the queries file)
+    gallery: Path | None = None  # retrieval: the gallery file
+
+
+def index_lists(tuples_dir: str | Path) -> list[IndexedList]:
+    """Every list of a tuple directory, read from its checked manifest.json (each index file's
+    config), never from file names. Sorted by (task, name)."""
+    out = Path(tuples_dir)
+    manifest = read_tuple_manifest(out, required=True)
+    galleries = {e["gallery"] for e in manifest["files"].values() if "gallery" in e}
+    lists = []
+    for rel, entry in sorted(manifest["files"].items()):
+        if rel in galleries:
+            continue
+        cfg = entry["config"]
+        task = cfg["task"]
+        if task == "retrieval" and "gallery" not in entry:
+            raise UnsafeShardError(f"{out / 'manifest.json'}: files entry {rel!r}: retrieval queries without a gallery")
+        stem = Path(rel).stem
+        lists.append(IndexedList(
+            name=stem.removesuffix("_queries") if task == "retrieval" else stem, task=task, split=cfg["split"],
+            direction=cfg["direction"], k={"matching": cfg["k"], "verification": 1}.get(task, 0),
+            constraint="+".join(cfg.get("constrain") or ()), path=out / rel,
+            gallery=out / entry["gallery"] if task == "retrieval" else None))
+    return sorted(lists, key=lambda t: (t.task, t.name))
+
+
 _TUPLE_SHARD = re.compile(r"^shards/(.+)-[0-9]{6}\.tar$")
 _ROLE_MEMBER = re.compile(r"^(q|g(?:0|[1-9][0-9]*))\.(npy|jpg)$")
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -28,14 +27,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from avdata.errors import AvmatchError
+from avdata.errors import AvmatchError, InputError
 from avdata.io import atomic_write_text
+from avdata.tuples import index_lists
 from avtrain import metrics as M
 from avtrain.checkpoint import CheckpointError, DeviceError, load_run, pick_device  # noqa: F401 (re-exported)
 
 SCORE_KIND = "neg_l2"
-MATCHING_RE = re.compile(r"^matching_(?P<split>.+)_(?P<direction>a2v|v2a)_k(?P<k>\d+)(?:_(?P<constraint>.+))?$")
-RETRIEVAL_RE = re.compile(r"^retrieval_(?P<split>.+)_(?P<direction>a2v|v2a)_(?P<part>queries|gallery)$")
 ROC_POINTS = 201  # ROC polyline points kept in metrics.json for the report
 PAIR_SAMPLE = 1000  # items per modality for the before/after-generator distances
 TSNE_IDENTITIES = 10  # identities in RUN/embeddings.npz
@@ -79,49 +77,31 @@ def _read_jsonl(path: Path) -> list[dict]:
 
 
 def read_tuple_lists(tuples_dir: str | Path) -> list[TupleList]:
-    """Every non-empty evaluation list of DIR/index, sorted by name. Empty lists (a split
-    with too few identities for that k) are left out."""
-    index = Path(tuples_dir) / "index"
-    if not index.is_dir():
-        raise EvaluationError(f"{tuples_dir}: no index/ directory; run avdata make-tuples first")
+    """Every non-empty list of a tuple directory, as its manifest.json records it (avdata.tuples
+    owns the format), sorted by (task, name). Empty lists (a split with too few identities for
+    that k) are left out."""
+    try:
+        indexed = index_lists(tuples_dir)
+    except InputError as exc:
+        raise EvaluationError(str(exc)) from None
     lists: list[TupleList] = []
-    retrieval: dict[str, TupleList] = {}
-    for path in sorted(index.glob("*.jsonl")):
-        stem = path.stem
-        if stem.startswith("matching_"):
-            m = MATCHING_RE.match(stem)
-            if not m:
-                raise EvaluationError(f"{path}: cannot read split/direction/k from the name")
-            rows = _read_jsonl(path)
-            if rows:
-                lists.append(TupleList(stem, "matching", m["split"], m["direction"], int(m["k"]),
-                                       m["constraint"] or "", rows))
-        elif stem.startswith("verification_"):
-            rows = _read_jsonl(path)
-            if rows:
-                split = rows[0].get("split", stem[len("verification_"):])
-                lists.append(TupleList(stem, "verification", split, "a2v", 1, "", rows))
-        elif stem.startswith("retrieval_"):
-            m = RETRIEVAL_RE.match(stem)
-            if not m:
-                raise EvaluationError(f"{path}: expected retrieval_SPLIT_DIR_queries|gallery.jsonl")
-            name = f"retrieval_{m['split']}_{m['direction']}"
-            tl = retrieval.setdefault(name, TupleList(name, "retrieval", m["split"], m["direction"]))
-            if m["part"] == "queries":
-                tl.rows = _read_jsonl(path)
-            else:
-                tl.gallery = _read_jsonl(path)
-    for name, tl in sorted(retrieval.items()):
-        if bool(tl.rows) != bool(tl.gallery):
-            raise EvaluationError(f"{index}: {name} needs both _queries.jsonl and _gallery.jsonl")
-        if tl.rows:
-            lists.append(tl)
-    for tl in lists:  # a tuple's gallery size must agree with its file name
-        if tl.task == "matching":
-            bad = next((r for r in tl.rows if len(r["gallery"]) != tl.k), None)
+    for il in indexed:
+        rows = _read_jsonl(il.path)
+        tl = TupleList(il.name, il.task, il.split, il.direction, il.k, il.constraint, rows)
+        if il.task == "retrieval":
+            tl.gallery = _read_jsonl(il.gallery)
+            if bool(tl.rows) != bool(tl.gallery):
+                raise EvaluationError(f"{il.path}: retrieval {il.name} needs both queries and a gallery")
+        elif il.task == "verification" and rows:
+            tl.split = rows[0].get("split", il.split)
+        if not rows:
+            continue
+        if il.task == "matching":  # a tuple's gallery size must agree with its list's k
+            bad = next((r for r in rows if len(r["gallery"]) != il.k), None)
             if bad is not None:
-                raise EvaluationError(f"{tl.name}: tuple {bad.get('tuple_id')} has {len(bad['gallery'])} gallery items, expected {tl.k}")
-    return sorted(lists, key=lambda t: (t.task, t.name))
+                raise EvaluationError(f"{il.name}: tuple {bad.get('tuple_id')} has {len(bad['gallery'])} gallery items, expected {il.k}")
+        lists.append(tl)
+    return lists
 
 
 def needed_items(lists: list[TupleList]) -> dict[str, str]:

@@ -207,20 +207,32 @@ def test_cli_errors_are_one_line(setup, tmp_path):
     assert res.exit_code == 1 and "no checkpoint.pt" in res.output and res.output.count("\n") == 1
     res = CliRunner().invoke(avtrain_main, ["evaluate", "--run", str(setup["run"]), "--shards", str(setup["shards"]),
                                             "--tuples", str(tmp_path)])
-    assert res.exit_code == 1 and "no index/" in res.output
+    assert res.exit_code == 1 and "not a tuple directory" in res.output and res.output.count("\n") == 1
     res = CliRunner().invoke(avtrain_main, ["report", "--run", str(tmp_path)])
     assert res.exit_code == 1 and "no metrics file" in res.output
 
 
-def test_list_names_with_underscored_splits(tmp_path):
+def test_lists_are_read_from_the_manifest_not_from_names(tmp_path):
     index = tmp_path / "index"
     index.mkdir()
     t = {"direction": "a2v", "gallery": ["f1", "f2"], "label": 0, "query": "a1", "split": "seen_heard"}
-    (index / "matching_seen_heard_a2v_k2_gender+nationality.jsonl").write_text(json.dumps(t) + "\n")
+    # names that a name parser would misread: only the manifest's configs count
+    (index / "matching_x_v2a_k9.jsonl").write_text(json.dumps(t) + "\n")
     (index / "matching_seen_heard_v2a_k3.jsonl").write_text("")  # empty: left out
     (index / "verification_imported_veriflist_test.jsonl").write_text(
         json.dumps(t | {"gallery": ["f1"], "split": "unseen_unheard"}) + "\n")
+    (index / "matching_not_listed_a2v_k2.jsonl").write_text(json.dumps(t) + "\n")  # not in the manifest: ignored
+
+    def entry(**cfg):
+        return {"sha256": "0" * 64, "config": {"direction": "a2v", "k": 1, "constrain": []} | cfg}
+
+    manifest = {"kind": "avmatch.tuples", "format_version": 1, "shards": {}, "files": {
+        "index/matching_x_v2a_k9.jsonl": entry(task="matching", split="seen_heard", k=2,
+                                                constrain=["gender", "nationality"]),
+        "index/matching_seen_heard_v2a_k3.jsonl": entry(task="matching", split="seen_heard", direction="v2a", k=3),
+        "index/verification_imported_veriflist_test.jsonl": entry(task="verification", split="unseen_unheard")}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     lists = {tl.name: tl for tl in read_tuple_lists(tmp_path)}
-    assert set(lists) == {"matching_seen_heard_a2v_k2_gender+nationality", "verification_imported_veriflist_test"}
-    m = lists["matching_seen_heard_a2v_k2_gender+nationality"]
+    assert set(lists) == {"matching_x_v2a_k9", "verification_imported_veriflist_test"}
+    m = lists["matching_x_v2a_k9"]
     assert (m.split, m.direction, m.k, m.constraint) == ("seen_heard", "a2v", 2, "gender+nationality")

@@ -130,7 +130,12 @@ def test_config_yaml_and_overrides(tmp_path):
 def test_ddp_two_cpu_processes(train_tuples, tmp_path):
     run = tmp_path / "ddp"
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    import socket
+
+    with socket.socket() as s:  # a free port: a fixed one collides with any other run on the machine
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
                           "-m", "avtrain", "fit", "--shards", str(train_tuples), "--out", str(run), "--epochs", "2",
                           "--device", "cpu", "--set", "batch_size=4", "--set", "workers=1", "--set", "record_batches=true",
                           "--no-progress"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
