@@ -189,8 +189,10 @@ class MatchingHead(nn.Module):
     term per input with no product of h_q and h_j, so it cannot score how close h_j is to
     h_q. Were the weights the same for every position, the h_q term would be common to all
     logits and cancel in the softmax, leaving a score of the gallery alone: exactly chance,
-    since the positive is an item like any other. Position-specific weights only buy
-    memorisation (docs/training.md, "Matching heads"). MatchingMLPHead and DiffMLPHead learn it.
+    since the positive is an item like any other. Position-specific weights allow only crude
+    one-sided tests on signed differences (v·(h_1 - h_q) > -c passes every match but also half
+    the non-matches) and memorisation; see docs/training.md, "Matching heads". MatchingMLPHead
+    and DiffMLPHead can learn the comparison.
     """
 
     def __init__(self, k: int, dropout: float = 0.1):
