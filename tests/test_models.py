@@ -11,9 +11,12 @@ from torch import nn
 
 from avtrain.models import (
     AML,
+    MATCHING_HEADS,
     AudioBranch,
+    DiffMLPHead,
     Generator,
     MatchingHead,
+    MatchingMLPHead,
     ModalityDiscriminator,
     ModelConfig,
     RetrievalHead,
@@ -253,6 +256,10 @@ def test_model_config_validation():
         ModelConfig(task="matching", k=1)
     with pytest.raises(ValueError):
         ModelConfig(task="ranking")
+    with pytest.raises(ValueError, match="head must be one of"):
+        ModelConfig(head="cosine")
+    with pytest.raises(ValueError, match="matching head"):
+        ModelConfig(task="retrieval", k=3, head="diff_mlp")
     with pytest.raises(ValueError):
         AML()(torch.randn(1, 1, 224, 125), torch.randn(1, 2, 3, 224, 224), "a2a")
 
@@ -277,3 +284,104 @@ def test_normalise_face():
     assert normalise_face(np.zeros((5, 224, 224, 3), np.uint8)).shape == (5, 3, 224, 224)
     with pytest.raises(TypeError):
         normalise_face(np.zeros((224, 224, 3), np.float32))
+
+
+# --------------------------------------------------------------------- matching heads
+
+
+def head_params(head: str, k: int) -> int:
+    """Hand counts of each matching head (ModelConfig.head)."""
+    if head == "concat_linear":
+        return linear((k + 1) * 128, k)
+    if head == "concat_mlp":  # SVHF-Net style: (k+1)*128 -> 1024 -> 512 -> k
+        return linear((k + 1) * 128, 1024) + linear(1024, 512) + linear(512, k)
+    return linear(128, 256) + linear(256, 1)  # diff_mlp: 128 -> 256 -> 1, shared by the k items
+
+
+def test_matching_head_hand_counts():
+    assert head_params("concat_linear", 3) == 1539
+    assert head_params("concat_mlp", 3) == 525312 + 524800 + 1539 == 1051651
+    assert head_params("diff_mlp", 3) == head_params("diff_mlp", 10) == 33024 + 257 == 33281
+
+
+@pytest.mark.parametrize("head", MATCHING_HEADS)
+def test_matching_head_variants_in_the_model(head):
+    k = 3
+    model = AML(ModelConfig(task="matching", k=k, head=head)).eval()
+    expected_type = {"concat_linear": MatchingHead, "concat_mlp": MatchingMLPHead, "diff_mlp": DiffMLPHead}[head]
+    assert type(model.head) is expected_type
+    assert n_params(model.head) == head_params(head, k)
+    assert n_params(model) == (AUDIO_PARAMS + VISUAL_PARAMS + GENERATOR_PARAMS + head_params(head, k)
+                               + DISCRIMINATOR_PARAMS)
+    out = model(torch.randn(2, 1, 224, 125), torch.randn(2, k, 3, 224, 224), "a2v")
+    assert out["logits"].shape == (2, k)
+    # every Linear of the head gets Glorot init and a zero bias, like the rest of the model
+    for m in model.head.modules():
+        if isinstance(m, nn.Linear):
+            assert torch.all(m.bias == 0)
+            assert m.weight.abs().max() <= math.sqrt(6.0 / (m.in_features + m.out_features)) + 1e-7
+
+
+def test_default_head_keeps_the_checkpoint_layout():
+    # runs trained before the variants existed must still load: same class, same state-dict keys
+    keys = {k for k in AML(ModelConfig(k=3)).state_dict() if k.startswith("head.")}
+    assert keys == {"head.layers.1.weight", "head.layers.1.bias"}
+    assert ModelConfig().head == "concat_linear"
+
+
+def test_concat_mlp_head_is_built_for_one_k():
+    with pytest.raises(ValueError, match="k=3"):
+        MatchingMLPHead(3)(torch.randn(2, 128), torch.randn(2, 4, 128))
+
+
+def test_diff_mlp_head_is_per_item():
+    head = DiffMLPHead().eval()
+    q, g = torch.randn(4, 128), torch.randn(4, 5, 128)
+    logits = head(q, g)
+    assert logits.shape == (4, 5)   # any gallery size
+    perm = torch.tensor([3, 0, 4, 1, 2])
+    torch.testing.assert_close(head(q, g[:, perm]), logits[:, perm])   # positions are interchangeable
+    torch.testing.assert_close(logits[:, 2], head.layers(q - g[:, 2]).squeeze(-1))
+    # one query set against one shared gallery, as RetrievalHead: (Q, 1, D) vs (1, G, D) -> (Q, G)
+    assert head(torch.randn(6, 1, 128), torch.randn(1, 9, 128)).shape == (6, 9)
+
+
+def _tiny_matching_tuples(n: int, k: int, prototypes: torch.Tensor, gen: torch.Generator, noise: float = 0.1):
+    """k-way tuples over a few identities: each identity is a fixed 128-d point, every
+    item that point plus a little noise; the query matches gallery position `label`."""
+    ids = torch.stack([torch.randperm(len(prototypes), generator=gen)[:k] for _ in range(n)])  # distinct
+    label = torch.randint(k, (n,), generator=gen)
+    h_query = prototypes[ids[torch.arange(n), label]] + noise * torch.randn(n, 128, generator=gen)
+    h_gallery = prototypes[ids] + noise * torch.randn(n, k, 128, generator=gen)
+    return h_query.clamp(-1, 1), h_gallery.clamp(-1, 1), label
+
+
+@pytest.mark.parametrize("head", MATCHING_HEADS)
+def test_matching_head_learns_a_tiny_separable_problem(head):
+    """Trained on 256 tuples, scored on 512 fresh ones (new draws of the same 12 identities):
+    nearest-neighbour gets them all right, so a head that can compare query and gallery does
+    well; the paper's concat_linear head memorises its training tuples but stays near chance
+    (1/3) on new ones: its logits have no query-gallery interaction term."""
+    k = 3
+    gen = torch.Generator().manual_seed(1)
+    prototypes = torch.tanh(torch.randn(12, 128, generator=gen))
+    train = _tiny_matching_tuples(256, k, prototypes, gen)
+    held_out = _tiny_matching_tuples(512, k, prototypes, gen)
+    nearest = (held_out[1] - held_out[0][:, None]).norm(dim=2).argmin(1)
+    assert (nearest == held_out[2]).float().mean() == 1.0   # separable
+    model = AML(ModelConfig(task="matching", k=k, head=head))
+    opt = torch.optim.Adam(model.head.parameters(), lr=3e-3)
+    model.head.train()
+    for _ in range(100):
+        loss = nn.functional.cross_entropy(model.head(train[0], train[1]), train[2])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.head.eval()
+    with torch.no_grad():
+        fit = (model.head(train[0], train[1]).argmax(1) == train[2]).float().mean().item()
+        new = (model.head(held_out[0], held_out[1]).argmax(1) == held_out[2]).float().mean().item()
+    if head == "concat_linear":
+        assert fit > 0.6 and new < 0.5, (fit, new)     # memorised, not learned
+    else:
+        assert fit > 0.95 and new > 0.75, (fit, new)   # learned the comparison

@@ -1,6 +1,5 @@
 """The synthetic corpus: VoxCeleb layouts, determinism, detectable faces, attribute-bearing voices."""
 
-import hashlib
 import json
 import re
 import subprocess
@@ -12,6 +11,8 @@ import soundfile as sf
 from PIL import Image
 
 from avdata.errors import InputError
+from avdata.io import sha256_file
+from avdata.splits import matching_split
 from avdata.synth import (META_HEADER, corpus_attributes, identity_attributes, matching_group_sizes,
                           render_face, synth_corpus, synth_names)
 
@@ -19,13 +20,8 @@ SMALL = dict(identities=8, clips_per_identity=2, faces_per_identity=3, videos=Tr
 YTID = r"[A-Za-z0-9_-]{11}"
 
 
-def _matching_split(name: str) -> str:
-    first = name[0].upper()
-    return "val" if first in "AB" else "test" if first in "CDE" else "train"
-
-
 def _hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+    return {str(p.relative_to(root)): sha256_file(p)
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
@@ -58,7 +54,7 @@ def test_summary_and_meta(corpus):
 
 def test_every_matching_split_populated():
     for n in (3, 6, 8, 60):
-        splits = [_matching_split(name) for name, _ in synth_names(n, seed=0)]
+        splits = [matching_split(name) for name, _ in synth_names(n, seed=0)]
         assert {s: splits.count(s) for s in ("val", "test", "train")} == matching_group_sizes(n)
         assert min(splits.count(s) for s in ("val", "test", "train")) >= 1
     sizes = matching_group_sizes(60)

@@ -4,15 +4,20 @@ from avtrain.models.aml import (
     AML,
     AUDIO,
     AUDIO_SHAPE,
+    CONCAT_MLP_HIDDEN,
+    DIFF_MLP_HIDDEN,
     DIRECTIONS,
     EMBED_DIM,
     FACE,
     FACE_SHAPE,
     FEATURE_DIM,
+    MATCHING_HEADS,
     TASKS,
     AudioBranch,
+    DiffMLPHead,
     Generator,
     MatchingHead,
+    MatchingMLPHead,
     ModalityDiscriminator,
     ModelConfig,
     RetrievalHead,
@@ -25,8 +30,9 @@ from avtrain.models.aml import (
 )
 
 __all__ = [
-    "AML", "AUDIO", "AUDIO_SHAPE", "DIRECTIONS", "EMBED_DIM", "FACE", "FACE_SHAPE",
-    "FEATURE_DIM", "TASKS", "AudioBranch", "Generator", "MatchingHead",
+    "AML", "AUDIO", "AUDIO_SHAPE", "CONCAT_MLP_HIDDEN", "DIFF_MLP_HIDDEN", "DIRECTIONS", "EMBED_DIM",
+    "FACE", "FACE_SHAPE", "FEATURE_DIM", "MATCHING_HEADS", "TASKS", "AudioBranch", "DiffMLPHead",
+    "Generator", "MatchingHead", "MatchingMLPHead",
     "ModalityDiscriminator", "ModelConfig", "RetrievalHead", "VerificationHead",
     "VisualBranch", "init_weights", "make_head", "normalise_audio", "normalise_face",
 ]

@@ -25,6 +25,7 @@ its last conv). Convs keep PyTorch's default bias.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -37,6 +38,13 @@ FACE_SHAPE = (3, 224, 224)
 AUDIO, FACE = 0, 1  # modality labels for the discriminator (audio=0, visual=1)
 TASKS = ("matching", "verification", "retrieval")
 DIRECTIONS = ("a2v", "v2a")  # a2v: audio query, face gallery; v2a: face query, audio gallery
+# Matching heads (ModelConfig.head). "concat_linear" is the paper's and its reference's, and the
+# default; it cannot learn matching (no query-gallery interaction term, see MatchingHead).
+# "concat_mlp" (SVHF-Net style) and "diff_mlp" (per item, on h_q - h_j) can. docs/training.md,
+# "Matching heads".
+MATCHING_HEADS = ("concat_linear", "concat_mlp", "diff_mlp")
+CONCAT_MLP_HIDDEN = (1024, 512)  # SVHF-Net's fc8/fc9 after the concatenation
+DIFF_MLP_HIDDEN = 2 * EMBED_DIM  # enough for -sum|h_q - h_j| exactly: |x| = relu(x) + relu(-x)
 
 
 @dataclass
@@ -51,6 +59,7 @@ class ModelConfig:
     head_dropout: float = 0.1  # reference: Dropout 0.1 before each task head
     leaky_slope: float = 0.2
     clip_value: float | None = 0.01  # WGAN-style weight clipping of D (paper; WGAN's 0.01)
+    head: str = "concat_linear"  # matching head: one of MATCHING_HEADS (other tasks: their one head)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -59,6 +68,10 @@ class ModelConfig:
             raise ValueError("verification compares one query with one gallery item: k must be 1")
         if self.task != "verification" and self.k < 2:
             raise ValueError(f"{self.task} needs a gallery of k >= 2, got k={self.k}")
+        if self.head not in MATCHING_HEADS:
+            raise ValueError(f"head must be one of {MATCHING_HEADS}, got {self.head!r}")
+        if self.task != "matching" and self.head != "concat_linear":
+            raise ValueError(f"head={self.head!r} is a matching head; {self.task} has one head (leave the default)")
 
 
 # --------------------------------------------------------------------------- branches
@@ -169,7 +182,18 @@ class ModalityDiscriminator(nn.Module):
 
 
 class MatchingHead(nn.Module):
-    """Concatenate query and the k gallery features, classify which position matches."""
+    """Concatenate query and the k gallery features, classify which position matches.
+
+    The paper's head ("concat_linear"), kept as the default. It cannot learn matching: one
+    linear layer gives position j the logit  b_j + W_jq·h_q + sum_i W_ji·h_i,  a sum of one
+    term per input with no product of h_q and h_j, so it cannot score how close h_j is to
+    h_q. Were the weights the same for every position, the h_q term would be common to all
+    logits and cancel in the softmax, leaving a score of the gallery alone: exactly chance,
+    since the positive is an item like any other. Position-specific weights allow only crude
+    one-sided tests on signed differences (v·(h_1 - h_q) > -c passes every match but also half
+    the non-matches) and memorisation; see docs/training.md, "Matching heads". MatchingMLPHead
+    and DiffMLPHead can learn the comparison.
+    """
 
     def __init__(self, k: int, dropout: float = 0.1):
         super().__init__()
@@ -180,6 +204,50 @@ class MatchingHead(nn.Module):
         if h_gallery.shape[1] != self.k:
             raise ValueError(f"matching head built for k={self.k}, got {h_gallery.shape[1]}")
         return self.layers(torch.cat([h_query, h_gallery.flatten(1)], dim=1))  # (B, k)
+
+
+class MatchingMLPHead(nn.Module):
+    """SVHF-Net style ("concat_mlp"): an MLP over the concatenation [h_q, h_1..h_k] -> k logits.
+
+    The hidden ReLU layers can form query-gallery interactions that one linear layer cannot;
+    it is still tied to the k it was built for and has to learn the comparison for every
+    gallery position separately.
+    """
+
+    def __init__(self, k: int, dropout: float = 0.1, hidden: tuple[int, ...] = CONCAT_MLP_HIDDEN,
+                 dim: int = EMBED_DIM):
+        super().__init__()
+        self.k = k
+        sizes = [(k + 1) * dim, *hidden]
+        layers: list[nn.Module] = [nn.Dropout(dropout)]
+        for n_in, n_out in pairwise(sizes):
+            layers += [nn.Linear(n_in, n_out), nn.ReLU()]
+        layers.append(nn.Linear(sizes[-1], k))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, h_query: torch.Tensor, h_gallery: torch.Tensor) -> torch.Tensor:
+        if h_gallery.shape[1] != self.k:
+            raise ValueError(f"matching head built for k={self.k}, got {h_gallery.shape[1]}")
+        return self.layers(torch.cat([h_query, h_gallery.flatten(1)], dim=1))  # (B, k)
+
+
+class DiffMLPHead(nn.Module):
+    """Per item ("diff_mlp"): logit_j = MLP(h_q - h_j), the same small MLP for every position.
+
+    Like the retrieval head it scores the difference, so it works for any gallery size and is
+    symmetric in the positions; unlike a linear layer on h_q - h_j (whose w·h_q term is the
+    same for every j and cancels in the softmax) the hidden layer can score closeness, e.g.
+    -sum_d |h_q,d - h_j,d|. Broadcasts like RetrievalHead: (Q, 1, D) with (1, G, D) -> (Q, G).
+    """
+
+    def __init__(self, dropout: float = 0.1, hidden: int = DIFF_MLP_HIDDEN, dim: int = EMBED_DIM):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, h_query: torch.Tensor, h_gallery: torch.Tensor) -> torch.Tensor:
+        if h_query.dim() == 2:
+            h_query = h_query.unsqueeze(1)
+        return self.layers(h_query - h_gallery).squeeze(-1)  # (B, k)
 
 
 class VerificationHead(nn.Module):
@@ -217,6 +285,10 @@ class RetrievalHead(nn.Module):
 
 def make_head(cfg: ModelConfig) -> nn.Module:
     if cfg.task == "matching":
+        if cfg.head == "concat_mlp":
+            return MatchingMLPHead(cfg.k, cfg.head_dropout)
+        if cfg.head == "diff_mlp":
+            return DiffMLPHead(cfg.head_dropout)
         return MatchingHead(cfg.k, cfg.head_dropout)
     if cfg.task == "verification":
         return VerificationHead(cfg.head_dropout)
