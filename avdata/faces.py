@@ -18,8 +18,9 @@ Why it is built this way:
   docs/benchmarks.md, "Face path".
 * Batches. `align_batch` batches MTCNN over images of one detection-copy size (video frames).
   With ``letterbox=True`` (the CUDA path) every copy is pasted at the top-left of one fixed
-  black canvas (`detect_max_side` square), so any mix of image sizes forms one batch; the
-  chosen faces match the per-image path (IoU >= 0.99, tests/test_faces.py).
+  `detect_max_side` square canvas, so any mix of image sizes forms one batch; detection
+  (avdata.mtcnn_batch) resamples, searches and clips each image within its own extent, so the
+  chosen faces match the per-image path (IoU >= 0.99, tests/test_faces_speed.py).
 * Memory. `load_image` refuses images above `MAX_IMAGE_PIXELS` from their header, before
   decoding, except JPEGs, which are decoded reduced (DCT scaling, ``Image.draft``) by the
   smallest power of two that brings them under the cap.
@@ -44,6 +45,7 @@ Bad files (missing, empty, truncated, not an image) and images without a usable 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +55,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from avdata.errors import AvmatchError, InputError, check_readable_file
 
-__all__ = ["FaceCrop", "FaceAligner", "load_image", "box_iou", "resolve_device", "MAX_IMAGE_PIXELS"]
+__all__ = ["MAX_IMAGE_PIXELS", "DeviceError", "FaceAligner", "FaceCrop", "box_iou", "load_image", "resolve_device"]
 
 # Largest image decoded (pixels): 40 MP is 120 MB as 8-bit RGB, several times any VGGFace or
 # VoxCeleb image; a 12000x12000 PNG (144 MP, 432 MB decoded) is refused from its header.
@@ -76,7 +78,9 @@ def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Im
     path = Path(path)
     check_readable_file(path)
     try:
-        with Image.open(path) as opened:
+        with warnings.catch_warnings(), Image.open(path) as opened:
+            # PIL warns above 89 MP at open; our own cap decides, below, before decoding
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             _cap_pixels(opened, path, max_pixels)
             opened.load()
             image = _upright(opened)
@@ -110,12 +114,18 @@ def _cap_pixels(opened: Image.Image, path: Path, max_pixels: int) -> None:
     )
 
 
+class DeviceError(AvmatchError, ValueError):
+    """A requested torch device that this machine does not have."""
+
+
 def resolve_device(device: str, worker_index: int = 0) -> str:
     """'cpu', 'cuda', 'cuda:N' or 'auto' -> the torch device string this worker uses.
 
     'auto' is CUDA where a GPU is present, else CPU. With n GPUs, worker i uses cuda:(i mod n).
     Asking for 'cuda' where there is none is an error, not a silent fall-back to CPU.
     """
+    if device not in ("cpu", "cuda", "auto") and not device.startswith("cuda:"):
+        raise DeviceError(f"unknown device {device!r} (cpu, cuda, cuda:N or auto)")
     if device == "cpu":
         return "cpu"
     if device == "auto" and not cuda_present():
@@ -123,7 +133,7 @@ def resolve_device(device: str, worker_index: int = 0) -> str:
     import torch
 
     if not torch.cuda.is_available():
-        raise AvmatchError(f"--device {device}: no CUDA device is available (torch {torch.__version__})")
+        raise DeviceError(f"--device {device}: no CUDA device is available (torch {torch.__version__})")
     if device.startswith("cuda:"):
         return device
     return f"cuda:{worker_index % torch.cuda.device_count()}"
@@ -296,9 +306,14 @@ class FaceAligner:
             return img, plan
         return img.resize(plan.size, Image.BILINEAR, reducing_gap=3.0), plan
 
-    def _run_mtcnn(self, images, min_face: float):
-        self.mtcnn.min_face_size = min_face
-        return self.mtcnn.detect(images)
+    def _run_mtcnn(self, images: list[Image.Image], min_face: float, canvas=None) -> list:
+        """[(boxes, probs)] per image, in its own coordinates (see avdata.mtcnn_batch)."""
+        from avdata.mtcnn_batch import detect_faces
+
+        m = self.mtcnn
+        with torch.no_grad():
+            return detect_faces([np.asarray(image) for image in images], min_face, m.pnet, m.rnet, m.onet,
+                                m.thresholds, m.factor, self.device, canvas=canvas)
 
     @staticmethod
     def _to_original(boxes, probs, sx: float, sy: float) -> tuple[np.ndarray, np.ndarray]:
@@ -346,7 +361,7 @@ class FaceAligner:
         original image's coordinates (they may extend past its border, as MTCNN's do) and (n,).
         """
         small, plan = self._detection_copy(_to_rgb(img))
-        boxes, probs = self._run_mtcnn(small, plan.min_face)
+        boxes, probs = self._run_mtcnn([small], plan.min_face)[0]
         return self._to_original(boxes, probs, plan.sx, plan.sy)
 
     def align(self, img: Image.Image, source: str | Path = "<image>") -> FaceCrop:
@@ -370,9 +385,9 @@ class FaceAligner:
 
         Without ``letterbox`` a batch is the images whose detection copies share a size (a
         clip's frames). With it (the CUDA path) each copy is pasted at the top-left of one
-        black canvas (``detect_max_side`` square), so images of any size share a batch; a
-        batch still needs one searched face size, so it groups by that (nearly always one
-        value: `DETECT_MIN_FACE`). ``crop_map`` maps the final crops (e.g. a thread pool's
+        ``detect_max_side`` square canvas (avdata.mtcnn_batch), so images of any size share a
+        batch; a batch still needs one searched face size, so it groups by that (nearly always
+        one value: `DETECT_MIN_FACE`). ``crop_map`` maps the final crops (e.g. a thread pool's
         ``map``). Returns one entry per image, in order: a FaceCrop, or the InputError for an
         image without a usable face (so that one bad image does not lose the others).
         """
@@ -391,15 +406,12 @@ class FaceAligner:
             key = (round(plan.min_face, 6),) if letterbox else (small.size, round(plan.min_face, 6))
             groups.setdefault(key, []).append(index)
         detections: list = [None] * len(images)
+        canvas = (self.detect_max_side, self.detect_max_side) if letterbox else None
         for indices in groups.values():
             copies = [prepared[i][1] for i in indices]
-            if letterbox:
-                copies = [_letterbox(copy, self.detect_max_side) for copy in copies]
-            batch_boxes, batch_probs = self._run_mtcnn(copies, prepared[indices[0]][2].min_face)
-            for i, boxes, probs in zip(indices, batch_boxes, batch_probs):
-                _, small, plan = prepared[i]
-                if letterbox:
-                    boxes, probs = _inside(boxes, probs, small.size)
+            found = self._run_mtcnn(copies, prepared[indices[0]][2].min_face, canvas)
+            for i, (boxes, probs) in zip(indices, found):
+                plan = prepared[i][2]
                 detections[i] = self._to_original(boxes, probs, plan.sx, plan.sy)
 
         def choose(i: int):
@@ -409,15 +421,6 @@ class FaceAligner:
                 return error
 
         return list(crop_map(choose, range(len(images))))
-
-
-def _letterbox(copy: Image.Image, side: int) -> Image.Image:
-    """The copy pasted at the top-left of a black side x side canvas (coordinates unchanged)."""
-    if copy.size == (side, side):
-        return copy
-    canvas = Image.new("RGB", (side, side))
-    canvas.paste(copy, (0, 0))
-    return canvas
 
 
 def _inside(boxes, probs, size: tuple[int, int]):

@@ -51,6 +51,7 @@ class BuildConfig:
     seed: int = 0
     shard_size: int = 500                    # input items (files) per shard
     seen_heard_fraction: float = 0.1         # pins: source videos held out per train identity
+    device: str = "cpu"                      # MTCNN device: cpu, cuda (worker i: cuda:(i mod n)) or auto
     extract: ExtractConfig = field(default_factory=ExtractConfig)
 
     def to_dict(self) -> dict:
@@ -161,10 +162,9 @@ def write_shard(spec: ShardSpec, extractor: Extractor, out: Path, class_of: dict
     with open(tmp, "wb") as raw:
         f = _HashingWriter(raw)  # the shard's sha256 as it is written, not by reading it back
         with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
-            for row in spec.rows:
+            for row, result in zip(spec.rows, extractor.extract_rows(spec.rows, spec.modality)):
                 if os.path.isfile(row["path"]):
                     inputs_hash.update(f"{row['rel_path']}\t{_sha256_file(Path(row['path']))}\n".encode())
-                result = extractor.extract(row, spec.modality)
                 for rej in result.rejects:
                     rej = {"root": ROOT_LABEL[row["modality"]], "source": row["rel_path"],
                            "modality": spec.modality, "reason": rej["reason"], "stage": "extract"}
@@ -210,10 +210,20 @@ def build_shard_task(spec: ShardSpec, config: BuildConfig, out: str | Path, clas
     """Build one shard in the calling process and return its stats: the unit of work that every
     distributor (multiprocessing, Dask) runs. Its arguments pickle; the Extractor is made once
     per process and config."""
-    key = repr(config.extract)
+    key = repr((config.extract, config.device))
     if key not in _extractors:
-        _extractors[key] = Extractor(config.extract, torch_threads=TORCH_THREADS)
+        _extractors[key] = Extractor(config.extract, device=_worker_device(config.device), torch_threads=TORCH_THREADS)
     return write_shard(spec, _extractors[key], Path(out), class_of, fail_fast, on_item=on_item)
+
+
+def _worker_device(device: str) -> str:
+    """The torch device of this process: pool worker i (1-based identity) gets cuda:(i-1 mod n)."""
+    if device == "cpu":
+        return "cpu"
+    from avdata.faces import resolve_device
+
+    identity = mp.current_process()._identity  # (i,) in a Pool worker, () in the main process
+    return resolve_device(device, identity[0] - 1 if identity else 0)
 
 
 def _init_worker(progress_queue, config: BuildConfig, out: str, class_of: dict, fail_fast: bool):
@@ -250,7 +260,8 @@ def _run_specs(todo: list[ShardSpec], config: BuildConfig, out: Path, class_of: 
 
             threads = torch.get_num_threads()
             try:
-                extractor = Extractor(config.extract, torch_threads=TORCH_THREADS)
+                extractor = Extractor(config.extract, device=_worker_device(config.device),
+                                      torch_threads=TORCH_THREADS)
                 for spec in todo:
                     write_shard(spec, extractor, out, class_of, fail_fast, on_item=tick)
             finally:
@@ -310,6 +321,10 @@ def build_shards(out: str | Path, meta: str | Path, audio: str | Path | None = N
     out = Path(out)
     if audio is None and faces is None and videos is None:
         raise ValueError("give at least one of --audio, --faces, --videos")
+    if config.device != "cpu":  # the manifest records the device kind really used: cpu or cuda
+        from avdata.faces import resolve_device
+
+        config = dataclasses.replace(config, device=resolve_device(config.device).split(":")[0])
     meta_df = read_meta(meta)
     splits = identity_splits(meta_df, config.protocol, pins_splits)
     scan = scan_all(meta_df, audio=audio, faces=faces, videos=videos)
