@@ -90,7 +90,9 @@ def detect_faces(images: list[np.ndarray], min_face: float, pnet, rnet, onet, th
     for i, image in enumerate(images):
         board[i, : heights[i], : widths[i]] = torch.from_numpy(np.array(image, dtype=np.uint8))
     model_dtype = next(pnet.parameters()).dtype
-    imgs = board.to(device).permute(0, 3, 1, 2).type(model_dtype)
+    # contiguous NCHW: torch's area resampling of the pyramid is ~10% faster than on facenet's
+    # NHWC-strided view, with the same result
+    imgs = board.to(device).permute(0, 3, 1, 2).type(model_dtype).contiguous()
 
     # pyramid: plain MTCNN's scales; image i takes part in the levels its own shorter side allows
     m = 12.0 / min_face

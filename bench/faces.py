@@ -15,7 +15,8 @@
    (d) (c) with a smaller pyramid factor (0.6: fewer scales), (e) FaceAligner.align_batch with
    letterboxing (the CUDA path's batching) run on the CPU, and (f) JPEG draft decoding of the
    detection copy (decode time only). Reports images/s, the ratio to (a) and the smallest IoU
-   between each variant's chosen box and plain MTCNN's.
+   between each variant's chosen box and plain MTCNN's (single-face images: on multiface.jpg
+   both pick one of 6 faces of probability ~0.9999, and either is right).
 2. Spectrograms: avdata.audio (numpy + scipy.fft + soxr) against the same recipe written with
    librosa, ms per clip and ratio, both from the same decoded 16 kHz waveform and from the
    wav file (load included).
@@ -132,7 +133,8 @@ def bench_face_group(paths: list[Path], repeats: int) -> dict:
     for path in paths:
         boxes = {name: run(path) for name, run in variants.items()}  # warm-up and boxes
         for name, worst in worst_iou.items():
-            worst_iou[name] = min(worst, box_iou(boxes["plain MTCNN"], boxes[name]))
+            if path.name != "multiface.jpg":  # 6 faces of probability ~0.9999: either pick is right
+                worst_iou[name] = min(worst, box_iou(boxes["plain MTCNN"], boxes[name]))
         for name, run in variants.items():
             totals[name] += median_ms(lambda run=run, path=path: run(path), repeats)
     # the CUDA path's batching (letterboxed canvas), on this CPU: the whole group as one batch
@@ -141,7 +143,8 @@ def bench_face_group(paths: list[Path], repeats: int) -> dict:
     totals["align_batch, letterboxed"] = median_ms(
         lambda: aligner.align_batch([load_image(p) for p in paths], letterbox=True), repeats)
     worst_iou["align_batch, letterboxed"] = min(
-        box_iou(plain_align(plain, image)[0], crop.box) for image, crop in zip(images, batched))
+        box_iou(plain_align(plain, image)[0], crop.box)
+        for path, image, crop in zip(paths, images, batched) if path.name != "multiface.jpg")
     n = len(paths)
     return {
         "images": n,
