@@ -11,7 +11,7 @@
    image (load_image, detect, pick the most probable face, extract: what ``MTCNN(
    selection_method='probability')(img)`` does) against the levers one at a time and together:
    (b) the same with channels-last MTCNN stages, (c) FaceAligner (channels-last stages + faces
-   searched from min_face_fraction of the shorter side on a 48 px-per-smallest-face copy),
+   searched from min_face_fraction of the shorter side on a 40 px-per-smallest-face copy),
    (d) (c) with a smaller pyramid factor (0.6: fewer scales), (e) FaceAligner.align_batch with
    letterboxing (the CUDA path's batching) run on the CPU, and (f) JPEG draft decoding of the
    detection copy (decode time only). Reports images/s, the ratio to (a) and the smallest IoU
