@@ -79,12 +79,13 @@ def load_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Im
     path = Path(path)
     check_readable_file(path)
     try:
-        with warnings.catch_warnings(), Image.open(path) as opened:
+        with warnings.catch_warnings():
             # PIL warns above 89 MP at open; our own cap decides, below, before decoding
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            _cap_pixels(opened, path, max_pixels)
-            opened.load()
-            image = _upright(opened)
+            with Image.open(path) as opened:
+                _cap_pixels(opened, path, max_pixels)
+                opened.load()
+                image = _upright(opened)
     except UnidentifiedImageError:
         raise InputError(path, "not a recognised image file") from None
     except Image.DecompressionBombError as error:
