@@ -87,9 +87,11 @@ def splits_cmd(meta, protocol, pins_splits, out):
 @click.option("--max-frames-per-video", type=click.IntRange(min=1), default=8, help="Cap on face frames per video.")
 @click.option("--fault-tolerant/--fail-fast", default=True, help="Record bad inputs in rejects.jsonl and go on, or stop at the first.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar (items/s, rejects so far).")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              help="Face detection device: auto = CUDA if present, else CPU; with n GPUs worker i uses cuda:(i mod n). Recorded in the manifest.")
 @user_errors
 def build_shards_cmd(audio, faces, videos, meta, protocol, pins_splits, out, jobs, seed, shard_size, windows,
-                     face_margin, video_fps, max_frames_per_video, fault_tolerant, progress):
+                     face_margin, video_fps, max_frames_per_video, fault_tolerant, progress, device):
     """Build identity-split WebDataset shards; re-run the same command to resume.
 
     OUT is locked while a build runs (OUT/.lock; a second build into it stops at once). A
@@ -99,7 +101,7 @@ def build_shards_cmd(audio, faces, videos, meta, protocol, pins_splits, out, job
     from avdata.extract import ExtractConfig
     from avdata.shards import BuildConfig, build_shards
 
-    config = BuildConfig(protocol=protocol, seed=seed, shard_size=shard_size,
+    config = BuildConfig(protocol=protocol, seed=seed, shard_size=shard_size, device=device,
                          extract=ExtractConfig(windows=windows, face_margin=face_margin, video_fps=video_fps,
                                                max_frames_per_video=max_frames_per_video))
     manifest = build_shards(out, meta, audio=audio, faces=faces, videos=videos, pins_splits=pins_splits,

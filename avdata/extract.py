@@ -27,10 +27,15 @@ class ExtractConfig:
     windows: int = 1               # max 125-frame spectrogram windows per clip
     face_margin: float = 0.2       # margin around the MTCNN box, fraction of box size
     detect_max_side: int = 640     # images are downscaled to this before detection
+    min_face_fraction: float = 0.125  # smallest face searched, fraction of the shorter side
     min_face_prob: float = 0.9     # MTCNN probability below this is "no face"
     video_fps: float = 1.0         # frames per second sampled from videos
     max_frames_per_video: int = 8  # cap on aligned frames per video
     jpeg_quality: int = 95         # quality of the aligned-face JPEG in shards
+
+
+FACE_BATCH_ROWS = 64  # face rows per MTCNN batch on the batched (CUDA) path
+DECODE_THREADS = 4    # threads decoding images / videos and cutting crops for that path
 
 
 @dataclass
@@ -96,10 +101,14 @@ def _base_meta(row: dict) -> dict:
 class Extractor:
     """Holds the (lazily built) MTCNN so a worker process builds it once."""
 
-    def __init__(self, config: ExtractConfig, device: str = "cpu", torch_threads: int | None = None):
+    def __init__(self, config: ExtractConfig, device: str = "cpu", torch_threads: int | None = None,
+                 batch_faces: bool | None = None):
         self.config = config
         self.device = device
         self.torch_threads = torch_threads
+        # The batched face path (many images per MTCNN call, letterboxed, CPU threads decoding
+        # ahead) is the CUDA path; on CPU the per-image path is as fast and stays the reference.
+        self.batch_faces = str(device).startswith("cuda") if batch_faces is None else batch_faces
         self._aligner = None
 
     @property
@@ -115,7 +124,8 @@ class Extractor:
 
             c = self.config
             self._aligner = FaceAligner(margin=c.face_margin, detect_max_side=c.detect_max_side,
-                                        min_prob=c.min_face_prob, device=self.device)
+                                        min_prob=c.min_face_prob, device=self.device,
+                                        min_face_fraction=c.min_face_fraction)
         return self._aligner
 
     def extract(self, row: dict, modality: str) -> Extracted:
@@ -129,6 +139,64 @@ class Extractor:
         except InputError as exc:
             return Extracted(rejects=[{"path": row["path"], "reason": exc.reason, "modality": modality}])
 
+    def extract_rows(self, rows: list[dict], modality: str):
+        """``extract`` for each row, in order (a generator). Face rows on the batched path go
+        through MTCNN FACE_BATCH_ROWS rows at a time, while threads decode the next rows."""
+        if modality != "face" or not self.batch_faces:
+            for row in rows:
+                yield self.extract(row, modality)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        chunks = [rows[i:i + FACE_BATCH_ROWS] for i in range(0, len(rows), FACE_BATCH_ROWS)]
+        with ThreadPoolExecutor(DECODE_THREADS) as pool:
+            def submit(chunk):
+                return [pool.submit(self._decode_faces, row) for row in chunk]
+
+            pending = [submit(chunk) for chunk in chunks[:2]]  # two chunks decoding ahead of MTCNN
+            for n in range(len(chunks)):
+                decoded = [future.result() for future in pending.pop(0)]
+                if n + 2 < len(chunks):
+                    pending.append(submit(chunks[n + 2]))
+                yield from self._align_decoded(decoded, pool.map)
+
+    def _decode_faces(self, row) -> tuple[dict, list, Extracted]:
+        """(row, [(image, suffix, extra meta)], rejects so far) for one face row, on a CPU thread."""
+        from PIL import Image
+
+        from avdata.faces import load_image
+        from avdata.media import decode_video_frames
+
+        out = Extracted()
+        try:
+            if row["modality"] != "video":
+                return row, [(load_image(row["path"]), "", {})], out
+            c = self.config
+            frames = decode_video_frames(row["path"], fps=c.video_fps, max_frames=c.max_frames_per_video)
+        except InputError as exc:
+            out.rejects.append({"path": row["path"], "reason": exc.reason, "modality": "face"})
+            return row, [], out
+        if not frames:
+            out.rejects.append({"path": row["path"], "reason": "no video frames decoded", "modality": "face"})
+        items = [(Image.fromarray(f), f"_f{i}", {"frame": i, "time_s": round(i / self.config.video_fps, 3)})
+                 for i, f in enumerate(frames)]
+        return row, items, out
+
+    def _align_decoded(self, decoded, crop_map):
+        images = [image for _, items, _ in decoded for image, _, _ in items]
+        sources = [row["path"] for row, items, _ in decoded for _ in items]
+        results = iter(self.aligner.align_batch(images, sources, letterbox=True, crop_map=crop_map))
+        for row, items, out in decoded:
+            samples, rejects = [], []
+            for (_, suffix, extra), result in zip(items, results):
+                if isinstance(result, InputError):
+                    reason = f"frame {extra['frame']}: {result.reason}" if "frame" in extra else result.reason
+                    rejects.append({"path": row["path"], "reason": reason, "modality": "face"})
+                else:
+                    samples.append(self._sample_from_crop(row, result, suffix, extra))
+            # the per-image path's order: frame rejects, then a "no frames" reject
+            yield Extracted(samples=samples, rejects=rejects + out.rejects)
+
     def _audio(self, row) -> Extracted:
         from avdata.audio import audio_features
 
@@ -140,7 +208,9 @@ class Extractor:
         return out
 
     def _face_sample(self, row, img, suffix: str, extra: dict) -> Sample:
-        crop = self.aligner.align(img, source=row["path"])
+        return self._sample_from_crop(row, self.aligner.align(img, source=row["path"]), suffix, extra)
+
+    def _sample_from_crop(self, row, crop, suffix: str, extra: dict) -> Sample:
         meta = _base_meta(row) | extra | {"box": [round(float(v), 2) for v in crop.box],
                                           "prob": round(float(crop.prob), 6), "n_faces": int(crop.n_faces)}
         return Sample(sample_key(row["vox_id"], row["rel_path"], suffix), "face", crop.face, meta)

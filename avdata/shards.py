@@ -86,6 +86,7 @@ class BuildConfig:
     seed: int = 0
     shard_size: int = 500                    # input items (files) per shard
     seen_heard_fraction: float = 0.1         # pins: source videos held out per train identity
+    device: str = "cpu"                      # MTCNN device: cpu, cuda (worker i: cuda:(i mod n)) or auto
     extract: ExtractConfig = field(default_factory=ExtractConfig)
 
     def to_dict(self) -> dict:
@@ -240,15 +241,19 @@ def _write_tar(spec: ShardSpec, extractor: Extractor, raw, class_of: dict[str, i
     inputs_hash = hashlib.sha256()
     f = _HashingWriter(raw)  # the shard's sha256 as it is written, not by reading it back
     with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        # the batched face path (CUDA) extracts ahead in chunks; the per-image path on demand
+        batched = (iter(extractor.extract_rows(spec.rows, spec.modality))
+                   if spec.modality == "face" and extractor.batch_faces else None)
         for row in spec.rows:
             samples, reasons = [], []
+            ahead = next(batched) if batched is not None else None
             try:
                 if os.path.isfile(row["path"]):
                     inputs_hash.update(f"{row['rel_path']}\t{sha256_file(row['path'])}\n".encode())
             except OSError as exc:  # permission denied, I/O error: a bad input like any other
                 reasons = [f"cannot read file ({exc.strerror or exc})"]
             else:
-                result = extractor.extract(row, spec.modality)
+                result = ahead if ahead is not None else extractor.extract(row, spec.modality)
                 samples, reasons = result.samples, [r["reason"] for r in result.rejects]
             for reason in reasons:
                 rej = {"root": ROOT_LABEL[row["modality"]], "source": row["rel_path"],
@@ -286,10 +291,20 @@ def build_shard_task(spec: ShardSpec, config: BuildConfig, out: str | Path, clas
     distributor (multiprocessing, Dask) runs. Its arguments pickle, and so does every error it
     raises (InputError with fail_fast, DecoderCrashError, DiskFullError); the Extractor is made
     once per process and config."""
-    key = repr(config.extract)
+    key = repr((config.extract, config.device))
     if key not in _extractors:
-        _extractors[key] = Extractor(config.extract, torch_threads=TORCH_THREADS)
+        _extractors[key] = Extractor(config.extract, device=_worker_device(config.device), torch_threads=TORCH_THREADS)
     return write_shard(spec, _extractors[key], Path(out), class_of, fail_fast, on_item=on_item)
+
+
+def _worker_device(device: str) -> str:
+    """The torch device of this process: pool worker i (1-based identity) gets cuda:(i-1 mod n)."""
+    if device == "cpu":
+        return "cpu"
+    from avdata.faces import resolve_device
+
+    identity = mp.current_process()._identity  # (i,) in a Pool worker, () in the main process
+    return resolve_device(device, identity[0] - 1 if identity else 0)
 
 
 def _init_worker(messages, config: BuildConfig, out: str, class_of: dict, fail_fast: bool):
@@ -428,7 +443,8 @@ def _run_specs(todo: list[ShardSpec], config: BuildConfig, out: Path, class_of: 
 
             threads = torch.get_num_threads()
             try:
-                extractor = Extractor(config.extract, torch_threads=TORCH_THREADS)
+                extractor = Extractor(config.extract, device=_worker_device(config.device),
+                                      torch_threads=TORCH_THREADS)
                 for spec in todo:
                     try:
                         write_shard(spec, extractor, out, class_of, fail_fast, on_item=tick)
@@ -545,6 +561,10 @@ def build_shards(out: str | Path, meta: str | Path, audio: str | Path | None = N
     out = Path(out)
     if audio is None and faces is None and videos is None:
         raise BuildError("give at least one of --audio, --faces, --videos")
+    if config.device != "cpu":  # the manifest records the device kind really used: cpu or cuda
+        from avdata.faces import resolve_device
+
+        config = dataclasses.replace(config, device=resolve_device(config.device).split(":")[0])
     with output_lock(out):
         return _build_locked(out, meta, audio, faces, videos, pins_splits, config, jobs, fail_fast, progress,
                              log or (lambda line: print(line, file=sys.stderr)))

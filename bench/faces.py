@@ -1,16 +1,29 @@
 """Benchmark of the preprocessing hot paths on the real media in ../shared/data.
 
-1. Faces, one torch thread: (a) plain facenet-pytorch MTCNN on the full-resolution photo
-   (detect, pick the most probable face, extract; what ``MTCNN(selection_method=
-   'probability')(img)`` does) against (b) avdata.faces.FaceAligner (detection on a copy
-   downscaled to 640 px, crop from the original). Reports ms/image for both, their ratio and
-   the IoU of the two chosen boxes (same detections -> IoU near 1).
+1. Faces, one torch thread, on two groups of real photos:
+   * "web portraits": 22 JPEGs of 250-800 px, the size of typical VGGFace images, made at run
+     time in a temporary directory (never committed) from the real photos in
+     media/faces/facenet_pytorch: the 4 single-person photos resized with PIL (Lanczos) to a
+     longest side of 256, 400, 560 and 800 px, and 6 single-face crops of multiface.jpg (a
+     square twice the face's height) resized to 300 px;
+   * "big photos": the 4 single-person photos (1.1-4.1 MP) and multiface.jpg (1200x630).
+   Per image, from the file (decoding included): (a) plain facenet-pytorch MTCNN on the full
+   image (load_image, detect, pick the most probable face, extract: what ``MTCNN(
+   selection_method='probability')(img)`` does) against the levers one at a time and together:
+   (b) the same with channels-last MTCNN stages, (c) FaceAligner (channels-last stages + faces
+   searched from min_face_fraction of the shorter side on a 40 px-per-smallest-face copy),
+   (d) (c) with a smaller pyramid factor (0.6: fewer scales), (e) FaceAligner.align_batch with
+   letterboxing (the CUDA path's batching) run on the CPU, and (f) JPEG draft decoding of the
+   detection copy (decode time only). Reports images/s, the ratio to (a) and the smallest IoU
+   between each variant's chosen box and plain MTCNN's (single-face images: on multiface.jpg
+   both pick one of 6 faces of probability ~0.9999, and either is right).
 2. Spectrograms: avdata.audio (numpy + scipy.fft + soxr) against the same recipe written with
    librosa, ms per clip and ratio, both from the same decoded 16 kHz waveform and from the
    wav file (load included).
 
-Every timing is the median of --repeats runs. Prints a table; writes a JSON file only with
---out. Usage: python bench/faces.py [--repeats 5] [--out bench.json]
+Every timing is a median over --repeats runs, with the variants interleaved image by image so
+that load from other processes hits all of them alike. Prints tables; writes a JSON file only
+with --out. Usage: python bench/faces.py [--repeats 3] [--out bench.json]
 """
 
 from __future__ import annotations
@@ -19,6 +32,7 @@ import argparse
 import json
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +41,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
+WEB_SIDES = (256, 400, 560, 800)
 
 
 def median_ms(function, repeats: int) -> float:
@@ -38,41 +53,107 @@ def median_ms(function, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench_faces(data: Path, repeats: int) -> list[dict]:
+def make_web_portraits(face_dir: Path, out_dir: Path) -> list[Path]:
+    """The "web portrait" group: 250-800 px JPEGs made from the real photos (see module doc)."""
+    from facenet_pytorch import MTCNN
+    from PIL import Image
+
+    from avdata.faces import load_image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for photo in sorted(face_dir.glob("test_images/*/1.jpg")):
+        image = load_image(photo)
+        for side in WEB_SIDES:
+            small = image.copy()
+            small.thumbnail((side, side), Image.LANCZOS)
+            paths.append(out_dir / f"{photo.parent.name}_{side}.jpg")
+            small.save(paths[-1], quality=95)
+    group = load_image(face_dir / "multiface.jpg")
+    boxes, _ = MTCNN().detect(group)
+    for i, (x1, y1, x2, y2) in enumerate(sorted(np.asarray(boxes, dtype=float).tolist())):
+        side = 2 * (y2 - y1)
+        left = int(max(0, min((x1 + x2 - side) / 2, group.size[0] - side)))
+        top = int(max(0, min((y1 + y2 - side) / 2, group.size[1] - side)))
+        crop = group.crop((left, top, left + int(side), top + int(side))).resize((300, 300), Image.LANCZOS)
+        paths.append(out_dir / f"multiface_crop{i}.jpg")
+        crop.save(paths[-1], quality=95)
+    return paths
+
+
+def big_photos(face_dir: Path) -> list[Path]:
+    return sorted(face_dir.glob("test_images/*/1.jpg")) + [face_dir / "multiface.jpg"]
+
+
+def plain_mtcnn(**kwargs):
+    """facenet-pytorch MTCNN as a user would run it: most probable face, 224 px crop."""
     from facenet_pytorch import MTCNN
 
-    from avdata.faces import FaceAligner, box_iou, load_image
+    return MTCNN(image_size=224, selection_method="probability", post_process=False, **kwargs)
 
-    face_dir = data / "media" / "faces" / "facenet_pytorch"
-    photos = sorted(face_dir.glob("test_images/*/1.jpg")) + [face_dir / "multiface.jpg"]
-    plain = MTCNN(image_size=224, selection_method="probability", post_process=False)
+
+def plain_align(mtcnn, image):
+    boxes, probs, points = mtcnn.detect(image, landmarks=True)
+    boxes, probs, points = mtcnn.select_boxes(boxes, probs, points, image, method="probability")
+    face = mtcnn.extract(image, boxes, None)
+    return np.asarray(boxes[0], dtype=float), face
+
+
+def bench_face_group(paths: list[Path], repeats: int) -> dict:
+    """images/s of each variant on one group, its ratio to plain MTCNN and its worst IoU."""
+    from PIL import Image
+
+    from avdata.faces import FaceAligner, _ChannelsLast, box_iou, load_image
+
+    plain = plain_mtcnn()
+    channels_last = plain_mtcnn()
+    for stage in ("pnet", "rnet", "onet"):
+        setattr(channels_last, stage, _ChannelsLast(getattr(channels_last, stage)))
     aligner = FaceAligner()
+    coarse = FaceAligner()
+    coarse.mtcnn.factor = 0.6
 
-    def plain_align(image):
-        boxes, probs, points = plain.detect(image, landmarks=True)
-        boxes, probs, points = plain.select_boxes(boxes, probs, points, image, method="probability")
-        face = plain.extract(image, boxes, None)
-        return np.asarray(boxes[0], dtype=float), face
+    def draft_copy(path):
+        with Image.open(path) as opened:
+            plan = aligner._plan(opened.size)
+            opened.draft("RGB", plan.size)
+            opened.load()
+            return opened.resize(plan.size, Image.BILINEAR)
 
-    rows = []
-    for photo in photos:
-        image = load_image(photo)
-        plain_align(image), aligner.align(image)  # warm-up (allocator, first-call costs)
-        plain_box, _ = plain_align(image)
-        crop = aligner.align(image, source=photo)
-        rows.append(
-            {
-                "image": str(photo.relative_to(face_dir / "test_images"))
-                if photo.parent != face_dir
-                else photo.name,
-                "size": f"{image.size[0]}x{image.size[1]}",
-                "megapixels": round(image.size[0] * image.size[1] / 1e6, 2),
-                "plain_ms": median_ms(lambda: plain_align(image), repeats),
-                "aligner_ms": median_ms(lambda: aligner.align(image), repeats),
-                "iou": box_iou(plain_box, crop.box),
-            }
-        )
-    return rows
+    variants = {
+        "plain MTCNN": lambda p: plain_align(plain, load_image(p))[0],
+        "channels-last stages": lambda p: plain_align(channels_last, load_image(p))[0],
+        "FaceAligner": lambda p: aligner.align_path(p).box,
+        "FaceAligner, factor 0.6": lambda p: coarse.align_path(p).box,
+        "decode: full": lambda p: load_image(p),
+        "decode: draft copy": draft_copy,
+    }
+    totals = {name: 0.0 for name in variants}
+    worst_iou = {name: 1.0 for name in variants if not name.startswith("decode")}
+    for path in paths:
+        boxes = {name: run(path) for name, run in variants.items()}  # warm-up and boxes
+        for name, worst in worst_iou.items():
+            if path.name != "multiface.jpg":  # 6 faces of probability ~0.9999: either pick is right
+                worst_iou[name] = min(worst, box_iou(boxes["plain MTCNN"], boxes[name]))
+        for name, run in variants.items():
+            totals[name] += median_ms(lambda run=run, path=path: run(path), repeats)
+    # the CUDA path's batching (letterboxed canvas), on this CPU: the whole group as one batch
+    images = [load_image(p) for p in paths]
+    batched = aligner.align_batch(images, letterbox=True)
+    totals["align_batch, letterboxed"] = median_ms(
+        lambda: aligner.align_batch([load_image(p) for p in paths], letterbox=True), repeats)
+    worst_iou["align_batch, letterboxed"] = min(
+        box_iou(plain_align(plain, image)[0], crop.box)
+        for path, image, crop in zip(paths, images, batched) if path.name != "multiface.jpg")
+    n = len(paths)
+    return {
+        "images": n,
+        "ms_per_image": {name: total / n for name, total in totals.items()},
+        "images_per_s": {name: 1000.0 * n / total for name, total in totals.items()},
+        "ratio_to_plain": {name: totals["plain MTCNN"] / total for name, total in totals.items()
+                           if not name.startswith("decode")},
+        "min_iou_to_plain": worst_iou,
+    }
 
 
 def bench_spectrograms(data: Path, repeats: int) -> list[dict]:
@@ -116,27 +197,30 @@ def bench_spectrograms(data: Path, repeats: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared/data directory")
-    parser.add_argument("--repeats", type=int, default=5, help="runs per measurement (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (median)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
     args = parser.parse_args()
     if not (args.data / "media").is_dir():
         parser.error(f"no media under {args.data}")
     torch.set_num_threads(1)
 
-    faces = bench_faces(args.data, args.repeats)
-    print(f"faces, 1 torch thread, median of {args.repeats} (ms/image)")
-    print(f"{'image':<28}{'size':>11}{'plain MTCNN':>13}{'FaceAligner':>13}{'ratio':>8}{'IoU':>7}")
-    for row in faces:
-        print(
-            f"{row['image']:<28}{row['size']:>11}{row['plain_ms']:>13.1f}{row['aligner_ms']:>13.1f}"
-            f"{row['plain_ms'] / row['aligner_ms']:>8.2f}{row['iou']:>7.3f}"
-        )
-    plain_mean = statistics.mean(row["plain_ms"] for row in faces)
-    aligner_mean = statistics.mean(row["aligner_ms"] for row in faces)
-    print(
-        f"{'mean':<39}{plain_mean:>13.1f}{aligner_mean:>13.1f}{plain_mean / aligner_mean:>8.2f}"
-        f"{min(row['iou'] for row in faces):>7.3f} (min)"
-    )
+    face_dir = args.data / "media" / "faces" / "facenet_pytorch"
+    faces = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        groups = {"web portraits (250-800 px)": make_web_portraits(face_dir, Path(tmp)),
+                  "big photos (0.8-4.1 MP)": big_photos(face_dir)}
+        for group, paths in groups.items():
+            faces[group] = bench_face_group(paths, args.repeats)
+    for group, result in faces.items():
+        print(f"faces: {group}, {result['images']} images, 1 torch thread, median of {args.repeats}, "
+              "from the file")
+        print(f"{'variant':<28}{'ms/image':>10}{'images/s':>10}{'ratio':>8}{'min IoU':>9}")
+        for name, ms in result["ms_per_image"].items():
+            ratio = result["ratio_to_plain"].get(name)
+            iou = result["min_iou_to_plain"].get(name)
+            print(f"{name:<28}{ms:>10.1f}{result['images_per_s'][name]:>10.1f}"
+                  f"{'' if ratio is None else f'{ratio:.2f}':>8}{'' if iou is None else f'{iou:.3f}':>9}")
+        print()
 
     spectra = bench_spectrograms(args.data, args.repeats)
     print(f"\nspectrogram 224x125, median of {args.repeats} (ms/clip; ratio = librosa / numpy)")
@@ -168,7 +252,6 @@ def main() -> None:
             "torch_threads": 1,
             "repeats": args.repeats,
             "faces": faces,
-            "faces_mean_ms": {"plain": plain_mean, "aligner": aligner_mean},
             "spectrograms": spectra,
             "spectrogram_mean_ms": means,
         }
