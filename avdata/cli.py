@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from avdata.errors import InputError
+from avdata.errors import AvmatchError, InputError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
 
@@ -82,6 +82,8 @@ def splits_cmd(meta, protocol, pins_splits, out):
 @click.option("--pins-splits", type=click.Path(dir_okay=False, exists=True), default=None, help="Learnable-PINs identity_splits.txt (for --protocol pins).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output directory for SPLIT/{audio,face}-NNNNNN.tar and the manifest.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, help="Worker processes; each owns whole shards. Output is identical for any value.")
+@click.option("--distributor", type=click.Choice(["multiprocessing", "dask"]), default="multiprocessing", help="Who runs the shards: -j local processes, or one Dask task per shard (docs/cluster.md).")
+@click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786) or scheduler file to join; without it --distributor dask starts a LocalCluster of -j processes.")
 @click.option("--seed", type=int, default=0, help="Seed for the seen-heard hold-out (pins).")
 @click.option("--shard-size", type=click.IntRange(min=1), default=500, help="Input files per shard.")
 @click.option("--windows", type=click.IntRange(min=1), default=1, help="Max 125-frame spectrogram windows per clip.")
@@ -90,8 +92,8 @@ def splits_cmd(meta, protocol, pins_splits, out):
 @click.option("--max-frames-per-video", type=click.IntRange(min=1), default=8, help="Cap on face frames per video.")
 @click.option("--fault-tolerant/--fail-fast", default=True, help="Record bad inputs in rejects.jsonl and go on, or stop at the first.")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar (items/s, rejects so far).")
-def build_shards_cmd(audio, faces, videos, meta, protocol, pins_splits, out, jobs, seed, shard_size, windows,
-                     face_margin, video_fps, max_frames_per_video, fault_tolerant, progress):
+def build_shards_cmd(audio, faces, videos, meta, protocol, pins_splits, out, jobs, distributor, scheduler, seed, shard_size,
+                     windows, face_margin, video_fps, max_frames_per_video, fault_tolerant, progress):
     """Build identity-split WebDataset shards; re-run the same command to resume."""
     from avdata.extract import ExtractConfig
     from avdata.shards import BuildConfig, build_shards
@@ -101,8 +103,9 @@ def build_shards_cmd(audio, faces, videos, meta, protocol, pins_splits, out, job
                                                max_frames_per_video=max_frames_per_video))
     try:
         manifest = build_shards(out, meta, audio=audio, faces=faces, videos=videos, pins_splits=pins_splits,
-                                config=config, jobs=jobs, fail_fast=not fault_tolerant, progress=progress)
-    except (InputError, ValueError) as exc:
+                                config=config, jobs=jobs, fail_fast=not fault_tolerant, progress=progress,
+                                distributor=distributor, scheduler=scheduler)
+    except (ValueError, AvmatchError) as exc:
         fail(str(exc))
     for split, s in manifest["splits"].items():
         click.echo(f"{split}: {s['identities']} identities, {s['samples']['audio']} audio, {s['samples']['face']} face samples")

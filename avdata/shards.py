@@ -301,8 +301,16 @@ def library_versions() -> dict:
 def build_shards(out: str | Path, meta: str | Path, audio: str | Path | None = None, faces: str | Path | None = None,
                  videos: str | Path | None = None, pins_splits: str | Path | None = None,
                  config: BuildConfig = BuildConfig(), jobs: int = 1, fail_fast: bool = False,
-                 progress: bool = False) -> dict:
-    """Build (or resume) identity-split shards; returns the manifest dict."""
+                 progress: bool = False, distributor: str = "multiprocessing", scheduler: str | None = None) -> dict:
+    """Build (or resume) identity-split shards; returns the manifest dict.
+
+    distributor "multiprocessing" runs ``jobs`` local processes; "dask" runs one task per shard
+    on the Dask scheduler ``scheduler`` (address or scheduler file) or, without one, on a
+    LocalCluster of ``jobs`` processes (avdata.distribute_dask). The shards are the same."""
+    if distributor not in ("multiprocessing", "dask"):
+        raise ValueError(f"unknown distributor {distributor!r}: choose multiprocessing or dask")
+    if scheduler is not None and distributor != "dask":
+        raise ValueError("a scheduler is only used with --distributor dask")
     from avdata.audio import SPEC_CONFIG
     from avdata.ingest import scan_all
     from avdata.splits import assign_media_splits, identity_splits, read_meta, split_counts
@@ -334,7 +342,12 @@ def build_shards(out: str | Path, meta: str | Path, audio: str | Path | None = N
     for stale in out.glob("*/.*.tmp*"):  # left by a killed build; never under a final name
         stale.unlink()
     todo = [s for s in specs if shard_done(out, s.name) is None]
-    _run_specs(todo, config, out, class_of, jobs, fail_fast, progress)
+    if distributor == "dask":
+        from avdata.distribute_dask import run_specs_dask
+
+        run_specs_dask(todo, config, out, class_of, jobs, fail_fast, progress, scheduler=scheduler)
+    else:
+        _run_specs(todo, config, out, class_of, jobs, fail_fast, progress)
 
     stats = [shard_done(out, s.name) for s in specs]
     missing = [s.name for s, st in zip(specs, stats) if st is None]
