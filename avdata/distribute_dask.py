@@ -74,6 +74,24 @@ def dask_client(scheduler: str | os.PathLike | None, jobs: int):
         client.close()
 
 
+def check_worker_versions(client) -> None:
+    """Refuse workers whose libraries differ from the client's: the manifest records the
+    client's versions, and the shard bytes depend on them (decoders, resamplers, MTCNN, JPEG)."""
+    from avdata.shards import library_versions
+
+    mine = library_versions()
+    answers = client.run(library_versions, on_error="return")
+    for addr, theirs in sorted(answers.items()):
+        if isinstance(theirs, BaseException):
+            raise ClusterError(f"Dask worker {addr} cannot run avmatch ({type(theirs).__name__}: {theirs}); "
+                               "install the same avmatch environment on every worker")
+        diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        if diff:
+            k = diff[0]
+            raise ClusterError(f"Dask worker {addr} has {k} {theirs.get(k)}, this client {mine.get(k)}: the shards "
+                               "would differ from a local build; install the same environment on every worker")
+
+
 def run_specs_dask(todo: list, config, out: Path, class_of: dict[str, int], jobs: int, fail_fast: bool,
                    progress: bool, scheduler: str | os.PathLike | None = None,
                    retries: int = TASK_RETRIES) -> list[dict]:
@@ -95,6 +113,7 @@ def run_specs_dask(todo: list, config, out: Path, class_of: dict[str, int], jobs
         except TimeoutError:
             raise ClusterError(f"no Dask worker joined the scheduler {client.scheduler.address} "
                                f"within {WORKERS_TIMEOUT_S} s") from None
+        check_worker_versions(client)
         # the identity -> class table goes to each worker once, not with every task
         [class_of_f] = client.scatter([class_of], broadcast=True, hash=False)
         spec_of = {}

@@ -147,3 +147,25 @@ def test_scheduler_without_dask_is_refused(corpus, tmp_path):
     res = CliRunner().invoke(main, build_args(corpus, tmp_path / "o", "--scheduler", "tcp://127.0.0.1:9"))
     assert res.exit_code == 1
     assert "only used with --distributor dask" in res.output
+
+
+def _pretend_other_numpy():
+    """Runs on a worker: its avmatch now reports another numpy, as a worker from another environment would."""
+    import avdata.shards
+
+    real = avdata.shards.library_versions
+    avdata.shards.library_versions = lambda: real() | {"numpy": "0.0-worker"}
+
+
+def test_worker_with_other_versions_is_refused():
+    """A worker whose libraries differ from the client's would write other bytes: refused by name."""
+    from distributed import Client, LocalCluster
+
+    from avdata.distribute_dask import ClusterError, check_worker_versions
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        check_worker_versions(client)  # the same environment: accepted
+        client.run(_pretend_other_numpy)
+        with pytest.raises(ClusterError, match=r"has numpy 0.0-worker, this client \d"):
+            check_worker_versions(client)
