@@ -114,8 +114,9 @@ def run_specs_dask(todo: list, config, out: Path, class_of: dict[str, int], jobs
             raise ClusterError(f"no Dask worker joined the scheduler {client.scheduler.address} "
                                f"within {WORKERS_TIMEOUT_S} s") from None
         check_worker_versions(client)
-        # the identity -> class table goes to each worker once, not with every task
-        [class_of_f] = client.scatter([class_of], broadcast=True, hash=False)
+        # the identity -> class table travels once, as a task of its own rather than inside every
+        # shard task; unlike scattered data it is recomputed if every worker holding it dies
+        class_of_f = client.submit(dict, class_of, key=f"class-of-{os.urandom(4).hex()}", pure=False)
         spec_of = {}
         futures = []
         for spec in todo:

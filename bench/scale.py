@@ -66,8 +66,9 @@ out["plan"] = {"s": time.perf_counter() - t, "rss_mb": rss_mb(), "items": len(me
     "build": r"""
 from avdata.shards import BuildConfig, build_shards
 t = time.perf_counter()
-m = build_shards(args["out"], args["meta"], audio=args["audio"], faces=args["faces"],
-                 config=BuildConfig(shard_size=args["shard_size"]), jobs=args["jobs"])
+m = build_shards(args["out"], args["meta"], audio=args.get("audio"), faces=args.get("faces"),
+                 config=BuildConfig(shard_size=args["shard_size"]), jobs=args["jobs"],
+                 distributor=args.get("distributor", "multiprocessing"))
 out["build"] = {"s": time.perf_counter() - t, "rss_mb": rss_mb(), "rss_worker_mb": rss_mb(resource.RUSAGE_CHILDREN),
                 "items": sum(m["inputs"]["files"].values()), "rejects": m["rejects"],
                 "samples": sum(v["samples"] for v in m["shards"].values())}
@@ -112,7 +113,7 @@ def run_stage(stage: str, **args) -> dict:
     env = os.environ | {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     code = PRELUDE + STAGES[stage] + "\nprint(json.dumps(out))\n"
     res = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True,
-                         cwd=REPO, env=env)
+                         cwd=REPO, env=env, check=False)
     if res.returncode != 0:
         raise SystemExit(f"stage {stage} failed:\n{res.stdout[-1500:]}\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -168,10 +169,29 @@ def one_scale(tmp: Path, fraction: float, clips: int, faces: int, jobs: int, sha
     counts = {}
     for d in ("tuples-train", "tuples-test", "tuples-verif", "tuples-retr"):
         for f in sorted((root / d / "index").glob("*.jsonl")):
-            counts[f.stem] = sum(1 for _ in open(f))
+            counts[f.stem] = len(f.read_text().splitlines())
     res["tuples"] = counts
     res["stages"] = stages
     return res
+
+
+def build_rates(tmp: Path, fraction: float, clips: int, faces: int, jobs: int, shard_size: int) -> dict:
+    """Per-modality extraction rates for the extrapolation: audio-only and faces-only builds
+    on one core (-j 1), and the whole tree with -j J under multiprocessing and under Dask."""
+    root = tmp / f"rates-f{fraction:g}"
+    tree = make_tree(root, fraction, clips, faces)
+    meta = {"meta": str(META), "shard_size": shard_size}
+    out = {"fraction": fraction, **tree}
+    for name, roots, j, dist in (("audio -j 1", {"audio": str(root / "wav")}, 1, "multiprocessing"),
+                                 ("faces -j 1", {"faces": str(root / "faces")}, 1, "multiprocessing"),
+                                 (f"both -j {jobs}", {"audio": str(root / "wav"), "faces": str(root / "faces")}, jobs,
+                                  "multiprocessing"),
+                                 (f"both dask -j {jobs}", {"audio": str(root / "wav"), "faces": str(root / "faces")}, jobs,
+                                  "dask")):
+        b = run_stage("build", **meta, **roots, out=str(root / name.replace(" ", "_")), jobs=j, distributor=dist)["build"]
+        out[name] = b | {"items_per_s": b["items"] / b["s"]}
+        print(f"{name}: {b['items']} files in {b['s']:.1f} s = {b['items'] / b['s']:.1f} files/s", file=sys.stderr)
+    return out
 
 
 def main():
@@ -183,10 +203,20 @@ def main():
     ap.add_argument("-j", "--jobs", type=int, default=2, help="build-shards worker processes")
     ap.add_argument("--shard-size", type=int, default=500)
     ap.add_argument("--bootstrap", type=int, default=200, help="evaluate's bootstrap resamples")
+    ap.add_argument("--rates-only", action="store_true",
+                    help="only the per-modality build rates (-j 1) and -j J vs Dask, at the first fraction")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     fractions = [float(f) for f in args.fractions.split(",")]
     started, load_at_start = time.time(), os.getloadavg()
+    if args.rates_only:
+        with tempfile.TemporaryDirectory(prefix="avmatch-scale-") as tmp:
+            rates = build_rates(Path(tmp), fractions[0], args.clips, args.faces, args.jobs, args.shard_size)
+        report = {"command": "bench/scale.py " + " ".join(sys.argv[1:]), "load_avg_at_start": load_at_start,
+                  "load_avg_at_end": os.getloadavg(), "rates": rates}
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
+        return
     with tempfile.TemporaryDirectory(prefix="avmatch-scale-") as tmp:
         results = []
         for f in fractions:
