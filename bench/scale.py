@@ -175,7 +175,8 @@ def one_scale(tmp: Path, fraction: float, clips: int, faces: int, jobs: int, sha
     return res
 
 
-def build_rates(tmp: Path, fraction: float, clips: int, faces: int, jobs: int, shard_size: int) -> dict:
+def build_rates(tmp: Path, fraction: float, clips: int, faces: int, jobs: int, shard_size: int,
+                which: str = "audio,faces,both,dask") -> dict:
     """Per-modality extraction rates for the extrapolation: audio-only and faces-only builds
     on one core (-j 1), and the whole tree with -j J under multiprocessing and under Dask."""
     root = tmp / f"rates-f{fraction:g}"
@@ -188,6 +189,8 @@ def build_rates(tmp: Path, fraction: float, clips: int, faces: int, jobs: int, s
                                   "multiprocessing"),
                                  (f"both dask -j {jobs}", {"audio": str(root / "wav"), "faces": str(root / "faces")}, jobs,
                                   "dask")):
+        if name.split()[0 if "dask" not in name else 1] not in which.split(","):
+            continue
         b = run_stage("build", **meta, **roots, out=str(root / name.replace(" ", "_")), jobs=j, distributor=dist)["build"]
         out[name] = b | {"items_per_s": b["items"] / b["s"]}
         print(f"{name}: {b['items']} files in {b['s']:.1f} s = {b['items'] / b['s']:.1f} files/s", file=sys.stderr)
@@ -205,13 +208,15 @@ def main():
     ap.add_argument("--bootstrap", type=int, default=200, help="evaluate's bootstrap resamples")
     ap.add_argument("--rates-only", action="store_true",
                     help="only the per-modality build rates (-j 1) and -j J vs Dask, at the first fraction")
+    ap.add_argument("--rates-builds", default="audio,faces,both,dask", help="which --rates-only builds to run")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     fractions = [float(f) for f in args.fractions.split(",")]
     started, load_at_start = time.time(), os.getloadavg()
     if args.rates_only:
         with tempfile.TemporaryDirectory(prefix="avmatch-scale-") as tmp:
-            rates = build_rates(Path(tmp), fractions[0], args.clips, args.faces, args.jobs, args.shard_size)
+            rates = build_rates(Path(tmp), fractions[0], args.clips, args.faces, args.jobs, args.shard_size,
+                                args.rates_builds)
         report = {"command": "bench/scale.py " + " ".join(sys.argv[1:]), "load_avg_at_start": load_at_start,
                   "load_avg_at_end": os.getloadavg(), "rates": rates}
         if args.json:
