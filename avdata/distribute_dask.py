@@ -114,13 +114,14 @@ def run_specs_dask(todo: list, config, out: Path, class_of: dict[str, int], jobs
             raise ClusterError(f"no Dask worker joined the scheduler {client.scheduler.address} "
                                f"within {WORKERS_TIMEOUT_S} s") from None
         check_worker_versions(client)
-        # the identity -> class table travels once, as a task of its own rather than inside every
-        # shard task; unlike scattered data it is recomputed if every worker holding it dies
-        class_of_f = client.submit(dict, class_of, key=f"class-of-{os.urandom(4).hex()}", pure=False)
         spec_of = {}
         futures = []
         for spec in todo:
-            fut = client.submit(build_shard_task, spec, config, str(out), class_of_f, fail_fast,
+            # each task carries the classes of its own identities only: no shared input, so the
+            # tasks have no dependency and the scheduler hands each to whichever worker is free
+            # (a shared future would pull every task towards the worker that holds it)
+            classes = {row["vox_id"]: class_of[row["vox_id"]] for row in spec.rows}
+            fut = client.submit(build_shard_task, spec, config, str(out), classes, fail_fast,
                                 key=f"build-shard-{spec.name}-{os.urandom(4).hex()}",
                                 retries=retries, pure=False)
             spec_of[fut.key] = spec
