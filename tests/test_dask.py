@@ -36,6 +36,11 @@ def build_args(corpus: Path, out: Path, *extra: str) -> list[str]:
 def corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("dask_corpus")
     synth_corpus(out, identities=6, clips_per_identity=2, faces_per_identity=2, seed=3)
+    # one corrupt clip: a reject found inside a worker, gathered into rejects.jsonl as with -j
+    ident = sorted(p.name for p in (out / "wav").iterdir())[0]
+    bad = out / "wav" / ident / "corruptYT01" / "00001.wav"
+    bad.parent.mkdir()
+    bad.write_bytes(b"RIFF\x00\x01\x00\x00WAVEnot really a wav file" * 40)
     return out
 
 
@@ -52,7 +57,9 @@ def test_dask_local_cluster_matches_j1(corpus, built_j1, tmp_path):
     out = tmp_path / "dask"
     res = CliRunner().invoke(main, build_args(corpus, out, "--distributor", "dask", "-j", "2"))
     assert res.exit_code == 0, res.output
-    assert len(tar_hashes(built_j1)) == 12
+    assert len(tar_hashes(built_j1)) == 13
+    rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rejects if r["source"].endswith("corruptYT01/00001.wav")] == ["extract"]
     assert tar_hashes(out) == tar_hashes(built_j1)
     for name in ("manifest.json", "sizes.json", "rejects.jsonl", "splits.csv"):
         assert (out / name).read_bytes() == (built_j1 / name).read_bytes(), name
