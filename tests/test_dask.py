@@ -37,7 +37,7 @@ def corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("dask_corpus")
     synth_corpus(out, identities=6, clips_per_identity=2, faces_per_identity=2, seed=3)
     # one corrupt clip: a reject found inside a worker, gathered into rejects.jsonl as with -j
-    ident = sorted(p.name for p in (out / "wav").iterdir())[0]
+    ident = min(p.name for p in (out / "wav").iterdir())
     bad = out / "wav" / ident / "corruptYT01" / "00001.wav"
     bad.parent.mkdir()
     bad.write_bytes(b"RIFF\x00\x01\x00\x00WAVEnot really a wav file" * 40)
