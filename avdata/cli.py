@@ -79,6 +79,8 @@ def splits_cmd(meta, protocol, pins_splits, out):
 @click.option("--pins-splits", type=click.Path(dir_okay=False, exists=True), default=None, help="Learnable-PINs identity_splits.txt (for --protocol pins).")
 @click.option("--out", type=click.Path(file_okay=False), required=True, help="Output directory for SPLIT/{audio,face}-NNNNNN.tar and the manifest.")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, help="Worker processes; each owns whole shards. Output is identical for any value.")
+@click.option("--distributor", type=click.Choice(["multiprocessing", "dask"]), default="multiprocessing", help="Who runs the shards: -j local processes, or one Dask task per shard (docs/cluster.md).")
+@click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786) or scheduler file to join; without it --distributor dask starts a LocalCluster of -j processes.")
 @click.option("--seed", type=int, default=0, help="Seed for the seen-heard hold-out (pins).")
 @click.option("--shard-size", type=click.IntRange(min=1), default=500, help="Input files per shard.")
 @click.option("--windows", type=click.IntRange(min=1), default=1, help="Max 125-frame spectrogram windows per clip.")
@@ -91,7 +93,8 @@ def splits_cmd(meta, protocol, pins_splits, out):
               help="Face detection device: auto = CUDA if present, else CPU; with n GPUs worker i uses cuda:(i mod n). Recorded in the manifest.")
 @user_errors
 def build_shards_cmd(audio, faces, videos, meta, protocol, pins_splits, out, jobs, seed, shard_size, windows,
-                     face_margin, video_fps, max_frames_per_video, fault_tolerant, progress, device):
+                     face_margin, video_fps, max_frames_per_video, fault_tolerant, progress, device,
+                     distributor, scheduler):
     """Build identity-split WebDataset shards; re-run the same command to resume.
 
     OUT is locked while a build runs (OUT/.lock; a second build into it stops at once). A
@@ -106,7 +109,7 @@ def build_shards_cmd(audio, faces, videos, meta, protocol, pins_splits, out, job
                                                max_frames_per_video=max_frames_per_video))
     manifest = build_shards(out, meta, audio=audio, faces=faces, videos=videos, pins_splits=pins_splits,
                             config=config, jobs=jobs, fail_fast=not fault_tolerant, progress=progress,
-                            log=lambda line: click.echo(line, err=True))
+                            log=lambda line: click.echo(line, err=True), distributor=distributor, scheduler=scheduler)
     for split, s in manifest["splits"].items():
         click.echo(f"{split}: {s['identities']} identities, {s['samples']['audio']} audio, {s['samples']['face']} face samples")
     for pattern in manifest["patterns"].values():

@@ -551,8 +551,13 @@ def _config_changes(out: Path, manifest_config: dict) -> list[str]:
 def build_shards(out: str | Path, meta: str | Path, audio: str | Path | None = None, faces: str | Path | None = None,
                  videos: str | Path | None = None, pins_splits: str | Path | None = None,
                  config: BuildConfig = BuildConfig(), jobs: int = 1, fail_fast: bool = False,
-                 progress: bool = False, log=None) -> dict:
+                 progress: bool = False, log=None, distributor: str = "multiprocessing",
+                 scheduler: str | None = None) -> dict:
     """Build (or resume) identity-split shards; returns the manifest dict.
+
+    distributor "multiprocessing" runs ``jobs`` local processes; "dask" runs one task per shard
+    on the Dask scheduler ``scheduler`` (address or scheduler file) or, without one, on a
+    LocalCluster of ``jobs`` processes (avdata.distribute_dask). The shards are the same.
 
     Holds OUT/.lock throughout. A shard is skipped only when its done marker was written for
     the same settings and the same input files (:func:`shard_build_sha256`); others are
@@ -561,17 +566,21 @@ def build_shards(out: str | Path, meta: str | Path, audio: str | Path | None = N
     out = Path(out)
     if audio is None and faces is None and videos is None:
         raise BuildError("give at least one of --audio, --faces, --videos")
+    if distributor not in ("multiprocessing", "dask"):
+        raise BuildError(f"unknown distributor {distributor!r}: choose multiprocessing or dask")
+    if scheduler is not None and distributor != "dask":
+        raise BuildError("a scheduler is only used with --distributor dask")
     if config.device != "cpu":  # the manifest records the device kind really used: cpu or cuda
         from avdata.faces import resolve_device
 
         config = dataclasses.replace(config, device=resolve_device(config.device).split(":")[0])
     with output_lock(out):
         return _build_locked(out, meta, audio, faces, videos, pins_splits, config, jobs, fail_fast, progress,
-                             log or (lambda line: print(line, file=sys.stderr)))
+                             log or (lambda line: print(line, file=sys.stderr)), distributor, scheduler)
 
 
 def _build_locked(out: Path, meta, audio, faces, videos, pins_splits, config: BuildConfig, jobs: int,
-                  fail_fast: bool, progress: bool, log) -> dict:
+                  fail_fast: bool, progress: bool, log, distributor: str, scheduler: str | None) -> dict:
     from avdata.audio import SPEC_CONFIG
     from avdata.ingest import scan_all
     from avdata.splits import (
@@ -633,7 +642,12 @@ def _build_locked(out: Path, meta, audio, faces, videos, pins_splits, config: Bu
             p.unlink()
         for s in todo:
             stats_path(out, s.name).unlink(missing_ok=True)
-    _run_specs(todo, config, out, class_of, jobs, fail_fast, progress)
+    if distributor == "dask":
+        from avdata.distribute_dask import run_specs_dask
+
+        run_specs_dask(todo, config, out, class_of, jobs, fail_fast, progress, scheduler=scheduler)
+    else:
+        _run_specs(todo, config, out, class_of, jobs, fail_fast, progress)
 
     stats = [shard_done(out, s.name, keys[s.name]) for s in specs]
     missing = [s.name for s, st in zip(specs, stats) if st is None]
