@@ -148,10 +148,12 @@ def _check_sizes(dir: Path, expected: dict, problems: list[str]) -> None:
         if expected:  # readers find shards through sizes.json
             problems.append("sizes.json: missing")
         return
+    from avdata.reader import read_sizes  # the one sizes.json parser
+
     try:
-        sizes = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        problems.append("sizes.json: not JSON")
+        sizes = read_sizes(path)
+    except AvmatchError as exc:
+        problems.append(f"sizes.json: {str(exc).split(': ', 1)[-1]}")
         return
     if sizes != expected:
         problems.append("sizes.json: does not match the counts in manifest.json")
