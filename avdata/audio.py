@@ -90,8 +90,7 @@ SPEC_CONFIG = {
     "frames": FRAMES,
     "windows": "consecutive non-overlapping 125-frame windows of one STFT of the whole clip",
     "short_clip_pad": (
-        f"wrap (tile) the resampled waveform to {MIN_SAMPLES_FOR_ONE_WINDOW} samples "
-        "before mean subtraction"
+        f"wrap (tile) the resampled waveform to {MIN_SAMPLES_FOR_ONE_WINDOW} samples before mean subtraction"
     ),
     "min_duration_s": MIN_DURATION_S,
     "silence_peak": SILENCE_PEAK,
@@ -196,8 +195,9 @@ IN_MEMORY_MAX_VALUES = 60 * 16000
 STREAM_BLOCK = 1 << 16  # input samples per block when streaming
 
 
-def audio_features(path: str | Path, max_windows: int = 1,
-                   max_in_memory: int = IN_MEMORY_MAX_VALUES) -> np.ndarray:
+def audio_features(
+    path: str | Path, max_windows: int = 1, max_in_memory: int = IN_MEMORY_MAX_VALUES
+) -> np.ndarray:
     """Load any audio or video file (wav fast path, else ffmpeg) -> (n, 224, 125) windows.
 
     Clips with more than `max_in_memory` values are never held whole: they are decoded twice
@@ -273,8 +273,11 @@ class _PairwiseSum:
 def _resampled_blocks(stream: AudioStream, n_out: int, on_input=None):
     """The clip resampled to 22,050 Hz, block by block, exactly `n_out` samples in all (the
     length rule of _resample); `on_input` sees every input block first."""
-    resampler = None if stream.sr == SAMPLE_RATE else soxr.ResampleStream(
-        stream.sr, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+    resampler = (
+        None
+        if stream.sr == SAMPLE_RATE
+        else soxr.ResampleStream(stream.sr, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+    )
     produced = 0
     blocks = stream.blocks(STREAM_BLOCK)
     done = False
@@ -286,8 +289,7 @@ def _resampled_blocks(stream: AudioStream, n_out: int, on_input=None):
         if resampler is None:
             out = block if block is not None else np.zeros(0, np.float32)
         else:
-            out = resampler.resample_chunk(block if block is not None else np.zeros(0, np.float32),
-                                           last=done)
+            out = resampler.resample_chunk(block if block is not None else np.zeros(0, np.float32), last=done)
         out = np.asarray(out, dtype=np.float32)[: n_out - produced]
         produced += out.shape[0]
         if out.shape[0]:
@@ -358,14 +360,16 @@ def spectrogram_windows_streamed(stream: AudioStream, max_windows: int = 1) -> n
         while available > 0 and (available >= batch_frames or final):
             count = min(batch_frames, available)
             joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
-            frames = np.lib.stride_tricks.sliding_window_view(joined[: (count - 1) * HOP + N_FFT], N_FFT)[::HOP]
+            frames = np.lib.stride_tricks.sliding_window_view(joined[: (count - 1) * HOP + N_FFT], N_FFT)[
+                ::HOP
+            ]
             magnitude = np.abs(scipy.fft.rfft(frames * _WINDOW, axis=-1, overwrite_x=True))
             peak_magnitude = max(peak_magnitude, float(magnitude.max()))
             if next_frame < n_kept:
                 take = min(count, n_kept - next_frame)
-                kept[next_frame: next_frame + take] = magnitude[:take, :FREQ_BINS]
+                kept[next_frame : next_frame + take] = magnitude[:take, :FREQ_BINS]
             next_frame += count
-            rest = joined[count * HOP:]
+            rest = joined[count * HOP :]
             pending, pending_n = [rest], rest.shape[0]
             available -= count
 

@@ -23,12 +23,29 @@ def main():
 
 @main.command("synth")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--identities", type=click.IntRange(min=3), default=60, help="Number of identities (names spread over A-Z so every split is populated).")
-@click.option("--clips-per-identity", type=click.IntRange(min=1), default=4, help="Voice clips (wav) per identity.")
-@click.option("--faces-per-identity", type=click.IntRange(min=1), default=4, help="Face photos (jpg) per identity.")
-@click.option("--videos/--no-videos", default=False, help="Also write talking-head mp4s (frames + voice track).")
+@click.option(
+    "--identities",
+    type=click.IntRange(min=3),
+    default=60,
+    help="Number of identities (names spread over A-Z so every split is populated).",
+)
+@click.option(
+    "--clips-per-identity", type=click.IntRange(min=1), default=4, help="Voice clips (wav) per identity."
+)
+@click.option(
+    "--faces-per-identity", type=click.IntRange(min=1), default=4, help="Face photos (jpg) per identity."
+)
+@click.option(
+    "--videos/--no-videos", default=False, help="Also write talking-head mp4s (frames + voice track)."
+)
 @click.option("--seed", type=int, default=0, help="Corpus seed; the same seed gives byte-identical files.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, help="Worker processes (identities in parallel); the files are the same for any value.")
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Worker processes (identities in parallel); the files are the same for any value.",
+)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def synth_cmd(out, identities, clips_per_identity, faces_per_identity, videos, seed, jobs, progress):
     """Write the built-in synthetic corpus to OUT in the real VoxCeleb layouts.
@@ -40,19 +57,40 @@ def synth_cmd(out, identities, clips_per_identity, faces_per_identity, videos, s
     from avdata.synth import synth_corpus
 
     try:
-        summary = synth_corpus(out, identities=identities, clips_per_identity=clips_per_identity,
-                               faces_per_identity=faces_per_identity, videos=videos, seed=seed, progress=progress,
-                               workers=jobs)
+        summary = synth_corpus(
+            out,
+            identities=identities,
+            clips_per_identity=clips_per_identity,
+            faces_per_identity=faces_per_identity,
+            videos=videos,
+            seed=seed,
+            progress=progress,
+            workers=jobs,
+        )
     except (InputError, ValueError) as exc:
         fail(str(exc))
     click.echo(f"{out}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if isinstance(v, int)))
 
 
 @main.command("splits")
-@click.option("--meta", type=click.Path(dir_okay=False), required=True, help="VoxCeleb1 meta file (vox1_meta.csv, tab separated).")
-@click.option("--protocol", type=click.Choice(["matching", "pins"]), required=True,
-              help="matching: A-B val, C-E test, F-Z train by first letter; pins: Learnable-PINs sets.")
-@click.option("--pins-splits", type=click.Path(dir_okay=False), default=None, help="Learnable-PINs identity_splits.txt (needed for --protocol pins).")
+@click.option(
+    "--meta",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="VoxCeleb1 meta file (vox1_meta.csv, tab separated).",
+)
+@click.option(
+    "--protocol",
+    type=click.Choice(["matching", "pins"]),
+    required=True,
+    help="matching: A-B val, C-E test, F-Z train by first letter; pins: Learnable-PINs sets.",
+)
+@click.option(
+    "--pins-splits",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Learnable-PINs identity_splits.txt (needed for --protocol pins).",
+)
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output CSV: name,vox_id,split.")
 @user_errors
 def splits_cmd(meta, protocol, pins_splits, out):
@@ -71,30 +109,109 @@ def splits_cmd(meta, protocol, pins_splits, out):
 
 
 @main.command("build-shards")
-@click.option("--audio", type=click.Path(file_okay=False, exists=True), default=None, help="Audio root (idNNNNN/YTID/NNNNN.wav, NAME/*.wav or NAME.wav).")
-@click.option("--faces", type=click.Path(file_okay=False, exists=True), default=None, help="Face image root (NAME/YTID/NNNNNNN.jpg or NAME/*.jpg|png).")
-@click.option("--videos", type=click.Path(file_okay=False, exists=True), default=None, help="Video root (idNNNNN/YTID/NNNNN.mp4 or NAME/*.mp4); feeds both modalities.")
-@click.option("--meta", type=click.Path(dir_okay=False, exists=True), required=True, help="VoxCeleb1 meta file (vox1_meta.csv).")
-@click.option("--protocol", type=click.Choice(["matching", "pins"]), default="matching", help="Identity split protocol.")
-@click.option("--pins-splits", type=click.Path(dir_okay=False, exists=True), default=None, help="Learnable-PINs identity_splits.txt (for --protocol pins).")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output directory for SPLIT/{audio,face}-NNNNNN.tar and the manifest.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, help="Worker processes; each owns whole shards. Output is identical for any value.")
-@click.option("--distributor", type=click.Choice(["multiprocessing", "dask"]), default="multiprocessing", help="Who runs the shards: -j local processes, or one Dask task per shard (docs/cluster.md).")
-@click.option("--scheduler", default=None, help="Dask scheduler address (tcp://host:8786) or scheduler file to join; without it --distributor dask starts a LocalCluster of -j processes.")
+@click.option(
+    "--audio",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Audio root (idNNNNN/YTID/NNNNN.wav, NAME/*.wav or NAME.wav).",
+)
+@click.option(
+    "--faces",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Face image root (NAME/YTID/NNNNNNN.jpg or NAME/*.jpg|png).",
+)
+@click.option(
+    "--videos",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Video root (idNNNNN/YTID/NNNNN.mp4 or NAME/*.mp4); feeds both modalities.",
+)
+@click.option(
+    "--meta",
+    type=click.Path(dir_okay=False, exists=True),
+    required=True,
+    help="VoxCeleb1 meta file (vox1_meta.csv).",
+)
+@click.option(
+    "--protocol", type=click.Choice(["matching", "pins"]), default="matching", help="Identity split protocol."
+)
+@click.option(
+    "--pins-splits",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Learnable-PINs identity_splits.txt (for --protocol pins).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Output directory for SPLIT/{audio,face}-NNNNNN.tar and the manifest.",
+)
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Worker processes; each owns whole shards. Output is identical for any value.",
+)
+@click.option(
+    "--distributor",
+    type=click.Choice(["multiprocessing", "dask"]),
+    default="multiprocessing",
+    help="Who runs the shards: -j local processes, or one Dask task per shard (docs/cluster.md).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    help="Dask scheduler address (tcp://host:8786) or scheduler file to join; without it --distributor dask starts a LocalCluster of -j processes.",
+)
 @click.option("--seed", type=int, default=0, help="Seed for the seen-heard hold-out (pins).")
 @click.option("--shard-size", type=click.IntRange(min=1), default=500, help="Input files per shard.")
-@click.option("--windows", type=click.IntRange(min=1), default=1, help="Max 125-frame spectrogram windows per clip.")
-@click.option("--face-margin", type=float, default=0.2, help="Margin around the face box, as a fraction of its size.")
+@click.option(
+    "--windows", type=click.IntRange(min=1), default=1, help="Max 125-frame spectrogram windows per clip."
+)
+@click.option(
+    "--face-margin", type=float, default=0.2, help="Margin around the face box, as a fraction of its size."
+)
 @click.option("--video-fps", type=float, default=1.0, help="Frames per second sampled from videos for faces.")
-@click.option("--max-frames-per-video", type=click.IntRange(min=1), default=8, help="Cap on face frames per video.")
-@click.option("--fault-tolerant/--fail-fast", default=True, help="Record bad inputs in rejects.jsonl and go on, or stop at the first.")
+@click.option(
+    "--max-frames-per-video", type=click.IntRange(min=1), default=8, help="Cap on face frames per video."
+)
+@click.option(
+    "--fault-tolerant/--fail-fast",
+    default=True,
+    help="Record bad inputs in rejects.jsonl and go on, or stop at the first.",
+)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar (items/s, rejects so far).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
-              help="Face detection device: auto = CUDA if present, else CPU; with n GPUs worker i uses cuda:(i mod n). Recorded in the manifest.")
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    help="Face detection device: auto = CUDA if present, else CPU; with n GPUs worker i uses cuda:(i mod n). Recorded in the manifest.",
+)
 @user_errors
-def build_shards_cmd(audio, faces, videos, meta, protocol, pins_splits, out, jobs, seed, shard_size, windows,
-                     face_margin, video_fps, max_frames_per_video, fault_tolerant, progress, device,
-                     distributor, scheduler):
+def build_shards_cmd(
+    audio,
+    faces,
+    videos,
+    meta,
+    protocol,
+    pins_splits,
+    out,
+    jobs,
+    seed,
+    shard_size,
+    windows,
+    face_margin,
+    video_fps,
+    max_frames_per_video,
+    fault_tolerant,
+    progress,
+    device,
+    distributor,
+    scheduler,
+):
     """Build identity-split WebDataset shards; re-run the same command to resume.
 
     OUT is locked while a build runs (OUT/.lock; a second build into it stops at once). A
@@ -104,14 +221,37 @@ def build_shards_cmd(audio, faces, videos, meta, protocol, pins_splits, out, job
     from avdata.extract import ExtractConfig
     from avdata.shards import BuildConfig, build_shards
 
-    config = BuildConfig(protocol=protocol, seed=seed, shard_size=shard_size, device=device,
-                         extract=ExtractConfig(windows=windows, face_margin=face_margin, video_fps=video_fps,
-                                               max_frames_per_video=max_frames_per_video))
-    manifest = build_shards(out, meta, audio=audio, faces=faces, videos=videos, pins_splits=pins_splits,
-                            config=config, jobs=jobs, fail_fast=not fault_tolerant, progress=progress,
-                            log=lambda line: click.echo(line, err=True), distributor=distributor, scheduler=scheduler)
+    config = BuildConfig(
+        protocol=protocol,
+        seed=seed,
+        shard_size=shard_size,
+        device=device,
+        extract=ExtractConfig(
+            windows=windows,
+            face_margin=face_margin,
+            video_fps=video_fps,
+            max_frames_per_video=max_frames_per_video,
+        ),
+    )
+    manifest = build_shards(
+        out,
+        meta,
+        audio=audio,
+        faces=faces,
+        videos=videos,
+        pins_splits=pins_splits,
+        config=config,
+        jobs=jobs,
+        fail_fast=not fault_tolerant,
+        progress=progress,
+        log=lambda line: click.echo(line, err=True),
+        distributor=distributor,
+        scheduler=scheduler,
+    )
     for split, s in manifest["splits"].items():
-        click.echo(f"{split}: {s['identities']} identities, {s['samples']['audio']} audio, {s['samples']['face']} face samples")
+        click.echo(
+            f"{split}: {s['identities']} identities, {s['samples']['audio']} audio, {s['samples']['face']} face samples"
+        )
     for pattern in manifest["patterns"].values():
         click.echo(f"shards: {Path(out) / pattern}")
     click.echo(f"{out}: {len(manifest['shards'])} shards, {manifest['rejects']} rejects (see rejects.jsonl)")
@@ -129,23 +269,90 @@ def _parse_k(value: str) -> list[int]:
 
 
 @main.command("make-tuples")
-@click.option("--shards", type=click.Path(file_okay=False, exists=True), required=True, help="Shard directory from build-shards.")
-@click.option("--task", type=click.Choice(["matching", "verification", "retrieval"]), required=True, help="Evaluation protocol.")
-@click.option("--split", "splits", multiple=True, required=True, help="Split(s) to draw from, e.g. train, test, seen_heard, unseen_unheard (repeatable).")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output directory (index/, shards/, sizes.json, manifest.json).")
+@click.option(
+    "--shards",
+    type=click.Path(file_okay=False, exists=True),
+    required=True,
+    help="Shard directory from build-shards.",
+)
+@click.option(
+    "--task",
+    type=click.Choice(["matching", "verification", "retrieval"]),
+    required=True,
+    help="Evaluation protocol.",
+)
+@click.option(
+    "--split",
+    "splits",
+    multiple=True,
+    required=True,
+    help="Split(s) to draw from, e.g. train, test, seen_heard, unseen_unheard (repeatable).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Output directory (index/, shards/, sizes.json, manifest.json).",
+)
 @click.option("--k", "k_spec", default="2", help="Matching gallery size: 10, a range 2-10 or a list 2,5,10.")
-@click.option("--direction", type=click.Choice(["a2v", "v2a", "both"]), default="both", help="a2v: voice query, face gallery; v2a: the reverse.")
-@click.option("--seed", type=int, default=0, help="Seed of every draw; same shards + seed give identical files.")
-@click.option("--negatives-per-positive", type=click.IntRange(min=1), default=15, help="Matching k=2: tuples (one negative each) per positive pair.")
-@click.option("--positives-per-identity", type=click.IntRange(min=1), default=1, help="Matching k=2: (query, positive) pairs per identity (the paper: 1).")
-@click.option("--sets-per-identity", type=click.IntRange(min=1), default=50, help="Matching k>2: tuples per identity.")
-@click.option("--pairs-per-identity", type=click.IntRange(min=1), default=10, help="Verification: positive pairs per identity (as many negatives).")
-@click.option("--constrain", default="", help="Negatives share these attributes with the query: gender, nationality or gender,nationality.")
-@click.option("--tuple-shards/--no-tuple-shards", default=None, help="Also write tuple shards carrying every member's arrays [default: on for split train].")
+@click.option(
+    "--direction",
+    type=click.Choice(["a2v", "v2a", "both"]),
+    default="both",
+    help="a2v: voice query, face gallery; v2a: the reverse.",
+)
+@click.option(
+    "--seed", type=int, default=0, help="Seed of every draw; same shards + seed give identical files."
+)
+@click.option(
+    "--negatives-per-positive",
+    type=click.IntRange(min=1),
+    default=15,
+    help="Matching k=2: tuples (one negative each) per positive pair.",
+)
+@click.option(
+    "--positives-per-identity",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Matching k=2: (query, positive) pairs per identity (the paper: 1).",
+)
+@click.option(
+    "--sets-per-identity", type=click.IntRange(min=1), default=50, help="Matching k>2: tuples per identity."
+)
+@click.option(
+    "--pairs-per-identity",
+    type=click.IntRange(min=1),
+    default=10,
+    help="Verification: positive pairs per identity (as many negatives).",
+)
+@click.option(
+    "--constrain",
+    default="",
+    help="Negatives share these attributes with the query: gender, nationality or gender,nationality.",
+)
+@click.option(
+    "--tuple-shards/--no-tuple-shards",
+    default=None,
+    help="Also write tuple shards carrying every member's arrays [default: on for split train].",
+)
 @click.option("--tuples-per-shard", type=click.IntRange(min=1), default=500, help="Tuples per tuple shard.")
 @user_errors
-def make_tuples_cmd(shards, task, splits, out, k_spec, direction, seed, negatives_per_positive, positives_per_identity, sets_per_identity,
-                    pairs_per_identity, constrain, tuple_shards, tuples_per_shard):
+def make_tuples_cmd(
+    shards,
+    task,
+    splits,
+    out,
+    k_spec,
+    direction,
+    seed,
+    negatives_per_positive,
+    positives_per_identity,
+    sets_per_identity,
+    pairs_per_identity,
+    constrain,
+    tuple_shards,
+    tuples_per_shard,
+):
     """Draw fixed tuples from shards, write them, then check every rule (as check-tuples)."""
     from avdata.reader import index_items
     from avdata.tuples import (
@@ -165,16 +372,35 @@ def make_tuples_cmd(shards, task, splits, out, k_spec, direction, seed, negative
     ks = _parse_k(k_spec) if task == "matching" else [1]
     if task == "verification":
         directions = ["a2v"]  # a pair is (voice, face) whichever way it is scored
-    configs = [TupleConfig(task=task, split=sp, direction=d, k=k, seed=seed, negatives_per_positive=negatives_per_positive,
-                           positives_per_identity=positives_per_identity,
-                           sets_per_identity=sets_per_identity, pairs_per_identity=pairs_per_identity, constrain=constraint)
-               for sp in splits for d in directions for k in ks]
+    configs = [
+        TupleConfig(
+            task=task,
+            split=sp,
+            direction=d,
+            k=k,
+            seed=seed,
+            negatives_per_positive=negatives_per_positive,
+            positives_per_identity=positives_per_identity,
+            sets_per_identity=sets_per_identity,
+            pairs_per_identity=pairs_per_identity,
+            constrain=constraint,
+        )
+        for sp in splits
+        for d in directions
+        for k in ks
+    ]
     with_shards = all(sp == "train" for sp in splits) if tuple_shards is None else tuple_shards
     check_out_dir(shards, out)  # before the (long) indexing: nothing is written into the shards
     source_manifest_sha256(shards)
     items = index_items(shards)  # read the shards' keys once for drawing and checking
-    summary = make_tuples(shards, out, configs, tuple_shards=with_shards and task != "retrieval",
-                          tuples_per_shard=tuples_per_shard, items=items)
+    summary = make_tuples(
+        shards,
+        out,
+        configs,
+        tuple_shards=with_shards and task != "retrieval",
+        tuples_per_shard=tuples_per_shard,
+        items=items,
+    )
     for name, counts in summary.items():
         click.echo(f"{name}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
     problems = check_tuples(out, shards, items=items)
@@ -187,7 +413,12 @@ def make_tuples_cmd(shards, task, splits, out, k_spec, direction, seed, negative
 
 @main.command("check-tuples")
 @click.argument("dir", type=click.Path(file_okay=False, exists=True))
-@click.option("--shards", type=click.Path(file_okay=False, exists=True), required=True, help="The shard directory the tuples were drawn from.")
+@click.option(
+    "--shards",
+    type=click.Path(file_okay=False, exists=True),
+    required=True,
+    help="The shard directory the tuples were drawn from.",
+)
 @user_errors
 def check_tuples_cmd(dir, shards):
     """Check every tuple list and tuple shard in DIR against its shards; exit 1 naming each broken rule.
@@ -208,8 +439,18 @@ def check_tuples_cmd(dir, shards):
 
 @main.command("import-veriflist")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
-@click.option("--shards", type=click.Path(file_okay=False, exists=True), required=True, help="Shard directory to map the list onto.")
-@click.option("--out", type=click.Path(file_okay=False), required=True, help="Tuple directory to add the mapped list to.")
+@click.option(
+    "--shards",
+    type=click.Path(file_okay=False, exists=True),
+    required=True,
+    help="Shard directory to map the list onto.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Tuple directory to add the mapped list to.",
+)
 @user_errors
 def import_veriflist_cmd(file, shards, out):
     """Map an official Learnable-PINs verification list (veriflist_*.txt) onto shard keys."""
@@ -249,10 +490,18 @@ def _report_diff(lines: list[str], what: str, against: str) -> None:
 
 @manifest_group.command("verify")
 @click.argument("dir", type=click.Path(file_okay=False, exists=True))
-@click.option("--against", type=click.Path(dir_okay=False, exists=True), required=True,
-              help="Committed manifest to compare with, e.g. manifests/demo/shards-matching.json.")
-@click.option("--tuples", type=click.Path(file_okay=False, exists=True), default=None,
-              help="For a training run directory: the tuple directory it trained on (its manifest hash is recorded).")
+@click.option(
+    "--against",
+    type=click.Path(dir_okay=False, exists=True),
+    required=True,
+    help="Committed manifest to compare with, e.g. manifests/demo/shards-matching.json.",
+)
+@click.option(
+    "--tuples",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="For a training run directory: the tuple directory it trained on (its manifest hash is recorded).",
+)
 @user_errors
 def manifest_verify_cmd(dir, against, tuples):
     """Compare DIR with a committed manifest.
@@ -272,10 +521,18 @@ def manifest_verify_cmd(dir, against, tuples):
 
 @manifest_group.command("update")
 @click.argument("dir", type=click.Path(file_okay=False, exists=True))
-@click.option("--out", type=click.Path(dir_okay=False), required=True,
-              help="Manifest file to (re)write as canonical JSON, e.g. manifests/demo/shards-matching.json.")
-@click.option("--tuples", type=click.Path(file_okay=False, exists=True), default=None,
-              help="For a training run directory: the tuple directory it trained on (its manifest hash is recorded).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="Manifest file to (re)write as canonical JSON, e.g. manifests/demo/shards-matching.json.",
+)
+@click.option(
+    "--tuples",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="For a training run directory: the tuple directory it trained on (its manifest hash is recorded).",
+)
 @user_errors
 def manifest_update_cmd(dir, out, tuples):
     """Write DIR's manifest to OUT (intentional changes).
@@ -292,24 +549,42 @@ def manifest_update_cmd(dir, out, tuples):
         fail(_one_line(f"{dir}: cannot describe ({exc})"))
     for line in lines:
         click.echo(line)
-    state = f"{len(lines)} change(s) from the previous version" if lines else "unchanged" if existed else "new"
+    state = (
+        f"{len(lines)} change(s) from the previous version" if lines else "unchanged" if existed else "new"
+    )
     click.echo(f"{out}: written ({state})")
 
 
-_META_OPTION = click.option("--meta", type=click.Path(dir_okay=False, exists=True), required=True,
-                            help="VoxCeleb1 meta file (vox1_meta.csv, tab separated).")
-_PROTOCOL_OPTION = click.option("--protocol", type=click.Choice(["matching", "pins"]), required=True,
-                                help="matching: A-B val, C-E test, F-Z train by first letter; pins: Learnable-PINs sets.")
-_PINS_OPTION = click.option("--pins-splits", type=click.Path(dir_okay=False, exists=True), default=None,
-                            help="Learnable-PINs identity_splits.txt (needed for --protocol pins).")
+_META_OPTION = click.option(
+    "--meta",
+    type=click.Path(dir_okay=False, exists=True),
+    required=True,
+    help="VoxCeleb1 meta file (vox1_meta.csv, tab separated).",
+)
+_PROTOCOL_OPTION = click.option(
+    "--protocol",
+    type=click.Choice(["matching", "pins"]),
+    required=True,
+    help="matching: A-B val, C-E test, F-Z train by first letter; pins: Learnable-PINs sets.",
+)
+_PINS_OPTION = click.option(
+    "--pins-splits",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Learnable-PINs identity_splits.txt (needed for --protocol pins).",
+)
 
 
 @manifest_group.command("splits")
 @_META_OPTION
 @_PROTOCOL_OPTION
 @_PINS_OPTION
-@click.option("--out", type=click.Path(dir_okay=False), required=True,
-              help="Manifest file to write, e.g. manifests/voxceleb1/matching.json (hashes and counts only).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="Manifest file to write, e.g. manifests/voxceleb1/matching.json (hashes and counts only).",
+)
 @user_errors
 def manifest_splits_cmd(meta, protocol, pins_splits, out):
     """Write a protocol's identity-split manifest.
@@ -331,8 +606,12 @@ def manifest_splits_cmd(meta, protocol, pins_splits, out):
 @_META_OPTION
 @_PROTOCOL_OPTION
 @_PINS_OPTION
-@click.option("--against", type=click.Path(dir_okay=False, exists=True), required=True,
-              help="Committed identity-split manifest, e.g. manifests/voxceleb1/matching.json.")
+@click.option(
+    "--against",
+    type=click.Path(dir_okay=False, exists=True),
+    required=True,
+    help="Committed identity-split manifest, e.g. manifests/voxceleb1/matching.json.",
+)
 @user_errors
 def manifest_verify_splits_cmd(meta, protocol, pins_splits, against):
     """Check a protocol's identity split against a manifest.

@@ -30,8 +30,8 @@ from avdata.errors import AvmatchError
 # Extra runs of a shard whose task raised (a decoder crash, a full disk being cleared, ...).
 # A worker that dies is handled separately by the scheduler (allowed-failures, default 3).
 TASK_RETRIES = 2
-CONNECT_TIMEOUT_S = 30      # to reach the scheduler
-WORKERS_TIMEOUT_S = 300     # for at least one worker to join it
+CONNECT_TIMEOUT_S = 30  # to reach the scheduler
+WORKERS_TIMEOUT_S = 300  # for at least one worker to join it
 
 
 class ClusterError(AvmatchError):
@@ -42,7 +42,9 @@ def _require_distributed():
     try:
         import distributed  # noqa: F401
     except ImportError:
-        raise ClusterError("--distributor dask needs dask.distributed: pip install 'avmatch[cluster]'") from None
+        raise ClusterError(
+            "--distributor dask needs dask.distributed: pip install 'avmatch[cluster]'"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -55,9 +57,16 @@ def dask_client(scheduler: str | os.PathLike | None, jobs: int):
     if scheduler is None:
         # processes, not threads: MTCNN and ffmpeg pipes hold the GIL in places, and a
         # killed worker must not take the client with it
-        with LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None,
-                          silence_logs=logging.ERROR) as cluster, \
-                Client(cluster, set_as_default=False) as client:
+        with (
+            LocalCluster(
+                n_workers=jobs,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs=logging.ERROR,
+            ) as cluster,
+            Client(cluster, set_as_default=False) as client,
+        ):
             yield client
         return
     target = str(scheduler)
@@ -83,18 +92,30 @@ def check_worker_versions(client) -> None:
     answers = client.run(library_versions, on_error="return")
     for addr, theirs in sorted(answers.items()):
         if isinstance(theirs, BaseException):
-            raise ClusterError(f"Dask worker {addr} cannot run avmatch ({type(theirs).__name__}: {theirs}); "
-                               "install the same avmatch environment on every worker")
+            raise ClusterError(
+                f"Dask worker {addr} cannot run avmatch ({type(theirs).__name__}: {theirs}); "
+                "install the same avmatch environment on every worker"
+            )
         diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         if diff:
             k = diff[0]
-            raise ClusterError(f"Dask worker {addr} has {k} {theirs.get(k)}, this client {mine.get(k)}: the shards "
-                               "would differ from a local build; install the same environment on every worker")
+            raise ClusterError(
+                f"Dask worker {addr} has {k} {theirs.get(k)}, this client {mine.get(k)}: the shards "
+                "would differ from a local build; install the same environment on every worker"
+            )
 
 
-def run_specs_dask(todo: list, config, out: Path, class_of: dict[str, int], jobs: int, fail_fast: bool,
-                   progress: bool, scheduler: str | os.PathLike | None = None,
-                   retries: int = TASK_RETRIES) -> list[dict]:
+def run_specs_dask(
+    todo: list,
+    config,
+    out: Path,
+    class_of: dict[str, int],
+    jobs: int,
+    fail_fast: bool,
+    progress: bool,
+    scheduler: str | os.PathLike | None = None,
+    retries: int = TASK_RETRIES,
+) -> list[dict]:
     """Build every shard spec of ``todo`` as one Dask task each; returns their stats in plan order.
 
     Raises the first task error (an ``InputError`` under fail-fast, after Dask's retries),
@@ -111,8 +132,9 @@ def run_specs_dask(todo: list, config, out: Path, class_of: dict[str, int], jobs
         try:
             client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
         except TimeoutError:
-            raise ClusterError(f"no Dask worker joined the scheduler {client.scheduler.address} "
-                               f"within {WORKERS_TIMEOUT_S} s") from None
+            raise ClusterError(
+                f"no Dask worker joined the scheduler {client.scheduler.address} within {WORKERS_TIMEOUT_S} s"
+            ) from None
         check_worker_versions(client)
         spec_of = {}
         futures = []
@@ -121,9 +143,17 @@ def run_specs_dask(todo: list, config, out: Path, class_of: dict[str, int], jobs
             # tasks have no dependency and the scheduler hands each to whichever worker is free
             # (a shared future would pull every task towards the worker that holds it)
             classes = {row["vox_id"]: class_of[row["vox_id"]] for row in spec.rows}
-            fut = client.submit(build_shard_task, spec, config, str(out), classes, fail_fast,
-                                key=f"build-shard-{spec.name}-{os.urandom(4).hex()}",
-                                retries=retries, pure=False)
+            fut = client.submit(
+                build_shard_task,
+                spec,
+                config,
+                str(out),
+                classes,
+                fail_fast,
+                key=f"build-shard-{spec.name}-{os.urandom(4).hex()}",
+                retries=retries,
+                pure=False,
+            )
             spec_of[fut.key] = spec
             futures.append(fut)
         stats_of = {}
@@ -138,8 +168,10 @@ def run_specs_dask(todo: list, config, out: Path, class_of: dict[str, int], jobs
                 bar.set_postfix(rejects=rejected, shards=f"{len(stats_of)}/{len(todo)}", refresh=False)
         except KilledWorker:
             client.cancel([f for f in futures if not f.done()])
-            raise ClusterError(f"shard {spec_of[fut.key].name}: every worker that ran it died (out of memory? "
-                               "see the worker logs); the shards done so far are kept, re-run to resume") from None
+            raise ClusterError(
+                f"shard {spec_of[fut.key].name}: every worker that ran it died (out of memory? "
+                "see the worker logs); the shards done so far are kept, re-run to resume"
+            ) from None
         except BaseException:
             client.cancel([f for f in futures if not f.done()])
             raise

@@ -56,8 +56,10 @@ def brace_pattern(split: str, modality: str, indices: list[int]) -> str:
 
 def shard_patterns(shards: dict[str, dict]) -> dict[str, str]:
     """``{"train/face": "train/face-{000000..000012}.tar", ...}``, relative to the shard directory."""
-    return {f"{split}/{modality}": brace_pattern(split, modality, [i for i, _, _ in items])
-            for (split, modality), items in shard_sets(shards).items()}
+    return {
+        f"{split}/{modality}": brace_pattern(split, modality, [i for i, _, _ in items])
+        for (split, modality), items in shard_sets(shards).items()
+    }
 
 
 def dataset_card(shards: dict[str, dict], protocol: str) -> str:
@@ -65,22 +67,37 @@ def dataset_card(shards: dict[str, dict], protocol: str) -> str:
     sets = shard_sets(shards)
     lines = ["---", "configs:"]
     for split, modality in sets:
-        lines += [f"- config_name: {split}-{modality}",
-                  "  data_files:",
-                  f"  - split: {split}",
-                  f"    path: \"{split}/{modality}-*.tar\""]
-    lines += ["---", "", "# avmatch shards", "",
-              f"Identity-split WebDataset shards built by `avdata build-shards` (protocol: {protocol}).",
-              "Each config below is one split and one modality; samples of a config share one schema.", "",
-              "| config | shards | samples | members |", "|---|---|---|---|"]
+        lines += [
+            f"- config_name: {split}-{modality}",
+            "  data_files:",
+            f"  - split: {split}",
+            f'    path: "{split}/{modality}-*.tar"',
+        ]
+    lines += [
+        "---",
+        "",
+        "# avmatch shards",
+        "",
+        f"Identity-split WebDataset shards built by `avdata build-shards` (protocol: {protocol}).",
+        "Each config below is one split and one modality; samples of a config share one schema.",
+        "",
+        "| config | shards | samples | members |",
+        "|---|---|---|---|",
+    ]
     for (split, modality), items in sets.items():
         samples = sum(int(e["samples"]) for _, _, e in items)
         lines.append(f"| `{split}-{modality}` | {len(items)} | {samples} | {_MEMBERS[modality]} |")
-    lines += ["", "```python", "from datasets import load_dataset",
-              f"faces = load_dataset(\"PATH/TO/THIS/DIR\", \"{next(iter(sets))[0]}-face\")",
-              "```", "",
-              "The spectrograms are `np.save` arrays (no pickle). Never decode these shards with a reader",
-              "that unpickles `.pyd/.pkl/.pth` members. Format: avmatch `docs/shard-format.md`.", ""]
+    lines += [
+        "",
+        "```python",
+        "from datasets import load_dataset",
+        f'faces = load_dataset("PATH/TO/THIS/DIR", "{next(iter(sets))[0]}-face")',
+        "```",
+        "",
+        "The spectrograms are `np.save` arrays (no pickle). Never decode these shards with a reader",
+        "that unpickles `.pyd/.pkl/.pth` members. Format: avmatch `docs/shard-format.md`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -90,9 +107,15 @@ def write_ecosystem_files(out: str | Path, shards: dict[str, dict], protocol: st
     out = Path(out)
     per_split: dict[str, dict[str, int]] = defaultdict(dict)
     for (split, modality), items in shard_sets(shards).items():
-        index = {"__kind__": WIDS_KIND, "wids_version": 1, "name": f"{split}-{modality}",
-                 "shardlist": [{"url": Path(name).name, "nsamples": int(e["samples"]), "filesize": int(e["bytes"])}
-                               for _, name, e in items]}
+        index = {
+            "__kind__": WIDS_KIND,
+            "wids_version": 1,
+            "name": f"{split}-{modality}",
+            "shardlist": [
+                {"url": Path(name).name, "nsamples": int(e["samples"]), "filesize": int(e["bytes"])}
+                for _, name, e in items
+            ],
+        }
         write_json(out / split / f"{modality}.wids.json", index)
         for _, name, e in items:
             per_split[split][Path(name).name] = int(e["samples"])

@@ -24,18 +24,18 @@ from avdata.io import sha256_text
 class ExtractConfig:
     """Settings that change extracted arrays; recorded in every manifest."""
 
-    windows: int = 1               # max 125-frame spectrogram windows per clip
-    face_margin: float = 0.2       # margin around the MTCNN box, fraction of box size
-    detect_max_side: int = 640     # images are downscaled to this before detection
+    windows: int = 1  # max 125-frame spectrogram windows per clip
+    face_margin: float = 0.2  # margin around the MTCNN box, fraction of box size
+    detect_max_side: int = 640  # images are downscaled to this before detection
     min_face_fraction: float = 0.125  # smallest face searched, fraction of the shorter side
-    min_face_prob: float = 0.9     # MTCNN probability below this is "no face"
-    video_fps: float = 1.0         # frames per second sampled from videos
+    min_face_prob: float = 0.9  # MTCNN probability below this is "no face"
+    video_fps: float = 1.0  # frames per second sampled from videos
     max_frames_per_video: int = 8  # cap on aligned frames per video
-    jpeg_quality: int = 95         # quality of the aligned-face JPEG in shards
+    jpeg_quality: int = 95  # quality of the aligned-face JPEG in shards
 
 
 FACE_BATCH_ROWS = 64  # face rows per MTCNN batch on the batched (CUDA) path
-DECODE_THREADS = 4    # threads decoding images / videos and cutting crops for that path
+DECODE_THREADS = 4  # threads decoding images / videos and cutting crops for that path
 
 
 @dataclass
@@ -72,8 +72,11 @@ def sample_key(vox_id: str, rel_path: str, suffix: str = "") -> str:
     parts = rel_path.split("/")
     below = parts[1:] if len(parts) > 1 else parts  # drop the identity folder
     base = _UNSAFE.sub("-", "__".join([vox_id, *below]))
-    plain = (_PLAIN_DIR.match(vox_id) and all(_PLAIN_DIR.match(p) for p in below[:-1])
-             and _PLAIN_FILE.match(below[-1]))
+    plain = (
+        _PLAIN_DIR.match(vox_id)
+        and all(_PLAIN_DIR.match(p) for p in below[:-1])
+        and _PLAIN_FILE.match(below[-1])
+    )
     if not plain:
         base += "__x" + sha256_text("/".join([vox_id, *below]))[:16]
     return base + suffix
@@ -94,15 +97,25 @@ def duplicate_keys(rows) -> dict[int, int]:
 
 
 def _base_meta(row: dict) -> dict:
-    return {"name": row["name"], "vox_id": row["vox_id"], "source": row["rel_path"],
-            "source_id": row["source_id"], "source_modality": row["modality"]}
+    return {
+        "name": row["name"],
+        "vox_id": row["vox_id"],
+        "source": row["rel_path"],
+        "source_id": row["source_id"],
+        "source_modality": row["modality"],
+    }
 
 
 class Extractor:
     """Holds the (lazily built) MTCNN so a worker process builds it once."""
 
-    def __init__(self, config: ExtractConfig, device: str = "cpu", torch_threads: int | None = None,
-                 batch_faces: bool | None = None):
+    def __init__(
+        self,
+        config: ExtractConfig,
+        device: str = "cpu",
+        torch_threads: int | None = None,
+        batch_faces: bool | None = None,
+    ):
         self.config = config
         self.device = device
         self.torch_threads = torch_threads
@@ -123,9 +136,13 @@ class Extractor:
                 torch.set_num_threads(self.torch_threads)
 
             c = self.config
-            self._aligner = FaceAligner(margin=c.face_margin, detect_max_side=c.detect_max_side,
-                                        min_prob=c.min_face_prob, device=self.device,
-                                        min_face_fraction=c.min_face_fraction)
+            self._aligner = FaceAligner(
+                margin=c.face_margin,
+                detect_max_side=c.detect_max_side,
+                min_prob=c.min_face_prob,
+                device=self.device,
+                min_face_fraction=c.min_face_fraction,
+            )
         return self._aligner
 
     def extract(self, row: dict, modality: str) -> Extracted:
@@ -148,8 +165,9 @@ class Extractor:
             return
         from concurrent.futures import ThreadPoolExecutor
 
-        chunks = [rows[i:i + FACE_BATCH_ROWS] for i in range(0, len(rows), FACE_BATCH_ROWS)]
+        chunks = [rows[i : i + FACE_BATCH_ROWS] for i in range(0, len(rows), FACE_BATCH_ROWS)]
         with ThreadPoolExecutor(DECODE_THREADS) as pool:
+
             def submit(chunk):
                 return [pool.submit(self._decode_faces, row) for row in chunk]
 
@@ -178,8 +196,10 @@ class Extractor:
             return row, [], out
         if not frames:
             out.rejects.append({"path": row["path"], "reason": "no video frames decoded", "modality": "face"})
-        items = [(Image.fromarray(f), f"_f{i}", {"frame": i, "time_s": round(i / self.config.video_fps, 3)})
-                 for i, f in enumerate(frames)]
+        items = [
+            (Image.fromarray(f), f"_f{i}", {"frame": i, "time_s": round(i / self.config.video_fps, 3)})
+            for i, f in enumerate(frames)
+        ]
         return row, items, out
 
     def _align_decoded(self, decoded, crop_map):
@@ -204,15 +224,24 @@ class Extractor:
         out = Extracted()
         for w, spec in enumerate(windows):
             meta = _base_meta(row) | {"window": w, "frames": [w * spec.shape[1], (w + 1) * spec.shape[1]]}
-            out.samples.append(Sample(sample_key(row["vox_id"], row["rel_path"], f"_w{w}"), "audio", spec, meta))
+            out.samples.append(
+                Sample(sample_key(row["vox_id"], row["rel_path"], f"_w{w}"), "audio", spec, meta)
+            )
         return out
 
     def _face_sample(self, row, img, suffix: str, extra: dict) -> Sample:
         return self._sample_from_crop(row, self.aligner.align(img, source=row["path"]), suffix, extra)
 
     def _sample_from_crop(self, row, crop, suffix: str, extra: dict) -> Sample:
-        meta = _base_meta(row) | extra | {"box": [round(float(v), 2) for v in crop.box],
-                                          "prob": round(float(crop.prob), 6), "n_faces": int(crop.n_faces)}
+        meta = (
+            _base_meta(row)
+            | extra
+            | {
+                "box": [round(float(v), 2) for v in crop.box],
+                "prob": round(float(crop.prob), 6),
+                "n_faces": int(crop.n_faces),
+            }
+        )
         return Sample(sample_key(row["vox_id"], row["rel_path"], suffix), "face", crop.face, meta)
 
     def _photo_face(self, row) -> Extracted:
@@ -231,11 +260,18 @@ class Extractor:
         out = Extracted()
         for i, frame in enumerate(frames):
             try:
-                out.samples.append(self._face_sample(row, Image.fromarray(frame), f"_f{i}",
-                                                     {"frame": i, "time_s": round(i / c.video_fps, 3)}))
+                out.samples.append(
+                    self._face_sample(
+                        row,
+                        Image.fromarray(frame),
+                        f"_f{i}",
+                        {"frame": i, "time_s": round(i / c.video_fps, 3)},
+                    )
+                )
             except InputError as exc:
-                out.rejects.append({"path": row["path"], "reason": f"frame {i}: {exc.reason}", "modality": "face"})
+                out.rejects.append(
+                    {"path": row["path"], "reason": f"frame {i}: {exc.reason}", "modality": "face"}
+                )
         if not frames:
             out.rejects.append({"path": row["path"], "reason": "no video frames decoded", "modality": "face"})
         return out
-

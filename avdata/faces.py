@@ -56,13 +56,21 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from avdata.errors import AvmatchError, InputError, check_readable_file
 
-__all__ = ["MAX_IMAGE_PIXELS", "DeviceError", "FaceAligner", "FaceCrop", "box_iou", "load_image", "resolve_device"]
+__all__ = [
+    "MAX_IMAGE_PIXELS",
+    "DeviceError",
+    "FaceAligner",
+    "FaceCrop",
+    "box_iou",
+    "load_image",
+    "resolve_device",
+]
 
 # Largest image decoded (pixels): 40 MP is 120 MB as 8-bit RGB, several times any VGGFace or
 # VoxCeleb image; a 12000x12000 PNG (144 MP, 432 MB decoded) is refused from its header.
 MAX_IMAGE_PIXELS = 40_000_000
-MTCNN_MIN_FACE = 20.0   # facenet-pytorch's default min_face_size: plain MTCNN's finest level
-MTCNN_FACTOR = 0.709    # facenet-pytorch's pyramid factor, kept so our levels are plain's levels
+MTCNN_MIN_FACE = 20.0  # facenet-pytorch's default min_face_size: plain MTCNN's finest level
+MTCNN_FACTOR = 0.709  # facenet-pytorch's pyramid factor, kept so our levels are plain's levels
 MAX_BATCH = 64  # images per MTCNN call: a 640x640 canvas is 4.9 MB as float32, 64 of them 315 MB
 DETECT_MIN_FACE = 40.0  # px: the smallest searched face in the detection copy
 
@@ -219,8 +227,8 @@ class _ChannelsLast(torch.nn.Module):
 @dataclass(frozen=True)
 class _DetectionPlan:
     size: tuple[int, int]  # detection copy (width, height)
-    min_face: float        # MTCNN min_face_size in the copy's pixels
-    sx: float              # original x per copy x
+    min_face: float  # MTCNN min_face_size in the copy's pixels
+    sx: float  # original x per copy x
     sy: float
 
 
@@ -259,8 +267,13 @@ class FaceAligner:
         self.min_prob = float(min_prob)
         self.min_face_fraction = float(min_face_fraction)
         self.device = torch.device(device)
-        self.mtcnn = MTCNN(keep_all=True, post_process=False, device=self.device,
-                           min_face_size=MTCNN_MIN_FACE, factor=MTCNN_FACTOR)
+        self.mtcnn = MTCNN(
+            keep_all=True,
+            post_process=False,
+            device=self.device,
+            min_face_size=MTCNN_MIN_FACE,
+            factor=MTCNN_FACTOR,
+        )
         for stage in ("pnet", "rnet", "onet"):
             setattr(self.mtcnn, stage, _ChannelsLast(getattr(self.mtcnn, stage)))
 
@@ -315,8 +328,17 @@ class FaceAligner:
 
         m = self.mtcnn
         with torch.no_grad():
-            return detect_faces([np.asarray(image) for image in images], min_face, m.pnet, m.rnet, m.onet,
-                                m.thresholds, m.factor, self.device, canvas=canvas)
+            return detect_faces(
+                [np.asarray(image) for image in images],
+                min_face,
+                m.pnet,
+                m.rnet,
+                m.onet,
+                m.thresholds,
+                m.factor,
+                self.device,
+                canvas=canvas,
+            )
 
     @staticmethod
     def _to_original(boxes, probs, sx: float, sy: float) -> tuple[np.ndarray, np.ndarray]:
@@ -410,7 +432,11 @@ class FaceAligner:
             groups.setdefault(key, []).append(index)
         detections: list = [None] * len(images)
         canvas = (self.detect_max_side, self.detect_max_side) if letterbox else None
-        batches = [indices[i:i + MAX_BATCH] for indices in groups.values() for i in range(0, len(indices), MAX_BATCH)]
+        batches = [
+            indices[i : i + MAX_BATCH]
+            for indices in groups.values()
+            for i in range(0, len(indices), MAX_BATCH)
+        ]
         for indices in batches:
             copies = [prepared[i][1] for i in indices]
             found = self._run_mtcnn(copies, prepared[indices[0]][2].min_face, canvas)

@@ -94,8 +94,15 @@ def _not_a_file(path: Path) -> str | None:
         return None
     if stat.S_ISDIR(st.st_mode):
         return "a directory, not a media file"
-    kind = ("FIFO" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode)
-            else "device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "special file")
+    kind = (
+        "FIFO"
+        if stat.S_ISFIFO(st.st_mode)
+        else "socket"
+        if stat.S_ISSOCK(st.st_mode)
+        else "device"
+        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
+        else "special file"
+    )
     return f"not a regular file ({kind})"
 
 
@@ -143,8 +150,18 @@ def scan_tree(root: str | Path, meta: pd.DataFrame, modality: str) -> ScanResult
         if st.st_size == 0:
             problems.append({"path": str(path), "reason": "empty file (0 bytes)"})
             return
-        rows.append((modality, ident[0], ident[1], _source_id(below, modality),
-                     path.relative_to(root).as_posix(), str(path), int(st.st_size), int(st.st_mtime_ns)))
+        rows.append(
+            (
+                modality,
+                ident[0],
+                ident[1],
+                _source_id(below, modality),
+                path.relative_to(root).as_posix(),
+                str(path),
+                int(st.st_size),
+                int(st.st_mtime_ns),
+            )
+        )
 
     try:
         top = sorted(os.scandir(root), key=lambda e: e.name)
@@ -164,7 +181,9 @@ def scan_tree(root: str | Path, meta: pd.DataFrame, modality: str) -> ScanResult
             if reason is not None:
                 problems.append({"path": str(p), "reason": reason})
             elif ident is None:
-                problems.append({"path": str(p), "reason": f"unknown identity {p.stem!r}: not in the meta file"})
+                problems.append(
+                    {"path": str(p), "reason": f"unknown identity {p.stem!r}: not in the meta file"}
+                )
             else:
                 add(p, ident, (p.name,))
             continue
@@ -176,7 +195,12 @@ def scan_tree(root: str | Path, meta: pd.DataFrame, modality: str) -> ScanResult
             if not inner:
                 problems.append({"path": str(p), "reason": f"empty folder: no {'/'.join(exts)} files"})
         elif ident is None:
-            problems.append({"path": str(p), "reason": f"unknown identity {entry.name!r}: not in the meta file ({len(files)} files skipped)"})
+            problems.append(
+                {
+                    "path": str(p),
+                    "reason": f"unknown identity {entry.name!r}: not in the meta file ({len(files)} files skipped)",
+                }
+            )
         else:
             for f in files:
                 add(f, ident, f.relative_to(p).parts)
@@ -184,8 +208,12 @@ def scan_tree(root: str | Path, meta: pd.DataFrame, modality: str) -> ScanResult
     return ScanResult(sort_media(media), problems)
 
 
-def scan_all(meta: pd.DataFrame, audio: str | Path | None = None, faces: str | Path | None = None,
-             videos: str | Path | None = None) -> ScanResult:
+def scan_all(
+    meta: pd.DataFrame,
+    audio: str | Path | None = None,
+    faces: str | Path | None = None,
+    videos: str | Path | None = None,
+) -> ScanResult:
     """Scan every given root into one table."""
     result = ScanResult(pd.DataFrame(columns=COLUMNS), [])
     for modality, root in (("audio", audio), ("face", faces), ("video", videos)):

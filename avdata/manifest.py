@@ -43,7 +43,7 @@ SPLITS_KIND = "avmatch.identity_splits"
 RUN_KIND = "avmatch.run"
 
 WARNING = "warning: "
-MAX_LINES = 50           # failure lines shown before "... N more differences"
+MAX_LINES = 50  # failure lines shown before "... N more differences"
 RUN_CHECKPOINT = "checkpoint.pt"
 
 # Paths whose differences are warnings, not failures: they change with the machine's
@@ -58,9 +58,28 @@ WARNING_PATHS = ("versions", "source_shards_manifest_sha256")
 _VOLATILE_RUN_KEY = re.compile(r"(_per_s|_seconds|^elapsed.*|^wall_s|^time_s|^duration.*)$")
 
 # Sections in the order their differences are reported (others follow, sorted).
-_SECTION_ORDER = ("kind", "format_version", "protocol", "rule", "config", "seed", "inputs", "data",
-                  "identity_splits", "splits", "unplaced", "files", "shards", "rejects", "rejects_sha256",
-                  "progress", "final_losses", "metrics", "weights_sha256")
+_SECTION_ORDER = (
+    "kind",
+    "format_version",
+    "protocol",
+    "rule",
+    "config",
+    "seed",
+    "inputs",
+    "data",
+    "identity_splits",
+    "splits",
+    "unplaced",
+    "files",
+    "shards",
+    "rejects",
+    "rejects_sha256",
+    "progress",
+    "final_losses",
+    "metrics",
+    "weights_sha256",
+)
+
 
 class ManifestError(AvmatchError, ValueError):
     """A manifest or directory that cannot be described or compared (one line). A ValueError
@@ -72,6 +91,7 @@ _MISSING = object()
 
 
 # ---------------------------------------------------------------- hashing and files
+
 
 def load_manifest(path: str | Path) -> dict:
     path = Path(path)
@@ -92,6 +112,7 @@ def write_manifest(obj: dict, path: str | Path) -> None:
 
 
 # ---------------------------------------------------------------- describe
+
 
 def describe(dir: str | Path, tuples: str | Path | None = None) -> dict:
     """The manifest of a shard, tuple or run directory.
@@ -116,8 +137,9 @@ def describe(dir: str | Path, tuples: str | Path | None = None) -> dict:
         raise ManifestError(f"{mpath}: unknown manifest kind {m['kind']!r}")
     if (dir / "config.yaml").is_file() and (dir / RUN_CHECKPOINT).is_file():
         return run_manifest(dir, tuples)
-    raise ManifestError(f"{dir}: not a shard, tuple or run directory "
-                     f"(no manifest.json, no config.yaml + {RUN_CHECKPOINT})")
+    raise ManifestError(
+        f"{dir}: not a shard, tuple or run directory (no manifest.json, no config.yaml + {RUN_CHECKPOINT})"
+    )
 
 
 def _rehash(dir: Path, entries: dict, problems: list[str]) -> None:
@@ -130,8 +152,10 @@ def _rehash(dir: Path, entries: dict, problems: list[str]) -> None:
             continue
         actual = sha256_file(path)
         if actual != entry.get("sha256"):
-            problems.append(f"{rel}: bytes on disk differ from manifest.json "
-                            f"(sha256 {_short(entry.get('sha256'))} recorded, {_short(actual)} on disk)")
+            problems.append(
+                f"{rel}: bytes on disk differ from manifest.json "
+                f"(sha256 {_short(entry.get('sha256'))} recorded, {_short(actual)} on disk)"
+            )
             entry["sha256"] = actual
 
 
@@ -205,6 +229,7 @@ def _describe_tuples(dir: Path, m: dict) -> dict:
 
 # ---------------------------------------------------------------- identity splits
 
+
 def split_rule(protocol: str) -> str:
     """The rule as it is applied now, read off avdata.splits (not a fixed string), so a
     changed rule changes the manifest: matching probes matching_split letter by letter."""
@@ -225,8 +250,10 @@ def split_rule(protocol: str) -> str:
         return "matching: first letter of the VGGFace1 name: " + ", ".join(parts)
     if protocol == "pins":
         sets = ", ".join(f"{k} {v}" for k, v in sorted(splits.PINS_SET_TO_SPLIT.items()))
-        return (f"pins: identity_splits.txt set {sets}; seen_heard holds media of train identities "
-                "(held-out source videos, chosen when shards are built)")
+        return (
+            f"pins: identity_splits.txt set {sets}; seen_heard holds media of train identities "
+            "(held-out source videos, chosen when shards are built)"
+        )
     raise ManifestError(f"unknown protocol {protocol!r}; choose from {splits.PROTOCOLS}")
 
 
@@ -246,20 +273,24 @@ def identity_split_manifest(meta: str | Path, protocol: str, pins_splits: str | 
         "format_version": FORMAT_VERSION,
         "protocol": protocol,
         "rule": split_rule(protocol),
-        "inputs": {"meta_sha256": sha256_file(meta),
-                   "pins_splits_sha256": sha256_file(pins_splits) if pins_splits else None,
-                   "meta_identities": int(len(meta_df))},
+        "inputs": {
+            "meta_sha256": sha256_file(meta),
+            "pins_splits_sha256": sha256_file(pins_splits) if pins_splits else None,
+            "meta_identities": int(len(meta_df)),
+        },
         "splits": per_split,
         "unplaced": {"identities": len(unplaced), "names_sha256": sha256_ids(unplaced)},
     }
 
 
-def verify_splits(meta: str | Path, protocol: str, against: str | Path,
-                  pins_splits: str | Path | None = None) -> list[str]:
+def verify_splits(
+    meta: str | Path, protocol: str, against: str | Path, pins_splits: str | Path | None = None
+) -> list[str]:
     return diff(load_manifest(against), identity_split_manifest(meta, protocol, pins_splits))
 
 
 # ---------------------------------------------------------------- runs
+
 
 def weights_sha256(state_dict: dict) -> str:
     """sha256 over a state_dict in sorted key order: per tensor its key, dtype, shape
@@ -284,8 +315,9 @@ def _without_volatile(d):
     return d
 
 
-def run_manifest(run_dir: str | Path, tuples: str | Path | None = None,
-                 checkpoint: str | Path | None = None) -> dict:
+def run_manifest(
+    run_dir: str | Path, tuples: str | Path | None = None, checkpoint: str | Path | None = None
+) -> dict:
     """Config, seed, data (the tuple manifest's sha256), final losses and metrics, and
     the final weights' hash of a training run directory.
 
@@ -336,7 +368,9 @@ def run_manifest(run_dir: str | Path, tuples: str | Path | None = None,
         "seed": cfg.get("seed"),
         "data": {"tuples": cfg.get("tuples"), "tuples_manifest_sha256": tuples_sha},
         "versions": library_versions(),
-        "progress": {"epoch": state.get("epoch"), "step": state.get("step")} if isinstance(state, dict) else None,
+        "progress": {"epoch": state.get("epoch"), "step": state.get("step")}
+        if isinstance(state, dict)
+        else None,
         "final_losses": final_losses,
         "metrics": metrics,
         "weights_sha256": weights_sha256(model_state),
@@ -345,13 +379,14 @@ def run_manifest(run_dir: str | Path, tuples: str | Path | None = None,
 
 # ---------------------------------------------------------------- diff
 
+
 def _short(v) -> str:
     """A value for a diff line: hashes cut to 12 hex digits, long values shortened."""
     if isinstance(v, str) and _HEX64.match(v):
         return v[:12] + "…"
     text = json.dumps(v, sort_keys=True)
     limit = 200 if isinstance(v, str) else 80  # a rule or setting text is read whole
-    return text if len(text) <= limit else text[:limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _is_hash_key(key: str) -> bool:
@@ -398,7 +433,16 @@ def _count(entry, *keys) -> str:
 
 
 # Per-entry fields in report order: the cause (inputs) before the effects.
-_ENTRY_FIELD_ORDER = ("inputs_sha256", "config", "samples", "tuples", "items", "identities", "bytes", "sha256")
+_ENTRY_FIELD_ORDER = (
+    "inputs_sha256",
+    "config",
+    "samples",
+    "tuples",
+    "items",
+    "identities",
+    "bytes",
+    "sha256",
+)
 
 
 def _diff_entries(section: str, e: dict, a: dict) -> list[str]:
@@ -408,15 +452,25 @@ def _diff_entries(section: str, e: dict, a: dict) -> list[str]:
     out = []
     for name in sorted(set(e) | set(a)):
         if name not in a:
-            out.append(f"{section}: {name} missing (expected {_count(e[name], 'samples', 'tuples', 'items')})".replace(" ()", ""))
+            out.append(
+                f"{section}: {name} missing (expected {_count(e[name], 'samples', 'tuples', 'items')})".replace(
+                    " ()", ""
+                )
+            )
             continue
         if name not in e:
-            out.append(f"{section}: {name} added ({_count(a[name], 'samples', 'tuples', 'items')})".replace(" ()", ""))
+            out.append(
+                f"{section}: {name} added ({_count(a[name], 'samples', 'tuples', 'items')})".replace(
+                    " ()", ""
+                )
+            )
             continue
         changes = _walk(e[name], a[name], "")
         rank = {k: i for i, k in enumerate(_ENTRY_FIELD_ORDER)}
         changes.sort(key=lambda pc: (rank.get(pc[0].split(".")[0], len(rank)), pc[0]))
-        same_inputs = ("inputs_sha256" in e[name] and e[name].get("inputs_sha256") == a[name].get("inputs_sha256"))
+        same_inputs = "inputs_sha256" in e[name] and e[name].get("inputs_sha256") == a[name].get(
+            "inputs_sha256"
+        )
         for path, change in changes:
             line = f"{section}: {name} {path} {change}"
             if path == "sha256" and same_inputs:
@@ -437,12 +491,17 @@ def _diff_splits(e: dict, a: dict) -> list[str]:
             out.append(f"splits: {split} added ({a[split].get('identities')} identities)")
             continue
         se, sa = e[split], a[split]
-        if se.get("identities_sha256") != sa.get("identities_sha256") or se.get("identities") != sa.get("identities"):
+        if se.get("identities_sha256") != sa.get("identities_sha256") or se.get("identities") != sa.get(
+            "identities"
+        ):
             n_e, n_a = se.get("identities"), sa.get("identities")
             counts = f"{n_e} → {n_a} identities" if n_e != n_a else f"{n_e} identities, different ids"
             out.append(f"splits: {split} identity list changed ({counts})")
-        for path, change in _walk({k: v for k, v in se.items() if k not in ("identities", "identities_sha256")},
-                                  {k: v for k, v in sa.items() if k not in ("identities", "identities_sha256")}, ""):
+        for path, change in _walk(
+            {k: v for k, v in se.items() if k not in ("identities", "identities_sha256")},
+            {k: v for k, v in sa.items() if k not in ("identities", "identities_sha256")},
+            "",
+        ):
             label = {"identities_with_samples": "identities with samples"}.get(path, path)
             if path.startswith("samples."):
                 label = f"{path.split('.', 1)[1]} samples"
@@ -465,8 +524,10 @@ def diff(expected: dict, actual: dict, limit: int = MAX_LINES) -> list[str]:
     failure lines are kept, then ``... N more differences``. Empty list: identical.
     """
     if expected.get("kind") != actual.get("kind"):
-        return [f"kind: {_short(expected.get('kind'))} → {_short(actual.get('kind'))} "
-                "(not the same kind of manifest)"]
+        return [
+            f"kind: {_short(expected.get('kind'))} → {_short(actual.get('kind'))} "
+            "(not the same kind of manifest)"
+        ]
     failures = [f"integrity: {p}" for p in actual.get("integrity", [])]
     warnings: list[str] = []
     keys = (set(expected) | set(actual)) - {"integrity"}
@@ -482,7 +543,8 @@ def diff(expected: dict, actual: dict, limit: int = MAX_LINES) -> list[str]:
         else:
             for path, change in _walk(e, a, key):
                 (warnings if _is_warning(path) else failures).append(
-                    (WARNING if _is_warning(path) else "") + _line(path, change))
+                    (WARNING if _is_warning(path) else "") + _line(path, change)
+                )
             continue
         failures.extend(lines)
     if len(failures) > limit:
@@ -497,6 +559,7 @@ def has_failures(lines: list[str]) -> bool:
 
 # ---------------------------------------------------------------- verify / update
 
+
 def verify(dir: str | Path, against_file: str | Path, tuples: str | Path | None = None) -> list[str]:
     """Differences between DIR (described now) and a committed manifest; see :func:`diff`."""
     expected = load_manifest(against_file)
@@ -509,8 +572,10 @@ def update(dir: str | Path, file: str | Path, tuples: str | Path | None = None) 
     bytes do not match its own manifest.json."""
     desc = describe(dir, tuples=tuples)
     if desc.get("integrity"):
-        raise ManifestError(f"{dir}: {desc['integrity'][0]} ({len(desc['integrity'])} problem(s)); "
-                         "rebuild it before updating its manifest")
+        raise ManifestError(
+            f"{dir}: {desc['integrity'][0]} ({len(desc['integrity'])} problem(s)); "
+            "rebuild it before updating its manifest"
+        )
     return write_with_diff(desc, file)
 
 
@@ -523,4 +588,4 @@ def write_with_diff(desc: dict, file: str | Path) -> list[str]:
         except ValueError:
             before = None
     write_manifest(desc, file)
-    return diff(before, desc, limit=10 ** 9) if before else []
+    return diff(before, desc, limit=10**9) if before else []

@@ -67,11 +67,11 @@ __all__ = [
     "open_audio",
 ]
 
-MIN_SAMPLE_RATE = 4000      # Hz; below this a header is absurd (speech needs >= 8 kHz)
-MAX_SAMPLE_RATE = 768000    # Hz; the highest rate any real audio interface records
-MAX_FRAME_SIDE = 1024       # px; frames are scaled down by ffmpeg to this longest side
-MAX_INPUT_SIDE = 4096       # px; a video stream wider or taller than this is refused
-AUDIO_BLOCK = 1 << 16       # samples per block when audio is streamed
+MIN_SAMPLE_RATE = 4000  # Hz; below this a header is absurd (speech needs >= 8 kHz)
+MAX_SAMPLE_RATE = 768000  # Hz; the highest rate any real audio interface records
+MAX_FRAME_SIDE = 1024  # px; frames are scaled down by ffmpeg to this longest side
+MAX_INPUT_SIDE = 4096  # px; a video stream wider or taller than this is refused
+AUDIO_BLOCK = 1 << 16  # samples per block when audio is streamed
 
 # ffmpeg writes these for media whose container ends early or whose packets are damaged; it
 # still exits 0 and hands back what it could decode, which would silently give us a clip
@@ -82,12 +82,22 @@ _CORRUPTION_MARKERS = ("partial file", "corrupt input packet", "packet corrupt")
 _LOG_PREFIX = re.compile(r"^(\[[^\]]*@ 0x[0-9a-f]+\]\s*)+")
 _OUTPUT_VIDEO_SIZE = re.compile(r"Stream #\d+:\d+.*?: Video: .*?, (\d{1,5})x(\d{1,5})[\s,\[]")
 _OUTPUT_AUDIO_RATE = re.compile(r"Stream #\d+:\d+.*?: Audio: .*?, (\d+) Hz")
-_STDERR_KEEP = 256 * 1024   # bytes of ffmpeg's stderr kept (a hostile file can make it chatty)
+_STDERR_KEEP = 256 * 1024  # bytes of ffmpeg's stderr kept (a hostile file can make it chatty)
 # Exit statuses of a process killed by a signal when run through a shell (128 + signal).
-_SHELL_SIGNAL_STATUSES = {128 + s: s for s in (signal.SIGKILL, signal.SIGSEGV, signal.SIGBUS,
-                                                signal.SIGABRT, signal.SIGILL, signal.SIGFPE,
-                                                signal.SIGTERM, signal.SIGINT)}
-_FFMPEG_ENOMEM = 256 - 12   # ffmpeg exits with AVERROR(ENOMEM) & 0xff when out of memory
+_SHELL_SIGNAL_STATUSES = {
+    128 + s: s
+    for s in (
+        signal.SIGKILL,
+        signal.SIGSEGV,
+        signal.SIGBUS,
+        signal.SIGABRT,
+        signal.SIGILL,
+        signal.SIGFPE,
+        signal.SIGTERM,
+        signal.SIGINT,
+    )
+}
+_FFMPEG_ENOMEM = 256 - 12  # ffmpeg exits with AVERROR(ENOMEM) & 0xff when out of memory
 
 
 def ffmpeg_exe() -> str:
@@ -157,8 +167,12 @@ class _FFmpeg:
         self._output_seen = threading.Event()
         exe = ffmpeg_exe()
         try:
-            self.proc = subprocess.Popen([exe, "-hide_banner", "-nostdin", "-nostats", *args],
-                                         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            self.proc = subprocess.Popen(
+                [exe, "-hide_banner", "-nostdin", "-nostats", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
         except OSError as error:  # the decoder, not the file: a missing or broken binary
             raise DecoderCrashError(path, f"cannot run ffmpeg {exe} ({error.strerror or error})") from None
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
@@ -226,7 +240,9 @@ class _FFmpeg:
             raise DecoderCrashError(self.path, f"ffmpeg ran out of memory (exit status {returncode})")
         if returncode != 0:
             if reason == "ffmpeg failed without a message":
-                raise DecoderCrashError(self.path, f"ffmpeg exited with status {returncode} without a message")
+                raise DecoderCrashError(
+                    self.path, f"ffmpeg exited with status {returncode} without a message"
+                )
             raise InputError(self.path, reason)
         if any(marker in stderr.lower() for marker in _CORRUPTION_MARKERS):
             raise InputError(self.path, reason)
@@ -249,8 +265,11 @@ def _retry_once(decode):
 
 def _check_sample_rate(path: Path, sr: int) -> int:
     if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
-        raise InputError(path, f"absurd audio sample rate {sr} Hz in the header "
-                               f"(accepted: {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)")
+        raise InputError(
+            path,
+            f"absurd audio sample rate {sr} Hz in the header "
+            f"(accepted: {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)",
+        )
     return sr
 
 
@@ -264,8 +283,10 @@ def _audio_args(path: Path, sr: int | None) -> list[str]:
 def _check_audio_input(line: str) -> str | None:
     match = re.search(r"Stream #\d+:\d+.*?: Audio: .*?, (\d+) Hz", line)
     if match and not MIN_SAMPLE_RATE <= int(match.group(1)) <= MAX_SAMPLE_RATE:
-        return (f"absurd audio sample rate {match.group(1)} Hz in the header "
-                f"(accepted: {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)")
+        return (
+            f"absurd audio sample rate {match.group(1)} Hz in the header "
+            f"(accepted: {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)"
+        )
     return None
 
 
@@ -273,7 +294,9 @@ def _pcm_to_float(data: bytes) -> np.ndarray:
     return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
 
 
-def _ffmpeg_audio_pass(path: Path, sr: int | None, keep_samples: int | None) -> tuple[np.ndarray | None, int, int]:
+def _ffmpeg_audio_pass(
+    path: Path, sr: int | None, keep_samples: int | None
+) -> tuple[np.ndarray | None, int, int]:
     """One ffmpeg decode of the first audio stream to mono s16le at `sr` (None: native rate).
 
     Returns (samples or None, sample rate, number of samples). The samples are kept only while
@@ -344,8 +367,7 @@ def _wav_truncation(path: Path) -> str | None:
                 # 0 and 0xFFFFFFFF are used by streaming writers for "unknown length".
                 if chunk_size not in (0, 0xFFFFFFFF) and chunk_size > available:
                     return (
-                        f"truncated wav (header declares {chunk_size} bytes of audio, "
-                        f"file holds {available})"
+                        f"truncated wav (header declares {chunk_size} bytes of audio, file holds {available})"
                     )
                 return None
             position += 8 + chunk_size + (chunk_size & 1)
@@ -376,7 +398,9 @@ class AudioStream:
         if not self.via_ffmpeg:
             frames = max(1, block_size // max(1, self.channels))
             try:
-                for data in soundfile.blocks(str(self.path), blocksize=frames, dtype="float32", always_2d=True):
+                for data in soundfile.blocks(
+                    str(self.path), blocksize=frames, dtype="float32", always_2d=True
+                ):
                     yield _mono(data)
             except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError) as error:
                 raise InputError(self.path, f"unreadable audio ({error})") from None
@@ -394,7 +418,7 @@ def _ffmpeg_blocks(path: Path, expected: int) -> Iterator[np.ndarray]:
             if not piece:
                 break
             piece = odd + piece
-            odd = piece[len(piece) - len(piece) % 2:]
+            odd = piece[len(piece) - len(piece) % 2 :]
             block = _pcm_to_float(piece[: len(piece) - len(odd)])
             total += block.shape[0]
             yield block
@@ -470,7 +494,9 @@ def _check_video_input(line: str) -> str | None:
     return None
 
 
-def iter_video_frames(path: str | Path, fps: float = 1.0, max_frames: int | None = None) -> Iterator[np.ndarray]:
+def iter_video_frames(
+    path: str | Path, fps: float = 1.0, max_frames: int | None = None
+) -> Iterator[np.ndarray]:
     """Frames of the first video stream sampled at `fps`, read from ffmpeg's pipe one at a time
     (see :func:`decode_video_frames`). One decode; a crash is not retried here."""
     path = Path(path)
@@ -485,11 +511,19 @@ def iter_video_frames(path: str | Path, fps: float = 1.0, max_frames: int | None
     # Selecting the stream on the input side (`["v:0"]`) puts it in the filter graph; a
     # missing video stream then fails with "... matches no streams". The scale step only
     # ever shrinks (the box is min(size, cap)), so frames within the cap are untouched.
-    video = ffmpeg.input(_ffmpeg_url(path))["v:0"].filter("fps", fps=fps).filter(
-        "scale", w=f"min(iw,{MAX_FRAME_SIDE})", h=f"min(ih,{MAX_FRAME_SIDE})",
-        force_original_aspect_ratio="decrease")
-    run = _FFmpeg(video.output("pipe:", **output_args).get_args(), path, "video",
-                  check_input=_check_video_input)
+    video = (
+        ffmpeg.input(_ffmpeg_url(path))["v:0"]
+        .filter("fps", fps=fps)
+        .filter(
+            "scale",
+            w=f"min(iw,{MAX_FRAME_SIDE})",
+            h=f"min(ih,{MAX_FRAME_SIDE})",
+            force_original_aspect_ratio="decrease",
+        )
+    )
+    run = _FFmpeg(
+        video.output("pipe:", **output_args).get_args(), path, "video", check_input=_check_video_input
+    )
     n_frames, truncated = 0, False
     try:
         first = run.read(1)

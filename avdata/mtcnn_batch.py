@@ -53,12 +53,14 @@ def _crops(imgs, boxes, image_inds, widths, heights, side: int):
     data = []
     for k in range(len(y)):
         if ey[k] > (y[k] - 1) and ex[k] > (x[k] - 1):
-            crop = imgs[image_inds[k], :, (y[k] - 1):ey[k], (x[k] - 1):ex[k]].unsqueeze(0)
+            crop = imgs[image_inds[k], :, (y[k] - 1) : ey[k], (x[k] - 1) : ex[k]].unsqueeze(0)
             data.append(imresample(crop, (side, side)))
     return (torch.cat(data, dim=0) - 127.5) * 0.0078125
 
 
-def _nms_each(nms, boxes: torch.Tensor, scores: torch.Tensor, image_inds: torch.Tensor, *args) -> torch.Tensor:
+def _nms_each(
+    nms, boxes: torch.Tensor, scores: torch.Tensor, image_inds: torch.Tensor, *args
+) -> torch.Tensor:
     """facenet-pytorch's batched NMS run image by image. Batched, it lets images interact: its
     offsets (max coordinate + 1) assume coordinates >= 0, and its score sorts are not stable, so
     a tie between two boxes of one image (ONet's scores saturate near 1) can fall the other way
@@ -73,8 +75,17 @@ def _nms_each(nms, boxes: torch.Tensor, scores: torch.Tensor, image_inds: torch.
     return torch.cat(keep)
 
 
-def detect_faces(images: list[np.ndarray], min_face: float, pnet, rnet, onet, thresholds, factor: float,
-                 device, canvas: tuple[int, int] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def detect_faces(
+    images: list[np.ndarray],
+    min_face: float,
+    pnet,
+    rnet,
+    onet,
+    thresholds,
+    factor: float,
+    device,
+    canvas: tuple[int, int] | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Boxes (n, 4) and probabilities (n,) of the faces of each uint8 HxWx3 image.
 
     canvas: (width, height) of the batch tensor, at least every image's size (None: the largest
@@ -115,7 +126,7 @@ def detect_faces(images: list[np.ndarray], min_face: float, pnet, rnet, onet, th
             data = torch.zeros((n, 3, level_h, level_w), dtype=model_dtype, device=imgs.device)
             for i in members:
                 h, w = int(heights[i] * scale + 1), int(widths[i] * scale + 1)
-                data[i, :, :h, :w] = imresample(imgs[i:i + 1, :, : heights[i], : widths[i]], (h, w))[0]
+                data[i, :, :h, :w] = imresample(imgs[i : i + 1, :, : heights[i], : widths[i]], (h, w))[0]
         reg, probs = pnet((data - 127.5) * 0.0078125)
         face_probs = probs[:, 1].clone()
         for i in range(n):  # windows off image i's own map (or levels it is not in) never pass
@@ -124,8 +135,8 @@ def detect_faces(images: list[np.ndarray], min_face: float, pnet, rnet, onet, th
                 continue
             map_h = _pnet_map_side(int(heights[i] * scale + 1))
             map_w = _pnet_map_side(int(widths[i] * scale + 1))
-            face_probs[i, max(map_h, 0):, :] = -1
-            face_probs[i, :, max(map_w, 0):] = -1
+            face_probs[i, max(map_h, 0) :, :] = -1
+            face_probs[i, :, max(map_w, 0) :] = -1
         boxes_scale, image_inds_scale = generateBoundingBox(reg, face_probs, scale, thresholds[0])
         boxes.append(boxes_scale)
         image_inds.append(image_inds_scale)

@@ -128,7 +128,9 @@ def decode_sample(sample: dict) -> dict:
     for name in sample:  # check every member before decoding any
         ext = name.rsplit(".", 1)[-1].lower()
         if not name.startswith("__") and ext in PICKLE_EXTS:
-            raise UnsafeShardError(f"{where}.{name}: refusing a pickle-type member (.{ext}); nothing was unpickled")
+            raise UnsafeShardError(
+                f"{where}.{name}: refusing a pickle-type member (.{ext}); nothing was unpickled"
+            )
     for name, value in sample.items():
         if name.startswith("__"):
             out[name] = value
@@ -142,7 +144,9 @@ def decode_sample(sample: dict) -> dict:
         except UnsafeShardError as exc:
             raise UnsafeShardError(f"{where}.{name}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - any decoder failure on untrusted bytes is a bad file
-            raise InputError(url, f"{key}.{name}: cannot decode .{ext} ({type(exc).__name__}: {exc})") from None
+            raise InputError(
+                url, f"{key}.{name}: cannot decode .{ext} ({type(exc).__name__}: {exc})"
+            ) from None
     return out
 
 
@@ -165,7 +169,9 @@ def iter_tar_samples(path: str | Path):
                     if sample is not None:
                         yield sample
                     if key in seen:
-                        raise UnsafeShardError(f"{path}: sample {key!r} occurs twice (its members are not adjacent)")
+                        raise UnsafeShardError(
+                            f"{path}: sample {key!r} occurs twice (its members are not adjacent)"
+                        )
                     seen.add(key)
                     sample = {"__key__": key, "__url__": str(path)}
                 if ext in sample:
@@ -190,8 +196,10 @@ def iter_samples(urls: list[str]):
 def shard_urls(root: str | Path, split: str, modality: str) -> list[str]:
     """Sorted shard paths of one split and modality (each checked to stay inside root)."""
     root = Path(root)
-    return [str(resolve_inside(root, p.relative_to(root).as_posix(), str(root)))
-            for p in sorted((root / split).glob(f"{modality}-*.tar"))]
+    return [
+        str(resolve_inside(root, p.relative_to(root).as_posix(), str(root)))
+        for p in sorted((root / split).glob(f"{modality}-*.tar"))
+    ]
 
 
 def read_sizes(sizes_file: Path) -> dict[str, int]:
@@ -231,7 +239,9 @@ def index_shard(tar_path: str | Path) -> list[dict]:
                     try:
                         row["meta"] = json.loads(tar.extractfile(m).read().decode("utf-8"))
                     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                        raise InputError(tar_path, f"{m.name}: not UTF-8 JSON ({type(exc).__name__})") from None
+                        raise InputError(
+                            tar_path, f"{m.name}: not UTF-8 JSON ({type(exc).__name__})"
+                        ) from None
                 elif ext in DATA_EXTS:
                     if "data_ext" in row:
                         raise UnsafeShardError(f"{tar_path}: sample {key!r} has two array members")
@@ -273,14 +283,18 @@ def index_items(shards_root: str | Path):
     root = Path(shards_root)
     sizes_file = root / "sizes.json"
     if not sizes_file.is_file():
-        raise MissingInputError(f"{root}: not a shard directory (no sizes.json); run avdata build-shards first")
+        raise MissingInputError(
+            f"{root}: not a shard directory (no sizes.json); run avdata build-shards first"
+        )
     sizes = read_sizes(sizes_file)
     paths = {}
     for shard in sorted(sizes):
         path = resolve_inside(root, shard, str(sizes_file))
         if not _ITEM_SHARD.match(shard):
-            raise UnsafeShardError(f"{sizes_file}: refusing the name {shard!r}: not a SPLIT/audio-N.tar or "
-                                   f"SPLIT/face-N.tar shard name")
+            raise UnsafeShardError(
+                f"{sizes_file}: refusing the name {shard!r}: not a SPLIT/audio-N.tar or "
+                f"SPLIT/face-N.tar shard name"
+            )
         if not path.is_file():
             raise InputError(path, "listed in sizes.json but missing")
         paths[shard] = path
@@ -296,9 +310,35 @@ def index_items(shards_root: str | Path):
             missing = [f for f in META_FIELDS if f not in m]
             if missing:
                 raise UnsafeShardError(f"{path}: sample {r['key']!r}: metadata lacks {', '.join(missing)}")
-            records.append({"split": split, "modality": modality, "key": r["key"], "vox_id": m["vox_id"],
-                            "name": m["name"], "source_id": m["source_id"], "source": m["source"], "cls": m["cls"], "tar": shard,
-                            "data_ext": r["data_ext"], "data_offset": r["data_offset"], "data_size": r["data_size"]})
-    cols = ["split", "modality", "key", "vox_id", "name", "source_id", "source", "cls", "tar", "data_ext", "data_offset", "data_size"]
+            records.append(
+                {
+                    "split": split,
+                    "modality": modality,
+                    "key": r["key"],
+                    "vox_id": m["vox_id"],
+                    "name": m["name"],
+                    "source_id": m["source_id"],
+                    "source": m["source"],
+                    "cls": m["cls"],
+                    "tar": shard,
+                    "data_ext": r["data_ext"],
+                    "data_offset": r["data_offset"],
+                    "data_size": r["data_size"],
+                }
+            )
+    cols = [
+        "split",
+        "modality",
+        "key",
+        "vox_id",
+        "name",
+        "source_id",
+        "source",
+        "cls",
+        "tar",
+        "data_ext",
+        "data_offset",
+        "data_size",
+    ]
     df = pd.DataFrame(records, columns=cols)
     return df.sort_values(["split", "modality", "key"], kind="mergesort").reset_index(drop=True)

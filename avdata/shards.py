@@ -84,9 +84,9 @@ class BuildConfig:
 
     protocol: str = "matching"
     seed: int = 0
-    shard_size: int = 500                    # input items (files) per shard
-    seen_heard_fraction: float = 0.1         # pins: source videos held out per train identity
-    device: str = "cpu"                      # MTCNN device: cpu, cuda (worker i: cuda:(i mod n)) or auto
+    shard_size: int = 500  # input items (files) per shard
+    seen_heard_fraction: float = 0.1  # pins: source videos held out per train identity
+    device: str = "cpu"  # MTCNN device: cpu, cuda (worker i: cuda:(i mod n)) or auto
     extract: ExtractConfig = field(default_factory=ExtractConfig)
 
     def to_dict(self) -> dict:
@@ -107,6 +107,7 @@ class ShardSpec:
 
 # ---------------------------------------------------------------- reader
 
+
 def plan_shards(media: pd.DataFrame, shard_size: int) -> list[ShardSpec]:
     """Fixed shard plan: per split and output modality, sorted rows chunked by shard_size."""
     if shard_size < 1:
@@ -119,11 +120,12 @@ def plan_shards(media: pd.DataFrame, shard_size: int) -> list[ShardSpec]:
             rows = rows.sort_values(["vox_id", "modality", "rel_path"], kind="mergesort")
             records = rows.to_dict("records")
             for i in range(0, len(records), shard_size):
-                specs.append(ShardSpec(split, modality, i // shard_size, records[i:i + shard_size]))
+                specs.append(ShardSpec(split, modality, i // shard_size, records[i : i + shard_size]))
     return specs
 
 
 # ---------------------------------------------------------------- writer
+
 
 def _encode(sample: Sample, cls: int, quality: int) -> list[tuple[str, bytes]]:
     """Members of one sample, in a fixed order. No pickles anywhere."""
@@ -175,10 +177,26 @@ def shard_build_sha256(spec: ShardSpec, extract: ExtractConfig, class_of: dict[s
     hash of what was read is in the marker as ``inputs_sha256``."""
     from avdata.audio import SPEC_CONFIG
 
-    rows = [[r["modality"], r["name"], r["vox_id"], r["source_id"], r["rel_path"], int(r["size"]),
-             int(r["mtime_ns"]), int(class_of[r["vox_id"]])] for r in spec.rows]
-    recipe = {"marker_version": 1, "shard": spec.name, "extract": dataclasses.asdict(extract),
-              "spectrogram": SPEC_CONFIG, "rows": rows}
+    rows = [
+        [
+            r["modality"],
+            r["name"],
+            r["vox_id"],
+            r["source_id"],
+            r["rel_path"],
+            int(r["size"]),
+            int(r["mtime_ns"]),
+            int(class_of[r["vox_id"]]),
+        ]
+        for r in spec.rows
+    ]
+    recipe = {
+        "marker_version": 1,
+        "shard": spec.name,
+        "extract": dataclasses.asdict(extract),
+        "spectrogram": SPEC_CONFIG,
+        "rows": rows,
+    }
     return sha256_text(json.dumps(recipe, sort_keys=True, separators=(",", ":")))
 
 
@@ -204,8 +222,14 @@ def _is_disk_full(exc: OSError) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
-def write_shard(spec: ShardSpec, extractor: Extractor, out: Path, class_of: dict[str, int],
-                fail_fast: bool = False, on_item=None) -> dict:
+def write_shard(
+    spec: ShardSpec,
+    extractor: Extractor,
+    out: Path,
+    class_of: dict[str, int],
+    fail_fast: bool = False,
+    on_item=None,
+) -> dict:
     """Write one shard atomically and return its stats (also saved as the done marker).
 
     A bad input is a reject (or, with ``fail_fast``, an :class:`InputError`). A decoder
@@ -228,22 +252,31 @@ def write_shard(spec: ShardSpec, extractor: Extractor, out: Path, class_of: dict
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    stats = {"shard": f"{spec.name}.tar", "split": spec.split, "modality": spec.modality,
-             "items": len(spec.rows), "bytes": final.stat().st_size,
-             "build_sha256": shard_build_sha256(spec, extractor.config, class_of)} | stats
+    stats = {
+        "shard": f"{spec.name}.tar",
+        "split": spec.split,
+        "modality": spec.modality,
+        "items": len(spec.rows),
+        "bytes": final.stat().st_size,
+        "build_sha256": shard_build_sha256(spec, extractor.config, class_of),
+    } | stats
     write_json(stats_path(out, spec.name), stats)  # written last: marks the shard done
     return stats
 
 
-def _write_tar(spec: ShardSpec, extractor: Extractor, raw, class_of: dict[str, int], fail_fast: bool,
-               on_item) -> dict:
+def _write_tar(
+    spec: ShardSpec, extractor: Extractor, raw, class_of: dict[str, int], fail_fast: bool, on_item
+) -> dict:
     rejects, n_samples, identities = [], 0, set()
     inputs_hash = hashlib.sha256()
     f = _HashingWriter(raw)  # the shard's sha256 as it is written, not by reading it back
     with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
         # the batched face path (CUDA) extracts ahead in chunks; the per-image path on demand
-        batched = (iter(extractor.extract_rows(spec.rows, spec.modality))
-                   if spec.modality == "face" and extractor.batch_faces else None)
+        batched = (
+            iter(extractor.extract_rows(spec.rows, spec.modality))
+            if spec.modality == "face" and extractor.batch_faces
+            else None
+        )
         for row in spec.rows:
             samples, reasons = [], []
             ahead = next(batched) if batched is not None else None
@@ -256,8 +289,13 @@ def _write_tar(spec: ShardSpec, extractor: Extractor, raw, class_of: dict[str, i
                 result = ahead if ahead is not None else extractor.extract(row, spec.modality)
                 samples, reasons = result.samples, [r["reason"] for r in result.rejects]
             for reason in reasons:
-                rej = {"root": ROOT_LABEL[row["modality"]], "source": row["rel_path"],
-                       "modality": spec.modality, "reason": reason, "stage": "extract"}
+                rej = {
+                    "root": ROOT_LABEL[row["modality"]],
+                    "source": row["rel_path"],
+                    "modality": spec.modality,
+                    "reason": reason,
+                    "stage": "extract",
+                }
                 if fail_fast:
                     raise InputError(row["path"], reason)
                 rejects.append(rej)
@@ -268,8 +306,13 @@ def _write_tar(spec: ShardSpec, extractor: Extractor, raw, class_of: dict[str, i
                 identities.add(row["vox_id"])
             if on_item:
                 on_item(len(reasons))
-    return {"samples": n_samples, "sha256": f.sha256.hexdigest(), "inputs_sha256": inputs_hash.hexdigest(),
-            "identities": sorted(identities), "rejects": rejects}
+    return {
+        "samples": n_samples,
+        "sha256": f.sha256.hexdigest(),
+        "inputs_sha256": inputs_hash.hexdigest(),
+        "identities": sorted(identities),
+        "rejects": rejects,
+    }
 
 
 # ---------------------------------------------------------------- distributor
@@ -285,15 +328,23 @@ TORCH_THREADS = 1
 _extractors: dict = {}  # per process: one Extractor (its MTCNN) per extract config
 
 
-def build_shard_task(spec: ShardSpec, config: BuildConfig, out: str | Path, class_of: dict[str, int],
-                     fail_fast: bool = False, on_item=None) -> dict:
+def build_shard_task(
+    spec: ShardSpec,
+    config: BuildConfig,
+    out: str | Path,
+    class_of: dict[str, int],
+    fail_fast: bool = False,
+    on_item=None,
+) -> dict:
     """Build one shard in the calling process and return its stats: the unit of work that every
     distributor (multiprocessing, Dask) runs. Its arguments pickle, and so does every error it
     raises (InputError with fail_fast, DecoderCrashError, DiskFullError); the Extractor is made
     once per process and config."""
     key = repr((config.extract, config.device))
     if key not in _extractors:
-        _extractors[key] = Extractor(config.extract, device=_worker_device(config.device), torch_threads=TORCH_THREADS)
+        _extractors[key] = Extractor(
+            config.extract, device=_worker_device(config.device), torch_threads=TORCH_THREADS
+        )
     return write_shard(spec, _extractors[key], Path(out), class_of, fail_fast, on_item=on_item)
 
 
@@ -335,8 +386,14 @@ def _die_with_parent() -> None:
 def _build_in_worker(spec: ShardSpec) -> dict:
     w = _worker
     w["messages"].put(("start", spec.name))  # lets the parent name the shard of a worker that dies
-    return build_shard_task(spec, w["config"], w["out"], w["class_of"], w["fail_fast"],
-                            on_item=lambda n_rej: w["messages"].put(("item", n_rej)))
+    return build_shard_task(
+        spec,
+        w["config"],
+        w["out"],
+        w["class_of"],
+        w["fail_fast"],
+        on_item=lambda n_rej: w["messages"].put(("item", n_rej)),
+    )
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -366,8 +423,16 @@ def _stop_pool(executor: ProcessPoolExecutor, kill: bool) -> None:
     executor.shutdown(wait=True, cancel_futures=True)
 
 
-def _run_pool(specs: list[ShardSpec], config: BuildConfig, out: Path, class_of: dict, jobs: int,
-              fail_fast: bool, tick, crashed: list) -> tuple[list[ShardSpec], list[str]]:
+def _run_pool(
+    specs: list[ShardSpec],
+    config: BuildConfig,
+    out: Path,
+    class_of: dict,
+    jobs: int,
+    fail_fast: bool,
+    tick,
+    crashed: list,
+) -> tuple[list[ShardSpec], list[str]]:
     """Run ``specs`` on a fresh pool of ``jobs`` processes. Returns the specs not finished
     because a worker died (empty when none did) and the shards being built when it died."""
     # fork is fast and safe while this process has not started torch's thread pools;
@@ -385,8 +450,12 @@ def _run_pool(specs: list[ShardSpec], config: BuildConfig, out: Path, class_of: 
             else:
                 tick(msg[1])
 
-    executor = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
-                                   initargs=(messages, config, str(out), class_of, fail_fast))
+    executor = ProcessPoolExecutor(
+        jobs,
+        mp_context=ctx,
+        initializer=_init_worker,
+        initargs=(messages, config, str(out), class_of, fail_fast),
+    )
     ok = False
     try:
         futures, broken = {}, False
@@ -418,8 +487,15 @@ def _run_pool(specs: list[ShardSpec], config: BuildConfig, out: Path, class_of: 
         _stop_pool(executor, kill=not ok)
 
 
-def _run_specs(todo: list[ShardSpec], config: BuildConfig, out: Path, class_of: dict, jobs: int,
-               fail_fast: bool, progress: bool) -> None:
+def _run_specs(
+    todo: list[ShardSpec],
+    config: BuildConfig,
+    out: Path,
+    class_of: dict,
+    jobs: int,
+    fail_fast: bool,
+    progress: bool,
+) -> None:
     """The multiprocessing distributor: ``jobs`` processes, each builds whole shards.
 
     A worker that dies (kill -9, the OOM killer) breaks its pool: the shards not finished
@@ -443,8 +519,9 @@ def _run_specs(todo: list[ShardSpec], config: BuildConfig, out: Path, class_of: 
 
             threads = torch.get_num_threads()
             try:
-                extractor = Extractor(config.extract, device=_worker_device(config.device),
-                                      torch_threads=TORCH_THREADS)
+                extractor = Extractor(
+                    config.extract, device=_worker_device(config.device), torch_threads=TORCH_THREADS
+                )
                 for spec in todo:
                     try:
                         write_shard(spec, extractor, out, class_of, fail_fast, on_item=tick)
@@ -457,16 +534,22 @@ def _run_specs(todo: list[ShardSpec], config: BuildConfig, out: Path, class_of: 
                 remaining, dying = _run_pool(todo, config, out, class_of, jobs, fail_fast, tick, crashed)
                 if remaining:  # a worker died: once more, in a fresh pool
                     _remove_temps(out)
-                    remaining, dying = _run_pool(remaining, config, out, class_of, jobs, fail_fast, tick, crashed)
+                    remaining, dying = _run_pool(
+                        remaining, config, out, class_of, jobs, fail_fast, tick, crashed
+                    )
             finally:
                 _remove_temps(out)  # of workers killed or stopped; the pool's workers have all ended
             if remaining:
-                where = (f"while building {dying[0]}.tar" + (f" (or {', '.join(d + '.tar' for d in dying[1:])})"
-                                                             if len(dying) > 1 else "")
-                         if dying else f"before it reported a shard (unfinished: {remaining[0].name}.tar)")
+                where = (
+                    f"while building {dying[0]}.tar"
+                    + (f" (or {', '.join(d + '.tar' for d in dying[1:])})" if len(dying) > 1 else "")
+                    if dying
+                    else f"before it reported a shard (unfinished: {remaining[0].name}.tar)"
+                )
                 raise WorkerDiedError(
                     f"a build worker died twice (killed by a signal or the out-of-memory killer) {where}; "
-                    f"{len(remaining)} shard(s) not built; re-run the same command to resume")
+                    f"{len(remaining)} shard(s) not built; re-run the same command to resume"
+                )
     finally:
         bar.close()
     if crashed:
@@ -480,8 +563,19 @@ def library_versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for pkg in ("avmatch", "numpy", "torch", "librosa", "soxr", "soundfile", "pillow", "facenet-pytorch",
-                "webdataset", "imageio-ffmpeg", "pandas"):
+    for pkg in (
+        "avmatch",
+        "numpy",
+        "torch",
+        "librosa",
+        "soxr",
+        "soundfile",
+        "pillow",
+        "facenet-pytorch",
+        "webdataset",
+        "imageio-ffmpeg",
+        "pandas",
+    ):
         try:
             out[pkg] = version(pkg)
         except PackageNotFoundError:
@@ -505,8 +599,10 @@ def output_lock(out: Path):
         holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise OutputLockedError(f"{out} is being written by another build (pid {holder}); "
-                                    "wait for it to finish or choose another --out") from None
+            raise OutputLockedError(
+                f"{out} is being written by another build (pid {holder}); "
+                "wait for it to finish or choose another --out"
+            ) from None
         raise BuildError(f"cannot lock {path} ({exc.strerror or exc})") from None
     _lock_fd = fd
     try:
@@ -548,11 +644,21 @@ def _config_changes(out: Path, manifest_config: dict) -> list[str]:
     return changes
 
 
-def build_shards(out: str | Path, meta: str | Path, audio: str | Path | None = None, faces: str | Path | None = None,
-                 videos: str | Path | None = None, pins_splits: str | Path | None = None,
-                 config: BuildConfig = BuildConfig(), jobs: int = 1, fail_fast: bool = False,
-                 progress: bool = False, log=None, distributor: str = "multiprocessing",
-                 scheduler: str | None = None) -> dict:
+def build_shards(
+    out: str | Path,
+    meta: str | Path,
+    audio: str | Path | None = None,
+    faces: str | Path | None = None,
+    videos: str | Path | None = None,
+    pins_splits: str | Path | None = None,
+    config: BuildConfig = BuildConfig(),
+    jobs: int = 1,
+    fail_fast: bool = False,
+    progress: bool = False,
+    log=None,
+    distributor: str = "multiprocessing",
+    scheduler: str | None = None,
+) -> dict:
     """Build (or resume) identity-split shards; returns the manifest dict.
 
     distributor "multiprocessing" runs ``jobs`` local processes; "dask" runs one task per shard
@@ -575,12 +681,38 @@ def build_shards(out: str | Path, meta: str | Path, audio: str | Path | None = N
 
         config = dataclasses.replace(config, device=resolve_device(config.device).split(":")[0])
     with output_lock(out):
-        return _build_locked(out, meta, audio, faces, videos, pins_splits, config, jobs, fail_fast, progress,
-                             log or (lambda line: print(line, file=sys.stderr)), distributor, scheduler)
+        return _build_locked(
+            out,
+            meta,
+            audio,
+            faces,
+            videos,
+            pins_splits,
+            config,
+            jobs,
+            fail_fast,
+            progress,
+            log or (lambda line: print(line, file=sys.stderr)),
+            distributor,
+            scheduler,
+        )
 
 
-def _build_locked(out: Path, meta, audio, faces, videos, pins_splits, config: BuildConfig, jobs: int,
-                  fail_fast: bool, progress: bool, log, distributor: str, scheduler: str | None) -> dict:
+def _build_locked(
+    out: Path,
+    meta,
+    audio,
+    faces,
+    videos,
+    pins_splits,
+    config: BuildConfig,
+    jobs: int,
+    fail_fast: bool,
+    progress: bool,
+    log,
+    distributor: str,
+    scheduler: str | None,
+) -> dict:
     from avdata.audio import SPEC_CONFIG
     from avdata.ingest import scan_all
     from avdata.splits import (
@@ -602,8 +734,12 @@ def _build_locked(out: Path, meta, audio, faces, videos, pins_splits, config: Bu
         raise InputError(scan.problems[0]["path"], scan.problems[0]["reason"])
     media = assign_media_splits(scan.media, splits, config.protocol, config.seed, config.seen_heard_fraction)
     for row in media[media["split"].isna()].itertuples():
-        rej = {"root": ROOT_LABEL[row.modality], "source": row.rel_path, "stage": "split",
-               "reason": f"identity {row.name} is not placed by the {config.protocol} protocol"}
+        rej = {
+            "root": ROOT_LABEL[row.modality],
+            "source": row.rel_path,
+            "stage": "split",
+            "reason": f"identity {row.name} is not placed by the {config.protocol} protocol",
+        }
         if fail_fast:
             raise InputError(row.path, rej["reason"])
         rejects.append(rej)
@@ -613,12 +749,20 @@ def _build_locked(out: Path, meta, audio, faces, videos, pins_splits, config: Bu
     dups = duplicate_keys(zip(placed["vox_id"], placed["rel_path"]))
     for i, first in sorted(dups.items()):
         row, other = placed.iloc[i], placed.iloc[first]
-        reason = (f"sample key {sample_key(row['vox_id'], row['rel_path'])} is already used by "
-                  f"{other['rel_path']}; rename one of the two files")
+        reason = (
+            f"sample key {sample_key(row['vox_id'], row['rel_path'])} is already used by "
+            f"{other['rel_path']}; rename one of the two files"
+        )
         if fail_fast:
             raise InputError(row["path"], reason)
-        rejects.append({"root": ROOT_LABEL[row["modality"]], "source": row["rel_path"], "stage": "scan",
-                        "reason": reason})
+        rejects.append(
+            {
+                "root": ROOT_LABEL[row["modality"]],
+                "source": row["rel_path"],
+                "stage": "scan",
+                "reason": reason,
+            }
+        )
     media = placed.drop(index=list(dups))
     class_of = {v: i for i, v in enumerate(meta_df["vox_id"])}  # stable for a given meta file
     specs = plan_shards(media, config.shard_size)
@@ -634,8 +778,11 @@ def _build_locked(out: Path, meta, audio, faces, videos, pins_splits, config: Bu
         changed = [s for s in todo if stats_path(out, s.name).exists()]
         if changed or stale_shards:
             why = _config_changes(out, manifest_config)
-            log(f"{out}: rebuilding {len(changed)} shard(s), removing {len(stale_shards)} file(s) of shards no "
-                f"longer planned: " + ("; ".join(why[:3]) if why else "inputs or plan changed since they were built"))
+            log(
+                f"{out}: rebuilding {len(changed)} shard(s), removing {len(stale_shards)} file(s) of shards no "
+                f"longer planned: "
+                + ("; ".join(why[:3]) if why else "inputs or plan changed since they were built")
+            )
         for name in ("manifest.json", "sizes.json"):
             (out / name).unlink(missing_ok=True)
         for p in stale_shards:
@@ -652,8 +799,10 @@ def _build_locked(out: Path, meta, audio, faces, videos, pins_splits, config: Bu
     stats = [shard_done(out, s.name, keys[s.name]) for s in specs]
     missing = [s.name for s, st in zip(specs, stats) if st is None]
     if missing:
-        raise BuildError(f"{len(missing)} shard(s) not complete after the build, e.g. {missing[0]}.tar; "
-                         "re-run the same command to resume")
+        raise BuildError(
+            f"{len(missing)} shard(s) not complete after the build, e.g. {missing[0]}.tar; "
+            "re-run the same command to resume"
+        )
     for st in stats:
         rejects.extend(st["rejects"])
 
@@ -665,15 +814,23 @@ def _build_locked(out: Path, meta, audio, faces, videos, pins_splits, config: Bu
 
     listing = "".join(f"{r.modality}\t{r.rel_path}\t{int(r.size)}\n" for r in scan.media.itertuples())
     per_split = {}
-    for split in sorted(splits["split"].unique().tolist() + (["seen_heard"] if config.protocol == "pins" else [])):
-        ids = splits[splits["split"] == split]["vox_id"] if split != "seen_heard" else splits[splits["split"] == "train"]["vox_id"]
+    for split in sorted(
+        splits["split"].unique().tolist() + (["seen_heard"] if config.protocol == "pins" else [])
+    ):
+        ids = (
+            splits[splits["split"] == split]["vox_id"]
+            if split != "seen_heard"
+            else splits[splits["split"] == "train"]["vox_id"]
+        )
         with_samples = sorted({i for st in stats if st["split"] == split for i in st["identities"]})
         per_split[split] = {
             "identities": int(len(ids)),
             "identities_sha256": sha256_text("\n".join(sorted(ids))),
             "identities_with_samples": len(with_samples),
-            "samples": {m: sum(st["samples"] for st in stats if st["split"] == split and st["modality"] == m)
-                        for m in MODALITIES},
+            "samples": {
+                m: sum(st["samples"] for st in stats if st["split"] == split and st["modality"] == m)
+                for m in MODALITIES
+            },
         }
     manifest = {
         "kind": "avmatch.shards",
@@ -688,8 +845,15 @@ def _build_locked(out: Path, meta, audio, faces, videos, pins_splits, config: Bu
         },
         "identity_splits": split_counts(splits),
         "splits": per_split,
-        "shards": {st["shard"]: {"sha256": st["sha256"], "samples": st["samples"], "bytes": st["bytes"],
-                                 "inputs_sha256": st["inputs_sha256"]} for st in stats},
+        "shards": {
+            st["shard"]: {
+                "sha256": st["sha256"],
+                "samples": st["samples"],
+                "bytes": st["bytes"],
+                "inputs_sha256": st["inputs_sha256"],
+            }
+            for st in stats
+        },
         "rejects": len(rejects),
         "rejects_sha256": sha256_file(out / "rejects.jsonl"),
     }

@@ -59,8 +59,10 @@ def _check_rows(path: Path) -> None:
             continue
         n = len(line.split("\t"))
         if n != n_header:
-            raise InputError(path, f"row {lineno}: {n} tab-separated fields, the header has {n_header} "
-                                   f"({line.strip()[:60]!r})")
+            raise InputError(
+                path,
+                f"row {lineno}: {n} tab-separated fields, the header has {n_header} ({line.strip()[:60]!r})",
+            )
 
 
 def read_meta(path: str | Path) -> pd.DataFrame:
@@ -169,7 +171,9 @@ def _identity_rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
 
 
-def seen_heard_sources(name: str, sources: list[str], seed: int, fraction: float = DEFAULT_SEEN_HEARD_FRACTION) -> set[str]:
+def seen_heard_sources(
+    name: str, sources: list[str], seed: int, fraction: float = DEFAULT_SEEN_HEARD_FRACTION
+) -> set[str]:
     """The source videos of one train identity held out as seen-heard test media.
 
     Rule: sort the identity's distinct source-video ids (over all modalities), draw a

@@ -56,16 +56,21 @@ class TupleError(AvmatchError, ValueError):
 
 # ---------------------------------------------------------------- untrusted directories
 
+
 def check_out_dir(shards: str | Path, out: str | Path) -> None:
     """Refuse an --out that would write into the shard directory (its sizes.json and
     manifest.json would be overwritten; it is shared and verified by its manifest), or a
     shard directory inside the parts of --out that make-tuples writes."""
     s, o = Path(shards).resolve(), Path(out).resolve()
     if o == s:
-        raise TupleError(f"--out {out} is the shard directory: make-tuples would overwrite its sizes.json and "
-                         f"manifest.json; choose another directory")
+        raise TupleError(
+            f"--out {out} is the shard directory: make-tuples would overwrite its sizes.json and "
+            f"manifest.json; choose another directory"
+        )
     if s in o.parents:
-        raise TupleError(f"--out {out} lies inside the shard directory {shards}; write tuples beside it, not into it")
+        raise TupleError(
+            f"--out {out} lies inside the shard directory {shards}; write tuples beside it, not into it"
+        )
     for sub in ("index", "shards"):
         if s == o / sub or (o / sub) in s.parents:
             raise TupleError(f"--shards {shards} lies inside {out}/{sub}, where make-tuples writes")
@@ -103,28 +108,42 @@ def read_tuple_manifest(out: Path, required: bool) -> dict:
         manifest = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(path, f"not valid JSON ({type(exc).__name__})") from None
-    if not (isinstance(manifest, dict) and isinstance(manifest.get("files"), dict)
-            and isinstance(manifest.get("shards"), dict)):
+    if not (
+        isinstance(manifest, dict)
+        and isinstance(manifest.get("files"), dict)
+        and isinstance(manifest.get("shards"), dict)
+    ):
         raise UnsafeShardError(f"{path}: not a tuple manifest (needs 'files' and 'shards' objects)")
     for rel, entry in manifest["files"].items():
-        problem = name_problem(rel) or ("" if rel.startswith("index/") and rel.endswith(".jsonl") else
-                                        "not an index/NAME.jsonl name")
-        if not problem and not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
-                                and isinstance(entry.get("config"), dict)):
+        problem = name_problem(rel) or (
+            "" if rel.startswith("index/") and rel.endswith(".jsonl") else "not an index/NAME.jsonl name"
+        )
+        if not problem and not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("sha256"), str)
+            and isinstance(entry.get("config"), dict)
+        ):
             problem = "entry lacks sha256 or config"
         if not problem:
             cfg = entry["config"]
             bad = [f for f, t in _CONFIG_TYPES.items() if not isinstance(cfg.get(f), t)]
             if bad or cfg["task"] not in TASKS or cfg["direction"] not in DIRECTIONS:
                 problem = f"config has a missing or unknown {', '.join(bad) or 'task or direction'}"
-            elif "gallery" in entry and (name_problem(entry["gallery"]) or entry["gallery"] not in manifest["files"]):
+            elif "gallery" in entry and (
+                name_problem(entry["gallery"]) or entry["gallery"] not in manifest["files"]
+            ):
                 problem = f"gallery {entry['gallery']!r} is not a listed index file"
         if problem:
             raise UnsafeShardError(f"{path}: files entry {rel!r}: {problem}")
     for rel, entry in manifest["shards"].items():
-        problem = name_problem(rel) or ("" if _TUPLE_SHARD.match(rel) else "not a shards/NAME-NNNNNN.tar name")
-        if not problem and not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
-                                and isinstance(entry.get("tuples"), int)):
+        problem = name_problem(rel) or (
+            "" if _TUPLE_SHARD.match(rel) else "not a shards/NAME-NNNNNN.tar name"
+        )
+        if not problem and not (
+            isinstance(entry, dict)
+            and isinstance(entry.get("sha256"), str)
+            and isinstance(entry.get("tuples"), int)
+        ):
             problem = "entry lacks sha256 or tuples"
         if problem:
             raise UnsafeShardError(f"{path}: shards entry {rel!r}: {problem}")
@@ -135,13 +154,13 @@ def read_tuple_manifest(out: Path, required: bool) -> dict:
 class IndexedList:
     """One evaluation/training list of a tuple directory, as its manifest.json records it."""
 
-    name: str          # index file stem; retrieval: retrieval_SPLIT_DIR (queries + gallery files)
-    task: str          # matching | verification | retrieval
+    name: str  # index file stem; retrieval: retrieval_SPLIT_DIR (queries + gallery files)
+    task: str  # matching | verification | retrieval
     split: str
     direction: str
-    k: int             # matching: gallery size; verification 1; retrieval 0
-    constraint: str    # "+".join(constrain), "" when unconstrained
-    path: Path         # the index file (retrieval: the queries file)
+    k: int  # matching: gallery size; verification 1; retrieval 0
+    constraint: str  # "+".join(constrain), "" when unconstrained
+    path: Path  # the index file (retrieval: the queries file)
     gallery: Path | None = None  # retrieval: the gallery file
 
 
@@ -158,13 +177,22 @@ def index_lists(tuples_dir: str | Path) -> list[IndexedList]:
         cfg = entry["config"]
         task = cfg["task"]
         if task == "retrieval" and "gallery" not in entry:
-            raise UnsafeShardError(f"{out / 'manifest.json'}: files entry {rel!r}: retrieval queries without a gallery")
+            raise UnsafeShardError(
+                f"{out / 'manifest.json'}: files entry {rel!r}: retrieval queries without a gallery"
+            )
         stem = Path(rel).stem
-        lists.append(IndexedList(
-            name=stem.removesuffix("_queries") if task == "retrieval" else stem, task=task, split=cfg["split"],
-            direction=cfg["direction"], k={"matching": cfg["k"], "verification": 1}.get(task, 0),
-            constraint="+".join(cfg.get("constrain") or ()), path=out / rel,
-            gallery=out / entry["gallery"] if task == "retrieval" else None))
+        lists.append(
+            IndexedList(
+                name=stem.removesuffix("_queries") if task == "retrieval" else stem,
+                task=task,
+                split=cfg["split"],
+                direction=cfg["direction"],
+                k={"matching": cfg["k"], "verification": 1}.get(task, 0),
+                constraint="+".join(cfg.get("constrain") or ()),
+                path=out / rel,
+                gallery=out / entry["gallery"] if task == "retrieval" else None,
+            )
+        )
     return sorted(lists, key=lambda t: (t.task, t.name))
 
 
@@ -205,7 +233,9 @@ def scan_tuple_shard(path: str | Path) -> list[tuple[str, dict[str, tuple[int, i
                 key, _, ext = m.name.partition(".")
                 if not samples or samples[-1][0] != key:
                     if key in seen:
-                        raise UnsafeShardError(f"{path}: tuple {key!r} occurs twice (its members are not adjacent)")
+                        raise UnsafeShardError(
+                            f"{path}: tuple {key!r} occurs twice (its members are not adjacent)"
+                        )
                     seen.add(key)
                     samples.append((key, {}))
                 members = samples[-1][1]
@@ -229,11 +259,11 @@ def scan_tuple_shard(path: str | Path) -> list[tuple[str, dict[str, tuple[int, i
 class TupleConfig:
     task: str
     split: str
-    direction: str = "a2v"        # verification pairs are always (voice, face): "a2v"
+    direction: str = "a2v"  # verification pairs are always (voice, face): "a2v"
     k: int = 2
     seed: int = 0
     negatives_per_positive: int = 15
-    positives_per_identity: int = 1   # k = 2: (query, positive) pairs per identity, each with its negatives
+    positives_per_identity: int = 1  # k = 2: (query, positive) pairs per identity, each with its negatives
     sets_per_identity: int = 50
     pairs_per_identity: int = 10
     constrain: tuple[str, ...] = ()
@@ -257,7 +287,7 @@ class Pool:
     """The items of one split, grouped by identity and modality."""
 
     items: pd.DataFrame
-    attrs: dict[str, dict]                 # vox_id -> {"gender", "nationality"}
+    attrs: dict[str, dict]  # vox_id -> {"gender", "nationality"}
     by_id: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # modality -> vox_id -> keys
 
     def __post_init__(self):
@@ -272,8 +302,11 @@ class Pool:
     def negatives_for(self, vox_id: str, modality: str, constrain: tuple[str, ...]) -> list[str]:
         """Other identities with items of ``modality`` sharing the constrained attributes."""
         want = {a: self.attrs.get(vox_id, {}).get(a) for a in constrain}
-        return [v for v in self.by_id[modality] if v != vox_id
-                and all(self.attrs.get(v, {}).get(a) == want[a] for a in constrain)]
+        return [
+            v
+            for v in self.by_id[modality]
+            if v != vox_id and all(self.attrs.get(v, {}).get(a) == want[a] for a in constrain)
+        ]
 
 
 def load_pool(shards: str | Path, split: str, items: pd.DataFrame | None = None) -> Pool:
@@ -288,9 +321,20 @@ def load_pool(shards: str | Path, split: str, items: pd.DataFrame | None = None)
     return Pool(split_items, attrs)
 
 
-def _tuple(cfg: TupleConfig, n: int, query: str, q_id: str, gallery: list[str], g_ids: list[str], label: int) -> dict:
-    return {"tuple_id": f"{cfg.name}-{n:07d}", "task": cfg.task, "split": cfg.split, "direction": cfg.direction,
-            "query": query, "query_identity": q_id, "gallery": gallery, "gallery_identities": g_ids, "label": int(label)}
+def _tuple(
+    cfg: TupleConfig, n: int, query: str, q_id: str, gallery: list[str], g_ids: list[str], label: int
+) -> dict:
+    return {
+        "tuple_id": f"{cfg.name}-{n:07d}",
+        "task": cfg.task,
+        "split": cfg.split,
+        "direction": cfg.direction,
+        "query": query,
+        "query_identity": q_id,
+        "gallery": gallery,
+        "gallery_identities": g_ids,
+        "label": int(label),
+    }
 
 
 def draw_matching(pool: Pool, cfg: TupleConfig) -> tuple[list[dict], list[dict]]:
@@ -300,7 +344,12 @@ def draw_matching(pool: Pool, cfg: TupleConfig) -> tuple[list[dict], list[dict]]
         rng = _rng(cfg.seed, cfg.task, cfg.split, cfg.direction, cfg.k, "+".join(cfg.constrain), vox_id)
         candidates = pool.negatives_for(vox_id, g_mod, cfg.constrain)
         if len(candidates) < cfg.k - 1:
-            skipped.append({"identity": vox_id, "reason": f"{len(candidates)} eligible negative identities < k-1 = {cfg.k - 1}"})
+            skipped.append(
+                {
+                    "identity": vox_id,
+                    "reason": f"{len(candidates)} eligible negative identities < k-1 = {cfg.k - 1}",
+                }
+            )
             continue
         q_keys, p_keys = pool.by_id[q_mod][vox_id], pool.by_id[g_mod][vox_id]
         if cfg.k == 2:
@@ -350,16 +399,30 @@ def retrieval_lists(pool: Pool, cfg: TupleConfig) -> tuple[list[dict], list[dict
     """Queries (one per item of the query modality) and the gallery (all items of the other)."""
     q_mod, g_mod = DIRECTIONS[cfg.direction]
     items = pool.items
-    gallery = [{"key": k, "identity": v} for k, v in
-               items[items["modality"] == g_mod][["key", "vox_id"]].itertuples(index=False)]
+    gallery = [
+        {"key": k, "identity": v}
+        for k, v in items[items["modality"] == g_mod][["key", "vox_id"]].itertuples(index=False)
+    ]
     n_rel = items[items["modality"] == g_mod].groupby("vox_id").size().to_dict()
-    queries = [{"tuple_id": f"{cfg.name}-{i:07d}", "task": "retrieval", "split": cfg.split, "direction": cfg.direction,
-                "query": k, "query_identity": v, "relevant": int(n_rel.get(v, 0))}
-               for i, (k, v) in enumerate(items[items["modality"] == q_mod][["key", "vox_id"]].itertuples(index=False))]
+    queries = [
+        {
+            "tuple_id": f"{cfg.name}-{i:07d}",
+            "task": "retrieval",
+            "split": cfg.split,
+            "direction": cfg.direction,
+            "query": k,
+            "query_identity": v,
+            "relevant": int(n_rel.get(v, 0)),
+        }
+        for i, (k, v) in enumerate(
+            items[items["modality"] == q_mod][["key", "vox_id"]].itertuples(index=False)
+        )
+    ]
     return queries, gallery
 
 
 # ---------------------------------------------------------------- outputs
+
 
 def _dump_jsonl(rows: list[dict], path: Path) -> str:
     """Compact JSON lines (the committed tuple-list format), written atomically; its sha256."""
@@ -368,8 +431,9 @@ def _dump_jsonl(rows: list[dict], path: Path) -> str:
     return sha256_text(text)
 
 
-def write_tuple_shards(tuples: list[dict], items: pd.DataFrame, shards_root: Path, out: Path, name: str,
-                       per_shard: int) -> dict[str, dict]:
+def write_tuple_shards(
+    tuples: list[dict], items: pd.DataFrame, shards_root: Path, out: Path, name: str, per_shard: int
+) -> dict[str, dict]:
     """Training tuple shards: each sample carries the query's and every gallery member's
     array bytes (copied as stored, no re-encoding), so training reads sequentially."""
     loc = items.set_index("key")[["tar", "data_ext", "data_offset", "data_size"]].to_dict("index")
@@ -379,26 +443,47 @@ def write_tuple_shards(tuples: list[dict], items: pd.DataFrame, shards_root: Pat
         final = out / rel
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-        chunk = tuples[s * per_shard:(s + 1) * per_shard]
+        chunk = tuples[s * per_shard : (s + 1) * per_shard]
         with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
             for t in chunk:
                 key = t["tuple_id"]
-                members = [("cls", str(t["label"]).encode()),
-                           ("json", json.dumps(t, sort_keys=True, separators=(",", ":")).encode())]
+                members = [
+                    ("cls", str(t["label"]).encode()),
+                    ("json", json.dumps(t, sort_keys=True, separators=(",", ":")).encode()),
+                ]
                 for role, item in [("q", t["query"])] + [(f"g{i}", g) for i, g in enumerate(t["gallery"])]:
                     m = loc[item]
-                    members.append((f"{role}.{m['data_ext']}", read_member(shards_root / m["tar"], m["data_offset"], m["data_size"])))
+                    members.append(
+                        (
+                            f"{role}.{m['data_ext']}",
+                            read_member(shards_root / m["tar"], m["data_offset"], m["data_size"]),
+                        )
+                    )
                 for ext, data in members:
                     info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = len(data), 0, 0o644, 0, 0, "", ""
+                    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = (
+                        len(data),
+                        0,
+                        0o644,
+                        0,
+                        0,
+                        "",
+                        "",
+                    )
                     tar.addfile(info, io.BytesIO(data))
         tmp.replace(final)  # readers never see a partial tar under the final name
         written[rel] = {"sha256": sha256_file(final), "tuples": len(chunk)}
     return written
 
 
-def make_tuples(shards: str | Path, out: str | Path, configs: list[TupleConfig], tuple_shards: bool = False,
-                tuples_per_shard: int = 500, items: pd.DataFrame | None = None) -> dict:
+def make_tuples(
+    shards: str | Path,
+    out: str | Path,
+    configs: list[TupleConfig],
+    tuple_shards: bool = False,
+    tuples_per_shard: int = 500,
+    items: pd.DataFrame | None = None,
+) -> dict:
     """Draw every config's tuples, write index files (and tuple shards), update DIR/manifest.json.
     ``items`` (from index_items) saves re-reading the shards when the caller has it."""
     shards, out = Path(shards), Path(out)
@@ -415,27 +500,41 @@ def make_tuples(shards: str | Path, out: str | Path, configs: list[TupleConfig],
         if cfg.task == "retrieval":
             queries, gallery = retrieval_lists(pool, cfg)
             rel_q, rel_g = f"index/{cfg.name}_queries.jsonl", f"index/{cfg.name}_gallery.jsonl"
-            manifest["files"][rel_q] = entry | {"sha256": _dump_jsonl(queries, out / rel_q), "tuples": len(queries),
-                                                "gallery": rel_g}
-            manifest["files"][rel_g] = {"config": entry["config"], "sha256": _dump_jsonl(gallery, out / rel_g),
-                                        "items": len(gallery)}
+            manifest["files"][rel_q] = entry | {
+                "sha256": _dump_jsonl(queries, out / rel_q),
+                "tuples": len(queries),
+                "gallery": rel_g,
+            }
+            manifest["files"][rel_g] = {
+                "config": entry["config"],
+                "sha256": _dump_jsonl(gallery, out / rel_g),
+                "items": len(gallery),
+            }
             summary[cfg.name] = {"queries": len(queries), "gallery": len(gallery)}
             continue
         draw = draw_matching if cfg.task == "matching" else draw_verification
         tuples, skipped = draw(pool, cfg)
         rel = f"index/{cfg.name}.jsonl"
-        manifest["files"][rel] = entry | {"sha256": _dump_jsonl(tuples, out / rel), "tuples": len(tuples),
-                                          "identities": len({t["query_identity"] for t in tuples}),
-                                          "skipped_identities": skipped}
-        written = write_tuple_shards(tuples, items, shards, out, cfg.name, tuples_per_shard) if tuple_shards else {}
+        manifest["files"][rel] = entry | {
+            "sha256": _dump_jsonl(tuples, out / rel),
+            "tuples": len(tuples),
+            "identities": len({t["query_identity"] for t in tuples}),
+            "skipped_identities": skipped,
+        }
+        written = (
+            write_tuple_shards(tuples, items, shards, out, cfg.name, tuples_per_shard) if tuple_shards else {}
+        )
         for old in sorted(manifest["shards"]):
             # shards of an earlier draw of this list would hold other tuples (or more of them)
             if _TUPLE_SHARD.match(old).group(1) == cfg.name and old not in written:
                 del manifest["shards"][old]
                 resolve_inside(out, old, str(out / "manifest.json")).unlink(missing_ok=True)
         manifest["shards"].update(written)
-        summary[cfg.name] = {"tuples": len(tuples), "identities": manifest["files"][rel]["identities"],
-                             "skipped_identities": len(skipped)}
+        summary[cfg.name] = {
+            "tuples": len(tuples),
+            "identities": manifest["files"][rel]["identities"],
+            "skipped_identities": len(skipped),
+        }
     sizes = {k: v["tuples"] for k, v in sorted(manifest["shards"].items())}
     write_json(out / "sizes.json", sizes)
     write_json(out / "manifest.json", manifest)
@@ -444,8 +543,10 @@ def make_tuples(shards: str | Path, out: str | Path, configs: list[TupleConfig],
 
 # ---------------------------------------------------------------- checks
 
-def check_tuples(out: str | Path, shards: str | Path, max_reports: int = 20,
-                 items: pd.DataFrame | None = None) -> list[str]:
+
+def check_tuples(
+    out: str | Path, shards: str | Path, max_reports: int = 20, items: pd.DataFrame | None = None
+) -> list[str]:
     """Every rule a tuple list must satisfy; returns one line per broken rule (empty: all hold)."""
     out, shards = Path(out), Path(shards)
     manifest = read_tuple_manifest(out, required=True)  # refuses unsafe names before any is opened
@@ -474,7 +575,7 @@ def check_tuples(out: str | Path, shards: str | Path, max_reports: int = 20,
         if "gallery" not in entry and cfg["task"] == "retrieval":
             continue  # a gallery list, checked with its queries
         rows = _read_rows(path, rel, cfg["task"], report)
-        lists[rel[len("index/"):-len(".jsonl")]] = rows
+        lists[rel[len("index/") : -len(".jsonl")]] = rows
         task = cfg["task"]
         q_mod, g_mod = DIRECTIONS[cfg["direction"]]
         labels = []
@@ -489,7 +590,9 @@ def check_tuples(out: str | Path, shards: str | Path, max_reports: int = 20,
                 if it["modality"] != mod:
                     report(rel, tid, f"key {key} is {it['modality']}, expected {mod}")
                 if it["split"] != split:
-                    report(rel, tid, f"key {key} is in split {it['split']}, tuple is in {split} (crosses splits)")
+                    report(
+                        rel, tid, f"key {key} is in split {it['split']}, tuple is in {split} (crosses splits)"
+                    )
             if task == "retrieval":
                 continue
             q_id, g_ids, label = t["query_identity"], t["gallery_identities"], t["label"]
@@ -526,10 +629,14 @@ def check_tuples(out: str | Path, shards: str | Path, max_reports: int = 20,
             want_q = set(items[(items["split"] == split) & (items["modality"] == q_mod)].index)
             if {t["query"] for t in rows} != want_q or len(rows) != len(want_q):
                 problems.append(f"{rel}: queries are not exactly the {len(want_q)} {q_mod} items of {split}")
-            gallery = [g["key"] for g in _read_rows(out / entry["gallery"], entry["gallery"], "gallery", report)]
+            gallery = [
+                g["key"] for g in _read_rows(out / entry["gallery"], entry["gallery"], "gallery", report)
+            ]
             want_g = set(items[(items["split"] == split) & (items["modality"] == g_mod)].index)
             if set(gallery) != want_g or len(gallery) != len(want_g):
-                problems.append(f"{entry['gallery']}: gallery is not exactly the {len(want_g)} {g_mod} items of {split}")
+                problems.append(
+                    f"{entry['gallery']}: gallery is not exactly the {len(want_g)} {g_mod} items of {split}"
+                )
             continue
         if "imported_from" not in cfg:  # an official list is as balanced as its authors made it
             problems.extend(f"{rel}: {m}" for m in label_balance_problems(labels, task, cfg["k"]))
@@ -537,10 +644,18 @@ def check_tuples(out: str | Path, shards: str | Path, max_reports: int = 20,
     return problems
 
 
-_ROW_FIELDS = {"gallery": {"key": str},
-               "retrieval": {"tuple_id": str, "query": str},
-               "matching": {"tuple_id": str, "query": str, "query_identity": str, "gallery": list,
-                            "gallery_identities": list, "label": int}}
+_ROW_FIELDS = {
+    "gallery": {"key": str},
+    "retrieval": {"tuple_id": str, "query": str},
+    "matching": {
+        "tuple_id": str,
+        "query": str,
+        "query_identity": str,
+        "gallery": list,
+        "gallery_identities": list,
+        "label": int,
+    },
+}
 _ROW_FIELDS["verification"] = _ROW_FIELDS["matching"]
 
 
@@ -554,9 +669,17 @@ def _read_rows(path: Path, rel: str, kind: str, report) -> list[dict]:
         except json.JSONDecodeError:
             report(rel, f"line {i}", "not JSON")
             continue
-        bad = [f for f, t in _ROW_FIELDS[kind].items()
-               if not isinstance(row, dict) or not isinstance(row.get(f), t) or isinstance(row.get(f), bool)]
-        if not bad and "gallery" in row and kind != "gallery" and len(row["gallery"]) != len(row["gallery_identities"]):
+        bad = [
+            f
+            for f, t in _ROW_FIELDS[kind].items()
+            if not isinstance(row, dict) or not isinstance(row.get(f), t) or isinstance(row.get(f), bool)
+        ]
+        if (
+            not bad
+            and "gallery" in row
+            and kind != "gallery"
+            and len(row["gallery"]) != len(row["gallery_identities"])
+        ):
             bad = ["gallery_identities (length)"]
         if bad:
             report(rel, f"line {i}", f"missing or malformed field(s) {', '.join(bad)}")
@@ -565,8 +688,9 @@ def _read_rows(path: Path, rel: str, kind: str, report) -> list[dict]:
     return rows
 
 
-def tuple_shard_problems(out: Path, manifest: dict, lists: dict[str, list[dict]], items: pd.DataFrame,
-                         max_reports: int = 20) -> list[str]:
+def tuple_shard_problems(
+    out: Path, manifest: dict, lists: dict[str, list[dict]], items: pd.DataFrame, max_reports: int = 20
+) -> list[str]:
     """Checks of DIR/sizes.json and DIR/shards/*.tar: sizes.json names only the manifest's
     shards with their counts; every shard is safe to read (scan_tuple_shard: member names and
     types, no pickles or object arrays), has its manifest sha256 and count, and holds exactly
@@ -592,8 +716,10 @@ def tuple_shard_problems(out: Path, manifest: dict, lists: dict[str, list[dict]]
         if sizes != expected:
             extra, absent = sorted(set(sizes) - set(expected)), sorted(set(expected) - set(sizes))
             differ = sorted(k for k in set(sizes) & set(expected) if sizes[k] != expected[k])
-            problems.append(f"sizes.json: does not match the tuple shards of manifest.json (not in the manifest: "
-                            f"{extra[:3]}, missing: {absent[:3]}, other counts: {differ[:3]})")
+            problems.append(
+                f"sizes.json: does not match the tuple shards of manifest.json (not in the manifest: "
+                f"{extra[:3]}, missing: {absent[:3]}, other counts: {differ[:3]})"
+            )
     in_shards: dict[str, list[str]] = {}
     for rel, entry in sorted(listed.items()):
         try:
@@ -646,13 +772,17 @@ def tuple_shard_problems(out: Path, manifest: dict, lists: dict[str, list[dict]]
                 it = items.loc[item]
                 got = members.get(f"{role}.{it['data_ext']}")
                 if got is None or got[1] != it["data_size"]:
-                    problems.append(f"{rel}: {key}: member {role} is not the {it['data_ext']} item {item} "
-                                    f"({it['data_size']} bytes)")
+                    problems.append(
+                        f"{rel}: {key}: member {role} is not the {it['data_ext']} item {item} "
+                        f"({it['data_size']} bytes)"
+                    )
     for name, keys in sorted(in_shards.items()):
         want = [t["tuple_id"] for t in lists.get(name, [])]
         if keys != want and len(problems) < max_reports:
-            problems.append(f"shards/{name}-*.tar: hold {len(keys)} tuples, index/{name}.jsonl has {len(want)} "
-                            f"(the shards must hold exactly its tuples, in order)")
+            problems.append(
+                f"shards/{name}-*.tar: hold {len(keys)} tuples, index/{name}.jsonl has {len(want)} "
+                f"(the shards must hold exactly its tuples, in order)"
+            )
     return problems
 
 
@@ -668,11 +798,15 @@ def label_balance_problems(labels: list[int], task: str, k: int) -> list[str]:
     counts = np.bincount(labels, minlength=k)
     p = 1.0 / k
     tol = max(0.05, 4 * math.sqrt(p * (1 - p) / n))
-    return [f"label position {i} has share {c / n:.3f}, expected {p:.3f} +- {tol:.3f}"
-            for i, c in enumerate(counts) if abs(c / n - p) > tol]
+    return [
+        f"label position {i} has share {c / n:.3f}, expected {p:.3f} +- {tol:.3f}"
+        for i, c in enumerate(counts)
+        if abs(c / n - p) > tol
+    ]
 
 
 # ---------------------------------------------------------------- official lists
+
 
 def import_veriflist(list_path: str | Path, shards: str | Path, out: str | Path) -> dict:
     """Map an official Learnable-PINs verification list onto shard keys.
@@ -699,8 +833,9 @@ def import_veriflist(list_path: str | Path, shards: str | Path, out: str | Path)
     items = index_items(shards)
     vox_of = dict(zip(items["key"], items["vox_id"]))
     voice_index, face_index = {}, {}
-    for key, split, modality, name, source in zip(items["key"], items["split"], items["modality"], items["name"],
-                                                  items["source"]):
+    for key, split, modality, name, source in zip(
+        items["key"], items["split"], items["modality"], items["name"], items["source"]
+    ):
         if modality == "audio" and key.endswith("_w0"):
             parts = source.split("/")
             if len(parts) >= 2 and parts[-1].split(".")[0].isdigit():
@@ -737,18 +872,41 @@ def import_veriflist(list_path: str | Path, shards: str | Path, out: str | Path)
             miss("voice and face in different splits")
             continue
         label = int(r["label"])
-        mapped.append({"tuple_id": f"veriflist-{list_path.stem}-{int(r['id']):07d}", "task": "verification",
-                       "split": voice[1], "direction": "a2v", "query": voice[0], "query_identity": vox_of[voice[0]],
-                       "gallery": [face[0]], "gallery_identities": [vox_of[face[0]]], "label": label})
+        mapped.append(
+            {
+                "tuple_id": f"veriflist-{list_path.stem}-{int(r['id']):07d}",
+                "task": "verification",
+                "split": voice[1],
+                "direction": "a2v",
+                "query": voice[0],
+                "query_identity": vox_of[voice[0]],
+                "gallery": [face[0]],
+                "gallery_identities": [vox_of[face[0]]],
+                "label": label,
+            }
+        )
     rel = f"index/verification_imported_{list_path.stem}.jsonl"
     manifest = read_tuple_manifest(out, required=False)
     split = mapped[0]["split"] if mapped else ""
-    manifest["files"][rel] = {"config": {"task": "verification", "split": split, "direction": "a2v", "k": 1,
-                                         "imported_from": list_path.name, "imported_sha256": sha256_file(list_path),
-                                         "constrain": []},
-                              "sha256": _dump_jsonl(mapped, out / rel), "tuples": len(mapped),
-                              "unmapped": dict(sorted(reasons.items()))}
+    manifest["files"][rel] = {
+        "config": {
+            "task": "verification",
+            "split": split,
+            "direction": "a2v",
+            "k": 1,
+            "imported_from": list_path.name,
+            "imported_sha256": sha256_file(list_path),
+            "constrain": [],
+        },
+        "sha256": _dump_jsonl(mapped, out / rel),
+        "tuples": len(mapped),
+        "unmapped": dict(sorted(reasons.items())),
+    }
     manifest.setdefault("source_shards_manifest_sha256", source_sha)
     write_json(out / "manifest.json", manifest)
-    return {"pairs": len(rows), "mapped": len(mapped), "unmapped": dict(sorted(reasons.items())), "index": str(out / rel)}
-
+    return {
+        "pairs": len(rows),
+        "mapped": len(mapped),
+        "unmapped": dict(sorted(reasons.items())),
+        "index": str(out / rel),
+    }

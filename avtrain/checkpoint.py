@@ -70,8 +70,11 @@ def _read_checksums(path: Path) -> list[str]:
     if not side.is_file():
         raise UnsafeCheckpointError(
             f"{path}: no checksum file {side.name} beside it; refusing an unverified checkpoint "
-            f"(if you trust it: sha256sum {path.name} > {side.name})")
-    hashes = [line.split()[0].lower() for line in side.read_text(errors="replace").splitlines() if line.strip()]
+            f"(if you trust it: sha256sum {path.name} > {side.name})"
+        )
+    hashes = [
+        line.split()[0].lower() for line in side.read_text(errors="replace").splitlines() if line.strip()
+    ]
     if not hashes or not all(_HEX64.match(h) for h in hashes):
         raise UnsafeCheckpointError(f"{side}: not a sha256 checksum file")
     return hashes
@@ -87,8 +90,10 @@ def verify(path: str | Path) -> str:
     expected = _read_checksums(path)
     actual = sha256_file(path)
     if actual not in expected:
-        raise UnsafeCheckpointError(f"{path}: sha256 {actual[:12]}… does not match {checksum_path(path).name} "
-                                    f"({expected[-1][:12]}…); the file was changed or damaged, refusing it")
+        raise UnsafeCheckpointError(
+            f"{path}: sha256 {actual[:12]}… does not match {checksum_path(path).name} "
+            f"({expected[-1][:12]}…); the file was changed or damaged, refusing it"
+        )
     return actual
 
 
@@ -101,11 +106,15 @@ def load_checkpoint(path: str | Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
     except pickle.UnpicklingError as exc:  # weights_only refused a global / reduce payload
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise UnsafeCheckpointError(f"{path}: refusing a checkpoint with pickled objects ({first[:160]})") from None
+        raise UnsafeCheckpointError(
+            f"{path}: refusing a checkpoint with pickled objects ({first[:160]})"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any failure to parse untrusted bytes is the file's, one line
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise CheckpointError(f"{path}: not a readable torch checkpoint, truncated or corrupt "
-                              f"({type(exc).__name__}: {first[:160]})") from None
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint, truncated or corrupt "
+            f"({type(exc).__name__}: {first[:160]})"
+        ) from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise CheckpointError(f"{path}: not an avtrain checkpoint (expected keys {', '.join(REQUIRED_KEYS)})")
     return state
@@ -152,7 +161,9 @@ def pick_device(name: str) -> torch.device:
         raise DeviceError(f"device {name!r}: expected auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise DeviceError(f"device {name!r}: CUDA is not available on this machine (use --device cpu or auto)")
+            raise DeviceError(
+                f"device {name!r}: CUDA is not available on this machine (use --device cpu or auto)"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise DeviceError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
     elif device.type != "cpu":
@@ -181,8 +192,9 @@ def load_run(run: str | Path, device: torch.device | str = "cpu", which: str = "
     path = resolve(run, which)
     if not path.is_file():
         if which == "best":
-            raise CheckpointError(f"{run}: no {BEST}; only a run trained with validation has one "
-                                  "(avtrain fit --val-shards ...)")
+            raise CheckpointError(
+                f"{run}: no {BEST}; only a run trained with validation has one (avtrain fit --val-shards ...)"
+            )
         if which == "last":
             raise CheckpointError(f"{run}: no {LAST}; train with avtrain fit first")
         raise CheckpointError(f"{path}: checkpoint not found")

@@ -1,12 +1,10 @@
-"""avtrain command line: thin Click commands over avtrain.train / avtrain.evaluate."""
+"""avtrain command line: thin Click commands over avtrain.train / evaluate / report / inference."""
 
 from __future__ import annotations
 
 import click
 
-from avdata.cli_base import user_errors
-
-CONTEXT = {"help_option_names": ["-h", "--help"], "show_default": True}
+from avdata.cli_base import CONTEXT, user_errors
 
 
 @click.group(context_settings=CONTEXT)
@@ -16,86 +14,237 @@ def main():
 
 
 @main.command("fit")
-@click.option("--shards", "tuples_dir", type=click.Path(file_okay=False, exists=True), required=True,
-              help="Tuple directory from avdata make-tuples (its shards/ and sizes.json).")
-@click.option("--task", type=click.Choice(["matching", "verification", "retrieval"]), default=None, help="Task [config: matching].")
-@click.option("--k", type=click.IntRange(2, 10), default=None, help="Gallery size of the training tuples [config: 2].")
-@click.option("--direction", type=click.Choice(["a2v", "v2a"]), default=None, help="a2v: voice query, face gallery [config: a2v].")
-@click.option("--out", type=click.Path(file_okay=False), required=True,
-              help="Run directory (config.yaml, checkpoint.pt, best.pt, log.jsonl, tb/); created only once every setting is checked.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None,
-              help="Epochs [config: 50 matching, 20 verification, 100 retrieval]; may grow on --resume.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="YAML file of settings (top level, model:, loss:; see docs/training.md).")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Override any setting, e.g. --set lr_start=1e-3, --set loss.triplet_margin=0.5, "
-                   "--set model.generator_dropout=0.3 (repeatable).")
+@click.option(
+    "--shards",
+    "tuples_dir",
+    type=click.Path(file_okay=False, exists=True),
+    required=True,
+    help="Tuple directory from avdata make-tuples (its shards/ and sizes.json).",
+)
+@click.option(
+    "--task",
+    type=click.Choice(["matching", "verification", "retrieval"]),
+    default=None,
+    help="Task [config: matching].",
+)
+@click.option(
+    "--k", type=click.IntRange(2, 10), default=None, help="Gallery size of the training tuples [config: 2]."
+)
+@click.option(
+    "--direction",
+    type=click.Choice(["a2v", "v2a"]),
+    default=None,
+    help="a2v: voice query, face gallery [config: a2v].",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Run directory (config.yaml, checkpoint.pt, best.pt, log.jsonl, tb/); created only once every setting is checked.",
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Epochs [config: 50 matching, 20 verification, 100 retrieval]; may grow on --resume.",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="YAML file of settings (top level, model:, loss:; see docs/training.md).",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override any setting, e.g. --set lr_start=1e-3, --set loss.triplet_margin=0.5, "
+    "--set model.generator_dropout=0.3 (repeatable).",
+)
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N [config: auto].")
 @click.option("--seed", type=int, default=None, help="Seed for init, data order and dropout [config: 0].")
-@click.option("--val-shards", type=click.Path(file_okay=False, exists=True), default=None,
-              help="Item shards (avdata build-shards) of the val lists: turns validation on.")
-@click.option("--val-tuples", type=click.Path(file_okay=False, exists=True), default=None,
-              help="Tuple directory with the val lists (make-tuples --split val) [default: the --shards directory].")
-@click.option("--val-every", type=click.IntRange(min=1), default=None, help="Validate every N epochs (and after the last) [config: 1].")
-@click.option("--select", default=None,
-              help="Validation metric that picks best.pt: val_matching_{a2v|v2a}_k{K} or val_verification_auc "
-                   "[config: auto = matching accuracy for the trained k and direction].")
-@click.option("--keep-last", type=click.IntRange(min=0), default=None, help="Keep the last N per-epoch checkpoints epoch-NNNN.pt [config: 0].")
-@click.option("--patience", type=click.IntRange(min=1), default=None,
-              help="Stop after N validations without a better --select metric [config: off].")
-@click.option("--resume", is_flag=True, help="Continue from RUN/checkpoint.pt if it exists (same settings; epochs may grow).")
+@click.option(
+    "--val-shards",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Item shards (avdata build-shards) of the val lists: turns validation on.",
+)
+@click.option(
+    "--val-tuples",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Tuple directory with the val lists (make-tuples --split val) [default: the --shards directory].",
+)
+@click.option(
+    "--val-every",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Validate every N epochs (and after the last) [config: 1].",
+)
+@click.option(
+    "--select",
+    default=None,
+    help="Validation metric that picks best.pt: val_matching_{a2v|v2a}_k{K} or val_verification_auc "
+    "[config: auto = matching accuracy for the trained k and direction].",
+)
+@click.option(
+    "--keep-last",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Keep the last N per-epoch checkpoints epoch-NNNN.pt [config: 0].",
+)
+@click.option(
+    "--patience",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop after N validations without a better --select metric [config: off].",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue from RUN/checkpoint.pt if it exists (same settings; epochs may grow).",
+)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar with tuples/s.")
 @user_errors
-def fit_cmd(tuples_dir, task, k, direction, out, epochs, config_file, sets, device, seed, val_shards, val_tuples,
-            val_every, select, keep_last, patience, resume, progress):
+def fit_cmd(
+    tuples_dir,
+    task,
+    k,
+    direction,
+    out,
+    epochs,
+    config_file,
+    sets,
+    device,
+    seed,
+    val_shards,
+    val_tuples,
+    val_every,
+    select,
+    keep_last,
+    patience,
+    resume,
+    progress,
+):
     """Train AML on tuple shards (also under torchrun for DDP)."""
     from avtrain.config import load_config
     from avtrain.train import fit
 
-    cfg = load_config(config_file, {"task": task, "k": k, "direction": direction, "epochs": epochs,
-                                    "device": device, "seed": seed, "val_every": val_every, "select": select,
-                                    "keep_last": keep_last, "patience": patience}, sets)
-    summary = fit(cfg, tuples_dir, out, resume=resume, progress=progress, val_tuples=val_tuples,
-                  val_shards=val_shards)
+    cfg = load_config(
+        config_file,
+        {
+            "task": task,
+            "k": k,
+            "direction": direction,
+            "epochs": epochs,
+            "device": device,
+            "seed": seed,
+            "val_every": val_every,
+            "select": select,
+            "keep_last": keep_last,
+            "patience": patience,
+        },
+        sets,
+    )
+    summary = fit(
+        cfg, tuples_dir, out, resume=resume, progress=progress, val_tuples=val_tuples, val_shards=val_shards
+    )
     final = ", ".join(f"{k}={v:.4f}" for k, v in summary["final"].items())
-    click.echo(f"{out}: {summary['steps']} steps on {summary['device']}, {summary['tuples_per_s']:.1f} tuples/s; {final}")
+    click.echo(
+        f"{out}: {summary['steps']} steps on {summary['device']}, {summary['tuples_per_s']:.1f} tuples/s; {final}"
+    )
     best = summary["best"]
     if best["value"] is not None:
         stop = " (stopped early)" if summary["stopped_early"] else ""
-        click.echo(f"{out}: best {best['metric']}={best['value']:.4f} at epoch {best['epoch']} -> best.pt{stop}")
+        click.echo(
+            f"{out}: best {best['metric']}={best['value']:.4f} at epoch {best['epoch']} -> best.pt{stop}"
+        )
 
 
 @main.command("evaluate")
-@click.option("--run", type=click.Path(file_okay=False, exists=True), required=True,
-              help="Run directory (from avtrain fit); embeddings.npz and tb/ scalars are written there.")
-@click.option("--checkpoint", default="last",
-              help="Which weights: last (RUN/checkpoint.pt), best (RUN/best.pt, needs fit --val-shards) or a path.")
-@click.option("--shards", type=click.Path(file_okay=False, exists=True), required=True,
-              help="Item shard directory (avdata build-shards) the tuple lists were drawn from.")
-@click.option("--tuples", "tuples_dir", type=click.Path(file_okay=False, exists=True), required=True,
-              help="Tuple directory (avdata make-tuples); every list in its index/ is evaluated.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="metrics.json path [default: RUN/metrics.json].")
+@click.option(
+    "--run",
+    type=click.Path(file_okay=False, exists=True),
+    required=True,
+    help="Run directory (from avtrain fit); embeddings.npz and tb/ scalars are written there.",
+)
+@click.option(
+    "--checkpoint",
+    default="last",
+    help="Which weights: last (RUN/checkpoint.pt), best (RUN/best.pt, needs fit --val-shards) or a path.",
+)
+@click.option(
+    "--shards",
+    type=click.Path(file_okay=False, exists=True),
+    required=True,
+    help="Item shard directory (avdata build-shards) the tuple lists were drawn from.",
+)
+@click.option(
+    "--tuples",
+    "tuples_dir",
+    type=click.Path(file_okay=False, exists=True),
+    required=True,
+    help="Tuple directory (avdata make-tuples); every list in its index/ is evaluated.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="metrics.json path [default: RUN/metrics.json].",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Items per forward pass.")
 @click.option("--device", default="auto", help="auto, cpu, cuda or cuda:N.")
-@click.option("--bootstrap", "n_boot", type=click.IntRange(min=1), default=1000, help="Bootstrap resamples for the 95% CIs.")
+@click.option(
+    "--bootstrap",
+    "n_boot",
+    type=click.IntRange(min=1),
+    default=1000,
+    help="Bootstrap resamples for the 95% CIs.",
+)
 @click.option("--seed", type=int, default=0, help="Seed of the bootstrap and of the embedding samples.")
 @user_errors
 def evaluate_cmd(run, checkpoint, shards, tuples_dir, out, batch_size, device, n_boot, seed):
     """Score a run on matching, verification and retrieval lists (score = -L2 distance)."""
     from avtrain.evaluate import evaluate
 
-    evaluate(run, shards, tuples_dir, out=out, batch_size=batch_size, device=device, n_boot=n_boot, seed=seed,
-             echo=click.echo, checkpoint=checkpoint)
+    evaluate(
+        run,
+        shards,
+        tuples_dir,
+        out=out,
+        batch_size=batch_size,
+        device=device,
+        n_boot=n_boot,
+        seed=seed,
+        echo=click.echo,
+        checkpoint=checkpoint,
+    )
 
 
 @main.command("report")
-@click.option("--run", type=click.Path(file_okay=False, exists=True), required=True,
-              help="Run directory (metrics.json, log.jsonl, embeddings.npz).")
-@click.option("--metrics", type=click.Path(dir_okay=False, exists=True), default=None,
-              help="metrics.json from avtrain evaluate [default: RUN/metrics.json].")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="HTML file [default: RUN/report.html].")
-@click.option("--compare", multiple=True, type=click.Path(file_okay=False, exists=True),
-              help="Another run directory (with metrics.json) for the side-by-side table (repeatable).")
+@click.option(
+    "--run",
+    type=click.Path(file_okay=False, exists=True),
+    required=True,
+    help="Run directory (metrics.json, log.jsonl, embeddings.npz).",
+)
+@click.option(
+    "--metrics",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="metrics.json from avtrain evaluate [default: RUN/metrics.json].",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False), default=None, help="HTML file [default: RUN/report.html]."
+)
+@click.option(
+    "--compare",
+    multiple=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Another run directory (with metrics.json) for the side-by-side table (repeatable).",
+)
 @user_errors
 def report_cmd(run, metrics, out, compare):
     """Write a self-contained HTML report (tables and embedded plots) of a run."""
@@ -110,18 +259,33 @@ def report_cmd(run, metrics, out, compare):
 
 # --------------------------------------------------------------------------- raw media (avtrain.inference)
 
-from avdata.cli_base import user_errors
-
 _RUN_HELP = "Run directory (checkpoint.pt from avtrain fit) or model directory (avtrain export)."
 _DEVICE_HELP = "auto, cpu, cuda or cuda:N."
 
 
 @main.command("embed")
 @click.option("--run", required=True, type=click.Path(exists=True), help=_RUN_HELP)
-@click.option("--audio", multiple=True, type=click.Path(), help="Audio file or folder (wav/flac/m4a, walked recursively; repeatable).")
-@click.option("--faces", multiple=True, type=click.Path(), help="Face image or folder (jpg/jpeg/png; repeatable).")
-@click.option("--videos", multiple=True, type=click.Path(), help="Video file or folder (mp4): its voice and its frames' faces (repeatable).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Output file: .npz, or .parquet (needs pyarrow).")
+@click.option(
+    "--audio",
+    multiple=True,
+    type=click.Path(),
+    help="Audio file or folder (wav/flac/m4a, walked recursively; repeatable).",
+)
+@click.option(
+    "--faces", multiple=True, type=click.Path(), help="Face image or folder (jpg/jpeg/png; repeatable)."
+)
+@click.option(
+    "--videos",
+    multiple=True,
+    type=click.Path(),
+    help="Video file or folder (mp4): its voice and its frames' faces (repeatable).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Output file: .npz, or .parquet (needs pyarrow).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Items per forward pass.")
 @click.option("--device", default="cpu", help=_DEVICE_HELP)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
@@ -139,8 +303,10 @@ def embed_cmd(run, audio, faces, videos, out, batch_size, device, progress):
     model = load_model(run, device)
     res = embed_files(model, audio, faces, videos, batch_size=batch_size, progress=progress)
     path = write_embeddings(res, out)
-    click.echo(f"wrote {path}: {len(res.voice_keys)} voice(s), {len(res.face_keys)} face(s), "
-               f"{len(res.rejects)} reject(s)")
+    click.echo(
+        f"wrote {path}: {len(res.voice_keys)} voice(s), {len(res.face_keys)} face(s), "
+        f"{len(res.rejects)} reject(s)"
+    )
     for r in res.rejects:
         click.echo(f"  rejected {r['modality']} {r['path']}: {r['reason']}")
 
@@ -151,7 +317,9 @@ def embed_cmd(run, audio, faces, videos, out, batch_size, device, progress):
 @click.option("--voice", type=click.Path(), default=None, help="Query voice; GALLERY are face images.")
 @click.option("--face", type=click.Path(), default=None, help="Query face; GALLERY are voices.")
 @click.option("--faces", "faces_flag", is_flag=True, help="Marks GALLERY as faces (with --voice; optional).")
-@click.option("--voices", "voices_flag", is_flag=True, help="Marks GALLERY as voices (with --face; optional).")
+@click.option(
+    "--voices", "voices_flag", is_flag=True, help="Marks GALLERY as voices (with --face; optional)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON.")
 @click.option("--device", default="cpu", help=_DEVICE_HELP)
 @user_errors
@@ -167,9 +335,13 @@ def match_cmd(gallery, run, voice, face, faces_flag, voices_flag, as_json, devic
     from avtrain.inference import InferenceError, format_ranking, load_model, match
 
     if (voice is None) == (face is None):
-        raise InferenceError("give exactly one query: --voice PATH (faces as GALLERY) or --face PATH (voices)")
+        raise InferenceError(
+            "give exactly one query: --voice PATH (faces as GALLERY) or --face PATH (voices)"
+        )
     if (voice and voices_flag) or (face and faces_flag):
-        raise InferenceError("the gallery is the other modality: --voice goes with --faces, --face with --voices")
+        raise InferenceError(
+            "the gallery is the other modality: --voice goes with --faces, --face with --voices"
+        )
     model = load_model(run, device)
     result = match(model, voice or face, "voice" if voice else "face", list(gallery))
     click.echo(json_.dumps(result, indent=1) if as_json else format_ranking(result))
@@ -177,42 +349,115 @@ def match_cmd(gallery, run, voice, face, faces_flag, voices_flag, as_json, devic
 
 @main.command("score")
 @click.option("--run", required=True, type=click.Path(exists=True), help=_RUN_HELP)
-@click.option("--pairs", "pairs_file", required=True, type=click.Path(dir_okay=False, exists=True),
-              help="Pair list: FAME 'ID voice face', VoxCeleb 'LABEL voice face', or Learnable-PINs veriflist CSV.")
-@click.option("--root", required=True, type=click.Path(file_okay=False, exists=True),
-              help="Folder the list's relative paths are resolved in (never left: no '..', absolute paths or URLs).")
-@click.option("--voice-root", type=click.Path(file_okay=False, exists=True), default=None,
-              help="Folder for the voice paths [default: --root].")
-@click.option("--face-root", type=click.Path(file_okay=False, exists=True), default=None,
-              help="Folder for the face paths [default: --root].")
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="Scores file: 'ID SCORE' per pair in list order; 'nan' where a pair cannot be scored.")
-@click.option("--format", "fmt", type=click.Choice(["auto", "fame", "labelled", "pins-csv"]), default="auto",
-              help="List format (auto: pins-csv by its header, labelled if every first field is 0/1, else fame).")
-@click.option("--values", type=click.Choice(["auto", "l2", "neg_l2"]), default="auto",
-              help="What SCORE holds: l2 = L2 distance (lower = same person; FAME's), neg_l2 = -L2 (higher = "
-                   "same person; avtrain's). auto: l2 for FAME lists, neg_l2 otherwise.")
-@click.option("--rejects", "rejects_file", type=click.Path(dir_okay=False), default=None,
-              help="Rejected pairs with reasons, JSONL [default: OUT.rejects.jsonl].")
+@click.option(
+    "--pairs",
+    "pairs_file",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="Pair list: FAME 'ID voice face', VoxCeleb 'LABEL voice face', or Learnable-PINs veriflist CSV.",
+)
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Folder the list's relative paths are resolved in (never left: no '..', absolute paths or URLs).",
+)
+@click.option(
+    "--voice-root",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Folder for the voice paths [default: --root].",
+)
+@click.option(
+    "--face-root",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Folder for the face paths [default: --root].",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Scores file: 'ID SCORE' per pair in list order; 'nan' where a pair cannot be scored.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "fame", "labelled", "pins-csv"]),
+    default="auto",
+    help="List format (auto: pins-csv by its header, labelled if every first field is 0/1, else fame).",
+)
+@click.option(
+    "--values",
+    type=click.Choice(["auto", "l2", "neg_l2"]),
+    default="auto",
+    help="What SCORE holds: l2 = L2 distance (lower = same person; FAME's), neg_l2 = -L2 (higher = "
+    "same person; avtrain's). auto: l2 for FAME lists, neg_l2 otherwise.",
+)
+@click.option(
+    "--rejects",
+    "rejects_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Rejected pairs with reasons, JSONL [default: OUT.rejects.jsonl].",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Items per forward pass.")
-@click.option("--bootstrap", "n_boot", type=click.IntRange(min=1), default=1000, help="Bootstrap resamples for the 95% CIs.")
+@click.option(
+    "--bootstrap",
+    "n_boot",
+    type=click.IntRange(min=1),
+    default=1000,
+    help="Bootstrap resamples for the 95% CIs.",
+)
 @click.option("--seed", type=int, default=0, help="Seed of the bootstrap.")
 @click.option("--device", default="cpu", help=_DEVICE_HELP)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @user_errors
-def score_cmd(run, pairs_file, root, voice_root, face_root, out, fmt, values, rejects_file, batch_size, n_boot,
-              seed, device, progress):
+def score_cmd(
+    run,
+    pairs_file,
+    root,
+    voice_root,
+    face_root,
+    out,
+    fmt,
+    values,
+    rejects_file,
+    batch_size,
+    n_boot,
+    seed,
+    device,
+    progress,
+):
     """Score a list of (voice, face) pairs from raw files; labelled lists also get AUC and EER with CIs."""
     from avtrain.inference import load_model, score_pairs
 
     model = load_model(run, device)
-    score_pairs(model, pairs_file, root, out, fmt=fmt, values=values, voice_root=voice_root, face_root=face_root,
-                rejects_path=rejects_file, batch_size=batch_size, n_boot=n_boot, seed=seed, progress=progress,
-                echo=click.echo)
+    score_pairs(
+        model,
+        pairs_file,
+        root,
+        out,
+        fmt=fmt,
+        values=values,
+        voice_root=voice_root,
+        face_root=face_root,
+        rejects_path=rejects_file,
+        batch_size=batch_size,
+        n_boot=n_boot,
+        seed=seed,
+        progress=progress,
+        echo=click.echo,
+    )
 
 
 @main.command("export")
-@click.option("--run", required=True, type=click.Path(file_okay=False, exists=True), help="Run directory (checkpoint.pt).")
+@click.option(
+    "--run",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Run directory (checkpoint.pt).",
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model directory to write.")
 @user_errors
 def export_cmd(run, out):
@@ -220,7 +465,9 @@ def export_cmd(run, out):
     from avtrain.inference import export_model
 
     meta = export_model(run, out)
-    click.echo(f"wrote {out}/model.safetensors ({len(meta['aliases'])} shared tensor alias(es)) and {out}/config.json")
+    click.echo(
+        f"wrote {out}/model.safetensors ({len(meta['aliases'])} shared tensor alias(es)) and {out}/config.json"
+    )
 
 
 if __name__ == "__main__":

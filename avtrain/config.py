@@ -49,37 +49,37 @@ def _section(name: str) -> dict:
 @dataclass
 class TrainConfig:
     # what is trained on
-    task: str = "matching"            # matching | verification | retrieval
-    k: int = 2                        # gallery size of the training tuples (verification: 1)
-    direction: str = "a2v"            # a2v: voice query, face gallery; v2a: the reverse
-    tuples: str | None = None         # tuple-shard name prefix; None -> derived from task/split/direction/k
+    task: str = "matching"  # matching | verification | retrieval
+    k: int = 2  # gallery size of the training tuples (verification: 1)
+    direction: str = "a2v"  # a2v: voice query, face gallery; v2a: the reverse
+    tuples: str | None = None  # tuple-shard name prefix; None -> derived from task/split/direction/k
     # optimisation (paper)
-    epochs: int | None = None         # None -> 50 matching, 20 verification, 100 retrieval
+    epochs: int | None = None  # None -> 50 matching, 20 verification, 100 retrieval
     batch_size: int = 50
-    lr_start: float = 5e-3            # encoders, generator, head: log-decay lr_start -> lr_end
+    lr_start: float = 5e-3  # encoders, generator, head: log-decay lr_start -> lr_end
     lr_end: float = 5e-5
-    lr_dis: float = 5e-3              # discriminator
-    weight_decay: float = 1e-6        # reference
-    d_steps: int = 1                  # T discriminator steps per encoder step
+    lr_dis: float = 5e-3  # discriminator
+    weight_decay: float = 1e-6  # reference
+    d_steps: int = 1  # T discriminator steps per encoder step
     # model.* and loss.* (ModelConfig / LossConfig fields; None loss weights -> per-task defaults)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     # validation (fit --val-shards): scored every val_every epochs, best.pt by `select`
     val_every: int = 1
-    select: str = "auto"              # auto -> val_matching_{direction}_k{k}; or val_verification_auc
-    keep_last: int = 0                # per-epoch checkpoints epoch-NNNN.pt kept (0: none)
-    patience: int | None = None       # stop after this many validations without a better `select`
+    select: str = "auto"  # auto -> val_matching_{direction}_k{k}; or val_verification_auc
+    keep_last: int = 0  # per-epoch checkpoints epoch-NNNN.pt kept (0: none)
+    patience: int | None = None  # stop after this many validations without a better `select`
     # runtime
     seed: int = 0
-    device: str = "auto"              # auto | cpu | cuda | cuda:N
-    workers: int = 2                  # DataLoader workers per rank
-    threads: int = 0                  # torch CPU threads; 0 -> cores left after the workers (at least 1)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    workers: int = 2  # DataLoader workers per rank
+    threads: int = 0  # torch CPU threads; 0 -> cores left after the workers (at least 1)
     shuffle_buffer: int = 200
-    amp: bool = True                  # bf16 autocast on CUDA (ignored on CPU)
-    channels_last: bool = True        # on CUDA
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = True  # on CUDA
     log_every: int = 1
     max_steps_per_epoch: int | None = None  # cap for smoke tests and benchmarks
-    record_batches: bool = False      # write RUN/batches-rank{R}.jsonl (tuple ids per batch) to audit DDP
+    record_batches: bool = False  # write RUN/batches-rank{R}.jsonl (tuple ids per batch) to audit DDP
 
     def __post_init__(self):
         hints = typing.get_type_hints(TrainConfig)
@@ -96,11 +96,24 @@ class TrainConfig:
         if self.epochs is None:
             self.epochs = EPOCHS_PER_TASK[self.task]
         if self.tuples is None:
-            self.tuples = ("verification_train" if self.task == "verification"
-                           else f"{self.task}_train_{self.direction}_k{self.k}")
-        for name, lo in (("epochs", 1), ("batch_size", 1), ("d_steps", 1), ("workers", 0), ("threads", 0),
-                         ("shuffle_buffer", 1), ("log_every", 1), ("val_every", 1), ("keep_last", 0),
-                         ("patience", 1), ("max_steps_per_epoch", 1)):
+            self.tuples = (
+                "verification_train"
+                if self.task == "verification"
+                else f"{self.task}_train_{self.direction}_k{self.k}"
+            )
+        for name, lo in (
+            ("epochs", 1),
+            ("batch_size", 1),
+            ("d_steps", 1),
+            ("workers", 0),
+            ("threads", 0),
+            ("shuffle_buffer", 1),
+            ("log_every", 1),
+            ("val_every", 1),
+            ("keep_last", 0),
+            ("patience", 1),
+            ("max_steps_per_epoch", 1),
+        ):
             v = getattr(self, name)
             if v is not None and v < lo:
                 raise ConfigError(f"{name}: must be >= {lo}, got {v}")
@@ -112,8 +125,10 @@ class TrainConfig:
         if self.device != "auto" and not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.select != "auto" and not VAL_METRIC_RE.match(self.select):
-            raise ConfigError(f"select: expected auto, val_matching_{{a2v|v2a}}_k{{2..10}} or val_verification_auc, "
-                              f"got {self.select!r}")
+            raise ConfigError(
+                f"select: expected auto, val_matching_{{a2v|v2a}}_k{{2..10}} or val_verification_auc, "
+                f"got {self.select!r}"
+            )
         self.model = _build_section("model", self.model, {"task": self.task, "k": self.k})
         self.loss = _build_section("loss", self.loss, {"task": self.task})
 
@@ -243,8 +258,20 @@ def _build_section(name: str, value, fixed: dict):
             raise ConfigError(f"{name}.{key}: must be in [0, 1), got {v}")
         if key in ("clip_value", "triplet_margin", "rll_temperature") and v is not None and not v > 0:
             raise ConfigError(f"{name}.{key}: must be > 0, got {v}")
-        if key in ("lambda_margin", "beta", "gamma", "leaky_slope", "rll_alpha", "rll_margin",
-                   "rll_negative_weight") and v is not None and v < 0:
+        if (
+            key
+            in (
+                "lambda_margin",
+                "beta",
+                "gamma",
+                "leaky_slope",
+                "rll_alpha",
+                "rll_margin",
+                "rll_negative_weight",
+            )
+            and v is not None
+            and v < 0
+        ):
             raise ConfigError(f"{name}.{key}: must be >= 0, got {v}")
     try:
         return cls(**fixed, **kwargs)
@@ -324,7 +351,9 @@ def coerce(key: str, value, tp):
 # --------------------------------------------------------------------------- loading
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None, sets: list[str] = ()) -> TrainConfig:
+def load_config(
+    path: str | Path | None = None, overrides: dict | None = None, sets: list[str] = ()
+) -> TrainConfig:
     """YAML file, then named overrides (None values ignored), then KEY=VALUE strings."""
     import yaml
 

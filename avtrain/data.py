@@ -42,16 +42,21 @@ def split_for(urls: list[str], index: int, count: int) -> list[str]:
     return urls[index::count]
 
 
-def batches_per_rank(urls: list[str], sizes: dict[str, int], batch_size: int, seed: int, epoch: int,
-                     world: int, workers: int) -> int:
+def batches_per_rank(
+    urls: list[str], sizes: dict[str, int], batch_size: int, seed: int, epoch: int, world: int, workers: int
+) -> int:
     """Batches every rank yields this epoch: the minimum over ranks of the full batches
     its workers can fill (each worker batches only its own shards)."""
     order = epoch_shards(urls, seed, epoch)
     per_rank = []
     for rank in range(world):
         mine = split_for(order, rank, world)
-        per_rank.append(sum(sum(sizes[u] for u in split_for(mine, w, max(1, workers))) // batch_size
-                            for w in range(max(1, workers))))
+        per_rank.append(
+            sum(
+                sum(sizes[u] for u in split_for(mine, w, max(1, workers))) // batch_size
+                for w in range(max(1, workers))
+            )
+        )
     return min(per_rank)
 
 
@@ -70,7 +75,9 @@ def _array(sample: dict, role: str) -> np.ndarray:
     for ext in ("npy", "jpg"):
         if f"{role}.{ext}" in sample:
             return sample[f"{role}.{ext}"]
-    raise UnsafeShardError(f"{sample.get('__url__')}: {sample.get('__key__')}: no {role}.npy or {role}.jpg member")
+    raise UnsafeShardError(
+        f"{sample.get('__url__')}: {sample.get('__key__')}: no {role}.npy or {role}.jpg member"
+    )
 
 
 def to_arrays(sample: dict) -> tuple[np.ndarray, np.ndarray, int, str]:
@@ -82,22 +89,36 @@ def to_arrays(sample: dict) -> tuple[np.ndarray, np.ndarray, int, str]:
     k = len(meta["gallery"])
     arrays = [_array(sample, f"g{i}") for i in range(k)]
     if len({a.shape for a in arrays}) > 1:
-        raise InputError(sample.get("__url__"), f"{sample.get('__key__')}: gallery arrays of different shapes "
-                         f"{sorted({a.shape for a in arrays})}")
+        raise InputError(
+            sample.get("__url__"),
+            f"{sample.get('__key__')}: gallery arrays of different shapes "
+            f"{sorted({a.shape for a in arrays})}",
+        )
     return _array(sample, "q"), np.stack(arrays), int(sample["cls"]), sample["__key__"]
 
 
 def collate(batch) -> dict:
     queries, galleries, labels, keys = zip(*batch)
-    return {"query": torch.from_numpy(np.stack(queries)), "gallery": torch.from_numpy(np.stack(galleries)),
-            "label": torch.tensor(labels, dtype=torch.long), "keys": list(keys)}
+    return {
+        "query": torch.from_numpy(np.stack(queries)),
+        "gallery": torch.from_numpy(np.stack(galleries)),
+        "label": torch.tensor(labels, dtype=torch.long),
+        "keys": list(keys),
+    }
 
 
 class TupleStream(IterableDataset):
     """One rank's stream of batches of training tuples for one epoch (see set_epoch)."""
 
-    def __init__(self, urls: list[str], batch_size: int, seed: int = 0, rank: int = 0, world: int = 1,
-                 shuffle_size: int = 200):
+    def __init__(
+        self,
+        urls: list[str],
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        shuffle_size: int = 200,
+    ):
         self.urls, self.batch_size, self.seed = sorted(urls), batch_size, seed
         self.rank, self.world, self.shuffle_size = rank, world, shuffle_size
         self.epoch = 0
@@ -108,8 +129,9 @@ class TupleStream(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        shards = split_for(split_for(epoch_shards(self.urls, self.seed, self.epoch), self.rank, self.world),
-                           worker, workers)
+        shards = split_for(
+            split_for(epoch_shards(self.urls, self.seed, self.epoch), self.rank, self.world), worker, workers
+        )
         if not shards:
             return iter(())
         rng = random.Random(f"{self.seed}/{self.epoch}/{self.rank}/{worker}")
@@ -195,13 +217,27 @@ def _worker_init(_):
 
 
 def make_loader(stream: TupleStream, workers: int, pin_memory: bool) -> LoaderWithErrors:
-    return LoaderWithErrors(DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
-                                       persistent_workers=False, prefetch_factor=4 if workers else None,
-                                       worker_init_fn=_worker_init if workers else None))
+    return LoaderWithErrors(
+        DataLoader(
+            stream,
+            batch_size=None,
+            num_workers=workers,
+            pin_memory=pin_memory,
+            persistent_workers=False,
+            prefetch_factor=4 if workers else None,
+            worker_init_fn=_worker_init if workers else None,
+        )
+    )
 
 
-def to_model_inputs(batch: dict, direction: str, device: torch.device, train: bool,
-                    flip_generator: torch.Generator | None = None, channels_last: bool = False) -> tuple:
+def to_model_inputs(
+    batch: dict,
+    direction: str,
+    device: torch.device,
+    train: bool,
+    flip_generator: torch.Generator | None = None,
+    channels_last: bool = False,
+) -> tuple:
     """Move a batch to the device and normalise: spectrograms as the reference,
     faces to [-1, 1] CHW; random horizontal face flips for training only."""
     from avtrain.models import normalise_audio, normalise_face
@@ -210,8 +246,8 @@ def to_model_inputs(batch: dict, direction: str, device: torch.device, train: bo
     g = batch["gallery"].to(device, non_blocking=True)
     label = batch["label"].to(device, non_blocking=True)
     audio, faces = (q, g) if direction == "a2v" else (g, q)
-    audio = normalise_audio(audio)      # (B,224,125) -> (B,1,224,125); (B,k,...) -> (B,k,1,...)
-    faces = normalise_face(faces)       # (..., 224, 224, 3) uint8 -> (..., 3, 224, 224) float
+    audio = normalise_audio(audio)  # (B,224,125) -> (B,1,224,125); (B,k,...) -> (B,k,1,...)
+    faces = normalise_face(faces)  # (..., 224, 224, 3) uint8 -> (..., 3, 224, 224) float
     if train and flip_generator is not None:
         flip = (torch.rand(faces.shape[:-3], generator=flip_generator) < 0.5).to(device)
         faces = torch.where(flip[..., None, None, None], faces.flip(-1), faces)

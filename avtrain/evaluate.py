@@ -39,8 +39,12 @@ PAIR_SAMPLE = 1000  # items per modality for the before/after-generator distance
 TSNE_IDENTITIES = 10  # identities in RUN/embeddings.npz
 TSNE_MAX_ITEMS = 400  # items (both modalities) in RUN/embeddings.npz
 EMBEDDINGS_FILE = "embeddings.npz"
-MODALITY_OF_ROLE = {("a2v", "query"): "audio", ("a2v", "gallery"): "face",
-                    ("v2a", "query"): "face", ("v2a", "gallery"): "audio"}
+MODALITY_OF_ROLE = {
+    ("a2v", "query"): "audio",
+    ("a2v", "gallery"): "face",
+    ("v2a", "query"): "face",
+    ("v2a", "gallery"): "audio",
+}
 
 
 class EvaluationError(AvmatchError, ValueError):
@@ -99,7 +103,9 @@ def read_tuple_lists(tuples_dir: str | Path) -> list[TupleList]:
         if il.task == "matching":  # a tuple's gallery size must agree with its list's k
             bad = next((r for r in rows if len(r["gallery"]) != il.k), None)
             if bad is not None:
-                raise EvaluationError(f"{il.name}: tuple {bad.get('tuple_id')} has {len(bad['gallery'])} gallery items, expected {il.k}")
+                raise EvaluationError(
+                    f"{il.name}: tuple {bad.get('tuple_id')} has {len(bad['gallery'])} gallery items, expected {il.k}"
+                )
         lists.append(tl)
     return lists
 
@@ -160,8 +166,15 @@ def _decode(modality: str, data: bytes, ext: str, key: str) -> np.ndarray:
     return x
 
 
-def embed_items(model, items, shards_root: str | Path, batch_size: int, device: torch.device,
-                keep_features: set[str], progress: Callable[[str], None] | None = None) -> Embeddings:
+def embed_items(
+    model,
+    items,
+    shards_root: str | Path,
+    batch_size: int,
+    device: torch.device,
+    keep_features: set[str],
+    progress: Callable[[str], None] | None = None,
+) -> Embeddings:
     """Embed every row of ``items`` (an index_items DataFrame, already restricted to the
     needed keys) exactly once; keep the 3200-d branch features of ``keep_features``."""
     from avdata.reader import read_member
@@ -185,7 +198,7 @@ def embed_items(model, items, shards_root: str | Path, batch_size: int, device: 
             recs = df[["key", "tar", "data_ext", "data_offset", "data_size"]].to_records(index=False)
             for s in range(0, len(recs), batch_size):
                 arrays = []
-                for key, tar, ext, off, size in recs[s:s + batch_size]:
+                for key, tar, ext, off, size in recs[s : s + batch_size]:
                     arrays.append(_decode(modality, read_member(root / tar, int(off), int(size)), ext, key))
                 batch = np.stack(arrays)
                 x = normalise_audio(batch) if modality == "audio" else normalise_face(batch)
@@ -193,9 +206,9 @@ def embed_items(model, items, shards_root: str | Path, batch_size: int, device: 
                 with torch.inference_mode():
                     hb = embed(x.to(device))
                 out.forward_rows += x.shape[0]
-                h[s:s + len(arrays)] = hb.double().cpu().numpy()
+                h[s : s + len(arrays)] = hb.double().cpu().numpy()
                 feats = captured[0].float().cpu().numpy()
-                for j, key in enumerate(recs["key"][s:s + batch_size]):
+                for j, key in enumerate(recs["key"][s : s + batch_size]):
                     if key in keep_features:
                         out.features[modality][key] = feats[j].copy()
                 if progress:
@@ -241,7 +254,9 @@ def _matching_entry(tl: TupleList, emb: Embeddings, model, cfg, device, n_boot: 
     gi = np.array([[emb.row[gm][g] for g in r["gallery"]] for r in tl.rows], dtype=np.intp)
     labels = np.array([int(r["label"]) for r in tl.rows], dtype=np.intp)
     scores = M.gather_scores(emb.h[qm], emb.h[gm], qi, gi, kind=SCORE_KIND)
-    correct = (np.argmax(scores, axis=1) == labels).astype(np.float64)  # ties: first index (matching_accuracy)
+    correct = (np.argmax(scores, axis=1) == labels).astype(
+        np.float64
+    )  # ties: first index (matching_accuracy)
     acc = M.matching_accuracy(scores, labels)
     entry = _summary(acc, M.bootstrap_ci(correct, n_boot=n_boot, seed=seed))
     entry.update(n=int(len(tl.rows)), chance=1.0 / tl.k, split=tl.split, list=tl.name)
@@ -250,9 +265,9 @@ def _matching_entry(tl: TupleList, emb: Embeddings, model, cfg, device, n_boot: 
         pred = np.empty(len(tl.rows), dtype=np.intp)
         with torch.inference_mode():
             for s in range(0, len(tl.rows), 4096):
-                hq = torch.from_numpy(emb.h[qm][qi[s:s + 4096]]).float().to(device)
-                hg = torch.from_numpy(emb.h[gm][gi[s:s + 4096]]).float().to(device)
-                pred[s:s + 4096] = model.head(hq, hg).argmax(1).cpu().numpy()
+                hq = torch.from_numpy(emb.h[qm][qi[s : s + 4096]]).float().to(device)
+                hg = torch.from_numpy(emb.h[gm][gi[s : s + 4096]]).float().to(device)
+                pred[s : s + 4096] = model.head(hq, hg).argmax(1).cpu().numpy()
         hc = (pred == labels).astype(np.float64)
         entry["head"] = _summary(hc.mean(), M.bootstrap_ci(hc, n_boot=n_boot, seed=seed))
     return entry
@@ -279,10 +294,16 @@ def _verification_entry(tl: TupleList, emb: Embeddings, model, cfg, device, n_bo
         raise EvaluationError(f"{tl.name}: verification needs both positive and negative pairs")
     auc, eer = M.roc_auc(scores, y), M.equal_error_rate(scores, y)
     fpr, tpr, _ = M.roc_curve(scores, y)
-    entry = {"auc": _summary(auc, _ci_pairs(scores, y, M.roc_auc, n_boot, seed)),
-             "eer": _summary(eer, _ci_pairs(scores, y, M.equal_error_rate, n_boot, seed)),
-             "n": int(y.size), "n_pos": int(y.sum()), "n_neg": int(y.size - y.sum()), "split": tl.split,
-             "list": tl.name, "roc": _subsample_curve(fpr, tpr)}
+    entry = {
+        "auc": _summary(auc, _ci_pairs(scores, y, M.roc_auc, n_boot, seed)),
+        "eer": _summary(eer, _ci_pairs(scores, y, M.equal_error_rate, n_boot, seed)),
+        "n": int(y.size),
+        "n_pos": int(y.sum()),
+        "n_neg": int(y.size - y.sum()),
+        "split": tl.split,
+        "list": tl.name,
+        "roc": _subsample_curve(fpr, tpr),
+    }
     if cfg.task == "verification":
         ha, hf = torch.from_numpy(emb.h["audio"][vi]).float(), torch.from_numpy(emb.h["face"][fi]).float()
         hq, hg = (ha, hf) if cfg.direction == "a2v" else (hf, ha)
@@ -301,9 +322,19 @@ def _retrieval_entry(tl: TupleList, emb: Embeddings, n_boot: int, seed: int) -> 
     g_ids = np.array([g["identity"] for g in tl.gallery], dtype=str)
     per = M.retrieval_per_query(emb.h[qm][qi], q_ids, emb.h[gm][gi], g_ids, ks=(1, 5, 10), kind=SCORE_KIND)
     has = per["has_relevant"]
-    entry: dict = {"n": int(has.sum()), "queries_without_relevant": int(has.size - has.sum()),
-                   "gallery": int(gi.size), "split": tl.split, "list": tl.name}
-    for name, values in (("R@1", per["hit@1"]), ("R@5", per["hit@5"]), ("R@10", per["hit@10"]), ("mAP", per["ap"])):
+    entry: dict = {
+        "n": int(has.sum()),
+        "queries_without_relevant": int(has.size - has.sum()),
+        "gallery": int(gi.size),
+        "split": tl.split,
+        "list": tl.name,
+    }
+    for name, values in (
+        ("R@1", per["hit@1"]),
+        ("R@5", per["hit@5"]),
+        ("R@10", per["hit@10"]),
+        ("mAP", per["ap"]),
+    ):
         v = np.asarray(values, dtype=np.float64)[has]
         entry[name] = _summary(v.mean(), M.bootstrap_ci(v, n_boot=n_boot, seed=seed)) if v.size else None
     return entry
@@ -319,23 +350,27 @@ def _distance_sums(a: np.ndarray, f: np.ndarray, aid: np.ndarray, fid: np.ndarra
     total, count = 0.0, 0
     rows = max(1, (1 << 22) // max(1, f64.shape[0]))
     for s in range(0, a64.shape[0], rows):
-        ab = a64[s:s + rows]
+        ab = a64[s : s + rows]
         d2 = np.einsum("nd,nd->n", ab, ab)[:, None] + f_sq[None, :] - 2.0 * (ab @ f64.T)
         d = np.sqrt(np.maximum(d2, 0.0))
-        mask = aid[s:s + rows, None] != fid[None, :]
+        mask = aid[s : s + rows, None] != fid[None, :]
         total += float(d[mask].sum())
         count += int(mask.sum())
     return total, count
 
 
-def pair_distances(audio: dict[str, np.ndarray], face: dict[str, np.ndarray], a_ids: np.ndarray,
-                   f_ids: np.ndarray) -> dict:
+def pair_distances(
+    audio: dict[str, np.ndarray], face: dict[str, np.ndarray], a_ids: np.ndarray, f_ids: np.ndarray
+) -> dict:
     """Same- and different-identity mean audio-face distances in one space, and their ratio."""
     same = M.mean_pair_distance(audio["x"], face["x"], a_ids, f_ids)
     total, count = _distance_sums(audio["x"], face["x"], a_ids, f_ids)
     diff = total / count if count else float("nan")
-    return {"same": float(same), "different": float(diff),
-            "normalised": float(same / diff) if count and diff > 0 else None}
+    return {
+        "same": float(same),
+        "different": float(diff),
+        "normalised": float(same / diff) if count and diff > 0 else None,
+    }
 
 
 def _sample_keys(emb: Embeddings, seed: int) -> tuple[set[str], dict[str, list[str]]]:
@@ -349,13 +384,18 @@ def _sample_keys(emb: Embeddings, seed: int) -> tuple[set[str], dict[str, list[s
         take = sorted(rng.choice(len(keys), size=min(PAIR_SAMPLE, len(keys)), replace=False)) if keys else []
         pair[m] = [keys[i] for i in take]
     both = sorted(set(emb.ids["audio"]) & set(emb.ids["face"]))
-    chosen = sorted(rng.choice(both, size=min(TSNE_IDENTITIES, len(both)), replace=False).tolist()) if both else []
+    chosen = (
+        sorted(rng.choice(both, size=min(TSNE_IDENTITIES, len(both)), replace=False).tolist()) if both else []
+    )
     per_identity = max(1, TSNE_MAX_ITEMS // (2 * max(1, len(chosen))))
     tsne: dict[str, list[str]] = {}
     for m in ("audio", "face"):
         keys, ids = emb.keys[m], emb.ids[m]
         tsne[m] = [k for v in chosen for k in [keys[i] for i in np.flatnonzero(ids == v)][:per_identity]]
-    return set(pair["audio"]) | set(pair["face"]) | set(tsne["audio"]) | set(tsne["face"]), {"pair": pair, "tsne": tsne}
+    return set(pair["audio"]) | set(pair["face"]) | set(tsne["audio"]) | set(tsne["face"]), {
+        "pair": pair,
+        "tsne": tsne,
+    }
 
 
 def _rows(emb: Embeddings, modality: str, keys: list[str]) -> np.ndarray:
@@ -372,14 +412,25 @@ def pair_distance_report(emb: Embeddings, samples: dict) -> dict:
     keys = samples["pair"]
     a_ids = emb.ids["audio"][_rows(emb, "audio", keys["audio"])]
     f_ids = emb.ids["face"][_rows(emb, "face", keys["face"])]
-    out = {"n_audio": len(keys["audio"]), "n_face": len(keys["face"]),
-           "n_identities_both": int(len(set(a_ids) & set(f_ids)))}
+    out = {
+        "n_audio": len(keys["audio"]),
+        "n_face": len(keys["face"]),
+        "n_identities_both": int(len(set(a_ids) & set(f_ids))),
+    }
     if not out["n_identities_both"]:
         return out | {"before": None, "after": None}
-    out["before"] = pair_distances({"x": _feature_stack(emb, "audio", keys["audio"])},
-                                   {"x": _feature_stack(emb, "face", keys["face"])}, a_ids, f_ids)
-    out["after"] = pair_distances({"x": emb.h["audio"][_rows(emb, "audio", keys["audio"])]},
-                                  {"x": emb.h["face"][_rows(emb, "face", keys["face"])]}, a_ids, f_ids)
+    out["before"] = pair_distances(
+        {"x": _feature_stack(emb, "audio", keys["audio"])},
+        {"x": _feature_stack(emb, "face", keys["face"])},
+        a_ids,
+        f_ids,
+    )
+    out["after"] = pair_distances(
+        {"x": emb.h["audio"][_rows(emb, "audio", keys["audio"])]},
+        {"x": emb.h["face"][_rows(emb, "face", keys["face"])]},
+        a_ids,
+        f_ids,
+    )
     out["dims"] = {"before": 3200, "after": 128}
     return out
 
@@ -397,8 +448,12 @@ def save_embedding_sample(emb: Embeddings, samples: dict, path: Path) -> dict:
     tmp = path.with_name(f".{path.name}.tmp.npz")
     np.savez(tmp, **arrays)
     tmp.replace(path)
-    return {"path": path.name, "audio": len(keys["audio"]), "face": len(keys["face"]),
-            "identities": int(len(set(arrays["audio_ids"]) | set(arrays["face_ids"])))}
+    return {
+        "path": path.name,
+        "audio": len(keys["audio"]),
+        "face": len(keys["face"]),
+        "identities": int(len(set(arrays["audio_ids"]) | set(arrays["face_ids"]))),
+    }
 
 
 # --------------------------------------------------------------------------- entry point
@@ -427,10 +482,14 @@ def load_items(lists: list[TupleList], shards: str | Path, tuples_dir: str | Pat
         raise EvaluationError(f"{shards}: item {items['key'][dup].iloc[0]} occurs in more than one shard")
     missing = sorted(set(need) - set(items["key"]))
     if missing:
-        raise EvaluationError(f"{len(missing)} item(s) referenced by {tuples_dir} are not in {shards}, e.g. {missing[0]}")
+        raise EvaluationError(
+            f"{len(missing)} item(s) referenced by {tuples_dir} are not in {shards}, e.g. {missing[0]}"
+        )
     wrong = items[items["modality"] != items["key"].map(need)]
     if len(wrong):
-        raise EvaluationError(f"{wrong['key'].iloc[0]}: is {wrong['modality'].iloc[0]} in the shards but used as {need[wrong['key'].iloc[0]]}")
+        raise EvaluationError(
+            f"{wrong['key'].iloc[0]}: is {wrong['modality'].iloc[0]} in the shards but used as {need[wrong['key'].iloc[0]]}"
+        )
     return need, items
 
 
@@ -441,20 +500,36 @@ class ValidationSet:
 
     Metric names: ``val_matching_{direction}_k{k}`` (accuracy) and ``val_verification_auc``."""
 
-    def __init__(self, tuples_dir: str | Path, shards: str | Path, task: str, k: int, direction: str,
-                 select: str, split: str = "val", batch_size: int = 64):
+    def __init__(
+        self,
+        tuples_dir: str | Path,
+        shards: str | Path,
+        task: str,
+        k: int,
+        direction: str,
+        select: str,
+        split: str = "val",
+        batch_size: int = 64,
+    ):
         self.shards, self.batch_size = Path(shards), batch_size
         lists = read_tuple_lists(tuples_dir)
         want = f"matching_{split}_{direction}_k{k}"
-        self.lists = [t for t in lists if (t.task == "matching" and t.name == want)
-                      or (t.task == "verification" and t.split == split)]
+        self.lists = [
+            t
+            for t in lists
+            if (t.task == "matching" and t.name == want) or (t.task == "verification" and t.split == split)
+        ]
         names = {self.metric_name(t) for t in self.lists}
         if not self.lists:
-            raise EvaluationError(f"{tuples_dir}: no {split} lists ({want}.jsonl or verification_{split}.jsonl) in "
-                                  f"index/; build them with avdata make-tuples --split {split}")
+            raise EvaluationError(
+                f"{tuples_dir}: no {split} lists ({want}.jsonl or verification_{split}.jsonl) in "
+                f"index/; build them with avdata make-tuples --split {split}"
+            )
         if select not in names:
-            raise EvaluationError(f"{tuples_dir}: the selection metric {select} needs a list that is not there "
-                                  f"(have {', '.join(sorted(names))})")
+            raise EvaluationError(
+                f"{tuples_dir}: the selection metric {select} needs a list that is not there "
+                f"(have {', '.join(sorted(names))})"
+            )
         self.need, self.items = load_items(self.lists, shards, tuples_dir)
 
     @staticmethod
@@ -472,8 +547,11 @@ class ValidationSet:
                 qi = np.array([emb.row[qm][r["query"]] for r in tl.rows], dtype=np.intp)
                 gi = np.array([[emb.row[gm][g] for g in r["gallery"]] for r in tl.rows], dtype=np.intp)
                 labels = np.array([int(r["label"]) for r in tl.rows], dtype=np.intp)
-                out[self.metric_name(tl)] = float(M.matching_accuracy(
-                    M.gather_scores(emb.h[qm], emb.h[gm], qi, gi, kind=SCORE_KIND), labels))
+                out[self.metric_name(tl)] = float(
+                    M.matching_accuracy(
+                        M.gather_scores(emb.h[qm], emb.h[gm], qi, gi, kind=SCORE_KIND), labels
+                    )
+                )
             else:
                 scores, y, _, _ = _verification_scores(tl, emb)
                 if y.min() == y.max():
@@ -482,9 +560,18 @@ class ValidationSet:
         return dict(sorted(out.items()))
 
 
-def evaluate(run: str | Path, shards: str | Path, tuples_dir: str | Path, out: str | Path | None = None,
-             batch_size: int = 64, device: str = "auto", n_boot: int = 1000, seed: int = 0,
-             echo: Callable[[str], None] | None = print, checkpoint: str = "last") -> dict:
+def evaluate(
+    run: str | Path,
+    shards: str | Path,
+    tuples_dir: str | Path,
+    out: str | Path | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+    n_boot: int = 1000,
+    seed: int = 0,
+    echo: Callable[[str], None] | None = print,
+    checkpoint: str = "last",
+) -> dict:
     """Evaluate RUN's ``checkpoint`` (last, best or a path) on every list of tuples_dir/index;
     write metrics.json (default RUN/metrics.json), RUN/embeddings.npz and the headline metrics
     into RUN/tb (TensorBoard); return the metrics dict."""
@@ -496,24 +583,40 @@ def evaluate(run: str | Path, shards: str | Path, tuples_dir: str | Path, out: s
     model, state, cfg = load_run(run, dev, checkpoint)
     lists = read_tuple_lists(tuples_dir)
     if not lists:
-        raise EvaluationError(f"{tuples_dir}: no non-empty matching, verification or retrieval list in index/")
+        raise EvaluationError(
+            f"{tuples_dir}: no non-empty matching, verification or retrieval list in index/"
+        )
     need, items = load_items(lists, shards, tuples_dir)
 
     # features are kept only for the sampled keys; the sample needs the key lists first
     keys_by_mod = {m: sorted(k for k, v in need.items() if v == m) for m in ("audio", "face")}
     id_of = dict(zip(items["key"], items["vox_id"]))
-    pre = Embeddings(keys_by_mod, {m: np.array([id_of[k] for k in keys_by_mod[m]], dtype=str) for m in keys_by_mod},
-                     {}, {}, {})
+    pre = Embeddings(
+        keys_by_mod,
+        {m: np.array([id_of[k] for k in keys_by_mod[m]], dtype=str) for m in keys_by_mod},
+        {},
+        {},
+        {},
+    )
     keep, samples = _sample_keys(pre, seed)
     emb = embed_items(model, items, shards, batch_size, dev, keep)
 
-    result: dict = {"run": str(run), "checkpoint": str(checkpoint), "checkpoint_epoch": int(state.get("epoch", 0)),
-                    "checkpoint_step": int(state.get("step", 0)), "config": state["config"],
-                    "scoring": {"kind": SCORE_KIND, "rule": "score = -Euclidean distance between 128-d embeddings"},
-                    "bootstrap": {"n": int(n_boot), "seed": int(seed), "ci": 0.95, "method": "percentile"},
-                    "shards": str(shards), "tuples": str(tuples_dir),
-                    "items": {"audio": len(emb.keys["audio"]), "face": len(emb.keys["face"]),
-                              "forward_rows": int(emb.forward_rows)}}
+    result: dict = {
+        "run": str(run),
+        "checkpoint": str(checkpoint),
+        "checkpoint_epoch": int(state.get("epoch", 0)),
+        "checkpoint_step": int(state.get("step", 0)),
+        "config": state["config"],
+        "scoring": {"kind": SCORE_KIND, "rule": "score = -Euclidean distance between 128-d embeddings"},
+        "bootstrap": {"n": int(n_boot), "seed": int(seed), "ci": 0.95, "method": "percentile"},
+        "shards": str(shards),
+        "tuples": str(tuples_dir),
+        "items": {
+            "audio": len(emb.keys["audio"]),
+            "face": len(emb.keys["face"]),
+            "forward_rows": int(emb.forward_rows),
+        },
+    }
 
     matching_lists = [t for t in lists if t.task == "matching"]
     splits = sorted({t.split for t in matching_lists if not t.constraint})
@@ -529,8 +632,11 @@ def evaluate(run: str | Path, shards: str | Path, tuples_dir: str | Path, out: s
     result["matching"] = matching
     result["matching_split"] = primary
     result["matching_other"] = extra
-    result["verification"] = {t.name[len("verification_"):]: _verification_entry(t, emb, model, cfg, dev, n_boot, seed)
-                              for t in lists if t.task == "verification"}
+    result["verification"] = {
+        t.name[len("verification_") :]: _verification_entry(t, emb, model, cfg, dev, n_boot, seed)
+        for t in lists
+        if t.task == "verification"
+    }
     retrieval: dict = {}
     for t in lists:
         if t.task == "retrieval":
@@ -583,7 +689,9 @@ def _fmt(e: dict | None) -> str:
     if not e:
         return "-"
     ci = e.get("ci95")
-    return f"{100 * e['value']:.1f} [{100 * ci[0]:.1f},{100 * ci[1]:.1f}]" if ci else f"{100 * e['value']:.1f}"
+    return (
+        f"{100 * e['value']:.1f} [{100 * ci[0]:.1f},{100 * ci[1]:.1f}]" if ci else f"{100 * e['value']:.1f}"
+    )
 
 
 def format_table(m: dict) -> str:
@@ -606,7 +714,9 @@ def format_table(m: dict) -> str:
             lines.append(f"retrieval {split} {d}: {vals}  (queries={e['n']})")
     pd_ = m["pair_distance"]
     if pd_.get("before"):
-        lines.append("same-identity audio-face distance (raw / normalised by different-identity): "
-                     f"before G {pd_['before']['same']:.3f} / {pd_['before']['normalised']:.3f}, "
-                     f"after G {pd_['after']['same']:.3f} / {pd_['after']['normalised']:.3f}")
+        lines.append(
+            "same-identity audio-face distance (raw / normalised by different-identity): "
+            f"before G {pd_['before']['same']:.3f} / {pd_['before']['normalised']:.3f}, "
+            f"after G {pd_['after']['same']:.3f} / {pd_['after']['normalised']:.3f}"
+        )
     return "\n".join(lines)

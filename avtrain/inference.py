@@ -82,8 +82,16 @@ def _load_from_run(run: Path, device: torch.device, which: str = "last"):
     from avtrain.checkpoint import load_run
 
     model, state, cfg = load_run(run, device, which)  # checksummed, weights_only; errors are one line
-    return model, cfg, {"kind": "run", "path": str(run), "epoch": int(state.get("epoch", 0)),
-                        "step": int(state.get("step", 0))}
+    return (
+        model,
+        cfg,
+        {
+            "kind": "run",
+            "path": str(run),
+            "epoch": int(state.get("epoch", 0)),
+            "step": int(state.get("step", 0)),
+        },
+    )
 
 
 def _load_from_export(directory: Path, device: torch.device):
@@ -91,8 +99,8 @@ def _load_from_export(directory: Path, device: torch.device):
     from safetensors.torch import load as load_safetensors
 
     from avdata.io import sha256_file
-    from avtrain.config import TrainConfig
     from avtrain.checkpoint import build_model
+    from avtrain.config import TrainConfig
 
     cfg_path, weights = directory / EXPORT_CONFIG, directory / EXPORT_WEIGHTS
     try:
@@ -102,7 +110,9 @@ def _load_from_export(directory: Path, device: torch.device):
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         raise InferenceError(f"{cfg_path}: not an avtrain export (format is not {EXPORT_FORMAT!r})")
     if sha256_file(weights) != meta.get("weights_sha256"):
-        raise UnsafeInputError(f"{weights}: sha256 differs from {cfg_path}'s weights_sha256; refusing to load")
+        raise UnsafeInputError(
+            f"{weights}: sha256 differs from {cfg_path}'s weights_sha256; refusing to load"
+        )
     try:
         cfg = TrainConfig.from_dict(meta["train_config"])
         extract = ExtractConfig(**meta["extract"])
@@ -113,14 +123,21 @@ def _load_from_export(directory: Path, device: torch.device):
         model.load_state_dict(tensors, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
-        raise InferenceError(f"{directory}: cannot load the exported model ({type(exc).__name__}: {first})") from None
+        raise InferenceError(
+            f"{directory}: cannot load the exported model ({type(exc).__name__}: {first})"
+        ) from None
     model.to(device).eval()
-    return model, cfg, extract, {"kind": "export", "path": str(directory), "epoch": meta.get("epoch"),
-                                 "step": meta.get("step")}
+    return (
+        model,
+        cfg,
+        extract,
+        {"kind": "export", "path": str(directory), "epoch": meta.get("epoch"), "step": meta.get("step")},
+    )
 
 
-def load_model(run_or_file: str | Path, device: str | torch.device = "cpu",
-               extract: ExtractConfig | None = None) -> FaceVoiceModel:
+def load_model(
+    run_or_file: str | Path, device: str | torch.device = "cpu", extract: ExtractConfig | None = None
+) -> FaceVoiceModel:
     """A trained model ready for raw media.
 
     ``run_or_file``: a run directory (``checkpoint.pt``), an ``avtrain export`` directory
@@ -143,7 +160,9 @@ def load_model(run_or_file: str | Path, device: str | torch.device = "cpu",
     elif which != "last" or (path / CHECKPOINT).is_file():
         (model, cfg, source), saved_extract = _load_from_run(path, dev, which), ExtractConfig()
     else:
-        raise InferenceError(f"{path}: neither {CHECKPOINT} (avtrain fit) nor {EXPORT_WEIGHTS} (avtrain export)")
+        raise InferenceError(
+            f"{path}: neither {CHECKPOINT} (avtrain fit) nor {EXPORT_WEIGHTS} (avtrain export)"
+        )
     return FaceVoiceModel(model, cfg, dev, extract or saved_extract, source)
 
 
@@ -170,11 +189,19 @@ def export_model(run: str | Path, out: str | Path, extract: ExtractConfig | None
     atomic_write_bytes(out / EXPORT_WEIGHTS, save_safetensors(tensors))
     from avdata.audio import SPEC_CONFIG
 
-    meta = {"format": EXPORT_FORMAT, "format_version": 1, "train_config": TrainConfig.to_dict(model.cfg),
-            "extract": dataclasses.asdict(model.extract), "spectrogram": SPEC_CONFIG,
-            "scoring": {"kind": SCORE_KIND, "rule": "score = -Euclidean distance between 128-d embeddings"},
-            "aliases": aliases, "epoch": model.source["epoch"], "step": model.source["step"],
-            "source_run": str(run), "weights_sha256": sha256_file(out / EXPORT_WEIGHTS)}
+    meta = {
+        "format": EXPORT_FORMAT,
+        "format_version": 1,
+        "train_config": TrainConfig.to_dict(model.cfg),
+        "extract": dataclasses.asdict(model.extract),
+        "spectrogram": SPEC_CONFIG,
+        "scoring": {"kind": SCORE_KIND, "rule": "score = -Euclidean distance between 128-d embeddings"},
+        "aliases": aliases,
+        "epoch": model.source["epoch"],
+        "step": model.source["step"],
+        "source_run": str(run),
+        "weights_sha256": sha256_file(out / EXPORT_WEIGHTS),
+    }
     write_json(out / EXPORT_CONFIG, meta)
     return meta
 
@@ -233,9 +260,19 @@ class FaceVoiceModel:
 
     def _extract_path(self, path: str, modality: str) -> list[Item]:
         """Items of one file through avdata's Extractor; modality 'audio' or 'face'."""
-        kind = "video" if Path(path).suffix.lower() in VIDEO_EXTS else ("face" if modality == "face" else "audio")
-        row = {"path": path, "rel_path": Path(path).name, "name": "", "vox_id": "x", "source_id": "",
-               "modality": kind}
+        kind = (
+            "video"
+            if Path(path).suffix.lower() in VIDEO_EXTS
+            else ("face" if modality == "face" else "audio")
+        )
+        row = {
+            "path": path,
+            "rel_path": Path(path).name,
+            "name": "",
+            "vox_id": "x",
+            "source_id": "",
+            "modality": kind,
+        }
         result = self._extractor.extract(row, modality)
         out_mod = "voice" if modality == "audio" else "face"
         items = []
@@ -244,8 +281,14 @@ class FaceVoiceModel:
                 items.append(Item(path, out_mod, sample.array, path=path))
             else:
                 key = f"{path}#f{sample.meta['frame']}" if kind == "video" else path
-                items.append(Item(key, out_mod, _shard_jpeg_round_trip(sample.array, self.extract.jpeg_quality),
-                                  path=path))
+                items.append(
+                    Item(
+                        key,
+                        out_mod,
+                        _shard_jpeg_round_trip(sample.array, self.extract.jpeg_quality),
+                        path=path,
+                    )
+                )
         for rej in result.rejects:
             items.append(Item(path, out_mod, None, rej["reason"], path=path))
         return items
@@ -260,9 +303,9 @@ class FaceVoiceModel:
         embed = self.model.embed_audio if modality == "voice" else self.model.embed_face
         norm = normalise_audio if modality == "voice" else normalise_face
         for s in range(0, len(arrays), batch_size):
-            x = norm(np.stack(arrays[s:s + batch_size]))
+            x = norm(np.stack(arrays[s : s + batch_size]))
             with torch.inference_mode():
-                out[s:s + x.shape[0]] = embed(x.to(self.device)).float().cpu().numpy()
+                out[s : s + x.shape[0]] = embed(x.to(self.device)).float().cpu().numpy()
         if not np.isfinite(out).all():
             raise InferenceError("the model produced NaN/inf embeddings")
         return out
@@ -317,8 +360,9 @@ class EmbedResult:
     rejects: list[dict] = field(default_factory=list)  # {"path", "modality", "reason"}
 
 
-def preprocess(model: FaceVoiceModel, jobs: list[tuple[str, str]], progress: bool = False,
-               desc: str = "preprocess") -> list[Item]:
+def preprocess(
+    model: FaceVoiceModel, jobs: list[tuple[str, str]], progress: bool = False, desc: str = "preprocess"
+) -> list[Item]:
     """Items of (path, 'audio'|'face') jobs, in order, with a progress bar."""
     from tqdm import tqdm
 
@@ -335,13 +379,15 @@ def embed_items(model: FaceVoiceModel, items: list[Item], batch_size: int) -> Em
         h = model.embed_inputs([it.array for it in good], mod, batch_size)
         setattr(res, f"{mod}_keys", [it.key for it in good])
         setattr(res, mod, h)
-    res.rejects = [{"path": it.path, "modality": it.modality, "reason": it.reason}
-                   for it in items if it.array is None]
+    res.rejects = [
+        {"path": it.path, "modality": it.modality, "reason": it.reason} for it in items if it.array is None
+    ]
     return res
 
 
-def embed_files(model: FaceVoiceModel, audio=(), faces=(), videos=(), batch_size: int = 64,
-                progress: bool = False) -> EmbedResult:
+def embed_files(
+    model: FaceVoiceModel, audio=(), faces=(), videos=(), batch_size: int = 64, progress: bool = False
+) -> EmbedResult:
     """Embed files or trees. Keys are the paths (video frames: PATH#fN; a video's voice: PATH)."""
     jobs = [(p, "audio") for p in _expand(audio, AUDIO_EXTS)]
     jobs += [(p, "face") for p in _expand(faces, FACE_EXTS)]
@@ -361,7 +407,9 @@ def check_output_name(out: str | Path) -> None:
         try:
             import pyarrow  # noqa: F401
         except ImportError:
-            raise InferenceError(f"{out}: writing .parquet needs pyarrow (pip install pyarrow); or use .npz") from None
+            raise InferenceError(
+                f"{out}: writing .parquet needs pyarrow (pip install pyarrow); or use .npz"
+            ) from None
 
 
 def write_embeddings(res: EmbedResult, out: str | Path) -> Path:
@@ -376,20 +424,34 @@ def write_embeddings(res: EmbedResult, out: str | Path) -> Path:
         import pyarrow.parquet as pq
 
         keys = res.voice_keys + res.face_keys + [r["path"] for r in res.rejects]
-        mods = ["voice"] * len(res.voice_keys) + ["face"] * len(res.face_keys) + [r["modality"] for r in res.rejects]
+        mods = (
+            ["voice"] * len(res.voice_keys)
+            + ["face"] * len(res.face_keys)
+            + [r["modality"] for r in res.rejects]
+        )
         emb = [list(map(float, v)) for v in res.voice] + [list(map(float, v)) for v in res.face]
         emb += [None] * len(res.rejects)
         reasons = [None] * (len(res.voice_keys) + len(res.face_keys)) + [r["reason"] for r in res.rejects]
-        table = pa.table({"key": pa.array(keys, pa.string()), "modality": pa.array(mods, pa.string()),
-                          "embedding": pa.array(emb, pa.list_(pa.float32(), 128)),
-                          "reject_reason": pa.array(reasons, pa.string())})
+        table = pa.table(
+            {
+                "key": pa.array(keys, pa.string()),
+                "modality": pa.array(mods, pa.string()),
+                "embedding": pa.array(emb, pa.list_(pa.float32(), 128)),
+                "reject_reason": pa.array(reasons, pa.string()),
+            }
+        )
         pq.write_table(table, buf)
     else:
-        np.savez(buf, voice_keys=np.array(res.voice_keys, dtype=str), voice=res.voice.astype(np.float32),
-                 face_keys=np.array(res.face_keys, dtype=str), face=res.face.astype(np.float32),
-                 reject_paths=np.array([r["path"] for r in res.rejects], dtype=str),
-                 reject_modalities=np.array([r["modality"] for r in res.rejects], dtype=str),
-                 reject_reasons=np.array([r["reason"] for r in res.rejects], dtype=str))
+        np.savez(
+            buf,
+            voice_keys=np.array(res.voice_keys, dtype=str),
+            voice=res.voice.astype(np.float32),
+            face_keys=np.array(res.face_keys, dtype=str),
+            face=res.face.astype(np.float32),
+            reject_paths=np.array([r["path"] for r in res.rejects], dtype=str),
+            reject_modalities=np.array([r["modality"] for r in res.rejects], dtype=str),
+            reject_reasons=np.array([r["reason"] for r in res.rejects], dtype=str),
+        )
     atomic_write_bytes(out, buf.getvalue())
     return out
 
@@ -406,20 +468,33 @@ def read_embeddings(path: str | Path) -> EmbedResult:
             rows = [r for r in t if r["modality"] == mod and r["embedding"] is not None]
             setattr(res, f"{mod}_keys", [r["key"] for r in rows])
             setattr(res, mod, np.array([r["embedding"] for r in rows], dtype=np.float32).reshape(-1, 128))
-        res.rejects = [{"path": r["key"], "modality": r["modality"], "reason": r["reject_reason"]}
-                       for r in t if r["embedding"] is None]
+        res.rejects = [
+            {"path": r["key"], "modality": r["modality"], "reason": r["reject_reason"]}
+            for r in t
+            if r["embedding"] is None
+        ]
         return res
     with np.load(path, allow_pickle=False) as z:
-        return EmbedResult(z["voice_keys"].tolist(), z["voice"], z["face_keys"].tolist(), z["face"],
-                           [{"path": p, "modality": m, "reason": r} for p, m, r in
-                            zip(z["reject_paths"].tolist(), z["reject_modalities"].tolist(),
-                                z["reject_reasons"].tolist())])
+        return EmbedResult(
+            z["voice_keys"].tolist(),
+            z["voice"],
+            z["face_keys"].tolist(),
+            z["face"],
+            [
+                {"path": p, "modality": m, "reason": r}
+                for p, m, r in zip(
+                    z["reject_paths"].tolist(), z["reject_modalities"].tolist(), z["reject_reasons"].tolist()
+                )
+            ],
+        )
 
 
 # --------------------------------------------------------------------------- match
 
 
-def match(model: FaceVoiceModel, query: str, query_modality: str, gallery: list[str], batch_size: int = 64) -> dict:
+def match(
+    model: FaceVoiceModel, query: str, query_modality: str, gallery: list[str], batch_size: int = 64
+) -> dict:
     """Rank a gallery of the other modality for one query by -L2 (best first).
 
     Returns {"query", "query_modality", "gallery_modality", "score", "ranking": [{"rank",
@@ -440,17 +515,35 @@ def match(model: FaceVoiceModel, query: str, query_modality: str, gallery: list[
     hg = model.embed_inputs([it.array for it in good], g_mod, batch_size)
     from avtrain import metrics as M
 
-    scores = M.gather_scores(hq.astype(np.float64), hg.astype(np.float64), np.zeros(1, np.intp),
-                             np.arange(len(good), dtype=np.intp)[None, :], kind=SCORE_KIND)[0] if good else []
+    scores = (
+        M.gather_scores(
+            hq.astype(np.float64),
+            hg.astype(np.float64),
+            np.zeros(1, np.intp),
+            np.arange(len(good), dtype=np.intp)[None, :],
+            kind=SCORE_KIND,
+        )[0]
+        if good
+        else []
+    )
     order = sorted(range(len(good)), key=lambda i: (-scores[i], i))
-    return {"query": query, "query_modality": query_modality, "gallery_modality": g_mod, "score": SCORE_KIND,
-            "ranking": [{"rank": r + 1, "path": good[i].path, "score": float(scores[i])} for r, i in enumerate(order)],
-            "rejects": [{"path": it.path, "reason": it.reason} for it in g_items if it.array is None]}
+    return {
+        "query": query,
+        "query_modality": query_modality,
+        "gallery_modality": g_mod,
+        "score": SCORE_KIND,
+        "ranking": [
+            {"rank": r + 1, "path": good[i].path, "score": float(scores[i])} for r, i in enumerate(order)
+        ],
+        "rejects": [{"path": it.path, "reason": it.reason} for it in g_items if it.array is None],
+    }
 
 
 def format_ranking(result: dict) -> str:
-    head = (f"{result['query_modality']} {result['query']}: {len(result['ranking'])} {result['gallery_modality']}(s) "
-            f"ranked by score = -L2 (higher = more likely the same person)")
+    head = (
+        f"{result['query_modality']} {result['query']}: {len(result['ranking'])} {result['gallery_modality']}(s) "
+        f"ranked by score = -L2 (higher = more likely the same person)"
+    )
     lines = [head]
     lines += [f"{r['rank']:>4}  {r['score']:>10.4f}  {r['path']}" for r in result["ranking"]]
     lines += [f"   -  {'rejected':>10}  {r['path']}: {r['reason']}" for r in result["rejects"]]
@@ -534,8 +627,10 @@ def read_pair_list(path: str | Path, fmt: str = "auto") -> tuple[str, list[Pair]
             continue
         parts = ln.split()
         if len(parts) != 3:
-            raise InferenceError(f"{path}:{n}: expected 3 fields ({'LABEL' if fmt == 'labelled' else 'ID'} "
-                                 f"voice face), got {len(parts)}")
+            raise InferenceError(
+                f"{path}:{n}: expected 3 fields ({'LABEL' if fmt == 'labelled' else 'ID'} "
+                f"voice face), got {len(parts)}"
+            )
         if fmt == "labelled":
             if parts[0] not in ("0", "1"):
                 raise InferenceError(f"{path}:{n}: label {parts[0]!r} is not 0 or 1")
@@ -545,11 +640,22 @@ def read_pair_list(path: str | Path, fmt: str = "auto") -> tuple[str, list[Pair]
     return fmt, pairs
 
 
-def score_pairs(model: FaceVoiceModel, list_path: str | Path, root: str | Path, out: str | Path,
-                fmt: str = "auto", values: str = "auto", voice_root: str | Path | None = None,
-                face_root: str | Path | None = None, rejects_path: str | Path | None = None,
-                batch_size: int = 64, n_boot: int = 1000, seed: int = 0, progress: bool = False,
-                echo: Callable[[str], None] | None = None) -> dict:
+def score_pairs(
+    model: FaceVoiceModel,
+    list_path: str | Path,
+    root: str | Path,
+    out: str | Path,
+    fmt: str = "auto",
+    values: str = "auto",
+    voice_root: str | Path | None = None,
+    face_root: str | Path | None = None,
+    rejects_path: str | Path | None = None,
+    batch_size: int = 64,
+    n_boot: int = 1000,
+    seed: int = 0,
+    progress: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> dict:
     """Score every pair of a list; write OUT (``ID SCORE`` per pair, in list order), the rejects
     (OUT.rejects.jsonl unless given) and, for labelled lists, AUC/EER with bootstrap CIs
     (OUT.metrics.json, computed on the scored pairs as ``avtrain evaluate`` does).
@@ -579,10 +685,15 @@ def score_pairs(model: FaceVoiceModel, list_path: str | Path, root: str | Path, 
                     files[mod, rel] = safe_join(base, rel)
                 except UnsafeInputError as exc:
                     files[mod, rel] = exc
-    jobs = [(str(v), "audio" if m == "voice" else "face") for (m, _), v in files.items() if isinstance(v, Path)]
-    items = {(it.modality, it.path): it for it in
-             (model._extract_path(path, mod)[0] for path, mod in
-              _progress(jobs, progress, "score: preprocess"))}
+    jobs = [
+        (str(v), "audio" if m == "voice" else "face") for (m, _), v in files.items() if isinstance(v, Path)
+    ]
+    items = {
+        (it.modality, it.path): it
+        for it in (
+            model._extract_path(path, mod)[0] for path, mod in _progress(jobs, progress, "score: preprocess")
+        )
+    }
     emb: dict[tuple[str, str], np.ndarray] = {}
     for mod in ("voice", "face"):
         good = [k for k, it in items.items() if k[0] == mod and it.array is not None]
@@ -602,22 +713,42 @@ def score_pairs(model: FaceVoiceModel, list_path: str | Path, root: str | Path, 
         bad = [(m, r, why) for m, r, why in reasons if why]
         if bad:
             lines.append(f"{p.id} {MISSING}")
-            rejects.append({"id": p.id, "line": i + 1, "voice": p.voice, "face": p.face,
-                            "reasons": [{"modality": m, "path": r, "reason": why} for m, r, why in bad]})
+            rejects.append(
+                {
+                    "id": p.id,
+                    "line": i + 1,
+                    "voice": p.voice,
+                    "face": p.face,
+                    "reasons": [{"modality": m, "path": r, "reason": why} for m, r, why in bad],
+                }
+            )
             continue
         hv, hf = emb["voice", str(files["voice", p.voice])], emb["face", str(files["face", p.face])]
-        s = M.gather_scores(hv[None], hf[None], np.zeros(1, np.intp), np.zeros((1, 1), np.intp), kind=SCORE_KIND)[0, 0]
+        s = M.gather_scores(
+            hv[None], hf[None], np.zeros(1, np.intp), np.zeros((1, 1), np.intp), kind=SCORE_KIND
+        )[0, 0]
         scores.append(float(s))
         labels.append(p.label)
         scored.append(i)
         lines.append(f"{p.id} {((-s if values == 'l2' else s) + 0.0):.6f}")  # + 0.0: never '-0.000000'
     atomic_write_text(out, "\n".join(lines) + ("\n" if lines else ""))
     write_jsonl(rejects_path, rejects)
-    summary = {"list": str(list_path), "format": fmt, "pairs": len(pairs), "scored": len(scored),
-               "rejected": len(rejects), "values": values,
-               "values_rule": ("L2 distance between 128-d embeddings (lower = same person)" if values == "l2"
-                               else "-L2 distance between 128-d embeddings (higher = same person)"),
-               "missing_marker": MISSING, "scores": str(out), "rejects": str(rejects_path)}
+    summary = {
+        "list": str(list_path),
+        "format": fmt,
+        "pairs": len(pairs),
+        "scored": len(scored),
+        "rejected": len(rejects),
+        "values": values,
+        "values_rule": (
+            "L2 distance between 128-d embeddings (lower = same person)"
+            if values == "l2"
+            else "-L2 distance between 128-d embeddings (higher = same person)"
+        ),
+        "missing_marker": MISSING,
+        "scores": str(out),
+        "rejects": str(rejects_path),
+    }
     if fmt != "fame" and scored:
         y = np.array(labels, dtype=np.intp)
         s = np.array(scores, dtype=np.float64)  # always -L2 here, whatever the file holds
@@ -630,9 +761,12 @@ def score_pairs(model: FaceVoiceModel, list_path: str | Path, root: str | Path, 
             summary["metrics"] = {
                 "auc": _summary(M.roc_auc(s, y), _ci_pairs(s, y, M.roc_auc, n_boot, seed)),
                 "eer": _summary(M.equal_error_rate(s, y), _ci_pairs(s, y, M.equal_error_rate, n_boot, seed)),
-                "n": int(y.size), "n_pos": int(y.sum()), "n_neg": int(y.size - y.sum()),
+                "n": int(y.size),
+                "n_pos": int(y.sum()),
+                "n_neg": int(y.size - y.sum()),
                 "bootstrap": {"n": int(n_boot), "seed": int(seed), "ci": 0.95, "method": "percentile"},
-                "score": SCORE_KIND}
+                "score": SCORE_KIND,
+            }
         summary["metrics_file"] = str(out.with_name(out.name + ".metrics.json"))
         write_json(summary["metrics_file"], summary)
     if echo:
@@ -652,16 +786,18 @@ def _pct(e: dict) -> str:
 
 
 def format_score_summary(s: dict) -> str:
-    head = (f"{s['scores']}: {s['scored']}/{s['pairs']} pairs scored ({s['format']} list); "
-            f"values = {s['values_rule']}; unscorable pairs = {s['missing_marker']}")
+    head = (
+        f"{s['scores']}: {s['scored']}/{s['pairs']} pairs scored ({s['format']} list); "
+        f"values = {s['values_rule']}; unscorable pairs = {s['missing_marker']}"
+    )
     lines = [head]
     if s["rejected"]:
         lines.append(f"{s['rejected']} pair(s) rejected, reasons in {s['rejects']}")
     m = s.get("metrics")
     if m:
-        lines.append(f"verification (n={m['n']}): AUC {_pct(m['auc'])}  EER {_pct(m['eer'])}  "
-                     f"(%, 95% bootstrap CI)")
+        lines.append(
+            f"verification (n={m['n']}): AUC {_pct(m['auc'])}  EER {_pct(m['eer'])}  (%, 95% bootstrap CI)"
+        )
     elif s.get("metrics_note"):
         lines.append(s["metrics_note"])
     return "\n".join(lines)
-

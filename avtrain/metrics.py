@@ -70,7 +70,6 @@ def _as_emb(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
-
 def _labelled_pair(x_emb, y_emb, x_ids, y_ids, x_name: str, y_name: str):
     """Two embedding sets of one dimension, each with one identity label per row."""
     x = _as_emb(x_emb, f"{x_name}_emb")
@@ -81,6 +80,7 @@ def _labelled_pair(x_emb, y_emb, x_ids, y_ids, x_name: str, y_name: str):
     if xids.shape != (x.shape[0],) or yids.shape != (y.shape[0],):
         raise ValueError(f"{x_name}_ids / {y_name}_ids must be 1-D and match the embedding rows")
     return x, y, xids, yids
+
 
 def _as_index(x: np.ndarray, name: str, n: int, ndim: int) -> np.ndarray:
     x = np.asarray(x)
@@ -106,7 +106,7 @@ def _id_codes(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         both = np.concatenate([a.astype(object), b.astype(object)])
     _, codes = np.unique(both, return_inverse=True)
     codes = codes.ravel()
-    return codes[: a.size], codes[a.size:]
+    return codes[: a.size], codes[a.size :]
 
 
 def _binary_labels(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -168,13 +168,13 @@ def gather_scores(
         q, g = _normalise_rows(q), _normalise_rows(g)
     out = np.empty(gi.shape, dtype=np.float64)
     for s in range(0, qi.shape[0], chunk):
-        qb = q[qi[s:s + chunk]]  # (B, D)
-        gb = g[gi[s:s + chunk]]  # (B, k, D)
+        qb = q[qi[s : s + chunk]]  # (B, D)
+        gb = g[gi[s : s + chunk]]  # (B, k, D)
         if kind == "neg_l2":
             gb -= qb[:, None, :]
-            out[s:s + chunk] = -np.sqrt(np.einsum("bkd,bkd->bk", gb, gb))
+            out[s : s + chunk] = -np.sqrt(np.einsum("bkd,bkd->bk", gb, gb))
         else:
-            out[s:s + chunk] = np.einsum("bkd,bd->bk", gb, qb)
+            out[s : s + chunk] = np.einsum("bkd,bd->bk", gb, qb)
     return out
 
 
@@ -356,8 +356,12 @@ def retrieval_per_query(
         ap[s:e] = ap_block
 
     has_rel = n_rel > 0
-    out: dict[str, np.ndarray] = {"has_relevant": has_rel, "first_rank": first_rank,
-                                  "n_relevant": n_rel, "ap": ap}
+    out: dict[str, np.ndarray] = {
+        "has_relevant": has_rel,
+        "first_rank": first_rank,
+        "n_relevant": n_rel,
+        "ap": ap,
+    }
     for k in ks:
         out[f"hit@{k}"] = has_rel & (first_rank <= k)
     return out
@@ -494,12 +498,12 @@ def mean_pair_distance(
     a_sorted, f_sorted = a_code[a_order], f_code[f_order]
     total, n_pairs = 0.0, 0
     for c in np.intersect1d(a_sorted, f_sorted):
-        ai = a_order[np.searchsorted(a_sorted, c, "left"):np.searchsorted(a_sorted, c, "right")]
-        fi = f_order[np.searchsorted(f_sorted, c, "left"):np.searchsorted(f_sorted, c, "right")]
+        ai = a_order[np.searchsorted(a_sorted, c, "left") : np.searchsorted(a_sorted, c, "right")]
+        fi = f_order[np.searchsorted(f_sorted, c, "left") : np.searchsorted(f_sorted, c, "right")]
         fb = f[fi]  # (nf, D)
         rows = max(1, _BLOCK_ELEMS // (fb.size or 1))
         for s in range(0, ai.size, rows):
-            diff = a[ai[s:s + rows], None, :] - fb[None, :, :]  # (r, nf, D)
+            diff = a[ai[s : s + rows], None, :] - fb[None, :, :]  # (r, nf, D)
             total += float(np.sqrt(np.einsum("rfd,rfd->rf", diff, diff)).sum())
         n_pairs += ai.size * fi.size
     if n_pairs == 0:

@@ -45,8 +45,19 @@ PAPER_ROWS = [
 ]
 # settings that tell ablation runs apart (Tables VII-IX); other differing settings are added
 ABLATION_KEYS = ("adversarial", "metric", "adversarial_kind", "metric_kind")
-RUNTIME_KEYS = {"device", "workers", "threads", "log_every", "record_batches", "amp", "channels_last",
-                "shuffle_buffer", "tuples", "val_every", "keep_last"}
+RUNTIME_KEYS = {
+    "device",
+    "workers",
+    "threads",
+    "log_every",
+    "record_batches",
+    "amp",
+    "channels_last",
+    "shuffle_buffer",
+    "tuples",
+    "val_every",
+    "keep_last",
+}
 
 
 def flat_config(cfg: dict) -> dict:
@@ -57,6 +68,8 @@ def flat_config(cfg: dict) -> dict:
         if isinstance(cfg.get(section), dict):
             out.update(cfg[section])
     return out
+
+
 MARKERS = "os^vD<>ph*Xd+x"
 
 
@@ -70,11 +83,17 @@ class ReportError(ValueError):
 def _png(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
-    return '<img alt="plot" src="data:image/png;base64,' + base64.b64encode(buf.getvalue()).decode("ascii") + '">'
+    return (
+        '<img alt="plot" src="data:image/png;base64,'
+        + base64.b64encode(buf.getvalue()).decode("ascii")
+        + '">'
+    )
 
 
 def _figure(w: float = 6.0, h: float = 4.0):
-    from matplotlib.figure import Figure  # the Agg canvas is attached by savefig; no pyplot, no global backend
+    from matplotlib.figure import (
+        Figure,  # the Agg canvas is attached by savefig; no pyplot, no global backend
+    )
 
     return Figure(figsize=(w, h))
 
@@ -130,8 +149,13 @@ def metrics_table(m: dict) -> str:
     for d in ("a2v", "v2a"):
         for kname, e in sorted(m.get("matching", {}).get(d, {}).items(), key=lambda kv: int(kv[0][1:])):
             extra = f"; head {_pct(e['head'])}" if e.get("head") else ""
-            rows.append([f"matching {_esc(m.get('matching_split'))} {d.upper().replace('2', '→')} k={kname[1:]}",
-                         _pct(e) + extra, str(e.get("n", ""))])
+            rows.append(
+                [
+                    f"matching {_esc(m.get('matching_split'))} {d.upper().replace('2', '→')} k={kname[1:]}",
+                    _pct(e) + extra,
+                    str(e.get("n", "")),
+                ]
+            )
     for name, e in m.get("matching_other", {}).items():
         rows.append([f"matching {_esc(name)}", _pct(e), str(e.get("n", ""))])
     for name, e in m.get("verification", {}).items():
@@ -142,19 +166,30 @@ def metrics_table(m: dict) -> str:
     for split, dirs in m.get("retrieval", {}).items():
         for d, e in dirs.items():
             for k in ("R@1", "R@5", "R@10", "mAP"):
-                rows.append([f"retrieval {_esc(split)} {d.upper().replace('2', '→')} {k}", _pct(e.get(k)), str(e["n"])])
+                rows.append(
+                    [
+                        f"retrieval {_esc(split)} {d.upper().replace('2', '→')} {k}",
+                        _pct(e.get(k)),
+                        str(e["n"]),
+                    ]
+                )
     if not rows:
         return "<p>No metrics.</p>"
     return _table(["metric (this run; score −L2)", "% [95% CI]", "n"], rows, "metrics")
 
 
 def paper_table() -> str:
-    note = ('<p class="warn"><b>Different dataset — not comparable.</b> These are the numbers the paper '
-            "reports on VoxCeleb1 + VGGFace (docs/aml-spec.md, “Headline results”). This run was evaluated on "
-            "whatever shards and tuple lists were given (possibly synthetic or a subset), with other identities, "
-            "tuple draws and training length; shown for orientation only.</p>")
-    return note + _table(["task (paper, VoxCeleb1 + VGGFace)", "A→V %", "V→A %"],
-                         [[_esc(a), _esc(b), _esc(c)] for a, b, c in PAPER_ROWS], "paper")
+    note = (
+        '<p class="warn"><b>Different dataset — not comparable.</b> These are the numbers the paper '
+        "reports on VoxCeleb1 + VGGFace (docs/aml-spec.md, “Headline results”). This run was evaluated on "
+        "whatever shards and tuple lists were given (possibly synthetic or a subset), with other identities, "
+        "tuple draws and training length; shown for orientation only.</p>"
+    )
+    return note + _table(
+        ["task (paper, VoxCeleb1 + VGGFace)", "A→V %", "V→A %"],
+        [[_esc(a), _esc(b), _esc(c)] for a, b, c in PAPER_ROWS],
+        "paper",
+    )
 
 
 def accuracy_vs_k(m: dict) -> str | None:
@@ -173,8 +208,14 @@ def accuracy_vs_k(m: dict) -> str | None:
         v = np.array([e["value"] for _, e in entries]) * 100
         lo = np.array([e["ci95"][0] if e.get("ci95") else e["value"] for _, e in entries]) * 100
         hi = np.array([e["ci95"][1] if e.get("ci95") else e["value"] for _, e in entries]) * 100
-        ax.errorbar(ks + (i - 0.5) * 0.08, v, yerr=[v - lo, hi - v], marker="os"[i], capsize=3,
-                    label=d.upper().replace("2", "→"))
+        ax.errorbar(
+            ks + (i - 0.5) * 0.08,
+            v,
+            yerr=[v - lo, hi - v],
+            marker="os"[i],
+            capsize=3,
+            label=d.upper().replace("2", "→"),
+        )
     ks = np.array(sorted(all_k))
     ax.plot(ks, 100.0 / ks, "k:", label="chance (1/k)")
     ax.set_xlabel("k (gallery size)")
@@ -217,7 +258,12 @@ def loss_plot(log: list[dict]) -> str | None:
         ax.plot(steps, y, lw=0.8, alpha=0.5, label=key)
         if y.size >= 10:  # moving average over ~2% of the run
             w = max(2, y.size // 50)
-            ax.plot(steps[w - 1:], np.convolve(y, np.ones(w) / w, mode="valid"), lw=1.5, label=f"{key} (mean of {w})")
+            ax.plot(
+                steps[w - 1 :],
+                np.convolve(y, np.ones(w) / w, mode="valid"),
+                lw=1.5,
+                label=f"{key} (mean of {w})",
+            )
         ax.set_xlabel("step")
         ax.set_title(key)
         ax.grid(alpha=0.3)
@@ -231,8 +277,9 @@ def _tsne(x: np.ndarray) -> np.ndarray:
     n = x.shape[0]
     perplexity = float(min(30.0, max(2.0, (n - 1) / 3.0)))
     perplexity = min(perplexity, n - 1.0 - 1e-6)
-    return TSNE(n_components=2, perplexity=perplexity, random_state=0, init="pca",
-                learning_rate="auto").fit_transform(x.astype(np.float64))
+    return TSNE(
+        n_components=2, perplexity=perplexity, random_state=0, init="pca", learning_rate="auto"
+    ).fit_transform(x.astype(np.float64))
 
 
 def tsne_plot(npz_path: Path) -> tuple[str | None, str]:
@@ -250,19 +297,33 @@ def tsne_plot(npz_path: Path) -> tuple[str | None, str]:
         ax = fig.add_subplot(1, 2, i + 1)
         y = _tsne(np.concatenate([d[f"audio_{space}"], d[f"face_{space}"]]))
         for j, ident in enumerate(uniq):
-            for mod, sl, colour in (("audio", slice(0, na), "tab:blue"), ("face", slice(na, na + nf), "tab:orange")):
+            for mod, sl, colour in (
+                ("audio", slice(0, na), "tab:blue"),
+                ("face", slice(na, na + nf), "tab:orange"),
+            ):
                 sel = np.flatnonzero(ids[sl] == ident) + sl.start
                 if sel.size:
-                    ax.scatter(y[sel, 0], y[sel, 1], c=colour, marker=MARKERS[j % len(MARKERS)], s=22, alpha=0.8,
-                               label=mod if j == 0 else None)
-        ax.set_title(f"{'before' if space == 'before' else 'after'} the generator "
-                     f"({3200 if space == 'before' else 128}-d)")
+                    ax.scatter(
+                        y[sel, 0],
+                        y[sel, 1],
+                        c=colour,
+                        marker=MARKERS[j % len(MARKERS)],
+                        s=22,
+                        alpha=0.8,
+                        label=mod if j == 0 else None,
+                    )
+        ax.set_title(
+            f"{'before' if space == 'before' else 'after'} the generator "
+            f"({3200 if space == 'before' else 128}-d)"
+        )
         ax.set_xticks([])
         ax.set_yticks([])
         ax.legend(fontsize="small")
     perplexity = min(30.0, max(2.0, (na + nf - 1) / 3.0))
-    return _png(fig), (f"{na} voices and {nf} faces of {len(uniq)} identities; colour = modality, marker = identity; "
-                       f"sklearn TSNE, perplexity {perplexity:.1f}, random_state 0, PCA init.")
+    return _png(fig), (
+        f"{na} voices and {nf} faces of {len(uniq)} identities; colour = modality, marker = identity; "
+        f"sklearn TSNE, perplexity {perplexity:.1f}, random_state 0, PCA init."
+    )
 
 
 def distance_plot(m: dict) -> tuple[str | None, str]:
@@ -280,10 +341,12 @@ def distance_plot(m: dict) -> tuple[str | None, str]:
     ax.bar(labels, [v if v is not None else np.nan for v in vals], color=["tab:gray", "tab:green"])
     ax.axhline(1.0, color="k", ls=":", lw=1)
     ax.set_title("same / different identity (normalised)")
-    text = (f"{pd_['n_audio']} voices, {pd_['n_face']} faces, {pd_['n_identities_both']} identities with both. "
-            "Raw distances live in spaces of different dimension and scale, so compare the normalised bars: "
-            "mean same-identity distance divided by the mean different-identity distance in the same space "
-            "(1 = no better than a random pair; lower = voices closer to their own faces).")
+    text = (
+        f"{pd_['n_audio']} voices, {pd_['n_face']} faces, {pd_['n_identities_both']} identities with both. "
+        "Raw distances live in spaces of different dimension and scale, so compare the normalised bars: "
+        "mean same-identity distance divided by the mean different-identity distance in the same space "
+        "(1 = no better than a random pair; lower = voices closer to their own faces)."
+    )
     return _png(fig), text
 
 
@@ -293,14 +356,22 @@ def distance_plot(m: dict) -> tuple[str | None, str]:
 def distinguishing(configs: list[dict]) -> list[str]:
     """The ablation keys plus every other (non-runtime) setting that differs between runs."""
     keys = set().union(*configs) if configs else set()
-    other = sorted(k for k in keys - set(ABLATION_KEYS) - RUNTIME_KEYS
-                   if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1)
+    other = sorted(
+        k
+        for k in keys - set(ABLATION_KEYS) - RUNTIME_KEYS
+        if len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1
+    )
     return list(ABLATION_KEYS) + other
 
 
 def run_label(cfg: dict, extra_keys: list[str]) -> str:
     al, ml = cfg.get("adversarial", True), cfg.get("metric", True)
-    name = {(True, True): "AL+ML", (True, False): "AL only", (False, True): "ML only", (False, False): "neither"}[bool(al), bool(ml)]
+    name = {
+        (True, True): "AL+ML",
+        (True, False): "AL only",
+        (False, True): "ML only",
+        (False, False): "neither",
+    }[bool(al), bool(ml)]
     parts = []
     if al:
         parts.append(str(cfg.get("adversarial_kind")))
@@ -337,8 +408,11 @@ def compare_table(runs: list[tuple[Path, dict]]) -> str:
     header = ["run", "label"] + [_esc(k) for k in keys] + [_esc(c) + " %" for c in cols]
     rows = []
     for (run, m), cfg, mm in zip(runs, configs, per_run):
-        rows.append([_esc(run), _esc(run_label(cfg, keys))] + [_esc(cfg.get(k, "–")) for k in keys]
-                    + [_pct(mm.get(c)) for c in cols])
+        rows.append(
+            [_esc(run), _esc(run_label(cfg, keys))]
+            + [_esc(cfg.get(k, "–")) for k in keys]
+            + [_pct(mm.get(c)) for c in cols]
+        )
     return _table(header, rows, "compare")
 
 
@@ -354,22 +428,28 @@ th{background:#f2f2f2} .side{display:flex;gap:2em;flex-wrap:wrap;align-items:fle
 """
 
 
-def build_report(run: str | Path, metrics: str | Path | None = None, out: str | Path | None = None,
-                 compare: tuple[str | Path, ...] | list = ()) -> Path:
+def build_report(
+    run: str | Path,
+    metrics: str | Path | None = None,
+    out: str | Path | None = None,
+    compare: tuple[str | Path, ...] | list = (),
+) -> Path:
     """Write the HTML report of RUN (default RUN/report.html) and return its path."""
     run = Path(run)
     m = load_metrics(Path(metrics) if metrics else run / "metrics.json")
     out = Path(out) if out else run / "report.html"
     cfg = flat_config(m.get("config") or {})
-    parts = [f"<h1>AML report: {_esc(run)}</h1>",
-             f"<p>checkpoint epoch {_esc(m.get('checkpoint_epoch'))} (step {_esc(m.get('checkpoint_step'))}); "
-             f"task {_esc(cfg.get('task'))}, k={_esc(cfg.get('k'))}, direction {_esc(cfg.get('direction'))}; "
-             f"label: <b>{_esc(run_label(cfg, []))}</b>. Shards {_esc(m.get('shards'))}, tuples {_esc(m.get('tuples'))}; "
-             f"{_esc(m.get('items', {}).get('audio'))} voices and {_esc(m.get('items', {}).get('face'))} faces embedded once each.</p>",
-             "<p>Scores are −Euclidean distance between the 128-d embeddings (the learned heads only "
-             "exist for the trained k/direction and are shown as “head” where available). Values in %, "
-             f"95% percentile bootstrap CIs ({_esc(m.get('bootstrap', {}).get('n'))} resamples, seed "
-             f"{_esc(m.get('bootstrap', {}).get('seed'))}) in brackets. See docs/evaluation.md.</p>"]
+    parts = [
+        f"<h1>AML report: {_esc(run)}</h1>",
+        f"<p>checkpoint epoch {_esc(m.get('checkpoint_epoch'))} (step {_esc(m.get('checkpoint_step'))}); "
+        f"task {_esc(cfg.get('task'))}, k={_esc(cfg.get('k'))}, direction {_esc(cfg.get('direction'))}; "
+        f"label: <b>{_esc(run_label(cfg, []))}</b>. Shards {_esc(m.get('shards'))}, tuples {_esc(m.get('tuples'))}; "
+        f"{_esc(m.get('items', {}).get('audio'))} voices and {_esc(m.get('items', {}).get('face'))} faces embedded once each.</p>",
+        "<p>Scores are −Euclidean distance between the 128-d embeddings (the learned heads only "
+        "exist for the trained k/direction and are shown as “head” where available). Values in %, "
+        f"95% percentile bootstrap CIs ({_esc(m.get('bootstrap', {}).get('n'))} resamples, seed "
+        f"{_esc(m.get('bootstrap', {}).get('seed'))}) in brackets. See docs/evaluation.md.</p>",
+    ]
 
     parts.append('<div class="side"><div>')
     parts.append(f"<h2>{SECTIONS['metrics']}</h2>" + metrics_table(m))
@@ -382,7 +462,9 @@ def build_report(run: str | Path, metrics: str | Path | None = None, out: str | 
     img = roc_plot(m)
     parts.append(f"<h2>{SECTIONS['roc']}</h2>" + (img or "<p>No verification lists were evaluated.</p>"))
     img = loss_plot(read_log(run / "log.jsonl"))
-    parts.append(f"<h2>{SECTIONS['losses']}</h2>" + (img or f"<p>No training log at {_esc(run / 'log.jsonl')}.</p>"))
+    parts.append(
+        f"<h2>{SECTIONS['losses']}</h2>" + (img or f"<p>No training log at {_esc(run / 'log.jsonl')}.</p>")
+    )
     img, text = tsne_plot(run / "embeddings.npz")
     parts.append(f"<h2>{SECTIONS['tsne']}</h2>" + (img or "") + f"<p>{_esc(text)}</p>")
     img, text = distance_plot(m)
@@ -390,14 +472,19 @@ def build_report(run: str | Path, metrics: str | Path | None = None, out: str | 
 
     if compare:
         runs = [(run, m)] + [(Path(r), load_metrics(Path(r) / "metrics.json")) for r in compare]
-        parts.append(f"<h2>{SECTIONS['compare']}</h2>"
-                     "<p>Main metrics of each run (score −L2, %, 95% CI), labelled by its ablation settings "
-                     "(AL = adversarial learning, ML = metric learning) and any other setting that differs. "
-                     "Compare runs evaluated on the same tuple lists only.</p>" + compare_table(runs))
+        parts.append(
+            f"<h2>{SECTIONS['compare']}</h2>"
+            "<p>Main metrics of each run (score −L2, %, 95% CI), labelled by its ablation settings "
+            "(AL = adversarial learning, ML = metric learning) and any other setting that differs. "
+            "Compare runs evaluated on the same tuple lists only.</p>" + compare_table(runs)
+        )
 
-    page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>AML report: {_esc(run)}</title><style>{CSS}</style></head><body>\n"
-            + "\n".join(parts) + "\n</body></html>\n")
+    page = (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>AML report: {_esc(run)}</title><style>{CSS}</style></head><body>\n"
+        + "\n".join(parts)
+        + "\n</body></html>\n"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(page, encoding="utf-8")

@@ -55,8 +55,18 @@ from avtrain.losses import AMLLoss
 CHECKPOINT = LAST  # kept for callers of the old name
 LOG_TERMS = ("L_total", "L_dis", "L_metric", "L_cls", "L_adv")
 
-__all__ = ["CHECKPOINT", "LOG_TERMS", "TrainingError", "build_loss", "build_model", "fit", "load_checkpoint",
-           "lr_at", "pick_device", "train_step"]
+__all__ = [
+    "CHECKPOINT",
+    "LOG_TERMS",
+    "TrainingError",
+    "build_loss",
+    "build_model",
+    "fit",
+    "load_checkpoint",
+    "lr_at",
+    "pick_device",
+    "train_step",
+]
 
 
 class TrainingError(AvmatchError):
@@ -96,9 +106,22 @@ def _lambda(plan, lr_start, lr_end):
 # --------------------------------------------------------------------------- one step
 
 
-def train_step(model, loss_fn: AMLLoss, opt_g, opt_d, query, gallery, labels, direction: str, *,
-               d_steps: int = 1, clip_value: float | None = 0.01, net=None, autocast=None,
-               average_grads=None) -> dict:
+def train_step(
+    model,
+    loss_fn: AMLLoss,
+    opt_g,
+    opt_d,
+    query,
+    gallery,
+    labels,
+    direction: str,
+    *,
+    d_steps: int = 1,
+    clip_value: float | None = 0.01,
+    net=None,
+    autocast=None,
+    average_grads=None,
+) -> dict:
     """Algorithm 1's step on one batch: forward once; ``d_steps`` discriminator steps on the
     detached h (each followed by weight clipping to ±clip_value when set); one step of the
     encoders/generator/head on β·L_metric + γ·L_cls − L_dis with D held fixed.
@@ -108,7 +131,7 @@ def train_step(model, loss_fn: AMLLoss, opt_g, opt_d, query, gallery, labels, di
     the caller's. Returns the loss terms as floats (``L_dis_step``: the last D step's L_dis).
     """
     net = net if net is not None else model
-    with (autocast if autocast is not None else contextlib.nullcontext()):
+    with autocast if autocast is not None else contextlib.nullcontext():
         out = net(query, gallery, direction)
     out = {k: (v.float() if torch.is_tensor(v) else v) for k, v in out.items()}
     d_terms = {}
@@ -174,8 +197,10 @@ def _resume_state(cfg: TrainConfig, path: Path) -> dict:
     if cfg.epochs < state["epoch"]:
         blocking.append(f"the checkpoint is already at epoch {state['epoch']}")
     if blocking:
-        raise TrainingError(f"{path}: cannot resume with other settings: {'; '.join(blocking)}. "
-                            "Resume with the saved settings (RUN/config.yaml) or train into a new --out")
+        raise TrainingError(
+            f"{path}: cannot resume with other settings: {'; '.join(blocking)}. "
+            "Resume with the saved settings (RUN/config.yaml) or train into a new --out"
+        )
     return state
 
 
@@ -183,12 +208,16 @@ def _val_setup(cfg: TrainConfig, tuples_dir, val_tuples, val_shards):
     """The validation set (or None), prepared before anything is written."""
     if val_shards is None:
         if val_tuples is not None:
-            raise TrainingError("--val-tuples needs --val-shards (the item shards the val lists were drawn from)")
+            raise TrainingError(
+                "--val-tuples needs --val-shards (the item shards the val lists were drawn from)"
+            )
         return None
     from avtrain.evaluate import EvaluationError, ValidationSet
 
     try:
-        return ValidationSet(val_tuples or tuples_dir, val_shards, cfg.task, cfg.k, cfg.direction, cfg.select_metric)
+        return ValidationSet(
+            val_tuples or tuples_dir, val_shards, cfg.task, cfg.k, cfg.direction, cfg.select_metric
+        )
     except EvaluationError as exc:
         raise TrainingError(f"validation: {exc}") from None
 
@@ -200,8 +229,15 @@ def _hparams(cfg: TrainConfig) -> dict:
     return out
 
 
-def fit(cfg: TrainConfig, tuples_dir: str | Path, out: str | Path, resume: bool = False, progress: bool = True,
-        val_tuples: str | Path | None = None, val_shards: str | Path | None = None) -> dict:
+def fit(
+    cfg: TrainConfig,
+    tuples_dir: str | Path,
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+    val_tuples: str | Path | None = None,
+    val_shards: str | Path | None = None,
+) -> dict:
     """Train; returns a summary (final losses, steps, tuples/s, best validation).
 
     Everything that can fail on the user's input (settings, device, data, validation lists,
@@ -225,13 +261,17 @@ def fit(cfg: TrainConfig, tuples_dir: str | Path, out: str | Path, resume: bool 
     cores = max(1, (os.cpu_count() or 1) // ddp.world)
     torch.set_num_threads(cfg.threads or max(1, cores - cfg.workers))
     workers = cfg.workers
-    steps_per_epoch = [batches_per_rank(urls, sizes, cfg.batch_size, cfg.seed, e, ddp.world, workers)
-                       for e in range(cfg.epochs)]
+    steps_per_epoch = [
+        batches_per_rank(urls, sizes, cfg.batch_size, cfg.seed, e, ddp.world, workers)
+        for e in range(cfg.epochs)
+    ]
     if cfg.max_steps_per_epoch:
         steps_per_epoch = [min(s, cfg.max_steps_per_epoch) for s in steps_per_epoch]
     if min(steps_per_epoch) == 0:
-        raise TrainingError(f"{tuples_dir}: {sum(sizes.values())} tuples give no full batch of {cfg.batch_size} "
-                            f"per rank ({ddp.world} rank(s) x {max(1, workers)} worker(s)); lower --set batch_size")
+        raise TrainingError(
+            f"{tuples_dir}: {sum(sizes.values())} tuples give no full batch of {cfg.batch_size} "
+            f"per rank ({ddp.world} rank(s) x {max(1, workers)} worker(s)); lower --set batch_size"
+        )
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device)
@@ -275,7 +315,11 @@ def fit(cfg: TrainConfig, tuples_dir: str | Path, out: str | Path, resume: bool 
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     stream = TupleStream(urls, cfg.batch_size, cfg.seed, ddp.rank, ddp.world, cfg.shuffle_buffer)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and cfg.amp) else torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if (cuda and cfg.amp)
+        else torch.autocast("cpu", enabled=False)
+    )
     from tqdm import tqdm
 
     last: dict = {}
@@ -283,39 +327,75 @@ def fit(cfg: TrainConfig, tuples_dir: str | Path, out: str | Path, resume: bool 
     stopped_early = False
     with contextlib.ExitStack() as files:
         log_file = files.enter_context(open(out / "log.jsonl", "a")) if is_main else None
-        audit = files.enter_context(open(out / f"batches-rank{ddp.rank}.jsonl", "a")) if cfg.record_batches else None
+        audit = (
+            files.enter_context(open(out / f"batches-rank{ddp.rank}.jsonl", "a"))
+            if cfg.record_batches
+            else None
+        )
         tb = files.enter_context(_summary_writer(out / "tb")) if is_main else None
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             stream.set_epoch(epoch)
             loader = make_loader(stream, workers, pin_memory=cuda)
             flips = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
-            bar = tqdm(total=steps_per_epoch[epoch], desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                       disable=not (progress and is_main), dynamic_ncols=True)
+            bar = tqdm(
+                total=steps_per_epoch[epoch],
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                unit="batch",
+                disable=not (progress and is_main),
+                dynamic_ncols=True,
+            )
             for batch in _data_errors(islice(loader, steps_per_epoch[epoch])):
                 if audit:
                     audit.write(json.dumps({"epoch": epoch, "keys": batch["keys"]}) + "\n")
-                query, gallery, label = to_model_inputs(batch, cfg.direction, device, train=True, flip_generator=flips,
-                                                        channels_last=cuda and cfg.channels_last)
-                last = train_step(model, loss_fn, opt_g, opt_d, query, gallery, label, cfg.direction,
-                                  d_steps=cfg.d_steps, clip_value=cfg.model.clip_value, net=net, autocast=autocast,
-                                  average_grads=ddp.average_grads if ddp.enabled else None)
+                query, gallery, label = to_model_inputs(
+                    batch,
+                    cfg.direction,
+                    device,
+                    train=True,
+                    flip_generator=flips,
+                    channels_last=cuda and cfg.channels_last,
+                )
+                last = train_step(
+                    model,
+                    loss_fn,
+                    opt_g,
+                    opt_d,
+                    query,
+                    gallery,
+                    label,
+                    cfg.direction,
+                    d_steps=cfg.d_steps,
+                    clip_value=cfg.model.clip_value,
+                    net=net,
+                    autocast=autocast,
+                    average_grads=ddp.average_grads if ddp.enabled else None,
+                )
                 lr = sched.get_last_lr()[0]  # the LR this step used
                 sched.step()
                 step += 1
                 samples_seen += label.shape[0] * ddp.world
                 if is_main and step % cfg.log_every == 0:
                     rate = samples_seen / (time.perf_counter() - t_start)
-                    rec = {"epoch": epoch, "step": step, "lr": sched.get_last_lr()[0], "samples_per_s": round(rate, 2),
-                           **last}
+                    rec = {
+                        "epoch": epoch,
+                        "step": step,
+                        "lr": sched.get_last_lr()[0],
+                        "samples_per_s": round(rate, 2),
+                        **last,
+                    }
                     log_file.write(json.dumps(rec) + "\n")
                     if tb:
                         for k, v in last.items():
                             tb.add_scalar(f"loss/{k}", v, step)
                         tb.add_scalar("train/lr", lr, step)
                         tb.add_scalar("train/tuples_per_s", rate, step)
-                    bar.set_postfix(L_total=f"{last['L_total']:.3f}", L_dis=f"{last['L_dis']:.3f}",
-                                    tuples_s=f"{rate:.0f}", refresh=False)
+                    bar.set_postfix(
+                        L_total=f"{last['L_total']:.3f}",
+                        L_dis=f"{last['L_dis']:.3f}",
+                        tuples_s=f"{rate:.0f}",
+                        refresh=False,
+                    )
                 bar.update(1)
             bar.close()
 
@@ -330,17 +410,26 @@ def fit(cfg: TrainConfig, tuples_dir: str | Path, out: str | Path, resume: bool 
                     stale = 0
                 else:
                     stale += 1
-                log_file.write(json.dumps({"epoch": epoch, "step": step, "val": scores,
-                                           "best": best}) + "\n")
+                log_file.write(json.dumps({"epoch": epoch, "step": step, "val": scores, "best": best}) + "\n")
                 if tb:
                     for k, v in scores.items():
                         tb.add_scalar(f"val/{k}", v, epoch + 1)
             if is_main:
                 log_file.flush()
-                state = {"config": cfg.to_dict(), "model": model.state_dict(), "opt_g": opt_g.state_dict(),
-                         "opt_d": opt_d.state_dict(), "sched": sched.state_dict(), "epoch": epoch + 1, "step": step,
-                         "torch_rng": torch.get_rng_state(), "lr_plan": plan, "total_steps": total_steps,
-                         "best": best, "stale_validations": stale}
+                state = {
+                    "config": cfg.to_dict(),
+                    "model": model.state_dict(),
+                    "opt_g": opt_g.state_dict(),
+                    "opt_d": opt_d.state_dict(),
+                    "sched": sched.state_dict(),
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "torch_rng": torch.get_rng_state(),
+                    "lr_plan": plan,
+                    "total_steps": total_steps,
+                    "best": best,
+                    "stale_validations": stale,
+                }
                 if scores is not None:
                     state["val"] = scores
                 if cuda:
@@ -365,9 +454,15 @@ def fit(cfg: TrainConfig, tuples_dir: str | Path, out: str | Path, resume: bool 
             tb.add_hparams(_hparams(cfg), {f"hparam/{best['metric']}": best["value"]}, run_name="hparams")
     elapsed = time.perf_counter() - t_start
     ddp.close()
-    return {"epochs": cfg.epochs, "steps": step, "final": last, "device": str(device),
-            "tuples_per_s": samples_seen / elapsed if elapsed > 0 else math.nan, "best": best,
-            "stopped_early": stopped_early}
+    return {
+        "epochs": cfg.epochs,
+        "steps": step,
+        "final": last,
+        "device": str(device),
+        "tuples_per_s": samples_seen / elapsed if elapsed > 0 else math.nan,
+        "best": best,
+        "stopped_early": stopped_early,
+    }
 
 
 @contextlib.contextmanager

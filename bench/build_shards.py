@@ -45,7 +45,9 @@ print(json.dumps({"wall_s": wall, "files": files, "samples": samples, "rejects":
 def build(tmp: Path, tag: str, jobs: int, shard_size: int = 100, **roots) -> dict:
     out = tmp / f"shards-{tag}-j{jobs}"
     args = {"out": str(out), "jobs": jobs, "shard_size": shard_size, **{k: str(v) for k, v in roots.items()}}
-    res = subprocess.run([sys.executable, "-c", RUN_ONE, json.dumps(args)], capture_output=True, text=True, cwd=REPO)
+    res = subprocess.run(
+        [sys.executable, "-c", RUN_ONE, json.dumps(args)], capture_output=True, text=True, cwd=REPO
+    )
     if res.returncode != 0:
         raise SystemExit(f"build {tag} -j{jobs} failed:\n{res.stderr[-2000:]}")
     stats = json.loads(res.stdout.strip().splitlines()[-1])
@@ -66,12 +68,16 @@ def replicate(src_root: Path, dst_root: Path, copies: int, pattern: str) -> None
 def real_media_tree(tmp: Path, copies: int) -> tuple[Path, dict]:
     """Real media under identity folders, and a meta file that names those folders."""
     media = SHARED / "media"
-    names = sorted({p.stem for p in (media / "voice" / "voxceleb1_named").glob("*.wav")}
-                   | {p.name for p in (media / "faces" / "facenet_pytorch" / "test_images").iterdir()}
-                   | {"multiface", "hdtf_talking"})
+    names = sorted(
+        {p.stem for p in (media / "voice" / "voxceleb1_named").glob("*.wav")}
+        | {p.name for p in (media / "faces" / "facenet_pytorch" / "test_images").iterdir()}
+        | {"multiface", "hdtf_talking"}
+    )
     meta = tmp / "real_meta.csv"
-    meta.write_text("VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet\n"
-                    + "".join(f"id{90001 + i}\t{n}\tm\tUSA\tdev\n" for i, n in enumerate(names)))
+    meta.write_text(
+        "VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet\n"
+        + "".join(f"id{90001 + i}\t{n}\tm\tUSA\tdev\n" for i, n in enumerate(names))
+    )
     audio, faces, videos = tmp / "real_audio", tmp / "real_faces", tmp / "real_videos"
     for wav in sorted((media / "voice" / "voxceleb1_named").glob("*.wav")):
         for k in range(copies):
@@ -93,7 +99,9 @@ def real_media_tree(tmp: Path, copies: int) -> tuple[Path, dict]:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--identities", type=int, default=40, help="synthetic identities in the base corpus")
-    ap.add_argument("--audio-copies", type=int, default=8, help="symlinked copies of the synthetic audio tree")
+    ap.add_argument(
+        "--audio-copies", type=int, default=8, help="symlinked copies of the synthetic audio tree"
+    )
     ap.add_argument("--real-copies", type=int, default=6, help="symlinked copies of the real media")
     ap.add_argument("--json", default=None, help="write all figures to this JSON file")
     args = ap.parse_args()
@@ -103,7 +111,14 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         corpus = tmp / "corpus"
-        synth_corpus(corpus, identities=args.identities, clips_per_identity=4, faces_per_identity=4, videos=True, seed=0)
+        synth_corpus(
+            corpus,
+            identities=args.identities,
+            clips_per_identity=4,
+            faces_per_identity=4,
+            videos=True,
+            seed=0,
+        )
         meta = corpus / "vox1_meta.csv"
         for scale in (1, 2):
             replicate(corpus / "wav", tmp / f"audio_x{scale}", args.audio_copies * scale, "*.wav")
@@ -111,27 +126,43 @@ def main():
         for jobs in (1, 2):
             results[f"synth audio j{jobs}"] = build(tmp, "sa", jobs, audio=tmp / "audio_x1", meta=meta)
             results[f"synth face j{jobs}"] = build(tmp, "sf", jobs, faces=tmp / "faces_x1", meta=meta)
-            results[f"synth video j{jobs}"] = build(tmp, "sv", jobs, shard_size=20, videos=corpus / "mp4", meta=meta)
+            results[f"synth video j{jobs}"] = build(
+                tmp, "sv", jobs, shard_size=20, videos=corpus / "mp4", meta=meta
+            )
         results["synth audio x2 j1"] = build(tmp, "sa2", 1, audio=tmp / "audio_x2", meta=meta)
         results["synth face x2 j1"] = build(tmp, "sf2", 1, faces=tmp / "faces_x2", meta=meta)
 
         real_meta, roots = real_media_tree(tmp, args.real_copies)
         for jobs in (1, 2):
-            results[f"real audio j{jobs}"] = build(tmp, "ra", jobs, shard_size=20, audio=roots["audio"], meta=real_meta)
-            results[f"real face j{jobs}"] = build(tmp, "rf", jobs, shard_size=10, faces=roots["faces"], meta=real_meta)
-            results[f"real video j{jobs}"] = build(tmp, "rv", jobs, shard_size=2, videos=roots["videos"], meta=real_meta)
+            results[f"real audio j{jobs}"] = build(
+                tmp, "ra", jobs, shard_size=20, audio=roots["audio"], meta=real_meta
+            )
+            results[f"real face j{jobs}"] = build(
+                tmp, "rf", jobs, shard_size=10, faces=roots["faces"], meta=real_meta
+            )
+            results[f"real video j{jobs}"] = build(
+                tmp, "rv", jobs, shard_size=2, videos=roots["videos"], meta=real_meta
+            )
 
-    print(f"{'build':<22}{'files':>7}{'samples':>9}{'wall s':>8}{'items/s':>9}{'RSS main MB':>13}{'RSS worker MB':>15}")
+    print(
+        f"{'build':<22}{'files':>7}{'samples':>9}{'wall s':>8}{'items/s':>9}{'RSS main MB':>13}{'RSS worker MB':>15}"
+    )
     for k, r in results.items():
-        print(f"{k:<22}{r['files']:>7}{r['samples']:>9}{r['wall_s']:>8.1f}{r['items_per_s']:>9.1f}"
-              f"{r['rss_main_mb']:>13.0f}{r['rss_worker_mb']:>15.0f}")
+        print(
+            f"{k:<22}{r['files']:>7}{r['samples']:>9}{r['wall_s']:>8.1f}{r['items_per_s']:>9.1f}"
+            f"{r['rss_main_mb']:>13.0f}{r['rss_worker_mb']:>15.0f}"
+        )
     print()
     for kind in ("synth audio", "synth face", "synth video", "real audio", "real face", "real video"):
-        print(f"{kind}: -j 2 / -j 1 = {results[f'{kind} j2']['items_per_s'] / results[f'{kind} j1']['items_per_s']:.2f}x")
+        print(
+            f"{kind}: -j 2 / -j 1 = {results[f'{kind} j2']['items_per_s'] / results[f'{kind} j1']['items_per_s']:.2f}x"
+        )
     for kind in ("synth audio", "synth face"):
         r1, r2 = results[f"{kind} j1"], results[f"{kind} x2 j1"]
-        print(f"{kind}: peak RSS x2 corpus / x1 corpus = {r2['rss_main_mb'] / r1['rss_main_mb']:.3f}"
-              f" ({r1['files']} -> {r2['files']} files)")
+        print(
+            f"{kind}: peak RSS x2 corpus / x1 corpus = {r2['rss_main_mb'] / r1['rss_main_mb']:.3f}"
+            f" ({r1['files']} -> {r2['files']} files)"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
 

@@ -1,14 +1,14 @@
 """Benchmark the checked readers of issue #11 against webdataset's reader, in the same run.
 
-  read      every tuple-shard sample decoded: avdata.reader.iter_samples (local files via
-            tarfile, every member checked) vs webdataset.WebDataset(paths).map(decode_sample)
-            (the previous reader, trusted local paths only); best of --repeats, interleaved
-  fit start avtrain.data.load_sizes (names + every member of every tuple shard checked in the
-            main process) against the decoded read pass it precedes (one epoch's input)
-  check     avdata.tuples.check_tuples on the tuple directory (lists + tuple shards) against
-            the decoded read pass
+read      every tuple-shard sample decoded: avdata.reader.iter_samples (local files via
+          tarfile, every member checked) vs webdataset.WebDataset(paths).map(decode_sample)
+          (the previous reader, trusted local paths only); best of --repeats, interleaved
+fit start avtrain.data.load_sizes (names + every member of every tuple shard checked in the
+          main process) against the decoded read pass it precedes (one epoch's input)
+check     avdata.tuples.check_tuples on the tuple directory (lists + tuple shards) against
+          the decoded read pass
 
-    .venv/bin/python bench/checked_read.py [--identities 16] [--repeats 3]
+  .venv/bin/python bench/checked_read.py [--identities 16] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -69,12 +69,25 @@ def main() -> None:
         read_ours, read_wds = min(t_ours), min(t_wds)
         t_sizes = best(lambda: load_sizes(tmp / "tuples", "matching_train_a2v_k2"), args.repeats)
         t_check = best(lambda: check_tuples(tmp / "tuples", tmp / "shards"), args.repeats)
-        mib = sum((tmp / "tuples" / k).stat().st_size for k in json.loads((tmp / "tuples" / "sizes.json").read_text())) / 2**20
-    res = {"tuples": n, "tuple_shards": len(paths), "MiB": round(mib, 1),
-           "read_ours_s": round(read_ours, 3), "read_webdataset_s": round(read_wds, 3),
-           "read_ratio_ours_over_webdataset": round(read_ours / read_wds, 3),
-           "load_sizes_s": round(t_sizes, 3), "load_sizes_over_read": round(t_sizes / read_ours, 3),
-           "check_tuples_s": round(t_check, 3), "check_tuples_over_read": round(t_check / read_ours, 3)}
+        mib = (
+            sum(
+                (tmp / "tuples" / k).stat().st_size
+                for k in json.loads((tmp / "tuples" / "sizes.json").read_text())
+            )
+            / 2**20
+        )
+    res = {
+        "tuples": n,
+        "tuple_shards": len(paths),
+        "MiB": round(mib, 1),
+        "read_ours_s": round(read_ours, 3),
+        "read_webdataset_s": round(read_wds, 3),
+        "read_ratio_ours_over_webdataset": round(read_ours / read_wds, 3),
+        "load_sizes_s": round(t_sizes, 3),
+        "load_sizes_over_read": round(t_sizes / read_ours, 3),
+        "check_tuples_s": round(t_check, 3),
+        "check_tuples_over_read": round(t_check / read_ours, 3),
+    }
     print(json.dumps(res, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1) + "\n")

@@ -41,17 +41,36 @@ def build(tmp: Path, identities: int) -> tuple[Path, Path, Path]:
 
     c = tmp / "corpus"
     synth_corpus(c, identities=identities, clips_per_identity=4, faces_per_identity=4, seed=0)
-    res = CliRunner().invoke(main, [str(a) for a in ["build-shards", "--audio", c / "wav", "--faces", c / "faces",
-                                                     "--meta", c / "vox1_meta.csv", "--out", tmp / "shards",
-                                                     "--no-progress", "-j", "2"]])
+    res = CliRunner().invoke(
+        main,
+        [
+            str(a)
+            for a in [
+                "build-shards",
+                "--audio",
+                c / "wav",
+                "--faces",
+                c / "faces",
+                "--meta",
+                c / "vox1_meta.csv",
+                "--out",
+                tmp / "shards",
+                "--no-progress",
+                "-j",
+                "2",
+            ]
+        ],
+    )
     if res.exit_code:
         raise SystemExit(res.output)
     run = tmp / "run"
     run.mkdir()
     cfg = TrainConfig()
     torch.manual_seed(0)
-    save_checkpoint(run / CHECKPOINT, {"config": cfg.to_dict(), "model": build_model(cfg).state_dict(),
-                                       "epoch": 0, "step": 0})
+    save_checkpoint(
+        run / CHECKPOINT,
+        {"config": cfg.to_dict(), "model": build_model(cfg).state_dict(), "epoch": 0, "step": 0},
+    )
     return c, tmp / "shards", run
 
 
@@ -75,7 +94,9 @@ def main() -> None:
         shard_model, _, _ = load_run(run, torch.device("cpu"))
         raw_model = load_model(run, "cpu")
         embed_files(raw_model, [corpus / "wav"], [], [], args.batch_size)  # warm-up: MTCNN built, caches
-        times: dict[str, list[float]] = {k: [] for k in ("shard_audio", "shard_face", "raw_audio", "raw_face")}
+        times: dict[str, list[float]] = {
+            k: [] for k in ("shard_audio", "shard_face", "raw_audio", "raw_face")
+        }
         cpu: dict[str, list[float]] = {k: [] for k in times}  # process CPU time: less hurt by other load
         n: dict[str, int] = {}
         for _ in range(args.repeats):
@@ -87,13 +108,23 @@ def main() -> None:
                 cpu[f"shard_{mod}"].append(time.process_time() - c)
                 n[f"shard_{mod}"] = len(emb.keys[mod])
                 t, c = time.perf_counter(), time.process_time()
-                res = embed_files(raw_model, [corpus / "wav"] if mod == "audio" else [],
-                                  [corpus / "faces"] if mod == "face" else [], [], args.batch_size)
+                res = embed_files(
+                    raw_model,
+                    [corpus / "wav"] if mod == "audio" else [],
+                    [corpus / "faces"] if mod == "face" else [],
+                    [],
+                    args.batch_size,
+                )
                 times[f"raw_{mod}"].append(time.perf_counter() - t)
                 cpu[f"raw_{mod}"].append(time.process_time() - c)
                 n[f"raw_{mod}"] = len(res.voice_keys if mod == "audio" else res.face_keys) + len(res.rejects)
-        out = {"identities": args.identities, "threads": args.threads, "batch_size": args.batch_size,
-               "repeats": args.repeats, "items": n}
+        out = {
+            "identities": args.identities,
+            "threads": args.threads,
+            "batch_size": args.batch_size,
+            "repeats": args.repeats,
+            "items": n,
+        }
         for clock, measured in (("wall", times), ("cpu", cpu)):
             med = {k: statistics.median(v) for k, v in measured.items()}
             rates = {}

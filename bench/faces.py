@@ -141,17 +141,23 @@ def bench_face_group(paths: list[Path], repeats: int) -> dict:
     images = [load_image(p) for p in paths]
     batched = aligner.align_batch(images, letterbox=True)
     totals["align_batch, letterboxed"] = median_ms(
-        lambda: aligner.align_batch([load_image(p) for p in paths], letterbox=True), repeats)
+        lambda: aligner.align_batch([load_image(p) for p in paths], letterbox=True), repeats
+    )
     worst_iou["align_batch, letterboxed"] = min(
         box_iou(plain_align(plain, image)[0], crop.box)
-        for path, image, crop in zip(paths, images, batched) if path.name != "multiface.jpg")
+        for path, image, crop in zip(paths, images, batched)
+        if path.name != "multiface.jpg"
+    )
     n = len(paths)
     return {
         "images": n,
         "ms_per_image": {name: total / n for name, total in totals.items()},
         "images_per_s": {name: 1000.0 * n / total for name, total in totals.items()},
-        "ratio_to_plain": {name: totals["plain MTCNN"] / total for name, total in totals.items()
-                           if not name.startswith("decode")},
+        "ratio_to_plain": {
+            name: totals["plain MTCNN"] / total
+            for name, total in totals.items()
+            if not name.startswith("decode")
+        },
         "min_iou_to_plain": worst_iou,
     }
 
@@ -207,19 +213,25 @@ def main() -> None:
     face_dir = args.data / "media" / "faces" / "facenet_pytorch"
     faces = {}
     with tempfile.TemporaryDirectory() as tmp:
-        groups = {"web portraits (250-800 px)": make_web_portraits(face_dir, Path(tmp)),
-                  "big photos (0.8-4.1 MP)": big_photos(face_dir)}
+        groups = {
+            "web portraits (250-800 px)": make_web_portraits(face_dir, Path(tmp)),
+            "big photos (0.8-4.1 MP)": big_photos(face_dir),
+        }
         for group, paths in groups.items():
             faces[group] = bench_face_group(paths, args.repeats)
     for group, result in faces.items():
-        print(f"faces: {group}, {result['images']} images, 1 torch thread, median of {args.repeats}, "
-              "from the file")
+        print(
+            f"faces: {group}, {result['images']} images, 1 torch thread, median of {args.repeats}, "
+            "from the file"
+        )
         print(f"{'variant':<28}{'ms/image':>10}{'images/s':>10}{'ratio':>8}{'min IoU':>9}")
         for name, ms in result["ms_per_image"].items():
             ratio = result["ratio_to_plain"].get(name)
             iou = result["min_iou_to_plain"].get(name)
-            print(f"{name:<28}{ms:>10.1f}{result['images_per_s'][name]:>10.1f}"
-                  f"{'' if ratio is None else f'{ratio:.2f}':>8}{'' if iou is None else f'{iou:.3f}':>9}")
+            print(
+                f"{name:<28}{ms:>10.1f}{result['images_per_s'][name]:>10.1f}"
+                f"{'' if ratio is None else f'{ratio:.2f}':>8}{'' if iou is None else f'{iou:.3f}':>9}"
+            )
         print()
 
     spectra = bench_spectrograms(args.data, args.repeats)
@@ -237,8 +249,10 @@ def main() -> None:
             f"{row['librosa_file_ms']:>9.2f}{row['librosa_file_ms'] / row['numpy_file_ms']:>8.2f}"
             f"{row['max_abs_db_diff']:>14.1e}"
         )
-    means = {key: statistics.mean(row[key] for row in spectra)
-             for key in ("numpy_ms", "librosa_ms", "numpy_file_ms", "librosa_file_ms")}
+    means = {
+        key: statistics.mean(row[key] for row in spectra)
+        for key in ("numpy_ms", "librosa_ms", "numpy_file_ms", "librosa_file_ms")
+    }
     print(
         f"{'mean':<32}{means['numpy_ms']:>9.2f}{means['librosa_ms']:>9.2f}"
         f"{means['librosa_ms'] / means['numpy_ms']:>8.2f}{means['numpy_file_ms']:>9.2f}"

@@ -37,11 +37,41 @@ def build_data(tmp: Path, identities: int) -> Path:
 
     c = tmp / "corpus"
     synth_corpus(c, identities=identities, clips_per_identity=4, faces_per_identity=4, seed=0)
-    for args in (["build-shards", "--audio", c / "wav", "--faces", c / "faces", "--meta", c / "vox1_meta.csv",
-                  "--out", tmp / "shards", "--no-progress", "-j", "2"],
-                 ["make-tuples", "--shards", tmp / "shards", "--task", "matching", "--split", "train", "--k", "2",
-                  "--direction", "a2v", "--out", tmp / "tuples", "--tuples-per-shard", "100",
-                  "--negatives-per-positive", "60"]):
+    for args in (
+        [
+            "build-shards",
+            "--audio",
+            c / "wav",
+            "--faces",
+            c / "faces",
+            "--meta",
+            c / "vox1_meta.csv",
+            "--out",
+            tmp / "shards",
+            "--no-progress",
+            "-j",
+            "2",
+        ],
+        [
+            "make-tuples",
+            "--shards",
+            tmp / "shards",
+            "--task",
+            "matching",
+            "--split",
+            "train",
+            "--k",
+            "2",
+            "--direction",
+            "a2v",
+            "--out",
+            tmp / "tuples",
+            "--tuples-per-shard",
+            "100",
+            "--negatives-per-positive",
+            "60",
+        ],
+    ):
         res = CliRunner().invoke(main, [str(a) for a in args])
         if res.exit_code:
             raise SystemExit(res.output)
@@ -138,10 +168,19 @@ def main():
         items = index_items(tmp / "shards")
         roots = {"audio": tmp / "corpus" / "wav", "face": tmp / "corpus" / "faces"}
         sources = {k: str(roots[m] / s) for k, m, s in zip(items["key"], items["modality"], items["source"])}
-        tuples = [json.loads(l) for l in (tmp / "tuples" / "index" / "matching_train_a2v_k2.jsonl").read_text().splitlines()]
-        ref = torch.utils.data.DataLoader(ReferenceDataset(tuples, sources), batch_size=B, shuffle=True,
-                                          num_workers=W, collate_fn=collate, drop_last=True,
-                                          generator=torch.Generator().manual_seed(0))
+        tuples = [
+            json.loads(l)
+            for l in (tmp / "tuples" / "index" / "matching_train_a2v_k2.jsonl").read_text().splitlines()
+        ]
+        ref = torch.utils.data.DataLoader(
+            ReferenceDataset(tuples, sources),
+            batch_size=B,
+            shuffle=True,
+            num_workers=W,
+            collate_fn=collate,
+            drop_last=True,
+            generator=torch.Generator().manual_seed(0),
+        )
 
         def ref_loader():
             while True:
@@ -154,21 +193,40 @@ def main():
         model, loss_fn = build_model(cfg), build_loss(cfg)
         model.train()
         opt_g = torch.optim.Adam(model.encoder_parameters(), lr=cfg.lr_start, weight_decay=cfg.weight_decay)
-        opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.lr_dis, weight_decay=cfg.weight_decay)
+        opt_d = torch.optim.Adam(
+            model.discriminator.parameters(), lr=cfg.lr_dis, weight_decay=cfg.weight_decay
+        )
 
         def step(b):  # the step fit runs (D steps + clipping, then the encoder step)
             q, g, lab = inputs(b)
-            train_step(model, loss_fn, opt_g, opt_d, q, g, lab, "a2v", d_steps=cfg.d_steps,
-                       clip_value=cfg.model.clip_value)
+            train_step(
+                model,
+                loss_fn,
+                opt_g,
+                opt_d,
+                q,
+                g,
+                lab,
+                "a2v",
+                d_steps=cfg.d_steps,
+                clip_value=cfg.model.clip_value,
+            )
 
         r_stream_step = rate(stream_loader(), batches, step)
         r_ref_step = rate(ref_loader(), batches, step)
         r_mem_step = rate(iter(memory), batches, step)
 
-    res = {"tuples": n_tuples, "batch_size": B, "workers": W, "timed_batches": batches,
-           "input_only": {"stream": r_stream, "reference": r_ref},
-           "train_step": {"stream": r_stream_step, "reference": r_ref_step, "memory": r_mem_step}}
-    print(f"training input, matching k=2 a2v, batch {B}, {W} workers, {batches} timed batches, 1 torch thread (trainer)")
+    res = {
+        "tuples": n_tuples,
+        "batch_size": B,
+        "workers": W,
+        "timed_batches": batches,
+        "input_only": {"stream": r_stream, "reference": r_ref},
+        "train_step": {"stream": r_stream_step, "reference": r_ref_step, "memory": r_mem_step},
+    }
+    print(
+        f"training input, matching k=2 a2v, batch {B}, {W} workers, {batches} timed batches, 1 torch thread (trainer)"
+    )
     print(f"{'':22}{'input only':>12}{'train step':>12}   tuples/s")
     print(f"{'(a) stream':22}{r_stream:12.1f}{r_stream_step:12.1f}")
     print(f"{'(b) reference-style':22}{r_ref:12.1f}{r_ref_step:12.1f}")

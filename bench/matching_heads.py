@@ -40,21 +40,42 @@ def main():
     for head in args.head or MATCHING_HEADS:
         # Until the nested config carries model.head into build_model (`--set model.head=...`),
         # the head is chosen here; evaluate's load_run uses the same build_model.
-        train.build_model = lambda cfg, head=head: AML(ModelConfig(
-            task=cfg.task, k=cfg.k, shared_generator=cfg.shared_generator, clip_value=cfg.clip_value, head=head))
-        cfg = TrainConfig(task="matching", k=3, direction="a2v", epochs=args.epochs, lr_start=0.001,
-                          seed=args.seed, workers=1)
+        train.build_model = lambda cfg, head=head: AML(
+            ModelConfig(
+                task=cfg.task,
+                k=cfg.k,
+                shared_generator=cfg.shared_generator,
+                clip_value=cfg.clip_value,
+                head=head,
+            )
+        )
+        cfg = TrainConfig(
+            task="matching",
+            k=3,
+            direction="a2v",
+            epochs=args.epochs,
+            lr_start=0.001,
+            seed=args.seed,
+            workers=1,
+        )
         run = args.runs / f"{head}-s{args.seed}"
         train.fit(cfg, args.data / "tuples", run, resume=True, progress=False)
         m = evaluate(run, args.data / "shards", args.data / "tuples", echo=None)
         log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
         last = [r["L_cls"] for r in log if r["epoch"] == args.epochs - 1]
         k3 = m["matching"]["a2v"]["k3"]
-        result = {"head": head, "seed": args.seed, "epochs": args.epochs,
-                  "L_cls_last_epoch": round(sum(last) / len(last), 4),
-                  "head_k3_a2v": k3["head"]["value"], "head_k3_a2v_ci95": k3["head"]["ci95"],
-                  **{f"L2_{d}_k{k}": m["matching"][d][f"k{k}"]["value"] for d in ("a2v", "v2a") for k in (2, 3, 10)},
-                  "L2_a2v_k3_ci95": k3["ci95"]}
+        result = {
+            "head": head,
+            "seed": args.seed,
+            "epochs": args.epochs,
+            "L_cls_last_epoch": round(sum(last) / len(last), 4),
+            "head_k3_a2v": k3["head"]["value"],
+            "head_k3_a2v_ci95": k3["head"]["ci95"],
+            **{
+                f"L2_{d}_k{k}": m["matching"][d][f"k{k}"]["value"] for d in ("a2v", "v2a") for k in (2, 3, 10)
+            },
+            "L2_a2v_k3_ci95": k3["ci95"],
+        }
         print(json.dumps(result), flush=True)
         with open(args.runs / "results.jsonl", "a") as f:
             f.write(json.dumps(result) + "\n")

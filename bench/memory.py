@@ -52,8 +52,12 @@ print(json.dumps({"samples": samples, "rejects": rejects, "self_hwm_mb": int(hwm
 
 
 def ffmpeg_exe() -> str:
-    out = subprocess.run([sys.executable, "-c", "import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return out.stdout.strip()
 
 
@@ -64,7 +68,9 @@ def ffmpeg(exe: str, *args: str) -> None:
 def one_hz_wav(path: Path) -> None:
     data = bytes(range(256)) * 32  # 8 KB of PCM16
     fmt = struct.pack("<HHIIHH", 1, 1, 1, 2, 2, 16)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    body = (
+        b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    )
     path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
 
 
@@ -73,16 +79,58 @@ def make_inputs(tmp: Path, exe: str, minutes: int) -> dict[str, tuple[str, Path]
     inputs = tmp / "inputs"
     inputs.mkdir()
     long_wav = inputs / f"long_{minutes}min.wav"
-    ffmpeg(exe, "-f", "lavfi", "-i", f"anoisesrc=d={minutes * 60}:c=pink:r=16000:a=0.2", "-ac", "1",
-           "-c:a", "pcm_s16le", str(long_wav))
+    ffmpeg(
+        exe,
+        "-f",
+        "lavfi",
+        "-i",
+        f"anoisesrc=d={minutes * 60}:c=pink:r=16000:a=0.2",
+        "-ac",
+        "1",
+        "-c:a",
+        "pcm_s16le",
+        str(long_wav),
+    )
     one_hz = inputs / "one_hz.wav"
     one_hz_wav(one_hz)
     huge = inputs / "huge_8000.mp4"
-    ffmpeg(exe, "-f", "lavfi", "-i", "color=c=gray:s=8000x8000:r=1", "-t", "8", "-c:v", "libx264",
-           "-preset", "ultrafast", "-crf", "51", "-pix_fmt", "yuv420p", str(huge))
+    ffmpeg(
+        exe,
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=gray:s=8000x8000:r=1",
+        "-t",
+        "8",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-crf",
+        "51",
+        "-pix_fmt",
+        "yuv420p",
+        str(huge),
+    )
     large = inputs / "large_4096.mp4"
-    ffmpeg(exe, "-f", "lavfi", "-i", "testsrc=s=4096x4096:r=1", "-t", "8", "-c:v", "libx264",
-           "-preset", "ultrafast", "-crf", "40", "-pix_fmt", "yuv420p", str(large))
+    ffmpeg(
+        exe,
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc=s=4096x4096:r=1",
+        "-t",
+        "8",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-crf",
+        "40",
+        "-pix_fmt",
+        "yuv420p",
+        str(large),
+    )
     short_wav = min((SHARED / "voice" / "voxceleb1_named").glob("*.wav"))
     short_mp4 = min((SHARED / "video" / "hdtf_talking").glob("*.mp4"))
     return {
@@ -111,13 +159,24 @@ def run_case(repo: Path, tmp: Path, tag: str, root: str, media: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(repo)}
     start = time.perf_counter()
     with open(corpus / "stdout", "wb") as out, open(corpus / "stderr", "wb") as err:
-        child = subprocess.Popen([sys.executable, "-c", RUN_ONE, json.dumps(args)], cwd=repo, env=env,
-                                 stdout=out, stderr=err, preexec_fn=_limit_address_space)  # noqa: PLW1509 - no threads here
+        child = subprocess.Popen(
+            [sys.executable, "-c", RUN_ONE, json.dumps(args)],
+            cwd=repo,
+            env=env,
+            stdout=out,
+            stderr=err,
+            preexec_fn=_limit_address_space,
+        )  # noqa: PLW1509 - no threads here
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
-    result = {"case": tag, "file_bytes": media.stat().st_size, "peak_rss_mb": usage.ru_maxrss / 1024,
-              "wall_s": wall, "exit": child.returncode}
+    result = {
+        "case": tag,
+        "file_bytes": media.stat().st_size,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "wall_s": wall,
+        "exit": child.returncode,
+    }
     if child.returncode == 0:
         result |= json.loads((corpus / "stdout").read_text().strip().splitlines()[-1])
     else:
@@ -128,8 +187,10 @@ def run_case(repo: Path, tmp: Path, tag: str, root: str, media: Path) -> dict:
 
 def table(results: list[dict]) -> str:
     """Markdown table: peak RSS of the build's process tree and of the build process alone."""
-    lines = ["| input | file size | peak RSS MB (tree) | vs baseline MB | build process VmHWM MB | build result | wall s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| input | file size | peak RSS MB (tree) | vs baseline MB | build process VmHWM MB | build result | wall s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         if r["exit"] != 0:
             outcome = f"build failed: {' '.join(r['error'])[:120]}"
@@ -141,13 +202,17 @@ def table(results: list[dict]) -> str:
         size = r["file_bytes"]
         size_text = f"{size / 2**20:.1f} MB" if size >= 2**20 else f"{size / 1024:.0f} KB"
         hwm = f"{r['self_hwm_mb']:.0f}" if "self_hwm_mb" in r else "-"
-        lines.append(f"| {r['case']} | {size_text} | {r['peak_rss_mb']:.0f} | {r['delta_mb']:+.0f} | {hwm} | "
-                     f"{outcome} | {r['wall_s']:.1f} |")
+        lines.append(
+            f"| {r['case']} | {size_text} | {r['peak_rss_mb']:.0f} | {r['delta_mb']:+.0f} | {hwm} | "
+            f"{outcome} | {r['wall_s']:.1f} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repo", type=Path, default=REPO, help="checkout whose avdata is measured")
     parser.add_argument("--minutes", type=int, default=60, help="length of the long wav")
     parser.add_argument("--only", action="append", default=None, help="run only cases containing this text")

@@ -55,12 +55,17 @@ def main():
     from avtrain.evaluate import embed_items, load_run
 
     shards = args.demo / "shards-matching"
-    att = {a["vox_id"]: a for a in json.loads((args.demo / "corpus" / "attributes.json").read_text())["identities"]}
+    att = {
+        a["vox_id"]: a
+        for a in json.loads((args.demo / "corpus" / "attributes.json").read_text())["identities"]
+    }
     items = index_items(shards).sort_values("key", kind="mergesort")
     items = items[items.groupby(["vox_id", "modality"]).cumcount() < args.per_identity]
     split_of = dict(zip(items["vox_id"], items["split"]))
-    print(f"{args.demo}: R^2 on test identities of a ridge fit on training identities "
-          f"({args.per_identity} items per identity and modality)")
+    print(
+        f"{args.demo}: R^2 on test identities of a ridge fit on training identities "
+        f"({args.per_identity} items per identity and modality)"
+    )
 
     if args.spectrum:
         audio = items[items["modality"] == "audio"]
@@ -72,8 +77,12 @@ def main():
             modulation = np.abs(np.fft.rfft(energy - energy.mean()))[:40]
             X.append(np.r_[x[:, loud].mean(1), np.log(modulation + 1e-3)])
         split = audio["split"].to_numpy()
-        print(line("spectrum (no model)", r2_on_test(np.array(X), targets(att, audio["vox_id"]),
-                                                     split == "train", split == "test")))
+        print(
+            line(
+                "spectrum (no model)",
+                r2_on_test(np.array(X), targets(att, audio["vox_id"]), split == "train", split == "test"),
+            )
+        )
 
     model, _state, _cfg = load_run(args.run or args.demo / "runs" / "aml", torch.device("cpu"))
     emb = embed_items(model, items, shards, 64, torch.device("cpu"), keep_features=set(items["key"]))
@@ -82,7 +91,11 @@ def main():
             keys, ids = emb.keys[modality], emb.ids[modality]
             X = emb.h[modality] if what == "h" else np.stack([emb.features[modality][k] for k in keys])
             split = np.array([split_of[i] for i in ids])
-            print(line(f"{modality} {what}", r2_on_test(X, targets(att, ids), split == "train", split == "test")))
+            print(
+                line(
+                    f"{modality} {what}", r2_on_test(X, targets(att, ids), split == "train", split == "test")
+                )
+            )
 
 
 if __name__ == "__main__":

@@ -112,8 +112,14 @@ out["loader"] = {"s": time.perf_counter() - t, "rss_mb": rss_mb(), "rss_worker_m
 def run_stage(stage: str, **args) -> dict:
     env = os.environ | {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     code = PRELUDE + STAGES[stage] + "\nprint(json.dumps(out))\n"
-    res = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True,
-                         cwd=REPO, env=env, check=False)
+    res = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        check=False,
+    )
     if res.returncode != 0:
         raise SystemExit(f"stage {stage} failed:\n{res.stdout[-1500:]}\n{res.stderr[-3000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])
@@ -139,8 +145,16 @@ def make_tree(root: Path, fraction: float, clips: int, faces: int) -> dict:
     return {"identities": len(picked), "files": len(picked) * (clips + faces)}
 
 
-def one_scale(tmp: Path, fraction: float, clips: int, faces: int, jobs: int, shard_size: int, n_boot: int,
-              sets_per_identity: int) -> dict:
+def one_scale(
+    tmp: Path,
+    fraction: float,
+    clips: int,
+    faces: int,
+    jobs: int,
+    shard_size: int,
+    n_boot: int,
+    sets_per_identity: int,
+) -> dict:
     root = tmp / f"f{fraction:g}"
     tree = make_tree(root, fraction, clips, faces)
     roots = {"meta": str(META), "audio": str(root / "wav"), "faces": str(root / "faces")}
@@ -149,21 +163,63 @@ def one_scale(tmp: Path, fraction: float, clips: int, faces: int, jobs: int, sha
     stages |= run_stage("build", **roots, out=str(root / "shards"), shard_size=shard_size, jobs=jobs)
     b = stages.pop("build")
     pre = sum(stages[k]["s"] for k in ("scan", "splits", "plan"))
-    stages["extract+write"] = {"s": b["s"] - pre, "rss_mb": b["rss_mb"], "rss_worker_mb": b["rss_worker_mb"],
-                               "items": b["items"], "samples": b["samples"], "rejects": b["rejects"]}
+    stages["extract+write"] = {
+        "s": b["s"] - pre,
+        "rss_mb": b["rss_mb"],
+        "rss_worker_mb": b["rss_worker_mb"],
+        "items": b["items"],
+        "samples": b["samples"],
+        "rejects": b["rejects"],
+    }
     shards = str(root / "shards")
     make = ["make-tuples", "--shards", shards]
     for name, argv in (
-        ("tuples-train-k2", make + ["--task", "matching", "--split", "train", "--k", "2", "--direction", "a2v",
-                                    "--out", str(root / "tuples-train")]),
-        ("tuples-test-k2-10", make + ["--task", "matching", "--split", "test", "--k", "2-10", "--sets-per-identity",
-                                      str(sets_per_identity), "--out", str(root / "tuples-test")]),
+        (
+            "tuples-train-k2",
+            make
+            + [
+                "--task",
+                "matching",
+                "--split",
+                "train",
+                "--k",
+                "2",
+                "--direction",
+                "a2v",
+                "--out",
+                str(root / "tuples-train"),
+            ],
+        ),
+        (
+            "tuples-test-k2-10",
+            make
+            + [
+                "--task",
+                "matching",
+                "--split",
+                "test",
+                "--k",
+                "2-10",
+                "--sets-per-identity",
+                str(sets_per_identity),
+                "--out",
+                str(root / "tuples-test"),
+            ],
+        ),
         # one directory each: make-tuples re-checks every list already in its --out
-        ("tuples-verification", make + ["--task", "verification", "--split", "test", "--out", str(root / "tuples-verif")]),
-        ("tuples-retrieval", make + ["--task", "retrieval", "--split", "test", "--out", str(root / "tuples-retr")]),
+        (
+            "tuples-verification",
+            make + ["--task", "verification", "--split", "test", "--out", str(root / "tuples-verif")],
+        ),
+        (
+            "tuples-retrieval",
+            make + ["--task", "retrieval", "--split", "test", "--out", str(root / "tuples-retr")],
+        ),
     ):
         stages |= run_stage("tuples", argv=argv, name=name, out=argv[-1])
-    stages |= run_stage("evaluate", run=str(root / "run"), shards=shards, tuples=str(root / "tuples-test"), n_boot=n_boot)
+    stages |= run_stage(
+        "evaluate", run=str(root / "run"), shards=shards, tuples=str(root / "tuples-test"), n_boot=n_boot
+    )
     stages |= run_stage("loader", tuples=str(root / "tuples-train"))
     # tuples drawn per list, from the index files
     counts = {}
@@ -175,25 +231,42 @@ def one_scale(tmp: Path, fraction: float, clips: int, faces: int, jobs: int, sha
     return res
 
 
-def build_rates(tmp: Path, fraction: float, clips: int, faces: int, jobs: int, shard_size: int,
-                which: str = "audio,faces,both,dask") -> dict:
+def build_rates(
+    tmp: Path,
+    fraction: float,
+    clips: int,
+    faces: int,
+    jobs: int,
+    shard_size: int,
+    which: str = "audio,faces,both,dask",
+) -> dict:
     """Per-modality extraction rates for the extrapolation: audio-only and faces-only builds
     on one core (-j 1), and the whole tree with -j J under multiprocessing and under Dask."""
     root = tmp / f"rates-f{fraction:g}"
     tree = make_tree(root, fraction, clips, faces)
     meta = {"meta": str(META), "shard_size": shard_size}
     out = {"fraction": fraction, **tree}
-    for name, roots, j, dist in (("audio -j 1", {"audio": str(root / "wav")}, 1, "multiprocessing"),
-                                 ("faces -j 1", {"faces": str(root / "faces")}, 1, "multiprocessing"),
-                                 (f"both -j {jobs}", {"audio": str(root / "wav"), "faces": str(root / "faces")}, jobs,
-                                  "multiprocessing"),
-                                 (f"both dask -j {jobs}", {"audio": str(root / "wav"), "faces": str(root / "faces")}, jobs,
-                                  "dask")):
+    for name, roots, j, dist in (
+        ("audio -j 1", {"audio": str(root / "wav")}, 1, "multiprocessing"),
+        ("faces -j 1", {"faces": str(root / "faces")}, 1, "multiprocessing"),
+        (
+            f"both -j {jobs}",
+            {"audio": str(root / "wav"), "faces": str(root / "faces")},
+            jobs,
+            "multiprocessing",
+        ),
+        (f"both dask -j {jobs}", {"audio": str(root / "wav"), "faces": str(root / "faces")}, jobs, "dask"),
+    ):
         if name.split()[0 if "dask" not in name else 1] not in which.split(","):
             continue
-        b = run_stage("build", **meta, **roots, out=str(root / name.replace(" ", "_")), jobs=j, distributor=dist)["build"]
+        b = run_stage(
+            "build", **meta, **roots, out=str(root / name.replace(" ", "_")), jobs=j, distributor=dist
+        )["build"]
         out[name] = b | {"items_per_s": b["items"] / b["s"]}
-        print(f"{name}: {b['items']} files in {b['s']:.1f} s = {b['items'] / b['s']:.1f} files/s", file=sys.stderr)
+        print(
+            f"{name}: {b['items']} files in {b['s']:.1f} s = {b['items'] / b['s']:.1f} files/s",
+            file=sys.stderr,
+        )
     return out
 
 
@@ -201,24 +274,36 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=2, help="voice clips per identity")
     ap.add_argument("--faces", type=int, default=1, help="face photos per identity")
-    ap.add_argument("--sets-per-identity", type=int, default=10, help="make-tuples test k>2 tuples per identity")
+    ap.add_argument(
+        "--sets-per-identity", type=int, default=10, help="make-tuples test k>2 tuples per identity"
+    )
     ap.add_argument("--fractions", default="0.1,0.5,1", help="fractions of the 1,251 identities")
     ap.add_argument("-j", "--jobs", type=int, default=2, help="build-shards worker processes")
     ap.add_argument("--shard-size", type=int, default=500)
     ap.add_argument("--bootstrap", type=int, default=200, help="evaluate's bootstrap resamples")
-    ap.add_argument("--rates-only", action="store_true",
-                    help="only the per-modality build rates (-j 1) and -j J vs Dask, at the first fraction")
-    ap.add_argument("--rates-builds", default="audio,faces,both,dask", help="which --rates-only builds to run")
+    ap.add_argument(
+        "--rates-only",
+        action="store_true",
+        help="only the per-modality build rates (-j 1) and -j J vs Dask, at the first fraction",
+    )
+    ap.add_argument(
+        "--rates-builds", default="audio,faces,both,dask", help="which --rates-only builds to run"
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     fractions = [float(f) for f in args.fractions.split(",")]
     started, load_at_start = time.time(), os.getloadavg()
     if args.rates_only:
         with tempfile.TemporaryDirectory(prefix="avmatch-scale-") as tmp:
-            rates = build_rates(Path(tmp), fractions[0], args.clips, args.faces, args.jobs, args.shard_size,
-                                args.rates_builds)
-        report = {"command": "bench/scale.py " + " ".join(sys.argv[1:]), "load_avg_at_start": load_at_start,
-                  "load_avg_at_end": os.getloadavg(), "rates": rates}
+            rates = build_rates(
+                Path(tmp), fractions[0], args.clips, args.faces, args.jobs, args.shard_size, args.rates_builds
+            )
+        report = {
+            "command": "bench/scale.py " + " ".join(sys.argv[1:]),
+            "load_avg_at_start": load_at_start,
+            "load_avg_at_end": os.getloadavg(),
+            "rates": rates,
+        }
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
         return
@@ -226,23 +311,51 @@ def main():
         results = []
         for f in fractions:
             t = time.perf_counter()
-            results.append(one_scale(Path(tmp), f, args.clips, args.faces, args.jobs, args.shard_size, args.bootstrap,
-                                     args.sets_per_identity))
-            print(f"fraction {f:g}: {results[-1]['files']} files, {time.perf_counter() - t:.0f} s", file=sys.stderr)
-    report = {"command": "bench/scale.py " + " ".join(sys.argv[1:]), "started": started, "cpus": os.cpu_count(),
-              "load_avg_at_start": load_at_start,
-              "load_avg_at_end": os.getloadavg(), "wall_s": time.time() - started, "results": results}
+            results.append(
+                one_scale(
+                    Path(tmp),
+                    f,
+                    args.clips,
+                    args.faces,
+                    args.jobs,
+                    args.shard_size,
+                    args.bootstrap,
+                    args.sets_per_identity,
+                )
+            )
+            print(
+                f"fraction {f:g}: {results[-1]['files']} files, {time.perf_counter() - t:.0f} s",
+                file=sys.stderr,
+            )
+    report = {
+        "command": "bench/scale.py " + " ".join(sys.argv[1:]),
+        "started": started,
+        "cpus": os.cpu_count(),
+        "load_avg_at_start": load_at_start,
+        "load_avg_at_end": os.getloadavg(),
+        "wall_s": time.time() - started,
+        "results": results,
+    }
     lo, hi = results[0], results[-1]
     scale = hi["files"] / lo["files"]
-    print(f"\n{'stage':22s} " + " ".join(f"{'s@' + format(r['fraction'], 'g'):>9s}" for r in results)
-          + f" {'growth':>7s} (files x{scale:.1f})  " + " ".join(f"{'MB@' + format(r['fraction'], 'g'):>8s}" for r in results))
+    print(
+        f"\n{'stage':22s} "
+        + " ".join(f"{'s@' + format(r['fraction'], 'g'):>9s}" for r in results)
+        + f" {'growth':>7s} (files x{scale:.1f})  "
+        + " ".join(f"{'MB@' + format(r['fraction'], 'g'):>8s}" for r in results)
+    )
     growth = {}
     for stage in hi["stages"]:
         ts = [r["stages"][stage]["s"] for r in results]
         rss = [r["stages"][stage]["rss_mb"] for r in results]
         growth[stage] = ts[-1] / ts[0] if ts[0] > 0 else float("nan")
-        print(f"{stage:22s} " + " ".join(f"{t:9.2f}" for t in ts) + f" {growth[stage]:7.1f}"
-              + " " * 22 + " ".join(f"{m:8.0f}" for m in rss))
+        print(
+            f"{stage:22s} "
+            + " ".join(f"{t:9.2f}" for t in ts)
+            + f" {growth[stage]:7.1f}"
+            + " " * 22
+            + " ".join(f"{m:8.0f}" for m in rss)
+        )
     report["growth"] = growth
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")

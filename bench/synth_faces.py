@@ -47,11 +47,15 @@ def main():
                 aligned += 1
             except InputError:
                 pass
-        print(f"synthetic corpus: {args.identities} identities, seed {args.seed}, generated in {synth_s:.1f} s")
+        print(
+            f"synthetic corpus: {args.identities} identities, seed {args.seed}, generated in {synth_s:.1f} s"
+        )
         print(f"photos: {hits}/{len(photos)} detected = {hits / len(photos):.1%} (plain MTCNN)")
         print(f"photos: {aligned}/{len(photos)} aligned = {aligned / len(photos):.1%} (FaceAligner)")
         if args.videos:
-            frames = [f for v in sorted(Path(tmp, "mp4").rglob("*.mp4")) for f in decode_video_frames(v, fps=1.0)]
+            frames = [
+                f for v in sorted(Path(tmp, "mp4").rglob("*.mp4")) for f in decode_video_frames(v, fps=1.0)
+            ]
             fh = sum(mtcnn.detect(Image.fromarray(f))[0] is not None for f in frames)
             print(f"video frames (1 fps): {fh}/{len(frames)} detected = {fh / len(frames):.1%}")
 

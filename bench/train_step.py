@@ -18,7 +18,7 @@ import torch
 
 
 def make_batch(task: str, k: int, B: int, device):
-    q = torch.randn(B, 1, 224, 125, device=device) * 20 - 40   # dB-like spectrograms
+    q = torch.randn(B, 1, 224, 125, device=device) * 20 - 40  # dB-like spectrograms
     g = torch.rand(B, k, 3, 224, 224, device=device) * 2 - 1  # normalised faces
     labels = torch.randint(0, 2 if task == "verification" else k, (B,), device=device)
     return q, g, labels
@@ -41,11 +41,26 @@ def run(task: str, k: int, B: int, steps: int, device, adversarial: bool, amp: b
     q, g, lab = make_batch(task, cfg.k, B, device)
     if cuda:
         q = q.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if (cuda and amp) else torch.autocast("cpu", enabled=False)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if (cuda and amp)
+        else torch.autocast("cpu", enabled=False)
+    )
 
     def step():
-        train_step(model, loss_fn, opt_g, opt_d, q, g if cfg.k > 1 else g[:, 0], lab, "a2v", d_steps=cfg.d_steps,
-                   clip_value=cfg.model.clip_value, autocast=autocast)
+        train_step(
+            model,
+            loss_fn,
+            opt_g,
+            opt_d,
+            q,
+            g if cfg.k > 1 else g[:, 0],
+            lab,
+            "a2v",
+            d_steps=cfg.d_steps,
+            clip_value=cfg.model.clip_value,
+            autocast=autocast,
+        )
 
     for _ in range(2):
         step()
@@ -78,7 +93,9 @@ def main():
     print(f"AML training steps, batch {args.batch_size}, {name}")
     print(f"{'':18}{'AML tuples/s':>14}{'no-adv tuples/s':>17}{'ratio':>8}{'s/tuple':>10}")
     for k, r in rows.items():
-        print(f"{k:18}{r['aml']:14.1f}{r['no_adversarial']:17.1f}{r['aml'] / r['no_adversarial']:8.2f}{1 / r['aml']:10.4f}")
+        print(
+            f"{k:18}{r['aml']:14.1f}{r['no_adversarial']:17.1f}{r['aml'] / r['no_adversarial']:8.2f}{1 / r['aml']:10.4f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps({"device": name, "rows": rows}, indent=1))
 

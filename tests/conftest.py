@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One intra-op torch thread for a test module, restored afterwards. The tests' tiny CPU
@@ -80,10 +81,37 @@ def train_tuples(tmp_path_factory):
     root = tmp_path_factory.mktemp("train_tuples")
     synth_corpus(root / "corpus", identities=12, clips_per_identity=3, faces_per_identity=3, seed=5)
     c = root / "corpus"
-    for args in (["build-shards", "--audio", c / "wav", "--faces", c / "faces", "--meta", c / "vox1_meta.csv",
-                  "--out", root / "shards", "--no-progress"],
-                 ["make-tuples", "--shards", root / "shards", "--task", "matching", "--split", "train", "--k", "2",
-                  "--direction", "a2v", "--out", root / "tuples", "--tuples-per-shard", "16"]):
+    for args in (
+        [
+            "build-shards",
+            "--audio",
+            c / "wav",
+            "--faces",
+            c / "faces",
+            "--meta",
+            c / "vox1_meta.csv",
+            "--out",
+            root / "shards",
+            "--no-progress",
+        ],
+        [
+            "make-tuples",
+            "--shards",
+            root / "shards",
+            "--task",
+            "matching",
+            "--split",
+            "train",
+            "--k",
+            "2",
+            "--direction",
+            "a2v",
+            "--out",
+            root / "tuples",
+            "--tuples-per-shard",
+            "16",
+        ],
+    ):
         res = CliRunner().invoke(main, [str(a) for a in args])
         assert res.exit_code == 0, res.output
     return root / "tuples"

@@ -75,9 +75,7 @@ def test_windows_are_consecutive_slices_of_one_stft(real_wavs):
     y, _ = librosa.load(longest, sr=22050)
     y = y - y.mean()
     y = np.append(y[0], y[1:] - 0.97 * y[:-1])
-    full = librosa.amplitude_to_db(
-        np.abs(librosa.stft(y, n_fft=2048, hop_length=512)), ref=np.max, top_db=80
-    )
+    full = librosa.amplitude_to_db(np.abs(librosa.stft(y, n_fft=2048, hop_length=512)), ref=np.max, top_db=80)
     for k in range(3):
         assert np.abs(windows[k] - full[:224, 125 * k : 125 * (k + 1)]).max() <= 1e-3
 

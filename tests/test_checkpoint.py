@@ -84,7 +84,9 @@ def _damage(kind: str, path: Path, marker: Path) -> str:
         with zipfile.ZipFile(path) as z:
             members = {n: z.read(n) for n in z.namelist()}
         name = next(n for n in members if n.endswith("data.pkl"))
-        members[name] = pickle.dumps({"config": Boom(str(marker)), "model": {}, "epoch": 1, "step": 1}, protocol=2)
+        members[name] = pickle.dumps(
+            {"config": Boom(str(marker)), "model": {}, "epoch": 1, "step": 1}, protocol=2
+        )
         with zipfile.ZipFile(path, "w") as z:
             for n, data in members.items():
                 z.writestr(n, data)
@@ -126,7 +128,9 @@ def test_bad_checkpoint_is_one_line_everywhere(trained, train_tuples, tmp_path, 
     from avdata.cli import main as avdata_main
 
     run = _copy(trained, tmp_path)
-    res = CliRunner().invoke(avdata_main, ["manifest", "update", str(run), "--out", str(tmp_path / "good.json")])
+    res = CliRunner().invoke(
+        avdata_main, ["manifest", "update", str(run), "--out", str(tmp_path / "good.json")]
+    )
     assert res.exit_code == 0, res.output
     marker = tmp_path / "pwned"
     phrase = _damage(kind, run / LAST, marker)
@@ -135,9 +139,27 @@ def test_bad_checkpoint_is_one_line_everywhere(trained, train_tuples, tmp_path, 
     shards = train_tuples.parent / "shards"
     runs = {
         "evaluate": ["evaluate", "--run", str(run), "--shards", str(shards), "--tuples", str(train_tuples)],
-        "resume": ["fit", "--shards", str(train_tuples), "--out", str(run), "--resume", "--epochs", "1",
-                   "--no-progress", "--seed", "2", "--set", "batch_size=8", "--set", "workers=0", "--set", "threads=1",
-                   "--set", "max_steps_per_epoch=2"],
+        "resume": [
+            "fit",
+            "--shards",
+            str(train_tuples),
+            "--out",
+            str(run),
+            "--resume",
+            "--epochs",
+            "1",
+            "--no-progress",
+            "--seed",
+            "2",
+            "--set",
+            "batch_size=8",
+            "--set",
+            "workers=0",
+            "--set",
+            "threads=1",
+            "--set",
+            "max_steps_per_epoch=2",
+        ],
     }
     before = sha256_file(run / LAST)
     for name, args in runs.items():
@@ -146,15 +168,28 @@ def test_bad_checkpoint_is_one_line_everywhere(trained, train_tuples, tmp_path, 
         assert res.output.startswith("Error: ") and res.output.count("\n") == 1, (name, res.output)
         assert phrase in res.output, (name, res.output)
     assert sha256_file(run / LAST) == before  # a refused resume wrote nothing
-    for args in (["verify", str(run), "--against", str(tmp_path / "good.json")],
-                 ["update", str(run), "--out", str(tmp_path / "m.json")]):
+    for args in (
+        ["verify", str(run), "--against", str(tmp_path / "good.json")],
+        ["update", str(run), "--out", str(tmp_path / "m.json")],
+    ):
         res = CliRunner().invoke(avdata_main, ["manifest", *args])
         assert res.exit_code == 1 and res.output.count("\n") == 1 and phrase in res.output, res.output
     assert not marker.exists()
 
 
 def test_evaluate_best_without_validation_says_so(trained, train_tuples):
-    res = CliRunner().invoke(avtrain_main, ["evaluate", "--run", str(trained), "--checkpoint", BEST.split(".")[0],
-                                            "--shards", str(train_tuples.parent / "shards"),
-                                            "--tuples", str(train_tuples)])
+    res = CliRunner().invoke(
+        avtrain_main,
+        [
+            "evaluate",
+            "--run",
+            str(trained),
+            "--checkpoint",
+            BEST.split(".")[0],
+            "--shards",
+            str(train_tuples.parent / "shards"),
+            "--tuples",
+            str(train_tuples),
+        ],
+    )
     assert res.exit_code == 1 and "no best.pt" in res.output and res.output.count("\n") == 1

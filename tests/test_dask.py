@@ -23,13 +23,28 @@ BUILD_TIMEOUT_S = 300  # a bound, not an expectation: the builds take ~10-30 s
 
 
 def tar_hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*.tar"))}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*.tar"))
+    }
 
 
 def build_args(corpus: Path, out: Path, *extra: str) -> list[str]:
-    return ["build-shards", "--audio", str(corpus / "wav"), "--faces", str(corpus / "faces"),
-            "--meta", str(corpus / "vox1_meta.csv"), "--out", str(out), "--shard-size", "2", "--no-progress", *extra]
+    return [
+        "build-shards",
+        "--audio",
+        str(corpus / "wav"),
+        "--faces",
+        str(corpus / "faces"),
+        "--meta",
+        str(corpus / "vox1_meta.csv"),
+        "--out",
+        str(out),
+        "--shard-size",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +87,9 @@ def test_dask_local_cluster_matches_j1(corpus, built_j1, tmp_path):
 
 def _executing(client) -> dict[str, list[str]]:
     """Worker address -> keys of the tasks it is running now (asked of the workers themselves)."""
-    answers = client.run(lambda dask_worker: [ts.key for ts in dask_worker.state.executing], on_error="return")
+    answers = client.run(
+        lambda dask_worker: [ts.key for ts in dask_worker.state.executing], on_error="return"
+    )
     return {addr: keys for addr, keys in answers.items() if isinstance(keys, list)}
 
 
@@ -96,8 +113,10 @@ def test_dask_worker_sigkilled_mid_shard(corpus, built_j1, tmp_path):
 
     out = tmp_path / "dask-killed"
     # the build joins this cluster through a scheduler file, as on a shared-filesystem cluster
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster, set_as_default=False) as client:
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         scheduler_file = tmp_path / "scheduler.json"
         scheduler_file.write_text(json.dumps({"address": cluster.scheduler_address}))
         pid_of = _worker_pids(client)
@@ -105,8 +124,15 @@ def test_dask_worker_sigkilled_mid_shard(corpus, built_j1, tmp_path):
 
         def run():
             try:
-                build_shards(out, corpus / "vox1_meta.csv", audio=corpus / "wav", faces=corpus / "faces",
-                             config=BuildConfig(shard_size=2), distributor="dask", scheduler=str(scheduler_file))
+                build_shards(
+                    out,
+                    corpus / "vox1_meta.csv",
+                    audio=corpus / "wav",
+                    faces=corpus / "faces",
+                    config=BuildConfig(shard_size=2),
+                    distributor="dask",
+                    scheduler=str(scheduler_file),
+                )
             except BaseException as exc:  # noqa: BLE001 - handed to the test thread
                 errors.append(exc)
 
@@ -143,8 +169,9 @@ def test_dask_unreachable_scheduler_is_one_line_error(corpus, tmp_path, monkeypa
     import avdata.distribute_dask as dd
 
     monkeypatch.setattr(dd, "CONNECT_TIMEOUT_S", 2)  # a closed port: fail in 2 s rather than 30
-    res = CliRunner().invoke(main, build_args(corpus, tmp_path / "o", "--distributor", "dask",
-                                              "--scheduler", "tcp://127.0.0.1:9"))
+    res = CliRunner().invoke(
+        main, build_args(corpus, tmp_path / "o", "--distributor", "dask", "--scheduler", "tcp://127.0.0.1:9")
+    )
     assert res.exit_code == 1
     assert res.output.startswith("Error: cannot reach the Dask scheduler tcp://127.0.0.1:9")
     assert len(res.output.strip().splitlines()) == 1
@@ -170,8 +197,10 @@ def test_worker_with_other_versions_is_refused():
 
     from avdata.distribute_dask import ClusterError, check_worker_versions
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster, set_as_default=False) as client:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
         check_worker_versions(client)  # the same environment: accepted
         client.run(_pretend_other_numpy)
         with pytest.raises(ClusterError, match=r"has numpy 0.0-worker, this client \d"):

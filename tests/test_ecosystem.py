@@ -25,10 +25,17 @@ def _doc_snippets() -> list[str]:
 
 def _run_outside_avmatch(code: str, cwd: Path) -> str:
     """Run code in a new interpreter; fail if it imported avmatch."""
-    probe = code + "\nimport sys\nassert not [m for m in sys.modules if m.split('.')[0] in ('avdata', 'avtrain')]\n"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"HF_DATASETS_OFFLINE": "1",
-                                                                     "HF_HOME": str(cwd / ".hf")}
-    res = subprocess.run([sys.executable, "-c", probe], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    probe = (
+        code
+        + "\nimport sys\nassert not [m for m in sys.modules if m.split('.')[0] in ('avdata', 'avtrain')]\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_HOME": str(cwd / ".hf"),
+    }
+    res = subprocess.run(
+        [sys.executable, "-c", probe], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout
 
@@ -44,8 +51,10 @@ def test_brace_patterns():
     assert brace_pattern("train", "face", [0, 1, 2]) == "train/face-{000000..000002}.tar"
     assert brace_pattern("val", "audio", [0, 2]) == "val/audio-{000000,000002}.tar"
     shards = {"test/audio-000000.tar": {}, "test/audio-000001.tar": {}, "train/face-000000.tar": {}}
-    assert shard_patterns(shards) == {"test/audio": "test/audio-{000000..000001}.tar",
-                                      "train/face": "train/face-000000.tar"}
+    assert shard_patterns(shards) == {
+        "test/audio": "test/audio-{000000..000001}.tar",
+        "train/face": "train/face-000000.tar",
+    }
 
 
 def test_build_writes_conventions_consistent_with_manifest(shard_root):
@@ -53,7 +62,9 @@ def test_build_writes_conventions_consistent_with_manifest(shard_root):
 
     s = shard_root / "shards"
     manifest = json.loads((s / "manifest.json").read_text())
-    assert set(manifest["patterns"]) == {f"{sp}/{m}" for sp in ("train", "val", "test") for m in ("audio", "face")}
+    assert set(manifest["patterns"]) == {
+        f"{sp}/{m}" for sp in ("train", "val", "test") for m in ("audio", "face")
+    }
     for key, pattern in manifest["patterns"].items():
         split, modality = key.split("/")
         names = sorted(n for n in manifest["shards"] if n.startswith(f"{split}/{modality}-"))
@@ -74,8 +85,10 @@ def test_doc_snippets_run_without_avmatch(shard_root):
     snippets = _doc_snippets()
     assert len(snippets) == 3
     webdataset_snippet, sizes_snippet, hf_snippet = snippets
-    out = _run_outside_avmatch(webdataset_snippet + "\nprint(face.shape, face.dtype, spec.shape, spec.dtype, type(meta).__name__)",
-                               shard_root)
+    out = _run_outside_avmatch(
+        webdataset_snippet + "\nprint(face.shape, face.dtype, spec.shape, spec.dtype, type(meta).__name__)",
+        shard_root,
+    )
     assert out.split() == ["(224,", "224,", "3)", "uint8", "(224,", "125)", "float32", "dict"]
     out = _run_outside_avmatch(sizes_snippet + "\nprint(n_faces)", shard_root)
     manifest = json.loads((shard_root / "shards" / "manifest.json").read_text())
@@ -88,7 +101,8 @@ def test_hugging_face_datasets_keeps_every_column(shard_root):
         hf_snippet + "\nimport numpy as np\n"
         "print(sorted(faces.column_names), faces[0]['jpg'].size, len(faces))\n"
         "print(sorted(spectrograms.column_names), np.asarray(spectrograms[0]['npy']).shape, len(spectrograms))",
-        shard_root)
+        shard_root,
+    )
     face_line, audio_line = out.strip().splitlines()
     manifest = json.loads((shard_root / "shards" / "manifest.json").read_text())
     train = manifest["splits"]["train"]["samples"]

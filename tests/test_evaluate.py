@@ -43,30 +43,89 @@ def setup(train_tuples, tmp_path_factory):
     shards = root / "shards"
     tmp = tmp_path_factory.mktemp("evaluate")
     ev = tmp / "ev"
-    _avdata(["make-tuples", "--shards", shards, "--task", "matching", "--split", "train", "--k", "2-4",
-             "--sets-per-identity", "3", "--negatives-per-positive", "2", "--out", ev])  # also writes tuple shards
-    _avdata(["make-tuples", "--shards", shards, "--task", "verification", "--split", "test",
-             "--pairs-per-identity", "3", "--out", ev])
+    _avdata(
+        [
+            "make-tuples",
+            "--shards",
+            shards,
+            "--task",
+            "matching",
+            "--split",
+            "train",
+            "--k",
+            "2-4",
+            "--sets-per-identity",
+            "3",
+            "--negatives-per-positive",
+            "2",
+            "--out",
+            ev,
+        ]
+    )  # also writes tuple shards
+    _avdata(
+        [
+            "make-tuples",
+            "--shards",
+            shards,
+            "--task",
+            "verification",
+            "--split",
+            "test",
+            "--pairs-per-identity",
+            "3",
+            "--out",
+            ev,
+        ]
+    )
     _avdata(["make-tuples", "--shards", shards, "--task", "retrieval", "--split", "test", "--out", ev])
 
     run = tmp / "run"
-    cfg = TrainConfig(task="matching", k=2, direction="a2v", epochs=1, batch_size=8, workers=0, threads=1,
-                      seed=0, max_steps_per_epoch=3)
+    cfg = TrainConfig(
+        task="matching",
+        k=2,
+        direction="a2v",
+        epochs=1,
+        batch_size=8,
+        workers=0,
+        threads=1,
+        seed=0,
+        max_steps_per_epoch=3,
+    )
     fit(cfg, train_tuples, run, progress=False)
 
     ablation = tmp / "run_ml_only"
     ablation.mkdir()
-    cfg2 = TrainConfig.from_dict({"task": "matching", "k": 2, "direction": "a2v", "adversarial": False, "seed": 1})
+    cfg2 = TrainConfig.from_dict(
+        {"task": "matching", "k": 2, "direction": "a2v", "adversarial": False, "seed": 1}
+    )
     torch.manual_seed(1)
-    save_checkpoint(ablation / CHECKPOINT, {"config": cfg2.to_dict(), "model": build_model(cfg2).state_dict(),
-                                            "epoch": 0, "step": 0})
+    save_checkpoint(
+        ablation / CHECKPOINT,
+        {"config": cfg2.to_dict(), "model": build_model(cfg2).state_dict(), "epoch": 0, "step": 0},
+    )
     return {"shards": shards, "ev": ev, "run": run, "ablation": ablation, "tmp": tmp}
 
 
 def _evaluate(s, run, out, *extra):
-    res = CliRunner().invoke(avtrain_main, ["evaluate", "--run", str(run), "--shards", str(s["shards"]),
-                                            "--tuples", str(s["ev"]), "--out", str(out), "--bootstrap", "200",
-                                            "--batch-size", "16", *extra])
+    res = CliRunner().invoke(
+        avtrain_main,
+        [
+            "evaluate",
+            "--run",
+            str(run),
+            "--shards",
+            str(s["shards"]),
+            "--tuples",
+            str(s["ev"]),
+            "--out",
+            str(out),
+            "--bootstrap",
+            "200",
+            "--batch-size",
+            "16",
+            *extra,
+        ],
+    )
     assert res.exit_code == 0, res.output
     return json.loads(Path(out).read_text()), res.output
 
@@ -93,7 +152,12 @@ def test_metrics_structure_and_values(setup):
     # the learned head exists only for the trained k and direction
     assert "head" in m["matching"]["a2v"]["k2"]
     _check_entry(m["matching"]["a2v"]["k2"]["head"])
-    assert all("head" not in e for d in ("a2v", "v2a") for k, e in m["matching"][d].items() if (d, k) != ("a2v", "k2"))
+    assert all(
+        "head" not in e
+        for d in ("a2v", "v2a")
+        for k, e in m["matching"][d].items()
+        if (d, k) != ("a2v", "k2")
+    )
     v = m["verification"]["test"]
     _check_entry(v["auc"])
     _check_entry(v["eer"])
@@ -138,12 +202,16 @@ def test_scores_match_brute_force(setup):
     cache = {}
     emb = lambda k: cache.setdefault(k, h(k))
     tuples = _lines(setup["ev"] / "index" / "matching_train_v2a_k3.jsonl")
-    correct = [int(np.argmin([np.linalg.norm(emb(t["query"]) - emb(g)) for g in t["gallery"]]) == t["label"])
-               for t in tuples]
+    correct = [
+        int(np.argmin([np.linalg.norm(emb(t["query"]) - emb(g)) for g in t["gallery"]]) == t["label"])
+        for t in tuples
+    ]
     assert m["matching"]["v2a"]["k3"]["value"] == pytest.approx(np.mean(correct), abs=1e-12)
     pairs = _lines(setup["ev"] / "index" / "verification_test.jsonl")
     scores = [-np.linalg.norm(emb(p["query"]) - emb(p["gallery"][0])) for p in pairs]
-    assert m["verification"]["test"]["auc"]["value"] == pytest.approx(roc_auc_score([p["label"] for p in pairs], scores))
+    assert m["verification"]["test"]["auc"]["value"] == pytest.approx(
+        roc_auc_score([p["label"] for p in pairs], scores)
+    )
 
 
 def test_deterministic_and_embeds_each_item_once(setup):
@@ -178,35 +246,51 @@ def test_deterministic_and_embeds_each_item_once(setup):
                 (face if "_a2v_" in f.name else audio).add(r["key"])
     assert sum(calls["audio"]) == len(audio) == a["items"]["audio"]
     assert sum(calls["face"]) == len(face) == a["items"]["face"]
-    assert len(calls["audio"]) == math.ceil(len(audio) / 16) and len(calls["face"]) == math.ceil(len(face) / 16)
+    assert len(calls["audio"]) == math.ceil(len(audio) / 16) and len(calls["face"]) == math.ceil(
+        len(face) / 16
+    )
     assert len(audio) + len(face) < tuple_slots  # cost follows items, not tuples x k
 
 
 def test_report_with_comparison(setup):
     _evaluate(setup, setup["ablation"], setup["ablation"] / "metrics.json")
     out = setup["tmp"] / "report.html"
-    res = CliRunner().invoke(avtrain_main, ["report", "--run", str(setup["run"]), "--out", str(out),
-                                            "--compare", str(setup["ablation"])])
+    res = CliRunner().invoke(
+        avtrain_main,
+        ["report", "--run", str(setup["run"]), "--out", str(out), "--compare", str(setup["ablation"])],
+    )
     assert res.exit_code == 0, res.output
     page = out.read_text()
-    for title in ("Metrics", "not comparable", "Matching accuracy against k", "Verification ROC curves",
-                  "Training losses", "t-SNE", "Same-identity audio-face distance", "Run comparison"):
+    for title in (
+        "Metrics",
+        "not comparable",
+        "Matching accuracy against k",
+        "Verification ROC curves",
+        "Training losses",
+        "t-SNE",
+        "Same-identity audio-face distance",
+        "Run comparison",
+    ):
         assert title in page, title
     assert page.count("data:image/png;base64,") == 5  # accuracy-k, ROC, losses, t-SNE, distances
     assert "http://" not in page and "https://" not in page  # self-contained
-    table = page[page.index('<table class="compare">'):]
-    table = table[:table.index("</table>")]
+    table = page[page.index('<table class="compare">') :]
+    table = table[: table.index("</table>")]
     assert table.count("<tr>") == 3  # header + two runs
     assert "AL+ML (gan, lifted" in table and "ML only (lifted" in table
     assert re.search(r"<th>seed</th>", table)  # another differing setting is shown
 
 
 def test_cli_errors_are_one_line(setup, tmp_path):
-    res = CliRunner().invoke(avtrain_main, ["evaluate", "--run", str(tmp_path), "--shards", str(setup["shards"]),
-                                            "--tuples", str(setup["ev"])])
+    res = CliRunner().invoke(
+        avtrain_main,
+        ["evaluate", "--run", str(tmp_path), "--shards", str(setup["shards"]), "--tuples", str(setup["ev"])],
+    )
     assert res.exit_code == 1 and "no checkpoint.pt" in res.output and res.output.count("\n") == 1
-    res = CliRunner().invoke(avtrain_main, ["evaluate", "--run", str(setup["run"]), "--shards", str(setup["shards"]),
-                                            "--tuples", str(tmp_path)])
+    res = CliRunner().invoke(
+        avtrain_main,
+        ["evaluate", "--run", str(setup["run"]), "--shards", str(setup["shards"]), "--tuples", str(tmp_path)],
+    )
     assert res.exit_code == 1 and "not a tuple directory" in res.output and res.output.count("\n") == 1
     res = CliRunner().invoke(avtrain_main, ["report", "--run", str(tmp_path)])
     assert res.exit_code == 1 and "no metrics file" in res.output
@@ -220,17 +304,31 @@ def test_lists_are_read_from_the_manifest_not_from_names(tmp_path):
     (index / "matching_x_v2a_k9.jsonl").write_text(json.dumps(t) + "\n")
     (index / "matching_seen_heard_v2a_k3.jsonl").write_text("")  # empty: left out
     (index / "verification_imported_veriflist_test.jsonl").write_text(
-        json.dumps(t | {"gallery": ["f1"], "split": "unseen_unheard"}) + "\n")
-    (index / "matching_not_listed_a2v_k2.jsonl").write_text(json.dumps(t) + "\n")  # not in the manifest: ignored
+        json.dumps(t | {"gallery": ["f1"], "split": "unseen_unheard"}) + "\n"
+    )
+    (index / "matching_not_listed_a2v_k2.jsonl").write_text(
+        json.dumps(t) + "\n"
+    )  # not in the manifest: ignored
 
     def entry(**cfg):
         return {"sha256": "0" * 64, "config": {"direction": "a2v", "k": 1, "constrain": []} | cfg}
 
-    manifest = {"kind": "avmatch.tuples", "format_version": 1, "shards": {}, "files": {
-        "index/matching_x_v2a_k9.jsonl": entry(task="matching", split="seen_heard", k=2,
-                                                constrain=["gender", "nationality"]),
-        "index/matching_seen_heard_v2a_k3.jsonl": entry(task="matching", split="seen_heard", direction="v2a", k=3),
-        "index/verification_imported_veriflist_test.jsonl": entry(task="verification", split="unseen_unheard")}}
+    manifest = {
+        "kind": "avmatch.tuples",
+        "format_version": 1,
+        "shards": {},
+        "files": {
+            "index/matching_x_v2a_k9.jsonl": entry(
+                task="matching", split="seen_heard", k=2, constrain=["gender", "nationality"]
+            ),
+            "index/matching_seen_heard_v2a_k3.jsonl": entry(
+                task="matching", split="seen_heard", direction="v2a", k=3
+            ),
+            "index/verification_imported_veriflist_test.jsonl": entry(
+                task="verification", split="unseen_unheard"
+            ),
+        },
+    }
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     lists = {tl.name: tl for tl in read_tuple_lists(tmp_path)}
     assert set(lists) == {"matching_x_v2a_k9", "verification_imported_veriflist_test"}

@@ -13,7 +13,6 @@ from avdata.errors import InputError
 from avdata.faces import FaceAligner, FaceCrop, box_iou, load_image
 from avdata.media import decode_video_frames
 
-
 # one intra-op thread, as in production workers (conftest.one_torch_thread)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

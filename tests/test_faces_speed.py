@@ -95,8 +95,12 @@ def _same_choice(a: FaceCrop | InputError, b: FaceCrop | InputError):
 
 def test_letterboxed_batch_matches_per_image(aligner, real_photos, face_dir, web_portraits):
     """One batch of mixed sizes on one canvas chooses the per-image faces (IoU >= 0.99)."""
-    paths = [*real_photos, face_dir / "multiface.jpg", *sorted(face_dir.glob("test_images_aligned/*/1.png")),
-             *web_portraits[::3]]
+    paths = [
+        *real_photos,
+        face_dir / "multiface.jpg",
+        *sorted(face_dir.glob("test_images_aligned/*/1.png")),
+        *web_portraits[::3],
+    ]
     images = [load_image(path) for path in paths] + [Image.new("RGB", (300, 200), (90, 90, 90))]
     sizes = {aligner._plan(image.size).size for image in images}
     assert len(sizes) > 5  # really a mix of copy sizes on one canvas
@@ -111,8 +115,17 @@ def test_letterboxed_batch_matches_per_image(aligner, real_photos, face_dir, web
 
 
 def _rows(paths: list[Path], modality: str) -> list[dict]:
-    return [{"path": str(p), "rel_path": f"Some_Name/{p.parent.name}_{p.name}", "vox_id": "id10001",
-             "name": "Some_Name", "source_id": p.parent.name, "modality": modality} for p in paths]
+    return [
+        {
+            "path": str(p),
+            "rel_path": f"Some_Name/{p.parent.name}_{p.name}",
+            "vox_id": "id10001",
+            "name": "Some_Name",
+            "source_id": p.parent.name,
+            "modality": modality,
+        }
+        for p in paths
+    ]
 
 
 def test_extractor_batched_path_matches_per_image(real_photos, real_mp4s, face_dir, tmp_path):
@@ -122,8 +135,11 @@ def test_extractor_batched_path_matches_per_image(real_photos, real_mp4s, face_d
     broken.write_bytes(b"not a jpeg")
     blank = tmp_path / "blank.png"
     Image.new("RGB", (320, 240), (0, 0, 0)).save(blank)
-    rows = (_rows([real_photos[1], broken, face_dir / "multiface.jpg", blank], "face")
-            + _rows(real_mp4s[:1], "video") + _rows([real_photos[3]], "face"))
+    rows = (
+        _rows([real_photos[1], broken, face_dir / "multiface.jpg", blank], "face")
+        + _rows(real_mp4s[:1], "video")
+        + _rows([real_photos[3]], "face")
+    )
     config = ExtractConfig(max_frames_per_video=4)
     per_image = list(Extractor(config).extract_rows(rows, "face"))
     batched_extractor = Extractor(config, batch_faces=True)
@@ -135,8 +151,9 @@ def test_extractor_batched_path_matches_per_image(real_photos, real_mp4s, face_d
         assert one.rejects == many.rejects
         for a, b in zip(one.samples, many.samples):
             assert box_iou(a.meta["box"], b.meta["box"]) >= 0.99
-            assert {k: v for k, v in a.meta.items() if k not in ("box", "prob")} == \
-                   {k: v for k, v in b.meta.items() if k not in ("box", "prob")}
+            assert {k: v for k, v in a.meta.items() if k not in ("box", "prob")} == {
+                k: v for k, v in b.meta.items() if k not in ("box", "prob")
+            }
     assert len(batched[4].samples) == 4  # the video's frames
     assert "not a recognised image" in batched[1].rejects[0]["reason"]
     assert "no face detected" in batched[3].rejects[0]["reason"]
@@ -170,8 +187,16 @@ def test_build_shards_records_device(tmp_path, real_photos):
     photo.save(faces / "1.jpg")
     meta = tmp_path / "vox1_meta.csv"
     meta.write_text("VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet\nid10001\tSome_Name\tm\tUSA\tdev\n")
-    args = ["build-shards", "--faces", str(tmp_path / "faces"), "--meta", str(meta), "--out", str(tmp_path / "out"),
-            "--no-progress"]
+    args = [
+        "build-shards",
+        "--faces",
+        str(tmp_path / "faces"),
+        "--meta",
+        str(meta),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-progress",
+    ]
     if not cuda_present():
         failed = CliRunner().invoke(main, [*args, "--device", "cuda"])
         assert failed.exit_code == 1 and "no CUDA device" in failed.output
@@ -191,14 +216,20 @@ def _png_header_only(path: Path, width: int, height: int) -> None:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_huge_png_is_refused_from_its_header(tmp_path):
     path = tmp_path / "huge.png"
     _png_header_only(path, 12000, 12000)
-    with pytest.raises(InputError, match=r"image too large: 12000x12000 = 144.0 MP .* 40 MP decoding cap") as caught:
+    with pytest.raises(
+        InputError, match=r"image too large: 12000x12000 = 144.0 MP .* 40 MP decoding cap"
+    ) as caught:
         load_image(path)
     assert str(path) in str(caught.value) and "\n" not in str(caught.value)
     # under the cap the same kind of file is decoded, and fails as the truncated file it is

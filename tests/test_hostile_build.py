@@ -34,9 +34,12 @@ SPLITS = ("train", "val", "test")
 
 # ---------------------------------------------------------------- helpers
 
+
 def tar_hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*.tar"))}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*.tar"))
+    }
 
 
 def same_build(a: Path, b: Path) -> None:
@@ -47,8 +50,19 @@ def same_build(a: Path, b: Path) -> None:
 
 
 def args_for(corpus: Path, out: Path, *extra: str) -> list[str]:
-    return ["build-shards", "--audio", str(corpus / "wav"), "--meta", str(corpus / "vox1_meta.csv"),
-            "--out", str(out), "--shard-size", "2", "--no-progress", *extra]
+    return [
+        "build-shards",
+        "--audio",
+        str(corpus / "wav"),
+        "--meta",
+        str(corpus / "vox1_meta.csv"),
+        "--out",
+        str(out),
+        "--shard-size",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def run_inproc(args) -> str:
@@ -60,8 +74,14 @@ def run_inproc(args) -> str:
 def run_sub(args, env: dict | None = None, timeout: float = 300, prefix=()) -> subprocess.CompletedProcess:
     """The CLI in its own process (never hangs the suite: killed after ``timeout``)."""
     full_env = os.environ | {"PYTHONPATH": str(REPO)} | (env or {})
-    return subprocess.run([*prefix, sys.executable, "-m", "avdata.cli", *map(str, args)], env=full_env,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "avdata.cli", *map(str, args)],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def one_line_error(res: subprocess.CompletedProcess) -> str:
@@ -113,6 +133,7 @@ def copy_corpus(corpus: Path, dest: Path) -> Path:
 
 # ---------------------------------------------------------------- 5: fail-fast across processes
 
+
 def test_fail_fast_with_two_workers_stops_with_one_line(corpus, tmp_path):
     bad = copy_corpus(corpus, tmp_path / "bad")
     target = sorted((bad / "wav").rglob("*.wav"))[5]
@@ -124,9 +145,12 @@ def test_fail_fast_with_two_workers_stops_with_one_line(corpus, tmp_path):
 
 # ---------------------------------------------------------------- 6: dead workers
 
+
 def test_killed_worker_is_retried_and_the_result_is_identical(corpus, clean, tmp_path):
     marker = tmp_path / "killed-once"
-    wrapper = ffmpeg_wrapper(tmp_path / "ffmpeg", f'if mkdir "{marker}" 2>/dev/null; then kill -9 $PPID; exit 1; fi')
+    wrapper = ffmpeg_wrapper(
+        tmp_path / "ffmpeg", f'if mkdir "{marker}" 2>/dev/null; then kill -9 $PPID; exit 1; fi'
+    )
     out = tmp_path / "o"
     res = run_sub(args_for(corpus, out, "-j", "2"), env={"AVMATCH_FFMPEG": str(wrapper)}, timeout=240)
     assert res.returncode == 0, res.stderr
@@ -149,6 +173,7 @@ def test_worker_killed_twice_stops_naming_the_shard_and_a_rerun_finishes(corpus,
 
 # ---------------------------------------------------------------- 7: crashed decoder
 
+
 def _media_reports_crashes(tmp_path: Path, wrapper: Path, clip: Path) -> bool:
     from avdata.errors import DecoderCrashError, InputError
     from avdata.media import decode_audio
@@ -169,17 +194,23 @@ def test_crashed_decoder_is_not_a_reject_and_its_shard_is_rebuilt(corpus, clean,
     wrapper = ffmpeg_wrapper(tmp_path / "ffmpeg", "kill -9 $$")
     clip = next((corpus / "wav").rglob("*.m4a"))
     if not _media_reports_crashes(tmp_path, wrapper, clip):
-        pytest.skip("avdata.media does not raise DecoderCrashError for a killed ffmpeg yet (decoder side of #11)")
+        pytest.skip(
+            "avdata.media does not raise DecoderCrashError for a killed ffmpeg yet (decoder side of #11)"
+        )
     out = tmp_path / "o"
     res = run_sub(args_for(corpus, out), env={"AVMATCH_FFMPEG": str(wrapper)}, timeout=240)
     line = one_line_error(res)
     assert "00077.m4a" in line and "-00000" in line and ".tar" in line, line
     assert not list(out.rglob(".*tmp*")), "temp tar left behind"
     assert not (out / "manifest.json").exists()
-    with_m4a = {Path(u).relative_to(clean).as_posix()[:-4] for sp in SPLITS for u in shard_urls(clean, sp, "audio")
-                if any(s["json"]["source"].endswith(".m4a") for s in iter_samples([u]))}
-    all_shards = {p.relative_to(clean).as_posix()[:-len(".stats.json")] for p in clean.rglob("*.stats.json")}
-    done = {p.relative_to(out).as_posix()[:-len(".stats.json")] for p in out.rglob("*.stats.json")}
+    with_m4a = {
+        Path(u).relative_to(clean).as_posix()[:-4]
+        for sp in SPLITS
+        for u in shard_urls(clean, sp, "audio")
+        if any(s["json"]["source"].endswith(".m4a") for s in iter_samples([u]))
+    }
+    all_shards = {p.relative_to(clean).as_posix()[: -len(".stats.json")] for p in clean.rglob("*.stats.json")}
+    done = {p.relative_to(out).as_posix()[: -len(".stats.json")] for p in out.rglob("*.stats.json")}
     assert with_m4a and done == all_shards - with_m4a  # the other shards were finished
     for p in out.rglob("*.stats.json"):  # the shards that were built never list a crash as a reject
         assert not any("m4a" in r["source"] for r in json.loads(p.read_text())["rejects"])
@@ -189,6 +220,7 @@ def test_crashed_decoder_is_not_a_reject_and_its_shard_is_rebuilt(corpus, clean,
 
 
 # ---------------------------------------------------------------- 8: sample keys
+
 
 def test_colliding_names_give_unique_keys_or_a_reject(corpus, tmp_path):
     src = copy_corpus(corpus, tmp_path / "c")
@@ -229,6 +261,7 @@ def test_colliding_names_give_unique_keys_or_a_reject(corpus, tmp_path):
 
 # ---------------------------------------------------------------- 9: re-runs with other settings / inputs
 
+
 def test_rerun_with_other_settings_rebuilds_to_match_a_clean_build(corpus, clean, tmp_path):
     out = tmp_path / "o"
     shutil.copytree(clean, out)
@@ -236,8 +269,9 @@ def test_rerun_with_other_settings_rebuilds_to_match_a_clean_build(corpus, clean
     fresh = tmp_path / "fresh"
     run_inproc(args_for(corpus, fresh, "--windows", "2", "--shard-size", "3"))
     same_build(out, fresh)
-    assert sorted(p.relative_to(out) for p in out.rglob("*.stats.json")) == \
-        sorted(p.relative_to(fresh) for p in fresh.rglob("*.stats.json"))
+    assert sorted(p.relative_to(out) for p in out.rglob("*.stats.json")) == sorted(
+        p.relative_to(fresh) for p in fresh.rglob("*.stats.json")
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["extract"]["windows"] == 2
 
@@ -248,7 +282,7 @@ def test_rerun_after_an_input_changed_rebuilds_its_shard(corpus, clean, tmp_path
     run_inproc(args_for(src, out))
     wavs = sorted((src / "wav").rglob("*.wav"))
     wavs[3].write_bytes(wavs[4].read_bytes())  # same name, other content
-    os.utime(wavs[3], ns=(time.time_ns(), time.time_ns() + 10 ** 9))
+    os.utime(wavs[3], ns=(time.time_ns(), time.time_ns() + 10**9))
     run_inproc(args_for(src, out))
     fresh = tmp_path / "fresh"
     run_inproc(args_for(src, fresh))
@@ -258,15 +292,23 @@ def test_rerun_after_an_input_changed_rebuilds_its_shard(corpus, clean, tmp_path
 
 # ---------------------------------------------------------------- 10: concurrent builds
 
+
 def test_second_build_into_a_locked_output_stops_naming_the_holder(corpus, clean, tmp_path):
     slow = ffmpeg_wrapper(tmp_path / "ffmpeg", "sleep 2")
     out = tmp_path / "o"
     env = os.environ | {"PYTHONPATH": str(REPO), "AVMATCH_FFMPEG": str(slow)}
-    first = subprocess.Popen([sys.executable, "-m", "avdata.cli", *args_for(corpus, out)], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "avdata.cli", *args_for(corpus, out)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 60
-        while time.time() < deadline and not ((out / ".lock").is_file() and (out / ".lock").read_text().strip()):
+        while time.time() < deadline and not (
+            (out / ".lock").is_file() and (out / ".lock").read_text().strip()
+        ):
             time.sleep(0.05)
         assert first.poll() is None, "the first build ended before the second started"
         res = run_sub(args_for(corpus, out), timeout=60)
@@ -285,8 +327,12 @@ def test_killed_parallel_build_leaves_no_lock_holder_and_resumes(corpus, clean, 
     slow = ffmpeg_wrapper(tmp_path / "ffmpeg", "sleep 2")
     out = tmp_path / "o"
     env = os.environ | {"PYTHONPATH": str(REPO), "AVMATCH_FFMPEG": str(slow)}
-    first = subprocess.Popen([sys.executable, "-m", "avdata.cli", *args_for(corpus, out, "-j", "2")], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "avdata.cli", *args_for(corpus, out, "-j", "2")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 60
         while time.time() < deadline and not list(out.glob("*/.*.tmp*")):
@@ -302,14 +348,19 @@ def test_killed_parallel_build_leaves_no_lock_holder_and_resumes(corpus, clean, 
 
 # ---------------------------------------------------------------- 11: a full disk
 
+
 @pytest.fixture
 def small_tmpfs(tmp_path):
     mnt = tmp_path / "mnt"
     mnt.mkdir()
 
     def mount(size: str) -> Path:
-        res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
-                             capture_output=True, text=True, check=False)
+        res = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         if res.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or res.returncode})")
         return mnt
@@ -342,7 +393,9 @@ def test_full_disk_while_writing_outputs_keeps_old_files_and_recovers(corpus, cl
     out = mnt / "o"
     res = run_sub(args_for(corpus, out), timeout=240)
     assert res.returncode == 0, res.stderr
-    before = {n: (out / n).read_bytes() for n in ("splits.csv", "sizes.json", "rejects.jsonl", "manifest.json")}
+    before = {
+        n: (out / n).read_bytes() for n in ("splits.csv", "sizes.json", "rejects.jsonl", "manifest.json")
+    }
     filler = mnt / "filler"
     with open(filler, "wb") as f:  # fill the disk to the last byte
         try:
@@ -373,22 +426,26 @@ def test_full_disk_while_writing_outputs_keeps_old_files_and_recovers(corpus, cl
 
 # ---------------------------------------------------------------- 12: unreadable and odd entries
 
+
 def test_unreadable_and_odd_entries_are_rejects(corpus, tmp_path):
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("needs root and setpriv to drop CAP_DAC_OVERRIDE")
     src = copy_corpus(corpus, tmp_path / "c")
     wavs = sorted((src / "wav").rglob("*.wav"))
     ytid = wavs[0].parent
-    wavs[0].chmod(0)                                            # permission denied
-    os.mkfifo(ytid / "fifo.wav")                                # would block a reader forever
-    (ytid / "folder.wav").mkdir()                               # a directory named like a clip
+    wavs[0].chmod(0)  # permission denied
+    os.mkfifo(ytid / "fifo.wav")  # would block a reader forever
+    (ytid / "folder.wav").mkdir()  # a directory named like a clip
     (ytid / "dangling.wav").symlink_to(tmp_path / "nowhere.wav")  # target missing
     locked = wavs[-1].parent
-    locked.chmod(0)                                             # a folder that cannot be listed
+    locked.chmod(0)  # a folder that cannot be listed
     out = tmp_path / "o"
     try:
-        res = run_sub(args_for(src, out), timeout=240,
-                      prefix=("setpriv", "--bounding-set", "-dac_override,-dac_read_search"))
+        res = run_sub(
+            args_for(src, out),
+            timeout=240,
+            prefix=("setpriv", "--bounding-set", "-dac_override,-dac_read_search"),
+        )
     finally:
         locked.chmod(0o755)
         wavs[0].chmod(0o644)
@@ -405,13 +462,16 @@ def test_unreadable_and_odd_entries_are_rejects(corpus, tmp_path):
 
 # ---------------------------------------------------------------- 14: meta rows
 
+
 def test_meta_row_with_an_extra_field_is_one_line_naming_file_and_row(corpus, tmp_path):
     meta = tmp_path / "vox1_meta.csv"
     lines = (corpus / "vox1_meta.csv").read_text().splitlines()
     lines[1] += "\tstray"  # the first row: pandas would take the first column as an index
     meta.write_text("\n".join(lines) + "\n")
-    for args in (["splits", "--meta", meta, "--protocol", "matching", "--out", tmp_path / "s.csv"],
-                 ["build-shards", "--audio", corpus / "wav", "--meta", meta, "--out", tmp_path / "o", "--no-progress"]):
+    for args in (
+        ["splits", "--meta", meta, "--protocol", "matching", "--out", tmp_path / "s.csv"],
+        ["build-shards", "--audio", corpus / "wav", "--meta", meta, "--out", tmp_path / "o", "--no-progress"],
+    ):
         res = CliRunner().invoke(main, [str(a) for a in args])
         assert res.exit_code == 1, res.output
         assert len(res.output.strip().splitlines()) == 1, res.output

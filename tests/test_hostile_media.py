@@ -46,8 +46,9 @@ def kills_itself(tmp_path, monkeypatch):
 def child_killed(tmp_path, monkeypatch):
     """ffmpeg (at real-time speed, -re) gets SIGKILL half a second into the decode; the shell
     around it exits with 137, as a signal that reaches only ffmpeg looks from outside."""
-    script, log = _wrapper(tmp_path, "ffmpeg-child-killed",
-                           '"$REAL" -re "$@" &\npid=$!\nsleep 0.5\nkill -9 $pid\nwait $pid')
+    script, log = _wrapper(
+        tmp_path, "ffmpeg-child-killed", '"$REAL" -re "$@" &\npid=$!\nsleep 0.5\nkill -9 $pid\nwait $pid'
+    )
     monkeypatch.setenv("AVMATCH_FFMPEG", str(script))
     return log
 
@@ -93,8 +94,14 @@ def test_extractor_lets_a_decoder_crash_through(kills_itself, real_mp4s):
     """A crash is not turned into a reject (which would mark the good file bad for good)."""
     from avdata.extract import ExtractConfig, Extractor
 
-    row = {"path": str(real_mp4s[0]), "name": "Someone", "vox_id": "id10001", "rel_path": "id10001/x/1.mp4",
-           "source_id": "x", "modality": "video"}
+    row = {
+        "path": str(real_mp4s[0]),
+        "name": "Someone",
+        "vox_id": "id10001",
+        "rel_path": "id10001/x/1.mp4",
+        "source_id": "x",
+        "modality": "video",
+    }
     with pytest.raises(DecoderCrashError):
         Extractor(ExtractConfig()).extract(row, "audio")
 
@@ -106,7 +113,9 @@ def _wav_with_rate(path: Path, sample_rate: int, n_samples: int = 4000) -> Path:
     """A PCM16 mono RIFF/WAVE whose header claims `sample_rate` (8 KB of noise)."""
     data = np.random.default_rng(0).integers(-3000, 3000, n_samples, dtype=np.int16).tobytes()
     fmt = struct.pack("<HHIIHH", 1, 1, sample_rate, sample_rate * 2, 2, 16)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    body = (
+        b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", len(data)) + data
+    )
     path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
     return path
 
@@ -123,9 +132,27 @@ def test_one_hertz_wav_is_refused_from_its_header(tmp_path):
 
 
 def _make_video(path: Path, size: str, seconds: int = 2) -> Path:
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
-                    "-i", f"testsrc=s={size}:r=2", "-t", str(seconds), "-c:v", "mpeg4", "-pix_fmt", "yuv420p",
-                    str(path)], check=True)
+    subprocess.run(
+        [
+            imageio_ffmpeg.get_ffmpeg_exe(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc=s={size}:r=2",
+            "-t",
+            str(seconds),
+            "-c:v",
+            "mpeg4",
+            "-pix_fmt",
+            "yuv420p",
+            str(path),
+        ],
+        check=True,
+    )
     return path
 
 
@@ -160,8 +187,12 @@ def test_streamed_spectrogram_is_byte_identical(tmp_path, real_wavs, real_mp4s):
     whole-clip path, on real clips and on long ones at several rates and channel counts."""
     from avdata.audio import audio_features
 
-    clips = [*real_wavs[:4], real_mp4s[0], _long_wav(tmp_path / "long16k.wav", 70),
-             _long_wav(tmp_path / "stereo44k.wav", 25, sr=44100, channels=2)]
+    clips = [
+        *real_wavs[:4],
+        real_mp4s[0],
+        _long_wav(tmp_path / "long16k.wav", 70),
+        _long_wav(tmp_path / "stereo44k.wav", 25, sr=44100, channels=2),
+    ]
     for clip in clips:
         whole = audio_features(clip, max_windows=3, max_in_memory=10**9)
         streamed = audio_features(clip, max_windows=3, max_in_memory=0)
@@ -181,13 +212,20 @@ print(json.dumps({"shape": list(windows.shape), "rss_mb": int(hwm.split()[1]) / 
 
 def _peak_rss_mb(clip: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", PEAK_RSS, str(clip)], capture_output=True, text=True, env=env,
-                          check=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, str(clip)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=600,
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("minutes", [pytest.param(4, id="4min"),
-                                     pytest.param(60, id="60min", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "minutes", [pytest.param(4, id="4min"), pytest.param(60, id="60min", marks=pytest.mark.slow)]
+)
 def test_long_wav_peak_memory_is_bounded(tmp_path, real_wavs, minutes):
     """Peak RSS of one child computing the spectrograms of a long wav stays within 100 MB of
     the same child on a 4-10 s clip (the old code took ~400 MB more at 4 minutes, 6.9 GB at 60)."""

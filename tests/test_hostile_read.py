@@ -51,9 +51,25 @@ def one_line_error(res) -> str:
 
 
 def fit(tuples_dir, out, workers=0):
-    return run(avtrain_main, "fit", "--shards", tuples_dir, "--out", out, "--epochs", "1", "--device", "cpu",
-               "--set", "batch_size=4", "--set", f"workers={workers}", "--set", "max_steps_per_epoch=1",
-               "--no-progress")
+    return run(
+        avtrain_main,
+        "fit",
+        "--shards",
+        tuples_dir,
+        "--out",
+        out,
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--set",
+        "batch_size=4",
+        "--set",
+        f"workers={workers}",
+        "--set",
+        "max_steps_per_epoch=1",
+        "--no-progress",
+    )
 
 
 def rewrite_tar(path: Path, edit=None, extra=()):
@@ -76,7 +92,9 @@ def rewrite_tar(path: Path, edit=None, extra=()):
     tmp.replace(path)
 
 
-def member(name: str, data: bytes = b"", kind=tarfile.REGTYPE, link: str = "") -> tuple[tarfile.TarInfo, bytes]:
+def member(
+    name: str, data: bytes = b"", kind=tarfile.REGTYPE, link: str = ""
+) -> tuple[tarfile.TarInfo, bytes]:
     info = tarfile.TarInfo(name)
     info.type, info.linkname, info.size = kind, link, len(data) if kind == tarfile.REGTYPE else 0
     return info, data
@@ -124,6 +142,7 @@ def test_error_classes():
 
 
 # ---- 1. names in sizes.json: never URLs, never outside the directory
+
 
 def test_pipe_name_in_sizes_json_runs_no_command(tuples, tmp_path, monkeypatch):
     """The issue's exploit: webdataset ran `pipe:` shard names as shell commands."""
@@ -173,8 +192,21 @@ def test_bad_item_shard_member_is_refused_by_make_tuples(kind, shards, tmp_path)
     info, data = BAD_MEMBERS[kind]
     tar = min((shards / "train").glob("face-*.tar"))
     rewrite_tar(tar, extra=[(info, data)])
-    res = run(avdata_main, "make-tuples", "--shards", shards, "--task", "matching", "--split", "train",
-              "--k", "2", "--out", tmp_path / "t", "--no-tuple-shards")
+    res = run(
+        avdata_main,
+        "make-tuples",
+        "--shards",
+        shards,
+        "--task",
+        "matching",
+        "--split",
+        "train",
+        "--k",
+        "2",
+        "--out",
+        tmp_path / "t",
+        "--no-tuple-shards",
+    )
     line = one_line_error(res)
     assert repr(info.name) in line and str(tar) in line, line
 
@@ -221,14 +253,27 @@ def test_object_array_in_item_shard_is_named(shards, tmp_path):
         return info, data
 
     rewrite_tar(tar, edit)
-    res = run(avdata_main, "make-tuples", "--shards", shards, "--task", "matching", "--split", "train",
-              "--k", "2", "--out", tmp_path / "t")
+    res = run(
+        avdata_main,
+        "make-tuples",
+        "--shards",
+        shards,
+        "--task",
+        "matching",
+        "--split",
+        "train",
+        "--k",
+        "2",
+        "--out",
+        tmp_path / "t",
+    )
     line = one_line_error(res)
     assert victim[0] in line and str(tar) in line and "object array" in line, line
     assert not marker.exists()
 
 
 # ---- 3. check-tuples looks inside the tuple shards and at sizes.json
+
 
 def _tamper(tuples: Path, how: str, tmp_path: Path) -> str:
     """Tamper with the tuple dir; return a phrase check-tuples must print."""
@@ -242,6 +287,7 @@ def _tamper(tuples: Path, how: str, tmp_path: Path) -> str:
         (tuples / "sizes.json").write_text(json.dumps(sizes | {shard: sizes[shard] + 50}))
         return "sizes.json: does not match"
     if how == "swapped_tuple":  # a sample's .json no longer matches its index line
+
         def edit(info, data):
             if info.name.endswith(".json"):
                 t = json.loads(data)
@@ -252,9 +298,11 @@ def _tamper(tuples: Path, how: str, tmp_path: Path) -> str:
         rewrite_tar(tuples / shard, edit)
         reseal(tuples, shard)
         return ".json member differs"
-    info, data = {"pickle": member(f"{K2}-0000000.extra.pyd", pickle.dumps(Boom(str(tmp_path / "pwned")))),
-                  "dotdot": member("../../x.cls", b"1"),
-                  "symlink": member(f"{K2}-0000000.g1.jpg", kind=tarfile.SYMTYPE, link="/etc/passwd")}[how]
+    info, data = {
+        "pickle": member(f"{K2}-0000000.extra.pyd", pickle.dumps(Boom(str(tmp_path / "pwned")))),
+        "dotdot": member("../../x.cls", b"1"),
+        "symlink": member(f"{K2}-0000000.g1.jpg", kind=tarfile.SYMTYPE, link="/etc/passwd"),
+    }[how]
     rewrite_tar(tuples / shard, extra=[(info, data)])
     reseal(tuples, shard)
     return repr(info.name)
@@ -275,6 +323,7 @@ def test_check_tuples_passes_an_untouched_dir(train_tuples):
 
 
 # ---- 14. one line, not a traceback, for avtrain fit on a refused tuple shard
+
 
 def test_fit_refuses_pickle_member_before_workers_in_one_line(tuples, tmp_path):
     marker = tmp_path / "pwned"
@@ -306,18 +355,43 @@ def test_fit_undecodable_member_in_a_worker_is_one_line(tuples, tmp_path):
 
 # ---- 14. make-tuples: --out vs --shards, and the shard manifest
 
+
 def test_make_tuples_refuses_out_equal_to_shards(shards):
     before = {p.name: p.read_bytes() for p in shards.iterdir() if p.is_file()}
-    res = run(avdata_main, "make-tuples", "--shards", shards, "--task", "matching", "--split", "train",
-              "--k", "2", "--out", shards)
+    res = run(
+        avdata_main,
+        "make-tuples",
+        "--shards",
+        shards,
+        "--task",
+        "matching",
+        "--split",
+        "train",
+        "--k",
+        "2",
+        "--out",
+        shards,
+    )
     assert "is the shard directory" in one_line_error(res)
     assert {p.name: p.read_bytes() for p in shards.iterdir() if p.is_file()} == before
 
 
 def test_make_tuples_refuses_out_inside_shards(shards):
     before = {p.relative_to(shards): p.read_bytes() for p in shards.rglob("*") if p.is_file()}
-    res = run(avdata_main, "make-tuples", "--shards", shards, "--task", "matching", "--split", "train",
-              "--k", "2", "--out", shards / "train")
+    res = run(
+        avdata_main,
+        "make-tuples",
+        "--shards",
+        shards,
+        "--task",
+        "matching",
+        "--split",
+        "train",
+        "--k",
+        "2",
+        "--out",
+        shards / "train",
+    )
     assert "inside the shard directory" in one_line_error(res)
     assert {p.relative_to(shards): p.read_bytes() for p in shards.rglob("*") if p.is_file()} == before
 
@@ -325,8 +399,20 @@ def test_make_tuples_refuses_out_inside_shards(shards):
 @pytest.mark.parametrize("content", ["", "{not json", "[1, 2]"])
 def test_make_tuples_refuses_empty_or_unreadable_shard_manifest(content, shards, tmp_path):
     (shards / "manifest.json").write_text(content)
-    res = run(avdata_main, "make-tuples", "--shards", shards, "--task", "matching", "--split", "train",
-              "--k", "2", "--out", tmp_path / "t")
+    res = run(
+        avdata_main,
+        "make-tuples",
+        "--shards",
+        shards,
+        "--task",
+        "matching",
+        "--split",
+        "train",
+        "--k",
+        "2",
+        "--out",
+        tmp_path / "t",
+    )
     line = one_line_error(res)
     assert "manifest.json" in line and "build-shards" in line, line
     assert not (tmp_path / "t").exists()
@@ -338,11 +424,25 @@ def test_names_in_a_tuple_manifest_are_refused(name, tuples, train_tuples):
     entry = next(iter(man["files"].values()))
     man["files"][name] = entry
     (tuples / "manifest.json").write_text(json.dumps(man))
-    line = one_line_error(run(avdata_main, "check-tuples", tuples, "--shards", train_tuples.parent / "shards"))
+    line = one_line_error(
+        run(avdata_main, "check-tuples", tuples, "--shards", train_tuples.parent / "shards")
+    )
     assert repr(name) in line, line
     # make-tuples adding to the same directory reads that manifest too
-    line = one_line_error(run(avdata_main, "make-tuples", "--shards", train_tuples.parent / "shards", "--task",
-                              "retrieval", "--split", "test", "--out", tuples))
+    line = one_line_error(
+        run(
+            avdata_main,
+            "make-tuples",
+            "--shards",
+            train_tuples.parent / "shards",
+            "--task",
+            "retrieval",
+            "--split",
+            "test",
+            "--out",
+            tuples,
+        )
+    )
     assert repr(name) in line
 
 

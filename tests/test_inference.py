@@ -48,14 +48,29 @@ def setup(train_tuples, tmp_path_factory, one_torch_thread):
     root = train_tuples.parent
     tmp = tmp_path_factory.mktemp("inference")
     ev = tmp / "ev"
-    _avdata(["make-tuples", "--shards", root / "shards", "--task", "verification", "--split", "test",
-             "--pairs-per-identity", "4", "--out", ev])
+    _avdata(
+        [
+            "make-tuples",
+            "--shards",
+            root / "shards",
+            "--task",
+            "verification",
+            "--split",
+            "test",
+            "--pairs-per-identity",
+            "4",
+            "--out",
+            ev,
+        ]
+    )
     run = tmp / "run"
     run.mkdir()
     cfg = TrainConfig(task="matching", k=2, direction="a2v", seed=3)
     torch.manual_seed(3)
-    save_checkpoint(run / CHECKPOINT, {"config": cfg.to_dict(), "model": build_model(cfg).state_dict(),
-                                       "epoch": 0, "step": 0})
+    save_checkpoint(
+        run / CHECKPOINT,
+        {"config": cfg.to_dict(), "model": build_model(cfg).state_dict(), "epoch": 0, "step": 0},
+    )
     bad = tmp / "bad"
     bad.mkdir()
     _write_wav(bad / "silent.wav", np.zeros(32000))
@@ -64,8 +79,15 @@ def setup(train_tuples, tmp_path_factory, one_torch_thread):
     from PIL import Image
 
     Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(bad / "no_face.png")  # flat grey
-    return {"root": root, "corpus": root / "corpus", "shards": root / "shards", "ev": ev, "run": run,
-            "tmp": tmp, "bad": bad}
+    return {
+        "root": root,
+        "corpus": root / "corpus",
+        "shards": root / "shards",
+        "ev": ev,
+        "run": run,
+        "tmp": tmp,
+        "bad": bad,
+    }
 
 
 def _shard_embeddings(s) -> dict[str, dict[str, np.ndarray]]:
@@ -79,7 +101,11 @@ def _shard_embeddings(s) -> dict[str, dict[str, np.ndarray]]:
     source = dict(zip(items["key"], items["source"]))
     out = {}
     for mod in ("audio", "face"):
-        out[mod] = {source[k]: emb.h[mod][i] for i, k in enumerate(emb.keys[mod]) if mod == "face" or k.endswith("_w0")}
+        out[mod] = {
+            source[k]: emb.h[mod][i]
+            for i, k in enumerate(emb.keys[mod])
+            if mod == "face" or k.endswith("_w0")
+        }
     return out
 
 
@@ -88,10 +114,32 @@ def test_embed_equals_shard_path_and_rejects_bad_files(setup):
     silent, non-image and no-face files are listed as rejects with a reason, the rest embedded."""
     c, bad = setup["corpus"], setup["bad"]
     out = setup["tmp"] / "emb.npz"
-    res = _avtrain(["embed", "--run", setup["run"], "--audio", c / "wav", "--audio", bad / "silent.wav",
-                    "--audio", bad / "empty.wav", "--audio", bad / "missing.wav",
-                    "--faces", c / "faces", "--faces", bad / "not_an_image.jpg", "--faces", bad / "no_face.png",
-                    "--out", out, "--no-progress", "--batch-size", "7"])
+    res = _avtrain(
+        [
+            "embed",
+            "--run",
+            setup["run"],
+            "--audio",
+            c / "wav",
+            "--audio",
+            bad / "silent.wav",
+            "--audio",
+            bad / "empty.wav",
+            "--audio",
+            bad / "missing.wav",
+            "--faces",
+            c / "faces",
+            "--faces",
+            bad / "not_an_image.jpg",
+            "--faces",
+            bad / "no_face.png",
+            "--out",
+            out,
+            "--no-progress",
+            "--batch-size",
+            "7",
+        ]
+    )
     assert "rejected" in res.output
     from avtrain.inference import read_embeddings
 
@@ -104,7 +152,10 @@ def test_embed_equals_shard_path_and_rejects_bad_files(setup):
     assert "no face detected" in reasons["no_face.png"]
 
     ref = _shard_embeddings(setup)
-    for mod, keys, h, base in (("audio", got.voice_keys, got.voice, c / "wav"), ("face", got.face_keys, got.face, c / "faces")):
+    for mod, keys, h, base in (
+        ("audio", got.voice_keys, got.voice, c / "wav"),
+        ("face", got.face_keys, got.face, c / "faces"),
+    ):
         raw = {Path(k).relative_to(base).as_posix(): h[i] for i, k in enumerate(keys)}
         assert set(raw) == set(ref[mod]) and len(raw) > 10  # same files kept, same files rejected
         diff = max(float(np.abs(raw[k] - ref[mod][k]).max()) for k in raw)
@@ -116,12 +167,29 @@ def test_score_verification_list_gives_evaluate_auc(setup):
     their CIs are exactly evaluate's."""
     from avdata.reader import index_items
 
-    m = json.loads(_avtrain(["evaluate", "--run", setup["run"], "--shards", setup["shards"], "--tuples", setup["ev"],
-                             "--out", setup["tmp"] / "metrics.json", "--bootstrap", "200"]).output and
-                   (setup["tmp"] / "metrics.json").read_text())["verification"]["test"]
+    m = json.loads(
+        _avtrain(
+            [
+                "evaluate",
+                "--run",
+                setup["run"],
+                "--shards",
+                setup["shards"],
+                "--tuples",
+                setup["ev"],
+                "--out",
+                setup["tmp"] / "metrics.json",
+                "--bootstrap",
+                "200",
+            ]
+        ).output
+        and (setup["tmp"] / "metrics.json").read_text()
+    )["verification"]["test"]
     items = index_items(setup["shards"])
     source = dict(zip(items["key"], items["source"]))
-    pairs = [json.loads(ln) for ln in (setup["ev"] / "index" / "verification_test.jsonl").read_text().splitlines()]
+    pairs = [
+        json.loads(ln) for ln in (setup["ev"] / "index" / "verification_test.jsonl").read_text().splitlines()
+    ]
     lines = []
     for p in pairs:
         a, f = (p["query"], p["gallery"][0]) if p["direction"] == "a2v" else (p["gallery"][0], p["query"])
@@ -129,8 +197,22 @@ def test_score_verification_list_gives_evaluate_auc(setup):
     plist = setup["tmp"] / "veri.txt"
     plist.write_text("\n".join(lines) + "\n")
     out = setup["tmp"] / "veri.scores"
-    res = _avtrain(["score", "--run", setup["run"], "--pairs", plist, "--root", setup["corpus"], "--out", out,
-                    "--bootstrap", "200", "--no-progress"])
+    res = _avtrain(
+        [
+            "score",
+            "--run",
+            setup["run"],
+            "--pairs",
+            plist,
+            "--root",
+            setup["corpus"],
+            "--out",
+            out,
+            "--bootstrap",
+            "200",
+            "--no-progress",
+        ]
+    )
     assert "AUC" in res.output and "-L2" in res.output
     summary = json.loads((setup["tmp"] / "veri.scores.metrics.json").read_text())
     assert summary["format"] == "labelled" and summary["scored"] == len(pairs) == m["n"]
@@ -152,13 +234,23 @@ def test_score_fame_list_marks_bad_pairs_and_refuses_unsafe_paths(setup, tmp_pat
     (root / "wav").symlink_to(c / "wav")
     (root / "faces").symlink_to(c / "faces")
     (root / "bad").symlink_to(setup["bad"])
-    lines = [f"p00 {wav} {face}", f"p01 {wav} faces/missing.jpg", f"p02 bad/silent.wav {face}",
-             f"p03 {wav} bad/no_face.png", f"p04 ../{wav} {face}", f"p05 /etc/passwd {face}",
-             f"p06 pipe:cat {face}", f"p07 {wav} bad/not_an_image.jpg", f"p08 {wav} {face}"]
+    lines = [
+        f"p00 {wav} {face}",
+        f"p01 {wav} faces/missing.jpg",
+        f"p02 bad/silent.wav {face}",
+        f"p03 {wav} bad/no_face.png",
+        f"p04 ../{wav} {face}",
+        f"p05 /etc/passwd {face}",
+        f"p06 pipe:cat {face}",
+        f"p07 {wav} bad/not_an_image.jpg",
+        f"p08 {wav} {face}",
+    ]
     plist = tmp_path / "English_test.txt"
     plist.write_text("\n".join(lines) + "\n")
     out = tmp_path / "sub_score.txt"
-    res = _avtrain(["score", "--run", setup["run"], "--pairs", plist, "--root", root, "--out", out, "--no-progress"])
+    res = _avtrain(
+        ["score", "--run", setup["run"], "--pairs", plist, "--root", root, "--out", out, "--no-progress"]
+    )
     assert "L2 distance" in res.output and "lower = same person" in res.output
     rows = [ln.split() for ln in out.read_text().splitlines()]
     assert [r[0] for r in rows] == [f"p0{i}" for i in range(9)]
@@ -169,8 +261,10 @@ def test_score_fame_list_marks_bad_pairs_and_refuses_unsafe_paths(setup, tmp_pat
     model = load_model(setup["run"])
     d = -model.score(model.embed_voice(c / wav), model.embed_face(c / face))
     assert float(rows[0][1]) == pytest.approx(d, abs=1e-5)
-    rejects = {r["id"]: r["reasons"][0]["reason"] for r in
-               map(json.loads, (tmp_path / "sub_score.txt.rejects.jsonl").read_text().splitlines())}
+    rejects = {
+        r["id"]: r["reasons"][0]["reason"]
+        for r in map(json.loads, (tmp_path / "sub_score.txt.rejects.jsonl").read_text().splitlines())
+    }
     assert sorted(rejects) == [f"p0{i}" for i in range(1, 8)]
     assert "file not found" in rejects["p01"] and "silent" in rejects["p02"] and "no face" in rejects["p03"]
     assert "'..'" in rejects["p04"] and "absolute" in rejects["p05"] and "URL" in rejects["p06"]
@@ -180,12 +274,16 @@ def test_score_fame_list_marks_bad_pairs_and_refuses_unsafe_paths(setup, tmp_pat
 
 def test_score_reads_the_learnable_pins_csv(setup, shared_data, tmp_path):
     """The official veriflist CSV form parses; its files are absent here, so every pair is 'nan'."""
-    official = shared_data / "protocols" / "voxceleb1" / "learnable_pins" / "veriflist_test_random_seenheard.txt"
+    official = (
+        shared_data / "protocols" / "voxceleb1" / "learnable_pins" / "veriflist_test_random_seenheard.txt"
+    )
     head = official.read_text().splitlines()[:6]
     plist = tmp_path / "veriflist_head.txt"
     plist.write_text("\n".join(head) + "\n")
     out = tmp_path / "pins.scores"
-    res = _avtrain(["score", "--run", setup["run"], "--pairs", plist, "--root", tmp_path, "--out", out, "--no-progress"])
+    res = _avtrain(
+        ["score", "--run", setup["run"], "--pairs", plist, "--root", tmp_path, "--out", out, "--no-progress"]
+    )
     assert "0/5 pairs scored (pins-csv list)" in res.output
     assert out.read_text().splitlines() == [f"{i} nan" for i in range(1, 6)]
 
@@ -211,10 +309,15 @@ def test_match_ranks_by_neg_l2_and_prints_json(setup):
     lines = text.splitlines()[1:5]
     assert [ln.split()[-1] for ln in lines] == [r["path"] for r in ranking]
     # the other direction, and a query that cannot be used: one line, exit 1
-    back = json.loads(_avtrain(["match", "--run", setup["run"], "--face", faces[0], "--voices", voice, "--json"]).output)
+    back = json.loads(
+        _avtrain(["match", "--run", setup["run"], "--face", faces[0], "--voices", voice, "--json"]).output
+    )
     assert back["gallery_modality"] == "voice" and back["ranking"][0]["score"] == pytest.approx(
-        next(r["score"] for r in ranking if r["path"] == str(faces[0])), abs=1e-5)
-    bad = _avtrain(["match", "--run", setup["run"], "--voice", setup["bad"] / "silent.wav", *faces[:2]], code=1)
+        next(r["score"] for r in ranking if r["path"] == str(faces[0])), abs=1e-5
+    )
+    bad = _avtrain(
+        ["match", "--run", setup["run"], "--voice", setup["bad"] / "silent.wav", *faces[:2]], code=1
+    )
     assert bad.output.startswith("Error: ") and "silent audio" in bad.output and bad.output.count("\n") == 1
 
 
@@ -243,7 +346,7 @@ def test_export_is_pickle_free_and_loads_to_the_same_model(setup, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
     raw = (out / "model.safetensors").read_bytes()
     header_len = int.from_bytes(raw[:8], "little")
-    json.loads(raw[8:8 + header_len])  # safetensors: a JSON header, then raw tensor bytes
+    json.loads(raw[8 : 8 + header_len])  # safetensors: a JSON header, then raw tensor bytes
     assert b"\x80\x04" not in raw[:2] and not raw.startswith(b"PK")  # neither a pickle nor a torch zip
     meta = json.loads((out / "config.json").read_text())
     assert meta["format"] == "avmatch.model" and meta["scoring"]["kind"] == "neg_l2"
@@ -271,10 +374,25 @@ def test_embed_writes_parquet_with_rejects(setup, tmp_path):
 
     voice = min((setup["corpus"] / "wav").rglob("*.wav"))
     out = tmp_path / "e.parquet"
-    _avtrain(["embed", "--run", setup["run"], "--audio", voice, "--faces", setup["bad"] / "no_face.png",
-              "--out", out, "--no-progress"])
+    _avtrain(
+        [
+            "embed",
+            "--run",
+            setup["run"],
+            "--audio",
+            voice,
+            "--faces",
+            setup["bad"] / "no_face.png",
+            "--out",
+            out,
+            "--no-progress",
+        ]
+    )
     rows = pq.read_table(out).to_pylist()
-    assert [(r["key"], r["modality"]) for r in rows] == [(str(voice), "voice"), (str(setup["bad"] / "no_face.png"), "face")]
+    assert [(r["key"], r["modality"]) for r in rows] == [
+        (str(voice), "voice"),
+        (str(setup["bad"] / "no_face.png"), "face"),
+    ]
     assert len(rows[0]["embedding"]) == 128 and rows[0]["reject_reason"] is None
     assert rows[1]["embedding"] is None and "no face detected" in rows[1]["reject_reason"]
     from avtrain import load_model

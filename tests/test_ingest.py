@@ -29,9 +29,9 @@ def test_voxceleb_layouts_and_problems(tmp_path):
         d = tmp_path / "wav" / "id10001" / ytid
         d.mkdir(parents=True, exist_ok=True)
         shutil.copy(wav, d / f"{n:05d}.wav")
-    (tmp_path / "wav" / "id99999" / "zz").mkdir(parents=True)           # unknown id
+    (tmp_path / "wav" / "id99999" / "zz").mkdir(parents=True)  # unknown id
     shutil.copy(wav, tmp_path / "wav" / "id99999" / "zz" / "00001.wav")
-    (tmp_path / "wav" / "id10002").mkdir()                               # empty folder
+    (tmp_path / "wav" / "id10002").mkdir()  # empty folder
     (tmp_path / "wav" / "id10003" / "yt").mkdir(parents=True)
     (tmp_path / "wav" / "id10003" / "yt" / "00001.wav").write_bytes(b"")  # zero-byte
     # PINs-style voice names: NAME/YTID_0000001.wav
@@ -47,8 +47,11 @@ def test_voxceleb_layouts_and_problems(tmp_path):
     (tmp_path / "faces" / "Nobody_Known" / "1.jpg").write_bytes(b"x")
 
     audio = scan_tree(tmp_path / "wav", meta, "audio")
-    assert audio.media["rel_path"].tolist() == ["id10001/Y8hIVOBuels/00001.wav", "id10001/Y8hIVOBuels/00002.wav",
-                                                "id10001/a-b_c123XYZ/00001.wav"]
+    assert audio.media["rel_path"].tolist() == [
+        "id10001/Y8hIVOBuels/00001.wav",
+        "id10001/Y8hIVOBuels/00002.wav",
+        "id10001/a-b_c123XYZ/00001.wav",
+    ]
     assert set(audio.media.source_id) == {"Y8hIVOBuels", "a-b_c123XYZ"}
     assert set(audio.media.name) == {"A.J._Buckley"}
     reasons = {Path(p["path"]).name: p["reason"] for p in audio.problems}

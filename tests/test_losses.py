@@ -126,7 +126,9 @@ def test_triplet_matches_torch_triplet_margin_loss():
     theirs = F.triplet_margin_loss(
         h0[:, None].expand(B, k - 1, D).reshape(-1, D),
         h1[:, None].expand(B, k - 1, D).reshape(-1, D),
-        hneg.reshape(-1, D), margin=1.0, p=2,
+        hneg.reshape(-1, D),
+        margin=1.0,
+        p=2,
     )
     # torch adds eps = 1e-6 inside the norm (||a - b + eps||): agree to ~1e-5
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
@@ -268,8 +270,13 @@ def test_aml_objective_composition():
 @pytest.mark.parametrize("metric_kind", ["lifted", "triplet", "ranked_list"])
 def test_gradients_flow_through_every_term(metric_kind, adversarial_kind):
     # large ranked-list α so its negatives are active on random tanh features
-    cfg = LossConfig("matching", metric_kind=metric_kind, adversarial_kind=adversarial_kind,
-                     rll_alpha=50.0, rll_margin=49.0)
+    cfg = LossConfig(
+        "matching",
+        metric_kind=metric_kind,
+        adversarial_kind=adversarial_kind,
+        rll_alpha=50.0,
+        rll_margin=49.0,
+    )
     loss_fn = AMLLoss(cfg)
     model, out, labels = small_batch(k=3, direction="a2v")
     e = loss_fn.encoder_loss(out, labels, model.discriminator)

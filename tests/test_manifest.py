@@ -14,21 +14,40 @@ from click.testing import CliRunner
 import avdata.audio
 import avdata.splits
 from avdata.cli import main
-from avdata.manifest import (WARNING, describe, diff, has_failures, identity_split_manifest, load_manifest,
-                             run_manifest, update, verify)
+from avdata.manifest import (
+    WARNING,
+    describe,
+    diff,
+    has_failures,
+    identity_split_manifest,
+    load_manifest,
+    run_manifest,
+    update,
+    verify,
+)
 from avdata.synth import synth_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 VOX1 = Path(__file__).resolve().parents[2] / "shared" / "data" / "protocols" / "voxceleb1"
 
 
-def cli(*args) -> "click.testing.Result":
+def cli(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
 def build(corpus: Path, out: Path) -> Path:
-    res = cli("build-shards", "--audio", corpus / "wav", "--faces", corpus / "faces", "--meta",
-              corpus / "vox1_meta.csv", "--out", out, "--no-progress")
+    res = cli(
+        "build-shards",
+        "--audio",
+        corpus / "wav",
+        "--faces",
+        corpus / "faces",
+        "--meta",
+        corpus / "vox1_meta.csv",
+        "--out",
+        out,
+        "--no-progress",
+    )
     assert res.exit_code == 0, res.output
     return out
 
@@ -41,7 +60,12 @@ def base(tmp_path_factory):
     shards = build(root / "corpus", root / "shards")
     res = cli("manifest", "update", shards, "--out", root / "committed" / "shards.json")
     assert res.exit_code == 0 and "written (new)" in res.output, res.output
-    return {"root": root, "corpus": root / "corpus", "shards": shards, "manifest": root / "committed" / "shards.json"}
+    return {
+        "root": root,
+        "corpus": root / "corpus",
+        "shards": shards,
+        "manifest": root / "committed" / "shards.json",
+    }
 
 
 def verify_cli(dir: Path, against: Path):
@@ -65,8 +89,20 @@ def test_unchanged_rebuild_verifies(base, tmp_path):
     assert "identical to" in out
     # tuples: a rebuild from the rebuilt shards verifies against the first
     for shards, tuples in ((base["shards"], tmp_path / "t1"), (rebuilt, tmp_path / "t2")):
-        res = cli("make-tuples", "--shards", shards, "--task", "matching", "--split", "test", "--k", "2",
-                  "--out", tuples, "--tuple-shards")
+        res = cli(
+            "make-tuples",
+            "--shards",
+            shards,
+            "--task",
+            "matching",
+            "--split",
+            "test",
+            "--k",
+            "2",
+            "--out",
+            tuples,
+            "--tuple-shards",
+        )
         assert res.exit_code == 0, res.output
     assert cli("manifest", "update", tmp_path / "t1", "--out", tmp_path / "tuples.json").exit_code == 0
     code, out = verify_cli(tmp_path / "t2", tmp_path / "tuples.json")
@@ -75,8 +111,22 @@ def test_unchanged_rebuild_verifies(base, tmp_path):
 
 def test_bytes_on_disk_must_match_the_directory_manifest(base, tmp_path):
     tuples = tmp_path / "t"
-    assert cli("make-tuples", "--shards", base["shards"], "--task", "matching", "--split", "test", "--k", "2",
-               "--out", tuples).exit_code == 0
+    assert (
+        cli(
+            "make-tuples",
+            "--shards",
+            base["shards"],
+            "--task",
+            "matching",
+            "--split",
+            "test",
+            "--k",
+            "2",
+            "--out",
+            tuples,
+        ).exit_code
+        == 0
+    )
     committed = tmp_path / "tuples.json"
     update(tuples, committed)
     index = sorted((tuples / "index").glob("*.jsonl"))[0]
@@ -91,7 +141,10 @@ def test_bytes_on_disk_must_match_the_directory_manifest(base, tmp_path):
     stray = tmp_path / "s"
     shutil.copytree(base["shards"], stray)
     shutil.copy(stray / "train" / "audio-000000.tar", stray / "train" / "audio-000001.tar")
-    assert any("train/audio-000001.tar: on disk but not in manifest.json" in l for l in verify(stray, base["manifest"]))
+    assert any(
+        "train/audio-000001.tar: on disk but not in manifest.json" in l
+        for l in verify(stray, base["manifest"])
+    )
 
 
 def _flip_pcm_byte(wav: Path) -> None:
@@ -107,7 +160,9 @@ def test_one_byte_input_change_names_the_shard(base, tmp_path):
     wav = sorted((corpus / "wav").rglob("*.wav"))[0]
     _flip_pcm_byte(wav)
     vox_id = wav.relative_to(corpus / "wav").parts[0]
-    splits = {l.split(",")[1]: l.split(",")[2] for l in (base["shards"] / "splits.csv").read_text().splitlines()[1:]}
+    splits = {
+        l.split(",")[1]: l.split(",")[2] for l in (base["shards"] / "splits.csv").read_text().splitlines()[1:]
+    }
     shard = f"{splits[vox_id]}/audio-000000.tar"
 
     code, out = verify_cli(build(corpus, tmp_path / "shards"), base["manifest"])
@@ -123,8 +178,9 @@ def test_changed_split_rule_names_the_identity_lists(base, tmp_path, monkeypatch
     test_names = sorted(n for n in names if avdata.splits.matching_split(n) == "test")
     moved = test_names[0][0].upper()
     original = avdata.splits.matching_split
-    monkeypatch.setattr(avdata.splits, "matching_split",
-                        lambda name: "val" if name[:1].upper() == moved else original(name))
+    monkeypatch.setattr(
+        avdata.splits, "matching_split", lambda name: "val" if name[:1].upper() == moved else original(name)
+    )
     old = load_manifest(base["manifest"])["splits"]
     n_moved = sum(1 for n in test_names if n[0].upper() == moved)
 
@@ -135,8 +191,10 @@ def test_changed_split_rule_names_the_identity_lists(base, tmp_path, monkeypatch
     assert f"splits: val identity list changed ({v} → {v + n_moved} identities)" in out
 
     # the same rule change against the committed VoxCeleb1 manifest names the rule and the lists
-    lines = diff(load_manifest(REPO / "manifests" / "voxceleb1" / "matching.json"),
-                 identity_split_manifest(VOX1 / "vox1_meta.csv", "matching"))
+    lines = diff(
+        load_manifest(REPO / "manifests" / "voxceleb1" / "matching.json"),
+        identity_split_manifest(VOX1 / "vox1_meta.csv", "matching"),
+    )
     assert lines[0].startswith('rule: "matching: first letter of the VGGFace1 name: A-B val')
     assert any(l.startswith("splits: test identity list changed (193 → ") for l in lines), lines
     assert any(l.startswith("splits: val identity list changed (116 → ") for l in lines), lines
@@ -144,7 +202,9 @@ def test_changed_split_rule_names_the_identity_lists(base, tmp_path, monkeypatch
 
 def test_changed_spectrogram_setting_names_config_and_audio_shards(base, tmp_path, monkeypatch):
     monkeypatch.setattr(avdata.audio, "TOP_DB", 60.0)  # what spectrogram_windows reads
-    monkeypatch.setattr(avdata.audio, "SPEC_CONFIG", avdata.audio.SPEC_CONFIG | {"top_db": 60.0})  # what is recorded
+    monkeypatch.setattr(
+        avdata.audio, "SPEC_CONFIG", avdata.audio.SPEC_CONFIG | {"top_db": 60.0}
+    )  # what is recorded
     code, out = verify_cli(build(base["corpus"], tmp_path / "shards"), base["manifest"])
     assert code == 1, out
     lines = out.splitlines()
@@ -157,35 +217,63 @@ def test_changed_spectrogram_setting_names_config_and_audio_shards(base, tmp_pat
 def test_voxceleb1_split_manifests_verify():
     committed = REPO / "manifests" / "voxceleb1"
     meta, pins = VOX1 / "vox1_meta.csv", VOX1 / "learnable_pins" / "identity_splits.txt"
-    for protocol, extra, counts in (("matching", [], {"val": 116, "test": 193, "train": 942}),
-                                    ("pins", ["--pins-splits", pins], {"train": 901, "val": 100, "unseen_unheard": 250})):
-        res = cli("manifest", "verify-splits", "--meta", meta, "--protocol", protocol, *extra,
-                  "--against", committed / f"{protocol}.json")
+    for protocol, extra, counts in (
+        ("matching", [], {"val": 116, "test": 193, "train": 942}),
+        ("pins", ["--pins-splits", pins], {"train": 901, "val": 100, "unseen_unheard": 250}),
+    ):
+        res = cli(
+            "manifest",
+            "verify-splits",
+            "--meta",
+            meta,
+            "--protocol",
+            protocol,
+            *extra,
+            "--against",
+            committed / f"{protocol}.json",
+        )
         assert res.exit_code == 0, res.output
         text = (committed / f"{protocol}.json").read_text()
         m = json.loads(text)
         assert {s: v["identities"] for s, v in m["splits"].items()} == counts
         assert "id10001" not in text and "A.J._Buckley" not in text  # hashes and counts only
-    res = cli("manifest", "verify-splits", "--meta", meta, "--protocol", "matching", "--against", committed / "pins.json")
+    res = cli(
+        "manifest",
+        "verify-splits",
+        "--meta",
+        meta,
+        "--protocol",
+        "matching",
+        "--against",
+        committed / "pins.json",
+    )
     assert res.exit_code == 1 and 'protocol: "pins" → "matching"' in res.output
 
 
 def test_diff_order_summary_and_version_warnings():
-    exp = {"kind": "avmatch.shards", "versions": {"numpy": "2.0.0"}, "config": {"spectrogram": {"n_fft": 2048}},
-           "inputs": {"listing_sha256": "a" * 64},
-           "shards": {f"train/audio-{i:06d}.tar": {"sha256": "b" * 64, "samples": 5} for i in range(80)}}
+    exp = {
+        "kind": "avmatch.shards",
+        "versions": {"numpy": "2.0.0"},
+        "config": {"spectrogram": {"n_fft": 2048}},
+        "inputs": {"listing_sha256": "a" * 64},
+        "shards": {f"train/audio-{i:06d}.tar": {"sha256": "b" * 64, "samples": 5} for i in range(80)},
+    }
     act = json.loads(json.dumps(exp))
     act["versions"]["numpy"] = "2.1.0"
-    assert diff(exp, act) == [f'{WARNING}versions.numpy: "2.0.0" → "2.1.0"'] and not has_failures(diff(exp, act))
+    assert diff(exp, act) == [f'{WARNING}versions.numpy: "2.0.0" → "2.1.0"'] and not has_failures(
+        diff(exp, act)
+    )
     act["config"]["spectrogram"]["n_fft"] = 1024
     act["inputs"]["listing_sha256"] = "c" * 64
     for entry in act["shards"].values():
         entry["sha256"] = "d" * 64
     del act["shards"]["train/audio-000079.tar"]
     lines = diff(exp, act)
-    assert lines[:3] == ["config.spectrogram.n_fft: 2048 → 1024",
-                         "inputs.listing_sha256 changed (aaaaaaaaaaaa… → cccccccccccc…)",
-                         "shards: train/audio-000000.tar sha256 changed (bbbbbbbbbbbb… → dddddddddddd…)"]
+    assert lines[:3] == [
+        "config.spectrogram.n_fft: 2048 → 1024",
+        "inputs.listing_sha256 changed (aaaaaaaaaaaa… → cccccccccccc…)",
+        "shards: train/audio-000000.tar sha256 changed (bbbbbbbbbbbb… → dddddddddddd…)",
+    ]
     assert lines[-2] == "... 32 more differences" and lines[-1].startswith(WARNING)
     assert len(lines) == 52 and has_failures(lines)
     assert diff(exp, act, limit=1000)[-2] == "shards: train/audio-000079.tar missing (expected 5 samples)"
@@ -196,15 +284,29 @@ def test_cpu_run_repeats_with_its_seed(train_tuples, tmp_path):
     from avtrain.train import fit
 
     def run(name, seed):
-        cfg = TrainConfig(task="matching", k=2, direction="a2v", epochs=1, batch_size=8, workers=0, seed=seed,
-                          device="cpu", threads=1, max_steps_per_epoch=3)
+        cfg = TrainConfig(
+            task="matching",
+            k=2,
+            direction="a2v",
+            epochs=1,
+            batch_size=8,
+            workers=0,
+            seed=seed,
+            device="cpu",
+            threads=1,
+            max_steps_per_epoch=3,
+        )
         fit(cfg, train_tuples, tmp_path / name, progress=False)
         return tmp_path / name
 
     first, again, other = run("a", 1), run("b", 1), run("c", 2)
     m1, m2 = run_manifest(first, train_tuples), run_manifest(again, train_tuples)
     assert m1 == m2
-    assert m1["seed"] == 1 and m1["data"]["tuples_manifest_sha256"] and set(m1["final_losses"]) >= {"L_total", "L_dis"}
+    assert (
+        m1["seed"] == 1
+        and m1["data"]["tuples_manifest_sha256"]
+        and set(m1["final_losses"]) >= {"L_total", "L_dis"}
+    )
     assert "samples_per_s" not in m1["final_losses"]
     res = cli("manifest", "update", first, "--tuples", train_tuples, "--out", tmp_path / "run.json")
     assert res.exit_code == 0, res.output

@@ -131,9 +131,9 @@ def test_video_only_file_has_no_audio_stream(tmp_path, real_mp4s):
     from avdata.media import ffmpeg_exe
 
     silent_video = tmp_path / "video_only.mp4"
-    ffmpeg.input(str(real_mp4s[0])).output(
-        str(silent_video), map="0:v:0", vcodec="copy", t=1
-    ).run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True)
+    ffmpeg.input(str(real_mp4s[0])).output(str(silent_video), map="0:v:0", vcodec="copy", t=1).run(
+        cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True
+    )
     assert len(decode_video_frames(silent_video)) >= 1
     with pytest.raises(InputError) as caught:
         decode_audio(silent_video)

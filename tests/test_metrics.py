@@ -26,12 +26,14 @@ from avtrain.metrics import (
 
 
 def test_matching_accuracy_hand_case_with_ties():
-    scores = np.array([
-        [0.9, 0.1, 0.0],  # label 0: unique max at 0 -> correct under every rule
-        [0.2, 0.8, 0.1],  # label 0: max at 1 -> wrong
-        [0.5, 0.5, 0.1],  # label 0: 2-way tie {0,1}: first -> 0 correct; wrong -> 0; 1/2
-        [0.3, 0.3, 0.3],  # label 2: 3-way tie: first -> 0 wrong; wrong -> 0; 1/3
-    ])
+    scores = np.array(
+        [
+            [0.9, 0.1, 0.0],  # label 0: unique max at 0 -> correct under every rule
+            [0.2, 0.8, 0.1],  # label 0: max at 1 -> wrong
+            [0.5, 0.5, 0.1],  # label 0: 2-way tie {0,1}: first -> 0 correct; wrong -> 0; 1/2
+            [0.3, 0.3, 0.3],  # label 2: 3-way tie: first -> 0 wrong; wrong -> 0; 1/3
+        ]
+    )
     labels = np.array([0, 0, 0, 2])
     assert matching_accuracy(scores, labels) == pytest.approx(2 / 4)  # default "first"
     assert matching_accuracy(scores, labels, ties="first") == pytest.approx(2 / 4)
@@ -58,11 +60,15 @@ def test_gather_scores_equals_naive_loop(kind):
     for t in range(23):
         for j in range(4):
             a, b = q[qi[t]], g[gi[t, j]]
-            naive[t, j] = (-np.linalg.norm(a - b) if kind == "neg_l2"
-                           else a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+            naive[t, j] = (
+                -np.linalg.norm(a - b)
+                if kind == "neg_l2"
+                else a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+            )
     for chunk in (1, 5, 4096):
-        np.testing.assert_allclose(gather_scores(q, g, qi, gi, kind=kind, chunk=chunk), naive,
-                                   rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            gather_scores(q, g, qi, gi, kind=kind, chunk=chunk), naive, rtol=1e-12, atol=1e-12
+        )
 
 
 def test_gather_scores_feeds_matching_accuracy():
@@ -193,7 +199,13 @@ def test_retrieval_hand_case():
     assert m["mAP"] == pytest.approx((7 / 12 + 5 / 6) / 2)  # = 17/24
     assert m["n_queries"] == 2 and m["queries_without_relevant"] == 1
     assert set(retrieval_metrics(QUERIES, QUERY_IDS, GALLERY, GALLERY_IDS)) == {
-        "R@1", "R@5", "R@10", "mAP", "n_queries", "queries_without_relevant"}
+        "R@1",
+        "R@5",
+        "R@10",
+        "mAP",
+        "n_queries",
+        "queries_without_relevant",
+    }
 
 
 def test_retrieval_ties_are_stable():

@@ -45,17 +45,25 @@ def linear(n_in, n_out):
 
 # Parameter counts, layer by layer from docs/aml-spec.md
 AUDIO_PARAMS = (
-    conv(1, 3, 5, 5) + bn(3)  # 78 + 6
-    + conv(3, 5, 3, 6) + bn(5)  # 275 + 10
-    + conv(5, 8, 3, 3) + bn(8)  # 368 + 16
-    + conv(8, 16, 3, 3) + bn(16)  # 1168 + 32
+    conv(1, 3, 5, 5)
+    + bn(3)  # 78 + 6
+    + conv(3, 5, 3, 6)
+    + bn(5)  # 275 + 10
+    + conv(5, 8, 3, 3)
+    + bn(8)  # 368 + 16
+    + conv(8, 16, 3, 3)
+    + bn(16)  # 1168 + 32
     + conv(16, 32, 3, 3)  # 4640
 )  # = 6593
 VISUAL_PARAMS = (
-    conv(3, 3, 7, 7) + bn(3)  # 444 + 6
-    + conv(3, 5, 5, 5) + bn(5)  # 380 + 10
-    + conv(5, 8, 2, 2) + bn(8)  # 168 + 16
-    + conv(8, 16, 3, 3) + bn(16)  # 1168 + 32
+    conv(3, 3, 7, 7)
+    + bn(3)  # 444 + 6
+    + conv(3, 5, 5, 5)
+    + bn(5)  # 380 + 10
+    + conv(5, 8, 2, 2)
+    + bn(8)  # 168 + 16
+    + conv(8, 16, 3, 3)
+    + bn(16)  # 1168 + 32
     + conv(16, 32, 3, 3)  # 4640
 )  # = 6864
 GENERATOR_PARAMS = linear(3200, 128) + linear(128, 128)  # 409728 + 16512 = 426240
@@ -71,8 +79,11 @@ def _seed():
 
 
 def _layer_counts(module: nn.Module) -> list[tuple[str, int]]:
-    return [(type(m).__name__, n_params(m)) for m in module.modules()
-            if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))]
+    return [
+        (type(m).__name__, n_params(m))
+        for m in module.modules()
+        if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear))
+    ]
 
 
 def test_hand_counts_match_the_model_layer_by_layer():
@@ -80,11 +91,27 @@ def test_hand_counts_match_the_model_layer_by_layer():
     (a wrong kernel, channel count or missing layer fails here, not only in the total)."""
     C, B, L = "Conv2d", "BatchNorm2d", "Linear"
     assert _layer_counts(AudioBranch()) == [
-        (C, conv(1, 3, 5, 5)), (B, bn(3)), (C, conv(3, 5, 3, 6)), (B, bn(5)), (C, conv(5, 8, 3, 3)), (B, bn(8)),
-        (C, conv(8, 16, 3, 3)), (B, bn(16)), (C, conv(16, 32, 3, 3))]
+        (C, conv(1, 3, 5, 5)),
+        (B, bn(3)),
+        (C, conv(3, 5, 3, 6)),
+        (B, bn(5)),
+        (C, conv(5, 8, 3, 3)),
+        (B, bn(8)),
+        (C, conv(8, 16, 3, 3)),
+        (B, bn(16)),
+        (C, conv(16, 32, 3, 3)),
+    ]
     assert _layer_counts(VisualBranch()) == [
-        (C, conv(3, 3, 7, 7)), (B, bn(3)), (C, conv(3, 5, 5, 5)), (B, bn(5)), (C, conv(5, 8, 2, 2)), (B, bn(8)),
-        (C, conv(8, 16, 3, 3)), (B, bn(16)), (C, conv(16, 32, 3, 3))]
+        (C, conv(3, 3, 7, 7)),
+        (B, bn(3)),
+        (C, conv(3, 5, 5, 5)),
+        (B, bn(5)),
+        (C, conv(5, 8, 2, 2)),
+        (B, bn(8)),
+        (C, conv(8, 16, 3, 3)),
+        (B, bn(16)),
+        (C, conv(16, 32, 3, 3)),
+    ]
     assert _layer_counts(Generator()) == [(L, linear(3200, 128)), (L, linear(128, 128))]
     assert _layer_counts(ModalityDiscriminator()) == [(L, linear(128, 2))]
     assert sum(n for _, n in _layer_counts(AudioBranch())) == AUDIO_PARAMS
@@ -102,21 +129,43 @@ def _assert_stage_shapes(layers: nn.Sequential, x: torch.Tensor, expected: list[
 def test_audio_branch_shapes_stage_by_stage():
     # (C, freq, time) after each layer, worked out in the docstring of avtrain/models/aml.py
     expected = [
-        (3, 111, 123), (3, 55, 60), (3, 55, 60), (3, 55, 60),  # conv, avgpool, BN, act
-        (5, 28, 29), (5, 28, 29), (5, 13, 14), (5, 13, 14),  # conv, BN, avgpool, act
-        (8, 13, 14), (8, 13, 14), (16, 13, 14), (16, 13, 14), (32, 13, 14),
-        (32, 10, 10), (32, 10, 10),  # maxpool k(4,5) s1, act
+        (3, 111, 123),
+        (3, 55, 60),
+        (3, 55, 60),
+        (3, 55, 60),  # conv, avgpool, BN, act
+        (5, 28, 29),
+        (5, 28, 29),
+        (5, 13, 14),
+        (5, 13, 14),  # conv, BN, avgpool, act
+        (8, 13, 14),
+        (8, 13, 14),
+        (16, 13, 14),
+        (16, 13, 14),
+        (32, 13, 14),
+        (32, 10, 10),
+        (32, 10, 10),  # maxpool k(4,5) s1, act
     ]
     _assert_stage_shapes(AudioBranch().eval().layers, torch.randn(2, 1, 224, 125), expected)
 
 
 def test_visual_branch_shapes_stage_by_stage():
     expected = [
-        (3, 112, 112), (3, 56, 56), (3, 56, 56), (3, 56, 56),
-        (5, 28, 28), (5, 14, 14), (5, 14, 14), (5, 14, 14),
-        (8, 21, 21), (8, 21, 21), (8, 21, 21),  # conv k2 s1 p4: 14 + 8 - 2 + 1 = 21
-        (16, 21, 21), (16, 21, 21), (32, 21, 21),
-        (32, 10, 10), (32, 10, 10),  # maxpool 2 s2: floor(19 / 2) + 1 = 10
+        (3, 112, 112),
+        (3, 56, 56),
+        (3, 56, 56),
+        (3, 56, 56),
+        (5, 28, 28),
+        (5, 14, 14),
+        (5, 14, 14),
+        (5, 14, 14),
+        (8, 21, 21),
+        (8, 21, 21),
+        (8, 21, 21),  # conv k2 s1 p4: 14 + 8 - 2 + 1 = 21
+        (16, 21, 21),
+        (16, 21, 21),
+        (32, 21, 21),
+        (32, 10, 10),
+        (32, 10, 10),  # maxpool 2 s2: floor(19 / 2) + 1 = 10
     ]
     _assert_stage_shapes(VisualBranch().eval().layers, torch.randn(2, 3, 224, 224), expected)
 
@@ -308,11 +357,14 @@ def test_matching_head_hand_counts():
 def test_matching_head_variants_in_the_model(head):
     k = 3
     model = AML(ModelConfig(task="matching", k=k, head=head)).eval()
-    expected_type = {"concat_linear": MatchingHead, "concat_mlp": MatchingMLPHead, "diff_mlp": DiffMLPHead}[head]
+    expected_type = {"concat_linear": MatchingHead, "concat_mlp": MatchingMLPHead, "diff_mlp": DiffMLPHead}[
+        head
+    ]
     assert type(model.head) is expected_type
     assert n_params(model.head) == head_params(head, k)
-    assert n_params(model) == (AUDIO_PARAMS + VISUAL_PARAMS + GENERATOR_PARAMS + head_params(head, k)
-                               + DISCRIMINATOR_PARAMS)
+    assert n_params(model) == (
+        AUDIO_PARAMS + VISUAL_PARAMS + GENERATOR_PARAMS + head_params(head, k) + DISCRIMINATOR_PARAMS
+    )
     out = model(torch.randn(2, 1, 224, 125), torch.randn(2, k, 3, 224, 224), "a2v")
     assert out["logits"].shape == (2, k)
     # every Linear of the head gets Glorot init and a zero bias, like the rest of the model
@@ -338,9 +390,9 @@ def test_diff_mlp_head_is_per_item():
     head = DiffMLPHead().eval()
     q, g = torch.randn(4, 128), torch.randn(4, 5, 128)
     logits = head(q, g)
-    assert logits.shape == (4, 5)   # any gallery size
+    assert logits.shape == (4, 5)  # any gallery size
     perm = torch.tensor([3, 0, 4, 1, 2])
-    torch.testing.assert_close(head(q, g[:, perm]), logits[:, perm])   # positions are interchangeable
+    torch.testing.assert_close(head(q, g[:, perm]), logits[:, perm])  # positions are interchangeable
     torch.testing.assert_close(logits[:, 2], head.layers(q - g[:, 2]).squeeze(-1))
     # one query set against one shared gallery, as RetrievalHead: (Q, 1, D) vs (1, G, D) -> (Q, G)
     assert head(torch.randn(6, 1, 128), torch.randn(1, 9, 128)).shape == (6, 9)
@@ -368,7 +420,7 @@ def test_matching_head_learns_a_tiny_separable_problem(head):
     train = _tiny_matching_tuples(256, k, prototypes, gen)
     held_out = _tiny_matching_tuples(512, k, prototypes, gen)
     nearest = (held_out[1] - held_out[0][:, None]).norm(dim=2).argmin(1)
-    assert (nearest == held_out[2]).float().mean() == 1.0   # separable
+    assert (nearest == held_out[2]).float().mean() == 1.0  # separable
     model = AML(ModelConfig(task="matching", k=k, head=head))
     opt = torch.optim.Adam(model.head.parameters(), lr=3e-3)
     model.head.train()
@@ -382,6 +434,6 @@ def test_matching_head_learns_a_tiny_separable_problem(head):
         fit = (model.head(train[0], train[1]).argmax(1) == train[2]).float().mean().item()
         new = (model.head(held_out[0], held_out[1]).argmax(1) == held_out[2]).float().mean().item()
     if head == "concat_linear":
-        assert fit > 0.6 and new < 0.5, (fit, new)     # memorised, not learned
+        assert fit > 0.6 and new < 0.5, (fit, new)  # memorised, not learned
     else:
-        assert fit > 0.95 and new > 0.75, (fit, new)   # learned the comparison
+        assert fit > 0.95 and new > 0.75, (fit, new)  # learned the comparison

@@ -24,14 +24,30 @@ PROTO = DATA / "protocols" / "voxceleb1"
 
 
 def tar_hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*.tar"))}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*.tar"))
+    }
 
 
 def build_args(corpus: Path, out: Path, *extra: str) -> list[str]:
-    return ["build-shards", "--audio", str(corpus / "wav"), "--faces", str(corpus / "faces"),
-            "--videos", str(corpus / "mp4"), "--meta", str(corpus / "vox1_meta.csv"),
-            "--out", str(out), "--shard-size", "4", "--no-progress", *extra]
+    return [
+        "build-shards",
+        "--audio",
+        str(corpus / "wav"),
+        "--faces",
+        str(corpus / "faces"),
+        "--videos",
+        str(corpus / "mp4"),
+        "--meta",
+        str(corpus / "vox1_meta.csv"),
+        "--out",
+        str(out),
+        "--shard-size",
+        "4",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def run_cli(args):
@@ -78,11 +94,20 @@ def test_layout_and_readback(built_j1, corpus):
                     assert s["jpg"].shape == (224, 224, 3) and s["jpg"].dtype == np.uint8
                     assert len(meta["box"]) == 4 and 0.9 <= meta["prob"] <= 1.0
     # videos fed both modalities
-    all_audio = [s["json"] for sp in ("train", "val", "test") for s in iter_samples(shard_urls(built_j1, sp, "audio"))]
+    all_audio = [
+        s["json"] for sp in ("train", "val", "test") for s in iter_samples(shard_urls(built_j1, sp, "audio"))
+    ]
     assert {m["source_modality"] for m in all_audio} == {"audio", "video"}
     # identity-disjoint splits, matching the meta file's names
-    ids = {sp: {s["json"]["vox_id"] for s in iter_samples(shard_urls(built_j1, sp, "audio"))} for sp in ("train", "val", "test")}
-    assert not (ids["train"] & ids["val"]) and not (ids["train"] & ids["test"]) and not (ids["val"] & ids["test"])
+    ids = {
+        sp: {s["json"]["vox_id"] for s in iter_samples(shard_urls(built_j1, sp, "audio"))}
+        for sp in ("train", "val", "test")
+    }
+    assert (
+        not (ids["train"] & ids["val"])
+        and not (ids["train"] & ids["test"])
+        and not (ids["val"] & ids["test"])
+    )
     # manifest lists every shard with its sha256
     assert tar_hashes(built_j1) == {k: v["sha256"] for k, v in manifest["shards"].items()}
     assert not list(built_j1.rglob(".*tmp*"))
@@ -123,20 +148,21 @@ def test_bad_files_are_rejected_and_good_work_kept(corpus, tmp_path):
     shutil.copytree(corpus, bad)
     wav_dir = next((bad / "wav").iterdir())
     ytid = next(wav_dir.iterdir())
-    (ytid / "00091.wav").write_bytes(b"")                                     # zero-byte
+    (ytid / "00091.wav").write_bytes(b"")  # zero-byte
     good_wav = next(ytid.glob("*.wav"))
-    (ytid / "00092.wav").write_bytes(good_wav.read_bytes()[:200])             # truncated
-    (ytid / "00093.wav").write_bytes(os.urandom(5000))                        # corrupt
+    (ytid / "00092.wav").write_bytes(good_wav.read_bytes()[:200])  # truncated
+    (ytid / "00093.wav").write_bytes(os.urandom(5000))  # corrupt
     import soundfile as sf
+
     sf.write(ytid / "00094.wav", np.zeros(16000 * 4, dtype=np.float32), 16000, subtype="PCM_16")  # silent
     face_dir = next(p for p in (bad / "faces").iterdir())
     fy = next(face_dir.iterdir())
-    (fy / "9999991.jpg").write_bytes(os.urandom(3000))                          # corrupt jpg
+    (fy / "9999991.jpg").write_bytes(os.urandom(3000))  # corrupt jpg
     good_jpg = next(fy.glob("*.jpg"))
     (fy / "9999992.jpg").write_bytes(good_jpg.read_bytes()[: len(good_jpg.read_bytes()) // 2])  # truncated
     mp4 = next((bad / "mp4").rglob("*.mp4"))
-    (mp4.parent / "09999.mp4").write_bytes(mp4.read_bytes()[:1000])            # truncated mp4
-    (bad / "faces" / "Not_In_Meta" / "yt").mkdir(parents=True)                  # unknown identity
+    (mp4.parent / "09999.mp4").write_bytes(mp4.read_bytes()[:1000])  # truncated mp4
+    (bad / "faces" / "Not_In_Meta" / "yt").mkdir(parents=True)  # unknown identity
     shutil.copy(good_jpg, bad / "faces" / "Not_In_Meta" / "yt" / "0000001.jpg")
 
     out = tmp_path / "shards"
@@ -170,8 +196,20 @@ def test_fail_fast_stops_with_one_line(corpus, tmp_path):
     shutil.copy(corpus / "vox1_meta.csv", bad / "vox1_meta.csv")
     target = next((bad / "wav").rglob("*.wav"))
     target.write_bytes(os.urandom(4000))
-    res = CliRunner().invoke(main, ["build-shards", "--audio", str(bad / "wav"), "--meta", str(bad / "vox1_meta.csv"),
-                                    "--out", str(tmp_path / "o"), "--fail-fast", "--no-progress"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "build-shards",
+            "--audio",
+            str(bad / "wav"),
+            "--meta",
+            str(bad / "vox1_meta.csv"),
+            "--out",
+            str(tmp_path / "o"),
+            "--fail-fast",
+            "--no-progress",
+        ],
+    )
     assert res.exit_code == 1
     assert str(target) in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1
@@ -179,9 +217,22 @@ def test_fail_fast_stops_with_one_line(corpus, tmp_path):
 
 def test_pins_protocol_real_split_file(tmp_path):
     out = tmp_path / "pins"
-    run_cli(["build-shards", "--audio", str(DATA / "media" / "voice" / "voxceleb1_named"),
-             "--meta", str(PROTO / "vox1_meta.csv"), "--protocol", "pins",
-             "--pins-splits", str(PROTO / "learnable_pins" / "identity_splits.txt"), "--out", str(out), "--no-progress"])
+    run_cli(
+        [
+            "build-shards",
+            "--audio",
+            str(DATA / "media" / "voice" / "voxceleb1_named"),
+            "--meta",
+            str(PROTO / "vox1_meta.csv"),
+            "--protocol",
+            "pins",
+            "--pins-splits",
+            str(PROTO / "learnable_pins" / "identity_splits.txt"),
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["identity_splits"] == {"train": 901, "unseen_unheard": 250, "val": 100}
     seen = {}
@@ -196,7 +247,9 @@ def test_pins_protocol_real_split_file(tmp_path):
 
 def test_pins_seen_heard_carved_by_video(corpus, tmp_path):
     out = tmp_path / "pins"
-    run_cli(build_args(corpus, out, "--protocol", "pins", "--pins-splits", str(corpus / "identity_splits.txt")))
+    run_cli(
+        build_args(corpus, out, "--protocol", "pins", "--pins-splits", str(corpus / "identity_splits.txt"))
+    )
     by_video = {}
     for split in ("train", "val", "seen_heard", "unseen_unheard"):
         for modality in ("audio", "face"):

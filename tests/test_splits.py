@@ -8,8 +8,15 @@ from click.testing import CliRunner
 
 from avdata.cli import main
 from avdata.errors import InputError
-from avdata.splits import (assign_media_splits, check_disjoint, identity_splits, matching_split,
-                           read_meta, seen_heard_sources, split_counts)
+from avdata.splits import (
+    assign_media_splits,
+    check_disjoint,
+    identity_splits,
+    matching_split,
+    read_meta,
+    seen_heard_sources,
+    split_counts,
+)
 
 PROTO = Path(__file__).resolve().parents[2] / "shared" / "data" / "protocols" / "voxceleb1"
 META = PROTO / "vox1_meta.csv"
@@ -24,8 +31,17 @@ def test_read_meta_real_file():
     assert row["name"] == "A.J._Buckley" and row["gender"] == "m" and row["nationality"] == "Ireland"
 
 
-@pytest.mark.parametrize("name,split", [("A.J._Buckley", "val"), ("bea", "val"), ("Cher", "test"),
-                                        ("Eoin_Macken", "test"), ("Fred", "train"), ("Zac", "train")])
+@pytest.mark.parametrize(
+    "name,split",
+    [
+        ("A.J._Buckley", "val"),
+        ("bea", "val"),
+        ("Cher", "test"),
+        ("Eoin_Macken", "test"),
+        ("Fred", "train"),
+        ("Zac", "train"),
+    ],
+)
 def test_matching_rule(name, split):
     assert matching_split(name) == split
 
@@ -68,8 +84,16 @@ def test_assign_media_splits_never_splits_a_video():
         for v in range(6):
             for clip in range(3):
                 for modality in ("audio", "face"):
-                    rows.append({"modality": modality, "name": name, "source_id": f"{name[:3]}v{v}",
-                                 "vox_id": "x", "rel_path": f"{v}/{clip}", "path": ""})
+                    rows.append(
+                        {
+                            "modality": modality,
+                            "name": name,
+                            "source_id": f"{name[:3]}v{v}",
+                            "vox_id": "x",
+                            "rel_path": f"{v}/{clip}",
+                            "path": "",
+                        }
+                    )
     out = assign_media_splits(pd.DataFrame(rows), splits, "pins", seed=3)
     per_video = out.groupby(["name", "source_id"])["split"].nunique()
     assert (per_video == 1).all()
@@ -80,8 +104,10 @@ def test_assign_media_splits_never_splits_a_video():
 
 def test_cli_splits_writes_csv(tmp_path):
     out = tmp_path / "splits.csv"
-    res = CliRunner().invoke(main, ["splits", "--meta", str(META), "--protocol", "pins",
-                                    "--pins-splits", str(PINS), "--out", str(out)])
+    res = CliRunner().invoke(
+        main,
+        ["splits", "--meta", str(META), "--protocol", "pins", "--pins-splits", str(PINS), "--out", str(out)],
+    )
     assert res.exit_code == 0, res.output
     df = pd.read_csv(out)
     assert list(df.columns) == ["name", "vox_id", "split"] and len(df) == 1251
@@ -90,7 +116,9 @@ def test_cli_splits_writes_csv(tmp_path):
 def test_cli_bad_meta_is_one_line(tmp_path):
     bad = tmp_path / "meta.csv"
     bad.write_text("just,some,csv\n1,2,3\n")
-    res = CliRunner().invoke(main, ["splits", "--meta", str(bad), "--protocol", "matching", "--out", str(tmp_path / "o.csv")])
+    res = CliRunner().invoke(
+        main, ["splits", "--meta", str(bad), "--protocol", "matching", "--out", str(tmp_path / "o.csv")]
+    )
     assert res.exit_code != 0
     assert str(bad) in res.output and "lacks columns" in res.output
     assert "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1

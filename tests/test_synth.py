@@ -13,16 +13,22 @@ from PIL import Image
 from avdata.errors import InputError
 from avdata.io import sha256_file
 from avdata.splits import matching_split
-from avdata.synth import (META_HEADER, corpus_attributes, identity_attributes, matching_group_sizes,
-                          render_face, synth_corpus, synth_names)
+from avdata.synth import (
+    META_HEADER,
+    corpus_attributes,
+    identity_attributes,
+    matching_group_sizes,
+    render_face,
+    synth_corpus,
+    synth_names,
+)
 
 SMALL = dict(identities=8, clips_per_identity=2, faces_per_identity=3, videos=True, seed=0)
 YTID = r"[A-Za-z0-9_-]{11}"
 
 
 def _hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): sha256_file(p)
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _meta_rows(root: Path) -> list[list[str]]:
@@ -39,8 +45,15 @@ def corpus(tmp_path_factory) -> tuple[Path, dict]:
 
 def test_summary_and_meta(corpus):
     root, summary = corpus
-    assert summary == {"out": str(root), "identities": 8, "wavs": 16, "faces": 24, "videos": 8, "seed": 0,
-                       "matching_splits": {"val": 1, "test": 2, "train": 5}}
+    assert summary == {
+        "out": str(root),
+        "identities": 8,
+        "wavs": 16,
+        "faces": 24,
+        "videos": 8,
+        "seed": 0,
+        "matching_splits": {"val": 1, "test": 2, "train": 5},
+    }
     rows = _meta_rows(root)
     assert len(rows) == 8 and all(len(r) == 5 for r in rows)
     names = [r[1] for r in rows]
@@ -49,7 +62,7 @@ def test_summary_and_meta(corpus):
     for vox_id, name, gender, nationality, set_ in rows:
         assert re.fullmatch(r"[A-Z][A-Za-z._-]+_[A-Za-z._-]+", name), name
         assert gender in ("m", "f") and nationality and " " not in nationality
-        assert set_ == ("test" if name.startswith("E") else "dev")   # official VoxCeleb1 rule
+        assert set_ == ("test" if name.startswith("E") else "dev")  # official VoxCeleb1 rule
 
 
 def test_every_matching_split_populated():
@@ -84,7 +97,7 @@ def test_wavs(corpus):
         assert 4.0 <= info.duration <= 8.0
         audio, _ = sf.read(w, dtype="int16")
         assert 0 < np.abs(audio).max() < 32767
-    assert all(len(y) >= 2 for y in ytids_per_id.values())   # clips come from several videos
+    assert all(len(y) >= 2 for y in ytids_per_id.values())  # clips come from several videos
 
 
 def test_faces(corpus):
@@ -107,18 +120,39 @@ def test_faces(corpus):
 
 def test_videos_decode(corpus):
     import imageio_ffmpeg
+
     exe = imageio_ffmpeg.get_ffmpeg_exe()
     root, _ = corpus
     mp4s = sorted((root / "mp4").rglob("*.mp4"))
     assert len(mp4s) == 8
     for m in mp4s:
         assert re.fullmatch(rf"id1\d{{4}}/{YTID}/\d{{5}}\.mp4", m.relative_to(root / "mp4").as_posix())
-        pcm = subprocess.run([exe, "-v", "error", "-i", str(m), "-vn", "-f", "s16le", "-ac", "1", "-ar", "16000",
-                              "pipe:"], capture_output=True, check=True).stdout
+        pcm = subprocess.run(
+            [exe, "-v", "error", "-i", str(m), "-vn", "-f", "s16le", "-ac", "1", "-ar", "16000", "pipe:"],
+            capture_output=True,
+            check=True,
+        ).stdout
         audio = np.frombuffer(pcm, np.int16)
         assert 1.9 <= len(audio) / 16000 <= 3.3 and np.abs(audio).max() > 1000
-        raw = subprocess.run([exe, "-v", "error", "-i", str(m), "-an", "-vf", "scale=64:64", "-f", "rawvideo",
-                              "-pix_fmt", "rgb24", "pipe:"], capture_output=True, check=True).stdout
+        raw = subprocess.run(
+            [
+                exe,
+                "-v",
+                "error",
+                "-i",
+                str(m),
+                "-an",
+                "-vf",
+                "scale=64:64",
+                "-f",
+                "rawvideo",
+                "-pix_fmt",
+                "rgb24",
+                "pipe:",
+            ],
+            capture_output=True,
+            check=True,
+        ).stdout
         frames = np.frombuffer(raw, np.uint8).reshape(-1, 64, 64, 3)
         assert 2 * 15 <= len(frames) <= 3 * 25 + 1
         assert frames[0].std() > 10 and np.abs(frames[0].astype(int) - frames[-1]).mean() > 0.5  # it moves
@@ -127,7 +161,7 @@ def test_videos_decode(corpus):
 def test_same_seed_identical_bytes_any_workers_different_seed_differs(corpus, tmp_path):
     root, _ = corpus
     again = tmp_path / "again"
-    synth_corpus(again, **SMALL, workers=2)   # parallel rendering must not change a byte
+    synth_corpus(again, **SMALL, workers=2)  # parallel rendering must not change a byte
     first, second = _hashes(root), _hashes(again)
     assert first == second
     assert sum(k.endswith((".wav", ".jpg", ".mp4")) for k in first) == 16 + 24 + 8
@@ -142,14 +176,20 @@ def test_rerun_replaces_earlier_corpus(tmp_path):
     out = tmp_path / "c"
     synth_corpus(out, identities=4, clips_per_identity=1, faces_per_identity=1)
     fresh = _hashes(out)
-    synth_corpus(out, identities=3, clips_per_identity=1, faces_per_identity=1)   # smaller: old files go
+    synth_corpus(out, identities=3, clips_per_identity=1, faces_per_identity=1)  # smaller: old files go
     synth_corpus(out, identities=4, clips_per_identity=1, faces_per_identity=1)
     assert _hashes(out) == fresh
 
 
 def test_bad_arguments(tmp_path):
-    for kwargs in ({"identities": 2}, {"identities": "60"}, {"clips_per_identity": 0},
-                   {"faces_per_identity": -1}, {"seed": -1}, {"videos_per_identity": 0}):
+    for kwargs in (
+        {"identities": 2},
+        {"identities": "60"},
+        {"clips_per_identity": 0},
+        {"faces_per_identity": -1},
+        {"seed": -1},
+        {"videos_per_identity": 0},
+    ):
         with pytest.raises(ValueError):
             synth_corpus(tmp_path / "x", **kwargs)
     (tmp_path / "busy").mkdir()
@@ -166,6 +206,7 @@ def test_bad_arguments(tmp_path):
 
 def test_mtcnn_finds_most_faces_and_skin_follows_brightness(corpus, one_torch_thread):
     from facenet_pytorch import MTCNN
+
     root, _ = corpus
     detector = MTCNN()
     images, brightness = [], []
@@ -173,7 +214,7 @@ def test_mtcnn_finds_most_faces_and_skin_follows_brightness(corpus, one_torch_th
     for j in sorted((root / "faces").rglob("*.jpg")):
         images.append(Image.open(j).convert("RGB"))
         brightness.append(truth[j.parts[-3]]["brightness"])
-    for at in corpus_attributes(60, seed=3):   # plus one photo of each of 60 more identities
+    for at in corpus_attributes(60, seed=3):  # plus one photo of each of 60 more identities
         images.append(render_face(at, np.random.default_rng([3, 99, at.index])))
         brightness.append(at.brightness)
     hits, skin, skin_truth = 0, [], []
@@ -183,8 +224,10 @@ def test_mtcnn_finds_most_faces_and_skin_follows_brightness(corpus, one_torch_th
             continue
         hits += 1
         x0, y0, x1, y1 = boxes[0]
-        w, h = x1 - x0, y1 - y0   # the cheeks and nose: mostly skin
-        patch = np.asarray(img.crop((int(x0 + 0.2 * w), int(y0 + 0.45 * h), int(x1 - 0.2 * w), int(y0 + 0.7 * h))))
+        w, h = x1 - x0, y1 - y0  # the cheeks and nose: mostly skin
+        patch = np.asarray(
+            img.crop((int(x0 + 0.2 * w), int(y0 + 0.45 * h), int(x1 - 0.2 * w), int(y0 + 0.7 * h)))
+        )
         skin.append(patch.mean())
         skin_truth.append(b)
     assert hits / len(images) >= 0.9, f"MTCNN found faces in only {hits}/{len(images)} photos"
@@ -193,13 +236,14 @@ def test_mtcnn_finds_most_faces_and_skin_follows_brightness(corpus, one_torch_th
 
 def test_voice_pitch_tracks_hidden_attribute(corpus):
     import librosa
+
     root, _ = corpus
     truth = {a["vox_id"]: a for a in json.loads((root / "attributes.json").read_text())["identities"]}
     estimated, hidden = [], []
     for w in sorted((root / "wav").rglob("*.wav")):
         audio, sr = sf.read(w, dtype="float32")
         f0 = librosa.yin(audio, fmin=60, fmax=420, sr=sr, frame_length=1024, hop_length=256)
-        rms = librosa.feature.rms(y=audio, frame_length=1024, hop_length=256)[0][:len(f0)]
+        rms = librosa.feature.rms(y=audio, frame_length=1024, hop_length=256)[0][: len(f0)]
         estimated.append(np.log(np.median(f0[rms > 0.3 * rms.max()])))
         hidden.append(np.log(truth[w.parts[-3]]["f0_hz"]))
     assert np.corrcoef(estimated, hidden)[0, 1] > 0.9

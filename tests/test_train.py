@@ -36,7 +36,7 @@ def test_short_run_lowers_losses(train_tuples, tmp_path):
     fit(cfg, train_tuples, tmp_path / "run", progress=False)
     log = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len(log) >= 40
-    first, last = log[: len(log) // 4], log[-len(log) // 4:]
+    first, last = log[: len(log) // 4], log[-len(log) // 4 :]
     mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)
     assert mean(last, "L_total") < 0.9 * mean(first, "L_total")
     assert mean(last, "L_metric") < 0.9 * mean(first, "L_metric")
@@ -47,14 +47,32 @@ def test_short_run_lowers_losses(train_tuples, tmp_path):
 
 
 def test_killed_run_resumes_to_identical_weights(train_tuples, tmp_path):
-    args = ["-m", "avtrain", "fit", "--shards", str(train_tuples), "--epochs", "4", "--no-progress",
-            "--set", "batch_size=8", "--set", "workers=1", "--seed", "11"]
+    args = [
+        "-m",
+        "avtrain",
+        "fit",
+        "--shards",
+        str(train_tuples),
+        "--epochs",
+        "4",
+        "--no-progress",
+        "--set",
+        "batch_size=8",
+        "--set",
+        "workers=1",
+        "--seed",
+        "11",
+    ]
     clean = tmp_path / "clean"
     subprocess.run([sys.executable, *args, "--out", str(clean)], check=True, cwd=REPO, capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, *args, "--out", str(killed)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, *args, "--out", str(killed)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
         ck = killed / CHECKPOINT
@@ -67,7 +85,9 @@ def test_killed_run_resumes_to_identical_weights(train_tuples, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert load_checkpoint(killed / CHECKPOINT)["epoch"] < 4, "the run finished before it could be killed"
-    subprocess.run([sys.executable, *args, "--out", str(killed), "--resume"], check=True, cwd=REPO, capture_output=True)
+    subprocess.run(
+        [sys.executable, *args, "--out", str(killed), "--resume"], check=True, cwd=REPO, capture_output=True
+    )
     a, b = load_checkpoint(clean / CHECKPOINT), load_checkpoint(killed / CHECKPOINT)
     assert a["epoch"] == b["epoch"] == 4
     for name, tensor in a["model"].items():
@@ -98,8 +118,23 @@ def test_malicious_shard_is_refused(train_tuples, tmp_path):
         info.size = len(payload)
         tout.addfile(info, io.BytesIO(payload))
     (evil / "sizes.json").write_text(json.dumps({f"shards/{src.name}": 16}))
-    res = CliRunner().invoke(main, ["fit", "--shards", str(evil), "--out", str(tmp_path / "run"), "--epochs", "1",
-                                    "--set", "batch_size=4", "--set", "workers=0", "--no-progress"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "fit",
+            "--shards",
+            str(evil),
+            "--out",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--set",
+            "batch_size=4",
+            "--set",
+            "workers=0",
+            "--no-progress",
+        ],
+    )
     assert res.exit_code != 0
     assert "refusing a pickle-type member" in str(res.output) + str(res.exception)
     assert not marker.exists()
@@ -120,8 +155,15 @@ def test_config_yaml_and_overrides(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("task: retrieval\nk: 5\nadversarial: false\n")
     cfg = load_config(f, {"epochs": 3}, ["metric_kind=triplet", "lr_start=0.001", "clip_value=none"])
-    assert (cfg.task, cfg.k, cfg.loss.adversarial, cfg.epochs, cfg.loss.metric_kind, cfg.lr_start,
-            cfg.model.clip_value) == ("retrieval", 5, False, 3, "triplet", 0.001, None)
+    assert (
+        cfg.task,
+        cfg.k,
+        cfg.loss.adversarial,
+        cfg.epochs,
+        cfg.loss.metric_kind,
+        cfg.lr_start,
+        cfg.model.clip_value,
+    ) == ("retrieval", 5, False, 3, "triplet", 0.001, None)
     assert TrainConfig(task="verification").epochs == 20 and TrainConfig().epochs == 50
     with pytest.raises(ConfigError, match="unknown setting 'nope'"):
         load_config(None, {}, ["nope=1"])
@@ -135,10 +177,40 @@ def test_ddp_two_cpu_processes(train_tuples, tmp_path):
     with socket.socket() as s:  # a free port: a fixed one collides with any other run on the machine
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-                          "-m", "avtrain", "fit", "--shards", str(train_tuples), "--out", str(run), "--epochs", "2",
-                          "--device", "cpu", "--set", "batch_size=4", "--set", "workers=1", "--set", "record_batches=true",
-                          "--no-progress"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            port,
+            "-m",
+            "avtrain",
+            "fit",
+            "--shards",
+            str(train_tuples),
+            "--out",
+            str(run),
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+            "--set",
+            "batch_size=4",
+            "--set",
+            "workers=1",
+            "--set",
+            "record_batches=true",
+            "--no-progress",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     seen = {}
     for rank in (0, 1):
@@ -157,7 +229,9 @@ def test_ddp_two_cpu_processes(train_tuples, tmp_path):
 
 def test_yaml_numbers_are_coerced_and_bad_values_name_their_key(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("lr_start: 1e-3\nbatch_size: 16\nloss:\n  triplet_margin: 0.5\nmodel:\n  generator_dropout: 0.2\n")
+    f.write_text(
+        "lr_start: 1e-3\nbatch_size: 16\nloss:\n  triplet_margin: 0.5\nmodel:\n  generator_dropout: 0.2\n"
+    )
     cfg = load_config(f)  # YAML reads 1e-3 as a string; it must arrive as a float
     assert type(cfg.lr_start) is float and cfg.lr_start == 1e-3
     assert (cfg.loss.triplet_margin, cfg.model.generator_dropout) == (0.5, 0.2)
@@ -167,30 +241,52 @@ def test_yaml_numbers_are_coerced_and_bad_values_name_their_key(tmp_path):
     f.write_text("batch_size: fifty\n")
     with pytest.raises(ConfigError, match=r"^batch_size: expected an integer, got 'fifty'$"):
         load_config(f)
-    cases = {"batch_size=0": "batch_size: must be >= 1", "lr_start=0": "lr_start: must be > 0",
-             "lr_dis=-1": "lr_dis: must be > 0", "model.discriminator_dropout=1": "must be in [0, 1)",
-             "loss.triplet_margin=fifty": "loss.triplet_margin: expected a number",
-             "loss.tripletmargin=1": "did you mean loss.triplet_margin",
-             "lr_strat=1": "did you mean lr_start", "amp=maybe": "amp: expected true or false",
-             "direction=a2b": "direction: expected one of a2v, v2a"}
+    cases = {
+        "batch_size=0": "batch_size: must be >= 1",
+        "lr_start=0": "lr_start: must be > 0",
+        "lr_dis=-1": "lr_dis: must be > 0",
+        "model.discriminator_dropout=1": "must be in [0, 1)",
+        "loss.triplet_margin=fifty": "loss.triplet_margin: expected a number",
+        "loss.tripletmargin=1": "did you mean loss.triplet_margin",
+        "lr_strat=1": "did you mean lr_start",
+        "amp=maybe": "amp: expected true or false",
+        "direction=a2b": "direction: expected one of a2v, v2a",
+    }
     for item, message in cases.items():
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_config(None, {}, [item])
     # every loss and model setting is reachable, nested or by its old flat name
-    cfg = load_config(None, {}, ["loss.rll_alpha=1.0", "model.head_dropout=0.3", "loss.triplet_margin=0.5",
-                                 "rll_margin=0.2", "shared_generator=false"])
-    assert (cfg.loss.rll_alpha, cfg.model.head_dropout, cfg.loss.triplet_margin, cfg.loss.rll_margin,
-            cfg.model.shared_generator) == (1.0, 0.3, 0.5, 0.2, False)
+    cfg = load_config(
+        None,
+        {},
+        [
+            "loss.rll_alpha=1.0",
+            "model.head_dropout=0.3",
+            "loss.triplet_margin=0.5",
+            "rll_margin=0.2",
+            "shared_generator=false",
+        ],
+    )
+    assert (
+        cfg.loss.rll_alpha,
+        cfg.model.head_dropout,
+        cfg.loss.triplet_margin,
+        cfg.loss.rll_margin,
+        cfg.model.shared_generator,
+    ) == (1.0, 0.3, 0.5, 0.2, False)
     assert cfg.loss_config().rll_alpha == 1.0 and cfg.model_config().head_dropout == 0.3
 
 
-@pytest.mark.parametrize("sets, message", [
-    (["batch_size=0"], "batch_size: must be >= 1, got 0"),
-    (["lr_start=fifty"], "lr_start: expected a number, got 'fifty'"),
-    (["loss.trplet_margin=1"], "did you mean loss.triplet_margin"),
-    (["batch_size=100000"], "give no full batch of 100000"),
-    (["device=cuda"], "CUDA is not available"),
-])
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (["batch_size=0"], "batch_size: must be >= 1, got 0"),
+        (["lr_start=fifty"], "lr_start: expected a number, got 'fifty'"),
+        (["loss.trplet_margin=1"], "did you mean loss.triplet_margin"),
+        (["batch_size=100000"], "give no full batch of 100000"),
+        (["device=cuda"], "CUDA is not available"),
+    ],
+)
 def test_failed_start_is_one_line_and_leaves_no_run_dir(train_tuples, tmp_path, sets, message):
     if sets == ["device=cuda"] and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -198,18 +294,36 @@ def test_failed_start_is_one_line_and_leaves_no_run_dir(train_tuples, tmp_path, 
     args = ["fit", "--shards", str(train_tuples), "--out", str(out), "--epochs", "1", "--no-progress"]
     res = CliRunner().invoke(main, args + [a for s in sets for a in ("--set", s)])
     assert res.exit_code == 1, res.output
-    assert res.output.startswith("Error: ") and res.output.count("\n") == 1 and message in res.output, res.output
+    assert res.output.startswith("Error: ") and res.output.count("\n") == 1 and message in res.output, (
+        res.output
+    )
     assert not out.exists()
 
 
 def test_resume_names_each_difference_and_epochs_may_grow(train_tuples, tmp_path):
     run = tmp_path / "run"
-    base = ["fit", "--shards", str(train_tuples), "--out", str(run), "--no-progress", "--set", "batch_size=8",
-            "--set", "workers=0", "--set", "threads=1", "--set", "max_steps_per_epoch=3"]
+    base = [
+        "fit",
+        "--shards",
+        str(train_tuples),
+        "--out",
+        str(run),
+        "--no-progress",
+        "--set",
+        "batch_size=8",
+        "--set",
+        "workers=0",
+        "--set",
+        "threads=1",
+        "--set",
+        "max_steps_per_epoch=3",
+    ]
     res = CliRunner().invoke(main, base + ["--epochs", "1"])
     assert res.exit_code == 0, res.output
-    res = CliRunner().invoke(main, base + ["--epochs", "1", "--resume", "--set", "lr_start=1e-3",
-                                           "--set", "loss.triplet_margin=0.5"])
+    res = CliRunner().invoke(
+        main,
+        base + ["--epochs", "1", "--resume", "--set", "lr_start=1e-3", "--set", "loss.triplet_margin=0.5"],
+    )
     assert res.exit_code == 1 and res.output.count("\n") == 1
     assert "lr_start: 0.005 -> 0.001" in res.output and "loss.triplet_margin: 1.0 -> 0.5" in res.output
     assert "Resume with the saved settings" in res.output
@@ -253,8 +367,10 @@ def _step_setup(clip_value=0.01, d_steps=1, seed=0):
 
 
 def _adam(cfg, model):
-    return (torch.optim.Adam(model.encoder_parameters(), lr=cfg.lr_start),
-            torch.optim.Adam(model.discriminator.parameters(), lr=cfg.lr_dis))
+    return (
+        torch.optim.Adam(model.encoder_parameters(), lr=cfg.lr_start),
+        torch.optim.Adam(model.discriminator.parameters(), lr=cfg.lr_dis),
+    )
 
 
 def test_discriminator_weights_are_clipped_after_real_steps(one_torch_thread):
@@ -265,8 +381,18 @@ def test_discriminator_weights_are_clipped_after_real_steps(one_torch_thread):
         opt_g, opt_d = _adam(cfg, model)
         model.train()
         for _ in range(3):
-            train_step(model, loss_fn, opt_g, opt_d, q, g, y, "a2v", d_steps=cfg.d_steps,
-                       clip_value=cfg.model.clip_value)
+            train_step(
+                model,
+                loss_fn,
+                opt_g,
+                opt_d,
+                q,
+                g,
+                y,
+                "a2v",
+                d_steps=cfg.d_steps,
+                clip_value=cfg.model.clip_value,
+            )
         biggest = max(p.detach().abs().max().item() for p in model.discriminator.parameters())
         if clip:
             assert biggest <= 0.01
@@ -281,8 +407,9 @@ def test_d_steps_discriminator_steps_per_batch(one_torch_thread):
     opt_g, opt_d = _adam(cfg, model)
     model.train()
     for _ in range(3):
-        train_step(model, loss_fn, opt_g, opt_d, q, g, y, "a2v", d_steps=cfg.d_steps,
-                   clip_value=cfg.model.clip_value)
+        train_step(
+            model, loss_fn, opt_g, opt_d, q, g, y, "a2v", d_steps=cfg.d_steps, clip_value=cfg.model.clip_value
+        )
     d_state = opt_d.state_dict()["state"]
     g_state = opt_g.state_dict()["state"]
     assert {int(s["step"]) for s in d_state.values()} == {6}  # exactly 2 per batch
@@ -325,8 +452,12 @@ def test_first_encoder_update_is_the_gradient_of_the_aml_objective(one_torch_thr
     L_cls = F.cross_entropy(out["logits"], y)
     h_audio, h_face = split_modalities(out)
     frozen = {n: p.detach() for n, p in ref.discriminator.named_parameters()}
-    L_dis = modality_loss(functional_call(ref.discriminator, frozen, (h_audio,)),
-                          functional_call(ref.discriminator, frozen, (h_face,)), "gan", q.shape[0])["loss"]
+    L_dis = modality_loss(
+        functional_call(ref.discriminator, frozen, (h_audio,)),
+        functional_call(ref.discriminator, frozen, (h_face,)),
+        "gan",
+        q.shape[0],
+    )["loss"]
     assert L_metric.item() > 0 and L_cls.item() > 0 and L_dis.item() > 0
     params = ref.encoder_parameters()
     grads = torch.autograd.grad(beta * L_metric + gamma * L_cls - L_dis, params, allow_unused=True)
@@ -352,8 +483,9 @@ def val_tuples(train_tuples, tmp_path_factory):
     out = tmp_path_factory.mktemp("val") / "tuples-val"
     shards = train_tuples.parent / "shards"
     for extra in (["--task", "matching", "--k", "2", "--direction", "a2v"], ["--task", "verification"]):
-        res = CliRunner().invoke(avdata_main, ["make-tuples", "--shards", str(shards), "--split", "val",
-                                               "--out", str(out), *extra])
+        res = CliRunner().invoke(
+            avdata_main, ["make-tuples", "--shards", str(shards), "--split", "val", "--out", str(out), *extra]
+        )
         assert res.exit_code == 0, res.output
     return out
 
@@ -373,12 +505,17 @@ def test_validation_keeps_best_and_last_n(train_tuples, val_tuples, tmp_path):
     values = [r["val"]["val_matching_a2v_k2"] for r in vals]
     best_epoch = values.index(max(values)) + 1  # first epoch reaching the maximum
     assert summary["best"] == {"metric": "val_matching_a2v_k2", "value": max(values), "epoch": best_epoch}
-    assert load_checkpoint(run / "best.pt")["epoch"] == best_epoch and checksum_path(run / "best.pt").is_file()
+    assert (
+        load_checkpoint(run / "best.pt")["epoch"] == best_epoch and checksum_path(run / "best.pt").is_file()
+    )
     assert sorted(p.name for p in run.glob("epoch-*.pt")) == ["epoch-0002.pt", "epoch-0003.pt"]
     assert not (run / "epoch-0001.pt.sha256").exists()
     # validation draws no random numbers: the same run without it trains to the same weights
     fit(cfg, train_tuples, tmp_path / "plain", progress=False)
-    a, b = load_checkpoint(run / CHECKPOINT)["model"], load_checkpoint(tmp_path / "plain" / CHECKPOINT)["model"]
+    a, b = (
+        load_checkpoint(run / CHECKPOINT)["model"],
+        load_checkpoint(tmp_path / "plain" / CHECKPOINT)["model"],
+    )
     assert all(torch.equal(a[k], b[k]) for k in a)
     # TensorBoard: every loss term, lr, tuples/s, val metrics per epoch
     tags = set()
@@ -386,11 +523,36 @@ def test_validation_keeps_best_and_last_n(train_tuples, val_tuples, tmp_path):
         acc = EventAccumulator(str(events))
         acc.Reload()
         tags |= set(acc.Tags()["scalars"])
-    assert {"loss/L_total", "loss/L_dis", "loss/L_metric", "loss/L_cls", "loss/L_adv", "train/lr",
-            "train/tuples_per_s", "val/val_matching_a2v_k2", "val/val_verification_auc"} <= tags
+    assert {
+        "loss/L_total",
+        "loss/L_dis",
+        "loss/L_metric",
+        "loss/L_cls",
+        "loss/L_adv",
+        "train/lr",
+        "train/tuples_per_s",
+        "val/val_matching_a2v_k2",
+        "val/val_verification_auc",
+    } <= tags
     # evaluate picks best.pt with --checkpoint best
-    res = CliRunner().invoke(main, ["evaluate", "--run", str(run), "--checkpoint", "best", "--shards", str(shards),
-                                    "--tuples", str(val_tuples), "--bootstrap", "20", "--out", str(tmp_path / "m.json")])
+    res = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--run",
+            str(run),
+            "--checkpoint",
+            "best",
+            "--shards",
+            str(shards),
+            "--tuples",
+            str(val_tuples),
+            "--bootstrap",
+            "20",
+            "--out",
+            str(tmp_path / "m.json"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "m.json").read_text())
     assert m["checkpoint_epoch"] == best_epoch and m["checkpoint"] == "best"
@@ -408,18 +570,61 @@ def test_validation_keeps_best_and_last_n(train_tuples, val_tuples, tmp_path):
 def test_patience_stops_a_run_that_no_longer_improves(train_tuples, val_tuples, tmp_path):
     run = tmp_path / "run"
     # a learning rate so small that the val metric cannot change: the 2nd validation is no better
-    res = CliRunner().invoke(main, ["fit", "--shards", str(train_tuples), "--out", str(run), "--epochs", "5",
-                                    "--no-progress", "--val-tuples", str(val_tuples), "--val-shards",
-                                    str(train_tuples.parent / "shards"), "--patience", "1", "--set", "batch_size=8",
-                                    "--set", "workers=0", "--set", "threads=1", "--set", "max_steps_per_epoch=2",
-                                    "--set", "lr_start=1e-12", "--set", "lr_end=1e-13", "--set", "lr_dis=1e-12"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "fit",
+            "--shards",
+            str(train_tuples),
+            "--out",
+            str(run),
+            "--epochs",
+            "5",
+            "--no-progress",
+            "--val-tuples",
+            str(val_tuples),
+            "--val-shards",
+            str(train_tuples.parent / "shards"),
+            "--patience",
+            "1",
+            "--set",
+            "batch_size=8",
+            "--set",
+            "workers=0",
+            "--set",
+            "threads=1",
+            "--set",
+            "max_steps_per_epoch=2",
+            "--set",
+            "lr_start=1e-12",
+            "--set",
+            "lr_end=1e-13",
+            "--set",
+            "lr_dis=1e-12",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "stopped early" in res.output and "at epoch 1 -> best.pt" in res.output
     assert load_checkpoint(run / CHECKPOINT)["epoch"] == 2
-    res = CliRunner().invoke(main, ["fit", "--shards", str(train_tuples), "--out", str(tmp_path / "x"),
-                                    "--val-tuples", str(val_tuples)])
+    res = CliRunner().invoke(
+        main,
+        ["fit", "--shards", str(train_tuples), "--out", str(tmp_path / "x"), "--val-tuples", str(val_tuples)],
+    )
     assert res.exit_code == 1 and "--val-tuples needs --val-shards" in res.output
-    res = CliRunner().invoke(main, ["fit", "--shards", str(train_tuples), "--out", str(tmp_path / "x"),
-                                    "--val-shards", str(train_tuples.parent / "shards"), "--val-tuples",
-                                    str(val_tuples), "--select", "val_matching_v2a_k3"])
+    res = CliRunner().invoke(
+        main,
+        [
+            "fit",
+            "--shards",
+            str(train_tuples),
+            "--out",
+            str(tmp_path / "x"),
+            "--val-shards",
+            str(train_tuples.parent / "shards"),
+            "--val-tuples",
+            str(val_tuples),
+            "--select",
+            "val_matching_v2a_k3",
+        ],
+    )
     assert res.exit_code == 1 and "val_matching_v2a_k3" in res.output and not (tmp_path / "x").exists()

@@ -33,8 +33,21 @@ def shards(tmp_path_factory):
     synth_corpus(corpus, identities=12, clips_per_identity=3, faces_per_identity=3, seed=2)
     for protocol in ("matching", "pins"):
         extra = ["--pins-splits", corpus / "identity_splits.txt"] if protocol == "pins" else []
-        cli("build-shards", "--audio", corpus / "wav", "--faces", corpus / "faces", "--meta", corpus / "vox1_meta.csv",
-            "--protocol", protocol, "--out", root / protocol, "--no-progress", *extra)
+        cli(
+            "build-shards",
+            "--audio",
+            corpus / "wav",
+            "--faces",
+            corpus / "faces",
+            "--meta",
+            corpus / "vox1_meta.csv",
+            "--protocol",
+            protocol,
+            "--out",
+            root / protocol,
+            "--no-progress",
+            *extra,
+        )
     return root
 
 
@@ -44,11 +57,27 @@ def read_index(path):
 
 def test_matching_tuples_follow_the_protocol(shards, tmp_path):
     out = tmp_path / "t"
-    res = cli("make-tuples", "--shards", shards / "matching", "--task", "matching", "--split", "train",
-              "--k", "2,5", "--sets-per-identity", "6", "--out", out)
+    res = cli(
+        "make-tuples",
+        "--shards",
+        shards / "matching",
+        "--task",
+        "matching",
+        "--split",
+        "train",
+        "--k",
+        "2,5",
+        "--sets-per-identity",
+        "6",
+        "--out",
+        out,
+    )
     assert "all tuple checks passed" in res.output
-    train_ids = {l.split(",")[1] for l in (shards / "matching" / "splits.csv").read_text().splitlines()[1:]
-                 if l.split(",")[2] == "train"}
+    train_ids = {
+        l.split(",")[1]
+        for l in (shards / "matching" / "splits.csv").read_text().splitlines()[1:]
+        if l.split(",")[2] == "train"
+    }
     binary = read_index(out / "index" / "matching_train_a2v_k2.jsonl")
     per_id = {}
     for t in binary:
@@ -73,8 +102,20 @@ def test_matching_tuples_follow_the_protocol(shards, tmp_path):
 
 
 def test_deterministic_and_seeded(shards, tmp_path):
-    args = ["make-tuples", "--shards", shards / "matching", "--task", "matching", "--split", "train", "--k", "3",
-            "--sets-per-identity", "4", "--no-tuple-shards"]
+    args = [
+        "make-tuples",
+        "--shards",
+        shards / "matching",
+        "--task",
+        "matching",
+        "--split",
+        "train",
+        "--k",
+        "3",
+        "--sets-per-identity",
+        "4",
+        "--no-tuple-shards",
+    ]
     cli(*args, "--out", tmp_path / "a")
     cli(*args, "--out", tmp_path / "b")
     cli(*args, "--out", tmp_path / "c", "--seed", "7")
@@ -86,9 +127,26 @@ def test_deterministic_and_seeded(shards, tmp_path):
 
 def test_constraints_hold(shards, tmp_path):
     out = tmp_path / "t"
-    cli("make-tuples", "--shards", shards / "matching", "--task", "matching", "--split", "train", "--k", "2",
-        "--constrain", "gender", "--out", out, "--no-tuple-shards")
-    splits = {l.split(",")[1]: l.split(",")[3] for l in (shards / "matching" / "splits.csv").read_text().splitlines()[1:]}
+    cli(
+        "make-tuples",
+        "--shards",
+        shards / "matching",
+        "--task",
+        "matching",
+        "--split",
+        "train",
+        "--k",
+        "2",
+        "--constrain",
+        "gender",
+        "--out",
+        out,
+        "--no-tuple-shards",
+    )
+    splits = {
+        l.split(",")[1]: l.split(",")[3]
+        for l in (shards / "matching" / "splits.csv").read_text().splitlines()[1:]
+    }
     tuples = read_index(out / "index" / "matching_train_a2v_k2_gender.jsonl")
     assert tuples
     for t in tuples:
@@ -97,8 +155,19 @@ def test_constraints_hold(shards, tmp_path):
 
 def test_verification_pins_both_test_sets_balanced(shards, tmp_path):
     out = tmp_path / "t"
-    res = cli("make-tuples", "--shards", shards / "pins", "--task", "verification", "--split", "seen_heard",
-              "--split", "unseen_unheard", "--out", out)
+    res = cli(
+        "make-tuples",
+        "--shards",
+        shards / "pins",
+        "--task",
+        "verification",
+        "--split",
+        "seen_heard",
+        "--split",
+        "unseen_unheard",
+        "--out",
+        out,
+    )
     for split in ("seen_heard", "unseen_unheard"):
         pairs = read_index(out / "index" / f"verification_{split}.jsonl")
         assert pairs and sum(p["label"] for p in pairs) * 2 == len(pairs)
@@ -109,11 +178,18 @@ def test_verification_pins_both_test_sets_balanced(shards, tmp_path):
 
 def test_retrieval_lists_cover_the_split(shards, tmp_path):
     out = tmp_path / "t"
-    cli("make-tuples", "--shards", shards / "matching", "--task", "retrieval", "--split", "test", "--out", out)
+    cli(
+        "make-tuples", "--shards", shards / "matching", "--task", "retrieval", "--split", "test", "--out", out
+    )
     for d, (qm, gm) in {"a2v": ("wav", "jpg"), "v2a": ("jpg", "wav")}.items():
         queries = read_index(out / "index" / f"retrieval_test_{d}_queries.jsonl")
         gallery = read_index(out / "index" / f"retrieval_test_{d}_gallery.jsonl")
-        assert queries and gallery and all(qm in q["query"] for q in queries) and all(gm in g["key"] for g in gallery)
+        assert (
+            queries
+            and gallery
+            and all(qm in q["query"] for q in queries)
+            and all(gm in g["key"] for g in gallery)
+        )
         by_id = {}
         for g in gallery:
             by_id[g["identity"]] = by_id.get(g["identity"], 0) + 1
@@ -121,6 +197,7 @@ def test_retrieval_lists_cover_the_split(shards, tmp_path):
 
 
 # ---- every rule of check-tuples, each broken on purpose
+
 
 def _break(out: Path, name: str, edit):
     path = out / "index" / name
@@ -132,10 +209,42 @@ def _break(out: Path, name: str, edit):
 @pytest.fixture
 def good(shards, tmp_path):
     out = tmp_path / "t"
-    cli("make-tuples", "--shards", shards / "matching", "--task", "matching", "--split", "train", "--k", "3",
-        "--sets-per-identity", "5", "--direction", "a2v", "--out", out, "--no-tuple-shards")
-    cli("make-tuples", "--shards", shards / "matching", "--task", "matching", "--split", "train", "--k", "2",
-        "--direction", "a2v", "--constrain", "gender", "--out", out, "--no-tuple-shards")
+    cli(
+        "make-tuples",
+        "--shards",
+        shards / "matching",
+        "--task",
+        "matching",
+        "--split",
+        "train",
+        "--k",
+        "3",
+        "--sets-per-identity",
+        "5",
+        "--direction",
+        "a2v",
+        "--out",
+        out,
+        "--no-tuple-shards",
+    )
+    cli(
+        "make-tuples",
+        "--shards",
+        shards / "matching",
+        "--task",
+        "matching",
+        "--split",
+        "train",
+        "--k",
+        "2",
+        "--direction",
+        "a2v",
+        "--constrain",
+        "gender",
+        "--out",
+        out,
+        "--no-tuple-shards",
+    )
     assert check_tuples(out, shards / "matching") == []
     return out
 
@@ -148,61 +257,86 @@ def _other_split_face(shards):
     return row.key, row.vox_id
 
 
-@pytest.mark.parametrize("rule", ["missing_key", "repeat_identity", "positive_identity", "negative_identity",
-                                  "cross_split", "constraint", "balance", "edited"])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "missing_key",
+        "repeat_identity",
+        "positive_identity",
+        "negative_identity",
+        "cross_split",
+        "constraint",
+        "balance",
+        "edited",
+    ],
+)
 def test_check_tuples_catches(rule, good, shards):
     name = "matching_train_a2v_k3.jsonl"
     if rule == "missing_key":
         _break(good, name, lambda r: r[0].update(query="id00000__nope-wav_w0"))
         want = "not in the shards"
     elif rule == "repeat_identity":
+
         def edit(rows):
             t = rows[0]
             j = (t["label"] + 1) % 3
             other = [i for i in range(3) if i not in (t["label"], j)][0]
             t["gallery"][j], t["gallery_identities"][j] = t["gallery"][other], t["gallery_identities"][other]
+
         _break(good, name, edit)
         want = "repeats inside the tuple"
     elif rule == "positive_identity":
         _break(good, name, lambda r: r[0].update(label=(r[0]["label"] + 1) % 3))
         want = "positive does not share"
     elif rule == "negative_identity":
+
         def edit(rows):
             t = rows[0]
             # replace the whole gallery by the query's own faces-identity at a negative slot
             j = (t["label"] + 1) % 3
             t["gallery_identities"][j] = t["query_identity"]
+
         _break(good, name, edit)
         want = "a negative shares the query's identity"
     elif rule == "cross_split":
         key, vox = _other_split_face(shards)
+
         def edit(rows):
             t = rows[0]
             j = (t["label"] + 1) % 3
             t["gallery"][j], t["gallery_identities"][j] = key, vox
+
         _break(good, name, edit)
         want = "crosses splits"
     elif rule == "constraint":
         name = "matching_train_a2v_k2_gender.jsonl"
-        splits = {l.split(",")[1]: l.split(",")[3] for l in (shards / "matching" / "splits.csv").read_text().splitlines()[1:]}
+        splits = {
+            l.split(",")[1]: l.split(",")[3]
+            for l in (shards / "matching" / "splits.csv").read_text().splitlines()[1:]
+        }
         from avdata.reader import index_items
+
         items = index_items(shards / "matching")
         faces = items[(items.split == "train") & (items.modality == "face")]
+
         def edit(rows):
             t = rows[0]
             g = splits[t["query_identity"]]
             row = faces[faces.vox_id.map(splits) != g].iloc[0]
             j = 1 - t["label"]
             t["gallery"][j], t["gallery_identities"][j] = row.key, row.vox_id
+
         _break(good, name, edit)
         want = "breaks the gender constraint"
     elif rule == "balance":
+
         def edit(rows):
             for t in rows:  # move every positive to position 0
                 p = t["label"]
                 t["gallery"].insert(0, t["gallery"].pop(p))
                 t["gallery_identities"].insert(0, t["gallery_identities"].pop(p))
                 t["label"] = 0
+
         _break(good, name, edit)
         want = "label position"
     else:
@@ -221,6 +355,7 @@ def test_label_balance_rule_by_hand():
 
 
 # ---- official list import
+
 
 def test_import_synthetic_list_in_official_format(shards, tmp_path):
     from avdata.reader import index_items
@@ -248,13 +383,20 @@ def test_import_synthetic_list_in_official_format(shards, tmp_path):
 
 
 def test_import_real_list_against_synthetic_shards(shards, tmp_path):
-    res = cli("import-veriflist", PINS / "veriflist_test_random_seenheard.txt", "--shards", shards / "pins",
-              "--out", tmp_path / "t")
+    res = cli(
+        "import-veriflist",
+        PINS / "veriflist_test_random_seenheard.txt",
+        "--shards",
+        shards / "pins",
+        "--out",
+        tmp_path / "t",
+    )
     assert "mapped 0 of 18020 pairs" in res.output
     assert "unmapped 18020: voice identity not in shards" in res.output
 
 
 # ---- Table II arithmetic through the CLI
+
 
 def _fake_shards(root: Path, groups: dict[str, int]):
     """Tiny real webdataset shards (1x1 arrays) with the identity counts of the paper's
@@ -264,15 +406,24 @@ def _fake_shards(root: Path, groups: dict[str, int]):
     sizes = {}
     vid = 10001
     for split, n in groups.items():
-        for modality, ext_arr in (("audio", np.zeros((1, 1), np.float32)), ("face", np.zeros((1, 1, 3), np.uint8))):
+        for modality, ext_arr in (
+            ("audio", np.zeros((1, 1), np.float32)),
+            ("face", np.zeros((1, 1, 3), np.uint8)),
+        ):
             path = root / split / f"{modality}-000000.tar"
             path.parent.mkdir(parents=True, exist_ok=True)
             import tarfile
+
             with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
                 for i in range(n):
                     vox = f"id{vid + i}"
-                    meta = {"name": f"{letters[split]}{i:04d}", "vox_id": vox, "source": f"{vox}/yt/00001.x",
-                            "source_id": "yt", "source_modality": modality}
+                    meta = {
+                        "name": f"{letters[split]}{i:04d}",
+                        "vox_id": vox,
+                        "source": f"{vox}/yt/00001.x",
+                        "source_id": "yt",
+                        "source_modality": modality,
+                    }
                     key = f"{vox}__yt__00001-" + ("wav_w0" if modality == "audio" else "jpg")
                     for ext, data in _encode(Sample(key, modality, ext_arr, meta), i, 90):
                         _add_member(tar, f"{key}.{ext}", data)
@@ -286,19 +437,63 @@ def _fake_shards(root: Path, groups: dict[str, int]):
 
 def test_table_ii_counts_through_the_cli(tmp_path):
     _fake_shards(tmp_path / "s", {"train": 942, "test": 153})
-    res = cli("make-tuples", "--shards", tmp_path / "s", "--task", "matching", "--split", "train", "--k", "2",
-              "--direction", "a2v", "--out", tmp_path / "t", "--no-tuple-shards")
+    res = cli(
+        "make-tuples",
+        "--shards",
+        tmp_path / "s",
+        "--task",
+        "matching",
+        "--split",
+        "train",
+        "--k",
+        "2",
+        "--direction",
+        "a2v",
+        "--out",
+        tmp_path / "t",
+        "--no-tuple-shards",
+    )
     assert "matching_train_a2v_k2: tuples=14130, identities=942" in res.output
-    res = cli("make-tuples", "--shards", tmp_path / "s", "--task", "matching", "--split", "test", "--k", "10",
-              "--direction", "a2v", "--out", tmp_path / "t")
+    res = cli(
+        "make-tuples",
+        "--shards",
+        tmp_path / "s",
+        "--task",
+        "matching",
+        "--split",
+        "test",
+        "--k",
+        "10",
+        "--direction",
+        "a2v",
+        "--out",
+        tmp_path / "t",
+    )
     assert "matching_test_a2v_k10: tuples=7650, identities=153" in res.output
 
 
 def test_positives_per_identity_multiplies_binary_tuples(shards, tmp_path):
     out = tmp_path / "t"
-    res = cli("make-tuples", "--shards", shards / "matching", "--task", "matching", "--split", "train", "--k", "2",
-              "--direction", "a2v", "--positives-per-identity", "3", "--negatives-per-positive", "4",
-              "--out", out, "--no-tuple-shards")
+    res = cli(
+        "make-tuples",
+        "--shards",
+        shards / "matching",
+        "--task",
+        "matching",
+        "--split",
+        "train",
+        "--k",
+        "2",
+        "--direction",
+        "a2v",
+        "--positives-per-identity",
+        "3",
+        "--negatives-per-positive",
+        "4",
+        "--out",
+        out,
+        "--no-tuple-shards",
+    )
     tuples = read_index(out / "index" / "matching_train_a2v_k2.jsonl")
     ids = {t["query_identity"] for t in tuples}
     assert len(tuples) == len(ids) * 3 * 4 and "all tuple checks passed" in res.output

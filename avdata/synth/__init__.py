@@ -102,6 +102,14 @@ from avdata.synth.identity import (
 from avdata.synth.voice import SAMPLE_RATE, synth_voice
 
 __all__ = [
-    "META_HEADER", "SAMPLE_RATE", "IdentityAttributes", "corpus_attributes", "identity_attributes",
-    "matching_group_sizes", "render_face", "synth_corpus", "synth_names", "synth_voice",
+    "META_HEADER",
+    "SAMPLE_RATE",
+    "IdentityAttributes",
+    "corpus_attributes",
+    "identity_attributes",
+    "matching_group_sizes",
+    "render_face",
+    "synth_corpus",
+    "synth_names",
+    "synth_voice",
 ]

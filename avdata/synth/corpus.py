@@ -30,7 +30,7 @@ from avdata.synth.voice import SAMPLE_RATE, synth_voice
 META_HEADER = "VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet"
 _YTID_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
 
-_MARKER = "avdata.synth"   # attributes.json "generator": lets a re-run replace an older synthetic corpus
+_MARKER = "avdata.synth"  # attributes.json "generator": lets a re-run replace an older synthetic corpus
 
 
 def _ytid(rng: np.random.Generator) -> str:
@@ -42,10 +42,10 @@ class _IdentityPlan:
     """Where one identity's files go: YouTube-like video ids, and which file lands in which."""
 
     ytids: list[str]
-    clothing: list[tuple[float, float, float]]   # per YTID: the same shirt throughout one video
-    wav_paths: list[tuple[int, str]]             # (ytid index, "00001.wav")
-    face_paths: list[tuple[int, str]]            # (ytid index, "0000375.jpg")
-    mp4_paths: list[tuple[int, str]]             # (ytid index, "00001.mp4")
+    clothing: list[tuple[float, float, float]]  # per YTID: the same shirt throughout one video
+    wav_paths: list[tuple[int, str]]  # (ytid index, "00001.wav")
+    face_paths: list[tuple[int, str]]  # (ytid index, "0000375.jpg")
+    mp4_paths: list[tuple[int, str]]  # (ytid index, "00001.mp4")
 
 
 def _plan(at: IdentityAttributes, seed: int, clips: int, faces: int, videos: int) -> _IdentityPlan:
@@ -82,8 +82,9 @@ def _wav_bytes(audio: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _write_identity(out: Path, at: IdentityAttributes, seed: int, clips: int, faces: int,
-                    videos: int) -> tuple[int, int, int]:
+def _write_identity(
+    out: Path, at: IdentityAttributes, seed: int, clips: int, faces: int, videos: int
+) -> tuple[int, int, int]:
     plan = _plan(at, seed, clips, faces, videos)
     for k, (y, fname) in enumerate(plan.wav_paths):
         rng = np.random.default_rng([seed, _K_WAV, at.index, k])
@@ -95,7 +96,7 @@ def _write_identity(out: Path, at: IdentityAttributes, seed: int, clips: int, fa
         img = render_face(at, rng, clothing=plan.clothing[y])
         path = out / "faces" / at.name / plan.ytids[y] / fname
         buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=92)   # PIL writes no EXIF or timestamps by default
+        img.save(buf, format="JPEG", quality=92)  # PIL writes no EXIF or timestamps by default
         atomic_write_bytes(path, buf.getvalue())
     for k, (y, fname) in enumerate(plan.mp4_paths):
         rng = np.random.default_rng([seed, _K_VIDEO, at.index, k])
@@ -114,7 +115,9 @@ def _prepare_out(out: Path) -> None:
         except (OSError, ValueError, AttributeError):
             ours = False
         if not ours:
-            raise InputError(out, "directory is not empty and holds no synthetic corpus; choose a new or empty one")
+            raise InputError(
+                out, "directory is not empty and holds no synthetic corpus; choose a new or empty one"
+            )
         for sub in ("wav", "faces", "mp4"):
             shutil.rmtree(out / sub, ignore_errors=True)
         for name in ("vox1_meta.csv", "attributes.json", "identity_splits.txt"):
@@ -122,9 +125,17 @@ def _prepare_out(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def synth_corpus(out: str | Path, identities: int = 60, clips_per_identity: int = 4,
-                 faces_per_identity: int = 4, videos: bool = False, videos_per_identity: int = 1,
-                 seed: int = 0, progress: bool = False, workers: int = 1) -> dict:
+def synth_corpus(
+    out: str | Path,
+    identities: int = 60,
+    clips_per_identity: int = 4,
+    faces_per_identity: int = 4,
+    videos: bool = False,
+    videos_per_identity: int = 1,
+    seed: int = 0,
+    progress: bool = False,
+    workers: int = 1,
+) -> dict:
     """Write a synthetic VoxCeleb1-layout corpus to `out` and return a summary.
 
     Same arguments -> byte-identical files. `out` must be new, empty, or an earlier synthetic
@@ -145,6 +156,7 @@ def synth_corpus(out: str | Path, identities: int = 60, clips_per_identity: int 
 
     jobs = [(out, at, seed, clips_per_identity, faces_per_identity, n_videos) for at in people]
     from tqdm import tqdm
+
     bar = tqdm(total=len(jobs), desc="synth identities", unit="id", disable=not progress)
     counts = []
     if workers == 1:
@@ -154,6 +166,7 @@ def synth_corpus(out: str | Path, identities: int = 60, clips_per_identity: int 
     else:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
+
         # "spawn": the caller may already hold torch/BLAS thread pools, which do not survive fork()
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
@@ -162,10 +175,16 @@ def synth_corpus(out: str | Path, identities: int = 60, clips_per_identity: int 
                 bar.update()
     bar.close()
 
-    lines = [META_HEADER] + [f"{at.vox_id}\t{at.name}\t{at.gender}\t{at.nationality}\t{at.set}" for at in people]
+    lines = [META_HEADER] + [
+        f"{at.vox_id}\t{at.name}\t{at.gender}\t{at.nationality}\t{at.set}" for at in people
+    ]
     atomic_write_text(out / "vox1_meta.csv", "\n".join(lines) + "\n")
-    truth = {"generator": _MARKER, "seed": seed, "note": "hidden ground truth for tests and analysis; "
-             "not an input to training", "identities": [asdict(at) for at in people]}
+    truth = {
+        "generator": _MARKER,
+        "seed": seed,
+        "note": "hidden ground truth for tests and analysis; not an input to training",
+        "identities": [asdict(at) for at in people],
+    }
     atomic_write_text(out / "attributes.json", json.dumps(truth, indent=1) + "\n")
     # A Learnable-PINs style identity split (sets 1/2/4) so the pins protocol runs on the corpus too.
     write_pins_sets(make_pins_sets([at.name for at in people], seed), out / "identity_splits.txt")
@@ -173,9 +192,15 @@ def synth_corpus(out: str | Path, identities: int = 60, clips_per_identity: int 
     splits = {"val": 0, "test": 0, "train": 0}
     for at in people:
         splits[matching_split(at.name)] += 1
-    return {"out": str(out), "identities": len(people), "wavs": sum(c[0] for c in counts),
-            "faces": sum(c[1] for c in counts), "videos": sum(c[2] for c in counts), "seed": seed,
-            "matching_splits": splits}
+    return {
+        "out": str(out),
+        "identities": len(people),
+        "wavs": sum(c[0] for c in counts),
+        "faces": sum(c[1] for c in counts),
+        "videos": sum(c[2] for c in counts),
+        "seed": seed,
+        "matching_splits": splits,
+    }
 
 
 def _write_identity_job(job):

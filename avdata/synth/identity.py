@@ -21,7 +21,10 @@ _K_ATTR, _K_WAV, _K_FACE, _K_VIDEO, _K_LAYOUT, _K_NAMES = 0, 1, 2, 3, 4, 5
 # ("Jean-Claude") mimic the punctuation of real VGGFace1 IDs.
 _FIRST_NAMES: dict[str, tuple[list[str], list[str]]] = {
     "A": (["Aaron", "Adrian", "A.J.", "Alan", "Anders"], ["Alicja", "Anne-Marie", "Amber", "Ava", "A.J."]),
-    "B": (["Bradley", "Bruno", "B.J.", "Barry", "Bjorn"], ["Bea", "Bonnie", "Brenda", "Beth-Ann", "Bingbing"]),
+    "B": (
+        ["Bradley", "Bruno", "B.J.", "Barry", "Bjorn"],
+        ["Bea", "Bonnie", "Brenda", "Beth-Ann", "Bingbing"],
+    ),
     "C": (["Colin", "C.J.", "Carl", "Cedric", "Chris"], ["Carla", "Chloe", "Cora", "Celine", "C.J."]),
     "D": (["Damian", "Dev", "D.B.", "Dominic", "Dale"], ["Dana", "Delia", "Dina", "Dorothy", "Daisy-Mae"]),
     "E": (["Eoin", "Emil", "E.J.", "Ethan", "Elias"], ["Eva", "Edith", "Elin", "Emma-Lee", "Esme"]),
@@ -47,11 +50,62 @@ _FIRST_NAMES: dict[str, tuple[list[str], list[str]]] = {
     "Y": (["Yusuf", "Yann", "Yuri", "Yves"], ["Yvonne", "Yara", "Yoko", "Yasmin"]),
     "Z": (["Zac", "Zoltan", "Zeke", "Zain"], ["Zoe", "Zara", "Zelda", "Zina"]),
 }
-_LAST_PREFIXES = ["Bar", "Cal", "Dun", "Fer", "Hal", "Kes", "Mor", "Pen", "Ros", "Sal", "Thorn", "Wal",
-                  "Ash", "Blen", "Car", "Del", "Gal", "Har", "Lind", "Mer", "Nor", "Ost", "Quill", "Rad",
-                  "Stan", "Tol", "Ven", "Wick", "Brad", "Cor", "Fair", "Gren"]
-_LAST_SUFFIXES = ["ton", "ley", "son", "well", "ford", "ridge", "man", "er", "ish", "by", "wood", "ham",
-                  "ken", "ard", "ini", "ez", "ova", "berg", "sky", "dale"]
+_LAST_PREFIXES = [
+    "Bar",
+    "Cal",
+    "Dun",
+    "Fer",
+    "Hal",
+    "Kes",
+    "Mor",
+    "Pen",
+    "Ros",
+    "Sal",
+    "Thorn",
+    "Wal",
+    "Ash",
+    "Blen",
+    "Car",
+    "Del",
+    "Gal",
+    "Har",
+    "Lind",
+    "Mer",
+    "Nor",
+    "Ost",
+    "Quill",
+    "Rad",
+    "Stan",
+    "Tol",
+    "Ven",
+    "Wick",
+    "Brad",
+    "Cor",
+    "Fair",
+    "Gren",
+]
+_LAST_SUFFIXES = [
+    "ton",
+    "ley",
+    "son",
+    "well",
+    "ford",
+    "ridge",
+    "man",
+    "er",
+    "ish",
+    "by",
+    "wood",
+    "ham",
+    "ken",
+    "ard",
+    "ini",
+    "ez",
+    "ova",
+    "berg",
+    "sky",
+    "dale",
+]
 _LAST_PARTICLES = ["Van_", "De_", "Mc", "St._", "Le_", "Da_"]
 _NATIONALITIES = ["USA", "UK", "Canada", "Australia", "India", "Ireland"]
 _NATIONALITY_WEIGHTS = [0.5, 0.2, 0.1, 0.08, 0.07, 0.05]
@@ -66,11 +120,13 @@ def _split_letters() -> dict[str, str]:
     letters = {split: "" for split in MATCHING_SPLITS}
     for letter in string.ascii_uppercase:
         letters[matching_split(letter)] += letter
-    return {split: "".join(sorted(chars, key=lambda c: c != _OFFICIAL_TEST_INITIAL))
-            for split, chars in letters.items()}
+    return {
+        split: "".join(sorted(chars, key=lambda c: c != _OFFICIAL_TEST_INITIAL))
+        for split, chars in letters.items()
+    }
 
 
-_OFFICIAL_TEST_INITIAL = "E"   # VoxCeleb1's Set column: "test" for names starting with E
+_OFFICIAL_TEST_INITIAL = "E"  # VoxCeleb1's Set column: "test" for names starting with E
 _SPLIT_LETTERS = _split_letters()
 
 
@@ -137,18 +193,18 @@ class IdentityAttributes:
     # voice parameters
     f0_hz: float
     formant_scale: float
-    tilt: float              # pole of the glottal source's 2-pole low-pass (higher = darker voice)
-    breath: float            # breath noise level relative to the voiced sound
+    tilt: float  # pole of the glottal source's 2-pole low-pass (higher = darker voice)
+    breath: float  # breath noise level relative to the voiced sound
     syllables_per_s: float
     jitter: float
     # face parameters
-    face_width: float        # half-width of the head in face units (eye spacing is fixed)
-    face_height: float       # half-height of the head in face units
+    face_width: float  # half-width of the head in face units (eye spacing is fixed)
+    face_height: float  # half-height of the head in face units
     skin_rgb: tuple[float, float, float]
     hair_rgb: tuple[float, float, float]
-    hair_length: float       # 0 = cropped, 1 = shoulder length
-    grey: float              # fraction of grey in the hair
-    beard: float             # 0 = clean-shaven, 1 = full beard
+    hair_length: float  # 0 = cropped, 1 = shoulder length
+    grey: float  # fraction of grey in the hair
+    beard: float  # 0 = clean-shaven, 1 = full beard
     eye_size: float
     brow_thickness: float
     lip_rgb: tuple[float, float, float]
@@ -176,7 +232,7 @@ def _attributes(index: int, name: str, gender: str, seed: int) -> IdentityAttrib
     # ---- voice
     f0 = (118.0 if male else 208.0) * math.exp(0.20 * pitch) * (1 + (0.04 if male else -0.06) * old)
     formant_scale = (1.0 if male else 1.16) * math.exp(-0.14 * vocal_tract)
-    tilt = 0.55 - 0.15 * brightness          # source low-pass pole: 0.22 (bright) .. 0.88 (dark)
+    tilt = 0.55 - 0.15 * brightness  # source low-pass pole: 0.22 (bright) .. 0.88 (dark)
     breath = 0.02 + 0.16 * _sigmoid(1.6 * breathiness)
     syllables_per_s = 4.3 * math.exp(0.25 * tempo)
     jitter = 0.004 + 0.02 * old
@@ -184,7 +240,7 @@ def _attributes(index: int, name: str, gender: str, seed: int) -> IdentityAttrib
     # ---- face (face units: eye centres are +-0.40 apart horizontally, fixed)
     face_width = 1.0 - 0.10 * pitch + (0.04 if male else -0.02)
     face_height = 1.30 + 0.16 * vocal_tract + (0.03 if male else 0.0)
-    light = _sigmoid(1.3 * brightness)        # dark brown .. pale
+    light = _sigmoid(1.3 * brightness)  # dark brown .. pale
     skin = _mix((0.40, 0.25, 0.17), (0.96, 0.80, 0.70), light)
     hair_light = _sigmoid(1.4 * breathiness)  # black .. blond, via brown and auburn
     if hair_light < 0.5:
@@ -193,8 +249,11 @@ def _attributes(index: int, name: str, gender: str, seed: int) -> IdentityAttrib
         hair = _mix((0.40, 0.24, 0.13), (0.86, 0.72, 0.45), hair_light * 2 - 1)
     grey = float(np.clip((age - 45) / 25, 0, 1)) * 0.5
     # women: higher voice -> longer hair; men: short hair (the beard carries pitch)
-    hair_length = float(np.clip(0.75 + 0.13 * pitch + rng.uniform(-0.05, 0.05), 0.4, 1.0) if not male
-                        else rng.uniform(0.0, 0.2))
+    hair_length = float(
+        np.clip(0.75 + 0.13 * pitch + rng.uniform(-0.05, 0.05), 0.4, 1.0)
+        if not male
+        else rng.uniform(0.0, 0.2)
+    )
     beard = float(np.clip(0.55 - 0.55 * pitch, 0, 1)) if male else 0.0
     eye_size = 1.0 + 0.18 * tempo
     brow_thickness = (0.042 if male else 0.032) * math.exp(-0.18 * pitch)
@@ -203,19 +262,43 @@ def _attributes(index: int, name: str, gender: str, seed: int) -> IdentityAttrib
     iris = _mix((0.20, 0.12, 0.06), (0.30, 0.45, 0.60), float(rng.random()) * light)
 
     return IdentityAttributes(
-        index=index, vox_id=f"id{10001 + index}", name=name, gender=gender, nationality=nationality,
-        set="test" if name[0].upper() == _OFFICIAL_TEST_INITIAL else "dev", age=round(age, 3),
-        pitch=pitch, vocal_tract=vocal_tract, brightness=brightness, breathiness=breathiness, tempo=tempo,
-        f0_hz=f0, formant_scale=formant_scale, tilt=float(np.clip(tilt, 0.2, 0.9)), breath=breath,
-        syllables_per_s=syllables_per_s, jitter=jitter,
-        face_width=face_width, face_height=face_height, skin_rgb=skin, hair_rgb=hair,
-        hair_length=hair_length, grey=grey, beard=beard, eye_size=eye_size,
-        brow_thickness=brow_thickness, lip_rgb=lip, iris_rgb=iris)
+        index=index,
+        vox_id=f"id{10001 + index}",
+        name=name,
+        gender=gender,
+        nationality=nationality,
+        set="test" if name[0].upper() == _OFFICIAL_TEST_INITIAL else "dev",
+        age=round(age, 3),
+        pitch=pitch,
+        vocal_tract=vocal_tract,
+        brightness=brightness,
+        breathiness=breathiness,
+        tempo=tempo,
+        f0_hz=f0,
+        formant_scale=formant_scale,
+        tilt=float(np.clip(tilt, 0.2, 0.9)),
+        breath=breath,
+        syllables_per_s=syllables_per_s,
+        jitter=jitter,
+        face_width=face_width,
+        face_height=face_height,
+        skin_rgb=skin,
+        hair_rgb=hair,
+        hair_length=hair_length,
+        grey=grey,
+        beard=beard,
+        eye_size=eye_size,
+        brow_thickness=brow_thickness,
+        lip_rgb=lip,
+        iris_rgb=iris,
+    )
 
 
 def corpus_attributes(identities: int = 60, seed: int = 0) -> list[IdentityAttributes]:
     """Hidden attributes of every identity of `synth_corpus(identities=..., seed=...)`, in id order."""
-    return [_attributes(i, name, gender, seed) for i, (name, gender) in enumerate(synth_names(identities, seed))]
+    return [
+        _attributes(i, name, gender, seed) for i, (name, gender) in enumerate(synth_names(identities, seed))
+    ]
 
 
 def identity_attributes(name_or_index: str | int, seed: int = 0, identities: int = 60) -> IdentityAttributes:
@@ -241,4 +324,3 @@ def _check_count(what: str, value, minimum: int = 1, maximum: int = 100000) -> N
         raise ValueError(f"{what} must be an integer, got {value!r}")
     if not minimum <= value <= maximum:
         raise ValueError(f"{what} must be between {minimum} and {maximum}, got {value}")
-

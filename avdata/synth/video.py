@@ -39,11 +39,25 @@ def _write_video(path: Path, at: IdentityAttributes, rng: np.random.Generator, c
         t = k / fps
         wobble = [math.sin(2 * math.pi * f * t + ph) for f, ph in zip((0.4, 0.5, 0.3, 0.7, 0.6), phases)]
         img = background.copy()
-        painter = _FacePainter(img, cx0 + 0.04 * width * wobble[0], cy0 + 0.03 * height * wobble[1],
-                               base_scale * (1 + 0.05 * wobble[2]), math.radians(4 * wobble[3]))
-        opening = float(mouth[k * hop:(k + 1) * hop].mean()) if k * hop < len(mouth) else 0.0
-        _paint_person(painter, at, clothing, light_dir, light_gain, yaw=yaw0 + 0.2 * wobble[4],
-                      nod=nod0 + 0.2 * wobble[1], mouth_open=opening, texture_seed=int(phases[0] * 1e6))
+        painter = _FacePainter(
+            img,
+            cx0 + 0.04 * width * wobble[0],
+            cy0 + 0.03 * height * wobble[1],
+            base_scale * (1 + 0.05 * wobble[2]),
+            math.radians(4 * wobble[3]),
+        )
+        opening = float(mouth[k * hop : (k + 1) * hop].mean()) if k * hop < len(mouth) else 0.0
+        _paint_person(
+            painter,
+            at,
+            clothing,
+            light_dir,
+            light_gain,
+            yaw=yaw0 + 0.2 * wobble[4],
+            nod=nod0 + 0.2 * wobble[1],
+            mouth_open=opening,
+            texture_seed=int(phases[0] * 1e6),
+        )
         frames[k] = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
     frames = frames.astype(np.int16) + rng.integers(-3, 4, frames.shape, dtype=np.int16)  # sensor noise
     frames = np.clip(frames, 0, 255).astype(np.uint8)
@@ -51,19 +65,32 @@ def _write_video(path: Path, at: IdentityAttributes, rng: np.random.Generator, c
     with tempfile.TemporaryDirectory(prefix="avdata-synth-") as tmp:
         wav, encoded = Path(tmp) / "audio.wav", Path(tmp) / "video.mp4"
         sf.write(wav, audio, SAMPLE_RATE, subtype="PCM_16")
-        video_in = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=fps)
+        video_in = ffmpeg.input(
+            "pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", framerate=fps
+        )
         audio_in = ffmpeg.input(str(wav))
         # bit-exact flags, one thread and fixed quantiser/bitrate make the bytes reproducible
         stream = ffmpeg.output(
-            video_in, audio_in, str(encoded), vcodec="mpeg4", pix_fmt="yuv420p", acodec="aac", ac=1,
-            ar=SAMPLE_RATE, threads=1, map_metadata=-1, fflags="+bitexact", format="mp4",
-            **{"q:v": 4, "b:a": "48k", "flags:v": "+bitexact", "flags:a": "+bitexact"})
+            video_in,
+            audio_in,
+            str(encoded),
+            vcodec="mpeg4",
+            pix_fmt="yuv420p",
+            acodec="aac",
+            ac=1,
+            ar=SAMPLE_RATE,
+            threads=1,
+            map_metadata=-1,
+            fflags="+bitexact",
+            format="mp4",
+            **{"q:v": 4, "b:a": "48k", "flags:v": "+bitexact", "flags:a": "+bitexact"},
+        )
         try:
-            stream.overwrite_output().run(cmd=imageio_ffmpeg.get_ffmpeg_exe(), input=frames.tobytes(),
-                                          quiet=True)
+            stream.overwrite_output().run(
+                cmd=imageio_ffmpeg.get_ffmpeg_exe(), input=frames.tobytes(), quiet=True
+            )
         except ffmpeg.Error as err:
             lines = (err.stderr or b"").decode(errors="replace").strip().splitlines()
             raise InputError(path, f"ffmpeg failed: {lines[-1] if lines else err}") from None
         # encoded beside the temp wav, then moved in whole: a killed run never leaves half an mp4
         atomic_write_bytes(path, encoded.read_bytes())
-

@@ -13,16 +13,19 @@ from avdata.synth.identity import IdentityAttributes
 SAMPLE_RATE = 16000
 
 # Adult male formants F1-F3 (Hz; Peterson & Barney style) for a few vowels; F4/F5 fixed.
-_VOWELS = np.array([
-    [730, 1090, 2440],   # a
-    [530, 1840, 2480],   # e
-    [270, 2290, 3010],   # i
-    [570, 840, 2410],    # o
-    [300, 870, 2240],    # u
-    [660, 1720, 2410],   # ae
-    [640, 1190, 2390],   # uh
-    [390, 1990, 2550],   # ih
-], dtype=float)
+_VOWELS = np.array(
+    [
+        [730, 1090, 2440],  # a
+        [530, 1840, 2480],  # e
+        [270, 2290, 3010],  # i
+        [570, 840, 2410],  # o
+        [300, 870, 2240],  # u
+        [660, 1720, 2410],  # ae
+        [640, 1190, 2390],  # uh
+        [390, 1990, 2550],  # ih
+    ],
+    dtype=float,
+)
 _BANDWIDTHS = np.array([70, 100, 150, 220, 300], dtype=float)
 
 
@@ -50,19 +53,20 @@ def _raised_cosine_envelope(n: int, attack: int, release: int) -> np.ndarray:
     if attack:
         env[:attack] = 0.5 - 0.5 * np.cos(np.linspace(0, math.pi, attack))
     if release:
-        env[n - release:] = 0.5 + 0.5 * np.cos(np.linspace(0, math.pi, release))
+        env[n - release :] = 0.5 + 0.5 * np.cos(np.linspace(0, math.pi, release))
     return env
 
 
-def synth_voice(at: IdentityAttributes, rng: np.random.Generator, duration: float,
-                sr: int = SAMPLE_RATE) -> tuple[np.ndarray, np.ndarray]:
+def synth_voice(
+    at: IdentityAttributes, rng: np.random.Generator, duration: float, sr: int = SAMPLE_RATE
+) -> tuple[np.ndarray, np.ndarray]:
     """One utterance of babble in the identity's voice.
 
     Returns (audio float32 in [-1, 1], per-sample mouth opening in [0, 1]).
     """
     n = int(round(duration * sr))
-    f0_base = at.f0_hz * math.exp(rng.normal(0, 0.03))            # per-clip pitch offset
-    rate = at.syllables_per_s * math.exp(rng.normal(0, 0.06))      # per-clip rate offset
+    f0_base = at.f0_hz * math.exp(rng.normal(0, 0.03))  # per-clip pitch offset
+    rate = at.syllables_per_s * math.exp(rng.normal(0, 0.06))  # per-clip rate offset
     fscale = at.formant_scale * math.exp(rng.normal(0, 0.015))
 
     # --- prosody: phrases of syllables separated by pauses
@@ -79,8 +83,16 @@ def synth_voice(at: IdentityAttributes, rng: np.random.Generator, duration: floa
             cons = {0: 0.0, 1: rng.uniform(0.05, 0.09), 2: rng.uniform(0.03, 0.05), 3: 0.0}[onset]
             if onset == 3:
                 dur *= 1.5
-            syllables.append((t, t + cons, min(t + dur, duration - 0.05), int(rng.integers(len(_VOWELS))),
-                              rng.normal(0, 0.05), onset))
+            syllables.append(
+                (
+                    t,
+                    t + cons,
+                    min(t + dur, duration - 0.05),
+                    int(rng.integers(len(_VOWELS))),
+                    rng.normal(0, 0.05),
+                    onset,
+                )
+            )
             t += dur
         phrase_bounds.append((p_start, t))
         t += rng.uniform(0.15, 0.55)
@@ -105,11 +117,14 @@ def synth_voice(at: IdentityAttributes, rng: np.random.Generator, duration: floa
     frac = phase - np.floor(phase)
     open_q = 0.5
     close_q = 0.16
-    pulse = np.where(frac < open_q, 0.5 - 0.5 * np.cos(math.pi * frac / open_q),
-                     np.where(frac < open_q + close_q, np.cos(0.5 * math.pi * (frac - open_q) / close_q), 0.0))
+    pulse = np.where(
+        frac < open_q,
+        0.5 - 0.5 * np.cos(math.pi * frac / open_q),
+        np.where(frac < open_q + close_q, np.cos(0.5 * math.pi * (frac - open_q) / close_q), 0.0),
+    )
     source = np.diff(pulse, prepend=0.0)
     source /= np.std(source) + 1e-9
-    aspiration = rng.normal(0, 1, n) * (0.6 + 0.4 * (frac < open_q))   # pitch-synchronous breath
+    aspiration = rng.normal(0, 1, n) * (0.6 + 0.4 * (frac < open_q))  # pitch-synchronous breath
     source = source + at.breath * 2.5 * aspiration
     # Tilt after the breath noise, so that brightness shapes the whole spectrum and breathiness
     # shows as noise between the harmonics rather than as extra treble. Two one-pole low-passes:
@@ -123,7 +138,7 @@ def synth_voice(at: IdentityAttributes, rng: np.random.Generator, duration: floa
     bandwidths = _BANDWIDTHS * (1 + 3 * at.breath)
     for start, v_start, end, vowel, _, onset in syllables:
         s0, v0, s1 = int(start * sr), int(v_start * sr), int(end * sr)
-        if onset == 1:   # fricative: band-limited noise just before the vowel
+        if onset == 1:  # fricative: band-limited noise just before the vowel
             lo, hi = [(3800, 7000), (2200, 4600), (1200, 6500)][int(rng.integers(3))]
             noise = rng.normal(0, 1, v0 - s0) * _raised_cosine_envelope(v0 - s0, 80, 80)
             out[s0:v0] += sosfilt(_bandpass_sos(lo, hi), noise) * rng.uniform(0.25, 0.6)
@@ -135,16 +150,16 @@ def synth_voice(at: IdentityAttributes, rng: np.random.Generator, duration: floa
         if seg <= 0:
             continue
         formants = np.concatenate([_VOWELS[vowel], [3300, 4200]]) * fscale
-        formants[:3] *= np.exp(rng.normal(0, 0.03, 3))   # coarticulation wobble
+        formants[:3] *= np.exp(rng.normal(0, 0.03, 3))  # coarticulation wobble
         env = _raised_cosine_envelope(s1 - v0, int(0.025 * sr), int(0.05 * sr))
         env = np.concatenate([env, np.zeros(seg - len(env))])
-        excitation = source[v0:v0 + seg] * env
+        excitation = source[v0 : v0 + seg] * env
         voiced = sosfilt(_resonator_sos(formants, bandwidths), excitation)
         # breathy voices leak turbulent noise above ~1.5 kHz, independent of the source tilt
         hiss = sosfilt(_bandpass_sos(1500, 6500), rng.normal(0, 1, seg)) * env
-        voiced += hiss * (2.0 * at.breath * np.sqrt(np.mean(voiced ** 2)) / (np.std(hiss) + 1e-9))
-        out[v0:v0 + seg] += voiced
-        mouth[v0:v0 + seg] = np.maximum(mouth[v0:v0 + seg], env * (0.6 + 0.4 * _VOWELS[vowel][0] / 730))
+        voiced += hiss * (2.0 * at.breath * np.sqrt(np.mean(voiced**2)) / (np.std(hiss) + 1e-9))
+        out[v0 : v0 + seg] += voiced
+        mouth[v0 : v0 + seg] = np.maximum(mouth[v0 : v0 + seg], env * (0.6 + 0.4 * _VOWELS[vowel][0] / 730))
 
     # --- room: background noise at a random SNR, sometimes mains hum; random loudness
     speech_rms = np.sqrt(np.mean(out[mouth > 0.5] ** 2)) if np.any(mouth > 0.5) else 1.0
@@ -156,4 +171,3 @@ def synth_voice(at: IdentityAttributes, rng: np.random.Generator, duration: floa
     audio = out + background
     audio *= rng.uniform(0.3, 0.9) / (np.max(np.abs(audio)) + 1e-9)
     return audio.astype(np.float32), np.clip(mouth, 0, 1).astype(np.float32)
-

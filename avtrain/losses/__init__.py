@@ -23,8 +23,19 @@ from avtrain.losses.metric import (
 )
 
 __all__ = [
-    "ADVERSARIAL_KINDS", "METRIC_LOSSES", "TASK_DEFAULTS", "AMLLoss", "LossConfig",
-    "critic_score", "euclidean", "generator_adversarial_loss", "lifted_structured_loss",
-    "modality_loss", "ranked_list_loss", "split_gallery", "split_modalities", "task_loss",
+    "ADVERSARIAL_KINDS",
+    "METRIC_LOSSES",
+    "TASK_DEFAULTS",
+    "AMLLoss",
+    "LossConfig",
+    "critic_score",
+    "euclidean",
+    "generator_adversarial_loss",
+    "lifted_structured_loss",
+    "modality_loss",
+    "ranked_list_loss",
+    "split_gallery",
+    "split_modalities",
+    "task_loss",
     "triplet_loss",
 ]

@@ -52,8 +52,10 @@ def _least_squares(d_logits: torch.Tensor, target: int) -> torch.Tensor:
 
 
 def modality_loss(
-    d_logits_audio: torch.Tensor, d_logits_face: torch.Tensor,
-    kind: str = "gan", num_tuples: int | None = None,
+    d_logits_audio: torch.Tensor,
+    d_logits_face: torch.Tensor,
+    kind: str = "gan",
+    num_tuples: int | None = None,
 ) -> dict:
     """L_dis, minimised by the discriminator. Inputs are D's outputs (N_a, 2) and (N_v, 2).
 
@@ -75,8 +77,10 @@ def modality_loss(
 
 
 def generator_adversarial_loss(
-    d_logits_audio: torch.Tensor, d_logits_face: torch.Tensor,
-    kind: str = "gan", num_tuples: int | None = None,
+    d_logits_audio: torch.Tensor,
+    d_logits_face: torch.Tensor,
+    kind: str = "gan",
+    num_tuples: int | None = None,
 ) -> dict:
     """The adversarial term the encoders/generator add to L_total (D held fixed).
 

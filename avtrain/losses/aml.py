@@ -124,7 +124,12 @@ class AMLLoss:
         if cfg.metric_kind == "triplet":
             return METRIC_LOSSES["triplet"](out["h_query"], h_pos, h_neg, cfg.triplet_margin)
         return METRIC_LOSSES["ranked_list"](
-            out["h_query"], h_pos, h_neg, cfg.rll_alpha, cfg.rll_margin, cfg.rll_temperature,
+            out["h_query"],
+            h_pos,
+            h_neg,
+            cfg.rll_alpha,
+            cfg.rll_margin,
+            cfg.rll_temperature,
             cfg.rll_negative_weight,
         )
 
@@ -137,8 +142,10 @@ class AMLLoss:
         if not self.cfg.adversarial:
             return {"L_dis": h_audio.new_zeros(())}
         dis = modality_loss(
-            discriminator(h_audio.detach()), discriminator(h_face.detach()),
-            self.cfg.adversarial_kind, self._num_tuples(out),
+            discriminator(h_audio.detach()),
+            discriminator(h_face.detach()),
+            self.cfg.adversarial_kind,
+            self._num_tuples(out),
         )
         return {"L_dis": dis["loss"], "audio": dis["audio"], "face": dis["face"]}
 
@@ -169,7 +176,12 @@ class AMLLoss:
             L_dis = modality_loss(d_audio, d_face, cfg.adversarial_kind, n)["loss"]
             L_adv = generator_adversarial_loss(d_audio, d_face, cfg.adversarial_kind, n)["loss"]
         return {
-            "L_metric": metric["loss"], "L_cls": cls["loss"], "L_total": L_total,
-            "L_dis": L_dis, "L_adv": L_adv, "objective": L_total + L_adv,
-            "metric_terms": metric, "cls_terms": cls,
+            "L_metric": metric["loss"],
+            "L_cls": cls["loss"],
+            "L_total": L_total,
+            "L_dis": L_dis,
+            "L_adv": L_adv,
+            "objective": L_total + L_adv,
+            "metric_terms": metric,
+            "cls_terms": cls,
         }

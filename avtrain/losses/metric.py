@@ -25,8 +25,11 @@ def euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def lifted_structured_loss(
-    h0: torch.Tensor, h1: torch.Tensor, hneg: torch.Tensor,
-    margin: float = 1.0, squared: bool = True,
+    h0: torch.Tensor,
+    h1: torch.Tensor,
+    hneg: torch.Tensor,
+    margin: float = 1.0,
+    squared: bool = True,
 ) -> dict:
     """Lifted structured loss, Eqs. (4)-(5) of the paper (after Oh Song et al. 2016).
 
@@ -41,8 +44,7 @@ def lifted_structured_loss(
     d_pos = euclidean(h0, h1)  # (B,)
     if hneg.shape[1] == 0:  # k = 1: no negatives, log(0) = -inf, hinge 0 (and no NaN grads)
         zero = d_pos * 0.0
-        return {"J": torch.full_like(d_pos, -torch.inf), "hinge": zero, "d_pos": d_pos,
-                "loss": zero.sum()}
+        return {"J": torch.full_like(d_pos, -torch.inf), "hinge": zero, "d_pos": d_pos, "loss": zero.sum()}
     d_query_neg = euclidean(h0.unsqueeze(1), hneg)  # (B, k-1)
     d_pos_neg = euclidean(h1.unsqueeze(1), hneg)  # (B, k-1)
     J = torch.logsumexp(torch.cat([margin - d_query_neg, margin - d_pos_neg], dim=1), dim=1) + d_pos
@@ -69,8 +71,13 @@ def triplet_loss(h0: torch.Tensor, h1: torch.Tensor, hneg: torch.Tensor, margin:
 
 
 def ranked_list_loss(
-    h0: torch.Tensor, h1: torch.Tensor, hneg: torch.Tensor,
-    alpha: float = 1.2, margin: float = 0.4, temperature: float = 10.0, negative_weight: float = 1.0,
+    h0: torch.Tensor,
+    h1: torch.Tensor,
+    hneg: torch.Tensor,
+    alpha: float = 1.2,
+    margin: float = 0.4,
+    temperature: float = 10.0,
+    negative_weight: float = 1.0,
 ) -> dict:
     """Ranked list loss (Wang et al., CVPR 2019 [14]), anchor = the query h0.
 

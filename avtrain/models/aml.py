@@ -71,7 +71,9 @@ class ModelConfig:
         if self.head not in MATCHING_HEADS:
             raise ValueError(f"head must be one of {MATCHING_HEADS}, got {self.head!r}")
         if self.task != "matching" and self.head != "concat_linear":
-            raise ValueError(f"head={self.head!r} is a matching head; {self.task} has one head (leave the default)")
+            raise ValueError(
+                f"head={self.head!r} is a matching head; {self.task} has one head (leave the default)"
+            )
 
 
 # --------------------------------------------------------------------------- branches
@@ -214,8 +216,9 @@ class MatchingMLPHead(nn.Module):
     gallery position separately.
     """
 
-    def __init__(self, k: int, dropout: float = 0.1, hidden: tuple[int, ...] = CONCAT_MLP_HIDDEN,
-                 dim: int = EMBED_DIM):
+    def __init__(
+        self, k: int, dropout: float = 0.1, hidden: tuple[int, ...] = CONCAT_MLP_HIDDEN, dim: int = EMBED_DIM
+    ):
         super().__init__()
         self.k = k
         sizes = [(k + 1) * dim, *hidden]
@@ -242,7 +245,9 @@ class DiffMLPHead(nn.Module):
 
     def __init__(self, dropout: float = 0.1, hidden: int = DIFF_MLP_HIDDEN, dim: int = EMBED_DIM):
         super().__init__()
-        self.layers = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.layers = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
 
     def forward(self, h_query: torch.Tensor, h_gallery: torch.Tensor) -> torch.Tensor:
         if h_query.dim() == 2:
@@ -314,8 +319,7 @@ class AML(nn.Module):
         self.generator = Generator(cfg.generator_dropout, cfg.leaky_slope)
         # With shared_generator the face generator *is* the audio one (parameters counted once).
         self.face_generator = (
-            self.generator if cfg.shared_generator
-            else Generator(cfg.generator_dropout, cfg.leaky_slope)
+            self.generator if cfg.shared_generator else Generator(cfg.generator_dropout, cfg.leaky_slope)
         )
         self.head = make_head(cfg)
         self.discriminator = ModalityDiscriminator(cfg.discriminator_dropout, cfg.clip_value)
@@ -357,8 +361,7 @@ class AML(nn.Module):
             gallery = gallery.unsqueeze(1)
         B, k = gallery.shape[:2]
         embed_query, embed_gallery = (
-            (self.embed_audio, self.embed_face) if direction == "a2v"
-            else (self.embed_face, self.embed_audio)
+            (self.embed_audio, self.embed_face) if direction == "a2v" else (self.embed_face, self.embed_audio)
         )
         h_query = embed_query(query)
         h_gallery = embed_gallery(gallery.flatten(0, 1)).view(B, k, EMBED_DIM)
