@@ -15,6 +15,28 @@ def fail(msg: str):
     raise click.ClickException(msg)
 
 
+# Options shared by several commands: one definition each.
+_META_OPTION = click.option(
+    "--meta",
+    type=click.Path(dir_okay=False, exists=True),
+    required=True,
+    help="VoxCeleb1 meta file (vox1_meta.csv, tab separated).",
+)
+_PROTOCOL_HELP = "matching: A-B val, C-E test, F-Z train by first letter; pins: Learnable-PINs sets."
+_PROTOCOL_OPTION = click.option(
+    "--protocol", type=click.Choice(["matching", "pins"]), required=True, help=_PROTOCOL_HELP
+)
+_PROTOCOL_DEFAULT_OPTION = click.option(
+    "--protocol", type=click.Choice(["matching", "pins"]), default="matching", help=_PROTOCOL_HELP
+)
+_PINS_OPTION = click.option(
+    "--pins-splits",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Learnable-PINs identity_splits.txt (needed for --protocol pins).",
+)
+
+
 @click.group(context_settings=CONTEXT)
 @click.version_option(package_name="avmatch")
 def main():
@@ -73,24 +95,9 @@ def synth_cmd(out, identities, clips_per_identity, faces_per_identity, videos, s
 
 
 @main.command("splits")
-@click.option(
-    "--meta",
-    type=click.Path(dir_okay=False),
-    required=True,
-    help="VoxCeleb1 meta file (vox1_meta.csv, tab separated).",
-)
-@click.option(
-    "--protocol",
-    type=click.Choice(["matching", "pins"]),
-    required=True,
-    help="matching: A-B val, C-E test, F-Z train by first letter; pins: Learnable-PINs sets.",
-)
-@click.option(
-    "--pins-splits",
-    type=click.Path(dir_okay=False),
-    default=None,
-    help="Learnable-PINs identity_splits.txt (needed for --protocol pins).",
-)
+@_META_OPTION
+@_PROTOCOL_OPTION
+@_PINS_OPTION
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output CSV: name,vox_id,split.")
 @user_errors
 def splits_cmd(meta, protocol, pins_splits, out):
@@ -127,21 +134,9 @@ def splits_cmd(meta, protocol, pins_splits, out):
     default=None,
     help="Video root (idNNNNN/YTID/NNNNN.mp4 or NAME/*.mp4); feeds both modalities.",
 )
-@click.option(
-    "--meta",
-    type=click.Path(dir_okay=False, exists=True),
-    required=True,
-    help="VoxCeleb1 meta file (vox1_meta.csv).",
-)
-@click.option(
-    "--protocol", type=click.Choice(["matching", "pins"]), default="matching", help="Identity split protocol."
-)
-@click.option(
-    "--pins-splits",
-    type=click.Path(dir_okay=False, exists=True),
-    default=None,
-    help="Learnable-PINs identity_splits.txt (for --protocol pins).",
-)
+@_META_OPTION
+@_PROTOCOL_DEFAULT_OPTION
+@_PINS_OPTION
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
@@ -257,12 +252,15 @@ def build_shards_cmd(
     click.echo(f"{out}: {len(manifest['shards'])} shards, {manifest['rejects']} rejects (see rejects.jsonl)")
 
 
-def _parse_k(value: str) -> list[int]:
-    """'10' -> [10]; '2-10' -> [2..10]; '2,5,10' -> [2, 5, 10]."""
+def _parse_k(ctx, param, value: str) -> list[int]:
+    """Click callback: '10' -> [10]; '2-10' -> [2..10]; '2,5,10' -> [2, 5, 10]; else a usage error."""
     ks = []
-    for part in value.split(","):
-        lo, _, hi = part.partition("-")
-        ks.extend(range(int(lo), int(hi or lo) + 1))
+    try:
+        for part in value.split(","):
+            lo, _, hi = part.partition("-")
+            ks.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise click.BadParameter(f"expected 10, a range 2-10 or a list 2,5,10, got {value!r}") from None
     if not ks or min(ks) < 2 or max(ks) > 10:
         raise click.BadParameter(f"k must lie in 2..10, got {value!r}")
     return sorted(set(ks))
@@ -294,7 +292,13 @@ def _parse_k(value: str) -> list[int]:
     required=True,
     help="Output directory (index/, shards/, sizes.json, manifest.json).",
 )
-@click.option("--k", "k_spec", default="2", help="Matching gallery size: 10, a range 2-10 or a list 2,5,10.")
+@click.option(
+    "--k",
+    "k_spec",
+    default="2",
+    callback=_parse_k,
+    help="Matching gallery size: 10, a range 2-10 or a list 2,5,10.",
+)
 @click.option(
     "--direction",
     type=click.Choice(["a2v", "v2a", "both"]),
@@ -336,6 +340,11 @@ def _parse_k(value: str) -> list[int]:
     help="Also write tuple shards carrying every member's arrays [default: on for split train].",
 )
 @click.option("--tuples-per-shard", type=click.IntRange(min=1), default=500, help="Tuples per tuple shard.")
+@click.option(
+    "--strict/--no-strict",
+    default=False,
+    help="Fail when a list comes out empty (e.g. k=10 on a split of 8 identities); otherwise warn.",
+)
 @user_errors
 def make_tuples_cmd(
     shards,
@@ -352,6 +361,7 @@ def make_tuples_cmd(
     constrain,
     tuple_shards,
     tuples_per_shard,
+    strict,
 ):
     """Draw fixed tuples from shards, write them, then check every rule (as check-tuples)."""
     from avdata.reader import index_items
@@ -369,7 +379,7 @@ def make_tuples_cmd(
     if bad:
         fail(f"--constrain: unknown attribute(s) {bad}; choose from {list(ATTRIBUTES)}")
     directions = ["a2v", "v2a"] if direction == "both" else [direction]
-    ks = _parse_k(k_spec) if task == "matching" else [1]
+    ks = k_spec if task == "matching" else [1]
     if task == "verification":
         directions = ["a2v"]  # a pair is (voice, face) whichever way it is scored
     configs = [
@@ -401,14 +411,26 @@ def make_tuples_cmd(
         tuples_per_shard=tuples_per_shard,
         items=items,
     )
+    empty = {}
     for name, counts in summary.items():
+        if "empty" in counts:
+            empty[name] = counts.pop("empty")
         click.echo(f"{name}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    for name, reason in empty.items():
+        click.echo(f"warning: {name} is empty: {reason}", err=True)
     problems = check_tuples(out, shards, items=items)
     if problems:
         for p in problems:
             click.echo(p, err=True)
         fail(f"{out}: {len(problems)} tuple check(s) failed")
-    click.echo(f"{out}: all tuple checks passed")
+    if empty and strict:
+        fail(
+            f"{out}: {len(empty)} empty list(s) (--strict), e.g. {next(iter(empty))}: {next(iter(empty.values()))}"
+        )
+    click.echo(
+        f"{out}: all tuple checks passed"
+        + (f" ({len(empty)} empty list(s), see the warnings)" if empty else "")
+    )
 
 
 @main.command("check-tuples")
@@ -553,26 +575,6 @@ def manifest_update_cmd(dir, out, tuples):
         f"{len(lines)} change(s) from the previous version" if lines else "unchanged" if existed else "new"
     )
     click.echo(f"{out}: written ({state})")
-
-
-_META_OPTION = click.option(
-    "--meta",
-    type=click.Path(dir_okay=False, exists=True),
-    required=True,
-    help="VoxCeleb1 meta file (vox1_meta.csv, tab separated).",
-)
-_PROTOCOL_OPTION = click.option(
-    "--protocol",
-    type=click.Choice(["matching", "pins"]),
-    required=True,
-    help="matching: A-B val, C-E test, F-Z train by first letter; pins: Learnable-PINs sets.",
-)
-_PINS_OPTION = click.option(
-    "--pins-splits",
-    type=click.Path(dir_okay=False, exists=True),
-    default=None,
-    help="Learnable-PINs identity_splits.txt (needed for --protocol pins).",
-)
 
 
 @manifest_group.command("splits")

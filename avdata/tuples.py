@@ -337,6 +337,20 @@ def _tuple(
     }
 
 
+def _empty_reason(pool: Pool, cfg: TupleConfig, skipped: list[dict]) -> str:
+    """Why a list came out empty, in one line (make-tuples warns with it; --strict fails)."""
+    q_mod, g_mod = DIRECTIONS[cfg.direction]
+    with_both = pool.identities_with(q_mod, g_mod)
+    if not with_both:
+        return f"no identity of split {cfg.split} has both {q_mod} and {g_mod} samples"
+    if skipped:
+        return (
+            f"{len(skipped)} of {len(with_both)} identities skipped, e.g. {skipped[0]['identity']}: "
+            f"{skipped[0]['reason']}"
+        )
+    return f"{len(with_both)} identities of split {cfg.split} gave no tuple"
+
+
 def draw_matching(pool: Pool, cfg: TupleConfig) -> tuple[list[dict], list[dict]]:
     q_mod, g_mod = DIRECTIONS[cfg.direction]
     tuples, skipped = [], []
@@ -511,6 +525,8 @@ def make_tuples(
                 "items": len(gallery),
             }
             summary[cfg.name] = {"queries": len(queries), "gallery": len(gallery)}
+            if not queries:
+                summary[cfg.name]["empty"] = _empty_reason(pool, cfg, [])
             continue
         draw = draw_matching if cfg.task == "matching" else draw_verification
         tuples, skipped = draw(pool, cfg)
@@ -535,6 +551,8 @@ def make_tuples(
             "identities": manifest["files"][rel]["identities"],
             "skipped_identities": len(skipped),
         }
+        if not tuples:
+            summary[cfg.name]["empty"] = _empty_reason(pool, cfg, skipped)
     sizes = {k: v["tuples"] for k, v in sorted(manifest["shards"].items())}
     write_json(out / "sizes.json", sizes)
     write_json(out / "manifest.json", manifest)
