@@ -18,207 +18,35 @@ see docs/evaluation.md.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from avdata.errors import AvmatchError, InputError
 from avdata.io import atomic_write_text
-from avdata.tuples import index_lists
 from avtrain import metrics as M
 from avtrain.checkpoint import CheckpointError, DeviceError, load_run, pick_device  # noqa: F401 (re-exported)
+from avtrain.diagnostics import (  # noqa: F401 (re-exported)
+    EMBEDDINGS_FILE,
+    pair_distance_report,
+    pair_distances,
+    sample_keys,
+    save_embedding_sample,
+)
+from avtrain.embeddings import Embeddings, embed_items, load_items  # noqa: F401 (re-exported)
+from avtrain.results import format_table, headline, write_tensorboard  # noqa: F401 (re-exported)
+from avtrain.tuple_lists import (  # noqa: F401 (re-exported)
+    MODALITY_OF_ROLE,
+    EvaluationError,
+    TupleList,
+    needed_items,
+    read_tuple_lists,
+)
 
 SCORE_KIND = "neg_l2"
 ROC_POINTS = 201  # ROC polyline points kept in metrics.json for the report
-PAIR_SAMPLE = 1000  # items per modality for the before/after-generator distances
-TSNE_IDENTITIES = 10  # identities in RUN/embeddings.npz
-TSNE_MAX_ITEMS = 400  # items (both modalities) in RUN/embeddings.npz
-EMBEDDINGS_FILE = "embeddings.npz"
-MODALITY_OF_ROLE = {
-    ("a2v", "query"): "audio",
-    ("a2v", "gallery"): "face",
-    ("v2a", "query"): "face",
-    ("v2a", "gallery"): "audio",
-}
-
-
-class EvaluationError(AvmatchError, ValueError):
-    """A problem with the inputs of an evaluation (one line, for the CLI)."""
-
-
-# --------------------------------------------------------------------------- tuple lists
-
-
-@dataclass
-class TupleList:
-    """One evaluation list of ``DIR/index``."""
-
-    name: str  # file stem (retrieval: without _queries/_gallery)
-    task: str  # matching | verification | retrieval
-    split: str
-    direction: str
-    k: int = 0
-    constraint: str = ""
-    rows: list = field(default_factory=list)  # matching/verification tuples; retrieval queries
-    gallery: list = field(default_factory=list)  # retrieval gallery lines
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise EvaluationError(f"{path}:{n}: not JSON ({exc.msg})") from None
-    return rows
-
-
-def read_tuple_lists(tuples_dir: str | Path) -> list[TupleList]:
-    """Every non-empty list of a tuple directory, as its manifest.json records it (avdata.tuples
-    owns the format), sorted by (task, name). Empty lists (a split with too few identities for
-    that k) are left out."""
-    try:
-        indexed = index_lists(tuples_dir)
-    except InputError as exc:
-        raise EvaluationError(str(exc)) from None
-    lists: list[TupleList] = []
-    for il in indexed:
-        rows = _read_jsonl(il.path)
-        tl = TupleList(il.name, il.task, il.split, il.direction, il.k, il.constraint, rows)
-        if il.task == "retrieval":
-            tl.gallery = _read_jsonl(il.gallery)
-            if bool(tl.rows) != bool(tl.gallery):
-                raise EvaluationError(f"{il.path}: retrieval {il.name} needs both queries and a gallery")
-        elif il.task == "verification" and rows:
-            tl.split = rows[0].get("split", il.split)
-        if not rows:
-            continue
-        if il.task == "matching":  # a tuple's gallery size must agree with its list's k
-            bad = next((r for r in rows if len(r["gallery"]) != il.k), None)
-            if bad is not None:
-                raise EvaluationError(
-                    f"{il.name}: tuple {bad.get('tuple_id')} has {len(bad['gallery'])} gallery items, expected {il.k}"
-                )
-        lists.append(tl)
-    return lists
-
-
-def needed_items(lists: list[TupleList]) -> dict[str, str]:
-    """key -> modality ('audio' or 'face') of every item the lists reference."""
-    need: dict[str, str] = {}
-
-    def add(key: str, modality: str, where: str):
-        if need.setdefault(key, modality) != modality:
-            raise EvaluationError(f"{where}: item {key} is used both as audio and as face")
-
-    for tl in lists:
-        if tl.task == "retrieval":
-            for r in tl.rows:
-                add(r["query"], MODALITY_OF_ROLE[tl.direction, "query"], tl.name)
-            for g in tl.gallery:
-                add(g["key"], MODALITY_OF_ROLE[tl.direction, "gallery"], tl.name)
-            continue
-        for r in tl.rows:
-            d = r.get("direction", tl.direction)
-            add(r["query"], MODALITY_OF_ROLE[d, "query"], tl.name)
-            for g in r["gallery"]:
-                add(g, MODALITY_OF_ROLE[d, "gallery"], tl.name)
-    return need
-
-
-# --------------------------------------------------------------------------- model and items
-
-
-@dataclass
-class Embeddings:
-    """Per modality: sorted keys, identities, 128-d h (float64), and 3200-d features of a subset."""
-
-    keys: dict[str, list[str]]
-    ids: dict[str, np.ndarray]
-    h: dict[str, np.ndarray]
-    row: dict[str, dict[str, int]]
-    features: dict[str, dict[str, np.ndarray]]  # modality -> key -> (3200,) float32 (subset only)
-    forward_rows: int = 0  # rows that went through a branch (== number of distinct items)
-
-
-def _decode(modality: str, data: bytes, ext: str, key: str) -> np.ndarray:
-    from avdata.reader import decode_jpg, decode_npy
-
-    if modality == "audio":
-        if ext != "npy":
-            raise EvaluationError(f"{key}: audio item stored as .{ext}, expected .npy")
-        x = decode_npy(data)
-        if x.shape != (224, 125):
-            raise EvaluationError(f"{key}: spectrogram of shape {x.shape}, expected (224, 125)")
-        return x
-    if ext != "jpg":
-        raise EvaluationError(f"{key}: face item stored as .{ext}, expected .jpg")
-    x = decode_jpg(data)
-    if x.shape != (224, 224, 3):
-        raise EvaluationError(f"{key}: face of shape {x.shape}, expected (224, 224, 3)")
-    return x
-
-
-def embed_items(
-    model,
-    items,
-    shards_root: str | Path,
-    batch_size: int,
-    device: torch.device,
-    keep_features: set[str],
-    progress: Callable[[str], None] | None = None,
-) -> Embeddings:
-    """Embed every row of ``items`` (an index_items DataFrame, already restricted to the
-    needed keys) exactly once; keep the 3200-d branch features of ``keep_features``."""
-    from avdata.reader import read_member
-    from avtrain.models import normalise_audio, normalise_face
-
-    root = Path(shards_root)
-    out = Embeddings({}, {}, {}, {}, {})
-    for modality in ("audio", "face"):
-        df = items[items["modality"] == modality].sort_values("key", kind="mergesort")
-        keys = df["key"].tolist()
-        out.keys[modality] = keys
-        out.ids[modality] = df["vox_id"].to_numpy(dtype=str)
-        out.row[modality] = {k: i for i, k in enumerate(keys)}
-        out.features[modality] = {}
-        h = np.zeros((len(keys), 128), dtype=np.float64)
-        branch = model.audio_branch if modality == "audio" else model.visual_branch
-        embed = model.embed_audio if modality == "audio" else model.embed_face
-        captured: list[torch.Tensor] = []
-        hook = branch.register_forward_hook(lambda _m, _i, o: captured.append(o.detach().flatten(1)))
-        try:
-            recs = df[["key", "tar", "data_ext", "data_offset", "data_size"]].to_records(index=False)
-            for s in range(0, len(recs), batch_size):
-                arrays = []
-                for key, tar, ext, off, size in recs[s : s + batch_size]:
-                    arrays.append(_decode(modality, read_member(root / tar, int(off), int(size)), ext, key))
-                batch = np.stack(arrays)
-                x = normalise_audio(batch) if modality == "audio" else normalise_face(batch)
-                captured.clear()
-                with torch.inference_mode():
-                    hb = embed(x.to(device))
-                out.forward_rows += x.shape[0]
-                h[s : s + len(arrays)] = hb.double().cpu().numpy()
-                feats = captured[0].float().cpu().numpy()
-                for j, key in enumerate(recs["key"][s : s + batch_size]):
-                    if key in keep_features:
-                        out.features[modality][key] = feats[j].copy()
-                if progress:
-                    progress(f"{modality}: {min(s + batch_size, len(recs))}/{len(recs)}")
-        finally:
-            hook.remove()
-        if not np.isfinite(h).all():
-            raise EvaluationError(f"{modality}: the model produced NaN/inf embeddings")
-        out.h[modality] = h
-    return out
 
 
 # --------------------------------------------------------------------------- metrics
@@ -340,122 +168,6 @@ def _retrieval_entry(tl: TupleList, emb: Embeddings, n_boot: int, seed: int) -> 
     return entry
 
 
-# --------------------------------------------------------------------------- distances / samples
-
-
-def _distance_sums(a: np.ndarray, f: np.ndarray, aid: np.ndarray, fid: np.ndarray) -> tuple[float, int]:
-    """(sum, count) of Euclidean distances over all different-identity (audio, face) pairs."""
-    a64, f64 = a.astype(np.float64), f.astype(np.float64)
-    f_sq = np.einsum("nd,nd->n", f64, f64)
-    total, count = 0.0, 0
-    rows = max(1, (1 << 22) // max(1, f64.shape[0]))
-    for s in range(0, a64.shape[0], rows):
-        ab = a64[s : s + rows]
-        d2 = np.einsum("nd,nd->n", ab, ab)[:, None] + f_sq[None, :] - 2.0 * (ab @ f64.T)
-        d = np.sqrt(np.maximum(d2, 0.0))
-        mask = aid[s : s + rows, None] != fid[None, :]
-        total += float(d[mask].sum())
-        count += int(mask.sum())
-    return total, count
-
-
-def pair_distances(
-    audio: dict[str, np.ndarray], face: dict[str, np.ndarray], a_ids: np.ndarray, f_ids: np.ndarray
-) -> dict:
-    """Same- and different-identity mean audio-face distances in one space, and their ratio."""
-    same = M.mean_pair_distance(audio["x"], face["x"], a_ids, f_ids)
-    total, count = _distance_sums(audio["x"], face["x"], a_ids, f_ids)
-    diff = total / count if count else float("nan")
-    return {
-        "same": float(same),
-        "different": float(diff),
-        "normalised": float(same / diff) if count and diff > 0 else None,
-    }
-
-
-def _sample_keys(emb: Embeddings, seed: int) -> tuple[set[str], dict[str, list[str]]]:
-    """Keys whose 3200-d features are kept: a seeded sample of up to PAIR_SAMPLE items per
-    modality (pair distances) and the t-SNE sample (up to TSNE_IDENTITIES identities with
-    both modalities, at most TSNE_MAX_ITEMS items)."""
-    rng = np.random.default_rng([seed, 8])
-    pair = {}
-    for m in ("audio", "face"):
-        keys = emb.keys[m]
-        take = sorted(rng.choice(len(keys), size=min(PAIR_SAMPLE, len(keys)), replace=False)) if keys else []
-        pair[m] = [keys[i] for i in take]
-    both = sorted(set(emb.ids["audio"]) & set(emb.ids["face"]))
-    chosen = (
-        sorted(rng.choice(both, size=min(TSNE_IDENTITIES, len(both)), replace=False).tolist()) if both else []
-    )
-    per_identity = max(1, TSNE_MAX_ITEMS // (2 * max(1, len(chosen))))
-    tsne: dict[str, list[str]] = {}
-    for m in ("audio", "face"):
-        keys, ids = emb.keys[m], emb.ids[m]
-        tsne[m] = [k for v in chosen for k in [keys[i] for i in np.flatnonzero(ids == v)][:per_identity]]
-    return set(pair["audio"]) | set(pair["face"]) | set(tsne["audio"]) | set(tsne["face"]), {
-        "pair": pair,
-        "tsne": tsne,
-    }
-
-
-def _rows(emb: Embeddings, modality: str, keys: list[str]) -> np.ndarray:
-    return np.array([emb.row[modality][k] for k in keys], dtype=np.intp)
-
-
-def _feature_stack(emb: Embeddings, modality: str, keys: list[str]) -> np.ndarray:
-    if not keys:
-        return np.zeros((0, 3200), dtype=np.float32)
-    return np.stack([emb.features[modality][k] for k in keys])
-
-
-def pair_distance_report(emb: Embeddings, samples: dict) -> dict:
-    keys = samples["pair"]
-    a_ids = emb.ids["audio"][_rows(emb, "audio", keys["audio"])]
-    f_ids = emb.ids["face"][_rows(emb, "face", keys["face"])]
-    out = {
-        "n_audio": len(keys["audio"]),
-        "n_face": len(keys["face"]),
-        "n_identities_both": int(len(set(a_ids) & set(f_ids))),
-    }
-    if not out["n_identities_both"]:
-        return out | {"before": None, "after": None}
-    out["before"] = pair_distances(
-        {"x": _feature_stack(emb, "audio", keys["audio"])},
-        {"x": _feature_stack(emb, "face", keys["face"])},
-        a_ids,
-        f_ids,
-    )
-    out["after"] = pair_distances(
-        {"x": emb.h["audio"][_rows(emb, "audio", keys["audio"])]},
-        {"x": emb.h["face"][_rows(emb, "face", keys["face"])]},
-        a_ids,
-        f_ids,
-    )
-    out["dims"] = {"before": 3200, "after": 128}
-    return out
-
-
-def save_embedding_sample(emb: Embeddings, samples: dict, path: Path) -> dict:
-    """RUN/embeddings.npz: plain arrays (loadable with allow_pickle=False)."""
-    keys = samples["tsne"]
-    arrays = {}
-    for m in ("audio", "face"):
-        r = _rows(emb, m, keys[m])
-        arrays[f"{m}_keys"] = np.array(keys[m], dtype=str)
-        arrays[f"{m}_ids"] = emb.ids[m][r].astype(str)
-        arrays[f"{m}_before"] = _feature_stack(emb, m, keys[m]).astype(np.float32)
-        arrays[f"{m}_after"] = emb.h[m][r].reshape(-1, 128).astype(np.float32)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
-    return {
-        "path": path.name,
-        "audio": len(keys["audio"]),
-        "face": len(keys["face"]),
-        "identities": int(len(set(arrays["audio_ids"]) | set(arrays["face_ids"]))),
-    }
-
-
 # --------------------------------------------------------------------------- entry point
 
 
@@ -464,33 +176,6 @@ def _pick_device(name: str) -> torch.device:
         return pick_device(name)
     except DeviceError as exc:
         raise EvaluationError(f"--device: {exc}") from None
-
-
-def load_items(lists: list[TupleList], shards: str | Path, tuples_dir: str | Path):
-    """(needed key -> modality, index_items rows of exactly those keys), checked: every key
-    present once, with the modality the lists use it as."""
-    from avdata.reader import index_items
-
-    need = needed_items(lists)
-    try:
-        items = index_items(shards)
-    except FileNotFoundError as exc:
-        raise EvaluationError(str(exc)) from None
-    items = items[items["key"].isin(set(need))]
-    dup = items["key"].duplicated()
-    if dup.any():
-        raise EvaluationError(f"{shards}: item {items['key'][dup].iloc[0]} occurs in more than one shard")
-    missing = sorted(set(need) - set(items["key"]))
-    if missing:
-        raise EvaluationError(
-            f"{len(missing)} item(s) referenced by {tuples_dir} are not in {shards}, e.g. {missing[0]}"
-        )
-    wrong = items[items["modality"] != items["key"].map(need)]
-    if len(wrong):
-        raise EvaluationError(
-            f"{wrong['key'].iloc[0]}: is {wrong['modality'].iloc[0]} in the shards but used as {need[wrong['key'].iloc[0]]}"
-        )
-    return need, items
 
 
 class ValidationSet:
@@ -598,7 +283,7 @@ def evaluate(
         {},
         {},
     )
-    keep, samples = _sample_keys(pre, seed)
+    keep, samples = sample_keys(pre, seed)
     emb = embed_items(model, items, shards, batch_size, dev, keep)
 
     result: dict = {
@@ -651,72 +336,3 @@ def evaluate(
         echo(format_table(result))
         echo(f"wrote {out}")
     return result
-
-
-def headline(m: dict) -> dict[str, float]:
-    """The metrics worth a TensorBoard scalar: matching accuracy per direction and k,
-    verification AUC/EER per list, retrieval mAP and R@10 per split and direction."""
-    out = {}
-    for d, ks in m["matching"].items():
-        for k, e in ks.items():
-            out[f"eval/matching_{d}_{k}"] = e["value"]
-    for name, e in m["verification"].items():
-        out[f"eval/verification_{name}_auc"] = e["auc"]["value"]
-        out[f"eval/verification_{name}_eer"] = e["eer"]["value"]
-    for split, dirs in m["retrieval"].items():
-        for d, e in dirs.items():
-            for key in ("mAP", "R@10"):
-                if e.get(key):
-                    out[f"eval/retrieval_{split}_{d}_{key.replace('@', '_at_')}"] = e[key]["value"]
-    return dict(sorted(out.items()))
-
-
-def write_tensorboard(tb_dir: Path, m: dict) -> None:
-    """Headline metrics as scalars at the checkpoint's step (skipped without tensorboard)."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return
-    with contextlib.closing(SummaryWriter(str(tb_dir))) as tb:
-        for tag, value in headline(m).items():
-            tb.add_scalar(tag, value, m["checkpoint_step"])
-
-
-# --------------------------------------------------------------------------- stdout table
-
-
-def _fmt(e: dict | None) -> str:
-    if not e:
-        return "-"
-    ci = e.get("ci95")
-    return (
-        f"{100 * e['value']:.1f} [{100 * ci[0]:.1f},{100 * ci[1]:.1f}]" if ci else f"{100 * e['value']:.1f}"
-    )
-
-
-def format_table(m: dict) -> str:
-    """A compact plain-text summary of metrics.json (values in %, 95% CI in brackets)."""
-    lines = [f"{m['run']} (epoch {m['checkpoint_epoch']}; score -L2; %, 95% bootstrap CI)"]
-    if m["matching"]:
-        lines.append(f"matching, split {m['matching_split']}:")
-        ks = sorted({int(k[1:]) for d in m["matching"].values() for k in d})
-        lines.append(f"  {'k':>3}  {'a2v':<20} {'v2a':<20}")
-        for k in ks:
-            row = [_fmt(m["matching"].get(d, {}).get(f"k{k}")) for d in ("a2v", "v2a")]
-            lines.append(f"  {k:>3}  {row[0]:<20} {row[1]:<20}")
-    for name, e in m.get("matching_other", {}).items():
-        lines.append(f"matching {name}: {_fmt(e)}")
-    for name, e in m["verification"].items():
-        lines.append(f"verification {name}: AUC {_fmt(e['auc'])}  EER {_fmt(e['eer'])}  (n={e['n']})")
-    for split, dirs in m["retrieval"].items():
-        for d, e in dirs.items():
-            vals = "  ".join(f"{k} {_fmt(e[k])}" for k in ("R@1", "R@5", "R@10", "mAP"))
-            lines.append(f"retrieval {split} {d}: {vals}  (queries={e['n']})")
-    pd_ = m["pair_distance"]
-    if pd_.get("before"):
-        lines.append(
-            "same-identity audio-face distance (raw / normalised by different-identity): "
-            f"before G {pd_['before']['same']:.3f} / {pd_['before']['normalised']:.3f}, "
-            f"after G {pd_['after']['same']:.3f} / {pd_['after']['normalised']:.3f}"
-        )
-    return "\n".join(lines)

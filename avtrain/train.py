@@ -311,8 +311,11 @@ def fit(
         torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignore)
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
 
-    if is_main:  # everything checked: now the run directory
-        out.mkdir(parents=True, exist_ok=True)
+    # everything checked: now the run directory. Every rank makes it (each may write its own
+    # batches-rankR.jsonl before rank 0 got there); a barrier instead could wait forever on a rank
+    # that failed.
+    out.mkdir(parents=True, exist_ok=True)
+    if is_main:
         save_config(cfg, out / "config.yaml")
     stream = TupleStream(urls, cfg.batch_size, cfg.seed, ddp.rank, ddp.world, cfg.shuffle_buffer)
     autocast = (

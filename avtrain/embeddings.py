@@ -1,0 +1,125 @@
+"""Every item referenced by the evaluation lists, read once from the item shards (explicit
+decoders, never unpickled), normalised as in training and embedded once, in batches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from avtrain.tuple_lists import EvaluationError, TupleList, needed_items
+
+
+@dataclass
+class Embeddings:
+    """Per modality: sorted keys, identities, 128-d h (float64), and 3200-d features of a subset."""
+
+    keys: dict[str, list[str]]
+    ids: dict[str, np.ndarray]
+    h: dict[str, np.ndarray]
+    row: dict[str, dict[str, int]]
+    features: dict[str, dict[str, np.ndarray]]  # modality -> key -> (3200,) float32 (subset only)
+    forward_rows: int = 0  # rows that went through a branch (== number of distinct items)
+
+
+def _decode(modality: str, data: bytes, ext: str, key: str) -> np.ndarray:
+    from avdata.reader import decode_jpg, decode_npy
+
+    if modality == "audio":
+        if ext != "npy":
+            raise EvaluationError(f"{key}: audio item stored as .{ext}, expected .npy")
+        x = decode_npy(data)
+        if x.shape != (224, 125):
+            raise EvaluationError(f"{key}: spectrogram of shape {x.shape}, expected (224, 125)")
+        return x
+    if ext != "jpg":
+        raise EvaluationError(f"{key}: face item stored as .{ext}, expected .jpg")
+    x = decode_jpg(data)
+    if x.shape != (224, 224, 3):
+        raise EvaluationError(f"{key}: face of shape {x.shape}, expected (224, 224, 3)")
+    return x
+
+
+def embed_items(
+    model,
+    items,
+    shards_root: str | Path,
+    batch_size: int,
+    device: torch.device,
+    keep_features: set[str],
+    progress: Callable[[str], None] | None = None,
+) -> Embeddings:
+    """Embed every row of ``items`` (an index_items DataFrame, already restricted to the
+    needed keys) exactly once; keep the 3200-d branch features of ``keep_features``."""
+    from avdata.reader import read_member
+    from avtrain.models import normalise_audio, normalise_face
+
+    root = Path(shards_root)
+    out = Embeddings({}, {}, {}, {}, {})
+    for modality in ("audio", "face"):
+        df = items[items["modality"] == modality].sort_values("key", kind="mergesort")
+        keys = df["key"].tolist()
+        out.keys[modality] = keys
+        out.ids[modality] = df["vox_id"].to_numpy(dtype=str)
+        out.row[modality] = {k: i for i, k in enumerate(keys)}
+        out.features[modality] = {}
+        h = np.zeros((len(keys), 128), dtype=np.float64)
+        branch = model.audio_branch if modality == "audio" else model.visual_branch
+        embed = model.embed_audio if modality == "audio" else model.embed_face
+        captured: list[torch.Tensor] = []
+        hook = branch.register_forward_hook(lambda _m, _i, o: captured.append(o.detach().flatten(1)))
+        try:
+            recs = df[["key", "tar", "data_ext", "data_offset", "data_size"]].to_records(index=False)
+            for s in range(0, len(recs), batch_size):
+                arrays = []
+                for key, tar, ext, off, size in recs[s : s + batch_size]:
+                    arrays.append(_decode(modality, read_member(root / tar, int(off), int(size)), ext, key))
+                batch = np.stack(arrays)
+                x = normalise_audio(batch) if modality == "audio" else normalise_face(batch)
+                captured.clear()
+                with torch.inference_mode():
+                    hb = embed(x.to(device))
+                out.forward_rows += x.shape[0]
+                h[s : s + len(arrays)] = hb.double().cpu().numpy()
+                feats = captured[0].float().cpu().numpy()
+                for j, key in enumerate(recs["key"][s : s + batch_size]):
+                    if key in keep_features:
+                        out.features[modality][key] = feats[j].copy()
+                if progress:
+                    progress(f"{modality}: {min(s + batch_size, len(recs))}/{len(recs)}")
+        finally:
+            hook.remove()
+        if not np.isfinite(h).all():
+            raise EvaluationError(f"{modality}: the model produced NaN/inf embeddings")
+        out.h[modality] = h
+    return out
+
+
+def load_items(lists: list[TupleList], shards: str | Path, tuples_dir: str | Path):
+    """(needed key -> modality, index_items rows of exactly those keys), checked: every key
+    present once, with the modality the lists use it as."""
+    from avdata.reader import index_items
+
+    need = needed_items(lists)
+    try:
+        items = index_items(shards)
+    except FileNotFoundError as exc:
+        raise EvaluationError(str(exc)) from None
+    items = items[items["key"].isin(set(need))]
+    dup = items["key"].duplicated()
+    if dup.any():
+        raise EvaluationError(f"{shards}: item {items['key'][dup].iloc[0]} occurs in more than one shard")
+    missing = sorted(set(need) - set(items["key"]))
+    if missing:
+        raise EvaluationError(
+            f"{len(missing)} item(s) referenced by {tuples_dir} are not in {shards}, e.g. {missing[0]}"
+        )
+    wrong = items[items["modality"] != items["key"].map(need)]
+    if len(wrong):
+        raise EvaluationError(
+            f"{wrong['key'].iloc[0]}: is {wrong['modality'].iloc[0]} in the shards but used as {need[wrong['key'].iloc[0]]}"
+        )
+    return need, items

@@ -1,0 +1,105 @@
+"""The evaluation lists of a tuple directory, as avtrain reads them.
+
+avdata.tuples owns the tuple-directory format (:func:`avdata.tuples.index_lists` reads each list's
+config from manifest.json); this module loads the rows of each list and knows which items, of
+which modality, they reference.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from avdata.errors import AvmatchError, InputError
+from avdata.tuples import index_lists
+
+MODALITY_OF_ROLE = {
+    ("a2v", "query"): "audio",
+    ("a2v", "gallery"): "face",
+    ("v2a", "query"): "face",
+    ("v2a", "gallery"): "audio",
+}
+
+
+class EvaluationError(AvmatchError, ValueError):
+    """A problem with the inputs of an evaluation (one line, for the CLI)."""
+
+
+@dataclass
+class TupleList:
+    """One evaluation list of ``DIR/index``."""
+
+    name: str  # file stem (retrieval: without _queries/_gallery)
+    task: str  # matching | verification | retrieval
+    split: str
+    direction: str
+    k: int = 0
+    constraint: str = ""
+    rows: list = field(default_factory=list)  # matching/verification tuples; retrieval queries
+    gallery: list = field(default_factory=list)  # retrieval gallery lines
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise EvaluationError(f"{path}:{n}: not JSON ({exc.msg})") from None
+    return rows
+
+
+def read_tuple_lists(tuples_dir: str | Path) -> list[TupleList]:
+    """Every non-empty list of a tuple directory, as its manifest.json records it (avdata.tuples
+    owns the format), sorted by (task, name). Empty lists (a split with too few identities for
+    that k) are left out."""
+    try:
+        indexed = index_lists(tuples_dir)
+    except InputError as exc:
+        raise EvaluationError(str(exc)) from None
+    lists: list[TupleList] = []
+    for il in indexed:
+        rows = _read_jsonl(il.path)
+        tl = TupleList(il.name, il.task, il.split, il.direction, il.k, il.constraint, rows)
+        if il.task == "retrieval":
+            tl.gallery = _read_jsonl(il.gallery)
+            if bool(tl.rows) != bool(tl.gallery):
+                raise EvaluationError(f"{il.path}: retrieval {il.name} needs both queries and a gallery")
+        elif il.task == "verification" and rows:
+            tl.split = rows[0].get("split", il.split)
+        if not rows:
+            continue
+        if il.task == "matching":  # a tuple's gallery size must agree with its list's k
+            bad = next((r for r in rows if len(r["gallery"]) != il.k), None)
+            if bad is not None:
+                raise EvaluationError(
+                    f"{il.name}: tuple {bad.get('tuple_id')} has {len(bad['gallery'])} gallery items, expected {il.k}"
+                )
+        lists.append(tl)
+    return lists
+
+
+def needed_items(lists: list[TupleList]) -> dict[str, str]:
+    """key -> modality ('audio' or 'face') of every item the lists reference."""
+    need: dict[str, str] = {}
+
+    def add(key: str, modality: str, where: str):
+        if need.setdefault(key, modality) != modality:
+            raise EvaluationError(f"{where}: item {key} is used both as audio and as face")
+
+    for tl in lists:
+        if tl.task == "retrieval":
+            for r in tl.rows:
+                add(r["query"], MODALITY_OF_ROLE[tl.direction, "query"], tl.name)
+            for g in tl.gallery:
+                add(g["key"], MODALITY_OF_ROLE[tl.direction, "gallery"], tl.name)
+            continue
+        for r in tl.rows:
+            d = r.get("direction", tl.direction)
+            add(r["query"], MODALITY_OF_ROLE[d, "query"], tl.name)
+            for g in r["gallery"]:
+                add(g, MODALITY_OF_ROLE[d, "gallery"], tl.name)
+    return need
