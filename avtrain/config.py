@@ -33,7 +33,7 @@ SECTIONS = {"model": ModelConfig, "loss": LossConfig}
 SECTION_SKIP = {"model": ("task", "k"), "loss": ("task",)}  # set from the top level
 # Settings that may differ when a run is resumed: they change neither the data order nor the
 # optimisation (epochs may only grow; see docs/training.md, "Resuming").
-RESUMABLE_CHANGES = ("epochs", "threads", "log_every", "patience", "keep_last")
+RESUMABLE_CHANGES = ("epochs", "threads", "log_every", "patience", "keep_last", "tuples_dir")
 VAL_METRIC_RE = re.compile(r"^val_(?:matching_(?:a2v|v2a)_k(?:[2-9]|10)|verification_auc)$")
 
 
@@ -53,6 +53,7 @@ class TrainConfig:
     k: int = 2  # gallery size of the training tuples (verification: 1)
     direction: str = "a2v"  # a2v: voice query, face gallery; v2a: the reverse
     tuples: str | None = None  # tuple-shard name prefix; None -> derived from task/split/direction/k
+    tuples_dir: str | None = None  # set by fit: the tuple directory trained on (run manifests read it)
     # optimisation (paper)
     epochs: int | None = None  # None -> 50 matching, 20 verification, 100 retrieval
     batch_size: int = 50

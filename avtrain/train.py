@@ -243,6 +243,7 @@ def fit(
     Everything that can fail on the user's input (settings, device, data, validation lists,
     the checkpoint to resume from) is checked before ``out`` is created."""
     out = Path(out)
+    cfg.tuples_dir = str(tuples_dir)  # recorded in config.yaml: run manifests name the data
     device = pick_device(cfg.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))

@@ -21,11 +21,11 @@ from avdata.manifest import (
     has_failures,
     identity_split_manifest,
     load_manifest,
-    run_manifest,
     update,
     verify,
 )
 from avdata.synth import synth_corpus
+from avtrain.run_manifest import run_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 VOX1 = Path(__file__).resolve().parents[2] / "shared" / "data" / "protocols" / "voxceleb1"

@@ -1,0 +1,200 @@
+"""Manifests of what is on disk: shard and tuple directories (re-hashed) and identity splits."""
+
+from __future__ import annotations
+
+import copy
+import string
+from pathlib import Path
+
+from avdata.errors import AvmatchError
+from avdata.manifest.schema import (
+    FORMAT_VERSION,
+    SHARDS_KIND,
+    SPLITS_KIND,
+    TUPLES_KIND,
+    ManifestError,
+    _short,
+    load_manifest,
+    sha256_file,
+    sha256_ids,
+)
+
+# ---------------------------------------------------------------- describe
+
+
+def describe(dir: str | Path, tuples: str | Path | None = None) -> dict:
+    """The manifest of a shard, tuple or run directory.
+
+    Shard and tuple directories: their ``manifest.json``, with every file it lists
+    re-hashed. A file whose bytes differ from the recorded sha256 (or that is
+    missing, or a stray ``.tar`` not listed) is recorded with its *actual* hash and
+    reported under ``integrity`` (so the manifest always describes the bytes on disk).
+    Other kinds (training runs: ``avtrain.run_manifest``) come from the describers registered
+    under the ``avmatch.manifests`` entry point group, given ``tuples`` (the tuple directory a
+    run trained on).
+    """
+    dir = Path(dir)
+    if not dir.is_dir():
+        raise ManifestError(f"{dir}: not a directory")
+    mpath = dir / "manifest.json"
+    if mpath.is_file():
+        m = load_manifest(mpath)
+        if m["kind"] == SHARDS_KIND:
+            return _describe_shards(dir, m)
+        if m["kind"] == TUPLES_KIND:
+            return _describe_tuples(dir, m)
+        raise ManifestError(f"{mpath}: unknown manifest kind {m['kind']!r}")
+    for describer in _plugin_describers():  # e.g. avtrain's run directories
+        m = describer(dir, tuples)
+        if m is not None:
+            return m
+    raise ManifestError(f"{dir}: not a shard, tuple or run directory (no manifest.json; not a training run)")
+
+
+def _plugin_describers():
+    """Describers of other directory kinds, registered by other packages under the entry point
+    group ``avmatch.manifests``: ``describer(dir, tuples) -> manifest dict | None``."""
+    from importlib.metadata import entry_points
+
+    return [ep.load() for ep in sorted(entry_points(group="avmatch.manifests"), key=lambda ep: ep.name)]
+
+
+def _rehash(dir: Path, entries: dict, problems: list[str]) -> None:
+    """Replace each entry's sha256 by the file's actual one; note mismatches."""
+    for rel in sorted(entries):
+        entry, path = entries[rel], dir / rel
+        if not path.is_file():
+            problems.append(f"{rel}: listed in manifest.json but missing on disk")
+            entry["sha256"] = None
+            continue
+        actual = sha256_file(path)
+        if actual != entry.get("sha256"):
+            problems.append(
+                f"{rel}: bytes on disk differ from manifest.json "
+                f"(sha256 {_short(entry.get('sha256'))} recorded, {_short(actual)} on disk)"
+            )
+            entry["sha256"] = actual
+
+
+def _stray_tars(dir: Path, listed, pattern: str, problems: list[str]) -> None:
+    for p in sorted(dir.glob(pattern)):
+        rel = p.relative_to(dir).as_posix()
+        if rel not in listed:
+            problems.append(f"{rel}: on disk but not in manifest.json (left from an earlier build?)")
+
+
+def _check_sizes(dir: Path, expected: dict, problems: list[str]) -> None:
+    path = dir / "sizes.json"
+    if not path.is_file():
+        if expected:  # readers find shards through sizes.json
+            problems.append("sizes.json: missing")
+        return
+    from avdata.reader import read_sizes  # the one sizes.json parser
+
+    try:
+        sizes = read_sizes(path)
+    except AvmatchError as exc:
+        problems.append(f"sizes.json: {str(exc).split(': ', 1)[-1]}")
+        return
+    if sizes != expected:
+        problems.append("sizes.json: does not match the counts in manifest.json")
+
+
+def _describe_shards(dir: Path, m: dict) -> dict:
+    desc = copy.deepcopy(m)
+    problems: list[str] = []
+    _rehash(dir, desc.get("shards", {}), problems)
+    _stray_tars(dir, desc.get("shards", {}), "*/*.tar", problems)
+    _check_sizes(dir, {k: v["samples"] for k, v in m.get("shards", {}).items()}, problems)
+    rejects = dir / "rejects.jsonl"
+    if not rejects.is_file():
+        problems.append("rejects.jsonl: missing")
+    else:
+        actual = sha256_file(rejects)
+        if actual != m.get("rejects_sha256"):
+            problems.append("rejects.jsonl: bytes on disk differ from manifest.json")
+            desc["rejects_sha256"] = actual
+    splits_csv = dir / "splits.csv"
+    if not splits_csv.is_file():
+        problems.append("splits.csv: missing")
+    else:
+        import pandas as pd
+
+        df = pd.read_csv(splits_csv, dtype=str, keep_default_na=False)
+        for split, entry in sorted(desc.get("splits", {}).items()):
+            source = "train" if split == "seen_heard" else split  # seen_heard: media of train identities
+            ids = df.loc[df["split"] == source, "vox_id"].tolist()
+            if sha256_ids(ids) != entry.get("identities_sha256") or len(ids) != entry.get("identities"):
+                problems.append(f"splits.csv: {split} identities differ from manifest.json")
+                entry["identities"], entry["identities_sha256"] = len(ids), sha256_ids(ids)
+    if problems:
+        desc["integrity"] = problems
+    return desc
+
+
+def _describe_tuples(dir: Path, m: dict) -> dict:
+    desc = copy.deepcopy(m)
+    problems: list[str] = []
+    _rehash(dir, desc.get("files", {}), problems)
+    _rehash(dir, desc.get("shards", {}), problems)
+    _stray_tars(dir, desc.get("shards", {}), "shards/*.tar", problems)
+    _check_sizes(dir, {k: v["tuples"] for k, v in m.get("shards", {}).items()}, problems)
+    if problems:
+        desc["integrity"] = problems
+    return desc
+
+
+# ---------------------------------------------------------------- identity splits
+
+
+def split_rule(protocol: str) -> str:
+    """The rule as it is applied now, read off avdata.splits (not a fixed string), so a
+    changed rule changes the manifest: matching probes matching_split letter by letter."""
+    from avdata import splits
+
+    if protocol == "matching":
+        groups: list[list[str]] = []
+        for letter in string.ascii_uppercase:
+            try:
+                s = splits.matching_split(letter)
+            except ValueError:
+                s = "unplaced"
+            if groups and groups[-1][2] == s:
+                groups[-1][1] = letter
+            else:
+                groups.append([letter, letter, s])
+        parts = [f"{a}-{b} {s}" if a != b else f"{a} {s}" for a, b, s in groups]
+        return "matching: first letter of the VGGFace1 name: " + ", ".join(parts)
+    if protocol == "pins":
+        sets = ", ".join(f"{k} {v}" for k, v in sorted(splits.PINS_SET_TO_SPLIT.items()))
+        return (
+            f"pins: identity_splits.txt set {sets}; seen_heard holds media of train identities "
+            "(held-out source videos, chosen when shards are built)"
+        )
+    raise ManifestError(f"unknown protocol {protocol!r}; choose from {splits.PROTOCOLS}")
+
+
+def identity_split_manifest(meta: str | Path, protocol: str, pins_splits: str | Path | None = None) -> dict:
+    """Hashes and counts of a protocol's identity split from the official files."""
+    from avdata.splits import identity_splits, read_meta
+
+    meta_df = read_meta(meta)
+    df = identity_splits(meta_df, protocol, pins_splits)
+    per_split = {}
+    for split in sorted(df["split"].unique()):
+        ids = df.loc[df["split"] == split, "vox_id"].tolist()
+        per_split[split] = {"identities": len(ids), "identities_sha256": sha256_ids(ids)}
+    unplaced = [name for name, _ in df.attrs["unplaced"]]
+    return {
+        "kind": SPLITS_KIND,
+        "format_version": FORMAT_VERSION,
+        "protocol": protocol,
+        "rule": split_rule(protocol),
+        "inputs": {
+            "meta_sha256": sha256_file(meta),
+            "pins_splits_sha256": sha256_file(pins_splits) if pins_splits else None,
+            "meta_identities": int(len(meta_df)),
+        },
+        "splits": per_split,
+        "unplaced": {"identities": len(unplaced), "names_sha256": sha256_ids(unplaced)},
+    }
