@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from avtrain.results import metric_rows
+
 SECTIONS = {
     "metrics": "Metrics",
     "paper": "Paper's reported numbers (VoxCeleb1 + VGGFace; not comparable)",
@@ -144,35 +146,24 @@ def read_log(path: Path) -> list[dict]:
 # --------------------------------------------------------------------------- sections
 
 
+def _arrow(direction: str) -> str:
+    return direction.upper().replace("2", "→")
+
+
 def metrics_table(m: dict) -> str:
     rows = []
-    for d in ("a2v", "v2a"):
-        for kname, e in sorted(m.get("matching", {}).get(d, {}).items(), key=lambda kv: int(kv[0][1:])):
-            extra = f"; head {_pct(e['head'])}" if e.get("head") else ""
-            rows.append(
-                [
-                    f"matching {_esc(m.get('matching_split'))} {d.upper().replace('2', '→')} k={kname[1:]}",
-                    _pct(e) + extra,
-                    str(e.get("n", "")),
-                ]
-            )
-    for name, e in m.get("matching_other", {}).items():
-        rows.append([f"matching {_esc(name)}", _pct(e), str(e.get("n", ""))])
-    for name, e in m.get("verification", {}).items():
-        rows.append([f"verification {_esc(name)} AUC", _pct(e["auc"]), str(e["n"])])
-        rows.append([f"verification {_esc(name)} EER", _pct(e["eer"]), str(e["n"])])
-        if e.get("head_auc"):
-            rows.append([f"verification {_esc(name)} AUC (learned head)", _pct(e["head_auc"]), str(e["n"])])
-    for split, dirs in m.get("retrieval", {}).items():
-        for d, e in dirs.items():
-            for k in ("R@1", "R@5", "R@10", "mAP"):
-                rows.append(
-                    [
-                        f"retrieval {_esc(split)} {d.upper().replace('2', '→')} {k}",
-                        _pct(e.get(k)),
-                        str(e["n"]),
-                    ]
-                )
+    for r in metric_rows(m):
+        n = str(r.n if r.n is not None else "")
+        if r.task == "matching":
+            extra = f"; head {_pct(r.head)}" if r.head else ""
+            rows.append([f"matching {_esc(r.split)} {_arrow(r.direction)} k={r.k}", _pct(r.entry) + extra, n])
+        elif r.task == "matching_other":
+            rows.append([f"matching {_esc(r.name)}", _pct(r.entry), n])
+        elif r.task == "verification":
+            label = {"auc": "AUC", "eer": "EER", "head_auc": "AUC (learned head)"}[r.measure]
+            rows.append([f"verification {_esc(r.name)} {label}", _pct(r.entry), n])
+        else:
+            rows.append([f"retrieval {_esc(r.split)} {_arrow(r.direction)} {r.measure}", _pct(r.entry), n])
     if not rows:
         return "<p>No metrics.</p>"
     return _table(["metric (this run; score −L2)", "% [95% CI]", "n"], rows, "metrics")
@@ -383,14 +374,13 @@ def run_label(cfg: dict, extra_keys: list[str]) -> str:
 
 def _main_metrics(m: dict) -> dict[str, dict]:
     out = {}
-    for d in ("a2v", "v2a"):
-        for kname, e in m.get("matching", {}).get(d, {}).items():
-            out[f"match {d.upper().replace('2', '→')} k={kname[1:]}"] = e
-    for name, e in m.get("verification", {}).items():
-        out[f"verif AUC {name}"] = e["auc"]
-    for split, dirs in m.get("retrieval", {}).items():
-        for d, e in dirs.items():
-            out[f"R@10 {split} {d.upper().replace('2', '→')}"] = e.get("R@10")
+    for r in metric_rows(m):
+        if r.task == "matching":
+            out[f"match {_arrow(r.direction)} k={r.k}"] = r.entry
+        elif r.task == "verification" and r.measure == "auc":
+            out[f"verif AUC {r.name}"] = r.entry
+        elif r.task == "retrieval" and r.measure == "R@10":
+            out[f"R@10 {r.split} {_arrow(r.direction)}"] = r.entry
     return out
 
 

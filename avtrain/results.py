@@ -1,26 +1,72 @@
-"""metrics.json read back: headline scalars for TensorBoard and the plain-text table."""
+"""metrics.json read back: flattened once (:func:`metric_rows`) for the console table, the
+TensorBoard scalars and the HTML report."""
 
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
+
+RETRIEVAL_MEASURES = ("R@1", "R@5", "R@10", "mAP")
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    """One reported number of metrics.json."""
+
+    task: str  # matching | matching_other | verification | retrieval
+    measure: str  # matching: "accuracy"; verification: auc | eer | head_auc; retrieval: R@k | mAP
+    entry: dict | None  # {"value", "ci95"?}
+    n: int | None = None
+    split: str = ""
+    direction: str = ""  # a2v | v2a ("" for verification)
+    k: int | None = None  # matching gallery size
+    name: str = ""  # verification list or matching_other list name
+    head: dict | None = None  # matching: the learned head's accuracy, when the run has one
+
+
+def metric_rows(m: dict) -> list[MetricRow]:
+    """metrics.json flattened, in reading order: the one walk over its layout, used by the
+    console table, the TensorBoard scalars and the HTML report."""
+    rows = []
+    for d in ("a2v", "v2a"):
+        for kname, e in sorted(m.get("matching", {}).get(d, {}).items(), key=lambda kv: int(kv[0][1:])):
+            rows.append(
+                MetricRow(
+                    "matching",
+                    "accuracy",
+                    e,
+                    e.get("n"),
+                    m.get("matching_split", ""),
+                    d,
+                    int(kname[1:]),
+                    head=e.get("head"),
+                )
+            )
+    for name, e in m.get("matching_other", {}).items():
+        rows.append(MetricRow("matching_other", "accuracy", e, e.get("n"), name=name))
+    for name, e in m.get("verification", {}).items():
+        for measure in ("auc", "eer", "head_auc"):
+            if measure != "head_auc" or e.get(measure):
+                rows.append(MetricRow("verification", measure, e[measure], e.get("n"), name=name))
+    for split, dirs in m.get("retrieval", {}).items():
+        for d, e in dirs.items():
+            for measure in RETRIEVAL_MEASURES:
+                rows.append(MetricRow("retrieval", measure, e.get(measure), e.get("n"), split, d))
+    return rows
 
 
 def headline(m: dict) -> dict[str, float]:
     """The metrics worth a TensorBoard scalar: matching accuracy per direction and k,
     verification AUC/EER per list, retrieval mAP and R@10 per split and direction."""
     out = {}
-    for d, ks in m["matching"].items():
-        for k, e in ks.items():
-            out[f"eval/matching_{d}_{k}"] = e["value"]
-    for name, e in m["verification"].items():
-        out[f"eval/verification_{name}_auc"] = e["auc"]["value"]
-        out[f"eval/verification_{name}_eer"] = e["eer"]["value"]
-    for split, dirs in m["retrieval"].items():
-        for d, e in dirs.items():
-            for key in ("mAP", "R@10"):
-                if e.get(key):
-                    out[f"eval/retrieval_{split}_{d}_{key.replace('@', '_at_')}"] = e[key]["value"]
+    for r in metric_rows(m):
+        if r.task == "matching":
+            out[f"eval/matching_{r.direction}_k{r.k}"] = r.entry["value"]
+        elif r.task == "verification" and r.measure in ("auc", "eer"):
+            out[f"eval/verification_{r.name}_{r.measure}"] = r.entry["value"]
+        elif r.task == "retrieval" and r.measure in ("mAP", "R@10") and r.entry:
+            out[f"eval/retrieval_{r.split}_{r.direction}_{r.measure.replace('@', '_at_')}"] = r.entry["value"]
     return dict(sorted(out.items()))
 
 
@@ -46,22 +92,33 @@ def _fmt(e: dict | None) -> str:
 
 def format_table(m: dict) -> str:
     """A compact plain-text summary of metrics.json (values in %, 95% CI in brackets)."""
+    rows = metric_rows(m)
     lines = [f"{m['run']} (epoch {m['checkpoint_epoch']}; score -L2; %, 95% bootstrap CI)"]
-    if m["matching"]:
+    matching = {(r.direction, r.k): r.entry for r in rows if r.task == "matching"}
+    if matching:
         lines.append(f"matching, split {m['matching_split']}:")
-        ks = sorted({int(k[1:]) for d in m["matching"].values() for k in d})
         lines.append(f"  {'k':>3}  {'a2v':<20} {'v2a':<20}")
-        for k in ks:
-            row = [_fmt(m["matching"].get(d, {}).get(f"k{k}")) for d in ("a2v", "v2a")]
-            lines.append(f"  {k:>3}  {row[0]:<20} {row[1]:<20}")
-    for name, e in m.get("matching_other", {}).items():
-        lines.append(f"matching {name}: {_fmt(e)}")
-    for name, e in m["verification"].items():
-        lines.append(f"verification {name}: AUC {_fmt(e['auc'])}  EER {_fmt(e['eer'])}  (n={e['n']})")
-    for split, dirs in m["retrieval"].items():
-        for d, e in dirs.items():
-            vals = "  ".join(f"{k} {_fmt(e[k])}" for k in ("R@1", "R@5", "R@10", "mAP"))
-            lines.append(f"retrieval {split} {d}: {vals}  (queries={e['n']})")
+        for k in sorted({k for _, k in matching}):
+            cells = [_fmt(matching.get((d, k))) for d in ("a2v", "v2a")]
+            lines.append(f"  {k:>3}  {cells[0]:<20} {cells[1]:<20}")
+    for r in rows:
+        if r.task == "matching_other":
+            lines.append(f"matching {r.name}: {_fmt(r.entry)}")
+    verification = {}
+    for r in rows:
+        if r.task == "verification":
+            verification.setdefault(r.name, {})[r.measure] = r
+    for name, by in verification.items():
+        lines.append(
+            f"verification {name}: AUC {_fmt(by['auc'].entry)}  EER {_fmt(by['eer'].entry)}  (n={by['auc'].n})"
+        )
+    retrieval = {}
+    for r in rows:
+        if r.task == "retrieval":
+            retrieval.setdefault((r.split, r.direction), []).append(r)
+    for (split, d), rs in retrieval.items():
+        vals = "  ".join(f"{r.measure} {_fmt(r.entry)}" for r in rs)
+        lines.append(f"retrieval {split} {d}: {vals}  (queries={rs[0].n})")
     pd_ = m["pair_distance"]
     if pd_.get("before"):
         lines.append(
