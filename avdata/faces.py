@@ -61,7 +61,6 @@ __all__ = [
     "DeviceError",
     "FaceAligner",
     "FaceCrop",
-    "box_iou",
     "load_image",
     "resolve_device",
 ]
@@ -199,17 +198,6 @@ class FaceCrop:
     box: list[float]
     prob: float
     n_faces: int
-
-
-def box_iou(a, b) -> float:
-    """Intersection over union of two [x1, y1, x2, y2] boxes."""
-    ax1, ay1, ax2, ay2 = (float(v) for v in a)
-    bx1, by1, bx2, by2 = (float(v) for v in b)
-    inter_w = max(0.0, min(ax2, bx2) - max(ax1, bx1))
-    inter_h = max(0.0, min(ay2, by2) - max(ay1, by1))
-    inter = inter_w * inter_h
-    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
-    return inter / union if union > 0 else 0.0
 
 
 class _ChannelsLast(torch.nn.Module):
