@@ -569,6 +569,9 @@ def check_tuples(
     out, shards = Path(out), Path(shards)
     manifest = read_tuple_manifest(out, required=True)  # refuses unsafe names before any is opened
     items = (index_items(shards) if items is None else items).set_index("key")
+    # one dict lookup per tuple member: DataFrame.loc per key was most of make-tuples' time at scale
+    cols = ["modality", "split", "vox_id", "data_ext", "data_size"]
+    item_of = items.loc[~items.index.duplicated(), cols].to_dict("index")
     ids = pd.read_csv(shards / "splits.csv", dtype=str, keep_default_na=False)
     attrs = {r["vox_id"]: r for r in ids.to_dict("records")}
     problems: list[str] = []
@@ -601,10 +604,10 @@ def check_tuples(
             tid, split = t["tuple_id"], t.get("split", cfg["split"])
             members = [(t["query"], q_mod)] + [(g, g_mod) for g in t.get("gallery", [])]
             for key, mod in members:
-                if key not in items.index:
+                if key not in item_of:
                     report(rel, tid, f"key {key} not in the shards")
                     continue
-                it = items.loc[key]
+                it = item_of[key]
                 if it["modality"] != mod:
                     report(rel, tid, f"key {key} is {it['modality']}, expected {mod}")
                 if it["split"] != split:
@@ -614,10 +617,10 @@ def check_tuples(
             if task == "retrieval":
                 continue
             q_id, g_ids, label = t["query_identity"], t["gallery_identities"], t["label"]
-            if t["query"] in items.index and items.loc[t["query"], "vox_id"] != q_id:
+            if t["query"] in item_of and item_of[t["query"]]["vox_id"] != q_id:
                 report(rel, tid, "query identity does not match its key")
             for g, gid in zip(t["gallery"], g_ids):
-                if g in items.index and items.loc[g, "vox_id"] != gid:
+                if g in item_of and item_of[g]["vox_id"] != gid:
                     report(rel, tid, f"gallery identity of {g} does not match its key")
             if len(set(g_ids)) != len(g_ids):
                 report(rel, tid, "an identity repeats inside the tuple")
@@ -658,7 +661,7 @@ def check_tuples(
             continue
         if "imported_from" not in cfg:  # an official list is as balanced as its authors made it
             problems.extend(f"{rel}: {m}" for m in label_balance_problems(labels, task, cfg["k"]))
-    problems.extend(tuple_shard_problems(out, manifest, lists, items, max_reports))
+    problems.extend(tuple_shard_problems(out, manifest, lists, item_of, max_reports))
     return problems
 
 
@@ -707,7 +710,7 @@ def _read_rows(path: Path, rel: str, kind: str, report) -> list[dict]:
 
 
 def tuple_shard_problems(
-    out: Path, manifest: dict, lists: dict[str, list[dict]], items: pd.DataFrame, max_reports: int = 20
+    out: Path, manifest: dict, lists: dict[str, list[dict]], items: dict[str, dict], max_reports: int = 20
 ) -> list[str]:
     """Checks of DIR/sizes.json and DIR/shards/*.tar: sizes.json names only the manifest's
     shards with their counts; every shard is safe to read (scan_tuple_shard: member names and
@@ -785,9 +788,9 @@ def tuple_shard_problems(
                 problems.append(f"{rel}: {key}: {len(members) - 2} array members for {len(roles)} items")
                 continue
             for role, item in roles:
-                if item not in items.index:
+                if item not in items:
                     continue  # reported with the index file
-                it = items.loc[item]
+                it = items[item]
                 got = members.get(f"{role}.{it['data_ext']}")
                 if got is None or got[1] != it["data_size"]:
                     problems.append(
