@@ -69,6 +69,7 @@ def main():
     help="Worker processes (identities in parallel); the files are the same for any value.",
 )
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
+@user_errors
 def synth_cmd(out, identities, clips_per_identity, faces_per_identity, videos, seed, jobs, progress):
     """Write the built-in synthetic corpus to OUT in the real VoxCeleb layouts.
 

@@ -1,6 +1,7 @@
 """The one owner of how avmatch writes and hashes files.
 
-* hashes: :func:`sha256_file` (streamed), :func:`sha256_ids` (identity lists);
+* hashes: :func:`sha256_file` (streamed), :func:`sha256_bytes`, :func:`sha256_ids` (identity lists);
+* tar members with fixed headers (:func:`add_tar_member`);
 * canonical JSON / JSONL text;
 * atomic writes: every output file is written under a temp name in its own directory,
   fsynced, then renamed over the final name, so a crash or a full disk never leaves a
@@ -32,8 +33,12 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def sha256_text(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+    return sha256_bytes(text.encode())
 
 
 def sha256_ids(ids) -> str:
@@ -50,6 +55,22 @@ def canonical_json(obj) -> str:
 def jsonl_text(rows) -> str:
     """One compact JSON object per line, keys sorted."""
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+
+
+TAR_MTIME = 0  # fixed tar header fields: the same bytes on every machine and run
+
+
+def add_tar_member(tar, name: str, data: bytes) -> None:
+    """Add ``data`` as a regular-file member with fixed header fields (mtime 0, mode 0644,
+    uid/gid 0, empty owner names): tars written by avmatch are byte-identical everywhere."""
+    import io
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = len(data), TAR_MTIME, 0o644
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    tar.addfile(info, io.BytesIO(data))
 
 
 def _tmp_name(path: Path) -> Path:

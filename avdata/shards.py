@@ -43,6 +43,7 @@ from avdata.errors import AvmatchError, DecoderCrashError, InputError
 from avdata.extract import ExtractConfig, Extractor, Sample, duplicate_keys, sample_key
 from avdata.io import (
     DiskFullError,
+    add_tar_member,
     atomic_write_text,
     sha256_file,
     sha256_text,
@@ -54,7 +55,7 @@ MODALITIES = ("audio", "face")
 # Which source rows feed each output modality (videos feed both).
 SOURCES_FOR = {"audio": ("audio", "video"), "face": ("face", "video")}
 ROOT_LABEL = {"audio": "audio", "face": "faces", "video": "videos"}
-TAR_MTIME = 0  # fixed header fields: same bytes on every machine and run
+
 LOCK_NAME = ".lock"
 KNOWN_SPLITS = ("train", "val", "test", "seen_heard", "unseen_unheard")
 _SHARD_FILE = re.compile(r"^(audio|face)-\d{6}(\.tar|\.stats\.json)$")
@@ -142,12 +143,7 @@ def _encode(sample: Sample, cls: int, quality: int) -> list[tuple[str, bytes]]:
     return [("cls", str(cls).encode()), ("json", meta), payload]
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), TAR_MTIME, 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    tar.addfile(info, io.BytesIO(data))
+_add_member = add_tar_member  # the one fixed-header writer (avdata.io)
 
 
 class _HashingWriter:

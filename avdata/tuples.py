@@ -20,7 +20,6 @@ the same shards and seed, and adding an identity does not reshuffle the others.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -34,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from avdata.errors import AvmatchError, InputError
-from avdata.io import atomic_write_text, sha256_file, sha256_text, write_json
+from avdata.io import add_tar_member, atomic_write_text, sha256_file, sha256_text, write_json
 from avdata.reader import (
     check_member,
     index_items,
@@ -474,17 +473,7 @@ def write_tuple_shards(
                         )
                     )
                 for ext, data in members:
-                    info = tarfile.TarInfo(f"{key}.{ext}")
-                    info.size, info.mtime, info.mode, info.uid, info.gid, info.uname, info.gname = (
-                        len(data),
-                        0,
-                        0o644,
-                        0,
-                        0,
-                        "",
-                        "",
-                    )
-                    tar.addfile(info, io.BytesIO(data))
+                    add_tar_member(tar, f"{key}.{ext}", data)
         tmp.replace(final)  # readers never see a partial tar under the final name
         written[rel] = {"sha256": sha256_file(final), "tuples": len(chunk)}
     return written

@@ -19,7 +19,6 @@ from before checksums existed can be accepted with ``sha256sum X.pt > X.pt.sha25
 
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 import re
@@ -28,7 +27,7 @@ from pathlib import Path
 import torch
 
 from avdata.errors import AvmatchError, UnsafeInputError
-from avdata.io import atomic_write_bytes, atomic_write_text, sha256_file
+from avdata.io import atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
 
 LAST = "checkpoint.pt"
 BEST = "best.pt"
@@ -126,7 +125,7 @@ def save_checkpoint(path: str | Path, state: dict) -> str:
     buf = io.BytesIO()
     torch.save(state, buf)
     data = buf.getvalue()
-    new = hashlib.sha256(data).hexdigest()
+    new = sha256_bytes(data)
     side = checksum_path(path)
     old = []
     if path.is_file() and side.is_file():
