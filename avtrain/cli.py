@@ -261,10 +261,16 @@ def report_cmd(run, metrics, out, compare):
 
 _RUN_HELP = "Run directory (checkpoint.pt from avtrain fit) or model directory (avtrain export)."
 _DEVICE_HELP = "auto, cpu, cuda or cuda:N."
+_CHECKPOINT_OPTION = click.option(
+    "--checkpoint",
+    default="last",
+    help="Of a run directory: last (RUN/checkpoint.pt), best (RUN/best.pt, from fit --val-shards) or a path.",
+)
 
 
 @main.command("embed")
 @click.option("--run", required=True, type=click.Path(exists=True), help=_RUN_HELP)
+@_CHECKPOINT_OPTION
 @click.option(
     "--audio",
     multiple=True,
@@ -290,7 +296,7 @@ _DEVICE_HELP = "auto, cpu, cuda or cuda:N."
 @click.option("--device", default="cpu", help=_DEVICE_HELP)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @user_errors
-def embed_cmd(run, audio, faces, videos, out, batch_size, device, progress):
+def embed_cmd(run, checkpoint, audio, faces, videos, out, batch_size, device, progress):
     """Embed raw voices and faces (build-shards' preprocessing) into 128-d vectors keyed by path."""
     from avtrain.inference import (
         check_output_name,
@@ -300,7 +306,7 @@ def embed_cmd(run, audio, faces, videos, out, batch_size, device, progress):
     )
 
     check_output_name(out)
-    model = load_model(run, device)
+    model = load_model(run, device, checkpoint=checkpoint)
     res = embed_files(model, audio, faces, videos, batch_size=batch_size, progress=progress)
     path = write_embeddings(res, out)
     click.echo(
@@ -314,6 +320,7 @@ def embed_cmd(run, audio, faces, videos, out, batch_size, device, progress):
 @main.command("match")
 @click.argument("gallery", nargs=-1, type=click.Path())
 @click.option("--run", required=True, type=click.Path(exists=True), help=_RUN_HELP)
+@_CHECKPOINT_OPTION
 @click.option("--voice", type=click.Path(), default=None, help="Query voice; GALLERY are face images.")
 @click.option("--face", type=click.Path(), default=None, help="Query face; GALLERY are voices.")
 @click.option("--faces", "faces_flag", is_flag=True, help="Marks GALLERY as faces (with --voice; optional).")
@@ -323,7 +330,7 @@ def embed_cmd(run, audio, faces, videos, out, batch_size, device, progress):
 @click.option("--json", "as_json", is_flag=True, help="Print the ranking as JSON.")
 @click.option("--device", default="cpu", help=_DEVICE_HELP)
 @user_errors
-def match_cmd(gallery, run, voice, face, faces_flag, voices_flag, as_json, device):
+def match_cmd(gallery, run, checkpoint, voice, face, faces_flag, voices_flag, as_json, device):
     """Rank GALLERY for one query by score = -L2, best first.
 
     \b
@@ -342,13 +349,14 @@ def match_cmd(gallery, run, voice, face, faces_flag, voices_flag, as_json, devic
         raise InferenceError(
             "the gallery is the other modality: --voice goes with --faces, --face with --voices"
         )
-    model = load_model(run, device)
+    model = load_model(run, device, checkpoint=checkpoint)
     result = match(model, voice or face, "voice" if voice else "face", list(gallery))
     click.echo(json_.dumps(result, indent=1) if as_json else format_ranking(result))
 
 
 @main.command("score")
 @click.option("--run", required=True, type=click.Path(exists=True), help=_RUN_HELP)
+@_CHECKPOINT_OPTION
 @click.option(
     "--pairs",
     "pairs_file",
@@ -415,6 +423,7 @@ def match_cmd(gallery, run, voice, face, faces_flag, voices_flag, as_json, devic
 @user_errors
 def score_cmd(
     run,
+    checkpoint,
     pairs_file,
     root,
     voice_root,
@@ -432,7 +441,7 @@ def score_cmd(
     """Score a list of (voice, face) pairs from raw files; labelled lists also get AUC and EER with CIs."""
     from avtrain.inference import load_model, score_pairs
 
-    model = load_model(run, device)
+    model = load_model(run, device, checkpoint=checkpoint)
     score_pairs(
         model,
         pairs_file,
@@ -458,13 +467,14 @@ def score_cmd(
     type=click.Path(file_okay=False, exists=True),
     help="Run directory (checkpoint.pt).",
 )
+@_CHECKPOINT_OPTION
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Model directory to write.")
 @user_errors
-def export_cmd(run, out):
+def export_cmd(run, checkpoint, out):
     """Write OUT/model.safetensors (weights only, no pickle) and OUT/config.json; load_model reads OUT."""
     from avtrain.inference import export_model
 
-    meta = export_model(run, out)
+    meta = export_model(run, out, checkpoint=checkpoint)
     click.echo(
         f"wrote {out}/model.safetensors ({len(meta['aliases'])} shared tensor alias(es)) and {out}/config.json"
     )

@@ -136,7 +136,10 @@ def _load_from_export(directory: Path, device: torch.device):
 
 
 def load_model(
-    run_or_file: str | Path, device: str | torch.device = "cpu", extract: ExtractConfig | None = None
+    run_or_file: str | Path,
+    device: str | torch.device = "cpu",
+    extract: ExtractConfig | None = None,
+    checkpoint: str = "last",
 ) -> FaceVoiceModel:
     """A trained model ready for raw media.
 
@@ -144,9 +147,11 @@ def load_model(
     (``model.safetensors`` + ``config.json``), or either file. ``device``: auto, cpu, cuda,
     cuda:N. ``extract``: the preprocessing settings; default: those recorded in an export,
     else avdata's defaults (what ``avdata build-shards`` uses unless told otherwise).
+    ``checkpoint``: of a run directory, ``last``, ``best`` (kept by ``fit --val-shards``) or a path,
+    as ``avtrain evaluate --checkpoint``.
     """
     path = Path(run_or_file)
-    which = "last"
+    which = checkpoint
     if path.is_file():  # a checkpoint file (best.pt, epoch-0003.pt, ...) or an export's file
         which = str(path) if path.suffix == ".pt" else "last"
         path = path.parent
@@ -166,14 +171,16 @@ def load_model(
     return FaceVoiceModel(model, cfg, dev, extract or saved_extract, source)
 
 
-def export_model(run: str | Path, out: str | Path, extract: ExtractConfig | None = None) -> dict:
+def export_model(
+    run: str | Path, out: str | Path, extract: ExtractConfig | None = None, checkpoint: str = "last"
+) -> dict:
     """Write OUT/model.safetensors (the model's tensors only) and OUT/config.json; return the config."""
     from safetensors.torch import save as save_safetensors
 
     from avdata.io import atomic_write_bytes, sha256_file, write_json
     from avtrain.config import TrainConfig
 
-    model = load_model(run, "cpu", extract)
+    model = load_model(run, "cpu", extract, checkpoint)
     if model.source["kind"] != "run":
         raise InferenceError(f"{run}: already an export; copy the directory instead")
     tensors, aliases, seen = {}, {}, {}
