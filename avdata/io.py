@@ -3,7 +3,8 @@
 * hashes: :func:`sha256_file` (streamed), :func:`sha256_bytes`, :func:`sha256_ids` (identity lists);
 * tar members with fixed headers (:func:`add_tar_member`);
 * canonical JSON / JSONL text;
-* atomic writes: every output file is written under a temp name in its own directory,
+* atomic writes (:func:`atomic_write_bytes`, :func:`write_json`, :func:`atomic_output` for
+  streamed outputs such as tars): every output file is written under a temp name in its own directory,
   fsynced, then renamed over the final name, so a crash or a full disk never leaves a
   truncated file under a final name. A full disk becomes one line:
   ``no space left on device while writing PATH``.
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -105,6 +107,31 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFullError(f"no space left on device while writing {path}") from None
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | Path):
+    """A binary file to stream an output into (a tar, say): written under a temp name, fsynced and
+    renamed over ``path`` when the block ends; on any error the temp file is removed and ``path``
+    is untouched. A full disk is a one-line :class:`DiskFullError`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(f"no space left on device while writing {path}") from None
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
 

@@ -42,8 +42,8 @@ from avdata.ecosystem import write_ecosystem_files
 from avdata.errors import AvmatchError, DecoderCrashError, InputError
 from avdata.extract import ExtractConfig, Extractor, Sample, duplicate_keys, sample_key
 from avdata.io import (
-    DiskFullError,
     add_tar_member,
+    atomic_output,
     atomic_write_text,
     sha256_file,
     sha256_text,
@@ -214,10 +214,6 @@ def shard_done(out: Path, name: str, build_sha256: str | None = None) -> dict | 
     return stats
 
 
-def _is_disk_full(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
 def write_shard(
     spec: ShardSpec,
     extractor: Extractor,
@@ -232,22 +228,8 @@ def write_shard(
     crash (:class:`DecoderCrashError`) or a full disk (:class:`DiskFullError`) is not the
     input's fault: the temp tar is removed, no marker is written and the error propagates."""
     final = out / f"{spec.name}.tar"
-    tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as raw:
-            stats = _write_tar(spec, extractor, raw, class_of, fail_fast, on_item)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, final)  # readers never see a partial tar under the final name
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if _is_disk_full(exc):
-            raise DiskFullError(f"no space left on device while writing {final}") from None
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(final) as raw:  # readers never see a partial tar under the final name
+        stats = _write_tar(spec, extractor, raw, class_of, fail_fast, on_item)
     stats = {
         "shard": f"{spec.name}.tar",
         "split": spec.split,

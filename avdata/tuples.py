@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import tarfile
 import zlib
@@ -33,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from avdata.errors import AvmatchError, InputError
-from avdata.io import add_tar_member, atomic_write_text, sha256_file, sha256_text, write_json
+from avdata.io import add_tar_member, atomic_output, atomic_write_text, sha256_file, sha256_text, write_json
 from avdata.reader import (
     check_member,
     index_items,
@@ -454,10 +453,11 @@ def write_tuple_shards(
     for s in range(math.ceil(len(tuples) / per_shard)):
         rel = f"shards/{name}-{s:06d}.tar"
         final = out / rel
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f".{final.name}.tmp{os.getpid()}")
         chunk = tuples[s * per_shard : (s + 1) * per_shard]
-        with tarfile.open(tmp, "w", format=tarfile.GNU_FORMAT) as tar:
+        with (
+            atomic_output(final) as raw,
+            tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar,
+        ):
             for t in chunk:
                 key = t["tuple_id"]
                 members = [
@@ -474,7 +474,6 @@ def write_tuple_shards(
                     )
                 for ext, data in members:
                     add_tar_member(tar, f"{key}.{ext}", data)
-        tmp.replace(final)  # readers never see a partial tar under the final name
         written[rel] = {"sha256": sha256_file(final), "tuples": len(chunk)}
     return written
 

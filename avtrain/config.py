@@ -97,11 +97,15 @@ class TrainConfig:
         if self.epochs is None:
             self.epochs = EPOCHS_PER_TASK[self.task]
         if self.tuples is None:
-            self.tuples = (
-                "verification_train"
-                if self.task == "verification"
-                else f"{self.task}_train_{self.direction}_k{self.k}"
-            )
+            # the list name make-tuples gives the training tuples (avdata.tuples owns the scheme)
+            from avdata.tuples import TupleConfig as ListConfig
+
+            if self.task == "retrieval":  # make-tuples writes no retrieval training tuples: name them
+                self.tuples = f"retrieval_train_{self.direction}_k{self.k}"  # with --set tuples=NAME
+            else:
+                self.tuples = ListConfig(
+                    task=self.task, split="train", direction=self.direction, k=self.k
+                ).name
         for name, lo in (
             ("epochs", 1),
             ("batch_size", 1),
