@@ -628,3 +628,33 @@ def test_patience_stops_a_run_that_no_longer_improves(train_tuples, val_tuples, 
         ],
     )
     assert res.exit_code == 1 and "val_matching_v2a_k3" in res.output and not (tmp_path / "x").exists()
+
+
+def test_bench_and_fit_run_the_same_train_step(train_tuples, tmp_path, monkeypatch, one_torch_thread):
+    """bench/train_step.py and fit both go through avtrain.train.train_step (a spy that delegates
+    to the real step counts the calls), so the benchmark times the step fit runs."""
+    import importlib.util
+
+    import torch
+
+    import avtrain.train as T
+
+    real, calls = T.train_step, []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("d_steps"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "train_step", spy)
+    spec = importlib.util.spec_from_file_location("bench_train_step", REPO / "bench" / "train_step.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rate = bench.run("matching", 2, 2, 1, torch.device("cpu"), adversarial=True, amp=False)
+    assert rate > 0 and len(calls) == 3  # 2 warm-up steps + 1 timed step, all through train_step
+    from avtrain.config import load_config
+
+    cfg = load_config(
+        None, {"epochs": 1, "device": "cpu"}, ["batch_size=4", "workers=0", "max_steps_per_epoch=2"]
+    )
+    T.fit(cfg, train_tuples, tmp_path / "run", progress=False)
+    assert len(calls) == 3 + 2 and calls[-1] == cfg.d_steps
