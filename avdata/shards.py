@@ -143,7 +143,6 @@ def _encode(sample: Sample, cls: int, quality: int) -> list[tuple[str, bytes]]:
     return [("cls", str(cls).encode()), ("json", meta), payload]
 
 
-_add_member = add_tar_member  # the one fixed-header writer (avdata.io)
 
 
 class _HashingWriter:
@@ -279,7 +278,7 @@ def _write_tar(
                 rejects.append(rej)
             for sample in samples:
                 for ext, data in _encode(sample, class_of[row["vox_id"]], extractor.config.jpeg_quality):
-                    _add_member(tar, f"{sample.key}.{ext}", data)
+                    add_tar_member(tar, f"{sample.key}.{ext}", data)
                 n_samples += 1
                 identities.add(row["vox_id"])
             if on_item:

@@ -550,6 +550,22 @@ def make_tuples(
 # ---------------------------------------------------------------- checks
 
 
+def _listed_file(out: Path, rel: str, entry: dict, problems: list[str]) -> Path | None:
+    """The file a tuple manifest lists under ``rel``, inside ``out``; a problem line (and None when
+    it cannot be read) if its name is unsafe, it is missing, or its sha256 differs."""
+    try:
+        path = resolve_inside(out, rel, str(out / "manifest.json"))
+    except UnsafeShardError as exc:
+        problems.append(str(exc))
+        return None
+    if not path.is_file():
+        problems.append(f"{rel}: listed in the manifest but missing")
+        return None
+    if sha256_file(path) != entry["sha256"]:
+        problems.append(f"{rel}: sha256 differs from the manifest (edited after make-tuples?)")
+    return path
+
+
 def check_tuples(
     out: str | Path, shards: str | Path, max_reports: int = 20, items: pd.DataFrame | None = None
 ) -> list[str]:
@@ -570,16 +586,9 @@ def check_tuples(
             problems.append(f"{rel}: {tid}: {msg}")
 
     for rel, entry in sorted(manifest["files"].items()):
-        try:
-            path = resolve_inside(out, rel, str(out / "manifest.json"))
-        except UnsafeShardError as exc:
-            problems.append(str(exc))
+        path = _listed_file(out, rel, entry, problems)
+        if path is None:
             continue
-        if not path.is_file():
-            problems.append(f"{rel}: listed in the manifest but missing")
-            continue
-        if sha256_file(path) != entry["sha256"]:
-            problems.append(f"{rel}: sha256 differs from the manifest (edited after make-tuples?)")
         cfg = entry["config"]
         if "gallery" not in entry and cfg["task"] == "retrieval":
             continue  # a gallery list, checked with its queries
@@ -731,16 +740,9 @@ def tuple_shard_problems(
             )
     in_shards: dict[str, list[str]] = {}
     for rel, entry in sorted(listed.items()):
-        try:
-            path = resolve_inside(out, rel, str(out / "manifest.json"))
-        except UnsafeShardError as exc:
-            problems.append(str(exc))
+        path = _listed_file(out, rel, entry, problems)
+        if path is None:
             continue
-        if not path.is_file():
-            problems.append(f"{rel}: listed in the manifest but missing")
-            continue
-        if sha256_file(path) != entry["sha256"]:
-            problems.append(f"{rel}: sha256 differs from the manifest (edited after make-tuples?)")
         try:
             samples = scan_tuple_shard(path)
         except (UnsafeShardError, InputError) as exc:

@@ -27,21 +27,19 @@ import torch
 
 from avdata.io import atomic_write_text
 from avtrain import metrics as M
-from avtrain.checkpoint import CheckpointError, DeviceError, load_run, pick_device  # noqa: F401 (re-exported)
-from avtrain.diagnostics import (  # noqa: F401 (re-exported)
+from avtrain.checkpoint import load_run, pick_device
+from avtrain.diagnostics import (
     EMBEDDINGS_FILE,
     pair_distance_report,
-    pair_distances,
     sample_keys,
     save_embedding_sample,
 )
-from avtrain.embeddings import Embeddings, embed_items, load_items  # noqa: F401 (re-exported)
-from avtrain.results import format_table, headline, write_tensorboard  # noqa: F401 (re-exported)
-from avtrain.tuple_lists import (  # noqa: F401 (re-exported)
+from avtrain.embeddings import Embeddings, embed_items, load_items
+from avtrain.results import format_table, write_tensorboard
+from avtrain.tuple_lists import (
     MODALITY_OF_ROLE,
     EvaluationError,
     TupleList,
-    needed_items,
     read_tuple_lists,
 )
 
@@ -116,18 +114,26 @@ def _verification_scores(tl: TupleList, emb: Embeddings):
     return scores, y, vi, fi
 
 
+def verification_metrics(scores: np.ndarray, labels: np.ndarray, n_boot: int, seed: int) -> dict:
+    """AUC and EER with their pair-bootstrap CIs and the pair counts: what evaluate reports for a
+    verification list and avtrain score for a labelled pair list (the same numbers on the same pairs)."""
+    return {
+        "auc": _summary(M.roc_auc(scores, labels), _ci_pairs(scores, labels, M.roc_auc, n_boot, seed)),
+        "eer": _summary(
+            M.equal_error_rate(scores, labels), _ci_pairs(scores, labels, M.equal_error_rate, n_boot, seed)
+        ),
+        "n": int(labels.size),
+        "n_pos": int(labels.sum()),
+        "n_neg": int(labels.size - labels.sum()),
+    }
+
+
 def _verification_entry(tl: TupleList, emb: Embeddings, model, cfg, device, n_boot: int, seed: int) -> dict:
     scores, y, vi, fi = _verification_scores(tl, emb)
     if y.min() == y.max():
         raise EvaluationError(f"{tl.name}: verification needs both positive and negative pairs")
-    auc, eer = M.roc_auc(scores, y), M.equal_error_rate(scores, y)
     fpr, tpr, _ = M.roc_curve(scores, y)
-    entry = {
-        "auc": _summary(auc, _ci_pairs(scores, y, M.roc_auc, n_boot, seed)),
-        "eer": _summary(eer, _ci_pairs(scores, y, M.equal_error_rate, n_boot, seed)),
-        "n": int(y.size),
-        "n_pos": int(y.sum()),
-        "n_neg": int(y.size - y.sum()),
+    entry = verification_metrics(scores, y, n_boot, seed) | {
         "split": tl.split,
         "list": tl.name,
         "roc": _subsample_curve(fpr, tpr),
@@ -169,13 +175,6 @@ def _retrieval_entry(tl: TupleList, emb: Embeddings, n_boot: int, seed: int) -> 
 
 
 # --------------------------------------------------------------------------- entry point
-
-
-def _pick_device(name: str) -> torch.device:
-    try:
-        return pick_device(name)
-    except DeviceError as exc:
-        raise EvaluationError(f"--device: {exc}") from None
 
 
 class ValidationSet:
@@ -264,7 +263,7 @@ def evaluate(
     out = Path(out) if out else run / "metrics.json"
     if batch_size < 1 or n_boot < 1:
         raise EvaluationError("--batch-size and --bootstrap must be >= 1")
-    dev = _pick_device(device)
+    dev = pick_device(device)  # an unknown device: one-line DeviceError
     model, state, cfg = load_run(run, dev, checkpoint)
     lists = read_tuple_lists(tuples_dir)
     if not lists:

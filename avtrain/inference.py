@@ -39,6 +39,7 @@ import torch
 
 from avdata.errors import AvmatchError, InputError, UnsafeInputError
 from avdata.extract import ExtractConfig, Extractor
+from avtrain.evaluate import SCORE_KIND  # the one scoring rule (-L2)
 
 __all__ = [
     "EXPORT_CONFIG",
@@ -55,7 +56,6 @@ __all__ = [
     "score_pairs",
 ]
 
-SCORE_KIND = "neg_l2"  # as avtrain.evaluate.SCORE_KIND
 EXPORT_WEIGHTS = "model.safetensors"
 EXPORT_CONFIG = "config.json"
 EXPORT_FORMAT = "avmatch.model"
@@ -763,14 +763,9 @@ def score_pairs(
             summary["metrics"] = None
             summary["metrics_note"] = "the scored pairs are all of one label: no AUC/EER"
         else:
-            from avtrain.evaluate import _ci_pairs, _summary
+            from avtrain.evaluate import verification_metrics
 
-            summary["metrics"] = {
-                "auc": _summary(M.roc_auc(s, y), _ci_pairs(s, y, M.roc_auc, n_boot, seed)),
-                "eer": _summary(M.equal_error_rate(s, y), _ci_pairs(s, y, M.equal_error_rate, n_boot, seed)),
-                "n": int(y.size),
-                "n_pos": int(y.sum()),
-                "n_neg": int(y.size - y.sum()),
+            summary["metrics"] = verification_metrics(s, y, n_boot, seed) | {
                 "bootstrap": {"n": int(n_boot), "seed": int(seed), "ci": 0.95, "method": "percentile"},
                 "score": SCORE_KIND,
             }

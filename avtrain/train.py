@@ -52,21 +52,9 @@ from avtrain.data import (
 )
 from avtrain.losses import AMLLoss
 
-CHECKPOINT = LAST  # kept for callers of the old name
 LOG_TERMS = ("L_total", "L_dis", "L_metric", "L_cls", "L_adv")
 
-__all__ = [
-    "CHECKPOINT",
-    "LOG_TERMS",
-    "TrainingError",
-    "build_loss",
-    "build_model",
-    "fit",
-    "load_checkpoint",
-    "lr_at",
-    "pick_device",
-    "train_step",
-]
+__all__ = ["LOG_TERMS", "TrainingError", "build_loss", "fit", "lr_at", "train_step"]
 
 
 class TrainingError(AvmatchError):

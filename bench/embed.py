@@ -3,7 +3,7 @@
 Same run (randomly initialised AML; the forward cost does not depend on the weights), same
 files, same batch size, same torch thread count, timed in one process in alternation:
 
-  (a) shard path   avtrain.evaluate.embed_items over the built shards (tar read, JPEG/npy
+  (a) shard path   avtrain.embeddings.embed_items over the built shards (tar read, JPEG/npy
                    decode, normalise, forward): what evaluate pays per item
   (b) raw media    avtrain.inference.embed_files over the corpus trees (wav decode +
                    spectrogram recipe, image decode + MTCNN alignment + shard JPEG round trip,
@@ -36,8 +36,9 @@ def build(tmp: Path, identities: int) -> tuple[Path, Path, Path]:
 
     from avdata.cli import main
     from avdata.synth import synth_corpus
+    from avtrain.checkpoint import LAST as CHECKPOINT
+    from avtrain.checkpoint import build_model, save_checkpoint
     from avtrain.config import TrainConfig
-    from avtrain.train import CHECKPOINT, build_model, save_checkpoint
 
     c = tmp / "corpus"
     synth_corpus(c, identities=identities, clips_per_identity=4, faces_per_identity=4, seed=0)
@@ -84,7 +85,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from avdata.reader import index_items
-    from avtrain.evaluate import embed_items, load_run
+    from avtrain.checkpoint import load_run
+    from avtrain.embeddings import embed_items
     from avtrain.inference import embed_files, load_model
 
     with tempfile.TemporaryDirectory() as d:

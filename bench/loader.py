@@ -133,6 +133,7 @@ def main():
     args = ap.parse_args()
 
     from avdata.reader import index_items
+    from avtrain.checkpoint import build_model
     from avtrain.config import TrainConfig
     from avtrain.data import (
         TupleStream,
@@ -141,7 +142,7 @@ def main():
         make_loader,
         to_model_inputs,
     )
-    from avtrain.train import build_loss, build_model, train_step
+    from avtrain.train import build_loss, train_step
 
     torch.set_num_threads(1)
     cpu = torch.device("cpu")

@@ -9,7 +9,8 @@ The figures of docs/training.md, "Matching heads". DATA is a reduced synthetic s
         --sets-per-identity 30 --tuples-per-shard 200 --out DATA/tuples
     avdata make-tuples --shards DATA/shards --task matching --split test --k 2-10 --out DATA/tuples
 
-then, per head, `avtrain fit` settings of the demo (k=3, a2v, lr_start=0.001) and `avtrain evaluate`:
+then, per head, `avtrain fit` settings of the demo (k=3, a2v, lr_start=0.001, `--set model.head=HEAD`)
+and `avtrain evaluate`:
 
     .venv/bin/python bench/matching_heads.py DATA RUNS [--epochs 10] [--seed 0] [--head diff_mlp ...]
 
@@ -26,9 +27,9 @@ from pathlib import Path
 
 def main():
     from avtrain import train
-    from avtrain.config import TrainConfig
+    from avtrain.config import load_config
     from avtrain.evaluate import evaluate
-    from avtrain.models import AML, MATCHING_HEADS, ModelConfig
+    from avtrain.models import MATCHING_HEADS
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path, help="directory with shards/ and tuples/ (see above)")
@@ -38,31 +39,16 @@ def main():
     ap.add_argument("--head", action="append", choices=MATCHING_HEADS, help="default: every head")
     args = ap.parse_args()
     for head in args.head or MATCHING_HEADS:
-        # Until the nested config carries model.head into build_model (`--set model.head=...`),
-        # the head is chosen here; evaluate's load_run uses the same build_model.
-        train.build_model = lambda cfg, head=head: AML(
-            ModelConfig(
-                task=cfg.task,
-                k=cfg.k,
-                shared_generator=cfg.shared_generator,
-                clip_value=cfg.clip_value,
-                head=head,
-            )
-        )
-        cfg = TrainConfig(
-            task="matching",
-            k=3,
-            direction="a2v",
-            epochs=args.epochs,
-            lr_start=0.001,
-            seed=args.seed,
-            workers=1,
+        cfg = load_config(
+            None,
+            {"task": "matching", "k": 3, "direction": "a2v", "epochs": args.epochs, "seed": args.seed},
+            ["lr_start=0.001", "workers=1", f"model.head={head}"],
         )
         run = args.runs / f"{head}-s{args.seed}"
         train.fit(cfg, args.data / "tuples", run, resume=True, progress=False)
         m = evaluate(run, args.data / "shards", args.data / "tuples", echo=None)
         log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-        last = [r["L_cls"] for r in log if r["epoch"] == args.epochs - 1]
+        last = [r["L_cls"] for r in log if "L_cls" in r and r["epoch"] == args.epochs - 1]
         k3 = m["matching"]["a2v"]["k3"]
         result = {
             "head": head,

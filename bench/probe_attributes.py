@@ -52,7 +52,8 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     from avdata.reader import decode_npy, index_items, read_member
-    from avtrain.evaluate import embed_items, load_run
+    from avtrain.checkpoint import load_run
+    from avtrain.embeddings import embed_items
 
     shards = args.demo / "shards-matching"
     att = {

@@ -85,7 +85,8 @@ torch.set_num_threads(1)
 from pathlib import Path
 from avtrain.config import TrainConfig
 from avtrain.evaluate import evaluate
-from avtrain.train import CHECKPOINT, build_model, save_checkpoint
+from avtrain.checkpoint import LAST as CHECKPOINT
+from avtrain.checkpoint import build_model, save_checkpoint
 cfg = TrainConfig()
 torch.manual_seed(0)
 run = Path(args["run"]); run.mkdir(parents=True, exist_ok=True)

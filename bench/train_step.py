@@ -26,8 +26,9 @@ def make_batch(task: str, k: int, B: int, device):
 
 def run(task: str, k: int, B: int, steps: int, device, adversarial: bool, amp: bool) -> float:
     """Tuples/s of avtrain.train.train_step (the step fit runs), with fit's optimisers."""
+    from avtrain.checkpoint import build_model
     from avtrain.config import TrainConfig
-    from avtrain.train import build_loss, build_model, train_step
+    from avtrain.train import build_loss, train_step
 
     cfg = TrainConfig.from_dict({"task": task, "k": k, "batch_size": B, "loss": {"adversarial": adversarial}})
     model = build_model(cfg).to(device)

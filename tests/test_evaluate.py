@@ -13,11 +13,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from avtrain.checkpoint import LAST as CHECKPOINT
+from avtrain.checkpoint import build_model, save_checkpoint
 from avtrain.cli import main as avtrain_main
 from avtrain.config import TrainConfig
-from avtrain.evaluate import read_tuple_lists
 from avtrain.models.aml import AudioBranch, VisualBranch
-from avtrain.train import CHECKPOINT, build_model, fit, save_checkpoint
+from avtrain.train import fit
+from avtrain.tuple_lists import read_tuple_lists
 
 torch.set_num_threads(1)
 
@@ -184,7 +186,7 @@ def test_scores_match_brute_force(setup):
     from sklearn.metrics import roc_auc_score
 
     from avdata.reader import decode_jpg, decode_npy, index_items, read_member
-    from avtrain.evaluate import load_run
+    from avtrain.checkpoint import load_run
     from avtrain.models import normalise_audio, normalise_face
 
     m = json.loads((setup["run"] / "metrics.json").read_text())

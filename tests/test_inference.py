@@ -42,8 +42,9 @@ def _write_wav(path: Path, samples: np.ndarray, sr: int = 16000):
 def setup(train_tuples, tmp_path_factory, one_torch_thread):
     """The session's synthetic corpus and shards, verification tuples on its test split, a
     randomly initialised run (enough for consistency), and a folder of bad files."""
+    from avtrain.checkpoint import LAST as CHECKPOINT
+    from avtrain.checkpoint import build_model, save_checkpoint
     from avtrain.config import TrainConfig
-    from avtrain.train import CHECKPOINT, build_model, save_checkpoint
 
     root = train_tuples.parent
     tmp = tmp_path_factory.mktemp("inference")
@@ -93,7 +94,8 @@ def setup(train_tuples, tmp_path_factory, one_torch_thread):
 def _shard_embeddings(s) -> dict[str, dict[str, np.ndarray]]:
     """Every shard item embedded by the evaluate path, keyed by its source file (relative path)."""
     from avdata.reader import index_items
-    from avtrain.evaluate import embed_items, load_run
+    from avtrain.checkpoint import load_run
+    from avtrain.embeddings import embed_items
 
     model, _, _ = load_run(s["run"], torch.device("cpu"))
     items = index_items(s["shards"])

@@ -17,11 +17,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from avtrain.checkpoint import CheckpointError, UnsafeCheckpointError
+from avtrain.checkpoint import LAST as CHECKPOINT
+from avtrain.checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint
 from avtrain.cli import main
 from avtrain.config import ConfigError, TrainConfig, load_config, save_config
 from avtrain.data import batches_per_rank, epoch_shards, split_for
-from avtrain.train import CHECKPOINT, fit, load_checkpoint
+from avtrain.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -354,7 +355,8 @@ def test_lr_schedule_continues_from_the_current_lr_when_epochs_grow():
 
 
 def _step_setup(clip_value=0.01, d_steps=1, seed=0):
-    from avtrain.train import build_loss, build_model
+    from avtrain.checkpoint import build_model
+    from avtrain.train import build_loss
 
     cfg = TrainConfig.from_dict({"batch_size": 4, "d_steps": d_steps, "model": {"clip_value": clip_value}})
     torch.manual_seed(seed)

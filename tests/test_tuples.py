@@ -9,8 +9,9 @@ from click.testing import CliRunner
 
 from avdata.cli import main
 from avdata.extract import Sample
+from avdata.io import add_tar_member
 from avdata.reader import iter_samples
-from avdata.shards import _add_member, _encode
+from avdata.shards import _encode
 from avdata.synth import synth_corpus
 from avdata.tuples import check_tuples, label_balance_problems
 
@@ -426,7 +427,7 @@ def _fake_shards(root: Path, groups: dict[str, int]):
                     }
                     key = f"{vox}__yt__00001-" + ("wav_w0" if modality == "audio" else "jpg")
                     for ext, data in _encode(Sample(key, modality, ext_arr, meta), i, 90):
-                        _add_member(tar, f"{key}.{ext}", data)
+                        add_tar_member(tar, f"{key}.{ext}", data)
             sizes[f"{split}/{modality}-000000.tar"] = n
         rows += [f"{letters[split]}{i:04d},id{vid + i},{split},m,USA" for i in range(n)]
         vid += n
