@@ -398,9 +398,9 @@ def retrieval_metrics(
 
 
 # --------------------------------------------------------------------------- bootstrap
-# Hand-written rather than scipy.stats.bootstrap: one vectorised resample matrix per block is
-# measured faster for the many small per-list calls evaluate makes, and the same seed gives
-# the same interval on every platform.
+# Hand-written rather than scipy.stats.bootstrap: evaluate calls it once per list and metric, and
+# scipy's percentile bootstrap takes 1.8-2.4x as long on 160-1,600 items (bench/metrics.py,
+# docs/benchmarks.md); the same seed gives the same interval on every platform.
 
 
 def bootstrap_ci(
