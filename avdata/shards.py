@@ -143,8 +143,6 @@ def _encode(sample: Sample, cls: int, quality: int) -> list[tuple[str, bytes]]:
     return [("cls", str(cls).encode()), ("json", meta), payload]
 
 
-
-
 class _HashingWriter:
     """A write-only file object that hashes every byte passing through."""
 

@@ -236,10 +236,7 @@ def fit(
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-    try:
-        urls, sizes = load_sizes(tuples_dir, cfg.tuples)
-    except FileNotFoundError as exc:
-        raise TrainingError(str(exc)) from None
+    urls, sizes = load_sizes(tuples_dir, cfg.tuples)  # a missing or unsafe tuple dir: one-line AvmatchError
     ckpt_path = out / LAST
     state = _resume_state(cfg, ckpt_path) if resume and ckpt_path.is_file() else None
     val = _val_setup(cfg, tuples_dir, val_tuples, val_shards)

@@ -7,6 +7,7 @@ import string
 from pathlib import Path
 
 from avdata.errors import AvmatchError
+from avdata.io import sha256_file, sha256_ids
 from avdata.manifest.schema import (
     FORMAT_VERSION,
     SHARDS_KIND,
@@ -15,8 +16,6 @@ from avdata.manifest.schema import (
     ManifestError,
     _short,
     load_manifest,
-    sha256_file,
-    sha256_ids,
 )
 
 # ---------------------------------------------------------------- describe

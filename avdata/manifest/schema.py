@@ -7,9 +7,7 @@ import re
 from pathlib import Path
 
 from avdata.errors import AvmatchError
-
-# the one owner of hashing and atomic writes; re-exported here for existing callers
-from avdata.io import canonical_json, sha256_file, sha256_ids, write_json  # noqa: F401
+from avdata.io import write_json
 
 FORMAT_VERSION = 1
 SHARDS_KIND = "avmatch.shards"
