@@ -30,8 +30,15 @@ def main():
         t = time.perf_counter()
         problems = check_tuples(tuples, shards, items=items)
         times.append(time.perf_counter() - t)
-    print(json.dumps({"tuples": tuples, "check_tuples_s": round(statistics.median(times), 2),
-                      "problems": len(problems)}))
+    print(
+        json.dumps(
+            {
+                "tuples": tuples,
+                "check_tuples_s": round(statistics.median(times), 2),
+                "problems": len(problems),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

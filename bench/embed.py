@@ -32,38 +32,14 @@ sys.path.insert(0, str(REPO))
 
 
 def build(tmp: Path, identities: int) -> tuple[Path, Path, Path]:
-    from click.testing import CliRunner
+    from _corpus import synth_shards
 
-    from avdata.cli import main
-    from avdata.synth import synth_corpus
     from avtrain.checkpoint import LAST as CHECKPOINT
     from avtrain.checkpoint import build_model, save_checkpoint
     from avtrain.config import TrainConfig
 
     c = tmp / "corpus"
-    synth_corpus(c, identities=identities, clips_per_identity=4, faces_per_identity=4, seed=0)
-    res = CliRunner().invoke(
-        main,
-        [
-            str(a)
-            for a in [
-                "build-shards",
-                "--audio",
-                c / "wav",
-                "--faces",
-                c / "faces",
-                "--meta",
-                c / "vox1_meta.csv",
-                "--out",
-                tmp / "shards",
-                "--no-progress",
-                "-j",
-                "2",
-            ]
-        ],
-    )
-    if res.exit_code:
-        raise SystemExit(res.output)
+    synth_shards(tmp, identities)
     run = tmp / "run"
     run.mkdir()
     cfg = TrainConfig()

@@ -30,28 +30,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def build_data(tmp: Path, identities: int) -> Path:
+    from _corpus import synth_shards
     from click.testing import CliRunner
 
     from avdata.cli import main
-    from avdata.synth import synth_corpus
 
-    c = tmp / "corpus"
-    synth_corpus(c, identities=identities, clips_per_identity=4, faces_per_identity=4, seed=0)
+    synth_shards(tmp, identities)
     for args in (
-        [
-            "build-shards",
-            "--audio",
-            c / "wav",
-            "--faces",
-            c / "faces",
-            "--meta",
-            c / "vox1_meta.csv",
-            "--out",
-            tmp / "shards",
-            "--no-progress",
-            "-j",
-            "2",
-        ],
         [
             "make-tuples",
             "--shards",

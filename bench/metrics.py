@@ -43,8 +43,17 @@ def main():
         ),
         args.repeats,
     )
-    print(json.dumps({"n": args.n, "n_boot": args.boot, "avmatch_s": round(ours, 4),
-                      "scipy_s": round(theirs, 4), "scipy_over_avmatch": round(theirs / ours, 2)}))
+    print(
+        json.dumps(
+            {
+                "n": args.n,
+                "n_boot": args.boot,
+                "avmatch_s": round(ours, 4),
+                "scipy_s": round(theirs, 4),
+                "scipy_over_avmatch": round(theirs / ours, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -42,6 +42,24 @@ def run(main, *args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+def make_train_tuples(shards, out):
+    """`avdata make-tuples` of binary training tuples from SHARDS into OUT."""
+    return run(
+        avdata_main,
+        "make-tuples",
+        "--shards",
+        shards,
+        "--task",
+        "matching",
+        "--split",
+        "train",
+        "--k",
+        "2",
+        "--out",
+        out,
+    )
+
+
 def one_line_error(res) -> str:
     """The CLI failed with exactly one line, `Error: ...` (no traceback); that line."""
     assert res.exit_code == 1, (res.exit_code, res.output, res.exception)
@@ -253,20 +271,7 @@ def test_object_array_in_item_shard_is_named(shards, tmp_path):
         return info, data
 
     rewrite_tar(tar, edit)
-    res = run(
-        avdata_main,
-        "make-tuples",
-        "--shards",
-        shards,
-        "--task",
-        "matching",
-        "--split",
-        "train",
-        "--k",
-        "2",
-        "--out",
-        tmp_path / "t",
-    )
+    res = make_train_tuples(shards, tmp_path / "t")
     line = one_line_error(res)
     assert victim[0] in line and str(tar) in line and "object array" in line, line
     assert not marker.exists()
@@ -358,40 +363,14 @@ def test_fit_undecodable_member_in_a_worker_is_one_line(tuples, tmp_path):
 
 def test_make_tuples_refuses_out_equal_to_shards(shards):
     before = {p.name: p.read_bytes() for p in shards.iterdir() if p.is_file()}
-    res = run(
-        avdata_main,
-        "make-tuples",
-        "--shards",
-        shards,
-        "--task",
-        "matching",
-        "--split",
-        "train",
-        "--k",
-        "2",
-        "--out",
-        shards,
-    )
+    res = make_train_tuples(shards, shards)
     assert "is the shard directory" in one_line_error(res)
     assert {p.name: p.read_bytes() for p in shards.iterdir() if p.is_file()} == before
 
 
 def test_make_tuples_refuses_out_inside_shards(shards):
     before = {p.relative_to(shards): p.read_bytes() for p in shards.rglob("*") if p.is_file()}
-    res = run(
-        avdata_main,
-        "make-tuples",
-        "--shards",
-        shards,
-        "--task",
-        "matching",
-        "--split",
-        "train",
-        "--k",
-        "2",
-        "--out",
-        shards / "train",
-    )
+    res = make_train_tuples(shards, shards / "train")
     assert "inside the shard directory" in one_line_error(res)
     assert {p.relative_to(shards): p.read_bytes() for p in shards.rglob("*") if p.is_file()} == before
 
@@ -399,20 +378,7 @@ def test_make_tuples_refuses_out_inside_shards(shards):
 @pytest.mark.parametrize("content", ["", "{not json", "[1, 2]"])
 def test_make_tuples_refuses_empty_or_unreadable_shard_manifest(content, shards, tmp_path):
     (shards / "manifest.json").write_text(content)
-    res = run(
-        avdata_main,
-        "make-tuples",
-        "--shards",
-        shards,
-        "--task",
-        "matching",
-        "--split",
-        "train",
-        "--k",
-        "2",
-        "--out",
-        tmp_path / "t",
-    )
+    res = make_train_tuples(shards, tmp_path / "t")
     line = one_line_error(res)
     assert "manifest.json" in line and "build-shards" in line, line
     assert not (tmp_path / "t").exists()
