@@ -21,6 +21,7 @@ the checkpoint to resume from are checked before the run directory is created.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -231,7 +232,8 @@ def fit(
     Everything that can fail on the user's input (settings, device, data, validation lists,
     the checkpoint to resume from) is checked before ``out`` is created."""
     out = Path(out)
-    cfg.tuples_dir = str(tuples_dir)  # recorded in config.yaml: run manifests name the data
+    # recorded in config.yaml (run manifests name the data); a copy: the caller's config is not changed
+    cfg = dataclasses.replace(cfg, tuples_dir=str(tuples_dir))
     device = pick_device(cfg.device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))

@@ -3,7 +3,6 @@ the shards are byte-identical to -j 1, also when a worker is SIGKILLed in the mi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import tar_hashes
 
 from avdata.cli import main
 from avdata.synth import synth_corpus
@@ -20,13 +20,6 @@ from avdata.synth import synth_corpus
 pytest.importorskip("distributed")
 
 BUILD_TIMEOUT_S = 300  # a bound, not an expectation: the builds take ~10-30 s
-
-
-def tar_hashes(root: Path) -> dict[str, str]:
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*.tar"))
-    }
 
 
 def build_args(corpus: Path, out: Path, *extra: str) -> list[str]:

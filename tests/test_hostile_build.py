@@ -12,7 +12,6 @@ dropping (setpriv) for permission errors as root.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import tar_hashes
 
 from avdata.cli import main
 from avdata.reader import iter_samples, shard_urls
@@ -33,13 +33,6 @@ SPLITS = ("train", "val", "test")
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def tar_hashes(root: Path) -> dict[str, str]:
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*.tar"))
-    }
 
 
 def same_build(a: Path, b: Path) -> None:

@@ -1,6 +1,5 @@
 """avdata build-shards end to end on the synthetic corpus (with videos) and real files."""
 
-import hashlib
 import json
 import os
 import shutil
@@ -14,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import tar_hashes
 
 from avdata.cli import main
 from avdata.reader import iter_samples, shard_urls
@@ -21,13 +21,6 @@ from avdata.synth import synth_corpus
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PROTO = DATA / "protocols" / "voxceleb1"
-
-
-def tar_hashes(root: Path) -> dict[str, str]:
-    return {
-        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*.tar"))
-    }
 
 
 def build_args(corpus: Path, out: Path, *extra: str) -> list[str]:

@@ -1,0 +1,13 @@
+"""Plain helpers shared by several test modules (pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from avdata.io import sha256_file
+
+
+def tar_hashes(root: Path) -> dict[str, str]:
+    """sha256 of every .tar below root, keyed by its path relative to root: what byte-identity
+    tests compare between builds."""
+    return {p.relative_to(root).as_posix(): sha256_file(p) for p in sorted(root.rglob("*.tar"))}
