@@ -44,7 +44,11 @@ def test_short_run_lowers_losses(train_tuples, tmp_path):
     # the LR decays log-linearly from 5e-3 to 5e-5 over the run
     assert log[0]["lr"] < 5e-3 and abs(log[-1]["lr"] - 5e-5) < 1e-9
     state = load_checkpoint(tmp_path / "run" / CHECKPOINT)
-    assert state["config"] == cfg.to_dict() and state["epoch"] == cfg.epochs
+    # the saved config is the run's, with the tuple directory it trained on recorded
+    assert (
+        state["config"] == cfg.to_dict() | {"tuples_dir": str(train_tuples)} and state["epoch"] == cfg.epochs
+    )
+    assert cfg.tuples_dir is None  # the caller's config is left as it was
 
 
 def test_killed_run_resumes_to_identical_weights(train_tuples, tmp_path):
