@@ -81,6 +81,16 @@ def make_web_portraits(face_dir: Path, out_dir: Path) -> list[Path]:
     return paths
 
 
+def box_iou(a, b) -> float:
+    """IoU of two [x1, y1, x2, y2] boxes (torchvision's)."""
+    import torch
+    from torchvision.ops import box_iou as tv_box_iou
+
+    return float(
+        tv_box_iou(torch.as_tensor([a], dtype=torch.float64), torch.as_tensor([b], dtype=torch.float64))[0, 0]
+    )
+
+
 def big_photos(face_dir: Path) -> list[Path]:
     return sorted(face_dir.glob("test_images/*/1.jpg")) + [face_dir / "multiface.jpg"]
 
@@ -103,7 +113,7 @@ def bench_face_group(paths: list[Path], repeats: int) -> dict:
     """images/s of each variant on one group, its ratio to plain MTCNN and its worst IoU."""
     from PIL import Image
 
-    from avdata.faces import FaceAligner, _ChannelsLast, box_iou, load_image
+    from avdata.faces import FaceAligner, _ChannelsLast, load_image
 
     plain = plain_mtcnn()
     channels_last = plain_mtcnn()

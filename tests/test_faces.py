@@ -7,22 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import box_iou
 from PIL import Image
 
 from avdata.errors import InputError
 from avdata.faces import FaceAligner, FaceCrop, load_image
 from avdata.media import decode_video_frames
-
-
-def box_iou(a, b) -> float:
-    """IoU of two [x1, y1, x2, y2] boxes (torchvision's)."""
-    import torch
-    from torchvision.ops import box_iou as tv_box_iou
-
-    return float(
-        tv_box_iou(torch.as_tensor([a], dtype=torch.float64), torch.as_tensor([b], dtype=torch.float64))[0, 0]
-    )
-
 
 # one intra-op thread, as in production workers (conftest.one_torch_thread)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import box_iou
 from PIL import Image
 
 from avdata.errors import InputError
@@ -31,17 +32,6 @@ from avdata.faces import (
     load_image,
     resolve_device,
 )
-
-
-def box_iou(a, b) -> float:
-    """IoU of two [x1, y1, x2, y2] boxes (torchvision's)."""
-    import torch
-    from torchvision.ops import box_iou as tv_box_iou
-
-    return float(
-        tv_box_iou(torch.as_tensor([a], dtype=torch.float64), torch.as_tensor([b], dtype=torch.float64))[0, 0]
-    )
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
