@@ -1,16 +1,24 @@
-"""MTCNN detection for a batch of images of *different* sizes on one canvas.
+"""MTCNN detection for a batch of images of *different* sizes, with facenet-pytorch's networks.
 
 Adapted from ``detect_face`` in facenet-pytorch 2.5.3 (facenet_pytorch/models/utils/detect_face.py,
-MIT licence, Copyright (c) 2019 Timothy Esler), whose helpers it reuses. facenet-pytorch batches only
-images of one size, and letterboxing images onto a canvas before its ``detect_face`` changes the
-answer: its pyramid levels would be resampled from the canvas (other pooling bins), it would add the
-canvas's coarser levels, and boxes crossing an image's right or bottom edge would be cut at the
-canvas's edge instead of the image's. Here each image is resampled at its own size into its level
-of the batch, takes part only in its own pyramid levels, keeps only first-stage windows that lie on
-its own map, has its boxes clipped to its own size, and goes through non-maximum suppression
-alone (see `_nms_each`). So a batch gives the boxes each image gets
-alone (up to float rounding of batched convolutions), and a batch of one image gives exactly what
-facenet-pytorch's ``detect_face`` gives.
+MIT licence, Copyright (c) 2019 Timothy Esler), whose helpers it reuses. Two things differ from it:
+
+* Batches of images of different sizes. facenet-pytorch batches only images of one size, and
+  letterboxing images onto a canvas before its ``detect_face`` changes the answer: its pyramid
+  levels would be resampled from the canvas (other pooling bins), it would add the canvas's
+  coarser levels, and boxes crossing an image's right or bottom edge would be cut at the
+  canvas's edge instead of the image's. Here each image is resampled at its own size, takes
+  part only in its own pyramid levels, keeps only first-stage windows that lie on its own map,
+  has its boxes clipped to its own size, and goes through non-maximum suppression alone (see
+  `_nms_each`). So a batch gives the boxes each image gets alone.
+* Fewer, larger operations, for the CPU's sake (docs/benchmarks.md, "Face path"). facenet's
+  fixed cost per image is many small calls: one area resampling per pyramid level and per
+  stage-2/3 crop, one PNet call, box generation and NMS per level. Here every resampling reads
+  one summed-area table (`_integral`; `_area_resample` is bit-identical to facenet's
+  ``imresample``), all pyramid levels go through PNet in one call on a mosaic
+  (`_first_stage`), and the candidates keep facenet's order. The mosaic's convolutions
+  round differently from the per-level ones, so boxes agree with facenet's ``detect_face`` to
+  about 1e-4 px (the same boxes, the same count), not bit for bit.
 """
 
 from __future__ import annotations
@@ -24,8 +32,6 @@ from facenet_pytorch.models.utils.detect_face import (
     batched_nms_numpy,
     bbreg,
     fixed_batch_process,
-    generateBoundingBox,
-    imresample,
     rerec,
 )
 
@@ -48,14 +54,56 @@ def _clip(boxes: torch.Tensor, widths: np.ndarray, heights: np.ndarray):
     return y, ey, x, ex
 
 
-def _crops(imgs, boxes, image_inds, widths, heights, side: int):
-    y, ey, x, ex = _clip(boxes, widths[image_inds.cpu().numpy()], heights[image_inds.cpu().numpy()])
-    data = []
-    for k in range(len(y)):
-        if ey[k] > (y[k] - 1) and ex[k] > (x[k] - 1):
-            crop = imgs[image_inds[k], :, (y[k] - 1) : ey[k], (x[k] - 1) : ex[k]].unsqueeze(0)
-            data.append(imresample(crop, (side, side)))
-    return (torch.cat(data, dim=0) - 127.5) * 0.0078125
+def _integral(board: torch.Tensor) -> torch.Tensor:
+    """Summed-area table of a uint8 (n, H, W, C) batch: (n, H+1, W+1, C) int32 with a zero first
+    row and column. The pixels are whole numbers, so every sum is exact (at most 255 * H * W)."""
+    table = board.to(torch.int32).cumsum(1, dtype=torch.int32).cumsum(2, dtype=torch.int32)
+    return torch.nn.functional.pad(table, (0, 0, 1, 0, 1, 0))
+
+
+def _area_bins(start: torch.Tensor, length: torch.Tensor, side: int):
+    """First and one-past-last input index of each of `side` output bins of each crop: torch's
+    adaptive-pool bins, floor(i * length / side) to ceil((i + 1) * length / side)."""
+    i = torch.arange(side, device=start.device)
+    first = start[:, None] + (i[None, :] * length[:, None]) // side
+    end = start[:, None] + ((i[None, :] + 1) * length[:, None] + side - 1) // side
+    return first, end
+
+
+def _area_resample(table: torch.Tensor, image_inds, top, bottom, left, right, out_h: int, out_w: int):
+    """facenet's ``imresample`` (area interpolation) of every region [top:bottom, left:right] of
+    its image to out_h x out_w, all at once from the summed-area table: bit-identical to
+    ``interpolate(mode="area")`` (exact integer bin sums, then the same two float32 divisions,
+    by the bin's height and then its width, as torch's adaptive average pool). One call replaces
+    a resampling call per crop (the largest share of stages 2-3 on the CPU) and pyramid levels
+    cost their output's size, not a pass over the whole image each. Returns (k, C, out_h, out_w)."""
+    _, rows, cols, channels = table.shape
+    first_row, end_row = _area_bins(top, bottom - top, out_h)
+    first_col, end_col = _area_bins(left, right - left, out_w)
+    base = (image_inds * (rows * cols))[:, None, None]
+    row0, row1 = (first_row * cols)[:, :, None] + base, (end_row * cols)[:, :, None] + base
+    col0, col1 = first_col[:, None, :], end_col[:, None, :]
+    # one gather for the four corners (index_select is ~3x faster than advanced indexing here)
+    corners = torch.stack([row1 + col1, row0 + col1, row1 + col0, row0 + col0]).reshape(-1)
+    a, b, c, d = torch.index_select(table.reshape(-1, channels), 0, corners).reshape(4, -1, channels)
+    sums = a - b - c + d
+    heights = (end_row - first_row)[:, :, None].expand(-1, -1, out_w).reshape(-1, 1)
+    widths = (end_col - first_col)[:, None, :].expand(-1, out_h, -1).reshape(-1, 1)
+    means = sums.to(torch.float32) / heights.to(torch.float32) / widths.to(torch.float32)
+    return means.reshape(len(top), out_h, out_w, channels).permute(0, 3, 1, 2)
+
+
+def _crops(table, boxes, image_inds, widths, heights, side: int):
+    """facenet-pytorch's stage 2/3 input: each box clipped to its own image (``pad``), resampled
+    to side x side, normalised. Boxes with nothing left after clipping are dropped, as facenet does."""
+    inds = image_inds.cpu().numpy()
+    y, ey, x, ex = _clip(boxes, widths[inds], heights[inds])
+    valid = (ey > y - 1) & (ex > x - 1)
+    as_tensor = lambda values: torch.as_tensor(values[valid], dtype=torch.int64, device=table.device)  # noqa: E731
+    data = _area_resample(
+        table, as_tensor(inds), as_tensor(y - 1), as_tensor(ey), as_tensor(x - 1), as_tensor(ex), side, side
+    )
+    return (data - 127.5) * 0.0078125
 
 
 def _nms_each(
@@ -101,9 +149,12 @@ def detect_faces(
     for i, image in enumerate(images):
         board[i, : heights[i], : widths[i]] = torch.from_numpy(np.array(image, dtype=np.uint8))
     model_dtype = next(pnet.parameters()).dtype
-    # contiguous NCHW: torch's area resampling of the pyramid is ~10% faster than on facenet's
-    # NHWC-strided view, with the same result
-    imgs = board.to(device).permute(0, 3, 1, 2).type(model_dtype).contiguous()
+    # every resampling below (pyramid levels, stage 2-3 crops) reads this summed-area table
+    table = _integral(board.to(device))
+
+    def resample(i: int, h: int, w: int) -> torch.Tensor:  # image i, whole, to h x w: (1, C, h, w)
+        whole = [torch.tensor([v], device=table.device) for v in (i, 0, heights[i], 0, widths[i])]
+        return _area_resample(table, *whole, h, w).type(model_dtype)
 
     # pyramid: plain MTCNN's scales; image i takes part in the levels its own shorter side allows
     m = 12.0 / min_face
@@ -116,40 +167,11 @@ def detect_faces(
             scale, minl, d = scale * factor, minl * factor, d + 1
         depth.append(d)
 
-    boxes, image_inds, scale_picks, offset = [], [], [], 0
-    for level, scale in enumerate(scales):
-        members = [i for i in range(n) if depth[i] > level]
-        level_h, level_w = int(height * scale + 1), int(width * scale + 1)
-        if n == 1 and canvas is None:
-            data = imresample(imgs, (level_h, level_w))
-        else:
-            data = torch.zeros((n, 3, level_h, level_w), dtype=model_dtype, device=imgs.device)
-            for i in members:
-                h, w = int(heights[i] * scale + 1), int(widths[i] * scale + 1)
-                data[i, :, :h, :w] = imresample(imgs[i : i + 1, :, : heights[i], : widths[i]], (h, w))[0]
-        reg, probs = pnet((data - 127.5) * 0.0078125)
-        face_probs = probs[:, 1].clone()
-        for i in range(n):  # windows off image i's own map (or levels it is not in) never pass
-            if i not in members:
-                face_probs[i] = -1
-                continue
-            map_h = _pnet_map_side(int(heights[i] * scale + 1))
-            map_w = _pnet_map_side(int(widths[i] * scale + 1))
-            face_probs[i, max(map_h, 0) :, :] = -1
-            face_probs[i, :, max(map_w, 0) :] = -1
-        boxes_scale, image_inds_scale = generateBoundingBox(reg, face_probs, scale, thresholds[0])
-        boxes.append(boxes_scale)
-        image_inds.append(image_inds_scale)
-        pick = _nms_each(batched_nms, boxes_scale[:, :4], boxes_scale[:, 4], image_inds_scale, 0.5)
-        scale_picks.append(pick + offset)
-        offset += boxes_scale.shape[0]
-
     if not scales:
         return [(np.zeros((0, 4)), np.zeros(0)) for _ in range(n)]
-    boxes = torch.cat(boxes, dim=0)
-    image_inds = torch.cat(image_inds, dim=0)
-    scale_picks = torch.cat(scale_picks, dim=0)
-    boxes, image_inds = boxes[scale_picks], image_inds[scale_picks]
+    boxes, image_inds = _first_stage(
+        table, widths, heights, (height, width), scales, depth, pnet, thresholds[0], model_dtype
+    )
     pick = _nms_each(batched_nms, boxes[:, :4], boxes[:, 4], image_inds, 0.7)
     boxes, image_inds = boxes[pick], image_inds[pick]
 
@@ -162,7 +184,7 @@ def detect_faces(
     boxes = rerec(torch.stack([qq1, qq2, qq3, qq4, boxes[:, 4]]).permute(1, 0))
 
     if len(boxes) > 0:  # second stage: RNet on 24x24 crops
-        out = fixed_batch_process(_crops(imgs, boxes, image_inds, widths, heights, 24), rnet)
+        out = fixed_batch_process(_crops(table, boxes, image_inds, widths, heights, 24), rnet)
         out0, score = out[0].permute(1, 0), out[1].permute(1, 0)[1, :]
         ipass = score > thresholds[1]
         boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
@@ -173,7 +195,7 @@ def detect_faces(
         boxes = rerec(bbreg(boxes, mv))
 
     if len(boxes) > 0:  # third stage: ONet on 48x48 crops
-        out = fixed_batch_process(_crops(imgs, boxes, image_inds, widths, heights, 48), onet)
+        out = fixed_batch_process(_crops(table, boxes, image_inds, widths, heights, 48), onet)
         out0, score = out[0].permute(1, 0), out[2].permute(1, 0)[1, :]
         ipass = score > thresholds[2]
         boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
@@ -191,3 +213,120 @@ def detect_faces(
         order = np.argsort(-(mine[:, 2] - mine[:, 0]) * (mine[:, 3] - mine[:, 1]), kind="stable")
         results.append((mine[order, :4], mine[order, 4]))
     return results
+
+
+# -- first stage: every pyramid level of every image through PNet in one call ----------------------
+
+_MASKED = -1.0e4  # PReLU-1 output outside a level: below any real one (inputs are in [-1, 1])
+
+
+def _mosaic_layout(level_sizes: list[tuple[int, int]]) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """Top-left (y, x) of each level's slot in one mosaic, and the mosaic's (height, width).
+
+    Level 0 sits at the origin; each smaller level goes top-down into the first column that
+    still has room for it (columns as tall as level 0, as wide as their first level): about
+    21% more pixels than the levels hold, against 25% with one column after another. Slots
+    start at even offsets so that PNet's 2x2/2 pooling windows fall on a level where they fall
+    when the level is alone."""
+    even = [(h + h % 2, w + w % 2) for h, w in level_sizes]
+    mosaic_h = even[0][0]
+    columns: list[list[int]] = []  # [x, width, used height]
+    positions = []
+    for h, w in even:
+        column = next((c for c in columns if c[2] + h <= mosaic_h and w <= c[1]), None)
+        if column is None:
+            column = [sum(c[1] for c in columns), w, 0]
+            columns.append(column)
+        positions.append((column[2], column[0]))
+        column[2] += h
+    return positions, (mosaic_h, sum(c[1] for c in columns))
+
+
+def _pnet_mosaic(pnet, x: torch.Tensor, conv1_valid: torch.Tensor):
+    """facenet-pytorch's PNet.forward on a mosaic. Conv1 outputs whose 3x3 window is not inside
+    one level are set far below any real value before the ceil-mode max-pool, so that a level's
+    last, partial pooling window takes the max of its own pixels only, as when it is alone; the
+    remaining layers read, at each level's valid map positions, only that level's pooled cells."""
+    net = getattr(pnet, "net", pnet)  # FaceAligner wraps the stages (channels-last)
+    x = x.contiguous(memory_format=torch.channels_last)
+    x = net.prelu1(net.conv1(x)).masked_fill(~conv1_valid, _MASKED)
+    x = net.prelu3(net.conv3(net.prelu2(net.conv2(net.pool1(x)))))
+    return net.conv4_2(x), net.softmax4_1(net.conv4_1(x))
+
+
+def _first_stage(table, widths, heights, canvas_hw, scales, depth, pnet, threshold, model_dtype):
+    """PNet over every image's pyramid at once: facenet-pytorch's per-level loop (resample, PNet,
+    generateBoundingBox, NMS 0.5 per level) on one mosaic per image, with the candidates in
+    facenet's order (level, then image, then each level's NMS order). Returns (boxes (k, 9),
+    image_inds (k,)) as facenet's ``boxes[scale_picks], image_inds[scale_picks]``."""
+    n, device = len(widths), table.device
+    height, width = canvas_hw
+    slots = [(int(height * scale + 1), int(width * scale + 1)) for scale in scales]
+    positions, (mosaic_h, mosaic_w) = _mosaic_layout(slots)
+    _, rows, cols, channels = table.shape
+    map_h, map_w = _pnet_map_side(mosaic_h), _pnet_map_side(mosaic_w)
+
+    sources, targets, bin_h, bin_w = [], [], [], []
+    conv1_valid = np.zeros((n, 1, mosaic_h - 2, mosaic_w - 2), dtype=bool)
+    level_map = np.full((n, map_h, map_w), -1, dtype=np.int64)
+    for i in range(n):
+        for level in range(depth[i]):
+            scale, (top, left) = scales[level], positions[level]
+            h, w = int(heights[i] * scale + 1), int(widths[i] * scale + 1)
+            # torch's area-resampling bins (see _area_bins), whole image i -> h x w
+            r, c = np.arange(h), np.arange(w)
+            r0, r1 = (r * heights[i]) // h, ((r + 1) * heights[i] + h - 1) // h
+            c0, c1 = (c * widths[i]) // w, ((c + 1) * widths[i] + w - 1) // w
+            base = i * rows * cols
+            sources.append(
+                np.stack(
+                    [
+                        base + r1[:, None] * cols + c1[None, :],
+                        base + r0[:, None] * cols + c1[None, :],
+                        base + r1[:, None] * cols + c0[None, :],
+                        base + r0[:, None] * cols + c0[None, :],
+                    ]
+                ).reshape(4, -1)
+            )
+            targets.append(((i * mosaic_h + top + r[:, None]) * mosaic_w + left + c[None, :]).reshape(-1))
+            bin_h.append(np.broadcast_to((r1 - r0)[:, None], (h, w)).reshape(-1))
+            bin_w.append(np.broadcast_to((c1 - c0)[None, :], (h, w)).reshape(-1))
+            conv1_valid[i, 0, top : top + h - 2, left : left + w - 2] = True
+            level_map[
+                i, top // 2 : top // 2 + _pnet_map_side(h), left // 2 : left // 2 + _pnet_map_side(w)
+            ] = level
+    as_long = lambda parts: torch.from_numpy(np.concatenate(parts, axis=-1)).to(device)  # noqa: E731
+    corners = torch.index_select(table.reshape(-1, channels), 0, as_long(sources).reshape(-1))
+    a, b, c, d = corners.reshape(4, -1, channels)
+    means = (a - b - c + d).to(torch.float32) / as_long(bin_h)[:, None].to(torch.float32)
+    means = means / as_long(bin_w)[:, None].to(torch.float32)
+    mosaic = torch.zeros((n * mosaic_h * mosaic_w, channels), dtype=torch.float32, device=device)
+    mosaic[as_long(targets)] = means
+    mosaic = mosaic.reshape(n, mosaic_h, mosaic_w, channels).permute(0, 3, 1, 2).type(model_dtype)
+
+    reg, probs = _pnet_mosaic(pnet, (mosaic - 127.5) * 0.0078125, torch.from_numpy(conv1_valid).to(device))
+    level_map = torch.from_numpy(level_map).to(device)
+    face = probs[:, 1]
+    image_inds, y, x = torch.nonzero((face >= threshold) & (level_map >= 0), as_tuple=True)
+    levels = level_map[image_inds, y, x]
+    # facenet's order: level by level, then image, then row-major within the level's map
+    order = torch.sort(levels * n + image_inds, stable=True).indices
+    image_inds, y, x, levels = image_inds[order], y[order], x[order], levels[order]
+    offsets = torch.tensor(positions, dtype=torch.int64, device=device) // 2  # (level, [y, x])
+    level_scales = torch.tensor(scales, dtype=torch.float32, device=device)[levels][:, None]
+    bb = torch.stack([x - offsets[levels, 1], y - offsets[levels, 0]], dim=1).type(reg.dtype)
+    q1 = ((2 * bb + 1) / level_scales).floor()
+    q2 = ((2 * bb + 12) / level_scales).floor()
+    boxes = torch.cat([q1, q2, face[image_inds, y, x].unsqueeze(1), reg[image_inds, :, y, x]], dim=1)
+    # NMS 0.5 within each level of each image (boxes are whole numbers, so batched_nms's
+    # per-level coordinate offsets are exact); kept in facenet's order, as above
+    keep = []
+    for i in range(n):
+        mine = torch.nonzero(image_inds == i).flatten()
+        if len(mine):
+            keep.append(mine[batched_nms(boxes[mine, :4], boxes[mine, 4], levels[mine], 0.5)])
+    if not keep:
+        return boxes[:0], image_inds[:0]
+    keep = torch.cat(keep)
+    keep = keep[torch.sort(levels[keep] * n + image_inds[keep], stable=True).indices]
+    return boxes[keep], image_inds[keep]

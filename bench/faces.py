@@ -87,7 +87,9 @@ def box_iou(a, b) -> float:
     from torchvision.ops import box_iou as tv_box_iou
 
     return float(
-        tv_box_iou(torch.as_tensor([a], dtype=torch.float64), torch.as_tensor([b], dtype=torch.float64))[0, 0]
+        tv_box_iou(
+            torch.as_tensor(np.array([a], dtype=np.float64)), torch.as_tensor(np.array([b], dtype=np.float64))
+        )[0, 0]
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from avdata.io import sha256_file
 
 
@@ -19,5 +21,7 @@ def box_iou(a, b) -> float:
     from torchvision.ops import box_iou as tv_box_iou
 
     return float(
-        tv_box_iou(torch.as_tensor([a], dtype=torch.float64), torch.as_tensor([b], dtype=torch.float64))[0, 0]
+        tv_box_iou(
+            torch.as_tensor(np.array([a], dtype=np.float64)), torch.as_tensor(np.array([b], dtype=np.float64))
+        )[0, 0]
     )

@@ -251,3 +251,117 @@ def test_big_jpeg_is_decoded_reduced_under_the_cap(aligner, real_photos, tmp_pat
     assert box_iou(np.asarray(crop.box) * 2, full.box) > 0.9
     with pytest.raises(InputError, match="above the 0.02 MP decoding cap even at 1/8 scale"):
         load_image(path, max_pixels=20_000)
+
+
+def test_area_resample_is_bit_identical_to_facenets_imresample():
+    """Crops and pyramid levels read from the summed-area table equal torch's area
+    interpolation (facenet's ``imresample``) bit for bit, whatever the crop and output size."""
+    import torch
+    from facenet_pytorch.models.utils.detect_face import imresample
+
+    from avdata.mtcnn_batch import _area_resample, _integral
+
+    rng = np.random.default_rng(0)
+    board = torch.from_numpy(rng.integers(0, 256, (2, 123, 97, 3), dtype=np.uint8))
+    table = _integral(board)
+    images = board.permute(0, 3, 1, 2).float()
+    k = 300
+    image_inds = torch.from_numpy(rng.integers(0, 2, k))
+    top = torch.from_numpy(rng.integers(0, 120, k))
+    left = torch.from_numpy(rng.integers(0, 94, k))
+    bottom = torch.minimum(top + torch.from_numpy(rng.integers(1, 123, k)), torch.tensor(123))
+    right = torch.minimum(left + torch.from_numpy(rng.integers(1, 97, k)), torch.tensor(97))
+    for out_h, out_w in ((24, 24), (48, 48), (37, 11), (150, 130)):  # shrinking and enlarging
+        ours = _area_resample(table, image_inds, top, bottom, left, right, out_h, out_w)
+        for j in range(k):
+            region = images[image_inds[j] : image_inds[j] + 1, :, top[j] : bottom[j], left[j] : right[j]]
+            assert torch.equal(ours[j : j + 1], imresample(region, (out_h, out_w))), (j, out_h, out_w)
+
+
+def test_mosaic_levels_do_not_overlap_and_start_even():
+    from avdata.mtcnn_batch import _mosaic_layout
+
+    for shape in ((128, 104), (121, 151), (17, 13), (300, 301)):
+        sizes, scale = [], 1.0
+        while min(shape) * scale >= 12:
+            sizes.append((int(shape[0] * scale + 1), int(shape[1] * scale + 1)))
+            scale *= 0.709
+        positions, (height, width) = _mosaic_layout(sizes)
+        taken = np.zeros((height, width), dtype=int)
+        for (top, left), (h, w) in zip(positions, sizes):
+            assert top % 2 == 0 and left % 2 == 0  # PNet's pooling windows fall as when alone
+            taken[top : top + h + h % 2, left : left + w + w % 2] += 1
+        assert taken.max() == 1
+        assert taken.sum() / taken.size > 0.75  # the mosaic is not mostly padding
+
+
+def test_detect_faces_gives_facenets_boxes(aligner, web_portraits, real_photos):
+    """One image alone through avdata.mtcnn_batch (mosaic first stage, summed-area crops) finds
+    the boxes facenet-pytorch's own detect_face finds: same count, within 0.01 px."""
+    import torch
+    from facenet_pytorch.models.utils.detect_face import detect_face
+
+    from avdata.mtcnn_batch import detect_faces
+
+    m = aligner.mtcnn
+    nets = [getattr(stage, "net", stage) for stage in (m.pnet, m.rnet, m.onet)]
+    for path in web_portraits[::3] + real_photos[:2]:
+        small, plan = aligner._detection_copy(load_image(path))
+        pixels = np.asarray(small)
+        for min_face in (plan.min_face, 20.0):
+            with torch.no_grad():
+                ours, probs = detect_faces([pixels], min_face, *nets, m.thresholds, m.factor, "cpu")[0]
+                theirs, _ = detect_face(pixels, min_face, *nets, m.thresholds, m.factor, "cpu")
+            theirs = np.asarray(theirs, dtype=np.float64).reshape(-1, 5)
+            theirs = theirs[
+                np.argsort(-(theirs[:, 2] - theirs[:, 0]) * (theirs[:, 3] - theirs[:, 1]), kind="stable")
+            ]
+            assert ours.shape == theirs[:, :4].shape, (path, min_face)
+            np.testing.assert_allclose(ours, theirs[:, :4], atol=0.01, err_msg=str(path))
+            np.testing.assert_allclose(probs, theirs[:, 4], atol=1e-5)
+
+
+def test_first_stage_mosaic_equals_facenets_level_by_level_pnet(aligner, real_photos):
+    """All pyramid levels through PNet on one mosaic give facenet's per-level candidates: the
+    same boxes in the same order, scores and offsets within float rounding. Threshold 0 keeps
+    every window, those on the levels' last rows and columns (the ceil-mode pooling edge) too."""
+    import torch
+    from facenet_pytorch.models.utils.detect_face import batched_nms, generateBoundingBox, imresample
+
+    from avdata.mtcnn_batch import _first_stage, _integral
+
+    pnet = getattr(aligner.mtcnn.pnet, "net", aligner.mtcnn.pnet)
+    for path, min_face in ((real_photos[0], 60.0), (real_photos[1], 45.0)):
+        image = load_image(path)
+        image.thumbnail((181, 181))  # odd sides: the levels' last pooling windows are partial
+        pixels = np.asarray(image)
+        height, width = pixels.shape[:2]
+        scales, scale = [], 12.0 / min_face
+        while min(height, width) * scale >= 12:
+            scales.append(scale)
+            scale *= 0.709
+        expected = []
+        with torch.no_grad():
+            whole = torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float()
+            for scale in scales:
+                level = imresample(whole, (int(height * scale + 1), int(width * scale + 1)))
+                reg, probs = pnet((level - 127.5) * 0.0078125)
+                boxes, inds = generateBoundingBox(reg, probs[:, 1], scale, 0.0)
+                expected.append(boxes[batched_nms(boxes[:, :4], boxes[:, 4], inds, 0.5)])
+            expected = torch.cat(expected)
+            table = _integral(torch.from_numpy(pixels.copy())[None])
+            ours, inds = _first_stage(
+                table,
+                np.array([width]),
+                np.array([height]),
+                (height, width),
+                scales,
+                [len(scales)],
+                pnet,
+                0.0,
+                torch.float32,
+            )
+        assert len(ours) == len(expected) > 20
+        assert (inds == 0).all()
+        torch.testing.assert_close(ours[:, :4], expected[:, :4], rtol=0, atol=0)  # whole pixels
+        torch.testing.assert_close(ours[:, 4:], expected[:, 4:], rtol=0, atol=1e-4)
