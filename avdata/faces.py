@@ -15,8 +15,11 @@ Why it is built this way:
   `detect_max_side`. Boxes are mapped back to the original's coordinates and the crop is cut
   from the *original* full-resolution image, so no detail is lost. The three networks run on
   channels-last tensors: the same arithmetic (boxes agree to 1e-4 px) but torch's CPU max-pool
-  with ``ceil_mode`` is several times faster in that layout. Measured shares:
-  docs/benchmarks.md, "Face path".
+  with ``ceil_mode`` is several times faster in that layout. Once the search is that small,
+  what is left is MTCNN's fixed cost per image (a resampling call per pyramid level and per
+  candidate box, a PNet call per level), so detection runs through avdata.mtcnn_batch, which
+  does each of those in one call (summed-area table, pyramid mosaic) and finds facenet's boxes
+  to ~1e-4 px. Measured shares: docs/benchmarks.md, "Face path".
 * Batches. `align_batch` batches MTCNN over images of one detection-copy size (video frames).
   With ``letterbox=True`` (the CUDA path) every copy is pasted at the top-left of one fixed
   `detect_max_side` square canvas, so any mix of image sizes forms one batch; detection

@@ -10,10 +10,12 @@
    Per image, from the file (decoding included): (a) plain facenet-pytorch MTCNN on the full
    image (load_image, detect, pick the most probable face, extract: what ``MTCNN(
    selection_method='probability')(img)`` does) against the levers one at a time and together:
-   (b) the same with channels-last MTCNN stages, (c) FaceAligner (channels-last stages + faces
-   searched from min_face_fraction of the shorter side on a 40 px-per-smallest-face copy),
-   (d) (c) with a smaller pyramid factor (0.6: fewer scales), (e) FaceAligner.align_batch with
-   letterboxing (the CUDA path's batching) run on the CPU, and (f) JPEG draft decoding of the
+   (b) the same with channels-last MTCNN stages, (c) "reduced search only": (b) + faces
+   searched from min_face_fraction of the shorter side on a 40 px-per-smallest-face copy, still
+   through facenet's own detect_face, (d) FaceAligner: (c) + avdata.mtcnn_batch's detection
+   (one summed-area table for all resampling, all pyramid levels through PNet at once), (e) (d)
+   with a smaller pyramid factor (0.6: fewer scales), (f) FaceAligner.align_batch with
+   letterboxing (the CUDA path's batching) run on the CPU, and (g) JPEG draft decoding of the
    detection copy (decode time only). Reports images/s, the ratio to (a) and the smallest IoU
    between each variant's chosen box and plain MTCNN's (single-face images: on multiface.jpg
    both pick one of 6 faces of probability ~0.9999, and either is right).
@@ -111,17 +113,49 @@ def plain_align(mtcnn, image):
     return np.asarray(boxes[0], dtype=float), face
 
 
+def facenet_stages_aligner_class():
+    """FaceAligner detecting through facenet-pytorch's own ``detect_face`` (a resampling call
+    per pyramid level and per candidate box, a PNet call per level) instead of
+    avdata.mtcnn_batch (summed-area table, pyramid mosaic): the share of that lever."""
+    from facenet_pytorch.models.utils.detect_face import detect_face
+
+    from avdata.faces import FaceAligner
+
+    class FacenetStagesAligner(FaceAligner):
+        def _run_mtcnn(self, images, min_face, canvas=None):
+            m, found = self.mtcnn, []
+            with torch.no_grad():
+                for image in images:
+                    boxes, _ = detect_face(
+                        np.asarray(image),
+                        min_face,
+                        m.pnet,
+                        m.rnet,
+                        m.onet,
+                        m.thresholds,
+                        m.factor,
+                        self.device,
+                    )
+                    boxes = np.asarray(boxes[0], dtype=np.float64).reshape(-1, 5)
+                    found.append((boxes[:, :4], boxes[:, 4]))
+            return found
+
+    return FacenetStagesAligner
+
+
 def bench_face_group(paths: list[Path], repeats: int) -> dict:
     """images/s of each variant on one group, its ratio to plain MTCNN and its worst IoU."""
     from PIL import Image
 
     from avdata.faces import FaceAligner, _ChannelsLast, load_image
 
+    FacenetStagesAligner = facenet_stages_aligner_class()
     plain = plain_mtcnn()
     channels_last = plain_mtcnn()
     for stage in ("pnet", "rnet", "onet"):
         setattr(channels_last, stage, _ChannelsLast(getattr(channels_last, stage)))
     aligner = FaceAligner()
+    facenet_stages = FacenetStagesAligner()
     coarse = FaceAligner()
     coarse.mtcnn.factor = 0.6
 
@@ -135,6 +169,7 @@ def bench_face_group(paths: list[Path], repeats: int) -> dict:
     variants = {
         "plain MTCNN": lambda p: plain_align(plain, load_image(p))[0],
         "channels-last stages": lambda p: plain_align(channels_last, load_image(p))[0],
+        "reduced search only": lambda p: facenet_stages.align_path(p).box,
         "FaceAligner": lambda p: aligner.align_path(p).box,
         "FaceAligner, factor 0.6": lambda p: coarse.align_path(p).box,
         "decode: full": lambda p: load_image(p),
