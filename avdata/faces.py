@@ -21,8 +21,9 @@ Why it is built this way:
   does each of those in one call (summed-area table, pyramid mosaic) and finds facenet's boxes
   to ~1e-4 px. Measured shares: docs/benchmarks.md, "Face path".
 * Batches. `align_batch` batches MTCNN over images of one detection-copy size (video frames).
-  With ``letterbox=True`` (the CUDA path) every copy is pasted at the top-left of one fixed
-  `detect_max_side` square canvas, so any mix of image sizes forms one batch; detection
+  With ``letterbox=True`` (the CUDA path) every copy, at most `detect_max_side` square, is
+  pasted at the top-left of one batch tensor as large as the largest copy, so any mix of image
+  sizes forms one batch; detection
   (avdata.mtcnn_batch) resamples, searches and clips each image within its own extent, so the
   chosen faces match the per-image path (IoU >= 0.99, tests/test_faces_speed.py).
 * Memory. `load_image` refuses images above `MAX_IMAGE_PIXELS` from their header, before
@@ -400,9 +401,9 @@ class FaceAligner:
         """Align many images, running MTCNN on batches of them.
 
         Without ``letterbox`` a batch is the images whose detection copies share a size (a
-        clip's frames). With it (the CUDA path) each copy is pasted at the top-left of one
-        ``detect_max_side`` square canvas (avdata.mtcnn_batch), so images of any size share a
-        batch; a batch still needs one searched face size, so it groups by that (nearly always
+        clip's frames). With it (the CUDA path) each copy, at most
+        ``detect_max_side`` square, is pasted at the top-left of one batch tensor
+        (avdata.mtcnn_batch), so images of any size share a batch; a batch still needs one searched face size, so it groups by that (nearly always
         one value: `DETECT_MIN_FACE`). ``crop_map`` maps the final crops (e.g. a thread pool's
         ``map``). Returns one entry per image, in order: a FaceCrop, or the InputError for an
         image without a usable face (so that one bad image does not lose the others).
@@ -442,13 +443,3 @@ class FaceAligner:
                 return error
 
         return list(crop_map(choose, range(len(images))))
-
-
-def _inside(boxes, probs, size: tuple[int, int]):
-    """Detections whose centre lies on the copy, not on the canvas's padding."""
-    if boxes is None or len(boxes) == 0:
-        return boxes, probs
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    centre_x, centre_y = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
-    keep = (centre_x < size[0]) & (centre_y < size[1])
-    return boxes[keep], np.asarray(probs, dtype=np.float64).reshape(-1)[keep]
