@@ -4,8 +4,12 @@
 The tree is VoxCeleb1-shaped: the real ``../shared/data/protocols/voxceleb1/vox1_meta.csv``
 (1,251 identities, the real names, so the real matching split), ``wav/idNNNNN/YTID/NNNNN.wav``
 and ``faces/NAME/YTID/NNNNNNN.png``, every file a symlink into ``../shared/data/media`` (10 real
-VoxCeleb1 utterances, 5 real aligned face photos), so the disk stays small. A fraction f takes
-the first f of one fixed permutation of the identities (10% is a subset of 50%, of 100%).
+VoxCeleb1 utterances, 5 real 160 px aligned face photos), so the disk stays small; with
+``--face-photos web`` the faces link instead to 22 VGGFace-sized (250-800 px) JPEGs made from
+the real photos in the temp dir (bench/faces.py's web portraits). A fraction f takes the first
+f of one fixed permutation of the identities (10% is a subset of 50%, of 100%). Every stage
+starts after an ``os.sync()``, so the shards the previous one wrote are not being written
+back while it runs.
 
 Each stage runs in a fresh subprocess (imports outside the timed region), which reports its
 wall time and its peak RSS (``ru_maxrss``; build workers: the largest child):
@@ -111,6 +115,9 @@ out["loader"] = {"s": time.perf_counter() - t, "rss_mb": rss_mb(), "rss_worker_m
 
 
 def run_stage(stage: str, **args) -> dict:
+    # the previous stage's dirty pages (GBs of shards) are written back first, so that their
+    # writeback does not slow this stage: without it, train tuples at 100% took 21.3 s, 17.2 s after a sync
+    os.sync()
     env = os.environ | {"PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     code = PRELUDE + STAGES[stage] + "\nprint(json.dumps(out))\n"
     res = subprocess.run(
@@ -126,8 +133,9 @@ def run_stage(stage: str, **args) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def make_tree(root: Path, fraction: float, clips: int, faces: int) -> dict:
-    """wav/ and faces/ for the first `fraction` of a fixed permutation of the 1,251 identities."""
+def make_tree(root: Path, fraction: float, clips: int, faces: int, face_files: list[Path] = FACES) -> dict:
+    """wav/ and faces/ for the first `fraction` of a fixed permutation of the 1,251 identities,
+    each face a symlink to one of `face_files`."""
     import pandas as pd
 
     meta = pd.read_csv(META, sep="\t")
@@ -140,9 +148,10 @@ def make_tree(root: Path, fraction: float, clips: int, faces: int) -> dict:
             p.parent.mkdir(parents=True, exist_ok=True)
             p.symlink_to(WAVS[(n + c) % len(WAVS)])
         for f in range(faces):
-            p = root / "faces" / name / f"yt{f // 4:09d}" / f"{f % 4 + 1:07d}.png"
+            source = face_files[(n + f) % len(face_files)]
+            p = root / "faces" / name / f"yt{f // 4:09d}" / f"{f % 4 + 1:07d}{source.suffix}"
             p.parent.mkdir(parents=True, exist_ok=True)
-            p.symlink_to(FACES[(n + f) % len(FACES)])
+            p.symlink_to(source)
     return {"identities": len(picked), "files": len(picked) * (clips + faces)}
 
 
@@ -155,9 +164,10 @@ def one_scale(
     shard_size: int,
     n_boot: int,
     sets_per_identity: int,
+    face_files: list[Path] = FACES,
 ) -> dict:
     root = tmp / f"f{fraction:g}"
-    tree = make_tree(root, fraction, clips, faces)
+    tree = make_tree(root, fraction, clips, faces, face_files)
     roots = {"meta": str(META), "audio": str(root / "wav"), "faces": str(root / "faces")}
     res = {"fraction": fraction, **tree}
     stages = run_stage("prep", **roots, shard_size=shard_size)
@@ -240,11 +250,12 @@ def build_rates(
     jobs: int,
     shard_size: int,
     which: str = "audio,faces,both,dask",
+    face_files: list[Path] = FACES,
 ) -> dict:
     """Per-modality extraction rates for the extrapolation: audio-only and faces-only builds
     on one core (-j 1), and the whole tree with -j J under multiprocessing and under Dask."""
     root = tmp / f"rates-f{fraction:g}"
-    tree = make_tree(root, fraction, clips, faces)
+    tree = make_tree(root, fraction, clips, faces, face_files)
     meta = {"meta": str(META), "shard_size": shard_size}
     out = {"fraction": fraction, **tree}
     for name, roots, j, dist in (
@@ -271,6 +282,18 @@ def build_rates(
     return out
 
 
+def face_photos(kind: str, tmp: Path) -> list[Path]:
+    """The photos the tree's faces link to (see --face-photos)."""
+    if kind == "aligned":
+        return FACES
+    web = tmp / "web-portraits"
+    if not web.is_dir():
+        from faces import make_web_portraits  # bench/faces.py
+
+        make_web_portraits(SHARED / "media" / "faces" / "facenet_pytorch", web)
+    return sorted(web.glob("*.jpg"))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=2, help="voice clips per identity")
@@ -290,6 +313,13 @@ def main():
     ap.add_argument(
         "--rates-builds", default="audio,faces,both,dask", help="which --rates-only builds to run"
     )
+    ap.add_argument(
+        "--face-photos",
+        choices=("aligned", "web"),
+        default="aligned",
+        help="aligned: the 5 real 160 px aligned photos in shared/ (symlinked); web: 22 real photos "
+        "resized to 250-800 px, VGGFace-like (bench/faces.py's web portraits, made in the temp dir)",
+    )
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     fractions = [float(f) for f in args.fractions.split(",")]
@@ -297,7 +327,14 @@ def main():
     if args.rates_only:
         with tempfile.TemporaryDirectory(prefix="avmatch-scale-") as tmp:
             rates = build_rates(
-                Path(tmp), fractions[0], args.clips, args.faces, args.jobs, args.shard_size, args.rates_builds
+                Path(tmp),
+                fractions[0],
+                args.clips,
+                args.faces,
+                args.jobs,
+                args.shard_size,
+                args.rates_builds,
+                face_photos(args.face_photos, Path(tmp)),
             )
         report = {
             "command": "bench/scale.py " + " ".join(sys.argv[1:]),
@@ -322,6 +359,7 @@ def main():
                     args.shard_size,
                     args.bootstrap,
                     args.sets_per_identity,
+                    face_photos(args.face_photos, Path(tmp)),
                 )
             )
             print(
