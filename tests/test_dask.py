@@ -198,3 +198,51 @@ def test_worker_with_other_versions_is_refused():
         client.run(_pretend_other_numpy)
         with pytest.raises(ClusterError, match=r"has numpy 0.0-worker, this client \d"):
             check_worker_versions(client)
+
+
+def _page_faults_of_1mib_buffers() -> int:
+    """Runs on a worker: minor page faults while 300 buffers of 1 MiB are made and freed."""
+    import resource
+
+    import numpy as np
+
+    def faults() -> int:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    before = faults()
+    for _ in range(300):
+        buffer = np.ones(1 << 18, dtype=np.float32)
+        buffer += 1
+        del buffer
+    return faults() - before
+
+
+def test_dask_workers_get_glibc_malloc_back(corpus, built_j1, tmp_path):
+    """Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which makes every buffer above
+    128 KiB a fresh mmap (MTCNN at half speed); a build's tasks undo it in their worker, and
+    the shards are still -j 1's bytes."""
+    from distributed import Client, LocalCluster
+
+    from avdata.shards import BuildConfig, build_shards
+
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        assert all(client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_") == "65536").values())
+        client.run(_page_faults_of_1mib_buffers)  # warm-up
+        assert min(client.run(_page_faults_of_1mib_buffers).values()) > 10_000  # Dask's default
+        scheduler_file = tmp_path / "scheduler.json"
+        scheduler_file.write_text(json.dumps({"address": cluster.scheduler_address}))
+        out = tmp_path / "dask"
+        build_shards(
+            out,
+            corpus / "vox1_meta.csv",
+            audio=corpus / "wav",
+            faces=corpus / "faces",
+            config=BuildConfig(shard_size=2),
+            distributor="dask",
+            scheduler=str(scheduler_file),
+        )
+        assert max(client.run(_page_faults_of_1mib_buffers).values()) < 1_000
+    assert tar_hashes(out) == tar_hashes(built_j1)
