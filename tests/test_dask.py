@@ -78,6 +78,21 @@ def test_dask_local_cluster_matches_j1(corpus, built_j1, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.tar")} == before
 
 
+def _build_on_scheduler(corpus: Path, out: Path, scheduler_file: Path) -> None:
+    """build_shards of the corpus on the cluster a scheduler file names, as on a shared filesystem."""
+    from avdata.shards import BuildConfig, build_shards
+
+    build_shards(
+        out,
+        corpus / "vox1_meta.csv",
+        audio=corpus / "wav",
+        faces=corpus / "faces",
+        config=BuildConfig(shard_size=2),
+        distributor="dask",
+        scheduler=str(scheduler_file),
+    )
+
+
 def _executing(client) -> dict[str, list[str]]:
     """Worker address -> keys of the tasks it is running now (asked of the workers themselves)."""
     answers = client.run(
@@ -102,8 +117,6 @@ def test_dask_worker_sigkilled_mid_shard(corpus, built_j1, tmp_path):
     again, the build finishes and its shards are byte-identical to -j 1."""
     from distributed import Client, LocalCluster
 
-    from avdata.shards import BuildConfig, build_shards
-
     out = tmp_path / "dask-killed"
     # the build joins this cluster through a scheduler file, as on a shared-filesystem cluster
     with (
@@ -117,15 +130,7 @@ def test_dask_worker_sigkilled_mid_shard(corpus, built_j1, tmp_path):
 
         def run():
             try:
-                build_shards(
-                    out,
-                    corpus / "vox1_meta.csv",
-                    audio=corpus / "wav",
-                    faces=corpus / "faces",
-                    config=BuildConfig(shard_size=2),
-                    distributor="dask",
-                    scheduler=str(scheduler_file),
-                )
+                _build_on_scheduler(corpus, out, scheduler_file)
             except BaseException as exc:  # noqa: BLE001 - handed to the test thread
                 errors.append(exc)
 
@@ -223,8 +228,6 @@ def test_dask_workers_get_glibc_malloc_back(corpus, built_j1, tmp_path):
     the shards are still -j 1's bytes."""
     from distributed import Client, LocalCluster
 
-    from avdata.shards import BuildConfig, build_shards
-
     with (
         LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
         Client(cluster, set_as_default=False) as client,
@@ -235,14 +238,6 @@ def test_dask_workers_get_glibc_malloc_back(corpus, built_j1, tmp_path):
         scheduler_file = tmp_path / "scheduler.json"
         scheduler_file.write_text(json.dumps({"address": cluster.scheduler_address}))
         out = tmp_path / "dask"
-        build_shards(
-            out,
-            corpus / "vox1_meta.csv",
-            audio=corpus / "wav",
-            faces=corpus / "faces",
-            config=BuildConfig(shard_size=2),
-            distributor="dask",
-            scheduler=str(scheduler_file),
-        )
+        _build_on_scheduler(corpus, out, scheduler_file)
         assert max(client.run(_page_faults_of_1mib_buffers).values()) < 1_000
     assert tar_hashes(out) == tar_hashes(built_j1)
