@@ -55,9 +55,12 @@ def _clip(boxes: torch.Tensor, widths: np.ndarray, heights: np.ndarray):
 
 
 def _integral(board: torch.Tensor) -> torch.Tensor:
-    """Summed-area table of a uint8 (n, H, W, C) batch: (n, H+1, W+1, C) int32 with a zero first
-    row and column. The pixels are whole numbers, so every sum is exact (at most 255 * H * W)."""
-    table = board.to(torch.int32).cumsum(1, dtype=torch.int32).cumsum(2, dtype=torch.int32)
+    """Summed-area table of a uint8 (n, H, W, C) batch: (n, H+1, W+1, C) with a zero first row
+    and column. The pixels are whole numbers, so every sum is exact: int32 while 255 * H * W
+    fits (any image up to 2,900 px square), int64 above (a large image with no detection cap)."""
+    _, height, width, _ = board.shape
+    dtype = torch.int32 if 255 * height * width < 2**31 else torch.int64
+    table = board.to(dtype).cumsum(1, dtype=dtype).cumsum(2, dtype=dtype)
     return torch.nn.functional.pad(table, (0, 0, 1, 0, 1, 0))
 
 

@@ -365,3 +365,16 @@ def test_first_stage_mosaic_equals_facenets_level_by_level_pnet(aligner, real_ph
         assert (inds == 0).all()
         torch.testing.assert_close(ours[:, :4], expected[:, :4], rtol=0, atol=0)  # whole pixels
         torch.testing.assert_close(ours[:, 4:], expected[:, 4:], rtol=0, atol=1e-4)
+
+
+def test_summed_area_table_stays_exact_for_large_images():
+    """Sums of a white 3000 x 3000 image pass 2**31: the table widens instead of wrapping."""
+    import torch
+
+    from avdata.mtcnn_batch import _area_resample, _integral
+
+    board = torch.full((1, 3000, 3000, 1), 255, dtype=torch.uint8)
+    table = _integral(board)
+    assert int(table[0, -1, -1, 0]) == 255 * 3000 * 3000
+    whole = [torch.tensor([v]) for v in (0, 0, 3000, 0, 3000)]
+    assert bool((_area_resample(table, *whole, 7, 5) == 255).all())
