@@ -232,8 +232,9 @@ class FaceAligner:
     min_face_fraction: smallest face searched, as a fraction of the image's shorter side
         (rounded down onto plain MTCNN's pyramid ladder, never below its 20 px); 0 searches
         down to 20 px like plain MTCNN.
-    detect_max_side: the detection copy's longest side is at most this (None: no cap); with
-        ``letterbox=True`` batches it is also the canvas side.
+    detect_max_side: the detection copy's longest side is at most this (None: no cap); needed
+        for ``letterbox=True`` batches, whose copies all fit one square of that side.
+    detect_min_face: the smallest searched face's size in the detection copy (px).
     min_prob: detections below this MTCNN probability are ignored.
     device: torch device for MTCNN.
     """
@@ -246,6 +247,7 @@ class FaceAligner:
         min_prob: float = 0.9,
         device: str | torch.device = "cpu",
         min_face_fraction: float = 0.125,
+        detect_min_face: float = DETECT_MIN_FACE,
     ):
         from facenet_pytorch import MTCNN  # imported here: importing it is slowish
 
@@ -258,6 +260,7 @@ class FaceAligner:
         self.detect_max_side = detect_max_side
         self.min_prob = float(min_prob)
         self.min_face_fraction = float(min_face_fraction)
+        self.detect_min_face = float(detect_min_face)
         self.device = torch.device(device)
         self.mtcnn = MTCNN(
             keep_all=True,
@@ -277,7 +280,7 @@ class FaceAligner:
             "margin": self.margin,
             "margin_unit": "fraction of the box's longer side; square crop, black padding",
             "min_face_fraction": self.min_face_fraction,
-            "detect_min_face": DETECT_MIN_FACE,
+            "detect_min_face": self.detect_min_face,
             "detect_max_side": self.detect_max_side,
             "min_prob": self.min_prob,
             "selection": "max probability, ties -> largest box",
@@ -298,7 +301,7 @@ class FaceAligner:
     def _plan(self, size: tuple[int, int]) -> _DetectionPlan:
         width, height = size
         face = self.min_face(size)
-        scale = min(1.0, DETECT_MIN_FACE / face)
+        scale = min(1.0, self.detect_min_face / face)
         if self.detect_max_side is not None:
             scale = min(scale, self.detect_max_side / max(width, height))
         if scale >= 1.0:
@@ -314,7 +317,7 @@ class FaceAligner:
             return img, plan
         return img.resize(plan.size, Image.BILINEAR, reducing_gap=3.0), plan
 
-    def _run_mtcnn(self, images: list[Image.Image], min_face: float, canvas=None) -> list:
+    def _run_mtcnn(self, images: list[Image.Image], min_face: float) -> list:
         """[(boxes, probs)] per image, in its own coordinates (see avdata.mtcnn_batch)."""
         from avdata.mtcnn_batch import detect_faces
 
@@ -329,7 +332,6 @@ class FaceAligner:
                 m.thresholds,
                 m.factor,
                 self.device,
-                canvas=canvas,
             )
 
     @staticmethod
@@ -401,10 +403,10 @@ class FaceAligner:
         """Align many images, running MTCNN on batches of them.
 
         Without ``letterbox`` a batch is the images whose detection copies share a size (a
-        clip's frames). With it (the CUDA path) each copy, at most
-        ``detect_max_side`` square, is pasted at the top-left of one batch tensor
-        (avdata.mtcnn_batch), so images of any size share a batch; a batch still needs one searched face size, so it groups by that (nearly always
-        one value: `DETECT_MIN_FACE`). ``crop_map`` maps the final crops (e.g. a thread pool's
+        clip's frames). With it (the CUDA path) each copy, at most ``detect_max_side`` square,
+        is pasted at the top-left of one batch tensor (avdata.mtcnn_batch), so images of any
+        size share a batch; a batch still needs one searched face size, so it groups by that
+        (nearly always one value: ``detect_min_face``). ``crop_map`` maps the final crops (e.g. a thread pool's
         ``map``). Returns one entry per image, in order: a FaceCrop, or the InputError for an
         image without a usable face (so that one bad image does not lose the others).
         """
@@ -413,7 +415,7 @@ class FaceAligner:
         if len(sources) != len(images):
             raise ValueError("sources must have one entry per image")
         if letterbox and self.detect_max_side is None:
-            raise ValueError("letterbox batches need detect_max_side (the canvas side)")
+            raise ValueError("letterbox batches need detect_max_side (the side every copy fits)")
         prepared = []
         groups: dict[tuple, list[int]] = {}
         for index, img in enumerate(images):
@@ -423,7 +425,6 @@ class FaceAligner:
             key = (round(plan.min_face, 6),) if letterbox else (small.size, round(plan.min_face, 6))
             groups.setdefault(key, []).append(index)
         detections: list = [None] * len(images)
-        canvas = (self.detect_max_side, self.detect_max_side) if letterbox else None
         batches = [
             indices[i : i + MAX_BATCH]
             for indices in groups.values()
@@ -431,7 +432,7 @@ class FaceAligner:
         ]
         for indices in batches:
             copies = [prepared[i][1] for i in indices]
-            found = self._run_mtcnn(copies, prepared[indices[0]][2].min_face, canvas)
+            found = self._run_mtcnn(copies, prepared[indices[0]][2].min_face)
             for i, (boxes, probs) in zip(indices, found):
                 plan = prepared[i][2]
                 detections[i] = self._to_original(boxes, probs, plan.sx, plan.sy)

@@ -126,6 +126,20 @@ def _nms_each(
     return torch.cat(keep)
 
 
+def _refine(net, side: int, score_output: int, threshold: float, boxes, image_inds, table, widths, heights):
+    """Stage 2 or 3 of facenet's ``detect_face``: the net on side x side crops of the boxes;
+    returns the boxes whose face score passes the threshold as [x1, y1, x2, y2, score], their
+    image indices and their box offsets (the net's first output)."""
+    out = fixed_batch_process(_crops(table, boxes, image_inds, widths, heights, side), net)
+    score = out[score_output][:, 1]
+    passed = score > threshold
+    return (
+        torch.cat((boxes[passed, :4], score[passed].unsqueeze(1)), dim=1),
+        image_inds[passed],
+        out[0][passed],
+    )
+
+
 def detect_faces(
     images: list[np.ndarray],
     min_face: float,
@@ -135,21 +149,17 @@ def detect_faces(
     thresholds,
     factor: float,
     device,
-    canvas: tuple[int, int] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Boxes (n, 4) and probabilities (n,) of the faces of each uint8 HxWx3 image.
+    """Boxes (n, 4) and probabilities (n,) of the faces of each uint8 HxWx3 image, images of
+    any sizes. Boxes are in each image's own pixel coordinates, largest first.
 
-    canvas: (width, height) that every image must fit in (the letterboxed path's contract), or
-    None. The batch's tensors are only as large as its largest image needs: an image's answer
-    does not depend on them, and a fixed 640 px canvas under ~400 px detection copies made the
-    first stage several times the work. Boxes are in each image's own pixel coordinates,
-    largest first.
+    The batch's tensors are as large as its largest image: an image's answer does not depend
+    on them (a fixed 640 px canvas under ~400 px detection copies made the first stage several
+    times the work).
     """
     n = len(images)
     widths = np.array([im.shape[1] for im in images])
     heights = np.array([im.shape[0] for im in images])
-    if canvas is not None and ((widths > canvas[0]).any() or (heights > canvas[1]).any()):
-        raise ValueError(f"canvas {canvas[0]}x{canvas[1]} is smaller than an image of the batch")
     width, height = int(widths.max()), int(heights.max())
     board = torch.zeros((n, height, width, 3), dtype=torch.uint8)
     for i, image in enumerate(images):
@@ -189,24 +199,15 @@ def detect_faces(
     qq4 = boxes[:, 3] + boxes[:, 8] * regh
     boxes = rerec(torch.stack([qq1, qq2, qq3, qq4, boxes[:, 4]]).permute(1, 0))
 
+    crops = (table, widths, heights)
     if len(boxes) > 0:  # second stage: RNet on 24x24 crops
-        out = fixed_batch_process(_crops(table, boxes, image_inds, widths, heights, 24), rnet)
-        out0, score = out[0].permute(1, 0), out[1].permute(1, 0)[1, :]
-        ipass = score > thresholds[1]
-        boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
-        image_inds = image_inds[ipass]
-        mv = out0[:, ipass].permute(1, 0)
+        boxes, image_inds, mv = _refine(rnet, 24, 1, thresholds[1], boxes, image_inds, *crops)
         pick = _nms_each(batched_nms, boxes[:, :4], boxes[:, 4], image_inds, 0.7)
         boxes, image_inds, mv = boxes[pick], image_inds[pick], mv[pick]
         boxes = rerec(bbreg(boxes, mv))
 
     if len(boxes) > 0:  # third stage: ONet on 48x48 crops
-        out = fixed_batch_process(_crops(table, boxes, image_inds, widths, heights, 48), onet)
-        out0, score = out[0].permute(1, 0), out[2].permute(1, 0)[1, :]
-        ipass = score > thresholds[2]
-        boxes = torch.cat((boxes[ipass, :4], score[ipass].unsqueeze(1)), dim=1)
-        image_inds = image_inds[ipass]
-        mv = out0[:, ipass].permute(1, 0)
+        boxes, image_inds, mv = _refine(onet, 48, 2, thresholds[2], boxes, image_inds, *crops)
         boxes = bbreg(boxes, mv)
         pick = _nms_each(batched_nms_numpy, boxes[:, :4], boxes[:, 4], image_inds, 0.7, "Min")
         boxes, image_inds = boxes[pick], image_inds[pick]
@@ -260,13 +261,13 @@ def _pnet_mosaic(pnet, x: torch.Tensor, conv1_valid: torch.Tensor):
     return net.conv4_2(x), net.softmax4_1(net.conv4_1(x))
 
 
-def _first_stage(table, widths, heights, canvas_hw, scales, depth, pnet, threshold, model_dtype):
+def _first_stage(table, widths, heights, batch_hw, scales, depth, pnet, threshold, model_dtype):
     """PNet over every image's pyramid at once: facenet-pytorch's per-level loop (resample, PNet,
     generateBoundingBox, NMS 0.5 per level) on one mosaic per image, with the candidates in
     facenet's order (level, then image, then each level's NMS order). Returns (boxes (k, 9),
     image_inds (k,)) as facenet's ``boxes[scale_picks], image_inds[scale_picks]``."""
     n, device = len(widths), table.device
-    height, width = canvas_hw
+    height, width = batch_hw
     slots = [(int(height * scale + 1), int(width * scale + 1)) for scale in scales]
     positions, (mosaic_h, mosaic_w) = _mosaic_layout(slots)
     _, rows, cols, channels = table.shape
