@@ -39,13 +39,12 @@ WORKERS_TIMEOUT_S = 300  # for at least one worker to join it
 # Dask's nannies start every worker with MALLOC_TRIM_THRESHOLD_=65536 (its config
 # distributed.nanny.pre-spawn-environ). Setting any malloc variable also freezes glibc's mmap
 # threshold at 128 KiB, so every tensor above it is mmapped and unmapped again, op after op:
-# MTCNN ran at half speed in a Dask worker (50.9 against 26.2 ms per 250-800 px photo, 77,100
-# page faults for 300 allocations of 1 MiB against 0). Each worker puts back the thresholds
-# glibc's own dynamic rule ends up with for large buffers (mmap above 32 MiB, trim above 2x that).
+# `--distributor dask -j 2` ran at 0.48x multiprocessing on 250-800 px photos (bench/scale.py
+# --rates-only, docs/benchmarks.md). Each task puts back the thresholds glibc's own dynamic rule
+# ends up with for large buffers (mmap above 32 MiB, trim above 2x that); 0.90x after.
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-_malloc_restored = False
 
 
 def restore_malloc_thresholds() -> bool:
@@ -63,13 +62,11 @@ def restore_malloc_thresholds() -> bool:
 
 
 def build_shard_on_worker(*args, **kwargs) -> dict:
-    """The Dask task: `avdata.shards.build_shard_task`, after undoing Dask's malloc setting once per worker."""
-    global _malloc_restored
+    """The Dask task: `avdata.shards.build_shard_task`, after undoing Dask's malloc setting in
+    this worker (two mallopt calls: cheaper than remembering whether they were made)."""
     from avdata.shards import build_shard_task
 
-    if not _malloc_restored:
-        restore_malloc_thresholds()
-        _malloc_restored = True
+    restore_malloc_thresholds()
     return build_shard_task(*args, **kwargs)
 
 
