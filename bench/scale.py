@@ -17,7 +17,9 @@ wall time and its peak RSS (``ru_maxrss``; build workers: the largest child):
   scan, splits, plan   avdata.ingest.scan_all, identity_splits + assign_media_splits, plan_shards
                        (one process; RSS is the peak so far after each)
   extract+write        build_shards -j J minus the scan/splits/plan it repeats
+  shard-index          avdata.reader.index_items of the shards (the first step of every make-tuples)
   tuples-*             make-tuples: train k=2 a2v (+ tuple shards), test k=2-10, verification, retrieval
+                       (also the MB each writes)
   evaluate             avtrain evaluate of a randomly initialised AML run on the test k=2-10 lists
                        (embedding + scoring + bootstrap)
   loader               one epoch of the training loader (TupleStream + DataLoader, 2 workers)
@@ -77,11 +79,18 @@ out["build"] = {"s": time.perf_counter() - t, "rss_mb": rss_mb(), "rss_worker_mb
                 "items": sum(m["inputs"]["files"].values()), "rejects": m["rejects"],
                 "samples": sum(v["samples"] for v in m["shards"].values())}
 """,
+    "index": r"""
+from avdata.reader import index_items
+t = time.perf_counter(); items = index_items(args["shards"])
+out["shard-index"] = {"s": time.perf_counter() - t, "rss_mb": rss_mb(), "items": len(items)}
+""",
     "tuples": r"""
+from pathlib import Path
 from avdata.cli import main
 t = time.perf_counter()
 main(args["argv"], standalone_mode=False)
-out[args["name"]] = {"s": time.perf_counter() - t, "rss_mb": rss_mb()}
+written = sum(p.stat().st_size for p in Path(args["out"]).rglob("*") if p.is_file())
+out[args["name"]] = {"s": time.perf_counter() - t, "rss_mb": rss_mb(), "mb_written": written / 1e6}
 """,
     "evaluate": r"""
 import torch
@@ -183,6 +192,8 @@ def one_scale(
         "rejects": b["rejects"],
     }
     shards = str(root / "shards")
+    # what every make-tuples starts with: the shards' member index (avdata.reader.index_items)
+    stages |= run_stage("index", shards=shards)
     make = ["make-tuples", "--shards", shards]
     for name, argv in (
         (
