@@ -74,6 +74,7 @@ def train_tuples(tmp_path_factory):
     """A small synthetic corpus -> matching shards -> binary training tuple shards
     (several shards, so ranks and workers have something to split)."""
     from click.testing import CliRunner
+    from helpers import make_tuples_args
 
     from avdata.cli import main
     from avdata.synth import synth_corpus
@@ -94,23 +95,7 @@ def train_tuples(tmp_path_factory):
             root / "shards",
             "--no-progress",
         ],
-        [
-            "make-tuples",
-            "--shards",
-            root / "shards",
-            "--task",
-            "matching",
-            "--split",
-            "train",
-            "--k",
-            "2",
-            "--direction",
-            "a2v",
-            "--out",
-            root / "tuples",
-            "--tuples-per-shard",
-            "16",
-        ],
+        make_tuples_args(root / "shards", root / "tuples", "--tuples-per-shard", "16", direction="a2v"),
     ):
         res = CliRunner().invoke(main, [str(a) for a in args])
         assert res.exit_code == 0, res.output

@@ -25,3 +25,22 @@ def box_iou(a, b) -> float:
             torch.as_tensor(np.array([a], dtype=np.float64)), torch.as_tensor(np.array([b], dtype=np.float64))
         )[0, 0]
     )
+
+
+def make_tuples_args(
+    shards, out, *extra, task="matching", split="train", k=None, direction=None
+) -> list[str]:
+    """argv of `avdata make-tuples` from SHARDS into OUT, every item a str, EXTRA (further options,
+    as given) last. split: one split or a sequence of them (one --split each). k: --k's value
+    (a number, a range "2-10" or a list "2,5,10"); None gives "2" for task matching and no --k
+    for the other tasks. direction: --direction's value; None gives no --direction."""
+    args = ["make-tuples", "--shards", shards, "--task", task]
+    for s in [split] if isinstance(split, str) else split:
+        args += ["--split", s]
+    if k is None and task == "matching":
+        k = "2"
+    if k is not None:
+        args += ["--k", k]
+    if direction is not None:
+        args += ["--direction", direction]
+    return [str(a) for a in [*args, "--out", out, *extra]]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import make_tuples_args
 
 from avtrain.checkpoint import LAST as CHECKPOINT
 from avtrain.checkpoint import build_model, save_checkpoint
@@ -46,40 +47,10 @@ def setup(train_tuples, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("evaluate")
     ev = tmp / "ev"
     _avdata(
-        [
-            "make-tuples",
-            "--shards",
-            shards,
-            "--task",
-            "matching",
-            "--split",
-            "train",
-            "--k",
-            "2-4",
-            "--sets-per-identity",
-            "3",
-            "--negatives-per-positive",
-            "2",
-            "--out",
-            ev,
-        ]
+        make_tuples_args(shards, ev, "--sets-per-identity", "3", "--negatives-per-positive", "2", k="2-4")
     )  # also writes tuple shards
-    _avdata(
-        [
-            "make-tuples",
-            "--shards",
-            shards,
-            "--task",
-            "verification",
-            "--split",
-            "test",
-            "--pairs-per-identity",
-            "3",
-            "--out",
-            ev,
-        ]
-    )
-    _avdata(["make-tuples", "--shards", shards, "--task", "retrieval", "--split", "test", "--out", ev])
+    _avdata(make_tuples_args(shards, ev, "--pairs-per-identity", "3", task="verification", split="test"))
+    _avdata(make_tuples_args(shards, ev, task="retrieval", split="test"))
 
     run = tmp / "run"
     cfg = TrainConfig(

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import make_tuples_args
 
 from avdata.cli import main as avdata_main
 from avdata.errors import AvmatchError, UnsafeInputError
@@ -40,24 +41,6 @@ class Boom:
 
 def run(main, *args):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def make_train_tuples(shards, out):
-    """`avdata make-tuples` of binary training tuples from SHARDS into OUT."""
-    return run(
-        avdata_main,
-        "make-tuples",
-        "--shards",
-        shards,
-        "--task",
-        "matching",
-        "--split",
-        "train",
-        "--k",
-        "2",
-        "--out",
-        out,
-    )
 
 
 def one_line_error(res) -> str:
@@ -210,21 +193,7 @@ def test_bad_item_shard_member_is_refused_by_make_tuples(kind, shards, tmp_path)
     info, data = BAD_MEMBERS[kind]
     tar = min((shards / "train").glob("face-*.tar"))
     rewrite_tar(tar, extra=[(info, data)])
-    res = run(
-        avdata_main,
-        "make-tuples",
-        "--shards",
-        shards,
-        "--task",
-        "matching",
-        "--split",
-        "train",
-        "--k",
-        "2",
-        "--out",
-        tmp_path / "t",
-        "--no-tuple-shards",
-    )
+    res = run(avdata_main, *make_tuples_args(shards, tmp_path / "t", "--no-tuple-shards"))
     line = one_line_error(res)
     assert repr(info.name) in line and str(tar) in line, line
 
@@ -271,7 +240,7 @@ def test_object_array_in_item_shard_is_named(shards, tmp_path):
         return info, data
 
     rewrite_tar(tar, edit)
-    res = make_train_tuples(shards, tmp_path / "t")
+    res = run(avdata_main, *make_tuples_args(shards, tmp_path / "t"))
     line = one_line_error(res)
     assert victim[0] in line and str(tar) in line and "object array" in line, line
     assert not marker.exists()
@@ -363,14 +332,14 @@ def test_fit_undecodable_member_in_a_worker_is_one_line(tuples, tmp_path):
 
 def test_make_tuples_refuses_out_equal_to_shards(shards):
     before = {p.name: p.read_bytes() for p in shards.iterdir() if p.is_file()}
-    res = make_train_tuples(shards, shards)
+    res = run(avdata_main, *make_tuples_args(shards, shards))
     assert "is the shard directory" in one_line_error(res)
     assert {p.name: p.read_bytes() for p in shards.iterdir() if p.is_file()} == before
 
 
 def test_make_tuples_refuses_out_inside_shards(shards):
     before = {p.relative_to(shards): p.read_bytes() for p in shards.rglob("*") if p.is_file()}
-    res = make_train_tuples(shards, shards / "train")
+    res = run(avdata_main, *make_tuples_args(shards, shards / "train"))
     assert "inside the shard directory" in one_line_error(res)
     assert {p.relative_to(shards): p.read_bytes() for p in shards.rglob("*") if p.is_file()} == before
 
@@ -378,7 +347,7 @@ def test_make_tuples_refuses_out_inside_shards(shards):
 @pytest.mark.parametrize("content", ["", "{not json", "[1, 2]"])
 def test_make_tuples_refuses_empty_or_unreadable_shard_manifest(content, shards, tmp_path):
     (shards / "manifest.json").write_text(content)
-    res = make_train_tuples(shards, tmp_path / "t")
+    res = run(avdata_main, *make_tuples_args(shards, tmp_path / "t"))
     line = one_line_error(res)
     assert "manifest.json" in line and "build-shards" in line, line
     assert not (tmp_path / "t").exists()
@@ -398,15 +367,7 @@ def test_names_in_a_tuple_manifest_are_refused(name, tuples, train_tuples):
     line = one_line_error(
         run(
             avdata_main,
-            "make-tuples",
-            "--shards",
-            train_tuples.parent / "shards",
-            "--task",
-            "retrieval",
-            "--split",
-            "test",
-            "--out",
-            tuples,
+            *make_tuples_args(train_tuples.parent / "shards", tuples, task="retrieval", split="test"),
         )
     )
     assert repr(name) in line

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import make_tuples_args
 
 from avtrain.cli import main as avtrain_main
 
@@ -50,19 +51,7 @@ def setup(train_tuples, tmp_path_factory, one_torch_thread):
     tmp = tmp_path_factory.mktemp("inference")
     ev = tmp / "ev"
     _avdata(
-        [
-            "make-tuples",
-            "--shards",
-            root / "shards",
-            "--task",
-            "verification",
-            "--split",
-            "test",
-            "--pairs-per-identity",
-            "4",
-            "--out",
-            ev,
-        ]
+        make_tuples_args(root / "shards", ev, "--pairs-per-identity", "4", task="verification", split="test")
     )
     run = tmp / "run"
     run.mkdir()

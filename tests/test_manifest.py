@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import make_tuples_args
 
 import avdata.audio
 import avdata.splits
@@ -89,20 +90,7 @@ def test_unchanged_rebuild_verifies(base, tmp_path):
     assert "identical to" in out
     # tuples: a rebuild from the rebuilt shards verifies against the first
     for shards, tuples in ((base["shards"], tmp_path / "t1"), (rebuilt, tmp_path / "t2")):
-        res = cli(
-            "make-tuples",
-            "--shards",
-            shards,
-            "--task",
-            "matching",
-            "--split",
-            "test",
-            "--k",
-            "2",
-            "--out",
-            tuples,
-            "--tuple-shards",
-        )
+        res = cli(*make_tuples_args(shards, tuples, "--tuple-shards", split="test"))
         assert res.exit_code == 0, res.output
     assert cli("manifest", "update", tmp_path / "t1", "--out", tmp_path / "tuples.json").exit_code == 0
     code, out = verify_cli(tmp_path / "t2", tmp_path / "tuples.json")
@@ -111,22 +99,7 @@ def test_unchanged_rebuild_verifies(base, tmp_path):
 
 def test_bytes_on_disk_must_match_the_directory_manifest(base, tmp_path):
     tuples = tmp_path / "t"
-    assert (
-        cli(
-            "make-tuples",
-            "--shards",
-            base["shards"],
-            "--task",
-            "matching",
-            "--split",
-            "test",
-            "--k",
-            "2",
-            "--out",
-            tuples,
-        ).exit_code
-        == 0
-    )
+    assert cli(*make_tuples_args(base["shards"], tuples, split="test")).exit_code == 0
     committed = tmp_path / "tuples.json"
     update(tuples, committed)
     index = sorted((tuples / "index").glob("*.jsonl"))[0]

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import make_tuples_args
 
 from avtrain.checkpoint import LAST as CHECKPOINT
 from avtrain.checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint
@@ -488,10 +489,8 @@ def val_tuples(train_tuples, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("val") / "tuples-val"
     shards = train_tuples.parent / "shards"
-    for extra in (["--task", "matching", "--k", "2", "--direction", "a2v"], ["--task", "verification"]):
-        res = CliRunner().invoke(
-            avdata_main, ["make-tuples", "--shards", str(shards), "--split", "val", "--out", str(out), *extra]
-        )
+    for kw in ({"task": "matching", "direction": "a2v"}, {"task": "verification"}):
+        res = CliRunner().invoke(avdata_main, make_tuples_args(shards, out, split="val", **kw))
         assert res.exit_code == 0, res.output
     return out
 

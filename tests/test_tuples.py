@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import make_tuples_args
 
 from avdata.cli import main
 from avdata.extract import Sample
@@ -58,21 +59,7 @@ def read_index(path):
 
 def test_matching_tuples_follow_the_protocol(shards, tmp_path):
     out = tmp_path / "t"
-    res = cli(
-        "make-tuples",
-        "--shards",
-        shards / "matching",
-        "--task",
-        "matching",
-        "--split",
-        "train",
-        "--k",
-        "2,5",
-        "--sets-per-identity",
-        "6",
-        "--out",
-        out,
-    )
+    res = cli(*make_tuples_args(shards / "matching", out, "--sets-per-identity", "6", k="2,5"))
     assert "all tuple checks passed" in res.output
     train_ids = {
         l.split(",")[1]
@@ -103,23 +90,16 @@ def test_matching_tuples_follow_the_protocol(shards, tmp_path):
 
 
 def test_deterministic_and_seeded(shards, tmp_path):
-    args = [
-        "make-tuples",
-        "--shards",
-        shards / "matching",
-        "--task",
-        "matching",
-        "--split",
-        "train",
-        "--k",
-        "3",
-        "--sets-per-identity",
-        "4",
-        "--no-tuple-shards",
-    ]
-    cli(*args, "--out", tmp_path / "a")
-    cli(*args, "--out", tmp_path / "b")
-    cli(*args, "--out", tmp_path / "c", "--seed", "7")
+    def make(out, *extra):
+        cli(
+            *make_tuples_args(
+                shards / "matching", out, "--sets-per-identity", "4", "--no-tuple-shards", *extra, k="3"
+            )
+        )
+
+    make(tmp_path / "a")
+    make(tmp_path / "b")
+    make(tmp_path / "c", "--seed", "7")
     a = (tmp_path / "a" / "index" / "matching_train_a2v_k3.jsonl").read_bytes()
     assert a == (tmp_path / "b" / "index" / "matching_train_a2v_k3.jsonl").read_bytes()
     assert a != (tmp_path / "c" / "index" / "matching_train_a2v_k3.jsonl").read_bytes()
@@ -128,22 +108,7 @@ def test_deterministic_and_seeded(shards, tmp_path):
 
 def test_constraints_hold(shards, tmp_path):
     out = tmp_path / "t"
-    cli(
-        "make-tuples",
-        "--shards",
-        shards / "matching",
-        "--task",
-        "matching",
-        "--split",
-        "train",
-        "--k",
-        "2",
-        "--constrain",
-        "gender",
-        "--out",
-        out,
-        "--no-tuple-shards",
-    )
+    cli(*make_tuples_args(shards / "matching", out, "--constrain", "gender", "--no-tuple-shards"))
     splits = {
         l.split(",")[1]: l.split(",")[3]
         for l in (shards / "matching" / "splits.csv").read_text().splitlines()[1:]
@@ -157,17 +122,7 @@ def test_constraints_hold(shards, tmp_path):
 def test_verification_pins_both_test_sets_balanced(shards, tmp_path):
     out = tmp_path / "t"
     res = cli(
-        "make-tuples",
-        "--shards",
-        shards / "pins",
-        "--task",
-        "verification",
-        "--split",
-        "seen_heard",
-        "--split",
-        "unseen_unheard",
-        "--out",
-        out,
+        *make_tuples_args(shards / "pins", out, task="verification", split=("seen_heard", "unseen_unheard"))
     )
     for split in ("seen_heard", "unseen_unheard"):
         pairs = read_index(out / "index" / f"verification_{split}.jsonl")
@@ -179,9 +134,7 @@ def test_verification_pins_both_test_sets_balanced(shards, tmp_path):
 
 def test_retrieval_lists_cover_the_split(shards, tmp_path):
     out = tmp_path / "t"
-    cli(
-        "make-tuples", "--shards", shards / "matching", "--task", "retrieval", "--split", "test", "--out", out
-    )
+    cli(*make_tuples_args(shards / "matching", out, task="retrieval", split="test"))
     for d, (qm, gm) in {"a2v": ("wav", "jpg"), "v2a": ("jpg", "wav")}.items():
         queries = read_index(out / "index" / f"retrieval_test_{d}_queries.jsonl")
         gallery = read_index(out / "index" / f"retrieval_test_{d}_gallery.jsonl")
@@ -210,43 +163,14 @@ def _break(out: Path, name: str, edit):
 @pytest.fixture
 def good(shards, tmp_path):
     out = tmp_path / "t"
+    matching = shards / "matching"
     cli(
-        "make-tuples",
-        "--shards",
-        shards / "matching",
-        "--task",
-        "matching",
-        "--split",
-        "train",
-        "--k",
-        "3",
-        "--sets-per-identity",
-        "5",
-        "--direction",
-        "a2v",
-        "--out",
-        out,
-        "--no-tuple-shards",
+        *make_tuples_args(
+            matching, out, "--sets-per-identity", "5", "--no-tuple-shards", k="3", direction="a2v"
+        )
     )
-    cli(
-        "make-tuples",
-        "--shards",
-        shards / "matching",
-        "--task",
-        "matching",
-        "--split",
-        "train",
-        "--k",
-        "2",
-        "--direction",
-        "a2v",
-        "--constrain",
-        "gender",
-        "--out",
-        out,
-        "--no-tuple-shards",
-    )
-    assert check_tuples(out, shards / "matching") == []
+    cli(*make_tuples_args(matching, out, "--constrain", "gender", "--no-tuple-shards", direction="a2v"))
+    assert check_tuples(out, matching) == []
     return out
 
 
@@ -438,62 +362,25 @@ def _fake_shards(root: Path, groups: dict[str, int]):
 
 def test_table_ii_counts_through_the_cli(tmp_path):
     _fake_shards(tmp_path / "s", {"train": 942, "test": 153})
-    res = cli(
-        "make-tuples",
-        "--shards",
-        tmp_path / "s",
-        "--task",
-        "matching",
-        "--split",
-        "train",
-        "--k",
-        "2",
-        "--direction",
-        "a2v",
-        "--out",
-        tmp_path / "t",
-        "--no-tuple-shards",
-    )
+    res = cli(*make_tuples_args(tmp_path / "s", tmp_path / "t", "--no-tuple-shards", direction="a2v"))
     assert "matching_train_a2v_k2: tuples=14130, identities=942" in res.output
-    res = cli(
-        "make-tuples",
-        "--shards",
-        tmp_path / "s",
-        "--task",
-        "matching",
-        "--split",
-        "test",
-        "--k",
-        "10",
-        "--direction",
-        "a2v",
-        "--out",
-        tmp_path / "t",
-    )
+    res = cli(*make_tuples_args(tmp_path / "s", tmp_path / "t", split="test", k="10", direction="a2v"))
     assert "matching_test_a2v_k10: tuples=7650, identities=153" in res.output
 
 
 def test_positives_per_identity_multiplies_binary_tuples(shards, tmp_path):
     out = tmp_path / "t"
     res = cli(
-        "make-tuples",
-        "--shards",
-        shards / "matching",
-        "--task",
-        "matching",
-        "--split",
-        "train",
-        "--k",
-        "2",
-        "--direction",
-        "a2v",
-        "--positives-per-identity",
-        "3",
-        "--negatives-per-positive",
-        "4",
-        "--out",
-        out,
-        "--no-tuple-shards",
+        *make_tuples_args(
+            shards / "matching",
+            out,
+            "--positives-per-identity",
+            "3",
+            "--negatives-per-positive",
+            "4",
+            "--no-tuple-shards",
+            direction="a2v",
+        )
     )
     tuples = read_index(out / "index" / "matching_train_a2v_k2.jsonl")
     ids = {t["query_identity"] for t in tuples}
