@@ -44,3 +44,23 @@ def make_tuples_args(
     if direction is not None:
         args += ["--direction", direction]
     return [str(a) for a in [*args, "--out", out, *extra]]
+
+
+MEDIA_FLAGS = {"wav": "--audio", "faces": "--faces", "mp4": "--videos"}
+
+
+def build_shards_args(corpus, out, *extra, media=("wav", "faces"), shard_size=2) -> list[str]:
+    """argv of `avdata build-shards` over a synth corpus's media folders (wav, faces, mp4) and
+    its vox1_meta.csv, without a progress bar; `extra` options come last (a repeated option wins)."""
+    args = ["build-shards"]
+    for folder in media:
+        args += [MEDIA_FLAGS[folder], str(Path(corpus) / folder)]
+    args += ["--meta", str(Path(corpus) / "vox1_meta.csv"), "--out", str(out)]
+    return args + ["--shard-size", str(shard_size), "--no-progress", *map(str, extra)]
+
+
+def tiny_fit_sets(max_steps: int, *more: str) -> list[str]:
+    """`--set` options of a fast CPU `avtrain fit` (batch 8, no loader workers, one thread,
+    `max_steps` steps an epoch), then `--set` of each setting in `more`."""
+    sets = ["batch_size=8", "workers=0", "threads=1", f"max_steps_per_epoch={max_steps}", *more]
+    return [arg for setting in sets for arg in ("--set", setting)]

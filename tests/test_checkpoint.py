@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import tiny_fit_sets
 
 from avdata.io import sha256_file
 from avtrain.checkpoint import (
@@ -151,14 +152,7 @@ def test_bad_checkpoint_is_one_line_everywhere(trained, train_tuples, tmp_path, 
             "--no-progress",
             "--seed",
             "2",
-            "--set",
-            "batch_size=8",
-            "--set",
-            "workers=0",
-            "--set",
-            "threads=1",
-            "--set",
-            "max_steps_per_epoch=2",
+            *tiny_fit_sets(2),
         ],
     }
     before = sha256_file(run / LAST)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import tar_hashes
+from helpers import build_shards_args, tar_hashes
 
 from avdata.cli import main
 from avdata.synth import synth_corpus
@@ -20,24 +20,6 @@ from avdata.synth import synth_corpus
 pytest.importorskip("distributed")
 
 BUILD_TIMEOUT_S = 300  # a bound, not an expectation: the builds take ~10-30 s
-
-
-def build_args(corpus: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "build-shards",
-        "--audio",
-        str(corpus / "wav"),
-        "--faces",
-        str(corpus / "faces"),
-        "--meta",
-        str(corpus / "vox1_meta.csv"),
-        "--out",
-        str(out),
-        "--shard-size",
-        "2",
-        "--no-progress",
-        *extra,
-    ]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +37,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def built_j1(corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("dask_j1")
-    res = CliRunner().invoke(main, build_args(corpus, out, "-j", "1"))
+    res = CliRunner().invoke(main, build_shards_args(corpus, out, "-j", "1"))
     assert res.exit_code == 0, res.output
     return out
 
@@ -63,7 +45,7 @@ def built_j1(corpus, tmp_path_factory):
 def test_dask_local_cluster_matches_j1(corpus, built_j1, tmp_path):
     """--distributor dask -j 2 starts a LocalCluster of 2 worker processes; same bytes as -j 1."""
     out = tmp_path / "dask"
-    res = CliRunner().invoke(main, build_args(corpus, out, "--distributor", "dask", "-j", "2"))
+    res = CliRunner().invoke(main, build_shards_args(corpus, out, "--distributor", "dask", "-j", "2"))
     assert res.exit_code == 0, res.output
     assert len(tar_hashes(built_j1)) == 13
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
@@ -73,7 +55,7 @@ def test_dask_local_cluster_matches_j1(corpus, built_j1, tmp_path):
         assert (out / name).read_bytes() == (built_j1 / name).read_bytes(), name
     # a re-run finds every shard done and changes nothing
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.tar")}
-    res = CliRunner().invoke(main, build_args(corpus, out, "--distributor", "dask", "-j", "2"))
+    res = CliRunner().invoke(main, build_shards_args(corpus, out, "--distributor", "dask", "-j", "2"))
     assert res.exit_code == 0, res.output
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.tar")} == before
 
@@ -168,7 +150,10 @@ def test_dask_unreachable_scheduler_is_one_line_error(corpus, tmp_path, monkeypa
 
     monkeypatch.setattr(dd, "CONNECT_TIMEOUT_S", 2)  # a closed port: fail in 2 s rather than 30
     res = CliRunner().invoke(
-        main, build_args(corpus, tmp_path / "o", "--distributor", "dask", "--scheduler", "tcp://127.0.0.1:9")
+        main,
+        build_shards_args(
+            corpus, tmp_path / "o", "--distributor", "dask", "--scheduler", "tcp://127.0.0.1:9"
+        ),
     )
     assert res.exit_code == 1
     assert res.output.startswith("Error: cannot reach the Dask scheduler tcp://127.0.0.1:9")
@@ -176,7 +161,9 @@ def test_dask_unreachable_scheduler_is_one_line_error(corpus, tmp_path, monkeypa
 
 
 def test_scheduler_without_dask_is_refused(corpus, tmp_path):
-    res = CliRunner().invoke(main, build_args(corpus, tmp_path / "o", "--scheduler", "tcp://127.0.0.1:9"))
+    res = CliRunner().invoke(
+        main, build_shards_args(corpus, tmp_path / "o", "--scheduler", "tcp://127.0.0.1:9")
+    )
     assert res.exit_code == 1
     assert "only used with --distributor dask" in res.output
 

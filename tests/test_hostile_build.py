@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from helpers import tar_hashes
+from helpers import build_shards_args, tar_hashes
 
 from avdata.cli import main
 from avdata.reader import iter_samples, shard_urls
@@ -43,19 +43,7 @@ def same_build(a: Path, b: Path) -> None:
 
 
 def args_for(corpus: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "build-shards",
-        "--audio",
-        str(corpus / "wav"),
-        "--meta",
-        str(corpus / "vox1_meta.csv"),
-        "--out",
-        str(out),
-        "--shard-size",
-        "2",
-        "--no-progress",
-        *extra,
-    ]
+    return build_shards_args(corpus, out, *extra, media=("wav",))
 
 
 def run_inproc(args) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import tar_hashes
+from helpers import build_shards_args, tar_hashes
 
 from avdata.cli import main
 from avdata.reader import iter_samples, shard_urls
@@ -24,23 +24,7 @@ PROTO = DATA / "protocols" / "voxceleb1"
 
 
 def build_args(corpus: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "build-shards",
-        "--audio",
-        str(corpus / "wav"),
-        "--faces",
-        str(corpus / "faces"),
-        "--videos",
-        str(corpus / "mp4"),
-        "--meta",
-        str(corpus / "vox1_meta.csv"),
-        "--out",
-        str(out),
-        "--shard-size",
-        "4",
-        "--no-progress",
-        *extra,
-    ]
+    return build_shards_args(corpus, out, *extra, media=("wav", "faces", "mp4"), shard_size=4)
 
 
 def run_cli(args):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import make_tuples_args
+from helpers import make_tuples_args, tiny_fit_sets
 
 from avtrain.checkpoint import LAST as CHECKPOINT
 from avtrain.checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint
@@ -315,14 +315,7 @@ def test_resume_names_each_difference_and_epochs_may_grow(train_tuples, tmp_path
         "--out",
         str(run),
         "--no-progress",
-        "--set",
-        "batch_size=8",
-        "--set",
-        "workers=0",
-        "--set",
-        "threads=1",
-        "--set",
-        "max_steps_per_epoch=3",
+        *tiny_fit_sets(3),
     ]
     res = CliRunner().invoke(main, base + ["--epochs", "1"])
     assert res.exit_code == 0, res.output
@@ -592,16 +585,7 @@ def test_patience_stops_a_run_that_no_longer_improves(train_tuples, val_tuples, 
             str(train_tuples.parent / "shards"),
             "--patience",
             "1",
-            "--set",
-            "batch_size=8",
-            "--set",
-            "workers=0",
-            "--set",
-            "threads=1",
-            "--set",
-            "max_steps_per_epoch=2",
-            "--set",
-            "lr_start=1e-12",
+            *tiny_fit_sets(2, "lr_start=1e-12"),
             "--set",
             "lr_end=1e-13",
             "--set",
