@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avdata.io import atomic_output
 from avtrain import metrics as M
 from avtrain.embeddings import Embeddings
 
@@ -118,9 +119,8 @@ def save_embedding_sample(emb: Embeddings, samples: dict, path: Path) -> dict:
         arrays[f"{m}_ids"] = emb.ids[m][r].astype(str)
         arrays[f"{m}_before"] = _feature_stack(emb, m, keys[m]).astype(np.float32)
         arrays[f"{m}_after"] = emb.h[m][r].reshape(-1, 128).astype(np.float32)
-    tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
+    with atomic_output(path) as f:  # np.savez to a file object adds no .npz suffix
+        np.savez(f, **arrays)
     return {
         "path": path.name,
         "audio": len(keys["audio"]),
