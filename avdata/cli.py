@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from avdata.cli_base import CONTEXT, user_errors
-from avdata.errors import InputError
+from avdata.errors import one_line
 
 
 def fail(msg: str):
@@ -79,19 +79,16 @@ def synth_cmd(out, identities, clips_per_identity, faces_per_identity, videos, s
     """
     from avdata.synth import synth_corpus
 
-    try:
-        summary = synth_corpus(
-            out,
-            identities=identities,
-            clips_per_identity=clips_per_identity,
-            faces_per_identity=faces_per_identity,
-            videos=videos,
-            seed=seed,
-            progress=progress,
-            workers=jobs,
-        )
-    except (InputError, ValueError) as exc:
-        fail(str(exc))
+    summary = synth_corpus(
+        out,
+        identities=identities,
+        clips_per_identity=clips_per_identity,
+        faces_per_identity=faces_per_identity,
+        videos=videos,
+        seed=seed,
+        progress=progress,
+        workers=jobs,
+    )
     click.echo(f"{out}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if isinstance(v, int)))
 
 
@@ -494,10 +491,6 @@ def manifest_group():
     """
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _report_diff(lines: list[str], what: str, against: str) -> None:
     """Print diff lines; exit 1 (one-line error) if any is more than a warning."""
     from avdata.manifest import has_failures
@@ -538,7 +531,7 @@ def manifest_verify_cmd(dir, against, tuples):
     try:
         lines = verify(dir, against, tuples=tuples)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        fail(_one_line(f"{dir}: cannot verify ({exc})"))
+        fail(one_line(f"{dir}: cannot verify ({exc})"))
     _report_diff(lines, dir, against)
 
 
@@ -569,7 +562,7 @@ def manifest_update_cmd(dir, out, tuples):
     try:
         lines = update(dir, out, tuples=tuples)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        fail(_one_line(f"{dir}: cannot describe ({exc})"))
+        fail(one_line(f"{dir}: cannot describe ({exc})"))
     for line in lines:
         click.echo(line)
     state = (
