@@ -35,6 +35,12 @@ _PINS_OPTION = click.option(
     default=None,
     help="Learnable-PINs identity_splits.txt (needed for --protocol pins).",
 )
+_RUN_TUPLES_OPTION = click.option(  # manifest verify / update
+    "--tuples",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="For a training run directory: the tuple directory it trained on (its manifest hash is recorded).",
+)
 
 
 @click.group(context_settings=CONTEXT)
@@ -493,12 +499,12 @@ def manifest_group():
 
 def _report_diff(lines: list[str], what: str, against: str) -> None:
     """Print diff lines; exit 1 (one-line error) if any is more than a warning."""
-    from avdata.manifest import has_failures
+    from avdata.manifest import WARNING, has_failures
 
     for line in lines:
         click.echo(line)
     if has_failures(lines):
-        n = sum(1 for l in lines if not l.startswith("warning: "))
+        n = sum(1 for l in lines if not l.startswith(WARNING))
         fail(f"{what}: differs from {against} ({n} difference line(s) above)")
     warn = f" ({len(lines)} warning(s))" if lines else ""
     click.echo(f"{what}: identical to {against}{warn}")
@@ -512,12 +518,7 @@ def _report_diff(lines: list[str], what: str, against: str) -> None:
     required=True,
     help="Committed manifest to compare with, e.g. manifests/demo/shards-matching.json.",
 )
-@click.option(
-    "--tuples",
-    type=click.Path(file_okay=False, exists=True),
-    default=None,
-    help="For a training run directory: the tuple directory it trained on (its manifest hash is recorded).",
-)
+@_RUN_TUPLES_OPTION
 @user_errors
 def manifest_verify_cmd(dir, against, tuples):
     """Compare DIR with a committed manifest.
@@ -543,12 +544,7 @@ def manifest_verify_cmd(dir, against, tuples):
     required=True,
     help="Manifest file to (re)write as canonical JSON, e.g. manifests/demo/shards-matching.json.",
 )
-@click.option(
-    "--tuples",
-    type=click.Path(file_okay=False, exists=True),
-    default=None,
-    help="For a training run directory: the tuple directory it trained on (its manifest hash is recorded).",
-)
+@_RUN_TUPLES_OPTION
 @user_errors
 def manifest_update_cmd(dir, out, tuples):
     """Write DIR's manifest to OUT (intentional changes).
