@@ -124,6 +124,10 @@ def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def load_metrics(path: str | Path) -> dict:
     """metrics.json, checked against the layout the report reads (:func:`check_metrics`)."""
     path = Path(path)
@@ -158,7 +162,7 @@ def check_metrics(m, path: str | Path) -> None:
         return d[k]
 
     def num(x, where: str) -> None:
-        if isinstance(x, bool) or not isinstance(x, (int, float)):
+        if not _is_number(x):
             raise bad(f"{where} is not a number")
 
     def entry(e, where: str, value_required: bool = True) -> None:  # {"value", "ci95"?}
@@ -196,6 +200,8 @@ def check_metrics(m, path: str | Path) -> None:
         fpr, tpr = key(roc, "fpr", f"{where}.roc"), key(roc, "tpr", f"{where}.roc")
         if not (isinstance(fpr, list) and isinstance(tpr, list) and len(fpr) == len(tpr)):
             raise bad(f"{where}.roc fpr and tpr are not two lists of one length")
+        for x in fpr + tpr:
+            num(x, f"{where}.roc")
     for split, dirs in obj(m.get("retrieval", {}), "retrieval").items():
         for d, e in obj(dirs, f"retrieval.{split}").items():
             obj(e, f"retrieval.{split}.{d}")
@@ -324,14 +330,14 @@ def roc_plot(m: dict) -> str | None:
 
 
 def loss_plot(log: list[dict]) -> str | None:
-    rows = [r for r in log if "step" in r and "L_total" in r]
+    rows = [r for r in log if _is_number(r.get("step")) and _is_number(r.get("L_total"))]
     if not rows:
         return None
     steps = np.array([r["step"] for r in rows])
     fig = _figure(9, 3.5)
     for i, key in enumerate(("L_total", "L_dis")):
         ax = fig.add_subplot(1, 2, i + 1)
-        y = np.array([r.get(key, np.nan) for r in rows], dtype=float)
+        y = np.array([r[key] if _is_number(r.get(key)) else np.nan for r in rows], dtype=float)
         ax.plot(steps, y, lw=0.8, alpha=0.5, label=key)
         if y.size >= 10:  # moving average over ~2% of the run
             w = max(2, y.size // 50)
@@ -384,6 +390,8 @@ def load_embedding_sample(path: Path) -> dict[str, np.ndarray]:
             a = d[k]
             if a.ndim != 2 or a.shape[0] != n or not np.issubdtype(a.dtype, np.number):
                 raise ReportError(f"{path}: {k} is not {n} rows of numbers, one per {m}_ids entry")
+            if not np.isfinite(a).all():
+                raise ReportError(f"{path}: {k} holds NaN or infinite values")
     return d
 
 
