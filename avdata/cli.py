@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from avdata.cli_base import CONTEXT, user_errors
-from avdata.errors import InputError
+from avdata.errors import one_line
 
 
 def fail(msg: str):
@@ -34,6 +34,12 @@ _PINS_OPTION = click.option(
     type=click.Path(dir_okay=False, exists=True),
     default=None,
     help="Learnable-PINs identity_splits.txt (needed for --protocol pins).",
+)
+_RUN_TUPLES_OPTION = click.option(  # manifest verify / update
+    "--tuples",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="For a training run directory: the tuple directory it trained on (its manifest hash is recorded).",
 )
 
 
@@ -79,19 +85,16 @@ def synth_cmd(out, identities, clips_per_identity, faces_per_identity, videos, s
     """
     from avdata.synth import synth_corpus
 
-    try:
-        summary = synth_corpus(
-            out,
-            identities=identities,
-            clips_per_identity=clips_per_identity,
-            faces_per_identity=faces_per_identity,
-            videos=videos,
-            seed=seed,
-            progress=progress,
-            workers=jobs,
-        )
-    except (InputError, ValueError) as exc:
-        fail(str(exc))
+    summary = synth_corpus(
+        out,
+        identities=identities,
+        clips_per_identity=clips_per_identity,
+        faces_per_identity=faces_per_identity,
+        videos=videos,
+        seed=seed,
+        progress=progress,
+        workers=jobs,
+    )
     click.echo(f"{out}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if isinstance(v, int)))
 
 
@@ -494,18 +497,14 @@ def manifest_group():
     """
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 def _report_diff(lines: list[str], what: str, against: str) -> None:
     """Print diff lines; exit 1 (one-line error) if any is more than a warning."""
-    from avdata.manifest import has_failures
+    from avdata.manifest import WARNING, has_failures
 
     for line in lines:
         click.echo(line)
     if has_failures(lines):
-        n = sum(1 for l in lines if not l.startswith("warning: "))
+        n = sum(1 for l in lines if not l.startswith(WARNING))
         fail(f"{what}: differs from {against} ({n} difference line(s) above)")
     warn = f" ({len(lines)} warning(s))" if lines else ""
     click.echo(f"{what}: identical to {against}{warn}")
@@ -519,12 +518,7 @@ def _report_diff(lines: list[str], what: str, against: str) -> None:
     required=True,
     help="Committed manifest to compare with, e.g. manifests/demo/shards-matching.json.",
 )
-@click.option(
-    "--tuples",
-    type=click.Path(file_okay=False, exists=True),
-    default=None,
-    help="For a training run directory: the tuple directory it trained on (its manifest hash is recorded).",
-)
+@_RUN_TUPLES_OPTION
 @user_errors
 def manifest_verify_cmd(dir, against, tuples):
     """Compare DIR with a committed manifest.
@@ -538,7 +532,7 @@ def manifest_verify_cmd(dir, against, tuples):
     try:
         lines = verify(dir, against, tuples=tuples)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        fail(_one_line(f"{dir}: cannot verify ({exc})"))
+        fail(one_line(f"{dir}: cannot verify ({exc})"))
     _report_diff(lines, dir, against)
 
 
@@ -550,12 +544,7 @@ def manifest_verify_cmd(dir, against, tuples):
     required=True,
     help="Manifest file to (re)write as canonical JSON, e.g. manifests/demo/shards-matching.json.",
 )
-@click.option(
-    "--tuples",
-    type=click.Path(file_okay=False, exists=True),
-    default=None,
-    help="For a training run directory: the tuple directory it trained on (its manifest hash is recorded).",
-)
+@_RUN_TUPLES_OPTION
 @user_errors
 def manifest_update_cmd(dir, out, tuples):
     """Write DIR's manifest to OUT (intentional changes).
@@ -569,7 +558,7 @@ def manifest_update_cmd(dir, out, tuples):
     try:
         lines = update(dir, out, tuples=tuples)
     except (ValueError, KeyError, RuntimeError, OSError) as exc:
-        fail(_one_line(f"{dir}: cannot describe ({exc})"))
+        fail(one_line(f"{dir}: cannot describe ({exc})"))
     for line in lines:
         click.echo(line)
     state = (

@@ -19,11 +19,15 @@ import base64
 import html
 import io
 import json
+import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from avtrain.results import metric_rows
+from avdata.errors import AvmatchError
+from avdata.io import atomic_write_text
+from avtrain.results import RETRIEVAL_MEASURES, metric_rows
 
 SECTIONS = {
     "metrics": "Metrics",
@@ -75,8 +79,8 @@ def flat_config(cfg: dict) -> dict:
 MARKERS = "os^vD<>ph*Xd+x"
 
 
-class ReportError(ValueError):
-    """A problem with the inputs of a report (one line, for the CLI)."""
+class ReportError(AvmatchError, ValueError):
+    """A report's input (metrics.json, embeddings.npz) that cannot be used: one line naming the file."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -120,14 +124,100 @@ def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
 def load_metrics(path: str | Path) -> dict:
+    """metrics.json, checked against the layout the report reads (:func:`check_metrics`)."""
     path = Path(path)
     if not path.is_file():
         raise ReportError(f"{path}: no metrics file; run avtrain evaluate first")
     try:
-        return json.loads(path.read_text())
+        m = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ReportError(f"{path}: not JSON ({exc.msg})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{path}: cannot read ({exc})") from None
+    check_metrics(m, path)
+    return m
+
+
+def check_metrics(m, path: str | Path) -> None:
+    """Check the parts of metrics.json the report reads (as ``avtrain evaluate`` writes them), so
+    that a hand-edited or foreign file is one :class:`ReportError` naming it and the first
+    problem, not a KeyError half-way through the page. Sections may be absent."""
+
+    def bad(what: str) -> ReportError:
+        return ReportError(f"{path}: not a metrics file of avtrain evaluate ({what})")
+
+    def obj(x, where: str) -> dict:
+        if not isinstance(x, dict):
+            raise bad(f"{where} is not a JSON object")
+        return x
+
+    def key(d: dict, k: str, where: str):
+        if k not in d:
+            raise bad(f"{where} has no key {k!r}")
+        return d[k]
+
+    def num(x, where: str) -> None:
+        if not _is_number(x):
+            raise bad(f"{where} is not a number")
+
+    def entry(e, where: str, value_required: bool = True) -> None:  # {"value", "ci95"?}
+        obj(e, where)
+        if value_required or e.get("value") is not None:
+            num(key(e, "value", where), f"{where}.value")
+        ci = e.get("ci95")
+        if ci:
+            if not isinstance(ci, list) or len(ci) != 2:
+                raise bad(f"{where}.ci95 is not [low, high]")
+            for x in ci:
+                num(x, f"{where}.ci95")
+
+    obj(m, "the top level")
+    for k in ("config", "items", "bootstrap", "pair_distance"):
+        if m.get(k) is not None:
+            obj(m[k], k)
+    for d, ks in obj(m.get("matching", {}), "matching").items():
+        for kname, e in obj(ks, f"matching.{d}").items():
+            if not re.fullmatch(r"k[0-9]+", kname):
+                raise bad(f"matching.{d} key {kname!r} is not k<gallery size>")
+            entry(e, f"matching.{d}.{kname}")
+            if e.get("head"):
+                entry(e["head"], f"matching.{d}.{kname}.head", value_required=False)
+    for name, e in obj(m.get("matching_other", {}), "matching_other").items():
+        entry(e, f"matching_other.{name}", value_required=False)
+    for name, e in obj(m.get("verification", {}), "verification").items():
+        where = f"verification.{name}"
+        obj(e, where)
+        entry(key(e, "auc", where), f"{where}.auc")
+        entry(key(e, "eer", where), f"{where}.eer", value_required=False)
+        if e.get("head_auc"):
+            entry(e["head_auc"], f"{where}.head_auc", value_required=False)
+        roc = obj(key(e, "roc", where), f"{where}.roc")
+        fpr, tpr = key(roc, "fpr", f"{where}.roc"), key(roc, "tpr", f"{where}.roc")
+        if not (isinstance(fpr, list) and isinstance(tpr, list) and len(fpr) == len(tpr)):
+            raise bad(f"{where}.roc fpr and tpr are not two lists of one length")
+        for x in fpr + tpr:
+            num(x, f"{where}.roc")
+    for split, dirs in obj(m.get("retrieval", {}), "retrieval").items():
+        for d, e in obj(dirs, f"retrieval.{split}").items():
+            obj(e, f"retrieval.{split}.{d}")
+            for measure in RETRIEVAL_MEASURES:
+                if e.get(measure) is not None:
+                    entry(e[measure], f"retrieval.{split}.{d}.{measure}", value_required=False)
+    pd_ = m.get("pair_distance") or {}
+    if pd_.get("before") and pd_.get("after"):
+        for k in ("n_audio", "n_face", "n_identities_both"):
+            key(pd_, k, "pair_distance")
+        for space in ("before", "after"):
+            where = f"pair_distance.{space}"
+            sp = obj(pd_[space], where)
+            num(key(sp, "same", where), f"{where}.same")
+            if key(sp, "normalised", where) is not None:
+                num(sp["normalised"], f"{where}.normalised")
 
 
 def read_log(path: Path) -> list[dict]:
@@ -137,9 +227,11 @@ def read_log(path: Path) -> list[dict]:
     for line in path.read_text().splitlines():
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a killed run
+            if isinstance(row, dict):
+                rows.append(row)
     return rows
 
 
@@ -238,14 +330,14 @@ def roc_plot(m: dict) -> str | None:
 
 
 def loss_plot(log: list[dict]) -> str | None:
-    rows = [r for r in log if "step" in r and "L_total" in r]
+    rows = [r for r in log if _is_number(r.get("step")) and _is_number(r.get("L_total"))]
     if not rows:
         return None
     steps = np.array([r["step"] for r in rows])
     fig = _figure(9, 3.5)
     for i, key in enumerate(("L_total", "L_dis")):
         ax = fig.add_subplot(1, 2, i + 1)
-        y = np.array([r.get(key, np.nan) for r in rows], dtype=float)
+        y = np.array([r[key] if _is_number(r.get(key)) else np.nan for r in rows], dtype=float)
         ax.plot(steps, y, lw=0.8, alpha=0.5, label=key)
         if y.size >= 10:  # moving average over ~2% of the run
             w = max(2, y.size // 50)
@@ -273,11 +365,40 @@ def _tsne(x: np.ndarray) -> np.ndarray:
     ).fit_transform(x.astype(np.float64))
 
 
+def load_embedding_sample(path: Path) -> dict[str, np.ndarray]:
+    """RUN/embeddings.npz (as ``avtrain evaluate`` writes it), checked: per modality the ids and
+    the embeddings before and after the generator, one row per id. Else one ReportError."""
+    try:
+        z = np.load(path, allow_pickle=False)
+        if isinstance(z, np.lib.npyio.NpzFile):
+            with z:
+                d = {k: z[k] for k in z.files}
+        else:
+            d = None  # a single .npy array
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ReportError(f"{path}: not a readable embedding sample ({exc})") from None
+    if d is None:
+        raise ReportError(f"{path}: a single array, not an .npz archive of arrays")
+    for m in ("audio", "face"):
+        for k in (f"{m}_ids", f"{m}_before", f"{m}_after"):
+            if k not in d:
+                raise ReportError(f"{path}: no array {k!r}; not an embedding sample of avtrain evaluate")
+        if d[f"{m}_ids"].ndim != 1:
+            raise ReportError(f"{path}: {m}_ids is not a list of ids")
+        n = len(d[f"{m}_ids"])
+        for k in (f"{m}_before", f"{m}_after"):
+            a = d[k]
+            if a.ndim != 2 or a.shape[0] != n or not np.issubdtype(a.dtype, np.number):
+                raise ReportError(f"{path}: {k} is not {n} rows of numbers, one per {m}_ids entry")
+            if not np.isfinite(a).all():
+                raise ReportError(f"{path}: {k} holds NaN or infinite values")
+    return d
+
+
 def tsne_plot(npz_path: Path) -> tuple[str | None, str]:
     if not npz_path.is_file():
         return None, f"{npz_path.name} not found (run avtrain evaluate)"
-    with np.load(npz_path, allow_pickle=False) as z:
-        d = {k: z[k] for k in z.files}
+    d = load_embedding_sample(npz_path)
     na, nf = len(d["audio_ids"]), len(d["face_ids"])
     if na + nf < 5:
         return None, f"only {na + nf} embedded items in {npz_path.name}: too few for t-SNE"
@@ -427,6 +548,7 @@ def build_report(
     """Write the HTML report of RUN (default RUN/report.html) and return its path."""
     run = Path(run)
     m = load_metrics(Path(metrics) if metrics else run / "metrics.json")
+    others = [(Path(r), load_metrics(Path(r) / "metrics.json")) for r in compare]  # before any plot
     out = Path(out) if out else run / "report.html"
     cfg = flat_config(m.get("config") or {})
     parts = [
@@ -461,7 +583,7 @@ def build_report(
     parts.append(f"<h2>{SECTIONS['distance']}</h2>" + (img or "") + f"<p>{_esc(text)}</p>")
 
     if compare:
-        runs = [(run, m)] + [(Path(r), load_metrics(Path(r) / "metrics.json")) for r in compare]
+        runs = [(run, m)] + others
         parts.append(
             f"<h2>{SECTIONS['compare']}</h2>"
             "<p>Main metrics of each run (score −L2, %, 95% CI), labelled by its ablation settings "
@@ -475,8 +597,5 @@ def build_report(
         + "\n".join(parts)
         + "\n</body></html>\n"
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    atomic_write_text(out, page)
     return out

@@ -269,6 +269,52 @@ def test_cli_errors_are_one_line(setup, tmp_path):
     assert res.exit_code == 1 and "no metrics file" in res.output
 
 
+def _one_error_line(res, *needles: str) -> None:
+    assert res.exit_code == 1, res.output
+    lines = res.output.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    assert "Traceback" not in res.output and isinstance(res.exception, SystemExit), res.output
+    for needle in needles:
+        assert needle in lines[0], (needle, res.output)
+
+
+def test_report_bad_inputs_are_one_line_naming_the_file(tmp_path):
+    """A run without metrics.json, a metrics.json that is not JSON or lacks a key the report
+    reads, a --compare run without metrics.json and an unreadable embeddings.npz: exit 1 and
+    one `Error:` line naming the file, never a traceback."""
+
+    def report(*args):
+        return CliRunner().invoke(avtrain_main, ["report", *map(str, args)])
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _one_error_line(report("--run", empty), f"{empty / 'metrics.json'}: no metrics file")
+
+    run = tmp_path / "run"
+    run.mkdir()
+    metrics = run / "metrics.json"
+    roc = {"fpr": [0.0, 1.0], "tpr": [0.0, 1.0]}
+    good = {"verification": {"test": {"auc": {"value": 0.9}, "eer": {"value": 0.1}, "roc": roc}}}
+    for text, problem in (
+        (json.dumps({"verification": {"test": {"eer": {"value": 0.1}, "roc": roc}}}), "has no key 'auc'"),
+        (json.dumps({"matching": {"a2v": {"k2": {"ci95": None}}}}), "matching.a2v.k2 has no key 'value'"),
+        ("[]", "the top level is not a JSON object"),
+        ("{", "not JSON"),
+    ):
+        metrics.write_text(text)
+        _one_error_line(report("--run", run), f"{metrics}: ", problem)
+
+    metrics.write_text(json.dumps(good))
+    _one_error_line(report("--run", run, "--compare", empty), f"{empty / 'metrics.json'}: no metrics file")
+    (run / "embeddings.npz").write_bytes(b"not an npz")
+    _one_error_line(report("--run", run), f"{run / 'embeddings.npz'}: not a readable embedding sample")
+    np.savez(run / "embeddings.npz", audio_ids=np.array(["a"]))
+    _one_error_line(report("--run", run), f"{run / 'embeddings.npz'}: no array 'audio_before'")
+    (run / "embeddings.npz").unlink()
+    res = report("--run", run)
+    assert res.exit_code == 0 and (run / "report.html").is_file(), res.output
+
+
 def test_lists_are_read_from_the_manifest_not_from_names(tmp_path):
     index = tmp_path / "index"
     index.mkdir()

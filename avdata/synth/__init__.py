@@ -94,6 +94,7 @@ from avdata.synth.corpus import META_HEADER, synth_corpus
 from avdata.synth.face import render_face
 from avdata.synth.identity import (
     IdentityAttributes,
+    SynthError,
     corpus_attributes,
     identity_attributes,
     matching_group_sizes,
@@ -105,6 +106,7 @@ __all__ = [
     "META_HEADER",
     "SAMPLE_RATE",
     "IdentityAttributes",
+    "SynthError",
     "corpus_attributes",
     "identity_attributes",
     "matching_group_sizes",

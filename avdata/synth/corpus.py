@@ -21,6 +21,7 @@ from avdata.synth.identity import (
     _K_VIDEO,
     _K_WAV,
     IdentityAttributes,
+    SynthError,
     _check_count,
     corpus_attributes,
 )
@@ -148,7 +149,7 @@ def synth_corpus(
     _check_count("videos_per_identity", videos_per_identity, minimum=1, maximum=100)
     _check_count("workers", workers, minimum=1, maximum=256)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        raise SynthError(f"seed must be a non-negative integer, got {seed!r}")
     out = Path(out)
     _prepare_out(out)
     people = corpus_attributes(identities, seed)

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avdata.errors import AvmatchError
 from avdata.splits import MATCHING_SPLITS, matching_split
+
+
+class SynthError(AvmatchError, ValueError):
+    """Settings the synthetic corpus cannot be written with (a count or the seed out of range)."""
+
 
 # Sub-stream "kinds" for default_rng([seed, kind, identity, file]).
 _K_ATTR, _K_WAV, _K_FACE, _K_VIDEO, _K_LAYOUT, _K_NAMES = 0, 1, 2, 3, 4, 5
@@ -321,6 +327,6 @@ def identity_attributes(name_or_index: str | int, seed: int = 0, identities: int
 
 def _check_count(what: str, value, minimum: int = 1, maximum: int = 100000) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{what} must be an integer, got {value!r}")
+        raise SynthError(f"{what} must be an integer, got {value!r}")
     if not minimum <= value <= maximum:
-        raise ValueError(f"{what} must be between {minimum} and {maximum}, got {value}")
+        raise SynthError(f"{what} must be between {minimum} and {maximum}, got {value}")
