@@ -9,9 +9,10 @@ Why it is built this way:
   of plain MTCNN's pyramid (the smallest face size is moved up plain MTCNN's own ladder,
   20 / 0.709^k px, so the levels kept are exactly plain MTCNN's levels and the chosen box stays
   close to plain MTCNN's), and it runs on a copy downscaled (PIL, antialiased) until that
-  smallest face is `DETECT_MIN_FACE` (40) px (on the real web portraits of bench/faces.py,
-  48 px gave the same IoU to plain MTCNN's box, 0.91-0.93, and was 14% slower; 32 px fell
-  to 0.90, 24 px to 0.86). The copy's longest side is also capped at
+  smallest face is `detect_min_face` (default `DETECT_MIN_FACE`, 40) px (`bench/faces.py
+  --sweep`: with a 32 px copy the worst IoU to plain MTCNN's box on the web portraits fell to
+  0.90, with 24 px to 0.86, for no gain in speed; docs/benchmarks.md). The copy's longest side
+  is also capped at
   `detect_max_side`. Boxes are mapped back to the original's coordinates and the crop is cut
   from the *original* full-resolution image, so no detail is lost. The three networks run on
   channels-last tensors: the same arithmetic (boxes agree to 1e-4 px) but torch's CPU max-pool

@@ -28,7 +28,7 @@
 
 Every timing is a median over --repeats runs, with the variants interleaved image by image so
 that load from other processes hits all of them alike. Prints tables; writes a JSON file only
-with --out. Usage: python bench/faces.py [--repeats 3] [--out bench.json]
+with --out. Usage: python bench/faces.py [--repeats 3] [--out bench.json] [--sweep]
 """
 
 from __future__ import annotations
@@ -116,6 +116,15 @@ def plain_align(mtcnn, image):
     return np.asarray(boxes[0], dtype=float), face
 
 
+# --sweep: FaceAligner settings next to the chosen ones (min_face_fraction 0.125, a 40 px copy)
+SWEEP = {
+    "sweep: 32 px copy": {"detect_min_face": 32.0},
+    "sweep: 24 px copy": {"detect_min_face": 24.0},
+    "sweep: fraction 0.15": {"min_face_fraction": 0.15},
+    "sweep: fraction 0.2": {"min_face_fraction": 0.2},
+}
+
+
 def facenet_stages_aligner_class():
     """FaceAligner detecting through facenet-pytorch's own ``detect_face`` (a resampling call
     per pyramid level and per candidate box, a PNet call per level) instead of
@@ -146,7 +155,7 @@ def facenet_stages_aligner_class():
     return FacenetStagesAligner
 
 
-def bench_face_group(paths: list[Path], repeats: int) -> dict:
+def bench_face_group(paths: list[Path], repeats: int, sweep: bool = False) -> dict:
     """images/s of each variant on one group, its ratio to plain MTCNN and its worst IoU."""
     from PIL import Image
 
@@ -177,6 +186,12 @@ def bench_face_group(paths: list[Path], repeats: int) -> dict:
         "FaceAligner": lambda p: aligner.align_path(p).box,
         "FaceAligner, factor 0.6": lambda p: coarse.align_path(p).box,
         "FaceAligner, one rung up": lambda p: higher.align_path(p).box,
+    }
+    if sweep:  # the reduced search's other settings: a smaller copy, a larger fraction
+        for label, settings in SWEEP.items():
+            swept = FaceAligner(**settings)
+            variants[label] = lambda p, swept=swept: swept.align_path(p).box
+    variants |= {
         "decode: full": lambda p: load_image(p),
         "decode: draft copy": draft_copy,
     }
@@ -257,6 +272,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared/data directory")
     parser.add_argument("--repeats", type=int, default=3, help="runs per measurement (median)")
     parser.add_argument("--out", type=Path, default=None, help="also write the results as JSON")
+    parser.add_argument(
+        "--sweep", action="store_true", help="also the reduced search's other settings (SWEEP)"
+    )
     args = parser.parse_args()
     if not (args.data / "media").is_dir():
         parser.error(f"no media under {args.data}")
@@ -270,7 +288,7 @@ def main() -> None:
             "big photos (0.8-4.1 MP)": big_photos(face_dir),
         }
         for group, paths in groups.items():
-            faces[group] = bench_face_group(paths, args.repeats)
+            faces[group] = bench_face_group(paths, args.repeats, args.sweep)
     for group, result in faces.items():
         print(
             f"faces: {group}, {result['images']} images, 1 torch thread, median of {args.repeats}, "
