@@ -107,6 +107,42 @@ def hann_window(length: int = N_FFT) -> np.ndarray:
 _WINDOW = hann_window(N_FFT)
 
 
+# Kernels that give the same bits on every x86-64 CPU. numpy runs np.log10 and the absolute
+# value of complex arrays through SIMD kernels chosen per CPU (on AVX-512 machines, SVML's
+# log10), which differ from the AVX2 and plain kernels in the last bits of float64, and a
+# last-bit difference occasionally rounds to another float32 dB value. Below, only
+# +, -, *, / and sqrt (correctly rounded in every IEEE kernel) and frexp (exact) are used.
+_LN2 = 0.6931471805599453
+_INV_LN10 = 0.4342944819032518
+_SQRT_HALF = 0.7071067811865476
+# 2 * s**(2k+1) / (2k+1), k = 11..0: ln(m) = 2 atanh(s) for s = (m - 1) / (m + 1), |s| <= 0.172,
+# where s**24 / 25 < 3e-20: the series is exact to float64 rounding.
+_ATANH_TERMS = [2.0 / (2 * k + 1) for k in range(11, -1, -1)]
+
+
+def stable_magnitude(spectrum: np.ndarray) -> np.ndarray:
+    """|z| of a complex array as sqrt(re^2 + im^2), the same bits on every CPU (magnitudes
+    here are far from float64 overflow, which hypot's scaling guards against)."""
+    re, im = spectrum.real, spectrum.imag
+    return np.sqrt(re * re + im * im)
+
+
+def stable_log10(x: np.ndarray) -> np.ndarray:
+    """log10 of positive float64 values, within 2e-16 relative of numpy's and the same bits
+    on every CPU (see above): x = m 2^e with m in [sqrt(1/2), sqrt(2)), ln m by the atanh series."""
+    x = np.asarray(x, dtype=np.float64)
+    m, e = np.frexp(x)  # m in [0.5, 1)
+    low = m < _SQRT_HALF
+    m = np.where(low, m * 2.0, m)
+    e = (e - low).astype(np.float64)
+    s = (m - 1.0) / (m + 1.0)
+    s2 = s * s
+    series = np.full_like(s, _ATANH_TERMS[0])
+    for c in _ATANH_TERMS[1:]:
+        series = series * s2 + c
+    return (series * s + e * _LN2) * _INV_LN10
+
+
 def _validate(wave: np.ndarray, sr: int, source: str | Path) -> np.ndarray:
     wave = np.asarray(wave, dtype=np.float32)
     if wave.ndim == 2:  # (channels, samples) or (samples, channels): average the short axis
@@ -153,7 +189,7 @@ def _magnitude(wave: np.ndarray, sr: int, source: str | Path) -> np.ndarray:
     body[0] = y[0]
     body[1:] = y[1:] - np.float32(PREEMPHASIS) * y[:-1]  # float32 arithmetic, as librosa's
     frames = np.lib.stride_tricks.sliding_window_view(emphasised, N_FFT)[::HOP]
-    return np.abs(scipy.fft.rfft(frames * _WINDOW, axis=-1, overwrite_x=True))
+    return stable_magnitude(scipy.fft.rfft(frames * _WINDOW, axis=-1, overwrite_x=True))
 
 
 def spectrogram_windows(
@@ -176,9 +212,9 @@ def spectrogram_windows(
 def _to_db_windows(kept: np.ndarray, peak_magnitude: float, n_windows: int) -> np.ndarray:
     """Step 5-6: the kept magnitudes (n_windows * 125 frames, 224 bins) in dB relative to the
     clip's peak magnitude -> float32 (n_windows, 224, 125)."""
-    ref_db = 20.0 * np.log10(max(AMIN, peak_magnitude))
+    ref_db = 20.0 * float(stable_log10(np.float64(max(AMIN, peak_magnitude))))
     # librosa floors at (max of the dB array) - top_db; that max is exactly 0 dB.
-    db = 20.0 * np.log10(np.maximum(AMIN, kept)) - ref_db
+    db = 20.0 * stable_log10(np.maximum(AMIN, kept)) - ref_db
     np.maximum(db, -TOP_DB, out=db)
     windows = db.reshape(n_windows, FRAMES, FREQ_BINS).transpose(0, 2, 1)
     return np.ascontiguousarray(windows, dtype=np.float32)
@@ -363,7 +399,7 @@ def spectrogram_windows_streamed(stream: AudioStream, max_windows: int = 1) -> n
             frames = np.lib.stride_tricks.sliding_window_view(joined[: (count - 1) * HOP + N_FFT], N_FFT)[
                 ::HOP
             ]
-            magnitude = np.abs(scipy.fft.rfft(frames * _WINDOW, axis=-1, overwrite_x=True))
+            magnitude = stable_magnitude(scipy.fft.rfft(frames * _WINDOW, axis=-1, overwrite_x=True))
             peak_magnitude = max(peak_magnitude, float(magnitude.max()))
             if next_frame < n_kept:
                 take = min(count, n_kept - next_frame)

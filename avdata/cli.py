@@ -497,15 +497,23 @@ def manifest_group():
     """
 
 
+EXIT_EQUIVALENT = 3  # manifest verify: not byte-identical, content within tolerance
+
+
 def _report_diff(lines: list[str], what: str, against: str) -> None:
-    """Print diff lines; exit 1 (one-line error) if any is more than a warning."""
-    from avdata.manifest import WARNING, has_failures
+    """Print diff lines; exit 1 (one-line error, "different") if any is more than a warning or
+    an equivalence, exit 3 when shards differ only within the content tolerance (equivalent)."""
+    from avdata.manifest import EQUIVALENT, WARNING, equivalence_summary, has_failures
 
     for line in lines:
         click.echo(line)
     if has_failures(lines):
-        n = sum(1 for l in lines if not l.startswith(WARNING))
-        fail(f"{what}: differs from {against} ({n} difference line(s) above)")
+        n = sum(1 for l in lines if not (l.startswith(WARNING) or l.startswith(EQUIVALENT)))
+        fail(f"{what}: different from {against} ({n} difference line(s) above)")
+    summary = equivalence_summary(lines)
+    if summary:
+        click.echo(f"{what}: {summary} to {against}; not byte-identical")
+        raise SystemExit(EXIT_EQUIVALENT)
     warn = f" ({len(lines)} warning(s))" if lines else ""
     click.echo(f"{what}: identical to {against}{warn}")
 
@@ -524,8 +532,12 @@ def manifest_verify_cmd(dir, against, tuples):
     """Compare DIR with a committed manifest.
 
     DIR is a shard, tuple or training-run directory; every file its manifest.json lists
-    is re-hashed. Exit 0 when identical (library-version lines are only warnings); else
-    print one line per difference, naming it, and exit 1.
+    is re-hashed. A shard whose bytes differ is read back and compared by content: the same
+    samples, keys, labels and face crop rectangles, arrays within a stated tolerance
+    (docs/reproducibility.md). Exit 0: byte-identical (library-version lines are only
+    warnings). Exit 3: equivalent, i.e. bytes differ only by float noise (another CPU
+    architecture); the last line says in how many samples and by how much. Exit 1: different,
+    one line per difference, naming it.
     """
     from avdata.manifest import verify
 

@@ -43,7 +43,10 @@ class Sample:
     key: str
     modality: str  # "audio" | "face"
     array: np.ndarray
-    meta: dict
+    meta: dict  # goes into the shard (hashed): only values that are exact on every CPU
+    # Face detection floats (box, probability, faces found): CPU kernels move them in the last
+    # bits, so they go to the shard's detections sidecar, which manifests do not fingerprint.
+    detection: dict | None = None
 
 
 @dataclass
@@ -233,16 +236,15 @@ class Extractor:
         return self._sample_from_crop(row, self.aligner.align(img, source=row["path"]), suffix, extra)
 
     def _sample_from_crop(self, row, crop, suffix: str, extra: dict) -> Sample:
-        meta = (
-            _base_meta(row)
-            | extra
-            | {
-                "box": [round(float(v), 2) for v in crop.box],
-                "prob": round(float(crop.prob), 6),
-                "n_faces": int(crop.n_faces),
-            }
-        )
-        return Sample(sample_key(row["vox_id"], row["rel_path"], suffix), "face", crop.face, meta)
+        key = sample_key(row["vox_id"], row["rel_path"], suffix)
+        detection = {
+            "key": key,
+            "box": [float(v) for v in crop.box],
+            "prob": float(crop.prob),
+            "n_faces": int(crop.n_faces),
+        }
+        meta = _base_meta(row) | extra | {"crop": [int(v) for v in crop.crop]}
+        return Sample(key, "face", crop.face, meta, detection)
 
     def _photo_face(self, row) -> Extracted:
         from avdata.faces import load_image

@@ -193,6 +193,9 @@ class FaceCrop:
     """One aligned face.
 
     face: uint8 (image_size, image_size, 3) RGB crop.
+    crop: [left, top, side] of the square cut from the original image, integer pixels (it
+        may extend past the image border; PIL pads with black). This, not the float box, is
+        what decides the face's pixels.
     box: [x1, y1, x2, y2] of the detection in the original image's pixel coordinates
         (it may extend past the image border, as MTCNN boxes do).
     prob: MTCNN's face probability for that box.
@@ -200,6 +203,7 @@ class FaceCrop:
     """
 
     face: np.ndarray
+    crop: list[int]
     box: list[float]
     prob: float
     n_faces: int
@@ -354,19 +358,30 @@ class FaceAligner:
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         best = int(np.lexsort((-areas, -probs))[0])  # highest prob, then largest area
         box = boxes[best]
+        crop = self.crop_square(box)
         return FaceCrop(
-            face=self._crop(img, box),
+            face=self._cut(img, crop),
+            crop=crop,
             box=[float(v) for v in box],
             prob=float(probs[best]),
             n_faces=int(len(probs)),
         )
 
-    def _crop(self, img: Image.Image, box: np.ndarray) -> np.ndarray:
-        x1, y1, x2, y2 = box
+    def crop_square(self, box) -> list[int]:
+        """[left, top, side] in integer pixels: the square around ``box`` with the margin."""
+        left, top, size = self.crop_square_float(box)
+        return [round(left), round(top), max(1, round(size))]
+
+    def crop_square_float(self, box) -> tuple[float, float, float]:
+        """The values :meth:`crop_square` rounds (bench/isa_margins.py measures how near a
+        rounding boundary they come)."""
+        x1, y1, x2, y2 = (float(v) for v in box)
         side = max(x2 - x1, y2 - y1) * (1.0 + self.margin)
         cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
-        left, top = round(cx - side / 2.0), round(cy - side / 2.0)
-        size = max(1, round(side))
+        return cx - side / 2.0, cy - side / 2.0, side
+
+    def _cut(self, img: Image.Image, crop: list[int]) -> np.ndarray:
+        left, top, size = crop
         # PIL fills the part of a crop outside the image with zeros.
         square = img.crop((left, top, left + size, top + size))
         face = square.resize((self.image_size, self.image_size), Image.BILINEAR)

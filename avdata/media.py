@@ -273,11 +273,20 @@ def _check_sample_rate(path: Path, sr: int) -> int:
     return sr
 
 
+# Same file -> same samples and pixels on every x86-64 CPU. ffmpeg picks SIMD kernels per CPU,
+# and its float audio decoders (AAC) give other last bits with FMA/AVX2 than without, which the
+# 16-bit output then rounds the other way: audio is decoded with the plain C kernels (AAC
+# decoding is cheap). Video decoders are bit-exact by their standards; the conversion to RGB is
+# not, unless swscale is asked for its bit-exact paths (docs/reproducibility.md).
+AUDIO_DECODE_ARGS = ["-cpuflags", "0"]
+BITEXACT_SWS_FLAGS = "bicubic+accurate_rnd+bitexact+full_chroma_int"
+
+
 def _audio_args(path: Path, sr: int | None) -> list[str]:
     output_args = {"format": "s16le", "acodec": "pcm_s16le", "ac": 1, "map": "0:a:0"}
     if sr is not None:
         output_args["ar"] = int(sr)
-    return ffmpeg.input(_ffmpeg_url(path)).output("pipe:", **output_args).get_args()
+    return AUDIO_DECODE_ARGS + ffmpeg.input(_ffmpeg_url(path)).output("pipe:", **output_args).get_args()
 
 
 def _check_audio_input(line: str) -> str | None:
@@ -519,8 +528,10 @@ def iter_video_frames(
             w=f"min(iw,{MAX_FRAME_SIDE})",
             h=f"min(ih,{MAX_FRAME_SIDE})",
             force_original_aspect_ratio="decrease",
+            flags=BITEXACT_SWS_FLAGS,
         )
     )
+    output_args["sws_flags"] = BITEXACT_SWS_FLAGS  # the conversion to rgb24 after the graph
     run = _FFmpeg(
         video.output("pipe:", **output_args).get_args(), path, "video", check_input=_check_video_input
     )

@@ -58,7 +58,7 @@ ROOT_LABEL = {"audio": "audio", "face": "faces", "video": "videos"}
 
 LOCK_NAME = ".lock"
 KNOWN_SPLITS = ("train", "val", "test", "seen_heard", "unseen_unheard")
-_SHARD_FILE = re.compile(r"^(audio|face)-\d{6}(\.tar|\.stats\.json)$")
+_SHARD_FILE = re.compile(r"^(audio|face)-\d{6}(\.tar|\.stats\.json|\.detections\.jsonl)$")
 
 
 class BuildError(AvmatchError, ValueError):
@@ -161,6 +161,17 @@ def stats_path(out: Path, name: str) -> Path:
     return out / f"{name}.stats.json"
 
 
+def _shard_file_exts(modality: str) -> tuple[str, ...]:
+    return (".tar", ".stats.json", ".detections.jsonl") if modality == "face" else (".tar", ".stats.json")
+
+
+def detections_path(out: Path, name: str) -> Path:
+    """A face shard's sidecar: one JSON line per sample (key, box, prob, n_faces), in shard order.
+    Its floats come from MTCNN and move in the last bits between CPUs, so manifests list it by
+    its sample count and never by its bytes (docs/reproducibility.md)."""
+    return out / f"{name}.detections.jsonl"
+
+
 def shard_build_sha256(spec: ShardSpec, extract: ExtractConfig, class_of: dict[str, int]) -> str:
     """What a shard's bytes depend on: the extraction settings and spectrogram recipe, the
     shard's name and, per input row, its identity, class, path, size and mtime. Stored in
@@ -184,7 +195,8 @@ def shard_build_sha256(spec: ShardSpec, extract: ExtractConfig, class_of: dict[s
         for r in spec.rows
     ]
     recipe = {
-        "marker_version": 1,
+        # 2: face samples record their integer crop; detection floats moved to a sidecar
+        "marker_version": 2,
         "shard": spec.name,
         "extract": dataclasses.asdict(extract),
         "spectrogram": SPEC_CONFIG,
@@ -208,6 +220,8 @@ def shard_done(out: Path, name: str, build_sha256: str | None = None) -> dict | 
         return None
     if build_sha256 is not None and stats.get("build_sha256") != build_sha256:
         return None
+    if stats.get("modality") == "face" and not detections_path(out, name).is_file():
+        return None
     return stats
 
 
@@ -225,8 +239,11 @@ def write_shard(
     crash (:class:`DecoderCrashError`) or a full disk (:class:`DiskFullError`) is not the
     input's fault: the temp tar is removed, no marker is written and the error propagates."""
     final = out / f"{spec.name}.tar"
+    detections: list[dict] = []
     with atomic_output(final) as raw:  # readers never see a partial tar under the final name
-        stats = _write_tar(spec, extractor, raw, class_of, fail_fast, on_item)
+        stats = _write_tar(spec, extractor, raw, class_of, fail_fast, on_item, detections)
+    if spec.modality == "face":
+        write_jsonl(detections_path(out, spec.name), detections)
     stats = {
         "shard": f"{spec.name}.tar",
         "split": spec.split,
@@ -240,10 +257,19 @@ def write_shard(
 
 
 def _write_tar(
-    spec: ShardSpec, extractor: Extractor, raw, class_of: dict[str, int], fail_fast: bool, on_item
+    spec: ShardSpec,
+    extractor: Extractor,
+    raw,
+    class_of: dict[str, int],
+    fail_fast: bool,
+    on_item,
+    detections: list[dict],
 ) -> dict:
+    from avdata.manifest.content import ContentRecorder
+
     rejects, n_samples, identities = [], 0, set()
     inputs_hash = hashlib.sha256()
+    content = ContentRecorder(digests=True)
     f = _HashingWriter(raw)  # the shard's sha256 as it is written, not by reading it back
     with tarfile.open(fileobj=f, mode="w", format=tarfile.GNU_FORMAT) as tar:
         # the batched face path (CUDA) extracts ahead in chunks; the per-image path on demand
@@ -275,8 +301,12 @@ def _write_tar(
                     raise InputError(row["path"], reason)
                 rejects.append(rej)
             for sample in samples:
-                for ext, data in _encode(sample, class_of[row["vox_id"]], extractor.config.jpeg_quality):
+                members = _encode(sample, class_of[row["vox_id"]], extractor.config.jpeg_quality)
+                for ext, data in members:
                     add_tar_member(tar, f"{sample.key}.{ext}", data)
+                content.add(sample.key, members)
+                if sample.detection is not None:
+                    detections.append(sample.detection)
                 n_samples += 1
                 identities.add(row["vox_id"])
             if on_item:
@@ -285,6 +315,7 @@ def _write_tar(
         "samples": n_samples,
         "sha256": f.sha256.hexdigest(),
         "inputs_sha256": inputs_hash.hexdigest(),
+        "content": content.result(),
         "identities": sorted(identities),
         "rejects": rejects,
     }
@@ -594,7 +625,8 @@ def output_lock(out: Path):
 
 
 def _shard_files(out: Path) -> list[Path]:
-    """Shard tars and done markers under OUT (SPLIT/{audio,face}-NNNNNN.{tar,stats.json})."""
+    """Shard tars, done markers and detection sidecars under OUT
+    (SPLIT/{audio,face}-NNNNNN.{tar,stats.json,detections.jsonl})."""
     return sorted(p for p in out.glob("*/*") if _SHARD_FILE.match(p.name) and p.parent.name in KNOWN_SPLITS)
 
 
@@ -746,7 +778,7 @@ def _build_locked(
     _remove_temps(out)  # left by a killed build
     keys = {s.name: shard_build_sha256(s, config.extract, class_of) for s in specs}
     todo = [s for s in specs if shard_done(out, s.name, keys[s.name]) is None]
-    planned = {f"{s.name}{ext}" for s in specs for ext in (".tar", ".stats.json")}
+    planned = {f"{s.name}{ext}" for s in specs for ext in _shard_file_exts(s.modality)}
     stale_shards = [p for p in _shard_files(out) if p.relative_to(out).as_posix() not in planned]
     if todo or stale_shards:
         # the old manifest and sizes no longer describe what is (about to be) on disk
@@ -826,7 +858,13 @@ def _build_locked(
                 "samples": st["samples"],
                 "bytes": st["bytes"],
                 "inputs_sha256": st["inputs_sha256"],
+                "content": st["content"],
             }
+            | (
+                {"detections": st["shard"].removesuffix(".tar") + ".detections.jsonl"}
+                if st["modality"] == "face"
+                else {}
+            )
             for st in stats
         },
         "rejects": len(rejects),

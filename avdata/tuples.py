@@ -448,12 +448,15 @@ def write_tuple_shards(
 ) -> dict[str, dict]:
     """Training tuple shards: each sample carries the query's and every gallery member's
     array bytes (copied as stored, no re-encoding), so training reads sequentially."""
+    from avdata.manifest.content import ContentRecorder
+
     loc = items.set_index("key")[["tar", "data_ext", "data_offset", "data_size"]].to_dict("index")
     written = {}
     for s in range(math.ceil(len(tuples) / per_shard)):
         rel = f"shards/{name}-{s:06d}.tar"
         final = out / rel
         chunk = tuples[s * per_shard : (s + 1) * per_shard]
+        content = ContentRecorder(digests=False)  # arrays are item copies: their digests are the items'
         with (
             atomic_output(final) as raw,
             tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar,
@@ -474,7 +477,8 @@ def write_tuple_shards(
                     )
                 for ext, data in members:
                     add_tar_member(tar, f"{key}.{ext}", data)
-        written[rel] = {"sha256": sha256_file(final), "tuples": len(chunk)}
+                content.add(key, members)
+        written[rel] = {"sha256": sha256_file(final), "tuples": len(chunk), "content": content.result()}
     return written
 
 

@@ -150,9 +150,11 @@ def test_extractor_batched_path_matches_per_image(real_photos, real_mp4s, face_d
         assert [s.key for s in one.samples] == [s.key for s in many.samples]
         assert one.rejects == many.rejects
         for a, b in zip(one.samples, many.samples):
-            assert box_iou(a.meta["box"], b.meta["box"]) >= 0.99
-            assert {k: v for k, v in a.meta.items() if k not in ("box", "prob")} == {
-                k: v for k, v in b.meta.items() if k not in ("box", "prob")
+            assert box_iou(a.detection["box"], b.detection["box"]) >= 0.99
+            # boxes differ by ~1e-4 px between the two paths: a crop may round 1 px apart
+            assert max(abs(x - y) for x, y in zip(a.meta["crop"], b.meta["crop"])) <= 1
+            assert {k: v for k, v in a.meta.items() if k != "crop"} == {
+                k: v for k, v in b.meta.items() if k != "crop"
             }
     assert len(batched[4].samples) == 4  # the video's frames
     assert "not a recognised image" in batched[1].rejects[0]["reason"]

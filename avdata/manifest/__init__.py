@@ -27,8 +27,17 @@ the outputs (hashes of every shard and index file) decide pass or fail.
 """
 
 from avdata.manifest.describe import describe, identity_split_manifest, split_rule
-from avdata.manifest.diff import diff, has_failures, update, verify, verify_splits, write_with_diff
+from avdata.manifest.diff import (
+    diff,
+    equivalence_summary,
+    has_failures,
+    update,
+    verify,
+    verify_splits,
+    write_with_diff,
+)
 from avdata.manifest.schema import (
+    EQUIVALENT,
     FORMAT_VERSION,
     MAX_LINES,
     RUN_KIND,
@@ -43,6 +52,7 @@ from avdata.manifest.schema import (
 )
 
 __all__ = [
+    "EQUIVALENT",
     "FORMAT_VERSION",
     "MAX_LINES",
     "RUN_KIND",
@@ -54,6 +64,7 @@ __all__ = [
     "ManifestError",
     "describe",
     "diff",
+    "equivalence_summary",
     "has_failures",
     "identity_split_manifest",
     "load_manifest",

@@ -99,10 +99,36 @@ def _check_sizes(dir: Path, expected: dict, problems: list[str]) -> None:
         problems.append("sizes.json: does not match the counts in manifest.json")
 
 
+def _check_detections(dir: Path, shards: dict, problems: list[str]) -> None:
+    """Face shards' detection sidecars: listed, present, one JSON line per sample. Their bytes
+    are not hashed: MTCNN's float boxes move in the last bits between CPUs."""
+    from avdata.untrusted import resolve_inside
+
+    for rel, entry in sorted(shards.items()):
+        name = entry.get("detections") if isinstance(entry, dict) else None
+        if name is None:
+            continue
+        try:
+            path = resolve_inside(dir, name, f"{dir}/manifest.json")
+        except AvmatchError as exc:
+            problems.append(str(exc).split(": ", 1)[-1])
+            continue
+        if not path.is_file():
+            problems.append(f"{name}: listed in manifest.json but missing on disk")
+            continue
+        lines = 0
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                lines += block.count(b"\n")
+        if lines != entry.get("samples"):
+            problems.append(f"{name}: {lines} detection lines for {entry.get('samples')} samples of {rel}")
+
+
 def _describe_shards(dir: Path, m: dict) -> dict:
     desc = copy.deepcopy(m)
     problems: list[str] = []
     _rehash(dir, desc.get("shards", {}), problems)
+    _check_detections(dir, desc.get("shards", {}), problems)
     _stray_tars(dir, desc.get("shards", {}), "*/*.tar", problems)
     _check_sizes(dir, {k: v["samples"] for k, v in m.get("shards", {}).items()}, problems)
     rejects = dir / "rejects.jsonl"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from avdata.errors import AvmatchError
 from avdata.manifest.describe import describe, identity_split_manifest
 from avdata.manifest.schema import (
     _HEX64,
     _MISSING,
     _SECTION_ORDER,
+    EQUIVALENT,
     MAX_LINES,
     WARNING,
     WARNING_PATHS,
@@ -77,8 +79,10 @@ _ENTRY_FIELD_ORDER = (
 )
 
 
-def _diff_entries(section: str, e: dict, a: dict) -> list[str]:
-    """shards / files sections: one line per changed field of each named file."""
+def _diff_entries(section: str, e: dict, a: dict, compared: dict | None = None) -> list[str]:
+    """shards / files sections: one line per changed field of each named file. ``compared``:
+    {name: avdata.manifest.content.Comparison} for shards whose bytes differ (from verify)."""
+    compared = compared or {}
     e = e if isinstance(e, dict) else {}
     a = a if isinstance(a, dict) else {}
     out = []
@@ -98,6 +102,14 @@ def _diff_entries(section: str, e: dict, a: dict) -> list[str]:
             )
             continue
         changes = _walk(e[name], a[name], "")
+        if name in compared:  # bytes differ: the content comparison speaks for bytes and content
+            cmp = compared[name]
+            modality = "face" if "/face-" in name else "audio" if "/audio-" in name else None
+            changes = [(p, c) for p, c in changes if p.split(".")[0] not in ("sha256", "bytes", "content")]
+            if cmp.equivalent and not changes:
+                out.append(f"{EQUIVALENT}{section}: {name} {cmp.describe(modality)}")
+                continue
+            changes.append(("sha256", f"changed, {cmp.describe(modality)}"))
         rank = {k: i for i, k in enumerate(_ENTRY_FIELD_ORDER)}
         changes.sort(key=lambda pc: (rank.get(pc[0].split(".")[0], len(rank)), pc[0]))
         same_inputs = "inputs_sha256" in e[name] and e[name].get("inputs_sha256") == a[name].get(
@@ -145,7 +157,7 @@ def _is_warning(path: str) -> bool:
     return any(path == w or path.startswith(w + ".") for w in WARNING_PATHS)
 
 
-def diff(expected: dict, actual: dict, limit: int = MAX_LINES) -> list[str]:
+def diff(expected: dict, actual: dict, limit: int = MAX_LINES, compared: dict | None = None) -> list[str]:
     """Readable differences, expected → actual, in a fixed order.
 
     Failure lines name what changed (``shards: train/audio-000000.tar sha256 changed
@@ -154,6 +166,8 @@ def diff(expected: dict, actual: dict, limit: int = MAX_LINES) -> list[str]:
     directory come first; lines starting with ``warning: `` (library versions) come
     last and do not count as failures (see :func:`has_failures`). At most ``limit``
     failure lines are kept, then ``... N more differences``. Empty list: identical.
+    ``compared`` (from :func:`verify`): content comparisons of shards whose bytes differ; an
+    equivalent one is an ``equivalent: `` line (after the failures, before the warnings).
     """
     if expected.get("kind") != actual.get("kind"):
         return [
@@ -162,6 +176,7 @@ def diff(expected: dict, actual: dict, limit: int = MAX_LINES) -> list[str]:
         ]
     failures = [f"integrity: {p}" for p in actual.get("integrity", [])]
     warnings: list[str] = []
+    equivalents: list[str] = []
     keys = (set(expected) | set(actual)) - {"integrity"}
     order = {k: i for i, k in enumerate(_SECTION_ORDER)}
     for key in sorted(keys, key=lambda k: (order.get(k, len(order)), k)):
@@ -169,7 +184,9 @@ def diff(expected: dict, actual: dict, limit: int = MAX_LINES) -> list[str]:
         if e == a:
             continue
         if key in ("shards", "files") and e is not _MISSING and a is not _MISSING:
-            lines = _diff_entries(key, e, a)
+            lines = _diff_entries(key, e, a, compared if key == "shards" else None)
+            equivalents.extend(line for line in lines if line.startswith(EQUIVALENT))
+            lines = [line for line in lines if not line.startswith(EQUIVALENT)]
         elif key == "splits" and e is not _MISSING and a is not _MISSING:
             lines = _diff_splits(e, a)
         else:
@@ -181,12 +198,63 @@ def diff(expected: dict, actual: dict, limit: int = MAX_LINES) -> list[str]:
         failures.extend(lines)
     if len(failures) > limit:
         failures = failures[:limit] + [f"... {len(failures) - limit} more differences"]
-    return failures + warnings
+    return failures + equivalents + warnings
 
 
 def has_failures(lines: list[str]) -> bool:
-    """True when any line is a real difference (not a ``warning: `` line)."""
-    return any(not l.startswith(WARNING) for l in lines)
+    """True when any line is a real difference (not a ``warning: `` or ``equivalent: `` line)."""
+    return any(not (l.startswith(WARNING) or l.startswith(EQUIVALENT)) for l in lines)
+
+
+def equivalence_summary(lines: list[str]) -> str | None:
+    """For a verify without failures whose shards differ only in float noise: one line,
+    ``equivalent (float noise in N samples of K shards, largest difference ...)``; else None."""
+    import re
+
+    eq = [l for l in lines if l.startswith(EQUIVALENT)]
+    if not eq or has_failures(lines):
+        return None
+    noisy = sum(int(m.group(1)) for l in eq if (m := re.search(r"float noise in (\d+) of", l)))
+    largest = {}
+    for l in eq:
+        m = re.search(r"largest difference (\S+) (dB|grey levels)", l)
+        if m:
+            largest[m.group(2)] = max(largest.get(m.group(2), 0.0), float(m.group(1)))
+    text = f"equivalent (float noise in {noisy} samples of {len(eq)} shards"
+    if largest:
+        text += ", largest difference " + ", ".join(f"{v:.3g} {u}" for u, v in sorted(largest.items()))
+    return text + ")"
+
+
+def compare_shard_contents(dir: str | Path, expected: dict, actual: dict) -> dict:
+    """Content comparisons (avdata.manifest.content) of the shards of DIR whose bytes differ
+    from the committed manifest's: recomputed from the tars on disk, never taken from DIR's
+    own manifest.json (which could claim anything)."""
+    from avdata.manifest.content import compare, shard_content
+    from avdata.untrusted import resolve_inside
+
+    out = {}
+    e_shards, a_shards = expected.get("shards"), actual.get("shards")
+    if not isinstance(e_shards, dict) or not isinstance(a_shards, dict):
+        return out
+    digests = actual.get("kind") != "avmatch.tuples"  # tuple shards copy item arrays: no digests
+    for name in sorted(set(e_shards) & set(a_shards)):
+        e, a = e_shards[name], a_shards[name]
+        if not isinstance(e, dict) or not isinstance(a, dict) or e.get("sha256") == a.get("sha256"):
+            continue
+        if a.get("sha256") is None:  # missing on disk: reported as integrity
+            continue
+        try:
+            path = resolve_inside(Path(dir), name, f"{dir}/manifest.json")
+            content = shard_content(path, digests=digests)
+        except (AvmatchError, OSError, ValueError) as exc:
+            from avdata.manifest.content import Comparison
+
+            out[name] = Comparison(False, 0, 0, None, f"cannot read it back ({exc})")
+            continue
+        modality = "face" if "/face-" in name else "audio" if "/audio-" in name else None
+        out[name] = compare(e.get("content"), content, modality)
+    return out
 
 
 # ---------------------------------------------------------------- verify / update
@@ -195,7 +263,8 @@ def has_failures(lines: list[str]) -> bool:
 def verify(dir: str | Path, against_file: str | Path, tuples: str | Path | None = None) -> list[str]:
     """Differences between DIR (described now) and a committed manifest; see :func:`diff`."""
     expected = load_manifest(against_file)
-    return diff(expected, describe(dir, tuples=tuples))
+    actual = describe(dir, tuples=tuples)
+    return diff(expected, actual, compared=compare_shard_contents(dir, expected, actual))
 
 
 def update(dir: str | Path, file: str | Path, tuples: str | Path | None = None) -> list[str]:

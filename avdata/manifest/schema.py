@@ -16,6 +16,9 @@ SPLITS_KIND = "avmatch.identity_splits"
 RUN_KIND = "avmatch.run"
 
 WARNING = "warning: "
+# A shard whose bytes differ but whose content is within tolerance (avdata.manifest.content):
+# not a failure, but not identical either (verify exits 3, see docs/reproducibility.md).
+EQUIVALENT = "equivalent: "
 MAX_LINES = 50  # failure lines shown before "... N more differences"
 
 # Paths whose differences are warnings, not failures: they change with the machine's
