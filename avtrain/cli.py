@@ -40,6 +40,14 @@ def main():
     """avtrain: train and evaluate AML on avdata shards."""
 
 
+def _pin_kernels() -> None:
+    """fit --deterministic: pin the CPU kernels before torch loads (the command line loads it
+    only later; a caller that imported torch first gets fit's one-line refusal)."""
+    from avdata.kernels import pin_kernels
+
+    pin_kernels()
+
+
 @main.command("fit")
 @click.option(
     "--shards",
@@ -133,6 +141,13 @@ def main():
     is_flag=True,
     help="Continue from RUN/checkpoint.pt if it exists (same settings; epochs may grow).",
 )
+@click.option(
+    "--deterministic",
+    is_flag=True,
+    default=None,
+    help="Plain x86-64 CPU kernels (set before torch loads): bit-identical weights on any x86-64 CPU "
+    "for the same seed and threads, at a cost in speed (docs/reproducibility.md) [config: off].",
+)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar with tuples/s.")
 @user_errors
 def fit_cmd(
@@ -153,9 +168,12 @@ def fit_cmd(
     keep_last,
     patience,
     resume,
+    deterministic,
     progress,
 ):
     """Train AML on tuple shards (also under torchrun for DDP)."""
+    if deterministic:
+        _pin_kernels()
     from avtrain.config import load_config
     from avtrain.train import fit
 
@@ -172,6 +190,7 @@ def fit_cmd(
             "select": select,
             "keep_last": keep_last,
             "patience": patience,
+            "deterministic": deterministic,
         },
         sets,
     )

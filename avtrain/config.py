@@ -81,6 +81,9 @@ class TrainConfig:
     log_every: int = 1
     max_steps_per_epoch: int | None = None  # cap for smoke tests and benchmarks
     record_batches: bool = False  # write RUN/batches-rank{R}.jsonl (tuple ids per batch) to audit DDP
+    # fit --deterministic: plain x86-64 CPU kernels (avdata.kernels.PINNED_KERNELS, oneDNN off), so
+    # the same seed gives bit-identical weights on any x86-64 CPU for the same `threads`
+    deterministic: bool = False
 
     def __post_init__(self):
         hints = typing.get_type_hints(TrainConfig)

@@ -218,6 +218,21 @@ def _hparams(cfg: TrainConfig) -> dict:
     return out
 
 
+def _pin_cpu_kernels(device: torch.device) -> None:
+    """--deterministic: check that this process runs the pinned kernels, and keep convolutions
+    off oneDNN (its blocking follows the CPU's cache sizes)."""
+    from avdata.kernels import pinned_problem
+
+    if device.type != "cpu":
+        raise TrainingError(
+            f"--deterministic pins CPU kernels; this run is on {device} (GPU runs are not bitwise repeatable)"
+        )
+    problem = pinned_problem()
+    if problem:
+        raise TrainingError(f"--deterministic: {problem}; pass --deterministic to avtrain fit itself")
+    torch.backends.mkldnn.enabled = False
+
+
 def fit(
     cfg: TrainConfig,
     tuples_dir: str | Path,
@@ -235,6 +250,8 @@ def fit(
     # recorded in config.yaml (run manifests name the data); a copy: the caller's config is not changed
     cfg = dataclasses.replace(cfg, tuples_dir=str(tuples_dir))
     device = pick_device(cfg.device)
+    if cfg.deterministic:
+        _pin_cpu_kernels(device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)

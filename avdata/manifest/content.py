@@ -113,7 +113,7 @@ class Comparison:
     def describe(self, modality: str | None) -> str:
         if not self.equivalent:
             return f"different: {self.reason}"
-        text = f"equivalent: float noise in {self.differing} of {self.samples} samples"
+        text = f"float noise in {self.differing} of {self.samples} samples"
         if self.largest is not None and modality in UNIT:
             text += f", largest difference {self.largest:.3g} {UNIT[modality]}"
         return text

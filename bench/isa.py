@@ -1,0 +1,121 @@
+"""How close a shard build comes to depending on the CPU: the demo corpus built under every
+simulated CPU this machine supports (avdata.kernels.SIMULATED_CPUS), compared.
+
+For each simulation it builds the matching-protocol shards of a freshly synthesised corpus
+(`avdata build-shards`, its own process, -j 2) and reports
+* whether every shard's sha256 and rejects.jsonl equal the native build's;
+* from the detection sidecars: the largest difference of any MTCNN box coordinate and of the
+  crop values that are rounded to the integer crop (left, top, side) between simulations;
+* the margin: how near the native build's crop values come to a rounding boundary (x.5),
+  and the expected number of crop flips per million faces, 3 values x 2 x the largest
+  difference seen (a value flips when it lies within that distance of a boundary; the
+  fractional parts are uniform), and the same for the 0.9 probability threshold.
+
+    .venv/bin/python bench/isa.py [--identities 160] [--seed 0] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _build(corpus: Path, out: Path, env: dict) -> float:
+    from avdata.kernels import environment
+
+    cmd = [
+        sys.executable, "-m", "avdata.cli", "build-shards",
+        "--audio", str(corpus / "wav"), "--faces", str(corpus / "faces"), "--videos", str(corpus / "mp4"),
+        "--meta", str(corpus / "vox1_meta.csv"), "--protocol", "matching", "--out", str(out),
+        "-j", "2", "--no-progress",
+    ]  # fmt: skip
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, env=environment(env), capture_output=True, cwd=REPO)
+    return time.perf_counter() - t
+
+
+def _detections(out: Path) -> dict[str, dict]:
+    found = {}
+    for path in sorted(out.glob("*/face-*.detections.jsonl")):
+        for line in path.read_text().splitlines():
+            d = json.loads(line)
+            found[d["key"]] = d
+    return found
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--identities", type=int, default=160, help="demo size (make demo-data: 160)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep", type=Path, default=None, help="build here and keep the builds")
+    args = ap.parse_args()
+    from avdata.faces import FaceAligner
+    from avdata.kernels import supported_simulations
+    from avdata.synth import synth_corpus
+
+    sims = supported_simulations()
+    root = args.keep or Path(tempfile.mkdtemp(prefix="avmatch-isa-"))
+    corpus = root / "corpus"
+    if not (corpus / "vox1_meta.csv").is_file():
+        synth_corpus(corpus, identities=args.identities, videos=True, seed=args.seed)
+    builds, seconds = {}, {}
+    for name, env in sims.items():
+        out = root / f"shards-{name}"
+        if not (out / "manifest.json").is_file():
+            seconds[name] = _build(corpus, out, env)
+        builds[name] = json.loads((out / "manifest.json").read_text())
+        print(
+            f"built {name} {env or '(this CPU)'}" + (f" in {seconds[name]:.0f} s" if name in seconds else "")
+        )
+
+    native = builds["native"]
+    print(f"\n{len(native['shards'])} shards, {sum(s['samples'] for s in native['shards'].values())} samples")
+    for name, m in builds.items():
+        same = [
+            n
+            for n in native["shards"]
+            if m["shards"].get(n, {}).get("sha256") == native["shards"][n]["sha256"]
+        ]
+        rejects = m["rejects_sha256"] == native["rejects_sha256"]
+        print(f"{name:14s} shards identical {len(same)}/{len(native['shards'])}, rejects identical {rejects}")
+
+    aligner = FaceAligner()  # the margin build-shards uses (ExtractConfig.face_margin = 0.2)
+    dets = {name: _detections(root / f"shards-{name}") for name in sims}
+    base = dets["native"]
+    box_gap = crop_gap = prob_gap = 0.0
+    for name, found in dets.items():
+        for key, d in found.items():
+            b = base.get(key)
+            if b is None:
+                continue
+            box_gap = max(box_gap, *(abs(x - y) for x, y in zip(d["box"], b["box"])))
+            fa, fb = aligner.crop_square_float(d["box"]), aligner.crop_square_float(b["box"])
+            crop_gap = max(crop_gap, *(abs(x - y) for x, y in zip(fa, fb)))
+            prob_gap = max(prob_gap, abs(d["prob"] - b["prob"]))
+    margins = [
+        abs((v - math.floor(v)) - 0.5) for d in base.values() for v in aligner.crop_square_float(d["box"])
+    ]
+    prob_margin = min(abs(d["prob"] - 0.9) for d in base.values())
+    print(f"\nfaces: {len(base)}")
+    print(f"largest box coordinate difference between simulations: {box_gap:.2e} px")
+    print(f"largest difference of a rounded crop value (left, top, side): {crop_gap:.2e} px")
+    print(f"largest face probability difference: {prob_gap:.2e}")
+    print(f"nearest crop value to a rounding boundary: {min(margins):.2e} px (of {len(margins)} values)")
+    print(f"nearest chosen face probability to the 0.9 threshold: {prob_margin:.2e}")
+    noise = max(crop_gap, 1e-12)
+    print(f"expected crop flips per million faces at that difference: {3 * 2 * noise * 1e6:.2g}")
+    print(f"build times (s): {json.dumps({k: round(v) for k, v in seconds.items()})}")
+    if args.keep is None:
+        print(f"(builds left in {root}; remove it when done)")
+
+
+if __name__ == "__main__":
+    main()
