@@ -8,6 +8,14 @@ import numpy as np
 
 from avdata.io import sha256_file
 
+# Two float32 forward passes of one model on the same input, but in other batches or on another
+# CPU's kernels, sum in another order: each layer adds a relative error of about sqrt(fan_in) x
+# 6e-8 (fan_in up to 4608 here, 3x3x512), ~4e-6, so ~4e-5 after the ~10 layers of either branch
+# (1.4e-5 of a unit-scale embedding was seen between AVX-512 and AVX2 kernels). 2e-4 of the
+# embedding's scale leaves 5x headroom and still fails any real preprocessing change (a face
+# cut 1 px aside, another resampling) which moves embeddings by 1e-2 of their scale or more.
+EMBEDDING_RTOL = 2e-4
+
 
 def tar_hashes(root: Path) -> dict[str, str]:
     """sha256 of every .tar below root, keyed by its path relative to root: what byte-identity
