@@ -5,7 +5,8 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO    ?= demo-out
 
-.PHONY: demo demo-pins demo-data test test-slow lint format bench venv clean verify-manifests manifests
+.PHONY: demo demo-pins demo-data test test-slow test-isa lint format bench venv clean verify-manifests \
+	verify-manifests-isa manifests
 
 venv: $(STAMP)
 
@@ -99,6 +100,20 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# The suite again as on other CPUs: torch's plain and AVX2 kernels (avdata.kernels.SIMULATED_CPUS;
+# tests/test_isa.py, which compares builds and training under every simulation itself, runs once
+# in `make test`).
+test-isa: $(STAMP)
+	for sim in aten-default aten-avx2; do \
+	    $(BIN)/python -m avdata.kernels $$sim -- $(BIN)/python -m pytest -q --ignore=tests/test_isa.py || exit 1; done
+
+# The demo data built as on an old x86-64 CPU (plain kernels in torch, oneDNN, MKL and numpy)
+# must verify against the same committed manifests, byte for byte.
+ISA_DEMO ?= demo-isa
+verify-manifests-isa: $(STAMP)
+	$(BIN)/python -m avdata.kernels sse42-machine -- $(MAKE) demo-data DEMO=$(ISA_DEMO)
+	$(MAKE) verify-manifests DEMO=$(ISA_DEMO)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

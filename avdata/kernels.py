@@ -111,3 +111,27 @@ def pinned_problem() -> str | None:
     if capability != "DEFAULT":
         return f"torch was loaded before the kernels were pinned (it runs {capability} kernels)"
     return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m avdata.kernels SIMULATION -- COMMAND ...``: run COMMAND as on that CPU
+    (exit 0 without running it, with a note, when this machine cannot simulate it)."""
+    import subprocess
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 3 or argv[1] != "--" or argv[0] not in SIMULATED_CPUS:
+        print(
+            f"usage: python -m avdata.kernels {{{','.join(SIMULATED_CPUS)}}} -- COMMAND ...", file=sys.stderr
+        )
+        return 2
+    supported = supported_simulations()
+    if argv[0] not in supported:
+        print(f"avdata.kernels: this machine cannot simulate {argv[0]}; skipped: {' '.join(argv[2:])}")
+        return 0
+    print(f"avdata.kernels: {argv[0]} {supported[argv[0]]}", flush=True)
+    return subprocess.run(argv[2:], env=environment(supported[argv[0]])).returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
