@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import logging
 import os
+import stat
 import sys
 from pathlib import Path
 
@@ -33,6 +35,8 @@ from avdata.errors import AvmatchError
 # A worker that dies is handled separately by the scheduler (allowed-failures, default 3).
 TASK_RETRIES = 2
 CONNECT_TIMEOUT_S = 30  # to reach the scheduler
+HANDSHAKE_TIMEOUT_S = 5  # then for its first message
+MAX_SCHEDULER_FILE_BYTES = 1 << 20  # `dask scheduler --scheduler-file` writes well under 1 kB
 WORKERS_TIMEOUT_S = 300  # for at least one worker to join it
 
 
@@ -83,6 +87,107 @@ def _require_distributed():
         ) from None
 
 
+def _read_scheduler_file(path: Path) -> str:
+    """The "address" of a scheduler file (``dask scheduler --scheduler-file``), read as untrusted:
+    a regular file (not a FIFO, which would block) of at most MAX_SCHEDULER_FILE_BYTES holding a
+    JSON object with a string "address". Else one ClusterError naming the file."""
+
+    def bad(reason: str) -> ClusterError:
+        return ClusterError(f"{path}: not a Dask scheduler file ({reason})")
+
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise bad("not a regular file")
+        if st.st_size > MAX_SCHEDULER_FILE_BYTES:
+            raise bad(f"{st.st_size} bytes, more than {MAX_SCHEDULER_FILE_BYTES >> 20} MiB")
+        with path.open("rb") as f:
+            cfg = json.loads(f.read(MAX_SCHEDULER_FILE_BYTES + 1))
+    except FileNotFoundError:
+        raise ClusterError(f"{path}: no such Dask scheduler file") from None
+    except OSError as exc:
+        raise ClusterError(f"{path}: cannot read the Dask scheduler file ({exc.strerror or exc})") from None
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested too deep
+        raise bad(f"not JSON: {getattr(exc, 'msg', None) or type(exc).__name__}") from None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("address"), str):
+        raise bad('no "address" string in a JSON object')
+    return cfg["address"]
+
+
+def scheduler_address(scheduler: str | os.PathLike) -> str:
+    """The scheduler address that ``--scheduler`` names: the address itself (``tcp://host:8786``,
+    ``host:8786``) or the address in the scheduler file it names (an existing file, or anything
+    ending in ``.json`` or holding a ``/`` but no ``://``). Checked without touching the network:
+    a scheme Dask knows, a host and a port of 1..65535. Else one ClusterError naming the file or
+    address. (Dask's Client, given a junk scheduler file or a malformed address, raised an
+    AssertionError or a ValueError, and its half-built self then hung at exit for 2 x the connect
+    timeout and printed an 'Exception ignored' traceback.)"""
+    _require_distributed()
+    from distributed.comm.addressing import get_address_host_port, parse_address
+    from distributed.comm.registry import get_backend
+
+    target = str(scheduler)
+    if os.path.isfile(target) or ("://" not in target and ("/" in target or target.endswith(".json"))):
+        address = _read_scheduler_file(Path(target))
+        where = f"{target}: its address {address!r}"
+    else:
+        address = target
+        where = f"--scheduler {address!r}"
+    try:
+        get_backend(parse_address(address)[0])
+        host, port = get_address_host_port(address)
+        if not host or not 1 <= port <= 65535:
+            raise ValueError("no host, or a port outside 1..65535")
+    except (ValueError, TypeError, ImportError) as exc:
+        raise ClusterError(f"{where} is not a Dask scheduler address ({exc})") from None
+    return address
+
+
+def probe_scheduler(address: str, named: str) -> None:
+    """Connect to ``address`` and exchange Dask's handshake, then hang up, all within
+    CONNECT_TIMEOUT_S (plus a little for the handshake), on an event loop of its own in a thread
+    of its own (callers may have a loop running, a notebook's). Dask's Client, given the same
+    address, waited forever on a port that accepts and stays silent, and on a server that is not
+    Dask (a web server answers with bytes read as a frame length of exabytes) or on TLS without
+    certificates it raised errors after which its half-built Client hung for 2 x the timeout at
+    exit and printed an 'Exception ignored' traceback. Any failure here: one ClusterError."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed.comm import connect
+    from distributed.security import Security
+
+    async def handshake() -> None:
+        args = Security().get_connection_args("client")  # TLS settings of the Dask config, if any
+        comm = await connect(address, timeout=CONNECT_TIMEOUT_S, **args)
+        await comm.close()
+
+    def run() -> None:
+        asyncio.run(asyncio.wait_for(handshake(), CONNECT_TIMEOUT_S + HANDSHAKE_TIMEOUT_S))
+
+    with ThreadPoolExecutor(1, thread_name_prefix="avmatch-dask-probe") as pool:
+        try:
+            pool.submit(run).result()
+        except Exception as exc:  # noqa: BLE001 - refused, silent, unresolvable, not Dask, TLS: all one line
+            if isinstance(exc, TimeoutError) and "Timed out" not in str(exc):
+                reason = f"it accepted the connection but sent no Dask handshake in {HANDSHAKE_TIMEOUT_S} s"
+            elif isinstance(exc, (OSError, TimeoutError, TypeError)):  # TypeError: TLS without certificates
+                reason = str(exc)
+            else:  # a server that is not Dask: its bytes read as a frame of exabytes, or as garbage
+                reason = f"what answers there is not a Dask scheduler ({type(exc).__name__}: {exc})"
+            raise ClusterError(
+                f"cannot reach the Dask scheduler {named} within {CONNECT_TIMEOUT_S} s: {reason}"
+            ) from None
+
+
+def check_scheduler(scheduler: str | os.PathLike) -> str:
+    """The checked address of ``scheduler`` (:func:`scheduler_address`) once a Dask scheduler has
+    answered there (:func:`probe_scheduler`); else one ClusterError."""
+    address = scheduler_address(scheduler)
+    probe_scheduler(address, address if address == str(scheduler) else f"{address} (from {scheduler})")
+    return address
+
+
 @contextlib.contextmanager
 def dask_client(scheduler: str | os.PathLike | None, jobs: int):
     """A Client on the given scheduler (address or scheduler file), or on a LocalCluster of
@@ -105,14 +210,13 @@ def dask_client(scheduler: str | os.PathLike | None, jobs: int):
         ):
             yield client
         return
-    target = str(scheduler)
+    address = check_scheduler(scheduler)  # a Dask scheduler answers there: Client fails only if it just went
     try:
-        if Path(target).is_file():
-            client = Client(scheduler_file=target, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
-        else:
-            client = Client(target, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as exc:
-        raise ClusterError(f"cannot reach the Dask scheduler {target}: {exc}") from None
+        raise ClusterError(
+            f"cannot reach the Dask scheduler {address} within {CONNECT_TIMEOUT_S} s: {exc}"
+        ) from None
     try:
         yield client
     finally:

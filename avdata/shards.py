@@ -683,6 +683,10 @@ def build_shards(
         raise BuildError(f"unknown distributor {distributor!r}: choose multiprocessing or dask")
     if scheduler is not None and distributor != "dask":
         raise BuildError("a scheduler is only used with --distributor dask")
+    if scheduler is not None:
+        from avdata.distribute_dask import check_scheduler
+
+        check_scheduler(scheduler)  # junk, or no Dask scheduler there: one line now, not after the scan
     if config.device != "cpu":  # the manifest records the device kind really used: cpu or cuda
         from avdata.faces import resolve_device
 

@@ -16,9 +16,11 @@ same-identity audio-face distance before/after the generator [Fig. 8]; and, with
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import json
+import math
 import re
 import zipfile
 from pathlib import Path
@@ -27,6 +29,7 @@ import numpy as np
 
 from avdata.errors import AvmatchError
 from avdata.io import atomic_write_text
+from avtrain.diagnostics import TSNE_MAX_ITEMS
 from avtrain.results import RETRIEVAL_MEASURES, metric_rows
 
 SECTIONS = {
@@ -77,6 +80,10 @@ def flat_config(cfg: dict) -> dict:
 
 
 MARKERS = "os^vD<>ph*Xd+x"
+DIRECTIONS = ("a2v", "v2a")  # the only direction keys of matching and retrieval in metrics.json
+MAX_K = 1000  # gallery sizes the report plots (make-tuples builds 2..10); a larger k is refused
+MAX_METRICS_BYTES = 64 << 20  # metrics.json of avtrain evaluate: tens of kB per list
+MAX_EMBEDDINGS_BYTES = 64 << 20  # embeddings.npz, uncompressed: 400 items x (3200 + 128) float32 = 5.3 MB
 
 
 class ReportError(AvmatchError, ValueError):
@@ -84,6 +91,25 @@ class ReportError(AvmatchError, ValueError):
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+class _Html(str):
+    """Markup the report wrote itself from fixed text and formatted numbers. Every other table
+    cell and header is HTML-escaped by :func:`_table`, the one place table text enters the page."""
+
+
+def _plain_text(plot):
+    """Run a figure-drawing function with matplotlib's mathtext off: run, list and split names
+    come from metrics.json, and ``$...$`` in one would be parsed (and raise) rather than shown."""
+
+    @functools.wraps(plot)
+    def wrapper(*args, **kwargs):
+        import matplotlib
+
+        with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+            return plot(*args, **kwargs)
+
+    return wrapper
 
 
 def _png(fig) -> str:
@@ -108,24 +134,37 @@ def _esc(x) -> str:
     return html.escape(str(x))
 
 
-def _pct(e: dict | None, ci: bool = True) -> str:
+def _pct(e: dict | None, ci: bool = True) -> _Html:
+    """A checked entry's value (and CI) in %: numbers only, so markup of the report's own."""
     if not e or e.get("value") is None:
-        return "–"
-    s = f"{100 * e['value']:.2f}"
+        return _Html("–")
+    s = f"{100 * float(e['value']):.2f}"
     if ci and e.get("ci95"):
         lo, hi = e["ci95"]
-        s += f" <small>[{100 * lo:.1f}, {100 * hi:.1f}]</small>"
-    return s
+        s += f" <small>[{100 * float(lo):.1f}, {100 * float(hi):.1f}]</small>"
+    return _Html(s)
 
 
-def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
-    head = "".join(f"<th>{h}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+def _cell(x) -> str:
+    return x if isinstance(x, _Html) else html.escape(str(x))
+
+
+def _table(header: list, rows: list[list], cls: str = "") -> str:
+    """An HTML table; every header and cell is escaped unless it is :class:`_Html`."""
+    head = "".join(f"<th>{_cell(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{_cell(cls)}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    """A JSON number (not a bool) that is finite as a float: NaN, infinities and integers beyond
+    float range (JSON has no limit on digits) are not."""
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer like 10**400
+        return False
 
 
 def load_metrics(path: str | Path) -> dict:
@@ -134,11 +173,20 @@ def load_metrics(path: str | Path) -> dict:
     if not path.is_file():
         raise ReportError(f"{path}: no metrics file; run avtrain evaluate first")
     try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{path}: not JSON ({exc.msg})") from None
+        size = path.stat().st_size
+        text = path.read_text(encoding="utf-8") if size <= MAX_METRICS_BYTES else None
     except (OSError, UnicodeDecodeError) as exc:
         raise ReportError(f"{path}: cannot read ({exc})") from None
+    if text is None:
+        raise ReportError(
+            f"{path}: {size} bytes, more than any metrics file of avtrain evaluate ({MAX_METRICS_BYTES >> 20} MiB)"
+        )
+    try:
+        m = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{path}: not JSON ({exc.msg})") from None
+    except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits; nesting too deep
+        raise ReportError(f"{path}: not usable JSON ({type(exc).__name__}: {exc})") from None
     check_metrics(m, path)
     return m
 
@@ -163,27 +211,53 @@ def check_metrics(m, path: str | Path) -> None:
 
     def num(x, where: str) -> None:
         if not _is_number(x):
-            raise bad(f"{where} is not a number")
+            raise bad(f"{where} is not a finite number")
 
-    def entry(e, where: str, value_required: bool = True) -> None:  # {"value", "ci95"?}
+    def fraction(x, where: str) -> None:  # every metric value is a fraction (docs/evaluation.md)
+        num(x, where)
+        if not 0 <= x <= 1:
+            raise bad(f"{where} is not a fraction in [0, 1]")
+
+    def count(d: dict, k: str, where: str) -> None:  # absent, null or a non-negative integer
+        x = d.get(k)
+        if x is not None and not (isinstance(x, int) and not isinstance(x, bool) and x >= 0):
+            raise bad(f"{where}.{k} is not a count")
+
+    def direction(d: str, where: str) -> None:
+        if d not in DIRECTIONS:
+            raise bad(f"{where} key {d!r} is not a direction (a2v or v2a)")
+
+    def entry(e, where: str, value_required: bool = True) -> None:  # {"value", "ci95"?, "n"?}
         obj(e, where)
         if value_required or e.get("value") is not None:
-            num(key(e, "value", where), f"{where}.value")
+            fraction(key(e, "value", where), f"{where}.value")
         ci = e.get("ci95")
         if ci:
             if not isinstance(ci, list) or len(ci) != 2:
                 raise bad(f"{where}.ci95 is not [low, high]")
             for x in ci:
-                num(x, f"{where}.ci95")
+                fraction(x, f"{where}.ci95")
+        count(e, "n", where)
 
     obj(m, "the top level")
     for k in ("config", "items", "bootstrap", "pair_distance"):
         if m.get(k) is not None:
             obj(m[k], k)
+    for k in ("checkpoint_epoch", "checkpoint_step"):
+        count(m, k, "the top level")
+    for k in ("audio", "face"):
+        count(m.get("items") or {}, k, "items")
+    count(m.get("bootstrap") or {}, "n", "bootstrap")
+    seed = (m.get("bootstrap") or {}).get("seed")
+    if seed is not None and not isinstance(seed, int):
+        raise bad("bootstrap.seed is not an integer")
+    if m.get("matching_split") is not None and not isinstance(m["matching_split"], str):
+        raise bad("matching_split is not a split name")
     for d, ks in obj(m.get("matching", {}), "matching").items():
+        direction(d, "matching")
         for kname, e in obj(ks, f"matching.{d}").items():
-            if not re.fullmatch(r"k[0-9]+", kname):
-                raise bad(f"matching.{d} key {kname!r} is not k<gallery size>")
+            if not re.fullmatch(r"k[1-9][0-9]{0,5}", kname) or int(kname[1:]) > MAX_K:
+                raise bad(f"matching.{d} key {kname!r} is not k<gallery size> with a size of 1..{MAX_K}")
             entry(e, f"matching.{d}.{kname}")
             if e.get("head"):
                 entry(e["head"], f"matching.{d}.{kname}.head", value_required=False)
@@ -192,6 +266,7 @@ def check_metrics(m, path: str | Path) -> None:
     for name, e in obj(m.get("verification", {}), "verification").items():
         where = f"verification.{name}"
         obj(e, where)
+        count(e, "n", where)
         entry(key(e, "auc", where), f"{where}.auc")
         entry(key(e, "eer", where), f"{where}.eer", value_required=False)
         if e.get("head_auc"):
@@ -201,10 +276,12 @@ def check_metrics(m, path: str | Path) -> None:
         if not (isinstance(fpr, list) and isinstance(tpr, list) and len(fpr) == len(tpr)):
             raise bad(f"{where}.roc fpr and tpr are not two lists of one length")
         for x in fpr + tpr:
-            num(x, f"{where}.roc")
+            fraction(x, f"{where}.roc")
     for split, dirs in obj(m.get("retrieval", {}), "retrieval").items():
         for d, e in obj(dirs, f"retrieval.{split}").items():
+            direction(d, f"retrieval.{split}")
             obj(e, f"retrieval.{split}.{d}")
+            count(e, "n", f"retrieval.{split}.{d}")
             for measure in RETRIEVAL_MEASURES:
                 if e.get(measure) is not None:
                     entry(e[measure], f"retrieval.{split}.{d}.{measure}", value_required=False)
@@ -212,6 +289,7 @@ def check_metrics(m, path: str | Path) -> None:
     if pd_.get("before") and pd_.get("after"):
         for k in ("n_audio", "n_face", "n_identities_both"):
             key(pd_, k, "pair_distance")
+            count(pd_, k, "pair_distance")
         for space in ("before", "after"):
             where = f"pair_distance.{space}"
             sp = obj(pd_[space], where)
@@ -221,15 +299,17 @@ def check_metrics(m, path: str | Path) -> None:
 
 
 def read_log(path: Path) -> list[dict]:
+    """The JSON-object lines of RUN/log.jsonl; any other line (cut by a killed run, not JSON,
+    not text, an integer JSON cannot hand back, nested too deep) is skipped."""
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         if line.strip():
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a killed run
+            except (ValueError, RecursionError):
+                continue
             if isinstance(row, dict):
                 rows.append(row)
     return rows
@@ -245,17 +325,17 @@ def _arrow(direction: str) -> str:
 def metrics_table(m: dict) -> str:
     rows = []
     for r in metric_rows(m):
-        n = str(r.n if r.n is not None else "")
+        n = "" if r.n is None else r.n
         if r.task == "matching":
-            extra = f"; head {_pct(r.head)}" if r.head else ""
-            rows.append([f"matching {_esc(r.split)} {_arrow(r.direction)} k={r.k}", _pct(r.entry) + extra, n])
+            value = _Html(_pct(r.entry) + (f"; head {_pct(r.head)}" if r.head else ""))
+            rows.append([f"matching {r.split} {_arrow(r.direction)} k={r.k}", value, n])
         elif r.task == "matching_other":
-            rows.append([f"matching {_esc(r.name)}", _pct(r.entry), n])
+            rows.append([f"matching {r.name}", _pct(r.entry), n])
         elif r.task == "verification":
             label = {"auc": "AUC", "eer": "EER", "head_auc": "AUC (learned head)"}[r.measure]
-            rows.append([f"verification {_esc(r.name)} {label}", _pct(r.entry), n])
+            rows.append([f"verification {r.name} {label}", _pct(r.entry), n])
         else:
-            rows.append([f"retrieval {_esc(r.split)} {_arrow(r.direction)} {r.measure}", _pct(r.entry), n])
+            rows.append([f"retrieval {r.split} {_arrow(r.direction)} {r.measure}", _pct(r.entry), n])
     if not rows:
         return "<p>No metrics.</p>"
     return _table(["metric (this run; score −L2)", "% [95% CI]", "n"], rows, "metrics")
@@ -270,11 +350,12 @@ def paper_table() -> str:
     )
     return note + _table(
         ["task (paper, VoxCeleb1 + VGGFace)", "A→V %", "V→A %"],
-        [[_esc(a), _esc(b), _esc(c)] for a, b, c in PAPER_ROWS],
+        [list(row) for row in PAPER_ROWS],
         "paper",
     )
 
 
+@_plain_text
 def accuracy_vs_k(m: dict) -> str | None:
     matching = m.get("matching", {})
     if not matching:
@@ -312,6 +393,7 @@ def accuracy_vs_k(m: dict) -> str | None:
     return _png(fig)
 
 
+@_plain_text
 def roc_plot(m: dict) -> str | None:
     ver = m.get("verification", {})
     if not ver:
@@ -329,15 +411,16 @@ def roc_plot(m: dict) -> str | None:
     return _png(fig)
 
 
+@_plain_text
 def loss_plot(log: list[dict]) -> str | None:
     rows = [r for r in log if _is_number(r.get("step")) and _is_number(r.get("L_total"))]
     if not rows:
         return None
-    steps = np.array([r["step"] for r in rows])
+    steps = np.array([float(r["step"]) for r in rows])
     fig = _figure(9, 3.5)
     for i, key in enumerate(("L_total", "L_dis")):
         ax = fig.add_subplot(1, 2, i + 1)
-        y = np.array([r[key] if _is_number(r.get(key)) else np.nan for r in rows], dtype=float)
+        y = np.array([float(r[key]) if _is_number(r.get(key)) else np.nan for r in rows])
         ax.plot(steps, y, lw=0.8, alpha=0.5, label=key)
         if y.size >= 10:  # moving average over ~2% of the run
             w = max(2, y.size // 50)
@@ -355,26 +438,49 @@ def loss_plot(log: list[dict]) -> str | None:
 
 
 def _tsne(x: np.ndarray) -> np.ndarray:
+    """2-d t-SNE map of the rows of x. The rows are centred and scaled to a largest deviation of
+    1 first (t-SNE is blind to both): sklearn's PCA init divides by the spread of the data, and
+    rows that were all equal, or spread by less than float precision or by more than float range,
+    made it crash the process (a segmentation fault). Rows that are all equal map to one point."""
     from sklearn.manifold import TSNE
 
     n = x.shape[0]
+    x = x.astype(np.float64)
+    for centre in (False, True):  # scale first, so that neither the mean nor the scale overflows
+        if centre:
+            x -= x.mean(axis=0)
+        scale = np.abs(x).max()
+        if not scale > 0:  # every row the same
+            return np.zeros((n, 2))
+        x /= scale
     perplexity = float(min(30.0, max(2.0, (n - 1) / 3.0)))
     perplexity = min(perplexity, n - 1.0 - 1e-6)
     return TSNE(
         n_components=2, perplexity=perplexity, random_state=0, init="pca", learning_rate="auto"
-    ).fit_transform(x.astype(np.float64))
+    ).fit_transform(x)
 
 
 def load_embedding_sample(path: Path) -> dict[str, np.ndarray]:
-    """RUN/embeddings.npz (as ``avtrain evaluate`` writes it), checked: per modality the ids and
-    the embeddings before and after the generator, one row per id. Else one ReportError."""
+    """RUN/embeddings.npz (as ``avtrain evaluate`` writes it), checked: per modality the ids
+    (strings) and the embeddings before and after the generator (finite real numbers, one row
+    per id, as many columns as the other modality's), at most TSNE_MAX_ITEMS items and
+    MAX_EMBEDDINGS_BYTES uncompressed. Else one ReportError."""
     try:
+        if path.stat().st_size > MAX_EMBEDDINGS_BYTES:
+            raise ReportError(f"{path}: larger than any embedding sample ({MAX_EMBEDDINGS_BYTES >> 20} MiB)")
         z = np.load(path, allow_pickle=False)
         if isinstance(z, np.lib.npyio.NpzFile):
             with z:
+                if sum(info.file_size for info in z.zip.infolist()) > MAX_EMBEDDINGS_BYTES:
+                    raise ReportError(
+                        f"{path}: its arrays unpack to more than {MAX_EMBEDDINGS_BYTES >> 20} MiB, "
+                        "larger than any embedding sample"
+                    )
                 d = {k: z[k] for k in z.files}
         else:
             d = None  # a single .npy array
+    except ReportError:
+        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ReportError(f"{path}: not a readable embedding sample ({exc})") from None
     if d is None:
@@ -383,18 +489,24 @@ def load_embedding_sample(path: Path) -> dict[str, np.ndarray]:
         for k in (f"{m}_ids", f"{m}_before", f"{m}_after"):
             if k not in d:
                 raise ReportError(f"{path}: no array {k!r}; not an embedding sample of avtrain evaluate")
-        if d[f"{m}_ids"].ndim != 1:
-            raise ReportError(f"{path}: {m}_ids is not a list of ids")
+        if d[f"{m}_ids"].ndim != 1 or d[f"{m}_ids"].dtype.kind != "U":
+            raise ReportError(f"{path}: {m}_ids is not a list of ids (strings)")
         n = len(d[f"{m}_ids"])
         for k in (f"{m}_before", f"{m}_after"):
             a = d[k]
-            if a.ndim != 2 or a.shape[0] != n or not np.issubdtype(a.dtype, np.number):
-                raise ReportError(f"{path}: {k} is not {n} rows of numbers, one per {m}_ids entry")
+            if a.ndim != 2 or a.shape[0] != n or a.shape[1] < 1 or a.dtype.kind not in "fiu":
+                raise ReportError(f"{path}: {k} is not {n} rows of real numbers, one per {m}_ids entry")
             if not np.isfinite(a).all():
                 raise ReportError(f"{path}: {k} holds NaN or infinite values")
+    if len(d["audio_ids"]) + len(d["face_ids"]) > TSNE_MAX_ITEMS:
+        raise ReportError(f"{path}: more than the {TSNE_MAX_ITEMS} items of an embedding sample")
+    for space in ("before", "after"):
+        if d[f"audio_{space}"].shape[1] != d[f"face_{space}"].shape[1]:
+            raise ReportError(f"{path}: audio_{space} and face_{space} have different widths")
     return d
 
 
+@_plain_text
 def tsne_plot(npz_path: Path) -> tuple[str | None, str]:
     if not npz_path.is_file():
         return None, f"{npz_path.name} not found (run avtrain evaluate)"
@@ -405,9 +517,12 @@ def tsne_plot(npz_path: Path) -> tuple[str | None, str]:
     ids = np.concatenate([d["audio_ids"], d["face_ids"]])
     uniq = sorted(set(ids.tolist()))
     fig = _figure(11, 5)
+    same = []
     for i, space in enumerate(("before", "after")):
         ax = fig.add_subplot(1, 2, i + 1)
         y = _tsne(np.concatenate([d[f"audio_{space}"], d[f"face_{space}"]]))
+        if not y.any():
+            same.append(f"all embeddings {space} the generator are equal (one point)")
         for j, ident in enumerate(uniq):
             for mod, sl, colour in (
                 ("audio", slice(0, na), "tab:blue"),
@@ -424,10 +539,7 @@ def tsne_plot(npz_path: Path) -> tuple[str | None, str]:
                         alpha=0.8,
                         label=mod if j == 0 else None,
                     )
-        ax.set_title(
-            f"{'before' if space == 'before' else 'after'} the generator "
-            f"({3200 if space == 'before' else 128}-d)"
-        )
+        ax.set_title(f"{space} the generator ({d[f'audio_{space}'].shape[1]}-d)")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.legend(fontsize="small")
@@ -435,9 +547,11 @@ def tsne_plot(npz_path: Path) -> tuple[str | None, str]:
     return _png(fig), (
         f"{na} voices and {nf} faces of {len(uniq)} identities; colour = modality, marker = identity; "
         f"sklearn TSNE, perplexity {perplexity:.1f}, random_state 0, PCA init."
+        + "".join(f" Note: {s}." for s in same)
     )
 
 
+@_plain_text
 def distance_plot(m: dict) -> tuple[str | None, str]:
     pd_ = m.get("pair_distance") or {}
     if not pd_.get("before") or not pd_.get("after"):
@@ -516,13 +630,11 @@ def compare_table(runs: list[tuple[Path, dict]]) -> str:
         return (1, name, 0)
 
     cols = sorted(set().union(*per_run), key=order)
-    header = ["run", "label"] + [_esc(k) for k in keys] + [_esc(c) + " %" for c in cols]
+    header = ["run", "label"] + keys + [f"{c} %" for c in cols]
     rows = []
     for (run, m), cfg, mm in zip(runs, configs, per_run):
         rows.append(
-            [_esc(run), _esc(run_label(cfg, keys))]
-            + [_esc(cfg.get(k, "–")) for k in keys]
-            + [_pct(mm.get(c)) for c in cols]
+            [run, run_label(cfg, keys)] + [cfg.get(k, "–") for k in keys] + [_pct(mm.get(c)) for c in cols]
         )
     return _table(header, rows, "compare")
 
@@ -551,16 +663,17 @@ def build_report(
     others = [(Path(r), load_metrics(Path(r) / "metrics.json")) for r in compare]  # before any plot
     out = Path(out) if out else run / "report.html"
     cfg = flat_config(m.get("config") or {})
+    items, boot = m.get("items") or {}, m.get("bootstrap") or {}  # either may be null
     parts = [
         f"<h1>AML report: {_esc(run)}</h1>",
         f"<p>checkpoint epoch {_esc(m.get('checkpoint_epoch'))} (step {_esc(m.get('checkpoint_step'))}); "
         f"task {_esc(cfg.get('task'))}, k={_esc(cfg.get('k'))}, direction {_esc(cfg.get('direction'))}; "
         f"label: <b>{_esc(run_label(cfg, []))}</b>. Shards {_esc(m.get('shards'))}, tuples {_esc(m.get('tuples'))}; "
-        f"{_esc(m.get('items', {}).get('audio'))} voices and {_esc(m.get('items', {}).get('face'))} faces embedded once each.</p>",
+        f"{_esc(items.get('audio'))} voices and {_esc(items.get('face'))} faces embedded once each.</p>",
         "<p>Scores are −Euclidean distance between the 128-d embeddings (the learned heads only "
         "exist for the trained k/direction and are shown as “head” where available). Values in %, "
-        f"95% percentile bootstrap CIs ({_esc(m.get('bootstrap', {}).get('n'))} resamples, seed "
-        f"{_esc(m.get('bootstrap', {}).get('seed'))}) in brackets. See docs/evaluation.md.</p>",
+        f"95% percentile bootstrap CIs ({_esc(boot.get('n'))} resamples, seed "
+        f"{_esc(boot.get('seed'))}) in brackets. See docs/evaluation.md.</p>",
     ]
 
     parts.append('<div class="side"><div>')

@@ -3,9 +3,13 @@ the shards are byte-identical to -j 1, also when a worker is SIGKILLed in the mi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -158,6 +162,100 @@ def test_dask_unreachable_scheduler_is_one_line_error(corpus, tmp_path, monkeypa
     assert res.exit_code == 1
     assert res.output.startswith("Error: cannot reach the Dask scheduler tcp://127.0.0.1:9")
     assert len(res.output.strip().splitlines()) == 1
+
+
+# the CLI runs on each argv of argv[1] (JSON) in a process of its own, so that what Dask leaves for
+# exit (a half-built Client's __del__ waiting 2 x the connect timeout, then an 'Exception ignored'
+# traceback) is seen too; the connect and handshake timeouts are made short, they are the bound under test
+_CLI_RUNS = """
+import json, sys
+import avdata.distribute_dask as dd
+from click.testing import CliRunner
+from avdata.cli import main
+dd.CONNECT_TIMEOUT_S = dd.HANDSHAKE_TIMEOUT_S = 1
+for args in json.loads(sys.argv[1]):
+    res = CliRunner().invoke(main, args)
+    print(json.dumps([res.exit_code, res.output, repr(res.exception)]), flush=True)
+"""
+PROCESS_TIMEOUT_S = 60  # a bound, not an expectation: the runs take a few seconds
+
+
+@contextlib.contextmanager
+def _tcp_server(answer: bytes | None):
+    """A TCP server that is not a Dask scheduler: it sends ANSWER and hangs up, or (None) accepts
+    and stays silent. Yields its tcp:// address."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def serve():
+        with contextlib.suppress(OSError):  # closed at the end
+            while True:
+                conn, _ = server.accept()
+                if answer is None:
+                    held.append(conn)
+                else:
+                    conn.sendall(answer)
+                    conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+        for conn in held:
+            conn.close()
+
+
+def test_bad_scheduler_file_or_address_is_one_line_error(corpus, tmp_path):
+    """A scheduler file that is junk, not a regular file or missing, an address Dask cannot parse,
+    and an address where something else answers (a web server; a port that accepts and stays
+    silent): exit 1 and one `Error:` line naming the file or address, before any scan, within the
+    connect timeout, and no traceback at exit."""
+    files = {
+        "junk.json": ("junk{", "not a Dask scheduler file (not JSON: "),
+        "list.json": ("[]", 'not a Dask scheduler file (no "address" string in a JSON object)'),
+        "noport.json": ('{"address": "tcp://127.0.0.1"}', "its address 'tcp://127.0.0.1' is not a Dask scheduler"),
+        "missing.json": (None, "no such Dask scheduler file"),
+        "fifo.json": ("fifo", "not a Dask scheduler file (not a regular file)"),
+    }  # fmt: skip
+    cases = []
+    for name, (text, problem) in files.items():
+        path = tmp_path / name
+        if text == "fifo":
+            os.mkfifo(path)  # opening it would wait for a writer forever
+        elif text is not None:
+            path.write_text(text)
+        cases.append((str(path), f"{path}: {problem}"))
+    for address in ("junk-address", "tcp://127.0.0.1:notaport", "tcp://127.0.0.1:0", "nonsense://host:1"):
+        cases.append((address, f"--scheduler {address!r} is not a Dask scheduler address"))
+    with (
+        _tcp_server(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n") as web,
+        _tcp_server(None) as silent,
+    ):
+        cases.append(
+            (web, f"cannot reach the Dask scheduler {web} within 1 s: what answers there is not a Dask")
+        )
+        cases.append(
+            (silent, f"cannot reach the Dask scheduler {silent} within 1 s: it accepted the connection")
+        )
+        argvs = [
+            build_shards_args(corpus, tmp_path / "out", "--distributor", "dask", "--scheduler", scheduler)
+            for scheduler, _ in cases
+        ]
+        proc = subprocess.run(
+            [sys.executable, "-c", _CLI_RUNS, json.dumps(argvs)],
+            capture_output=True,
+            text=True,
+            timeout=PROCESS_TIMEOUT_S,
+        )
+    assert proc.returncode == 0 and not proc.stderr, proc.stderr  # no 'Exception ignored' at exit
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(results) == len(cases), proc.stdout
+    for (scheduler, needle), (code, output, exception) in zip(cases, results):
+        assert code == 1 and exception == "SystemExit(1)", (scheduler, output, exception)
+        assert output.startswith("Error: ") and len(output.strip().splitlines()) == 1, output
+        assert needle in output, (needle, output)
+    assert not (tmp_path / "out").exists()  # refused before the build started
 
 
 def test_scheduler_without_dask_is_refused(corpus, tmp_path):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -313,6 +314,210 @@ def test_report_bad_inputs_are_one_line_naming_the_file(tmp_path):
     (run / "embeddings.npz").unlink()
     res = report("--run", run)
     assert res.exit_code == 0 and (run / "report.html").is_file(), res.output
+
+
+# payloads of issue #20: a plain tag, one whose handler is entity-encoded (survives .upper(): the
+# retrieval direction went through _arrow), one that closes an attribute, and matplotlib mathtext
+XSS = "<img src=x onerror=alert(1)>"
+XSS_UPPER = "<img src=x onerror=&#97;&#108;&#101;&#114;&#116;(1)>"
+XSS_ATTR = '"><svg onload=alert(1)>'
+MATHTEXT = r"$\frac{$ and $x^$"
+PAYLOADS = (XSS, XSS_UPPER, XSS_ATTR)
+REPORT_TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "b", "div", "small"}
+REPORT_TAGS |= {"table", "thead", "tbody", "tr", "th", "td", "img"}
+
+
+class _Page(HTMLParser):
+    """The elements and the text of a page as a browser's tokenizer sees them."""
+
+    def __init__(self, page: str):
+        super().__init__(convert_charrefs=True)
+        self.elements: list[tuple[str, list]] = []
+        self.text: list[str] = []
+        self.feed(page)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.elements.append((tag, attrs))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _assert_inert(page: str, *shown: str) -> None:
+    """No element or attribute of the page comes from data: only the report's own tags, with its
+    own attributes (images only as embedded PNGs); and each of SHOWN appears as text."""
+    parsed = _Page(page)
+    for tag, attrs in parsed.elements:
+        assert tag in REPORT_TAGS, (tag, attrs)
+        for name, value in attrs:
+            assert name in ("lang", "charset", "class", "alt", "src"), (tag, name, value)
+            if name == "src":
+                assert value.startswith("data:image/png;base64,"), value[:80]
+    text = "".join(parsed.text)
+    for s in shown:
+        assert s in text, s
+
+
+def _metrics(**more) -> dict:
+    """A small metrics.json of avtrain evaluate's layout, with MORE set at the top level."""
+    e = {"value": 0.5, "ci95": [0.4, 0.6], "n": 10}
+    roc = {"fpr": [0.0, 0.5, 1.0], "tpr": [0.0, 0.8, 1.0]}
+    return {
+        "checkpoint_epoch": 1,
+        "checkpoint_step": 3,
+        "config": {"task": "matching", "k": 2, "direction": "a2v"},
+        "matching": {"a2v": {"k2": dict(e), "k3": dict(e)}, "v2a": {"k2": dict(e)}},
+        "matching_split": "test",
+        "matching_other": {"matching_val_a2v_k2": dict(e)},
+        "verification": {"test": {"auc": {"value": 0.9}, "eer": {"value": 0.1}, "roc": roc, "n": 4}},
+        "retrieval": {"test": {"a2v": {"R@1": e, "R@5": e, "R@10": e, "mAP": e, "n": 3}}},
+        "items": {"audio": 6, "face": 6},
+        "bootstrap": {"n": 10, "seed": 0},
+    } | more
+
+
+def test_report_tables_escape_every_cell():
+    """The table writer escapes every cell: a metrics dict that never went through the loader's
+    checks (`n` and a retrieval direction holding markup) still gives no element of its own."""
+    from avtrain.report import compare_table, metrics_table
+
+    m = _metrics()
+    m["matching"]["a2v"]["k2"]["n"] = XSS
+    m["retrieval"]["test"][XSS_UPPER] = m["retrieval"]["test"]["a2v"]
+    m["verification"][XSS_ATTR] = m["verification"]["test"]
+    m["config"][XSS_ATTR] = XSS
+    other = _metrics(config={"task": "matching", XSS_ATTR: "x"})
+    page = metrics_table(m) + compare_table([(Path(XSS), m), (Path("b"), other)])
+    _assert_inert(page, XSS, XSS_UPPER.upper(), XSS_ATTR)
+
+
+def test_report_refuses_hostile_metrics_in_one_line(tmp_path):
+    """Values the report would show or plot are type-checked when metrics.json is read: markup
+    where a count or a direction belongs, integers beyond float range, gallery sizes no plot can
+    hold, JSON that Python cannot hand back. Each is one `Error:` line naming the file."""
+    metrics = tmp_path / "metrics.json"
+
+    def refused(m, problem: str) -> None:  # m: the metrics (or their text); None: the file as it is
+        if m is not None:
+            metrics.write_text(m if isinstance(m, str) else json.dumps(m))
+        res = CliRunner().invoke(avtrain_main, ["report", "--run", str(tmp_path)])
+        _one_error_line(res, f"{metrics}: ", problem)
+        assert not (tmp_path / "report.html").exists()
+
+    m = _metrics()
+    m["matching"]["a2v"]["k2"]["n"] = XSS
+    refused(m, "matching.a2v.k2.n is not a count")
+    m = _metrics()
+    m["retrieval"]["test"][XSS_UPPER] = m["retrieval"]["test"]["a2v"]
+    refused(m, "is not a direction (a2v or v2a)")
+    m = _metrics()
+    m["matching"][XSS] = {}
+    refused(m, "is not a direction (a2v or v2a)")
+    m = _metrics()
+    m["verification"]["test"]["n"] = XSS_ATTR
+    refused(m, "verification.test.n is not a count")
+    big = 10**400
+    for where, set_big in (
+        ("matching.a2v.k2.value", lambda m: m["matching"]["a2v"]["k2"].update(value=big)),
+        ("matching.a2v.k2.ci95", lambda m: m["matching"]["a2v"]["k2"].update(ci95=[0.1, big])),
+        ("verification.test.roc", lambda m: m["verification"]["test"]["roc"].update(fpr=[0, 0.5, big])),
+        ("pair_distance.before.same", lambda m: m.update(pair_distance=_pair_distance(big))),
+    ):
+        m = _metrics()
+        set_big(m)
+        refused(m, f"{where} is not a finite number")
+    m = _metrics()
+    m["matching"]["a2v"]["k2"]["value"] = 1.5
+    refused(m, "matching.a2v.k2.value is not a fraction in [0, 1]")
+    for k in ("k" + "9" * 30, "k0", "k1001", "k" + "9" * 5000):
+        m = _metrics()
+        m["matching"]["a2v"][k] = m["matching"]["a2v"]["k2"]
+        refused(m, "is not k<gallery size> with a size of 1..1000")
+    refused(json.dumps(_metrics())[:-1] + ', "huge": 1' + "0" * 5000 + "}", "not usable JSON")
+    refused('{"config": ' + "[" * 100_000 + "]" * 100_000 + "}", "not usable JSON")
+    refused(_metrics(matching_split=["test"]), "matching_split is not a split name")
+    with metrics.open("r+b") as f:
+        f.truncate(65 << 20)  # sparse: no 65 MiB written
+    refused(None, "more than any metrics file of avtrain evaluate (64 MiB)")
+
+
+def _pair_distance(same) -> dict:
+    space = {"same": same, "different": 1.0, "normalised": 0.5}
+    return {"n_audio": 6, "n_face": 6, "n_identities_both": 3, "before": space, "after": dict(space)}
+
+
+def test_report_shows_hostile_names_as_text(tmp_path):
+    """Every name the report shows (splits, list names, settings, run directories, the training
+    log, the embedding sample's ids) may hold markup or matplotlib mathtext: the page shows them
+    as text, the figures draw them literally, and null `items` / `bootstrap` sections are absent
+    ones rather than a crash."""
+    run, other = tmp_path / "run", tmp_path / XSS_ATTR.replace("/", "")
+    for d in (run, other):
+        d.mkdir()
+    m = _metrics(items=None, bootstrap=None, matching_split=XSS_ATTR + MATHTEXT, shards=XSS, tuples=XSS_UPPER)
+    m["verification"][MATHTEXT + XSS] = m["verification"].pop("test")
+    m["matching_other"] = {XSS_UPPER: m["matching_other"]["matching_val_a2v_k2"]}
+    m["retrieval"] = {XSS_ATTR: m["retrieval"]["test"]}
+    m["config"] |= {"adversarial_kind": XSS, "metric_kind": MATHTEXT, XSS_ATTR: 1}
+    m["pair_distance"] = _pair_distance(1.0)
+    (run / "metrics.json").write_text(json.dumps(m))
+    (other / "metrics.json").write_text(json.dumps(_metrics(config={"seed": XSS_UPPER})))
+    rows = [{"step": s, "L_total": 1.0 / s, "L_dis": 0.5} for s in range(1, 30)]
+    (run / "log.jsonl").write_bytes(
+        "\n".join(map(json.dumps, rows)).encode()
+        + b'\n{"step": 1' + b"0" * 400 + b', "L_total": 1, "L_dis": 1' + b"0" * 400
+        + b'}\n{"step": 31, "L_total": 1' + b"0" * 5000 + b'}\n' + b"[" * 100_000
+        + b'\n\xff\xfe{"step": 32}\n{"step": 33, "L_total": NaN, "L_dis": Infinity}\n'
+    )  # fmt: skip
+    ids = np.array([XSS, XSS_ATTR, MATHTEXT] * 2)
+    np.savez(
+        run / "embeddings.npz",
+        **{f"{mod}_{k}": v for mod in ("audio", "face") for k, v in (("ids", ids), ("keys", ids))},
+        **{f"{mod}_before": np.random.default_rng(0).normal(size=(6, 8)) for mod in ("audio", "face")},
+        **{f"{mod}_after": np.random.default_rng(1).normal(size=(6, 4)) for mod in ("audio", "face")},
+    )
+    res = CliRunner().invoke(avtrain_main, ["report", "--run", str(run), "--compare", str(other)])
+    assert res.exit_code == 0, res.output
+    page = (run / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 5  # accuracy-k, ROC, losses, t-SNE, distances
+    _assert_inert(page, XSS, XSS_UPPER, XSS_ATTR, MATHTEXT, str(other))
+
+
+def test_report_refuses_hostile_embedding_samples(tmp_path):
+    """embeddings.npz: arrays t-SNE cannot take (widths that differ between the modalities,
+    complex numbers, ids that are not strings), more items than a sample has, or arrays that
+    unpack to more than a sample's size: one `Error:` line naming the file."""
+    run = tmp_path
+    (run / "metrics.json").write_text(json.dumps(_metrics()))
+    npz = run / "embeddings.npz"
+    ids = np.array(["a", "b", "c"])
+
+    def sample(n=3, before=8, face_before=8, dtype=np.float32, ids=ids, save=np.savez):
+        save(
+            npz,
+            audio_ids=ids,
+            face_ids=ids,
+            audio_before=np.ones((n, before), dtype),
+            face_before=np.ones((n, face_before), dtype),
+            audio_after=np.ones((n, 4), dtype),
+            face_after=np.ones((n, 4), dtype),
+        )
+        return CliRunner().invoke(avtrain_main, ["report", "--run", str(run)])
+
+    _one_error_line(sample(face_before=9), f"{npz}: audio_before and face_before have different widths")
+    _one_error_line(sample(dtype=np.complex64), f"{npz}: audio_before is not 3 rows of real numbers")
+    _one_error_line(sample(ids=np.arange(3)), f"{npz}: audio_ids is not a list of ids (strings)")
+    with npz.open("r+b") as f:
+        f.truncate(65 << 20)  # sparse: no 65 MiB written
+    _one_error_line(CliRunner().invoke(avtrain_main, ["report", "--run", str(run)]), f"{npz}: larger than")
+    _one_error_line(sample(n=201, ids=np.array([f"id{i}" for i in range(201)])), f"{npz}: more than the 400")
+    big = 70 << 20  # bytes of zeros: a 70 kB file
+    _one_error_line(sample(n=1, before=big // 8, ids=ids[:1], dtype=np.float64, save=np.savez_compressed),
+                    f"{npz}: its arrays unpack to more than 64 MiB")  # fmt: skip
+    # rows all equal (a collapsed model's embeddings): sklearn's t-SNE crashed the process on them
+    assert sample().exit_code == 0
+    assert "all embeddings before the generator are equal (one point)" in (run / "report.html").read_text()
 
 
 def test_lists_are_read_from_the_manifest_not_from_names(tmp_path):
