@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 DEMO    ?= demo-out
 
-.PHONY: demo demo-pins demo-data test test-slow test-isa lint format bench venv clean verify-manifests \
+.PHONY: demo demo-train demo-pins demo-data test test-slow test-isa lint format bench venv clean verify-manifests \
 	verify-manifests-isa manifests
 
 venv: $(STAMP)
@@ -47,17 +47,24 @@ demo-data: $(STAMP)
 # manifests/demo/tuples-matching.json describes it); fit scores them every epoch and keeps
 # best.pt by val_matching_a2v_k3, which evaluate then scores on the C-E test identities.
 demo: demo-data
-	rm -rf $(DEMO)/tuples-val $(DEMO)/runs/aml
+	$(MAKE) demo-train
+
+# The training half of the demo on existing demo data: RUN names the run directory, so that
+# `python -m avdata.kernels avx2-machine -- make demo-train RUN=aml-avx2` trains the same data
+# as on another CPU beside the first run (docs/reproducibility.md, "What holds where").
+RUN ?= aml
+demo-train: $(STAMP)
+	rm -rf $(DEMO)/tuples-val $(DEMO)/runs/$(RUN)
 	$(BIN)/avdata make-tuples --shards $(DEMO)/shards-matching --task matching --split val --k 3 --direction a2v \
 	    --out $(DEMO)/tuples-val
 	$(BIN)/avdata make-tuples --shards $(DEMO)/shards-matching --task verification --split val --out $(DEMO)/tuples-val
 	$(BIN)/avtrain fit --shards $(DEMO)/tuples-matching --task matching --k 3 --direction a2v \
-	    --epochs $(DEMO_EPOCHS) $(DEMO_TRAIN) --out $(DEMO)/runs/aml --no-progress \
+	    --epochs $(DEMO_EPOCHS) $(DEMO_TRAIN) --out $(DEMO)/runs/$(RUN) --no-progress \
 	    --val-tuples $(DEMO)/tuples-val --val-shards $(DEMO)/shards-matching --select val_matching_a2v_k3
-	$(BIN)/avtrain evaluate --run $(DEMO)/runs/aml --checkpoint best --shards $(DEMO)/shards-matching \
+	$(BIN)/avtrain evaluate --run $(DEMO)/runs/$(RUN) --checkpoint best --shards $(DEMO)/shards-matching \
 	    --tuples $(DEMO)/tuples-matching
-	$(BIN)/avtrain report --run $(DEMO)/runs/aml
-	@echo "report: $(DEMO)/runs/aml/report.html"
+	$(BIN)/avtrain report --run $(DEMO)/runs/$(RUN)
+	@echo "report: $(DEMO)/runs/$(RUN)/report.html"
 
 # The Learnable-PINs protocol on the demo data (built by demo-data if missing): train on the
 # pins train identities, then verification on seen-heard (training identities, held-out
