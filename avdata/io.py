@@ -1,6 +1,7 @@
 """The one owner of how avmatch writes and hashes files.
 
-* hashes: :func:`sha256_file` (streamed), :func:`sha256_bytes`, :func:`sha256_ids` (identity lists);
+* hashes: :func:`sha256_file` / :func:`sha256_stream` (streamed), :func:`sha256_bytes`,
+  :func:`sha256_ids` (identity lists);
 * tar members with fixed headers (:func:`add_tar_member`);
 * canonical JSON / JSONL text;
 * atomic writes (:func:`atomic_write_bytes`, :func:`write_json`, :func:`atomic_output` for
@@ -28,10 +29,15 @@ class DiskFullError(AvmatchError):
 
 def sha256_file(path: str | Path) -> str:
     """sha256 of a file's bytes, read in 1 MiB blocks (bounded memory for any size)."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+        return sha256_stream(f)
+
+
+def sha256_stream(f) -> str:
+    """sha256 of what is left in the binary file object ``f``, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
     return h.hexdigest()
 
 
