@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -94,29 +95,87 @@ def _load_from_run(run: Path, device: torch.device, which: str = "last"):
     )
 
 
+EXPORT_MAX_WEIGHTS_BYTES = 1 << 30  # an AML model's tensors are ~3.3 MiB
+_EXPORT_KEYS = (
+    "format",
+    "format_version",
+    "train_config",
+    "extract",
+    "spectrogram",
+    "scoring",
+    "aliases",
+    "epoch",
+    "step",
+    "source_run",
+    "weights_sha256",
+)
+
+
+def _check_export_config(meta, cfg_path: Path):
+    """An export's config.json, checked like a fit config before anything in it is used: a JSON
+    object of the keys export writes, format avmatch.model version 1, a sha256 hex digest, aliases
+    a {name: name} object, epoch/step non-negative integers, ``train_config`` a valid
+    :class:`~avtrain.config.TrainConfig` and ``extract`` a valid :class:`ExtractConfig` (known keys,
+    types, ranges). Returns (TrainConfig, ExtractConfig); anything else is one line naming the file."""
+    from avtrain.config import TrainConfig
+
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise InferenceError(f"{cfg_path}: not an avtrain export (format is not {EXPORT_FORMAT!r})")
+    problem = None
+    unknown = sorted(set(meta) - set(_EXPORT_KEYS))
+    missing = [k for k in ("format_version", "train_config", "extract", "weights_sha256") if k not in meta]
+    aliases = meta.get("aliases", {})
+    if unknown:
+        problem = f"unknown key(s) {', '.join(map(repr, unknown))}"
+    elif missing:
+        problem = f"lacks {', '.join(missing)}"
+    elif meta["format_version"] != 1 or isinstance(meta["format_version"], bool):
+        problem = f"format_version {meta['format_version']!r} is not 1 (made by another avmatch version?)"
+    elif not (
+        isinstance(meta["weights_sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", meta["weights_sha256"])
+    ):
+        problem = "weights_sha256 is not a sha256 hex digest"
+    elif not (isinstance(aliases, dict) and all(isinstance(v, str) for v in aliases.values())):
+        problem = "aliases is not an object of tensor name -> tensor name"
+    else:
+        for key in ("epoch", "step"):
+            v = meta.get(key)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                problem = f"{key} {v!r} is not a non-negative integer"
+    if problem:
+        raise InferenceError(f"{cfg_path}: {problem}")
+    try:
+        cfg = TrainConfig.from_dict(meta["train_config"])
+    except AvmatchError as exc:  # ConfigError: one line naming the key
+        raise InferenceError(f"{cfg_path}: train_config: {exc}") from None
+    try:
+        return cfg, ExtractConfig.from_dict(meta["extract"])
+    except AvmatchError as exc:  # ExtractConfigError: one line naming the key (extract.KEY)
+        raise InferenceError(f"{cfg_path}: {exc}") from None
+
+
 def _load_from_export(directory: Path, device: torch.device):
     from safetensors import SafetensorError
     from safetensors.torch import load as load_safetensors
 
-    from avdata.io import sha256_file
+    from avdata.io import sha256_bytes
+    from avdata.untrusted import read_inside
     from avtrain.checkpoint import build_model
-    from avtrain.config import TrainConfig
 
     cfg_path, weights = directory / EXPORT_CONFIG, directory / EXPORT_WEIGHTS
+    raw = read_inside(directory, EXPORT_CONFIG)  # a regular file inside the directory, capped
     try:
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InferenceError(f"{cfg_path}: not a readable model config ({type(exc).__name__})") from None
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-        raise InferenceError(f"{cfg_path}: not an avtrain export (format is not {EXPORT_FORMAT!r})")
-    if sha256_file(weights) != meta.get("weights_sha256"):
+    cfg, extract = _check_export_config(meta, cfg_path)
+    data = read_inside(directory, EXPORT_WEIGHTS, max_bytes=EXPORT_MAX_WEIGHTS_BYTES)
+    if sha256_bytes(data) != meta["weights_sha256"]:
         raise UnsafeInputError(
             f"{weights}: sha256 differs from {cfg_path}'s weights_sha256; refusing to load"
         )
     try:
-        cfg = TrainConfig.from_dict(meta["train_config"])
-        extract = ExtractConfig(**meta["extract"])
-        tensors = load_safetensors(weights.read_bytes())
+        tensors = load_safetensors(data)
         for alias, target in meta.get("aliases", {}).items():  # tensors shared in the model (one generator)
             tensors[alias] = tensors[target]
         model = build_model(cfg)
@@ -160,7 +219,8 @@ def load_model(
     dev = _device(device)
     from avtrain.checkpoint import LAST as CHECKPOINT
 
-    if (path / EXPORT_WEIGHTS).is_file():
+    # anything named model.safetensors is the export's: a FIFO or a link out is refused there
+    if os.path.lexists(path / EXPORT_WEIGHTS):
         model, cfg, saved_extract, source = _load_from_export(path, dev)
     elif which != "last" or (path / CHECKPOINT).is_file():
         (model, cfg, source), saved_extract = _load_from_run(path, dev, which), ExtractConfig()
