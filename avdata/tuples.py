@@ -38,6 +38,7 @@ from avdata.io import (
     add_tar_member,
     atomic_output,
     atomic_write_text,
+    check_output_dir,
     sha256_bytes,
     sha256_file,
     sha256_stream,
@@ -524,6 +525,7 @@ def make_tuples(
     ``items`` (from index_items) saves re-reading the shards when the caller has it."""
     shards, out = Path(shards), Path(out)
     check_out_dir(shards, out)
+    check_output_dir(out)  # a dangling symlink or a file: one line, before any work
     source_sha = source_manifest_sha256(shards)
     items = index_items(shards) if items is None else items
     manifest = read_tuple_manifest(out, required=False)
@@ -884,6 +886,7 @@ def import_veriflist(list_path: str | Path, shards: str | Path, out: str | Path)
     if bad:
         raise TupleError(f"{list_path}: row id {bad[0]!r}: id must be an integer and label 0 or 1")
     check_out_dir(shards, out)
+    check_output_dir(out)
     source_sha = source_manifest_sha256(shards)
     items = index_items(shards)
     vox_of = dict(zip(items["key"], items["vox_id"]))

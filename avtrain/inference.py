@@ -237,9 +237,10 @@ def export_model(
     """Write OUT/model.safetensors (the model's tensors only) and OUT/config.json; return the config."""
     from safetensors.torch import save as save_safetensors
 
-    from avdata.io import atomic_write_bytes, sha256_file, write_json
+    from avdata.io import atomic_write_bytes, check_output_dir, make_output_dir, sha256_file, write_json
     from avtrain.config import TrainConfig
 
+    out = check_output_dir(out)  # a dangling symlink: one line, before the model is loaded
     model = load_model(run, "cpu", extract, checkpoint)
     if model.source["kind"] != "run":
         raise InferenceError(f"{run}: already an export; copy the directory instead")
@@ -251,8 +252,7 @@ def export_model(
             continue
         seen[ptr] = name
         tensors[name] = tensor.detach().cpu().contiguous()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out)
     atomic_write_bytes(out / EXPORT_WEIGHTS, save_safetensors(tensors))
     from avdata.audio import SPEC_CONFIG
 
