@@ -210,17 +210,26 @@ def load_model(
     as ``avtrain evaluate --checkpoint``.
     """
     path = Path(run_or_file)
-    which = checkpoint
+    which, named_export = checkpoint, False
     if path.is_file():  # a checkpoint file (best.pt, epoch-0003.pt, ...) or an export's file
         which = str(path) if path.suffix == ".pt" else "last"
+        named_export = path.name in (EXPORT_WEIGHTS, EXPORT_CONFIG)
         path = path.parent
     if not path.is_dir():
         raise InferenceError(f"{run_or_file}: no such run or model directory")
     dev = _device(device)
     from avtrain.checkpoint import LAST as CHECKPOINT
 
-    # anything named model.safetensors is the export's: a FIFO or a link out is refused there
-    if os.path.lexists(path / EXPORT_WEIGHTS):
+    # --checkpoint best / a .pt path names a run's checkpoint; only the default may mean an export
+    # (anything named model.safetensors is the export's: a FIFO or a link out is refused there)
+    export = which == "last" and os.path.lexists(path / EXPORT_WEIGHTS)
+    if export and not named_export and (path / CHECKPOINT).is_file():
+        raise InferenceError(
+            f"{path}: holds both a run's {CHECKPOINT} and an export's {EXPORT_WEIGHTS} (exported into the "
+            f"run directory?); name the one to use ({path / CHECKPOINT} or {path / EXPORT_WEIGHTS}), or "
+            f"move the export out"
+        )
+    if export:
         model, cfg, saved_extract, source = _load_from_export(path, dev)
     elif which != "last" or (path / CHECKPOINT).is_file():
         (model, cfg, source), saved_extract = _load_from_run(path, dev, which), ExtractConfig()
@@ -238,9 +247,17 @@ def export_model(
     from safetensors.torch import save as save_safetensors
 
     from avdata.io import atomic_write_bytes, check_output_dir, make_output_dir, sha256_file, write_json
+    from avtrain.checkpoint import BEST, LAST
     from avtrain.config import TrainConfig
 
     out = check_output_dir(out)  # a dangling symlink: one line, before the model is loaded
+    run_dir = Path(run).parent if Path(run).is_file() else Path(run)
+    held = [n for n in (LAST, BEST, "config.yaml") if os.path.lexists(out / n)]
+    if held or out.resolve() == run_dir.resolve():
+        raise InferenceError(
+            f"--out {out} is a run directory (it holds {', '.join(held) or 'the run'}): an export there would "
+            f"shadow the run for every later --run {out}; export into a directory of its own"
+        )
     model = load_model(run, "cpu", extract, checkpoint)
     if model.source["kind"] != "run":
         raise InferenceError(f"{run}: already an export; copy the directory instead")

@@ -447,6 +447,41 @@ def test_extract_config_types_ranges_and_keys():
         ExtractConfig.from_dict({"nope": 1})
 
 
+# ---- issue #20 item 21: an export never shadows a run
+
+
+def test_export_refuses_a_run_directory(setup, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(setup["run"], run)
+    before = sorted(p.name for p in run.iterdir())
+    line = _one_line(_avtrain(["export", "--run", run, "--out", run], code=1))
+    assert f"--out {run} is a run directory" in line, line
+    other = tmp_path / "other_run"  # another run's directory would be shadowed just the same
+    shutil.copytree(setup["run"], other)
+    assert "is a run directory" in _one_line(_avtrain(["export", "--run", run, "--out", other], code=1))
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert not (other / "model.safetensors").exists()
+
+
+def test_a_run_shadowed_by_an_export_is_refused_not_guessed(setup, exported, tmp_path):
+    """A directory holding both (an export written into a run before export refused it): the
+    default is ambiguous and refused; naming a file or --checkpoint picks one."""
+    run = tmp_path / "run"
+    shutil.copytree(setup["run"], run)
+    for p in exported.iterdir():
+        shutil.copy(p, run / p.name)
+    line = _one_line(_embed_one(setup, run, tmp_path / "e.npz", code=1))
+    assert "holds both a run's checkpoint.pt and an export's model.safetensors" in line, line
+    from avtrain.inference import load_model
+
+    assert load_model(run / "checkpoint.pt").source["kind"] == "run"
+    assert load_model(run / "model.safetensors").source["kind"] == "export"
+    shutil.copy(run / "checkpoint.pt", run / "best.pt")
+    shutil.copy(run / "checkpoint.pt.sha256", run / "best.pt.sha256")
+    best = load_model(run, checkpoint="best")  # --checkpoint best names the run's best.pt
+    assert best.source["kind"] == "run"
+
+
 def test_embed_writes_parquet_with_rejects(setup, tmp_path):
     pytest.importorskip("pyarrow")  # in the dev extra; .parquet output is optional for users
     import pyarrow.parquet as pq
