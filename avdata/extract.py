@@ -31,7 +31,7 @@ class ExtractConfigError(AvmatchError, ValueError):
 # Allowed values of each ExtractConfig setting, and why where it is not obvious. The face search
 # is bounded by min_face_fraction (MTCNN's first pyramid level has a shorter side of ~12 px /
 # min_face_fraction, whatever the image size): on a 39 MP PNG, 0.05 costs 0.3 s and +50 MB, 0.02
-# 1-4 s and +0.9 GB, 0 (plain MTCNN down to 20 px) 40-90 s and +8-10 GB (docs/security.md).
+# 1-4 s and +0.5-0.9 GB, 0 (plain MTCNN down to 20 px) 40-90 s and +7-10 GB (docs/security.md).
 _RANGES = {
     "windows": (lambda v: v >= 1, ">= 1"),
     "face_margin": (lambda v: 0 <= v <= 1, "in [0, 1]"),
