@@ -11,18 +11,46 @@ shards), frames sampled at ``video_fps`` are aligned like photos (face shards).
 
 from __future__ import annotations
 
+import difflib
+import math
+import numbers
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from avdata.errors import InputError
+from avdata.errors import AvmatchError, InputError
 from avdata.io import sha256_text
+
+
+class ExtractConfigError(AvmatchError, ValueError):
+    """An extract setting that is unknown, of the wrong type or out of range (one line naming
+    the key). Also a ValueError, as the dataclass's own checks were."""
+
+
+# Allowed values of each ExtractConfig setting, and why where it is not obvious. The face search
+# is bounded by min_face_fraction (MTCNN's first pyramid level has a shorter side of ~12 px /
+# min_face_fraction, whatever the image size): on a 39 MP PNG, 0.05 costs 0.3 s and +50 MB, 0.02
+# 1-4 s and +0.5-0.9 GB, 0 (plain MTCNN down to 20 px) 40-90 s and +7-10 GB (docs/security.md).
+_RANGES = {
+    "windows": (lambda v: v >= 1, ">= 1"),
+    "face_margin": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "detect_max_side": (lambda v: 64 <= v <= 4096, "in [64, 4096]"),
+    "min_face_fraction": (
+        lambda v: 0.05 <= v < 1,
+        "in [0.05, 1) (a smaller face search costs GBs per image)",
+    ),
+    "min_face_prob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "video_fps": (lambda v: 0 < v <= 120, "in (0, 120]"),
+    "max_frames_per_video": (lambda v: 1 <= v <= 100, "in [1, 100] (frames of a video are held in memory)"),
+    "jpeg_quality": (lambda v: 1 <= v <= 100, "in [1, 100]"),
+}
 
 
 @dataclass(frozen=True)
 class ExtractConfig:
-    """Settings that change extracted arrays; recorded in every manifest."""
+    """Settings that change extracted arrays; recorded in every manifest. Checked when made
+    (types and the ranges of ``_RANGES``): a bad value is one line (:class:`ExtractConfigError`)."""
 
     windows: int = 1  # max 125-frame spectrogram windows per clip
     face_margin: float = 0.2  # margin around the MTCNN box, fraction of box size
@@ -32,6 +60,42 @@ class ExtractConfig:
     video_fps: float = 1.0  # frames per second sampled from videos
     max_frames_per_video: int = 8  # cap on aligned frames per video
     jpeg_quality: int = 95  # quality of the aligned-face JPEG in shards
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            if f.type == "int" and is_int:
+                value = int(value)
+            elif (
+                f.type == "float"
+                and (is_int or isinstance(value, numbers.Real))
+                and not isinstance(value, bool)
+            ):
+                value = float(value)
+                if not math.isfinite(value):
+                    raise ExtractConfigError(f"extract.{f.name}: expected a finite number, got {value!r}")
+            else:
+                what = "an integer" if f.type == "int" else "a number"
+                raise ExtractConfigError(f"extract.{f.name}: expected {what}, got {value!r}")
+            ok, allowed = _RANGES[f.name]
+            if not ok(value):
+                raise ExtractConfigError(f"extract.{f.name}: must be {allowed}, got {value!r}")
+            object.__setattr__(self, f.name, value)
+
+    @classmethod
+    def from_dict(cls, d) -> ExtractConfig:
+        """From a mapping read from a file (an export's config.json): known keys only, each
+        checked as when made; missing keys keep their defaults."""
+        if not isinstance(d, dict):
+            raise ExtractConfigError(f"extract: expected a mapping of settings, got {type(d).__name__}")
+        known = [f.name for f in fields(cls)]
+        for key in d:
+            if key not in known:
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(known)}"
+                raise ExtractConfigError(f"extract: unknown setting {key!r}{hint}")
+        return cls(**d)
 
 
 FACE_BATCH_ROWS = 64  # face rows per MTCNN batch on the batched (CUDA) path

@@ -1,6 +1,7 @@
 """The one owner of how avmatch writes and hashes files.
 
-* hashes: :func:`sha256_file` (streamed), :func:`sha256_bytes`, :func:`sha256_ids` (identity lists);
+* hashes: :func:`sha256_file` / :func:`sha256_stream` (streamed), :func:`sha256_bytes`,
+  :func:`sha256_ids` (identity lists);
 * tar members with fixed headers (:func:`add_tar_member`);
 * canonical JSON / JSONL text;
 * atomic writes (:func:`atomic_write_bytes`, :func:`write_json`, :func:`atomic_output` for
@@ -28,10 +29,15 @@ class DiskFullError(AvmatchError):
 
 def sha256_file(path: str | Path) -> str:
     """sha256 of a file's bytes, read in 1 MiB blocks (bounded memory for any size)."""
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+        return sha256_stream(f)
+
+
+def sha256_stream(f) -> str:
+    """sha256 of what is left in the binary file object ``f``, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    for block in iter(lambda: f.read(1 << 20), b""):
+        h.update(block)
     return h.hexdigest()
 
 
@@ -75,6 +81,39 @@ def add_tar_member(tar, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+class OutputDirError(AvmatchError):
+    """An output directory that cannot be made: a dangling symlink, a file, a path below a file."""
+
+
+def check_output_dir(path: str | Path, what: str = "--out") -> Path:
+    """Refuse, in one line, an output directory that cannot become one: it or a directory above
+    it exists and is not a directory (a file, a dangling symlink). Creates nothing, so a command
+    can check its --out before any work. ``what`` names it in the line."""
+    path = Path(path)
+    bad = next((p for p in (path, *path.parents) if os.path.lexists(p) and not p.is_dir()), None)
+    if bad is not None:
+        if bad.is_symlink() and not bad.exists():
+            why = f"a dangling symlink (to {os.readlink(bad)}), not a directory"
+        else:
+            why = "not a directory"
+        raise OutputDirError(f"{what} {path}: {'' if bad == path else f'{bad} is '}{why}")
+    return path
+
+
+def make_output_dir(path: str | Path, what: str = "--out") -> Path:
+    """Create the output directory ``path`` and its parents if needed (:func:`check_output_dir`
+    first: one line, never a traceback, when it cannot be one)."""
+    path = Path(path)
+    if path.is_dir():
+        return path
+    check_output_dir(path, what)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputDirError(f"{what} {path}: cannot create it ({exc.strerror or exc})") from None
+    return path
+
+
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
@@ -98,7 +137,7 @@ def atomic_output(path: str | Path):
     renamed over ``path`` when the block ends; on any error the temp file is removed and ``path``
     is untouched. A full disk is a one-line :class:`DiskFullError`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_output_dir(path.parent, f"cannot write {path.name} into")
     tmp = _tmp_name(path)
     try:
         with open(tmp, "wb") as f:

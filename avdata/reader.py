@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import tarfile
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from avdata.errors import AvmatchError, InputError
-from avdata.untrusted import UnsafeShardError, check_local_path, resolve_inside
+from avdata.untrusted import UnsafeShardError, check_local_path, read_inside, resolve_inside
 
 
 class MissingInputError(AvmatchError, FileNotFoundError):
@@ -203,9 +204,12 @@ def shard_urls(root: str | Path, split: str, modality: str) -> list[str]:
 
 
 def read_sizes(sizes_file: Path) -> dict[str, int]:
-    """sizes.json as {name: count}: a JSON object of non-negative integers, else one line."""
+    """sizes.json as {name: count}: a JSON object of non-negative integers, else one line. Read
+    as a regular file inside its directory, of at most MAX_METADATA_BYTES (:func:`read_inside`)."""
+    sizes_file = Path(sizes_file)
+    data = read_inside(sizes_file.parent, sizes_file.name, missing="missing")
     try:
-        sizes = json.loads(sizes_file.read_text())
+        sizes = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise UnsafeShardError(f"{sizes_file}: not valid JSON ({type(exc).__name__})") from None
     if not isinstance(sizes, dict):
@@ -282,7 +286,7 @@ def index_items(shards_root: str | Path):
 
     root = Path(shards_root)
     sizes_file = root / "sizes.json"
-    if not sizes_file.is_file():
+    if not os.path.lexists(sizes_file):  # anything else there is read_sizes' to refuse
         raise MissingInputError(
             f"{root}: not a shard directory (no sizes.json); run avdata build-shards first"
         )

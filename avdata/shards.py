@@ -45,6 +45,7 @@ from avdata.io import (
     add_tar_member,
     atomic_output,
     atomic_write_text,
+    make_output_dir,
     sha256_file,
     sha256_text,
     write_json,
@@ -596,7 +597,7 @@ def output_lock(out: Path):
     the first one's temp files. The kernel drops the lock when its holder dies, so a killed
     build never leaves a stale lock; the file itself stays."""
     global _lock_fd
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out)
     path = out / LOCK_NAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

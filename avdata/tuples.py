@@ -20,8 +20,10 @@ the same shards and seed, and adding an identity does not reshuffle the others.
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 import re
 import tarfile
 import zlib
@@ -32,7 +34,17 @@ import numpy as np
 import pandas as pd
 
 from avdata.errors import AvmatchError, InputError
-from avdata.io import add_tar_member, atomic_output, atomic_write_text, sha256_file, sha256_text, write_json
+from avdata.io import (
+    add_tar_member,
+    atomic_output,
+    atomic_write_text,
+    check_output_dir,
+    sha256_bytes,
+    sha256_file,
+    sha256_stream,
+    sha256_text,
+    write_json,
+)
 from avdata.reader import (
     check_member,
     index_items,
@@ -40,7 +52,14 @@ from avdata.reader import (
     read_member,
     read_sizes,
 )
-from avdata.untrusted import UnsafeShardError, name_problem, resolve_inside
+from avdata.untrusted import (
+    MAX_INDEX_BYTES,
+    UnsafeShardError,
+    name_problem,
+    open_inside,
+    read_inside,
+    resolve_inside,
+)
 
 TASKS = ("matching", "verification", "retrieval")
 DIRECTIONS = {"a2v": ("audio", "face"), "v2a": ("face", "audio")}
@@ -78,16 +97,33 @@ def source_manifest_sha256(shards: Path) -> str:
     """sha256 of SHARDS/manifest.json, after checking that it is a readable JSON object
     (an empty or unreadable one means the directory is not a finished build)."""
     path = Path(shards) / "manifest.json"
-    if not path.is_file():
-        raise InputError(path, "missing; not a shard directory from avdata build-shards")
+    raw = read_inside(
+        shards, "manifest.json", missing="missing; not a shard directory from avdata build-shards"
+    )
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        why = "empty file" if path.stat().st_size == 0 else f"not valid JSON ({type(exc).__name__})"
+        why = "empty file" if not raw else f"not valid JSON ({type(exc).__name__})"
         raise InputError(path, f"{why}; rebuild the shards with avdata build-shards") from None
     if not isinstance(data, dict):
         raise InputError(path, "not a JSON object; rebuild the shards with avdata build-shards")
-    return sha256_file(path)
+    return sha256_bytes(raw)
+
+
+def read_splits(shards: str | Path) -> pd.DataFrame:
+    """SHARDS/splits.csv (one row per identity: vox_id, split, attributes), read as a regular
+    file inside the shard directory (:func:`avdata.untrusted.read_inside`); a missing, unreadable
+    or malformed table is one line."""
+    path = Path(shards) / "splits.csv"
+    raw = read_inside(shards, "splits.csv", missing="missing; not a shard directory from avdata build-shards")
+    try:
+        ids = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, encoding="utf-8")
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise InputError(path, f"not a readable CSV table ({type(exc).__name__})") from None
+    missing = [c for c in ("vox_id", "split") if c not in ids.columns]
+    if missing:
+        raise InputError(path, f"lacks the column(s) {', '.join(missing)}")
+    return ids
 
 
 _CONFIG_TYPES = {"task": str, "split": str, "direction": str, "k": int}
@@ -98,12 +134,11 @@ def read_tuple_manifest(out: Path, required: bool) -> dict:
     ``files`` and ``shards`` objects whose names are plain relative paths (index/..., shards/...)
     and whose entries have the fields the readers use. Missing: a new manifest, unless required."""
     path = out / "manifest.json"
-    if not path.is_file():
-        if required:
-            raise InputError(path, "missing; not a tuple directory from avdata make-tuples")
+    if not required and not os.path.lexists(path):
         return {"kind": "avmatch.tuples", "format_version": 1, "files": {}, "shards": {}}
+    raw = read_inside(out, "manifest.json", missing="missing; not a tuple directory from avdata make-tuples")
     try:
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InputError(path, f"not valid JSON ({type(exc).__name__})") from None
     if not (
@@ -314,7 +349,7 @@ def load_pool(shards: str | Path, split: str, items: pd.DataFrame | None = None)
     if split_items.empty:
         present = sorted(items["split"].unique())
         raise TupleError(f"{shards}: no samples in split {split!r}; splits present: {present}")
-    ids = pd.read_csv(shards / "splits.csv", dtype=str, keep_default_na=False)
+    ids = read_splits(shards)
     attrs = {r["vox_id"]: {a: r.get(a, "") for a in ATTRIBUTES} for r in ids.to_dict("records")}
     return Pool(split_items, attrs)
 
@@ -494,6 +529,7 @@ def make_tuples(
     ``items`` (from index_items) saves re-reading the shards when the caller has it."""
     shards, out = Path(shards), Path(out)
     check_out_dir(shards, out)
+    check_output_dir(out)  # a dangling symlink or a file: one line, before any work
     source_sha = source_manifest_sha256(shards)
     items = index_items(shards) if items is None else items
     manifest = read_tuple_manifest(out, required=False)
@@ -554,20 +590,28 @@ def make_tuples(
 # ---------------------------------------------------------------- checks
 
 
-def _listed_file(out: Path, rel: str, entry: dict, problems: list[str]) -> Path | None:
-    """The file a tuple manifest lists under ``rel``, inside ``out``; a problem line (and None when
-    it cannot be read) if its name is unsafe, it is missing, or its sha256 differs."""
+def _listed_file(
+    out: Path, rel: str, entry: dict, problems: list[str], keep: bool = False
+) -> tuple[Path, bytes | None] | None:
+    """The file a tuple manifest lists under ``rel``, opened as a regular file inside ``out``
+    (:func:`avdata.untrusted.open_inside`), and its bytes if ``keep`` (an index list, at most
+    MAX_INDEX_BYTES); a problem line (and None when it cannot be read) if its name is unsafe, it
+    is missing or not a regular file, or its sha256 differs."""
+    where, missing = str(out / "manifest.json"), "listed in the manifest but missing"
     try:
-        path = resolve_inside(out, rel, str(out / "manifest.json"))
-    except UnsafeShardError as exc:
+        if keep:
+            data = read_inside(out, rel, where, MAX_INDEX_BYTES, missing)
+            digest = sha256_bytes(data)
+        else:
+            data = None
+            with open_inside(out, rel, where, missing=missing) as f:
+                digest = sha256_stream(f)
+    except AvmatchError as exc:
         problems.append(str(exc))
         return None
-    if not path.is_file():
-        problems.append(f"{rel}: listed in the manifest but missing")
-        return None
-    if sha256_file(path) != entry["sha256"]:
+    if digest != entry["sha256"]:
         problems.append(f"{rel}: sha256 differs from the manifest (edited after make-tuples?)")
-    return path
+    return out / rel, data
 
 
 def check_tuples(
@@ -580,8 +624,7 @@ def check_tuples(
     # one dict lookup per tuple member: DataFrame.loc per key was most of make-tuples' time at scale
     cols = ["modality", "split", "vox_id", "data_ext", "data_size"]
     item_of = items.loc[~items.index.duplicated(), cols].to_dict("index")
-    ids = pd.read_csv(shards / "splits.csv", dtype=str, keep_default_na=False)
-    attrs = {r["vox_id"]: r for r in ids.to_dict("records")}
+    attrs = {r["vox_id"]: r for r in read_splits(shards).to_dict("records")}
     problems: list[str] = []
     lists: dict[str, list[dict]] = {}  # list NAME -> its tuples (for the tuple-shard checks)
 
@@ -590,13 +633,13 @@ def check_tuples(
             problems.append(f"{rel}: {tid}: {msg}")
 
     for rel, entry in sorted(manifest["files"].items()):
-        path = _listed_file(out, rel, entry, problems)
-        if path is None:
+        listed = _listed_file(out, rel, entry, problems, keep=True)
+        if listed is None:
             continue
         cfg = entry["config"]
         if "gallery" not in entry and cfg["task"] == "retrieval":
             continue  # a gallery list, checked with its queries
-        rows = _read_rows(path, rel, cfg["task"], report)
+        rows = _read_rows(listed[1], rel, cfg["task"], report)
         lists[rel[len("index/") : -len(".jsonl")]] = rows
         task = cfg["task"]
         q_mod, g_mod = DIRECTIONS[cfg["direction"]]
@@ -651,9 +694,11 @@ def check_tuples(
             want_q = set(items[(items["split"] == split) & (items["modality"] == q_mod)].index)
             if {t["query"] for t in rows} != want_q or len(rows) != len(want_q):
                 problems.append(f"{rel}: queries are not exactly the {len(want_q)} {q_mod} items of {split}")
-            gallery = [
-                g["key"] for g in _read_rows(out / entry["gallery"], entry["gallery"], "gallery", report)
-            ]
+            g_rel = entry["gallery"]  # a listed index file (read_tuple_manifest): its problems come with it
+            g_listed = _listed_file(out, g_rel, manifest["files"][g_rel], [], keep=True)
+            if g_listed is None:
+                continue
+            gallery = [g["key"] for g in _read_rows(g_listed[1], g_rel, "gallery", report)]
             want_g = set(items[(items["split"] == split) & (items["modality"] == g_mod)].index)
             if set(gallery) != want_g or len(gallery) != len(want_g):
                 problems.append(
@@ -681,11 +726,11 @@ _ROW_FIELDS = {
 _ROW_FIELDS["verification"] = _ROW_FIELDS["matching"]
 
 
-def _read_rows(path: Path, rel: str, kind: str, report) -> list[dict]:
-    """The JSON lines of an index file that have the fields ``kind`` needs; each other line
-    is reported (by line number) and skipped."""
+def _read_rows(data: bytes, rel: str, kind: str, report) -> list[dict]:
+    """The JSON lines of an index file (its bytes) that have the fields ``kind`` needs; each
+    other line is reported (by line number) and skipped."""
     rows = []
-    for i, line in enumerate(path.read_bytes().decode("utf-8", "replace").splitlines(), 1):
+    for i, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
@@ -722,10 +767,10 @@ def tuple_shard_problems(
     listed = manifest["shards"]
     sizes_file = out / "sizes.json"
     sizes: dict | None = None
-    if sizes_file.is_file():
+    if os.path.lexists(sizes_file):  # a FIFO, a device or a link out is read_sizes' to refuse
         try:
             sizes = read_sizes(sizes_file)
-        except UnsafeShardError as exc:
+        except AvmatchError as exc:
             problems.append(str(exc))
     elif listed:
         problems.append(f"sizes.json: missing, but the manifest lists {len(listed)} tuple shard(s)")
@@ -744,9 +789,10 @@ def tuple_shard_problems(
             )
     in_shards: dict[str, list[str]] = {}
     for rel, entry in sorted(listed.items()):
-        path = _listed_file(out, rel, entry, problems)
-        if path is None:
+        listed = _listed_file(out, rel, entry, problems)
+        if listed is None:
             continue
+        path = listed[0]
         try:
             samples = scan_tuple_shard(path)
         except (UnsafeShardError, InputError) as exc:
@@ -844,6 +890,7 @@ def import_veriflist(list_path: str | Path, shards: str | Path, out: str | Path)
     if bad:
         raise TupleError(f"{list_path}: row id {bad[0]!r}: id must be an integer and label 0 or 1")
     check_out_dir(shards, out)
+    check_output_dir(out)
     source_sha = source_manifest_sha256(shards)
     items = index_items(shards)
     vox_of = dict(zip(items["key"], items["vox_id"]))

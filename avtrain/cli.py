@@ -487,7 +487,12 @@ def score_cmd(
     help="Run directory (checkpoint.pt).",
 )
 @_CHECKPOINT_OPTION
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Model directory to write.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Model directory to write (not a run directory: the export would shadow the run).",
+)
 @user_errors
 def export_cmd(run, checkpoint, out):
     """Write OUT/model.safetensors (weights only, no pickle) and OUT/config.json; load_model reads OUT."""

@@ -19,6 +19,7 @@ wait on each other, and ranks and workers read disjoint shards. Arrays stay comp
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -194,7 +195,7 @@ def load_sizes(root: str | Path, prefix: str) -> tuple[list[str], dict[str, int]
 
     root = Path(root)
     sizes_file = root / "sizes.json"
-    if not sizes_file.is_file():
+    if not os.path.lexists(sizes_file):  # anything else there is read_sizes' to refuse
         raise MissingInputError(f"{root}: no sizes.json; run avdata make-tuples first")
     sizes = read_sizes(sizes_file)
     for name in sorted(sizes):

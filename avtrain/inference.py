@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -94,29 +95,87 @@ def _load_from_run(run: Path, device: torch.device, which: str = "last"):
     )
 
 
+EXPORT_MAX_WEIGHTS_BYTES = 1 << 30  # an AML model's tensors are ~3.3 MiB
+_EXPORT_KEYS = (
+    "format",
+    "format_version",
+    "train_config",
+    "extract",
+    "spectrogram",
+    "scoring",
+    "aliases",
+    "epoch",
+    "step",
+    "source_run",
+    "weights_sha256",
+)
+
+
+def _check_export_config(meta, cfg_path: Path):
+    """An export's config.json, checked like a fit config before anything in it is used: a JSON
+    object of the keys export writes, format avmatch.model version 1, a sha256 hex digest, aliases
+    a {name: name} object, epoch/step non-negative integers, ``train_config`` a valid
+    :class:`~avtrain.config.TrainConfig` and ``extract`` a valid :class:`ExtractConfig` (known keys,
+    types, ranges). Returns (TrainConfig, ExtractConfig); anything else is one line naming the file."""
+    from avtrain.config import TrainConfig
+
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise InferenceError(f"{cfg_path}: not an avtrain export (format is not {EXPORT_FORMAT!r})")
+    problem = None
+    unknown = sorted(set(meta) - set(_EXPORT_KEYS))
+    missing = [k for k in ("format_version", "train_config", "extract", "weights_sha256") if k not in meta]
+    aliases = meta.get("aliases", {})
+    if unknown:
+        problem = f"unknown key(s) {', '.join(map(repr, unknown))}"
+    elif missing:
+        problem = f"lacks {', '.join(missing)}"
+    elif meta["format_version"] != 1 or isinstance(meta["format_version"], bool):
+        problem = f"format_version {meta['format_version']!r} is not 1 (made by another avmatch version?)"
+    elif not (
+        isinstance(meta["weights_sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", meta["weights_sha256"])
+    ):
+        problem = "weights_sha256 is not a sha256 hex digest"
+    elif not (isinstance(aliases, dict) and all(isinstance(v, str) for v in aliases.values())):
+        problem = "aliases is not an object of tensor name -> tensor name"
+    else:
+        for key in ("epoch", "step"):
+            v = meta.get(key)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                problem = f"{key} {v!r} is not a non-negative integer"
+    if problem:
+        raise InferenceError(f"{cfg_path}: {problem}")
+    try:
+        cfg = TrainConfig.from_dict(meta["train_config"])
+    except AvmatchError as exc:  # ConfigError: one line naming the key
+        raise InferenceError(f"{cfg_path}: train_config: {exc}") from None
+    try:
+        return cfg, ExtractConfig.from_dict(meta["extract"])
+    except AvmatchError as exc:  # ExtractConfigError: one line naming the key (extract.KEY)
+        raise InferenceError(f"{cfg_path}: {exc}") from None
+
+
 def _load_from_export(directory: Path, device: torch.device):
     from safetensors import SafetensorError
     from safetensors.torch import load as load_safetensors
 
-    from avdata.io import sha256_file
+    from avdata.io import sha256_bytes
+    from avdata.untrusted import read_inside
     from avtrain.checkpoint import build_model
-    from avtrain.config import TrainConfig
 
     cfg_path, weights = directory / EXPORT_CONFIG, directory / EXPORT_WEIGHTS
+    raw = read_inside(directory, EXPORT_CONFIG)  # a regular file inside the directory, capped
     try:
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InferenceError(f"{cfg_path}: not a readable model config ({type(exc).__name__})") from None
-    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
-        raise InferenceError(f"{cfg_path}: not an avtrain export (format is not {EXPORT_FORMAT!r})")
-    if sha256_file(weights) != meta.get("weights_sha256"):
+    cfg, extract = _check_export_config(meta, cfg_path)
+    data = read_inside(directory, EXPORT_WEIGHTS, max_bytes=EXPORT_MAX_WEIGHTS_BYTES)
+    if sha256_bytes(data) != meta["weights_sha256"]:
         raise UnsafeInputError(
             f"{weights}: sha256 differs from {cfg_path}'s weights_sha256; refusing to load"
         )
     try:
-        cfg = TrainConfig.from_dict(meta["train_config"])
-        extract = ExtractConfig(**meta["extract"])
-        tensors = load_safetensors(weights.read_bytes())
+        tensors = load_safetensors(data)
         for alias, target in meta.get("aliases", {}).items():  # tensors shared in the model (one generator)
             tensors[alias] = tensors[target]
         model = build_model(cfg)
@@ -151,16 +210,26 @@ def load_model(
     as ``avtrain evaluate --checkpoint``.
     """
     path = Path(run_or_file)
-    which = checkpoint
+    which, named_export = checkpoint, False
     if path.is_file():  # a checkpoint file (best.pt, epoch-0003.pt, ...) or an export's file
         which = str(path) if path.suffix == ".pt" else "last"
+        named_export = path.name in (EXPORT_WEIGHTS, EXPORT_CONFIG)
         path = path.parent
     if not path.is_dir():
         raise InferenceError(f"{run_or_file}: no such run or model directory")
     dev = _device(device)
     from avtrain.checkpoint import LAST as CHECKPOINT
 
-    if (path / EXPORT_WEIGHTS).is_file():
+    # --checkpoint best / a .pt path names a run's checkpoint; only the default may mean an export
+    # (anything named model.safetensors is the export's: a FIFO or a link out is refused there)
+    export = which == "last" and os.path.lexists(path / EXPORT_WEIGHTS)
+    if export and not named_export and (path / CHECKPOINT).is_file():
+        raise InferenceError(
+            f"{path}: holds both a run's {CHECKPOINT} and an export's {EXPORT_WEIGHTS} (exported into the "
+            f"run directory?); name the one to use ({path / CHECKPOINT} or {path / EXPORT_WEIGHTS}), or "
+            f"move the export out"
+        )
+    if export:
         model, cfg, saved_extract, source = _load_from_export(path, dev)
     elif which != "last" or (path / CHECKPOINT).is_file():
         (model, cfg, source), saved_extract = _load_from_run(path, dev, which), ExtractConfig()
@@ -177,9 +246,18 @@ def export_model(
     """Write OUT/model.safetensors (the model's tensors only) and OUT/config.json; return the config."""
     from safetensors.torch import save as save_safetensors
 
-    from avdata.io import atomic_write_bytes, sha256_file, write_json
+    from avdata.io import atomic_write_bytes, check_output_dir, make_output_dir, sha256_file, write_json
+    from avtrain.checkpoint import BEST, LAST
     from avtrain.config import TrainConfig
 
+    out = check_output_dir(out)  # a dangling symlink: one line, before the model is loaded
+    run_dir = Path(run).parent if Path(run).is_file() else Path(run)
+    held = [n for n in (LAST, BEST, "config.yaml") if os.path.lexists(out / n)]
+    if held or out.resolve() == run_dir.resolve():
+        raise InferenceError(
+            f"--out {out} is a run directory (it holds {', '.join(held) or 'the run'}): an export there would "
+            f"shadow the run for every later --run {out}; export into a directory of its own"
+        )
     model = load_model(run, "cpu", extract, checkpoint)
     if model.source["kind"] != "run":
         raise InferenceError(f"{run}: already an export; copy the directory instead")
@@ -191,8 +269,7 @@ def export_model(
             continue
         seen[ptr] = name
         tensors[name] = tensor.detach().cpu().contiguous()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out)
     atomic_write_bytes(out / EXPORT_WEIGHTS, save_safetensors(tensors))
     from avdata.audio import SPEC_CONFIG
 

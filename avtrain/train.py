@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from avdata.errors import AvmatchError
+from avdata.io import check_output_dir, make_output_dir
 from avtrain.checkpoint import (
     BEST,
     LAST,
@@ -246,7 +247,7 @@ def fit(
 
     Everything that can fail on the user's input (settings, device, data, validation lists,
     the checkpoint to resume from) is checked before ``out`` is created."""
-    out = Path(out)
+    out = check_output_dir(out)  # a dangling symlink or a file: one line, before any work
     # recorded in config.yaml (run manifests name the data); a copy: the caller's config is not changed
     cfg = dataclasses.replace(cfg, tuples_dir=str(tuples_dir))
     device = pick_device(cfg.device)
@@ -319,7 +320,7 @@ def fit(
     # everything checked: now the run directory. Every rank makes it (each may write its own
     # batches-rankR.jsonl before rank 0 got there); a barrier instead could wait forever on a rank
     # that failed.
-    out.mkdir(parents=True, exist_ok=True)
+    make_output_dir(out)  # a dangling symlink or a file: one line
     if is_main:
         save_config(cfg, out / "config.yaml")
     stream = TupleStream(urls, cfg.batch_size, cfg.seed, ddp.rank, ddp.world, cfg.shuffle_buffer)

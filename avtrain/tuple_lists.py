@@ -13,6 +13,7 @@ from pathlib import Path
 
 from avdata.errors import AvmatchError, InputError
 from avdata.tuples import index_lists
+from avdata.untrusted import MAX_INDEX_BYTES, read_inside
 
 MODALITY_OF_ROLE = {
     ("a2v", "query"): "audio",
@@ -40,15 +41,25 @@ class TupleList:
     gallery: list = field(default_factory=list)  # retrieval gallery lines
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_jsonl(root: Path, path: Path) -> list[dict]:
+    """The JSON lines of an index file of ``root``, read as a regular file inside it of at most
+    MAX_INDEX_BYTES (:func:`avdata.untrusted.read_inside`: a FIFO, a device or a symlink leading
+    out is refused in one line)."""
+    where = str(root / "manifest.json")
+    data = read_inside(
+        root, path.relative_to(root).as_posix(), where, MAX_INDEX_BYTES, "listed in manifest.json but missing"
+    )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EvaluationError(f"{path}: not UTF-8 text") from None
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise EvaluationError(f"{path}:{n}: not JSON ({exc.msg})") from None
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise EvaluationError(f"{path}:{n}: not JSON ({exc.msg})") from None
     return rows
 
 
@@ -60,12 +71,13 @@ def read_tuple_lists(tuples_dir: str | Path) -> list[TupleList]:
         indexed = index_lists(tuples_dir)
     except InputError as exc:
         raise EvaluationError(str(exc)) from None
+    root = Path(tuples_dir)
     lists: list[TupleList] = []
     for il in indexed:
-        rows = _read_jsonl(il.path)
+        rows = _read_jsonl(root, il.path)
         tl = TupleList(il.name, il.task, il.split, il.direction, il.k, il.constraint, rows)
         if il.task == "retrieval":
-            tl.gallery = _read_jsonl(il.gallery)
+            tl.gallery = _read_jsonl(root, il.gallery)
             if bool(tl.rows) != bool(tl.gallery):
                 raise EvaluationError(f"{il.path}: retrieval {il.name} needs both queries and a gallery")
         elif il.task == "verification" and rows:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -72,3 +75,49 @@ def tiny_fit_sets(max_steps: int, *more: str) -> list[str]:
     `max_steps` steps an epoch), then `--set` of each setting in `more`."""
     sets = ["batch_size=8", "workers=0", "threads=1", f"max_steps_per_epoch={max_steps}", *more]
     return [arg for setting in sets for arg in ("--set", setting)]
+
+
+@contextlib.contextmanager
+def fifo_that_never_blocks(path: Path, grace_s: float = 15.0):
+    """Make a FIFO at ``path`` for a test that it is refused, never waited on. Should a reader
+    still be blocked opening it after ``grace_s`` (the bug under test), its write end is opened
+    and closed, so the reader sees an empty file instead of hanging the test run forever; the
+    yielded dict's ``"blocked"`` then says so (the test asserts it stays False)."""
+    os.mkfifo(path)
+    state, done = {"blocked": False}, threading.Event()
+
+    def unblock():
+        if done.wait(grace_s):
+            return
+        while not done.wait(0.2):
+            try:  # succeeds only while a reader has it open (or is blocked opening it)
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:
+                continue
+            state["blocked"] = True
+            os.close(fd)
+
+    watcher = threading.Thread(target=unblock, daemon=True)
+    watcher.start()
+    try:
+        yield state
+    finally:
+        done.set()
+        watcher.join()
+
+
+def save_random_run(run: Path, seed: int = 3, **settings) -> Path:
+    """RUN/checkpoint.pt of a randomly initialised model (matching k=2 a2v unless ``settings``
+    say otherwise): enough for tests of loading, exporting and consistency, no training."""
+    import torch
+
+    from avtrain.checkpoint import LAST, build_model, save_checkpoint
+    from avtrain.config import TrainConfig
+
+    cfg = TrainConfig.from_dict({"task": "matching", "k": 2, "direction": "a2v", "seed": seed, **settings})
+    torch.manual_seed(seed)
+    run.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(
+        run / LAST, {"config": cfg.to_dict(), "model": build_model(cfg).state_dict(), "epoch": 0, "step": 0}
+    )
+    return run

@@ -3,8 +3,9 @@ tuple list is said out loud."""
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
-from helpers import make_tuples_args
+from helpers import build_shards_args, make_tuples_args, save_random_run, tiny_fit_sets
 
 from avdata.cli import main
 
@@ -39,3 +40,35 @@ def test_empty_list_is_a_warning_and_strict_makes_it_an_error(train_tuples, tmp_
     assert res.exit_code == 1
     assert res.output.splitlines()[-1].startswith("Error: ") and "(--strict)" in res.output
     assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("out_kind", ["dangling symlink", "below a file"])
+@pytest.mark.parametrize("command", ["build-shards", "make-tuples", "fit", "export"])
+def test_an_out_that_cannot_be_a_directory_is_one_line(command, out_kind, train_tuples, tmp_path):
+    """Issue #20 item 19: a dangling-symlink --out gave a traceback (mkdir: FileExistsError). (An
+    --out that is a file is refused by Click's own check.)"""
+    from avtrain.cli import main as avtrain_main
+
+    root = train_tuples.parent
+    if out_kind == "dangling symlink":
+        out = tmp_path / "out"
+        out.symlink_to(tmp_path / "gone")
+        phrase = f"--out {out}: a dangling symlink (to {tmp_path / 'gone'}), not a directory"
+    else:
+        (tmp_path / "f").write_text("a file\n")
+        out = tmp_path / "f" / "out"
+        phrase = f"--out {out}: {tmp_path / 'f'} is not a directory"
+    cli, args = {
+        "build-shards": (main, build_shards_args(root / "corpus", out)),
+        "make-tuples": (main, make_tuples_args(root / "shards", out, "--no-tuple-shards")),
+        "fit": (
+            avtrain_main,
+            ["fit", "--shards", train_tuples, "--out", out, "--epochs", 1, *tiny_fit_sets(1)],
+        ),
+        "export": (avtrain_main, ["export", "--run", save_random_run(tmp_path / "run"), "--out", out]),
+    }[command]
+    res = CliRunner().invoke(cli, [str(a) for a in args])
+    assert res.exit_code == 1, (res.output, res.exception)
+    lines = res.output.strip().splitlines()
+    assert lines and lines[-1] == f"Error: {phrase}", (res.output, res.exception)
+    assert "Traceback" not in res.output and not (tmp_path / "gone").exists()

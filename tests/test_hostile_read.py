@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import make_tuples_args
+from helpers import fifo_that_never_blocks, make_tuples_args, save_random_run, tiny_fit_sets
 
 from avdata.cli import main as avdata_main
 from avdata.errors import AvmatchError, UnsafeInputError
@@ -378,3 +378,132 @@ def test_import_veriflist_refuses_out_equal_to_shards(shards, tmp_path):
     lst.write_text("id,voice-speaker-id,face-speaker-id,label,voice-path,face-path\n")
     line = one_line_error(run(avdata_main, "import-veriflist", lst, "--shards", shards, "--out", shards))
     assert "is the shard directory" in line
+
+
+# ---- issue #20 items 3, 4: every file read from a shard or tuple directory is a regular file
+# inside it (avdata.untrusted.open_inside): a FIFO is refused, never waited on; a link to
+# /dev/zero or out of the directory is refused, never read; a missing one is one line
+
+
+def _commands(shards: Path, tuples: Path, tmp_path: Path) -> dict[str, list]:
+    """CLI argv (avdata or avtrain main, args) of every reader of the two directories."""
+    run_dir = save_random_run(tmp_path / "run")
+    fit_args = ["fit", "--shards", tuples, "--out", tmp_path / "r", "--epochs", 1, *tiny_fit_sets(1)]
+    return {
+        "make-tuples": [avdata_main, *make_tuples_args(shards, tmp_path / "t", "--no-tuple-shards")],
+        "check-tuples": [avdata_main, "check-tuples", tuples, "--shards", shards],
+        "manifest update": [avdata_main, "manifest", "update", shards, "--out", tmp_path / "m.json"],
+        "fit": [avtrain_main, *fit_args],
+        "fit --val-tuples": [avtrain_main, *fit_args, "--val-tuples", tuples, "--val-shards", shards],
+        "evaluate": [
+            avtrain_main,
+            *("evaluate", "--run", run_dir, "--shards", shards, "--tuples", tuples, "--device", "cpu"),
+        ],
+    }
+
+
+LIST = f"index/{K2}.jsonl"
+READS = [  # (directory, file, command): every file read from a shared directory, by each reader
+    ("shards", "manifest.json", "make-tuples"),
+    ("shards", "sizes.json", "make-tuples"),
+    ("shards", "splits.csv", "make-tuples"),
+    ("shards", "splits.csv", "check-tuples"),
+    ("shards", "splits.csv", "manifest update"),
+    ("shards", "rejects.jsonl", "manifest update"),
+    ("tuples", "manifest.json", "check-tuples"),
+    ("tuples", "sizes.json", "check-tuples"),
+    ("tuples", "sizes.json", "fit"),
+    ("tuples", LIST, "check-tuples"),
+    ("tuples", LIST, "evaluate"),
+    ("tuples", LIST, "fit --val-tuples"),
+]
+
+
+def _refused(res, *phrases: str) -> str:
+    """The command failed with one line (check-tuples: its problem lines, then one Error line),
+    no traceback, and the output holds every phrase."""
+    assert res.exit_code == 1, (res.output, res.exception)
+    assert "Traceback" not in res.output and res.output.strip().splitlines()[-1].startswith("Error: ")
+    for phrase in phrases:
+        assert phrase in res.output, res.output
+    return res.output
+
+
+@pytest.mark.parametrize("where, name, command", READS)
+def test_a_fifo_in_a_shared_directory_is_refused_not_waited_on(
+    where, name, command, shards, tuples, tmp_path
+):
+    argv = _commands(shards, tuples, tmp_path)[command]
+    path = {"shards": shards, "tuples": tuples}[where] / name
+    path.unlink()
+    with fifo_that_never_blocks(path) as fifo:
+        res = run(*argv)
+    assert not fifo["blocked"], f"{command} waited on the FIFO {name}"
+    _refused(res, f"{name}: refusing a FIFO, not a regular file")
+
+
+@pytest.mark.parametrize("where, name, command", READS)
+def test_a_link_to_dev_zero_in_a_shared_directory_is_never_read(
+    where, name, command, shards, tuples, tmp_path
+):
+    argv = _commands(shards, tuples, tmp_path)[command]
+    path = {"shards": shards, "tuples": tuples}[where] / name
+    path.unlink()
+    path.symlink_to("/dev/zero")  # read whole, it would exhaust memory
+    _refused(res := run(*argv), repr(name), "a symlink leads outside")
+    assert "MemoryError" not in res.output
+
+
+@pytest.mark.parametrize("command", ["check-tuples", "evaluate", "fit --val-tuples"])
+def test_an_index_dir_linked_out_of_the_tuple_dir_is_not_read(command, shards, tuples, tmp_path):
+    """The index lists are read through the manifest's names: a symlinked index/ leading out of
+    the tuple directory is refused like any other name leading out."""
+    shutil.move(tuples / "index", tmp_path / "elsewhere")
+    (tuples / "index").symlink_to(tmp_path / "elsewhere")
+    _refused(run(*_commands(shards, tuples, tmp_path)[command]), repr(LIST), "a symlink leads outside")
+
+
+@pytest.mark.parametrize("command", ["make-tuples", "check-tuples"])
+def test_a_missing_splits_csv_is_one_line(command, shards, tuples, tmp_path):
+    (shards / "splits.csv").unlink()
+    line = _refused(run(*_commands(shards, tuples, tmp_path)[command]), "splits.csv: missing")
+    assert "build-shards" in line
+
+
+@pytest.mark.parametrize("content", ["", "not,a\nsplits,table\n", "\xff\xfe\x00bad"])
+def test_a_malformed_splits_csv_is_one_line(content, shards, tmp_path):
+    (shards / "splits.csv").write_bytes(content.encode("latin-1"))
+    line = one_line_error(run(avdata_main, *make_tuples_args(shards, tmp_path / "t")))
+    assert "splits.csv" in line, line
+
+
+def test_metadata_files_above_their_cap_are_refused_unread(shards, tmp_path):
+    """sizes.json of 65 MiB (sparse: no disk used) is above the 64 MiB metadata cap."""
+    from avdata.untrusted import MAX_METADATA_BYTES
+
+    with open(shards / "sizes.json", "r+b") as f:
+        f.truncate(MAX_METADATA_BYTES + (1 << 20))
+    line = one_line_error(run(avdata_main, *make_tuples_args(shards, tmp_path / "t")))
+    assert "sizes.json: refusing a file of 65 MiB, above the 64 MiB cap" in line, line
+
+
+def test_checked_open_refuses_what_is_not_a_regular_file(tmp_path):
+    from avdata.errors import InputError
+    from avdata.reader import UnsafeShardError
+    from avdata.untrusted import open_inside, read_inside
+
+    (tmp_path / "ok.json").write_bytes(b"{}")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "inner").symlink_to("ok.json")  # a link that stays inside is followed
+    assert read_inside(tmp_path, "ok.json") == read_inside(tmp_path, "inner") == b"{}"
+    with open_inside(tmp_path, "ok.json", max_bytes=2) as f:
+        assert f.read() == b"{}"
+    for name, phrase in [
+        ("sub", "refusing a directory"),
+        ("../x", "leaves the directory"),
+        ("gone.json", "missing"),
+    ]:
+        with pytest.raises((UnsafeShardError, InputError), match=phrase):
+            read_inside(tmp_path, name)
+    with pytest.raises(UnsafeShardError, match="above the 1 bytes cap"):
+        read_inside(tmp_path, "ok.json", max_bytes=1)

@@ -4,7 +4,9 @@ the same pairs, bad files become rejects, list paths never leave --root, exports
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import wave
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import EMBEDDING_RTOL, make_tuples_args
+from helpers import EMBEDDING_RTOL, fifo_that_never_blocks, make_tuples_args, save_random_run
 
 from avtrain.cli import main as avtrain_main
 
@@ -43,24 +45,13 @@ def _write_wav(path: Path, samples: np.ndarray, sr: int = 16000):
 def setup(train_tuples, tmp_path_factory, one_torch_thread):
     """The session's synthetic corpus and shards, verification tuples on its test split, a
     randomly initialised run (enough for consistency), and a folder of bad files."""
-    from avtrain.checkpoint import LAST as CHECKPOINT
-    from avtrain.checkpoint import build_model, save_checkpoint
-    from avtrain.config import TrainConfig
-
     root = train_tuples.parent
     tmp = tmp_path_factory.mktemp("inference")
     ev = tmp / "ev"
     _avdata(
         make_tuples_args(root / "shards", ev, "--pairs-per-identity", "4", task="verification", split="test")
     )
-    run = tmp / "run"
-    run.mkdir()
-    cfg = TrainConfig(task="matching", k=2, direction="a2v", seed=3)
-    torch.manual_seed(3)
-    save_checkpoint(
-        run / CHECKPOINT,
-        {"config": cfg.to_dict(), "model": build_model(cfg).state_dict(), "epoch": 0, "step": 0},
-    )
+    run = save_random_run(tmp / "run", seed=3)
     bad = tmp / "bad"
     bad.mkdir()
     _write_wav(bad / "silent.wav", np.zeros(32000))
@@ -358,6 +349,138 @@ def test_export_is_pickle_free_and_loads_to_the_same_model(setup, tmp_path):
     (out / "model.safetensors").write_bytes(raw[:-4] + b"\0\0\0\1")
     res = _avtrain(["embed", "--run", out, "--audio", voice, "--out", tmp_path / "f.npz"], code=1)
     assert "sha256 differs" in res.output and res.output.count("\n") == 1
+
+
+# ---- issue #20 item 5: an export's config.json is checked like a fit config before it is used
+
+EXPORT_CONFIG_EDITS = {  # what is written into config.json -> what the one error line must say
+    "huge face search": (
+        lambda m: m["extract"].update(detect_max_side=1e9, min_face_fraction=0),
+        "extract.detect_max_side",
+    ),
+    "min_face_fraction 0": (lambda m: m["extract"].update(min_face_fraction=0), "extract.min_face_fraction"),
+    "jpeg_quality 1000": (lambda m: m["extract"].update(jpeg_quality=1000), "extract.jpeg_quality: must be"),
+    "windows of a wrong type": (lambda m: m["extract"].update(windows="2"), "extract.windows: expected"),
+    "a bool for a number": (lambda m: m["extract"].update(face_margin=True), "extract.face_margin"),
+    "unknown extract key": (lambda m: m["extract"].update(jpeg_qualty=90), "did you mean jpeg_quality"),
+    "extract null": (lambda m: m.update(extract=None), "extract: expected a mapping"),
+    "aliases null": (lambda m: m.update(aliases=None), "aliases is not an object"),
+    "train_config type": (lambda m: m["train_config"].update(k="x"), "train_config: k: expected an integer"),
+    "train_config unknown key": (lambda m: m["train_config"].update(bogus=1), "unknown setting 'bogus'"),
+    "no weights_sha256": (lambda m: m.pop("weights_sha256"), "lacks weights_sha256"),
+    "format_version 2": (lambda m: m.update(format_version=2), "format_version 2 is not 1"),
+    "epoch of a wrong type": (lambda m: m.update(epoch="x"), "epoch 'x' is not a non-negative integer"),
+    "unknown top-level key": (lambda m: m.update(extra=1), "unknown key(s) 'extra'"),
+}
+
+
+@pytest.fixture(scope="module")
+def exported(setup, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exported") / "model"
+    _avtrain(["export", "--run", setup["run"], "--out", out])
+    return out
+
+
+def _embed_one(setup, model_dir, out, code=0):
+    voice = min((setup["corpus"] / "wav").rglob("*.wav"))
+    return _avtrain(["embed", "--run", model_dir, "--audio", voice, "--out", out, "--no-progress"], code=code)
+
+
+def _one_line(res) -> str:
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("edit", sorted(EXPORT_CONFIG_EDITS))
+def test_export_config_is_checked_like_a_fit_config(edit, setup, exported, tmp_path):
+    change, phrase = EXPORT_CONFIG_EDITS[edit]
+    model = tmp_path / "model"
+    shutil.copytree(exported, model)
+    meta = json.loads((model / "config.json").read_text())
+    change(meta)
+    (model / "config.json").write_text(json.dumps(meta))
+    line = _one_line(_embed_one(setup, model, tmp_path / "e.npz", code=1))
+    assert f"{model / 'config.json'}: " in line and phrase in line, line
+    assert not (tmp_path / "e.npz").exists()
+
+
+@pytest.mark.parametrize("name", ["config.json", "model.safetensors"])
+def test_export_files_must_be_regular_files_inside_it(name, setup, exported, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(exported, model)
+    (model / name).unlink()
+    with fifo_that_never_blocks(model / name) as fifo:  # a FIFO: refused, never waited on
+        line = _one_line(_embed_one(setup, model, tmp_path / "e.npz", code=1))
+    assert not fifo["blocked"] and f"{name}: refusing a FIFO" in line, line
+    (model / name).unlink()
+    (model / name).symlink_to("/dev/zero")  # read whole, it would exhaust memory
+    line = _one_line(_embed_one(setup, model, tmp_path / "e.npz", code=1))
+    assert f"refusing the name '{name}': a symlink leads outside" in line, line
+
+
+def test_extract_config_types_ranges_and_keys():
+    from avdata.errors import AvmatchError
+    from avdata.extract import ExtractConfig, ExtractConfigError
+
+    assert issubclass(ExtractConfigError, AvmatchError) and issubclass(ExtractConfigError, ValueError)
+    assert ExtractConfig.from_dict(dataclasses.asdict(ExtractConfig())) == ExtractConfig()
+    assert ExtractConfig(face_margin=0).face_margin == 0.0 and isinstance(
+        ExtractConfig(face_margin=0).face_margin, float
+    )
+    for bad in (
+        {"windows": 0},
+        {"face_margin": -0.1},
+        {"face_margin": float("nan")},
+        {"detect_max_side": 10**9},
+        {"detect_max_side": 640.0},
+        {"min_face_fraction": 0.0},
+        {"min_face_fraction": 1.0},
+        {"min_face_prob": 1.5},
+        {"video_fps": 0},
+        {"max_frames_per_video": 10**6},
+        {"jpeg_quality": 0},
+        {"jpeg_quality": True},
+    ):
+        with pytest.raises(ExtractConfigError, match=f"extract.{next(iter(bad))}"):
+            ExtractConfig.from_dict(bad)
+    with pytest.raises(ExtractConfigError, match="unknown setting"):
+        ExtractConfig.from_dict({"nope": 1})
+
+
+# ---- issue #20 item 21: an export never shadows a run
+
+
+def test_export_refuses_a_run_directory(setup, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(setup["run"], run)
+    before = sorted(p.name for p in run.iterdir())
+    line = _one_line(_avtrain(["export", "--run", run, "--out", run], code=1))
+    assert f"--out {run} is a run directory" in line, line
+    other = tmp_path / "other_run"  # another run's directory would be shadowed just the same
+    shutil.copytree(setup["run"], other)
+    assert "is a run directory" in _one_line(_avtrain(["export", "--run", run, "--out", other], code=1))
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert not (other / "model.safetensors").exists()
+
+
+def test_a_run_shadowed_by_an_export_is_refused_not_guessed(setup, exported, tmp_path):
+    """A directory holding both (an export written into a run before export refused it): the
+    default is ambiguous and refused; naming a file or --checkpoint picks one."""
+    run = tmp_path / "run"
+    shutil.copytree(setup["run"], run)
+    for p in exported.iterdir():
+        shutil.copy(p, run / p.name)
+    line = _one_line(_embed_one(setup, run, tmp_path / "e.npz", code=1))
+    assert "holds both a run's checkpoint.pt and an export's model.safetensors" in line, line
+    from avtrain.inference import load_model
+
+    assert load_model(run / "checkpoint.pt").source["kind"] == "run"
+    assert load_model(run / "model.safetensors").source["kind"] == "export"
+    shutil.copy(run / "checkpoint.pt", run / "best.pt")
+    shutil.copy(run / "checkpoint.pt.sha256", run / "best.pt.sha256")
+    best = load_model(run, checkpoint="best")  # --checkpoint best names the run's best.pt
+    assert best.source["kind"] == "run"
 
 
 def test_embed_writes_parquet_with_rejects(setup, tmp_path):

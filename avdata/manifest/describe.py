@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import copy
+import os
 import string
 from pathlib import Path
 
 from avdata.errors import AvmatchError
-from avdata.io import sha256_file, sha256_ids
+from avdata.io import sha256_file, sha256_ids, sha256_stream
 from avdata.manifest.schema import (
     FORMAT_VERSION,
     SHARDS_KIND,
@@ -17,6 +18,7 @@ from avdata.manifest.schema import (
     _short,
     load_manifest,
 )
+from avdata.untrusted import open_inside
 
 # ---------------------------------------------------------------- describe
 
@@ -36,8 +38,8 @@ def describe(dir: str | Path, tuples: str | Path | None = None) -> dict:
     if not dir.is_dir():
         raise ManifestError(f"{dir}: not a directory")
     mpath = dir / "manifest.json"
-    if mpath.is_file():
-        m = load_manifest(mpath)
+    if os.path.lexists(mpath):  # whatever is there (a FIFO, a link out) is load_manifest's to refuse
+        m = load_manifest(mpath, inside=True)
         if m["kind"] == SHARDS_KIND:
             return _describe_shards(dir, m)
         if m["kind"] == TUPLES_KIND:
@@ -58,15 +60,31 @@ def _plugin_describers():
     return [ep.load() for ep in sorted(entry_points(group="avmatch.manifests"), key=lambda ep: ep.name)]
 
 
+def _reason(exc: AvmatchError) -> str:
+    """An error line without the path it starts with (problem lines name the file themselves)."""
+    return getattr(exc, "reason", None) or str(exc).split(": ", 1)[-1]
+
+
+def _actual_sha256(dir: Path, rel: str, problems: list[str], missing: str = "missing") -> str | None:
+    """sha256 of DIR/rel, opened as a regular file inside DIR (avdata.untrusted.open_inside: an
+    unsafe name, a link leading out, a FIFO or a device is a problem line and is never read);
+    None, with a problem line ``rel: why``, when it cannot be read."""
+    try:
+        with open_inside(dir, rel, str(dir / "manifest.json"), missing=missing) as f:
+            return sha256_stream(f)
+    except AvmatchError as exc:
+        problems.append(f"{rel}: {_reason(exc)}")
+        return None
+
+
 def _rehash(dir: Path, entries: dict, problems: list[str]) -> None:
     """Replace each entry's sha256 by the file's actual one; note mismatches."""
     for rel in sorted(entries):
-        entry, path = entries[rel], dir / rel
-        if not path.is_file():
-            problems.append(f"{rel}: listed in manifest.json but missing on disk")
+        entry = entries[rel]
+        actual = _actual_sha256(dir, rel, problems, "listed in manifest.json but missing on disk")
+        if actual is None:
             entry["sha256"] = None
             continue
-        actual = sha256_file(path)
         if actual != entry.get("sha256"):
             problems.append(
                 f"{rel}: bytes on disk differ from manifest.json "
@@ -84,7 +102,7 @@ def _stray_tars(dir: Path, listed, pattern: str, problems: list[str]) -> None:
 
 def _check_sizes(dir: Path, expected: dict, problems: list[str]) -> None:
     path = dir / "sizes.json"
-    if not path.is_file():
+    if not os.path.lexists(path):  # anything else there is read_sizes' to refuse
         if expected:  # readers find shards through sizes.json
             problems.append("sizes.json: missing")
         return
@@ -93,7 +111,7 @@ def _check_sizes(dir: Path, expected: dict, problems: list[str]) -> None:
     try:
         sizes = read_sizes(path)
     except AvmatchError as exc:
-        problems.append(f"sizes.json: {str(exc).split(': ', 1)[-1]}")
+        problems.append(f"sizes.json: {_reason(exc)}")
         return
     if sizes != expected:
         problems.append("sizes.json: does not match the counts in manifest.json")
@@ -131,21 +149,17 @@ def _describe_shards(dir: Path, m: dict) -> dict:
     _check_detections(dir, desc.get("shards", {}), problems)
     _stray_tars(dir, desc.get("shards", {}), "*/*.tar", problems)
     _check_sizes(dir, {k: v["samples"] for k, v in m.get("shards", {}).items()}, problems)
-    rejects = dir / "rejects.jsonl"
-    if not rejects.is_file():
-        problems.append("rejects.jsonl: missing")
-    else:
-        actual = sha256_file(rejects)
-        if actual != m.get("rejects_sha256"):
-            problems.append("rejects.jsonl: bytes on disk differ from manifest.json")
-            desc["rejects_sha256"] = actual
-    splits_csv = dir / "splits.csv"
-    if not splits_csv.is_file():
-        problems.append("splits.csv: missing")
-    else:
-        import pandas as pd
+    actual = _actual_sha256(dir, "rejects.jsonl", problems)
+    if actual is not None and actual != m.get("rejects_sha256"):
+        problems.append("rejects.jsonl: bytes on disk differ from manifest.json")
+        desc["rejects_sha256"] = actual
+    from avdata.tuples import read_splits  # the one splits.csv reader
 
-        df = pd.read_csv(splits_csv, dtype=str, keep_default_na=False)
+    try:
+        df = read_splits(dir)
+    except AvmatchError as exc:
+        problems.append(f"splits.csv: {_reason(exc)}")
+    else:
         for split, entry in sorted(desc.get("splits", {}).items()):
             source = "train" if split == "seen_heard" else split  # seen_heard: media of train identities
             ids = df.loc[df["split"] == source, "vox_id"].tolist()

@@ -66,12 +66,22 @@ _MISSING = object()
 # ---------------------------------------------------------------- hashing and files
 
 
-def load_manifest(path: str | Path) -> dict:
+def load_manifest(path: str | Path, inside: bool = False) -> dict:
+    """A manifest file: a regular file of at most MAX_METADATA_BYTES (a FIFO or device is refused,
+    never waited on). ``inside``: ``path`` is DIR/manifest.json of a directory being described,
+    read only if it stays inside DIR (:func:`avdata.untrusted.read_inside`)."""
+    from avdata.untrusted import MAX_METADATA_BYTES, read_inside, read_regular
+
     path = Path(path)
     try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: manifest not found") from None
+        if inside:
+            raw = read_inside(path.parent, path.name, missing="manifest not found")
+        else:
+            raw = read_regular(path, MAX_METADATA_BYTES, "manifest not found")
+    except AvmatchError as exc:
+        raise ManifestError(str(exc)) from None
+    try:
+        obj = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: not a JSON manifest ({exc})") from None
     if not isinstance(obj, dict) or "kind" not in obj:
