@@ -120,24 +120,22 @@ def _check_sizes(dir: Path, expected: dict, problems: list[str]) -> None:
 def _check_detections(dir: Path, shards: dict, problems: list[str]) -> None:
     """Face shards' detection sidecars: listed, present, one JSON line per sample. Their bytes
     are not hashed: MTCNN's float boxes move in the last bits between CPUs."""
-    from avdata.untrusted import resolve_inside
+    from avdata.untrusted import open_inside
 
     for rel, entry in sorted(shards.items()):
         name = entry.get("detections") if isinstance(entry, dict) else None
         if name is None:
             continue
-        try:
-            path = resolve_inside(dir, name, f"{dir}/manifest.json")
-        except AvmatchError as exc:
-            problems.append(str(exc).split(": ", 1)[-1])
-            continue
-        if not path.is_file():
-            problems.append(f"{name}: listed in manifest.json but missing on disk")
-            continue
         lines = 0
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                lines += block.count(b"\n")
+        try:
+            with open_inside(
+                dir, name, f"{dir}/manifest.json", missing="listed in manifest.json but missing"
+            ) as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    lines += block.count(b"\n")
+        except AvmatchError as exc:
+            problems.append(f"{name}: {_reason(exc)}")
+            continue
         if lines != entry.get("samples"):
             problems.append(f"{name}: {lines} detection lines for {entry.get('samples')} samples of {rel}")
 
