@@ -20,6 +20,7 @@ from before checksums existed can be accepted with ``sha256sum X.pt > X.pt.sha25
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import re
 from pathlib import Path
@@ -116,7 +117,150 @@ def load_checkpoint(path: str | Path) -> dict:
         ) from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise CheckpointError(f"{path}: not an avtrain checkpoint (expected keys {', '.join(REQUIRED_KEYS)})")
+    problem = state_problem(state)
+    if problem:
+        raise CheckpointError(f"{path}: not a valid avtrain checkpoint: {problem}")
     return state
+
+
+# --------------------------------------------------------------------------- the fields of a checkpoint
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _show(v) -> str:
+    text = repr(v) if isinstance(v, (str, int, float, bool, type(None))) else type(v).__name__
+    return text[:40] + ("…" if len(text) > 40 else "")
+
+
+def _count_problem(name: str, v, lo: int) -> str | None:
+    if not _is_int(v) or v < lo:
+        return f"{name} is {_show(v)}, expected an integer >= {lo}"
+    return None
+
+
+def _rng_problem(name: str, v) -> str | None:
+    if not (torch.is_tensor(v) and v.dtype == torch.uint8 and v.dim() == 1 and v.numel() > 0):
+        return f"{name} is {_show(v)}, expected a 1-d uint8 tensor (a torch RNG state)"
+    return None
+
+
+def _plan_problem(plan) -> str | None:
+    """lr_plan: [[first step, LR there, total steps], ...], steps from 0 on, never going back."""
+    if not isinstance(plan, list) or not plan:
+        return f"lr_plan is {_show(plan)}, expected a non-empty list"
+    previous = 0
+    for i, point in enumerate(plan):
+        if not (
+            isinstance(point, (list, tuple))
+            and len(point) == 3
+            and _is_int(point[0])
+            and _is_number(point[1])
+            and _is_int(point[2])
+            and point[0] >= previous
+            and math.isfinite(point[1])
+            and point[1] > 0
+            and point[2] >= 1
+        ):
+            return f"lr_plan[{i}] is not [step >= the previous one, LR > 0, total steps >= 1]"
+        previous = point[0]
+    if plan[0][0] != 0:
+        return "lr_plan does not start at step 0"
+    return None
+
+
+def _best_problem(best, epoch: int) -> str | None:
+    if not isinstance(best, dict) or set(best) != {"metric", "value", "epoch"}:
+        return f"best is {_show(best)}, expected a dict of metric, value, epoch"
+    if not isinstance(best["metric"], str):
+        return f"best.metric is {_show(best['metric'])}, expected a metric name"
+    value, at = best["value"], best["epoch"]
+    if (value is None) != (at is None):
+        return "best has a value without an epoch or an epoch without a value"
+    if value is not None and not _is_number(value):
+        return f"best.value is {_show(value)}, expected a number"
+    if at is not None and not (_is_int(at) and 1 <= at <= epoch):
+        return f"best.epoch is {_show(at)}, expected an integer in 1..{epoch} (the checkpoint's epoch)"
+    return None
+
+
+def _optimizer_problem(name: str, v) -> str | None:
+    """The shape of a torch optimizer state dict; its content is checked against the optimizer
+    it is loaded into (:func:`avtrain.train` on resume)."""
+    if not (
+        isinstance(v, dict)
+        and isinstance(v.get("state"), dict)
+        and isinstance(v.get("param_groups"), list)
+        and all(isinstance(g, dict) for g in v["param_groups"])
+    ):
+        return f"{name} is {_show(v)}, expected an optimizer state (state, param_groups)"
+    return None
+
+
+def state_problem(state: dict) -> str | None:
+    """Why a loaded checkpoint dict is not one that avtrain wrote (one phrase), or None: every
+    field it may hold, by type and range. ``config`` is parsed by :func:`saved_config`, the
+    optimizer and scheduler states by the resume that loads them."""
+    if not isinstance(state["config"], dict):
+        return f"config is {_show(state['config'])}, expected a dict of settings"
+    model = state["model"]
+    if not isinstance(model, dict) or not all(
+        isinstance(k, str) and torch.is_tensor(t) for k, t in model.items()
+    ):
+        return f"model is {_show(model)}, expected a dict of named tensors"
+    checks = [_count_problem("epoch", state["epoch"], 0), _count_problem("step", state["step"], 0)]
+    for key in ("total_steps",):
+        if key in state:
+            checks.append(_count_problem(key, state[key], 1))
+    if "stale_validations" in state:
+        checks.append(_count_problem("stale_validations", state["stale_validations"], 0))
+    for key in ("torch_rng", "cuda_rng"):
+        if key in state:
+            checks.append(_rng_problem(key, state[key]))
+    for key in ("opt_g", "opt_d"):
+        if key in state:
+            checks.append(_optimizer_problem(key, state[key]))
+    if "sched" in state and not isinstance(state["sched"], dict):
+        checks.append(f"sched is {_show(state['sched'])}, expected a scheduler state")
+    if "lr_plan" in state:
+        checks.append(_plan_problem(state["lr_plan"]))
+    if "best" in state:
+        checks.append(_best_problem(state["best"], state["epoch"] if _is_int(state["epoch"]) else 0))
+    if "val" in state and not (
+        isinstance(state["val"], dict)
+        and all(isinstance(k, str) and _is_number(v) for k, v in state["val"].items())
+    ):
+        checks.append(f"val is {_show(state['val'])}, expected a dict of metric values")
+    return next((c for c in checks if c), None)
+
+
+def saved_config(path: str | Path, state: dict):
+    """The TrainConfig saved in a loaded checkpoint, checked against the checkpoint's progress
+    (epoch within the run's epochs, step within its steps, best metric the run's)."""
+    from avtrain.config import ConfigError, TrainConfig
+
+    try:
+        cfg = TrainConfig.from_dict(state["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: its saved config is not valid ({exc})") from None
+    problem = None
+    if state["epoch"] > cfg.epochs:
+        problem = f"epoch {state['epoch']} is past the run's {cfg.epochs} epochs"
+    elif "total_steps" in state and state["step"] > state["total_steps"]:
+        problem = f"step {state['step']} is past the run's {state['total_steps']} steps"
+    elif "lr_plan" in state and "total_steps" in state and state["lr_plan"][-1][2] != state["total_steps"]:
+        problem = "lr_plan does not end at total_steps"
+    elif "best" in state and state["best"]["metric"] != cfg.select_metric:
+        problem = f"best.metric {state['best']['metric']!r} is not the run's {cfg.select_metric!r}"
+    if problem:
+        raise CheckpointError(f"{path}: not a valid avtrain checkpoint: {problem}")
+    return cfg
 
 
 def save_checkpoint(path: str | Path, state: dict) -> str:
@@ -184,8 +328,6 @@ def build_model(cfg):
 def load_run(run: str | Path, device: torch.device | str = "cpu", which: str = "last"):
     """(model in eval mode on device, checkpoint state, TrainConfig) of RUN's ``which``
     checkpoint (``last``, ``best`` or a path)."""
-    from avtrain.config import ConfigError, TrainConfig
-
     if isinstance(device, str):
         device = pick_device(device)
     path = resolve(run, which)
@@ -198,10 +340,7 @@ def load_run(run: str | Path, device: torch.device | str = "cpu", which: str = "
             raise CheckpointError(f"{run}: no {LAST}; train with avtrain fit first")
         raise CheckpointError(f"{path}: checkpoint not found")
     state = load_checkpoint(path)
-    try:
-        cfg = TrainConfig.from_dict(state["config"])
-    except ConfigError as exc:
-        raise CheckpointError(f"{path}: its saved config is not valid ({exc})") from None
+    cfg = saved_config(path, state)
     model = build_model(cfg)
     try:
         model.load_state_dict(state["model"])

@@ -36,14 +36,16 @@ from avdata.errors import AvmatchError
 from avtrain.checkpoint import (
     BEST,
     LAST,
+    CheckpointError,
     build_model,
     epoch_name,
     load_checkpoint,
     pick_device,
     remove_checkpoint,
     save_checkpoint,
+    saved_config,
 )
-from avtrain.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, save_config
+from avtrain.config import RESUMABLE_CHANGES, TrainConfig, save_config
 from avtrain.data import (
     TupleStream,
     batches_per_rank,
@@ -54,6 +56,7 @@ from avtrain.data import (
 from avtrain.losses import AMLLoss
 
 LOG_TERMS = ("L_total", "L_dis", "L_metric", "L_cls", "L_adv")
+RESUME_KEYS = ("opt_g", "opt_d", "sched", "torch_rng")  # besides checkpoint.REQUIRED_KEYS
 
 __all__ = ["LOG_TERMS", "TrainingError", "build_loss", "fit", "lr_at", "train_step"]
 
@@ -174,11 +177,11 @@ class Distributed:
 
 def _resume_state(cfg: TrainConfig, path: Path) -> dict:
     """The checkpoint to continue from, after checking that only resumable settings differ."""
-    state = load_checkpoint(path)  # checksum + weights_only: one line on a bad file
-    try:
-        saved = TrainConfig.from_dict(state["config"])
-    except ConfigError as exc:
-        raise TrainingError(f"{path}: its saved config is not valid ({exc})") from None
+    state = load_checkpoint(path)  # checksum + weights_only + every field's type: one line on a bad file
+    saved = saved_config(path, state)
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: cannot resume from it: no {', '.join(missing)} (not saved by fit)")
     diffs = saved.differences(cfg)
     blocking = [d for d in diffs if d.split(":", 1)[0] not in RESUMABLE_CHANGES]
     if cfg.epochs < saved.epochs:
@@ -191,6 +194,90 @@ def _resume_state(cfg: TrainConfig, path: Path) -> dict:
             "Resume with the saved settings (RUN/config.yaml) or train into a new --out"
         )
     return state
+
+
+def _restore(path: Path, state: dict, model, optimizers: dict, sched, cuda: bool) -> None:
+    """Load a resume checkpoint's weights, optimizer, scheduler and RNG states, each checked
+    against what this run's own objects hold first (a value of the wrong type or shape would
+    otherwise fail steps later, mid-epoch, with a traceback): one-line CheckpointError."""
+
+    def refuse(problem: str):
+        raise CheckpointError(f"{path}: cannot resume from it: {problem}")
+
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        refuse(f"the weights do not fit the model of its config ({first[:160]})")
+    for name, opt in optimizers.items():
+        problem = _optimizer_state_problem(opt, state[name])
+        if problem:
+            refuse(f"{name}: {problem}")
+        opt.load_state_dict(state[name])
+    fresh, saved = sched.state_dict(), state["sched"]
+    for key, value in saved.items():
+        if key not in fresh:
+            refuse(f"sched has an unknown field {key!r}")
+        if key in ("base_lrs", "lr_lambdas") and value != fresh[key]:
+            refuse(f"sched.{key} is not this run's")
+        if isinstance(fresh[key], list):
+            if not (
+                isinstance(value, list)
+                and len(value) == len(fresh[key])
+                and all(_finite_number(v) for v in value if v is not None)
+            ):
+                refuse(f"sched.{key} is not a list of {len(fresh[key])} number(s)")
+        elif type(value) is not type(fresh[key]):
+            refuse(f"sched.{key} is a {type(value).__name__}, expected a {type(fresh[key]).__name__}")
+    if saved.get("last_epoch") != state["step"]:
+        refuse(f"sched.last_epoch {saved.get('last_epoch')!r} is not the checkpoint's step {state['step']}")
+    sched.load_state_dict(saved)
+    if state["torch_rng"].numel() != torch.get_rng_state().numel():
+        refuse(f"torch_rng holds {state['torch_rng'].numel()} bytes, not {torch.get_rng_state().numel()}")
+    torch.set_rng_state(state["torch_rng"])
+    if cuda and "cuda_rng" in state:
+        try:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        except RuntimeError as exc:
+            refuse(f"cuda_rng is not a CUDA RNG state ({str(exc).strip()[:120]})")
+
+
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _optimizer_state_problem(opt, saved: dict) -> str | None:
+    """Why an Adam state dict does not fit ``opt`` (built from the same config), or None: the
+    same parameter groups with the same settings (the LR a finite number > 0), and per parameter
+    exactly the step counter and moment tensors of that parameter's shape."""
+    fresh = opt.state_dict()
+    if len(saved["param_groups"]) != len(fresh["param_groups"]):
+        return f"{len(saved['param_groups'])} parameter group(s), expected {len(fresh['param_groups'])}"
+    params = {}
+    for i, (got, want) in enumerate(zip(saved["param_groups"], fresh["param_groups"])):
+        if got.get("params") != want["params"]:
+            return f"param_groups[{i}] holds other parameters than the model's"
+        params.update(zip(want["params"], opt.param_groups[i]["params"]))
+        if not _finite_number(got.get("lr")) or not got["lr"] > 0:
+            return f"param_groups[{i}].lr is not a number > 0"
+        for key, value in want.items():
+            if key not in ("params", "lr") and key in got and got[key] != value:
+                return f"param_groups[{i}].{key} is {str(got[key])[:40]!r}, this run's is {value!r}"
+    for pid, entry in saved["state"].items():
+        if pid not in params:
+            return f"state for an unknown parameter {str(pid)[:20]!r}"
+        moments = {"exp_avg", "exp_avg_sq"} | (
+            {"max_exp_avg_sq"} if fresh["param_groups"][0]["amsgrad"] else set()
+        )
+        if not isinstance(entry, dict) or set(entry) != moments | {"step"}:
+            return f"state[{pid}] does not hold exactly {', '.join(sorted(moments | {'step'}))}"
+        if not all(torch.is_tensor(t) and t.is_floating_point() for t in entry.values()):
+            return f"state[{pid}] holds a value that is not a float tensor"
+        if entry["step"].numel() != 1:
+            return f"state[{pid}].step is not a single number"
+        if any(entry[m].shape != params[pid].shape for m in moments):
+            return f"state[{pid}] moments are not of the parameter's shape {tuple(params[pid].shape)}"
+    return None
 
 
 def _val_setup(cfg: TrainConfig, tuples_dir, val_tuples, val_shards):
@@ -276,13 +363,7 @@ def fit(
     best = {"metric": cfg.select_metric, "value": None, "epoch": None}
     stale = 0  # validations since the last improvement (patience)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        sched.load_state_dict(state["sched"])
-        torch.set_rng_state(state["torch_rng"])
-        if cuda and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"])
+        _restore(ckpt_path, state, model, {"opt_g": opt_g, "opt_d": opt_d}, sched, cuda)
         start_epoch, step = state["epoch"], state["step"]
         saved_total = int(state.get("total_steps", total_steps))
         plan[:] = [list(p) for p in state.get("lr_plan", [[0, cfg.lr_start, saved_total]])]

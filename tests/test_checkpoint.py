@@ -187,3 +187,115 @@ def test_evaluate_best_without_validation_says_so(trained, train_tuples):
         ],
     )
     assert res.exit_code == 1 and "no best.pt" in res.output and res.output.count("\n") == 1
+
+
+def _with(key, value):
+    return lambda state: state | {key: value(state) if callable(value) else value}
+
+
+def _group(name, **changes):
+    return lambda s: s[name] | {"param_groups": [s[name]["param_groups"][0] | changes]}
+
+
+# a field of a checkpoint saved with a matching checksum: (change, phrase of the one-line error)
+BAD_FIELDS = {
+    "step_text": (_with("step", "abc"), "step is 'abc', expected an integer >= 0"),
+    "epoch_negative": (_with("epoch", -1), "epoch is -1"),
+    "epoch_past_the_run": (_with("epoch", 99), "epoch 99 is past the run's 1 epochs"),
+    "step_past_the_run": (_with("step", 10**30), "is past the run's 2 steps"),
+    "step_bool": (_with("step", True), "step is True"),
+    "model_not_tensors": (_with("model", {"w": 1}), "model is dict, expected a dict of named tensors"),
+    "config_not_dict": (_with("config", [1]), "config is list"),
+    "lr_plan_text": (_with("lr_plan", [[0, "a", 2]]), "lr_plan[0] is not"),
+    "best_other_metric": (
+        _with("best", {"metric": "x", "value": None, "epoch": None}),
+        "best.metric 'x' is not the run's",
+    ),
+    "best_epoch_ahead": (_with("best", {"metric": "m", "value": 0.5, "epoch": 7}), "best.epoch is 7"),
+    "val_text": (_with("val", {"m": "high"}), "val is dict, expected a dict of metric values"),
+    "rng_short": (
+        _with("torch_rng", torch.zeros(3, dtype=torch.uint8)),
+        "cannot resume from it: torch_rng holds 3 bytes",
+    ),
+    "rng_float": (_with("torch_rng", torch.zeros(5056)), "torch_rng is Tensor, expected a 1-d uint8"),
+    "sched_attribute": (
+        _with("sched", lambda s: s["sched"] | {"optimizer": 1}),
+        "cannot resume from it: sched has an unknown field 'optimizer'",
+    ),
+    "sched_step_text": (
+        _with("sched", lambda s: s["sched"] | {"last_epoch": "x"}),
+        "cannot resume from it: sched.last_epoch is a str",
+    ),
+    "sched_other_step": (
+        _with("sched", lambda s: s["sched"] | {"last_epoch": 5}),
+        "cannot resume from it: sched.last_epoch 5",
+    ),
+    "opt_lr_text": (
+        _with("opt_g", _group("opt_g", lr="abc")),
+        "cannot resume from it: opt_g: param_groups[0].lr is not a number",
+    ),
+    "opt_betas": (
+        _with("opt_d", _group("opt_d", betas=("a", 1))),
+        "cannot resume from it: opt_d: param_groups[0].betas",
+    ),
+    "opt_moments": (
+        _with(
+            "opt_d",
+            lambda s: (
+                s["opt_d"]
+                | {
+                    "state": {
+                        0: {
+                            "step": torch.tensor(1.0),
+                            "exp_avg": torch.zeros(3),
+                            "exp_avg_sq": torch.zeros(3),
+                        }
+                    }
+                }
+            ),
+        ),
+        "cannot resume from it: opt_d: state[0] moments are not of the parameter's shape",
+    ),
+    "opt_no_groups": (_with("opt_g", {"state": {}}), "opt_g is dict, expected an optimizer state"),
+    "no_optimizer": (
+        lambda s: {k: v for k, v in s.items() if k != "opt_g"},
+        "cannot resume from it: no opt_g",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FIELDS))
+def test_bad_field_with_a_matching_checksum_is_one_line(trained, train_tuples, tmp_path, case):
+    """#20 item 20: every field of a checkpoint is checked by type and range (a checkpoint saved with
+    its checksum, as one who crafted it would), so no command gets a traceback from it later."""
+    change, phrase = BAD_FIELDS[case]
+    run = _copy(trained, tmp_path)
+    state = change(load_checkpoint(run / LAST))
+    if case == "best_epoch_ahead":
+        state["best"]["metric"] = TrainConfig.from_dict(state["config"]).select_metric
+    save_checkpoint(run / LAST, state)
+    before = sha256_file(run / LAST)
+    resume = [
+        "fit", "--shards", str(train_tuples), "--out", str(run), "--resume", "--epochs", "2",
+        "--no-progress", "--seed", "2", *tiny_fit_sets(2),
+    ]  # fmt: skip
+    res = CliRunner().invoke(avtrain_main, resume)
+    assert res.exit_code == 1 and res.output.startswith("Error: "), res.output
+    assert res.output.count("\n") == 1 and phrase in res.output and str(run / LAST) in res.output, res.output
+    assert sha256_file(run / LAST) == before  # a refused resume wrote nothing
+    if "cannot resume" in phrase:
+        return  # a field only a resume reads: the weights still load for evaluate/embed
+    for args in (
+        [
+            "evaluate",
+            "--run",
+            str(run),
+            "--shards",
+            str(train_tuples.parent / "shards"),
+            "--tuples",
+            str(train_tuples),
+        ],
+        ["export", "--run", str(run), "--out", str(tmp_path / "export")],
+    ):
+        res = CliRunner().invoke(avtrain_main, args)
+        assert res.exit_code == 1 and res.output.count("\n") == 1 and phrase in res.output, (args, res.output)
