@@ -23,6 +23,8 @@ import io
 import math
 import pickle
 import re
+import struct
+import zipfile
 from pathlib import Path
 
 import torch
@@ -34,6 +36,15 @@ LAST = "checkpoint.pt"
 BEST = "best.pt"
 CHECKSUM_SUFFIX = ".sha256"
 REQUIRED_KEYS = ("config", "model", "epoch", "step")
+# What an avtrain checkpoint can hold: the largest model its settings allow (matching, k=10,
+# concat_mlp head: 11.4 MB of tensors) three times over (weights and Adam's two moments), about
+# 35 MB, and small fields; 256 MiB leaves 7x headroom (tests/test_checkpoint.py checks it). A file,
+# or zip records unpacking to, more than this are refused before torch.load reads them: torch.load
+# inflates deflated records in memory, so a small file could otherwise cost gigabytes.
+MAX_CHECKPOINT_BYTES = 256 << 20
+# A checkpoint's zip directory has one ~100-byte entry per tensor (about 200); zipfile parses it
+# into one object per entry, so an end record naming a larger directory is refused unread.
+MAX_ZIP_DIRECTORY_BYTES = 1 << 20
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -85,8 +96,14 @@ def verify(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    if size > MAX_CHECKPOINT_BYTES:
+        raise UnsafeCheckpointError(
+            f"{path}: {size / 2**20:.0f} MiB, more than an avtrain checkpoint holds "
+            f"({MAX_CHECKPOINT_BYTES >> 20} MiB); refusing it"
+        )
     expected = _read_checksums(path)
     actual = sha256_file(path)
     if actual not in expected:
@@ -97,11 +114,70 @@ def verify(path: str | Path) -> str:
     return actual
 
 
+def _zip_directory_bytes(f, size: int) -> int | None:
+    """The central directory size a zip's end record names (zip64 included), or None when
+    there is no end record (not a zip archive)."""
+    tail_len = min(size, 22 + 0xFFFF)  # the end record (22 bytes) and its comment (< 64 KiB)
+    f.seek(size - tail_len)
+    tail = f.read(tail_len)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        return None
+    entries, directory = struct.unpack("<HI", tail[at + 10 : at + 16])
+    if entries != 0xFFFF and directory != 0xFFFFFFFF:
+        return directory
+    locator = tail[at - 20 : at] if at >= 20 else b""  # zip64: its end record's offset
+    if not locator.startswith(b"PK\x06\x07"):
+        return None
+    (offset,) = struct.unpack("<Q", locator[8:16])
+    if offset > size - 56:
+        return None
+    f.seek(offset)
+    record = f.read(56)
+    if not record.startswith(b"PK\x06\x06"):
+        return None
+    return struct.unpack("<Q", record[40:48])[0]
+
+
+def check_archive(path: str | Path) -> None:
+    """Refuse, before torch.load reads a byte of it, a file that is not a zip archive (what
+    torch.save writes) or whose records unpack to more than :data:`MAX_CHECKPOINT_BYTES` (a
+    decompression bomb), reading only its zip directory (bounded by
+    :data:`MAX_ZIP_DIRECTORY_BYTES`)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        directory = _zip_directory_bytes(f, size)
+        if directory is None:
+            raise CheckpointError(
+                f"{path}: not a readable torch checkpoint, truncated or corrupt (no zip directory)"
+            )
+        if directory > MAX_ZIP_DIRECTORY_BYTES:
+            raise UnsafeCheckpointError(
+                f"{path}: its zip directory is {directory / 2**20:.1f} MiB, more than an avtrain checkpoint "
+                f"has ({MAX_ZIP_DIRECTORY_BYTES >> 20} MiB); refusing it"
+            )
+        try:
+            with zipfile.ZipFile(f) as archive:
+                unpacked = sum(info.file_size for info in archive.infolist())
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
+            raise CheckpointError(
+                f"{path}: not a readable torch checkpoint, truncated or corrupt ({str(exc)[:120]})"
+            ) from None
+    if unpacked > MAX_CHECKPOINT_BYTES:
+        raise UnsafeCheckpointError(
+            f"{path}: its zip records unpack to {unpacked / 2**20:.0f} MiB, more than an avtrain "
+            f"checkpoint holds ({MAX_CHECKPOINT_BYTES >> 20} MiB); refusing it (a decompression bomb?)"
+        )
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    """Verified load: checksum, then ``torch.load(weights_only=True)``, then the keys a run
-    checkpoint has. Every failure is one line (CheckpointError / UnsafeCheckpointError)."""
+    """Verified load: checksum, size (file and unpacked zip records), then
+    ``torch.load(weights_only=True)``, then every field a run checkpoint has. Every failure is one
+    line (CheckpointError / UnsafeCheckpointError)."""
     path = Path(path)
     verify(path)
+    check_archive(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
     except pickle.UnpicklingError as exc:  # weights_only refused a global / reduce payload

@@ -3,8 +3,12 @@ files are refused in one line by evaluate, fit --resume and avdata manifest veri
 
 from __future__ import annotations
 
+import io
+import itertools
 import pickle
+import re
 import shutil
+import struct
 import zipfile
 from pathlib import Path
 
@@ -17,6 +21,8 @@ from avdata.io import sha256_file
 from avtrain.checkpoint import (
     BEST,
     LAST,
+    MAX_CHECKPOINT_BYTES,
+    MAX_ZIP_DIRECTORY_BYTES,
     CheckpointError,
     UnsafeCheckpointError,
     checksum_path,
@@ -299,3 +305,84 @@ def test_bad_field_with_a_matching_checksum_is_one_line(trained, train_tuples, t
     ):
         res = CliRunner().invoke(avtrain_main, args)
         assert res.exit_code == 1 and res.output.count("\n") == 1 and phrase in res.output, (args, res.output)
+
+
+# --------------------------------------------------------------------------- #20 item 13: zip bombs
+
+
+def _zip_bomb(path: Path, unpacked: int) -> None:
+    """A torch checkpoint whose one tensor is ``unpacked`` zero bytes, deflated (~1000:1), with
+    a matching checksum file: torch.load inflates it in memory (the pickle names the full size)."""
+    n = 65537  # pickled as a 4-byte int (opcode J), so the size can be patched in place
+    buf = io.BytesIO()
+    torch.save({"config": {}, "model": {"w": torch.zeros(n, dtype=torch.uint8)}, "epoch": 1, "step": 0}, buf)
+    with zipfile.ZipFile(buf) as z:
+        members = {i.filename: z.read(i) for i in z.infolist()}
+    pkl = next(k for k in members if k.endswith("data.pkl"))
+    old = b"J" + struct.pack("<i", n)
+    assert members[pkl].count(old) == 2  # the storage's size and the tensor's shape
+    members[pkl] = members[pkl].replace(old, b"J" + struct.pack("<i", unpacked))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
+        for name, blob in members.items():
+            if name.endswith("/data/0"):
+                with z.open(name, "w", force_zip64=True) as f:
+                    for _ in range(unpacked >> 20):
+                        f.write(bytes(1 << 20))
+            else:
+                z.writestr(name, blob)
+    checksum_path(path).write_text(f"{sha256_file(path)}  {path.name}\n")
+
+
+def test_decompression_bomb_is_refused_before_torch_reads_it(trained, train_tuples, tmp_path):
+    run = _copy(trained, tmp_path)
+    _zip_bomb(run / LAST, MAX_CHECKPOINT_BYTES + (16 << 20))
+    assert (run / LAST).stat().st_size < 4 << 20  # a few MB on disk
+    phrase = "its zip records unpack to 272 MiB, more than an avtrain checkpoint holds (256 MiB)"
+    with pytest.raises(UnsafeCheckpointError, match=re.escape(phrase)):
+        load_checkpoint(run / LAST)
+    shards = train_tuples.parent / "shards"
+    for args in (
+        ["evaluate", "--run", str(run), "--shards", str(shards), "--tuples", str(train_tuples)],
+        ["embed", "--run", str(run), "--faces", str(tmp_path), "--out", str(tmp_path / "e.npz")],
+    ):
+        res = CliRunner().invoke(avtrain_main, args)
+        assert res.exit_code == 1 and res.output.count("\n") == 1 and phrase in res.output, res.output
+
+
+def test_zip_directory_bomb_is_refused_unread(trained, tmp_path):
+    """An end record naming a directory of millions of entries: zipfile would build an object for
+    each; refused from the end record alone."""
+    run = _copy(trained, tmp_path)
+    with zipfile.ZipFile(run / LAST, "w") as z:
+        for i in range(MAX_ZIP_DIRECTORY_BYTES // 40):
+            z.writestr(f"archive/data/{i}", b"")
+    checksum_path(run / LAST).write_text(f"{sha256_file(run / LAST)}  {LAST}\n")
+    with pytest.raises(UnsafeCheckpointError, match="its zip directory is 1.[0-9] MiB, more than"):
+        load_checkpoint(run / LAST)
+
+
+def test_checkpoint_caps_leave_headroom_for_the_largest_model():
+    """MAX_CHECKPOINT_BYTES / MAX_ZIP_DIRECTORY_BYTES are >= 4x what a fit checkpoint of the largest
+    model the settings allow holds (weights and two Adam moments per parameter)."""
+    from avtrain.checkpoint import _zip_directory_bytes, build_model
+    from avtrain.models.aml import MATCHING_HEADS
+
+    largest, biggest = None, 0
+    for task, k, head, shared in itertools.product(
+        ("matching", "verification", "retrieval"), (2, 10), MATCHING_HEADS, (True, False)
+    ):
+        try:
+            cfg = TrainConfig.from_dict(
+                {"task": task, "k": k, "model.head": head, "model.shared_generator": shared}
+            )
+        except ValueError:  # a head only matching has
+            continue
+        sd = build_model(cfg).state_dict()
+        size = sum(t.numel() * t.element_size() for t in sd.values())
+        if size > biggest:
+            largest, biggest = sd, size
+    moments = [{k: t.clone() for k, t in largest.items()} for _ in range(2)]
+    buf = io.BytesIO()
+    torch.save({"model": largest, "opt_g": {"state": dict(enumerate(moments))}}, buf)
+    assert 4 * len(buf.getvalue()) <= MAX_CHECKPOINT_BYTES, len(buf.getvalue())
+    assert 4 * _zip_directory_bytes(buf, len(buf.getvalue())) <= MAX_ZIP_DIRECTORY_BYTES
