@@ -7,13 +7,16 @@
   streamed outputs such as tars): every output file is written under a temp name in its own directory,
   fsynced, then renamed over the final name, so a crash or a full disk never leaves a
   truncated file under a final name. A full disk becomes one line:
-  ``no space left on device while writing PATH``.
+  ``no space left on device while writing PATH``;
+* one writer per output directory (:func:`directory_lock`, ``DIR/.lock``) and the removal of
+  temp files that killed writers left (:func:`remove_stale_temps`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -24,6 +27,13 @@ from avdata.errors import AvmatchError
 
 class DiskFullError(AvmatchError):
     """Writing an output failed for lack of space (or quota)."""
+
+
+class DirectoryLockedError(AvmatchError):
+    """Another process holds DIR/.lock."""
+
+
+LOCK_NAME = ".lock"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -134,3 +144,45 @@ def write_json(path: str | Path, obj) -> None:
 
 def write_jsonl(path: str | Path, rows) -> None:
     atomic_write_text(path, jsonl_text(rows))
+
+
+@contextlib.contextmanager
+def directory_lock(
+    directory: str | Path,
+    writer: str,
+    locked: type[AvmatchError] = DirectoryLockedError,
+    failed: type[AvmatchError] = AvmatchError,
+):
+    """Hold an exclusive lock on DIRECTORY/.lock (``fcntl.flock``, the directory is made if
+    missing) while the block runs, yielding its descriptor: a second ``writer`` (e.g. "build")
+    into the same directory stops at once with one line (``locked``) naming the directory and
+    the holder's pid. The kernel drops the lock when its holder dies, so a killed writer never
+    leaves a stale lock; the file itself stays. Any other failure to lock is ``failed``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise failed(f"cannot lock {path} ({exc.strerror or exc})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise locked(
+                f"{directory} is being written by another {writer} (pid {holder}); "
+                "wait for it to finish or choose another --out"
+            ) from None
+        raise failed(f"cannot lock {path} ({exc.strerror or exc})") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass  # the pid is only for the message; a full disk must not stop the lock
+    try:
+        yield fd
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 
 from avdata.errors import AvmatchError
+from avdata.io import directory_lock
 from avtrain.checkpoint import (
     BEST,
     LAST,
@@ -317,8 +318,28 @@ def fit(
     """Train; returns a summary (final losses, steps, tuples/s, best validation).
 
     Everything that can fail on the user's input (settings, device, data, validation lists,
-    the checkpoint to resume from) is checked before ``out`` is created."""
+    the checkpoint to resume from) is checked before ``out`` is created. One fit per run
+    directory: rank 0 holds RUN/.lock (:func:`avdata.io.directory_lock`) to the end, taken before
+    anything in an existing RUN is read (or when a new RUN is made), so a second fit into it
+    stops at once with one line naming the directory and the holder's pid."""
     out = Path(out)
+    with contextlib.ExitStack() as held:
+        taken = False
+
+        def lock_run() -> None:
+            nonlocal taken
+            if not taken and int(os.environ.get("RANK", "0")) == 0:
+                held.enter_context(
+                    directory_lock(out, "avtrain fit", locked=TrainingError, failed=TrainingError)
+                )
+                taken = True
+
+        if out.is_dir():
+            lock_run()
+        return _fit(cfg, tuples_dir, out, resume, progress, val_tuples, val_shards, lock_run)
+
+
+def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, lock_run) -> dict:
     # recorded in config.yaml (run manifests name the data); a copy: the caller's config is not changed
     cfg = dataclasses.replace(cfg, tuples_dir=str(tuples_dir))
     device = pick_device(cfg.device)
@@ -384,6 +405,7 @@ def fit(
     # batches-rankR.jsonl before rank 0 got there); a barrier instead could wait forever on a rank
     # that failed.
     out.mkdir(parents=True, exist_ok=True)
+    lock_run()
     if is_main:
         save_config(cfg, out / "config.yaml")
     stream = TupleStream(urls, cfg.batch_size, cfg.seed, ddp.rank, ddp.world, cfg.shuffle_buffer)

@@ -647,3 +647,55 @@ def test_bench_and_fit_run_the_same_train_step(train_tuples, tmp_path, monkeypat
     )
     T.fit(cfg, train_tuples, tmp_path / "run", progress=False)
     assert len(calls) == 3 + 2 and calls[-1] == cfg.d_steps
+
+
+# --------------------------------------------------------------------------- #20: hostile runs
+
+
+def _fit_args(train_tuples, run, *extra) -> list[str]:
+    return ["fit", "--shards", str(train_tuples), "--out", str(run), "--no-progress", *map(str, extra)]
+
+
+def _fit_process(train_tuples, run, *extra, **popen) -> subprocess.Popen:
+    """`avtrain fit` in its own process (to be killed or to hold the run directory)."""
+    args = [sys.executable, "-m", "avtrain", *_fit_args(train_tuples, run, *extra)]
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    return subprocess.Popen(args, cwd=REPO, env=env, **popen)
+
+
+def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, "the run ended first"
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _one_line(res) -> str:
+    assert res.exit_code == 1 and res.output.startswith("Error: ") and res.output.count("\n") == 1, res.output
+    return res.output
+
+
+def test_second_fit_into_a_run_directory_stops_naming_it(train_tuples, tmp_path):
+    """#20 item 7: a fit holds RUN/.lock; a second fit (fresh or --resume) into RUN stops at once."""
+    run = tmp_path / "run"
+    first = _fit_process(
+        train_tuples,
+        run,
+        "--epochs",
+        "50",
+        *tiny_fit_sets(1000),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for(lambda: (run / "log.jsonl").is_file(), first)
+        for extra in ([], ["--resume"]):
+            args = _fit_args(train_tuples, run, "--epochs", "1", *tiny_fit_sets(1), *extra)
+            line = _one_line(CliRunner().invoke(main, args))
+            assert f"{run} is being written by another avtrain fit (pid {first.pid})" in line, line
+        assert first.poll() is None, first.stderr.read()
+    finally:
+        first.kill()
+        first.wait()
+    assert (run / "config.yaml").is_file() and not (run / CHECKPOINT).exists()  # the first run's own files
