@@ -20,6 +20,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 from avdata.errors import AvmatchError
@@ -87,6 +88,32 @@ def add_tar_member(tar, name: str, data: bytes) -> None:
 
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+_TMP_NAME = re.compile(r"^\..+\.tmp(\d+)$")  # what _tmp_name makes: .NAME.tmpPID
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0  # another user's process: alive; an impossible number: not
+    return True
+
+
+def remove_stale_temps(directory: str | Path) -> list[Path]:
+    """Remove the temp files (``.NAME.tmpPID``) that writers killed mid-write left in DIRECTORY
+    (not below it): those whose PID no longer runs. A live writer's temp file is kept. Call it
+    while holding the directory's lock (:func:`directory_lock`). Returns what it removed."""
+    removed = []
+    for entry in Path(directory).iterdir():
+        match = _TMP_NAME.match(entry.name)
+        if match and entry.is_file() and not entry.is_symlink() and not _pid_alive(int(match.group(1))):
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:

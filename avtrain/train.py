@@ -33,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from avdata.errors import AvmatchError
-from avdata.io import directory_lock
+from avdata.io import directory_lock, remove_stale_temps
 from avtrain.checkpoint import (
     BEST,
     LAST,
@@ -321,7 +321,8 @@ def fit(
     the checkpoint to resume from) is checked before ``out`` is created. One fit per run
     directory: rank 0 holds RUN/.lock (:func:`avdata.io.directory_lock`) to the end, taken before
     anything in an existing RUN is read (or when a new RUN is made), so a second fit into it
-    stops at once with one line naming the directory and the holder's pid."""
+    stops at once with one line naming the directory and the holder's pid. Taking it removes the
+    temp files of writers killed mid-save (:func:`avdata.io.remove_stale_temps`)."""
     out = Path(out)
     with contextlib.ExitStack() as held:
         taken = False
@@ -333,6 +334,7 @@ def fit(
                     directory_lock(out, "avtrain fit", locked=TrainingError, failed=TrainingError)
                 )
                 taken = True
+                remove_stale_temps(out)  # e.g. .checkpoint.pt.tmpPID of a run killed while saving
 
         if out.is_dir():
             lock_run()

@@ -386,3 +386,14 @@ def test_checkpoint_caps_leave_headroom_for_the_largest_model():
     torch.save({"model": largest, "opt_g": {"state": dict(enumerate(moments))}}, buf)
     assert 4 * len(buf.getvalue()) <= MAX_CHECKPOINT_BYTES, len(buf.getvalue())
     assert 4 * _zip_directory_bytes(buf, len(buf.getvalue())) <= MAX_ZIP_DIRECTORY_BYTES
+
+
+def test_package_load_model_takes_checkpoint(trained, tmp_path):
+    """#20 item 22: avtrain.load_model(..., checkpoint=) as the CLIs' --checkpoint (last, best, a path)."""
+    import avtrain
+
+    run = _copy(trained, tmp_path)
+    save_checkpoint(run / BEST, load_checkpoint(run / LAST) | {"step": 1})
+    assert avtrain.load_model(run).source["step"] == 2
+    assert avtrain.load_model(run, checkpoint="best").source["step"] == 1
+    assert avtrain.load_model(run, "cpu", None, str(run / BEST)).source["step"] == 1

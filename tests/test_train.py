@@ -699,3 +699,29 @@ def test_second_fit_into_a_run_directory_stops_naming_it(train_tuples, tmp_path)
         first.kill()
         first.wait()
     assert (run / "config.yaml").is_file() and not (run / CHECKPOINT).exists()  # the first run's own files
+
+
+def test_fit_removes_temp_files_of_killed_saves(train_tuples, tmp_path):
+    """#20 item 22: a save killed between writing its temp file and renaming it leaves
+    .checkpoint.pt.tmpPID; the next fit into RUN removes it once it holds the lock (a live
+    writer's temp file, e.g. evaluate's metrics.json, is kept)."""
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, _fit_args(train_tuples, run, "--epochs", "1", *tiny_fit_sets(1)))
+    assert res.exit_code == 0, res.output
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    orphan = run / f".checkpoint.pt.tmp{int(dead.stdout)}"
+    orphan.write_bytes((run / CHECKPOINT).read_bytes()[:1000])
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        kept = run / f".metrics.json.tmp{live.pid}"
+        kept.write_text("{")
+        res = CliRunner().invoke(
+            main, _fit_args(train_tuples, run, "--epochs", "2", "--resume", *tiny_fit_sets(1))
+        )
+        assert res.exit_code == 0, res.output
+        assert not orphan.exists() and kept.exists()
+    finally:
+        live.kill()
+        live.wait()
