@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 from itertools import islice
 from pathlib import Path
@@ -38,6 +39,7 @@ from avtrain.checkpoint import (
     BEST,
     LAST,
     CheckpointError,
+    UnsafeCheckpointError,
     build_model,
     epoch_name,
     load_checkpoint,
@@ -151,6 +153,11 @@ def train_step(
 # --------------------------------------------------------------------------- DDP
 
 
+def is_main_rank() -> bool:
+    """Rank 0 of a torchrun job, or a single process (before the process group exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 class Distributed:
     """Rank/world from torchrun's environment; a no-op on a single process."""
 
@@ -195,6 +202,31 @@ def _resume_state(cfg: TrainConfig, path: Path) -> dict:
             "Resume with the saved settings (RUN/config.yaml) or train into a new --out"
         )
     return state
+
+
+def _best_needs_repair(path: Path, state: dict) -> bool:
+    """Whether RUN/best.pt must be rewritten from the checkpoint to resume from.
+
+    Each epoch saves checkpoint.pt, then best.pt when the epoch was the best; a run killed
+    between the two leaves best.pt an epoch (or more) behind the best epoch that checkpoint.pt
+    records (``best.epoch``). That checkpoint is then the best one itself, so best.pt is repaired
+    from it (True). A best.pt that disagrees otherwise cannot be rebuilt: one-line error."""
+    want = state.get("best", {}).get("epoch")
+    if want is None:
+        return False
+    best = path.with_name(BEST)
+    try:
+        have = f"epoch {load_checkpoint(best)['epoch']}" if best.is_file() else "missing"
+    except (CheckpointError, UnsafeCheckpointError) as exc:  # damaged, or a save cut short
+        have = f"unreadable ({exc})"
+    if have == f"epoch {want}":
+        return False
+    if want == state["epoch"]:
+        return True
+    raise CheckpointError(
+        f"{best}: {have}, but {path.name} records the best {state['best']['metric']} at epoch {want} "
+        f"and is epoch {state['epoch']}, so best.pt cannot be rebuilt; restore best.pt or train into a new --out"
+    )
 
 
 def _restore(path: Path, state: dict, model, optimizers: dict, sched, cuda: bool) -> None:
@@ -329,7 +361,7 @@ def fit(
 
         def lock_run() -> None:
             nonlocal taken
-            if not taken and int(os.environ.get("RANK", "0")) == 0:
+            if not taken and is_main_rank():
                 held.enter_context(
                     directory_lock(out, "avtrain fit", locked=TrainingError, failed=TrainingError)
                 )
@@ -351,6 +383,7 @@ def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, l
     urls, sizes = load_sizes(tuples_dir, cfg.tuples)  # a missing or unsafe tuple dir: one-line AvmatchError
     ckpt_path = out / LAST
     state = _resume_state(cfg, ckpt_path) if resume and ckpt_path.is_file() else None
+    repair_best = state is not None and is_main_rank() and _best_needs_repair(ckpt_path, state)
     val = _val_setup(cfg, tuples_dir, val_tuples, val_shards)
 
     ddp = Distributed(device)
@@ -410,6 +443,12 @@ def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, l
     lock_run()
     if is_main:
         save_config(cfg, out / "config.yaml")
+    if repair_best:  # before any step: the state's tensors are still the checkpoint's
+        save_checkpoint(out / BEST, state)
+        print(
+            f"{out / BEST}: rebuilt from {LAST} (epoch {state['epoch']}, the best; its save was cut short)",
+            file=sys.stderr,
+        )
     stream = TupleStream(urls, cfg.batch_size, cfg.seed, ddp.rank, ddp.world, cfg.shuffle_buffer)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)

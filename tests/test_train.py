@@ -725,3 +725,68 @@ def test_fit_removes_temp_files_of_killed_saves(train_tuples, tmp_path):
     finally:
         live.kill()
         live.wait()
+
+
+# kill -9 of `avtrain fit` at its first best.pt save, i.e. right after that epoch's checkpoint.pt
+KILL_BEFORE_BEST = """
+import os, signal, sys
+import avtrain.train as train
+save = train.save_checkpoint
+def save_or_die(path, state):
+    if path.name == "best.pt":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save(path, state)
+train.save_checkpoint = save_or_die
+from avtrain.cli import main
+main(sys.argv[1:], prog_name="avtrain")
+"""
+
+
+def test_kill_between_checkpoint_and_best_saves_is_repaired_on_resume(train_tuples, val_tuples, tmp_path):
+    """#20 item 9: checkpoint.pt records the best epoch; a resume rebuilds best.pt from it when the
+    kill came between the two saves, so best.pt is the epoch fit reports."""
+    run = tmp_path / "run"
+    val = ["--val-shards", train_tuples.parent / "shards", "--val-tuples", val_tuples]
+    args = _fit_args(train_tuples, run, "--epochs", "1", *val, *tiny_fit_sets(2))
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_BEFORE_BEST, *args], env=env, capture_output=True, timeout=300
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert load_checkpoint(run / CHECKPOINT)["best"]["epoch"] == 1 and not (run / "best.pt").exists()
+    res = CliRunner().invoke(main, [*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    assert (
+        "at epoch 1 -> best.pt" in res.output and "best.pt: rebuilt from checkpoint.pt (epoch 1" in res.output
+    )
+    assert load_checkpoint(run / "best.pt")["epoch"] == 1
+
+
+def test_best_pt_an_epoch_behind_is_repaired_or_refused(train_tuples, val_tuples, tmp_path):
+    """#20 item 9: best.pt left at epoch 1 while checkpoint.pt (epoch 2) records the best at epoch 2
+    is rebuilt from checkpoint.pt; a best.pt that no checkpoint can rebuild is refused in one line."""
+    from avtrain.checkpoint import save_checkpoint
+
+    done = tmp_path / "done"
+    val = ["--val-shards", train_tuples.parent / "shards", "--val-tuples", val_tuples]
+    args = _fit_args(train_tuples, done, "--epochs", "2", "--keep-last", "2", *val, *tiny_fit_sets(2))
+    assert CliRunner().invoke(main, args).exit_code == 0
+    first, second = load_checkpoint(done / "epoch-0001.pt"), load_checkpoint(done / "epoch-0002.pt")
+    # the files of a run killed between its epoch-2 checkpoint.pt and best.pt saves, had epoch 2 improved
+    run = tmp_path / "run"
+    run.mkdir()
+    best_at_2 = second["best"] | {"value": 2.0, "epoch": 2}
+    save_checkpoint(run / CHECKPOINT, second | {"best": best_at_2})
+    save_checkpoint(run / "best.pt", first)
+    resume = _fit_args(train_tuples, run, "--epochs", "2", "--resume", *val, *tiny_fit_sets(2))
+    res = CliRunner().invoke(main, resume)
+    assert res.exit_code == 0 and "at epoch 2 -> best.pt" in res.output, res.output
+    assert load_checkpoint(run / "best.pt")["epoch"] == 2
+    # best at epoch 1 but best.pt gone: checkpoint.pt (epoch 2) cannot stand in for it
+    save_checkpoint(run / CHECKPOINT, second | {"best": second["best"] | {"epoch": 1}})
+    (run / "best.pt").unlink()
+    line = _one_line(CliRunner().invoke(main, resume))
+    assert (
+        f"{run / 'best.pt'}: missing, but checkpoint.pt records the best val_matching_a2v_k2 at epoch 1"
+        in line
+    )
