@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 
 from avdata.errors import AvmatchError
-from avdata.io import directory_lock, remove_stale_temps
+from avdata.io import atomic_output, directory_lock, remove_stale_temps
 from avtrain.checkpoint import (
     BEST,
     LAST,
@@ -461,6 +461,8 @@ def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, l
     samples_seen, t_start = 0, time.perf_counter()
     stopped_early = False
     with contextlib.ExitStack() as files:
+        if is_main and state is not None:
+            _trim_log(out / "log.jsonl", state["step"])
         log_file = files.enter_context(open(out / "log.jsonl", "a")) if is_main else None
         audit = (
             files.enter_context(open(out / f"batches-rank{ddp.rank}.jsonl", "a"))
@@ -598,6 +600,22 @@ def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, l
         "best": best,
         "stopped_early": stopped_early,
     }
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Before a resume appends to log.jsonl: drop the records past ``step`` (written after the
+    checkpoint it continues from, by a run killed mid-epoch; they are written again) and a line
+    the kill cut short, so every step has one record, in order."""
+    if not path.is_file():
+        return
+    with open(path, "rb") as src, atomic_output(path) as dst:
+        for line in src:
+            try:
+                record = json.loads(line)
+            except ValueError:  # cut short (or not JSON): not a record
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                dst.write(line if line.endswith(b"\n") else line + b"\n")
 
 
 @contextlib.contextmanager

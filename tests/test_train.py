@@ -790,3 +790,31 @@ def test_best_pt_an_epoch_behind_is_repaired_or_refused(train_tuples, val_tuples
         f"{run / 'best.pt'}: missing, but checkpoint.pt records the best val_matching_a2v_k2 at epoch 1"
         in line
     )
+
+
+def test_resume_after_a_mid_epoch_kill_logs_each_step_once(train_tuples, tmp_path):
+    """#20 item 15: the records a killed run wrote after its last checkpoint (and a line the kill
+    cut short) are dropped before the resume appends, so log.jsonl has each step once, in order."""
+    run = tmp_path / "run"
+    extra = ["--epochs", "3", "--seed", "4", *tiny_fit_sets(6)]
+    first = _fit_process(train_tuples, run, *extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def past_checkpoint() -> bool:  # a step logged after a checkpoint: mid-epoch
+        try:
+            saved = load_checkpoint(run / CHECKPOINT)["step"]
+            steps = [json.loads(l)["step"] for l in (run / "log.jsonl").read_text().splitlines()]
+        except (OSError, ValueError):  # not there yet, or read mid-write
+            return False
+        return saved < 18 and any(s > saved for s in steps)
+
+    try:
+        _wait_for(past_checkpoint, first)
+    finally:
+        first.kill()
+        first.wait()
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"epoch": 1, "step": 9, "L_to')  # a record cut short by the kill
+    res = CliRunner().invoke(main, _fit_args(train_tuples, run, *extra, "--resume"))
+    assert res.exit_code == 0, res.output
+    steps = [json.loads(l)["step"] for l in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 19)), steps
