@@ -818,3 +818,65 @@ def test_resume_after_a_mid_epoch_kill_logs_each_step_once(train_tuples, tmp_pat
     assert res.exit_code == 0, res.output
     steps = [json.loads(l)["step"] for l in (run / "log.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 19)), steps
+
+
+def _with_row(val_tuples: Path, dest: Path, name: str, change) -> Path:
+    """A copy of the val tuple directory whose list NAME has its last row changed (``change(row)``
+    -> new row, or a list of rows -> all rows), with manifest.json's sha256 to match."""
+    import hashlib
+    import shutil
+
+    shutil.copytree(val_tuples, dest)
+    path = dest / "index" / f"{name}.jsonl"
+    rows = [json.loads(l) for l in path.read_text().splitlines()]
+    new = change(rows)
+    path.write_text("".join(json.dumps(r) + "\n" for r in new))
+    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest["files"][f"index/{name}.jsonl"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
+def _last(change):
+    return lambda rows: rows[:-1] + [change(rows[-1])]
+
+
+MATCHING, VERIFICATION = "matching_val_a2v_k2", "verification_val"
+BAD_VAL_ROWS = {
+    "not_an_object": (MATCHING, _last(lambda r: [1, 2]), "row 30: a list, not a JSON object"),
+    "label_out_of_range": (MATCHING, _last(lambda r: r | {"label": 5}), "label 5 is not an integer in 0..1"),
+    "label_text": (MATCHING, _last(lambda r: r | {"label": "x"}), "label 'x' is not an integer in 0..1"),
+    "no_label": (
+        MATCHING,
+        _last(lambda r: {k: v for k, v in r.items() if k != "label"}),
+        "label None is not an integer",
+    ),
+    "gallery_text": (
+        MATCHING,
+        _last(lambda r: r | {"gallery": "ab"}),
+        "gallery is not a list of 2 item key(s)",
+    ),
+    "query_list": (MATCHING, _last(lambda r: r | {"query": ["a"]}), "no query item key"),
+    "direction": (MATCHING, _last(lambda r: r | {"direction": "zz"}), "direction 'zz' is not a2v or v2a"),
+    "pair_without_face": (VERIFICATION, _last(lambda r: r | {"gallery": []}), "gallery is not a list of 1"),
+    "pair_label": (VERIFICATION, _last(lambda r: r | {"label": 7}), "label 7 is not an integer in 0..1"),
+    "pairs_of_one_class": (
+        VERIFICATION,
+        lambda rows: [r | {"label": 1} for r in rows],
+        "verification_val: verification needs both positive and negative pairs",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VAL_ROWS))
+def test_malformed_val_rows_are_one_line_before_training(train_tuples, val_tuples, tmp_path, case):
+    """#20 item 11: the val lists are checked row by row (and for both classes of pairs) before
+    anything is trained or written; several of these were tracebacks after the first epoch."""
+    name, change, phrase = BAD_VAL_ROWS[case]
+    bad = _with_row(val_tuples, tmp_path / "val", name, change)
+    run = tmp_path / "run"
+    args = _fit_args(train_tuples, run, "--epochs", "1", *tiny_fit_sets(1))
+    args += ["--val-shards", str(train_tuples.parent / "shards"), "--val-tuples", str(bad)]
+    line = _one_line(CliRunner().invoke(main, args))
+    assert "Error: validation: " in line and phrase in line, line
+    assert not run.exists()
