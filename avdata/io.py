@@ -8,6 +8,7 @@
   fsynced, then renamed over the final name, so a crash or a full disk never leaves a
   truncated file under a final name. A full disk becomes one line:
   ``no space left on device while writing PATH``;
+* logs appended to as a run goes (:func:`appending`), a full disk one line there too;
 * one writer per output directory (:func:`directory_lock`, ``DIR/.lock``) and the removal of
   temp files that killed writers left (:func:`remove_stale_temps`).
 """
@@ -28,6 +29,21 @@ from avdata.errors import AvmatchError
 
 class DiskFullError(AvmatchError):
     """Writing an output failed for lack of space (or quota)."""
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # the errnos of a full disk or quota
+
+
+@contextlib.contextmanager
+def disk_full_errors(path: str | Path):
+    """Turn a full disk met in the block (an OSError with a DISK_FULL errno) into the one-line
+    :class:`DiskFullError`: ``no space left on device while writing PATH``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise DiskFullError(f"no space left on device while writing {path}") from None
+        raise
 
 
 class DirectoryLockedError(AvmatchError):
@@ -137,20 +153,16 @@ def atomic_output(path: str | Path):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"no space left on device while writing {path}") from None
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with disk_full_errors(path):
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     _fsync_dir(path.parent)
 
 
@@ -213,3 +225,34 @@ def directory_lock(
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+class _Appender:
+    def __init__(self, f, path: Path):
+        self._f, self.path = f, path
+
+    def write(self, text: str) -> None:
+        with disk_full_errors(self.path):
+            self._f.write(text)
+
+    def flush(self) -> None:
+        with disk_full_errors(self.path):
+            self._f.flush()
+
+
+@contextlib.contextmanager
+def appending(path: str | Path):
+    """A text file opened for appending (a log written as a run goes: not atomic), whose
+    ``write``, ``flush`` and closing turn a full disk into the one-line :class:`DiskFullError`.
+    Closed when the block ends; after an error in the block, without raising another over it."""
+    path = Path(path)
+    with disk_full_errors(path):
+        f = open(path, "a", encoding="utf-8")
+    try:
+        yield _Appender(f, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            f.close()
+        raise
+    with disk_full_errors(path):
+        f.close()

@@ -26,6 +26,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 from itertools import islice
 from pathlib import Path
@@ -34,7 +35,14 @@ import torch
 import torch.distributed as dist
 
 from avdata.errors import AvmatchError
-from avdata.io import atomic_output, directory_lock, remove_stale_temps
+from avdata.io import (
+    DISK_FULL,
+    appending,
+    atomic_output,
+    directory_lock,
+    disk_full_errors,
+    remove_stale_temps,
+)
 from avtrain.checkpoint import (
     BEST,
     LAST,
@@ -463,9 +471,10 @@ def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, l
     with contextlib.ExitStack() as files:
         if is_main and state is not None:
             _trim_log(out / "log.jsonl", state["step"])
-        log_file = files.enter_context(open(out / "log.jsonl", "a")) if is_main else None
+        # a full disk while writing these (or TensorBoard, also in its writer thread) is one line
+        log_file = files.enter_context(appending(out / "log.jsonl")) if is_main else None
         audit = (
-            files.enter_context(open(out / f"batches-rank{ddp.rank}.jsonl", "a"))
+            files.enter_context(appending(out / f"batches-rank{ddp.rank}.jsonl"))
             if cfg.record_batches
             else None
         )
@@ -553,6 +562,8 @@ def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, l
                         tb.add_scalar(f"val/{k}", v, epoch + 1)
             if is_main:
                 log_file.flush()
+                if tb:
+                    tb.flush()
                 state = {
                     "config": cfg.to_dict(),
                     "model": model.state_dict(),
@@ -618,6 +629,46 @@ def _trim_log(path: Path, step: int) -> None:
                 dst.write(line if line.endswith(b"\n") else line + b"\n")
 
 
+class _Board:
+    """fit's TensorBoard writer: every call turns a full disk into the one-line DiskFullError
+    naming RUN/tb, including one that TensorBoard's writer thread met (it stores it for the
+    next call of the main thread)."""
+
+    def __init__(self, tb, path: Path):
+        self._tb, self._path = tb, path
+
+    def __getattr__(self, name):
+        method = getattr(self._tb, name)
+
+        def call(*args, **kwargs):
+            with disk_full_errors(self._path):
+                return method(*args, **kwargs)
+
+        return call
+
+
+@contextlib.contextmanager
+def _quiet_full_disk_in_writer_thread():
+    """TensorBoard's writer thread stores the error it met for the main thread's next call and
+    then re-raises it, which prints a traceback: a full disk is reported once, by fit, in one line."""
+    previous = threading.excepthook
+
+    def hook(args):
+        exc = args.exc_value
+        if not (
+            type(args.thread).__name__ == "_AsyncWriterThread"
+            and isinstance(exc, OSError)
+            and exc.errno in DISK_FULL
+        ):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
 @contextlib.contextmanager
 def _summary_writer(path: Path):
     try:
@@ -625,11 +676,18 @@ def _summary_writer(path: Path):
     except ImportError:  # tensorboard is optional: the JSONL log has the same numbers
         yield None
         return
-    tb = SummaryWriter(str(path))
-    try:
-        yield tb
-    finally:
-        tb.close()
+    with _quiet_full_disk_in_writer_thread():
+        with disk_full_errors(path):
+            tb = SummaryWriter(str(path))
+        try:
+            yield _Board(tb, path)
+        except BaseException:
+            with contextlib.suppress(OSError):  # never hide the error that stopped the run
+                tb.close()
+            raise
+        with disk_full_errors(path):
+            tb.flush()  # raises what the writer thread met
+            tb.close()
 
 
 def _data_errors(batches):

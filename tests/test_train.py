@@ -880,3 +880,30 @@ def test_malformed_val_rows_are_one_line_before_training(train_tuples, val_tuple
     line = _one_line(CliRunner().invoke(main, args))
     assert "Error: validation: " in line and phrase in line, line
     assert not run.exists()
+
+
+def _fit_sub(train_tuples, run, *extra) -> subprocess.CompletedProcess:
+    """`avtrain fit` in its own process (stderr as a user sees it, writer threads included)."""
+    args = [sys.executable, "-m", "avtrain", *_fit_args(train_tuples, run, *extra)]
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.parametrize("full", ["log", "tb"])
+def test_full_disk_while_writing_the_log_or_tensorboard_is_one_line(
+    train_tuples, tmp_path, small_tmpfs, full
+):
+    """#20 item 14: a full disk under log.jsonl (RUN on a tmpfs with room for its lock and
+    config.yaml only) or under RUN/tb (a tmpfs of one page there; TensorBoard writes from a
+    background thread) is the one-line error naming the file, with no traceback from any thread."""
+    if full == "log":
+        run = small_tmpfs("8k") / "run"
+        small_tmpfs("1m", at=run / "tb")
+        where = run / "log.jsonl"
+    else:
+        run = tmp_path / "run"
+        small_tmpfs("4k", at=run / "tb")
+        where = run / "tb"
+    res = _fit_sub(train_tuples, run, "--epochs", "2", *tiny_fit_sets(1000))
+    assert res.returncode == 1 and "Traceback" not in res.stderr and "Exception" not in res.stderr, res.stderr
+    assert res.stderr.splitlines()[-1] == f"Error: no space left on device while writing {where}", res.stderr
