@@ -259,7 +259,7 @@ def _best_problem(best, epoch: int) -> str | None:
     value, at = best["value"], best["epoch"]
     if (value is None) != (at is None):
         return "best has a value without an epoch or an epoch without a value"
-    if value is not None and not _is_number(value):
+    if value is not None and not _is_number(value):  # nan is one: a validation may score nan
         return f"best.value is {_show(value)}, expected a number"
     if at is not None and not (_is_int(at) and 1 <= at <= epoch):
         return f"best.epoch is {_show(at)}, expected an integer in 1..{epoch} (the checkpoint's epoch)"
@@ -291,9 +291,8 @@ def state_problem(state: dict) -> str | None:
     ):
         return f"model is {_show(model)}, expected a dict of named tensors"
     checks = [_count_problem("epoch", state["epoch"], 0), _count_problem("step", state["step"], 0)]
-    for key in ("total_steps",):
-        if key in state:
-            checks.append(_count_problem(key, state[key], 1))
+    if "total_steps" in state:
+        checks.append(_count_problem("total_steps", state["total_steps"], 1))
     if "stale_validations" in state:
         checks.append(_count_problem("stale_validations", state["stale_validations"], 0))
     for key in ("torch_rng", "cuda_rng"):
