@@ -258,7 +258,9 @@ def _restore(path: Path, state: dict, model, optimizers: dict, sched, cuda: bool
     fresh, saved = sched.state_dict(), state["sched"]
     for key, value in saved.items():
         if key not in fresh:
-            refuse(f"sched has an unknown field {key!r}")
+            refuse(f"sched has an unknown field {str(key)[:40]!r}")
+        if not _plain(value):
+            refuse(f"sched.{key} is a {type(value).__name__}, not a plain value")
         if key in ("base_lrs", "lr_lambdas") and value != fresh[key]:
             refuse(f"sched.{key} is not this run's")
         if isinstance(fresh[key], list):
@@ -287,6 +289,14 @@ def _finite_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _plain(v) -> bool:
+    """None, a bool, number or string, or a list/tuple of those: values compared with ``==``
+    (a tensor there would make the comparison itself fail)."""
+    if isinstance(v, (list, tuple)):
+        return all(_plain(x) for x in v)
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
 def _optimizer_state_problem(opt, saved: dict) -> str | None:
     """Why an Adam state dict does not fit ``opt`` (built from the same config), or None: the
     same parameter groups with the same settings (the LR a finite number > 0), and per parameter
@@ -296,13 +306,13 @@ def _optimizer_state_problem(opt, saved: dict) -> str | None:
         return f"{len(saved['param_groups'])} parameter group(s), expected {len(fresh['param_groups'])}"
     params = {}
     for i, (got, want) in enumerate(zip(saved["param_groups"], fresh["param_groups"])):
-        if got.get("params") != want["params"]:
+        if not _plain(got.get("params")) or got["params"] != want["params"]:
             return f"param_groups[{i}] holds other parameters than the model's"
         params.update(zip(want["params"], opt.param_groups[i]["params"]))
         if not _finite_number(got.get("lr")) or not got["lr"] > 0:
             return f"param_groups[{i}].lr is not a number > 0"
         for key, value in want.items():
-            if key not in ("params", "lr") and key in got and got[key] != value:
+            if key not in ("params", "lr") and key in got and (not _plain(got[key]) or got[key] != value):
                 return f"param_groups[{i}].{key} is {str(got[key])[:40]!r}, this run's is {value!r}"
     for pid, entry in saved["state"].items():
         if pid not in params:

@@ -262,6 +262,14 @@ BAD_FIELDS = {
         ),
         "cannot resume from it: opt_d: state[0] moments are not of the parameter's shape",
     ),
+    "opt_betas_tensor": (
+        _with("opt_d", _group("opt_d", betas=(torch.tensor([0.9, 0.999]), 0.999))),
+        "cannot resume from it: opt_d: param_groups[0].betas",
+    ),
+    "sched_tensor": (
+        _with("sched", lambda s: s["sched"] | {"base_lrs": torch.tensor([5e-3, 1.0])}),
+        "cannot resume from it: sched.base_lrs is a Tensor, not a plain value",
+    ),
     "opt_no_groups": (_with("opt_g", {"state": {}}), "opt_g is dict, expected an optimizer state"),
     "no_optimizer": (
         lambda s: {k: v for k, v in s.items() if k != "opt_g"},
