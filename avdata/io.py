@@ -8,16 +8,21 @@
   streamed outputs such as tars): every output file is written under a temp name in its own directory,
   fsynced, then renamed over the final name, so a crash or a full disk never leaves a
   truncated file under a final name. A full disk becomes one line:
-  ``no space left on device while writing PATH``.
+  ``no space left on device while writing PATH``;
+* logs appended to as a run goes (:func:`appending`), a full disk one line there too;
+* one writer per output directory (:func:`directory_lock`, ``DIR/.lock``) and the removal of
+  temp files that killed writers left (:func:`remove_stale_temps`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 from avdata.errors import AvmatchError
@@ -25,6 +30,28 @@ from avdata.errors import AvmatchError
 
 class DiskFullError(AvmatchError):
     """Writing an output failed for lack of space (or quota)."""
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # the errnos of a full disk or quota
+
+
+@contextlib.contextmanager
+def disk_full_errors(path: str | Path):
+    """Turn a full disk met in the block (an OSError with a DISK_FULL errno) into the one-line
+    :class:`DiskFullError`: ``no space left on device while writing PATH``."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in DISK_FULL:
+            raise DiskFullError(f"no space left on device while writing {path}") from None
+        raise
+
+
+class DirectoryLockedError(AvmatchError):
+    """Another process holds DIR/.lock."""
+
+
+LOCK_NAME = ".lock"
 
 
 def sha256_file(path: str | Path) -> str:
@@ -118,6 +145,32 @@ def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
+_TMP_NAME = re.compile(r"^\..+\.tmp(\d+)$")  # what _tmp_name makes: .NAME.tmpPID
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return pid > 0  # another user's process: alive; an impossible number: not
+    return True
+
+
+def remove_stale_temps(directory: str | Path) -> list[Path]:
+    """Remove the temp files (``.NAME.tmpPID``) that writers killed mid-write left in DIRECTORY
+    (not below it): those whose PID no longer runs. A live writer's temp file is kept. Call it
+    while holding the directory's lock (:func:`directory_lock`). Returns what it removed."""
+    removed = []
+    for entry in Path(directory).iterdir():
+        match = _TMP_NAME.match(entry.name)
+        if match and entry.is_file() and not entry.is_symlink() and not _pid_alive(int(match.group(1))):
+            entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -139,20 +192,16 @@ def atomic_output(path: str | Path):
     path = Path(path)
     make_output_dir(path.parent, f"cannot write {path.name} into")
     tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"no space left on device while writing {path}") from None
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with disk_full_errors(path):
+        try:
+            with open(tmp, "wb") as f:
+                yield f
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
     _fsync_dir(path.parent)
 
 
@@ -173,3 +222,76 @@ def write_json(path: str | Path, obj) -> None:
 
 def write_jsonl(path: str | Path, rows) -> None:
     atomic_write_text(path, jsonl_text(rows))
+
+
+@contextlib.contextmanager
+def directory_lock(
+    directory: str | Path,
+    writer: str,
+    locked: type[AvmatchError] = DirectoryLockedError,
+    failed: type[AvmatchError] = AvmatchError,
+):
+    """Hold an exclusive lock on DIRECTORY/.lock (``fcntl.flock``, the directory is made if
+    missing) while the block runs, yielding its descriptor: a second ``writer`` (e.g. "build")
+    into the same directory stops at once with one line (``locked``) naming the directory and
+    the holder's pid. The kernel drops the lock when its holder dies, so a killed writer never
+    leaves a stale lock; the file itself stays. Any other failure to lock is ``failed``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise failed(f"cannot lock {path} ({exc.strerror or exc})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise locked(
+                f"{directory} is being written by another {writer} (pid {holder}); "
+                "wait for it to finish or choose another --out"
+            ) from None
+        raise failed(f"cannot lock {path} ({exc.strerror or exc})") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except OSError:
+        pass  # the pid is only for the message; a full disk must not stop the lock
+    try:
+        yield fd
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+class _Appender:
+    def __init__(self, f, path: Path):
+        self._f, self.path = f, path
+
+    def write(self, text: str) -> None:
+        with disk_full_errors(self.path):
+            self._f.write(text)
+
+    def flush(self) -> None:
+        with disk_full_errors(self.path):
+            self._f.flush()
+
+
+@contextlib.contextmanager
+def appending(path: str | Path):
+    """A text file opened for appending (a log written as a run goes: not atomic), whose
+    ``write``, ``flush`` and closing turn a full disk into the one-line :class:`DiskFullError`.
+    Closed when the block ends; after an error in the block, without raising another over it."""
+    path = Path(path)
+    with disk_full_errors(path):
+        f = open(path, "a", encoding="utf-8")
+    try:
+        yield _Appender(f, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            f.close()
+        raise
+    with disk_full_errors(path):
+        f.close()

@@ -19,8 +19,6 @@ every worker runs torch with one thread, so the shards are byte-identical for an
 from __future__ import annotations
 
 import dataclasses
-import errno
-import fcntl
 import hashlib
 import io
 import json
@@ -45,6 +43,7 @@ from avdata.io import (
     add_tar_member,
     atomic_output,
     atomic_write_text,
+    directory_lock,
     make_output_dir,
     sha256_file,
     sha256_text,
@@ -57,7 +56,6 @@ MODALITIES = ("audio", "face")
 SOURCES_FOR = {"audio": ("audio", "video"), "face": ("face", "video")}
 ROOT_LABEL = {"audio": "audio", "face": "faces", "video": "videos"}
 
-LOCK_NAME = ".lock"
 KNOWN_SPLITS = ("train", "val", "test", "seen_heard", "unseen_unheard")
 _SHARD_FILE = re.compile(r"^(audio|face)-\d{6}(\.tar|\.stats\.json|\.detections\.jsonl)$")
 
@@ -592,37 +590,17 @@ def library_versions() -> dict:
 
 @contextmanager
 def output_lock(out: Path):
-    """Hold an exclusive lock on OUT/.lock (``fcntl.flock``) for the whole build: a second
-    build into the same directory stops at once, naming the holder's pid, instead of deleting
-    the first one's temp files. The kernel drops the lock when its holder dies, so a killed
-    build never leaves a stale lock; the file itself stays."""
+    """Hold OUT/.lock (:func:`avdata.io.directory_lock`) for the whole build: a second build into
+    the same directory stops at once, naming the holder's pid, instead of deleting the first one's
+    temp files. Forked workers close their copy of the descriptor (``_lock_fd``)."""
     global _lock_fd
     make_output_dir(out)
-    path = out / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            raise OutputLockedError(
-                f"{out} is being written by another build (pid {holder}); "
-                "wait for it to finish or choose another --out"
-            ) from None
-        raise BuildError(f"cannot lock {path} ({exc.strerror or exc})") from None
-    _lock_fd = fd
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    except OSError:
-        pass  # the pid is only for the message; a full disk must not stop the lock
-    try:
-        yield
-    finally:
-        _lock_fd = None
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    with directory_lock(out, "build", locked=OutputLockedError, failed=BuildError) as fd:
+        _lock_fd = fd
+        try:
+            yield
+        finally:
+            _lock_fd = None
 
 
 def _shard_files(out: Path) -> list[Path]:

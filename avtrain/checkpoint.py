@@ -20,8 +20,11 @@ from before checksums existed can be accepted with ``sha256sum X.pt > X.pt.sha25
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import re
+import struct
+import zipfile
 from pathlib import Path
 
 import torch
@@ -33,6 +36,15 @@ LAST = "checkpoint.pt"
 BEST = "best.pt"
 CHECKSUM_SUFFIX = ".sha256"
 REQUIRED_KEYS = ("config", "model", "epoch", "step")
+# What an avtrain checkpoint can hold: the largest model its settings allow (matching, k=10,
+# concat_mlp head: 11.4 MB of tensors) three times over (weights and Adam's two moments), about
+# 35 MB, and small fields; 256 MiB leaves 7x headroom (tests/test_checkpoint.py checks it). A file,
+# or zip records unpacking to, more than this are refused before torch.load reads them: torch.load
+# inflates deflated records in memory, so a small file could otherwise cost gigabytes.
+MAX_CHECKPOINT_BYTES = 256 << 20
+# A checkpoint's zip directory has one ~100-byte entry per tensor (about 200); zipfile parses it
+# into one object per entry, so an end record naming a larger directory is refused unread.
+MAX_ZIP_DIRECTORY_BYTES = 1 << 20
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -84,8 +96,14 @@ def verify(path: str | Path) -> str:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise CheckpointError(f"{path}: empty file, not a checkpoint")
+    if size > MAX_CHECKPOINT_BYTES:
+        raise UnsafeCheckpointError(
+            f"{path}: {size / 2**20:.0f} MiB, more than an avtrain checkpoint holds "
+            f"({MAX_CHECKPOINT_BYTES >> 20} MiB); refusing it"
+        )
     expected = _read_checksums(path)
     actual = sha256_file(path)
     if actual not in expected:
@@ -96,11 +114,70 @@ def verify(path: str | Path) -> str:
     return actual
 
 
+def _zip_directory_bytes(f, size: int) -> int | None:
+    """The central directory size a zip's end record names (zip64 included), or None when
+    there is no end record (not a zip archive)."""
+    tail_len = min(size, 22 + 0xFFFF)  # the end record (22 bytes) and its comment (< 64 KiB)
+    f.seek(size - tail_len)
+    tail = f.read(tail_len)
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) - at < 22:
+        return None
+    entries, directory = struct.unpack("<HI", tail[at + 10 : at + 16])
+    if entries != 0xFFFF and directory != 0xFFFFFFFF:
+        return directory
+    locator = tail[at - 20 : at] if at >= 20 else b""  # zip64: its end record's offset
+    if not locator.startswith(b"PK\x06\x07"):
+        return None
+    (offset,) = struct.unpack("<Q", locator[8:16])
+    if offset > size - 56:
+        return None
+    f.seek(offset)
+    record = f.read(56)
+    if not record.startswith(b"PK\x06\x06"):
+        return None
+    return struct.unpack("<Q", record[40:48])[0]
+
+
+def check_archive(path: str | Path) -> None:
+    """Refuse, before torch.load reads a byte of it, a file that is not a zip archive (what
+    torch.save writes) or whose records unpack to more than :data:`MAX_CHECKPOINT_BYTES` (a
+    decompression bomb), reading only its zip directory (bounded by
+    :data:`MAX_ZIP_DIRECTORY_BYTES`)."""
+    path = Path(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        directory = _zip_directory_bytes(f, size)
+        if directory is None:
+            raise CheckpointError(
+                f"{path}: not a readable torch checkpoint, truncated or corrupt (no zip directory)"
+            )
+        if directory > MAX_ZIP_DIRECTORY_BYTES:
+            raise UnsafeCheckpointError(
+                f"{path}: its zip directory is {directory / 2**20:.1f} MiB, more than an avtrain checkpoint "
+                f"has ({MAX_ZIP_DIRECTORY_BYTES >> 20} MiB); refusing it"
+            )
+        try:
+            with zipfile.ZipFile(f) as archive:
+                unpacked = sum(info.file_size for info in archive.infolist())
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError) as exc:
+            raise CheckpointError(
+                f"{path}: not a readable torch checkpoint, truncated or corrupt ({str(exc)[:120]})"
+            ) from None
+    if unpacked > MAX_CHECKPOINT_BYTES:
+        raise UnsafeCheckpointError(
+            f"{path}: its zip records unpack to {unpacked / 2**20:.0f} MiB, more than an avtrain "
+            f"checkpoint holds ({MAX_CHECKPOINT_BYTES >> 20} MiB); refusing it (a decompression bomb?)"
+        )
+
+
 def load_checkpoint(path: str | Path) -> dict:
-    """Verified load: checksum, then ``torch.load(weights_only=True)``, then the keys a run
-    checkpoint has. Every failure is one line (CheckpointError / UnsafeCheckpointError)."""
+    """Verified load: checksum, size (file and unpacked zip records), then
+    ``torch.load(weights_only=True)``, then every field a run checkpoint has. Every failure is one
+    line (CheckpointError / UnsafeCheckpointError)."""
     path = Path(path)
     verify(path)
+    check_archive(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
     except pickle.UnpicklingError as exc:  # weights_only refused a global / reduce payload
@@ -116,7 +193,149 @@ def load_checkpoint(path: str | Path) -> dict:
         ) from None
     if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS):
         raise CheckpointError(f"{path}: not an avtrain checkpoint (expected keys {', '.join(REQUIRED_KEYS)})")
+    problem = state_problem(state)
+    if problem:
+        raise CheckpointError(f"{path}: not a valid avtrain checkpoint: {problem}")
     return state
+
+
+# --------------------------------------------------------------------------- the fields of a checkpoint
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _show(v) -> str:
+    text = repr(v) if isinstance(v, (str, int, float, bool, type(None))) else type(v).__name__
+    return text[:40] + ("…" if len(text) > 40 else "")
+
+
+def _count_problem(name: str, v, lo: int) -> str | None:
+    if not _is_int(v) or v < lo:
+        return f"{name} is {_show(v)}, expected an integer >= {lo}"
+    return None
+
+
+def _rng_problem(name: str, v) -> str | None:
+    if not (torch.is_tensor(v) and v.dtype == torch.uint8 and v.dim() == 1 and v.numel() > 0):
+        return f"{name} is {_show(v)}, expected a 1-d uint8 tensor (a torch RNG state)"
+    return None
+
+
+def _plan_problem(plan) -> str | None:
+    """lr_plan: [[first step, LR there, total steps], ...], steps from 0 on, never going back."""
+    if not isinstance(plan, list) or not plan:
+        return f"lr_plan is {_show(plan)}, expected a non-empty list"
+    previous = 0
+    for i, point in enumerate(plan):
+        if not (
+            isinstance(point, (list, tuple))
+            and len(point) == 3
+            and _is_int(point[0])
+            and _is_number(point[1])
+            and _is_int(point[2])
+            and point[0] >= previous
+            and math.isfinite(point[1])
+            and point[1] > 0
+            and point[2] >= 1
+        ):
+            return f"lr_plan[{i}] is not [step >= the previous one, LR > 0, total steps >= 1]"
+        previous = point[0]
+    if plan[0][0] != 0:
+        return "lr_plan does not start at step 0"
+    return None
+
+
+def _best_problem(best, epoch: int) -> str | None:
+    if not isinstance(best, dict) or set(best) != {"metric", "value", "epoch"}:
+        return f"best is {_show(best)}, expected a dict of metric, value, epoch"
+    if not isinstance(best["metric"], str):
+        return f"best.metric is {_show(best['metric'])}, expected a metric name"
+    value, at = best["value"], best["epoch"]
+    if (value is None) != (at is None):
+        return "best has a value without an epoch or an epoch without a value"
+    if value is not None and not _is_number(value):  # nan is one: a validation may score nan
+        return f"best.value is {_show(value)}, expected a number"
+    if at is not None and not (_is_int(at) and 1 <= at <= epoch):
+        return f"best.epoch is {_show(at)}, expected an integer in 1..{epoch} (the checkpoint's epoch)"
+    return None
+
+
+def _optimizer_problem(name: str, v) -> str | None:
+    """The shape of a torch optimizer state dict; its content is checked against the optimizer
+    it is loaded into (:func:`avtrain.train` on resume)."""
+    if not (
+        isinstance(v, dict)
+        and isinstance(v.get("state"), dict)
+        and isinstance(v.get("param_groups"), list)
+        and all(isinstance(g, dict) for g in v["param_groups"])
+    ):
+        return f"{name} is {_show(v)}, expected an optimizer state (state, param_groups)"
+    return None
+
+
+def state_problem(state: dict) -> str | None:
+    """Why a loaded checkpoint dict is not one that avtrain wrote (one phrase), or None: every
+    field it may hold, by type and range. ``config`` is parsed by :func:`saved_config`, the
+    optimizer and scheduler states by the resume that loads them."""
+    if not isinstance(state["config"], dict):
+        return f"config is {_show(state['config'])}, expected a dict of settings"
+    model = state["model"]
+    if not isinstance(model, dict) or not all(
+        isinstance(k, str) and torch.is_tensor(t) for k, t in model.items()
+    ):
+        return f"model is {_show(model)}, expected a dict of named tensors"
+    checks = [_count_problem("epoch", state["epoch"], 0), _count_problem("step", state["step"], 0)]
+    if "total_steps" in state:
+        checks.append(_count_problem("total_steps", state["total_steps"], 1))
+    if "stale_validations" in state:
+        checks.append(_count_problem("stale_validations", state["stale_validations"], 0))
+    for key in ("torch_rng", "cuda_rng"):
+        if key in state:
+            checks.append(_rng_problem(key, state[key]))
+    for key in ("opt_g", "opt_d"):
+        if key in state:
+            checks.append(_optimizer_problem(key, state[key]))
+    if "sched" in state and not isinstance(state["sched"], dict):
+        checks.append(f"sched is {_show(state['sched'])}, expected a scheduler state")
+    if "lr_plan" in state:
+        checks.append(_plan_problem(state["lr_plan"]))
+    if "best" in state:
+        checks.append(_best_problem(state["best"], state["epoch"] if _is_int(state["epoch"]) else 0))
+    if "val" in state and not (
+        isinstance(state["val"], dict)
+        and all(isinstance(k, str) and _is_number(v) for k, v in state["val"].items())
+    ):
+        checks.append(f"val is {_show(state['val'])}, expected a dict of metric values")
+    return next((c for c in checks if c), None)
+
+
+def saved_config(path: str | Path, state: dict):
+    """The TrainConfig saved in a loaded checkpoint, checked against the checkpoint's progress
+    (epoch within the run's epochs, step within its steps, best metric the run's)."""
+    from avtrain.config import ConfigError, TrainConfig
+
+    try:
+        cfg = TrainConfig.from_dict(state["config"])
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: its saved config is not valid ({exc})") from None
+    problem = None
+    if state["epoch"] > cfg.epochs:
+        problem = f"epoch {state['epoch']} is past the run's {cfg.epochs} epochs"
+    elif "total_steps" in state and state["step"] > state["total_steps"]:
+        problem = f"step {state['step']} is past the run's {state['total_steps']} steps"
+    elif "lr_plan" in state and "total_steps" in state and state["lr_plan"][-1][2] != state["total_steps"]:
+        problem = "lr_plan does not end at total_steps"
+    elif "best" in state and state["best"]["metric"] != cfg.select_metric:
+        problem = f"best.metric {state['best']['metric']!r} is not the run's {cfg.select_metric!r}"
+    if problem:
+        raise CheckpointError(f"{path}: not a valid avtrain checkpoint: {problem}")
+    return cfg
 
 
 def save_checkpoint(path: str | Path, state: dict) -> str:
@@ -184,8 +403,6 @@ def build_model(cfg):
 def load_run(run: str | Path, device: torch.device | str = "cpu", which: str = "last"):
     """(model in eval mode on device, checkpoint state, TrainConfig) of RUN's ``which``
     checkpoint (``last``, ``best`` or a path)."""
-    from avtrain.config import ConfigError, TrainConfig
-
     if isinstance(device, str):
         device = pick_device(device)
     path = resolve(run, which)
@@ -198,10 +415,7 @@ def load_run(run: str | Path, device: torch.device | str = "cpu", which: str = "
             raise CheckpointError(f"{run}: no {LAST}; train with avtrain fit first")
         raise CheckpointError(f"{path}: checkpoint not found")
     state = load_checkpoint(path)
-    try:
-        cfg = TrainConfig.from_dict(state["config"])
-    except ConfigError as exc:
-        raise CheckpointError(f"{path}: its saved config is not valid ({exc})") from None
+    cfg = saved_config(path, state)
     model = build_model(cfg)
     try:
         model.load_state_dict(state["model"])

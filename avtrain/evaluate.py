@@ -214,6 +214,9 @@ class ValidationSet:
                 f"{tuples_dir}: the selection metric {select} needs a list that is not there "
                 f"(have {', '.join(sorted(names))})"
             )
+        for t in self.lists:  # found now, not after the first epoch has trained
+            if t.task == "verification" and len({r["label"] for r in t.rows}) < 2:
+                raise EvaluationError(f"{t.name}: verification needs both positive and negative pairs")
         self.need, self.items = load_items(self.lists, shards, tuples_dir)
 
     @staticmethod

@@ -25,6 +25,8 @@ import dataclasses
 import json
 import math
 import os
+import sys
+import threading
 import time
 from itertools import islice
 from pathlib import Path
@@ -33,18 +35,30 @@ import torch
 import torch.distributed as dist
 
 from avdata.errors import AvmatchError
-from avdata.io import check_output_dir, make_output_dir
+from avdata.io import (
+    DISK_FULL,
+    appending,
+    atomic_output,
+    check_output_dir,
+    directory_lock,
+    disk_full_errors,
+    make_output_dir,
+    remove_stale_temps,
+)
 from avtrain.checkpoint import (
     BEST,
     LAST,
+    CheckpointError,
+    UnsafeCheckpointError,
     build_model,
     epoch_name,
     load_checkpoint,
     pick_device,
     remove_checkpoint,
     save_checkpoint,
+    saved_config,
 )
-from avtrain.config import RESUMABLE_CHANGES, ConfigError, TrainConfig, save_config
+from avtrain.config import RESUMABLE_CHANGES, TrainConfig, save_config
 from avtrain.data import (
     TupleStream,
     batches_per_rank,
@@ -55,6 +69,7 @@ from avtrain.data import (
 from avtrain.losses import AMLLoss
 
 LOG_TERMS = ("L_total", "L_dis", "L_metric", "L_cls", "L_adv")
+RESUME_KEYS = ("opt_g", "opt_d", "sched", "torch_rng")  # besides checkpoint.REQUIRED_KEYS
 
 __all__ = ["LOG_TERMS", "TrainingError", "build_loss", "fit", "lr_at", "train_step"]
 
@@ -148,6 +163,11 @@ def train_step(
 # --------------------------------------------------------------------------- DDP
 
 
+def is_main_rank() -> bool:
+    """Rank 0 of a torchrun job, or a single process (before the process group exists)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 class Distributed:
     """Rank/world from torchrun's environment; a no-op on a single process."""
 
@@ -175,11 +195,11 @@ class Distributed:
 
 def _resume_state(cfg: TrainConfig, path: Path) -> dict:
     """The checkpoint to continue from, after checking that only resumable settings differ."""
-    state = load_checkpoint(path)  # checksum + weights_only: one line on a bad file
-    try:
-        saved = TrainConfig.from_dict(state["config"])
-    except ConfigError as exc:
-        raise TrainingError(f"{path}: its saved config is not valid ({exc})") from None
+    state = load_checkpoint(path)  # checksum + weights_only + every field's type: one line on a bad file
+    saved = saved_config(path, state)
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: cannot resume from it: no {', '.join(missing)} (not saved by fit)")
     diffs = saved.differences(cfg)
     blocking = [d for d in diffs if d.split(":", 1)[0] not in RESUMABLE_CHANGES]
     if cfg.epochs < saved.epochs:
@@ -192,6 +212,125 @@ def _resume_state(cfg: TrainConfig, path: Path) -> dict:
             "Resume with the saved settings (RUN/config.yaml) or train into a new --out"
         )
     return state
+
+
+def _best_needs_repair(path: Path, state: dict) -> bool:
+    """Whether RUN/best.pt must be rewritten from the checkpoint to resume from.
+
+    Each epoch saves checkpoint.pt, then best.pt when the epoch was the best; a run killed
+    between the two leaves best.pt an epoch (or more) behind the best epoch that checkpoint.pt
+    records (``best.epoch``). That checkpoint is then the best one itself, so best.pt is repaired
+    from it (True). A best.pt that disagrees otherwise cannot be rebuilt: one-line error."""
+    want = state.get("best", {}).get("epoch")
+    if want is None:
+        return False
+    best = path.with_name(BEST)
+    try:
+        have = f"epoch {load_checkpoint(best)['epoch']}" if best.is_file() else "missing"
+    except (CheckpointError, UnsafeCheckpointError) as exc:  # damaged, or a save cut short
+        have = f"unreadable ({exc})"
+    if have == f"epoch {want}":
+        return False
+    if want == state["epoch"]:
+        return True
+    raise CheckpointError(
+        f"{best}: {have}, but {path.name} records the best {state['best']['metric']} at epoch {want} "
+        f"and is epoch {state['epoch']}, so best.pt cannot be rebuilt; restore best.pt or train into a new --out"
+    )
+
+
+def _restore(path: Path, state: dict, model, optimizers: dict, sched, cuda: bool) -> None:
+    """Load a resume checkpoint's weights, optimizer, scheduler and RNG states, each checked
+    against what this run's own objects hold first (a value of the wrong type or shape would
+    otherwise fail steps later, mid-epoch, with a traceback): one-line CheckpointError."""
+
+    def refuse(problem: str):
+        raise CheckpointError(f"{path}: cannot resume from it: {problem}")
+
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        refuse(f"the weights do not fit the model of its config ({first[:160]})")
+    for name, opt in optimizers.items():
+        problem = _optimizer_state_problem(opt, state[name])
+        if problem:
+            refuse(f"{name}: {problem}")
+        opt.load_state_dict(state[name])
+    fresh, saved = sched.state_dict(), state["sched"]
+    for key, value in saved.items():
+        if key not in fresh:
+            refuse(f"sched has an unknown field {str(key)[:40]!r}")
+        if not _plain(value):
+            refuse(f"sched.{key} is a {type(value).__name__}, not a plain value")
+        if key in ("base_lrs", "lr_lambdas") and value != fresh[key]:
+            refuse(f"sched.{key} is not this run's")
+        if isinstance(fresh[key], list):
+            if not (
+                isinstance(value, list)
+                and len(value) == len(fresh[key])
+                and all(_finite_number(v) for v in value if v is not None)
+            ):
+                refuse(f"sched.{key} is not a list of {len(fresh[key])} number(s)")
+        elif type(value) is not type(fresh[key]):
+            refuse(f"sched.{key} is a {type(value).__name__}, expected a {type(fresh[key]).__name__}")
+    if saved.get("last_epoch") != state["step"]:
+        refuse(f"sched.last_epoch {saved.get('last_epoch')!r} is not the checkpoint's step {state['step']}")
+    sched.load_state_dict(saved)
+    if state["torch_rng"].numel() != torch.get_rng_state().numel():
+        refuse(f"torch_rng holds {state['torch_rng'].numel()} bytes, not {torch.get_rng_state().numel()}")
+    torch.set_rng_state(state["torch_rng"])
+    if cuda and "cuda_rng" in state:
+        try:
+            torch.cuda.set_rng_state(state["cuda_rng"])
+        except RuntimeError as exc:
+            refuse(f"cuda_rng is not a CUDA RNG state ({str(exc).strip()[:120]})")
+
+
+def _finite_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _plain(v) -> bool:
+    """None, a bool, number or string, or a list/tuple of those: values compared with ``==``
+    (a tensor there would make the comparison itself fail)."""
+    if isinstance(v, (list, tuple)):
+        return all(_plain(x) for x in v)
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
+def _optimizer_state_problem(opt, saved: dict) -> str | None:
+    """Why an Adam state dict does not fit ``opt`` (built from the same config), or None: the
+    same parameter groups with the same settings (the LR a finite number > 0), and per parameter
+    exactly the step counter and moment tensors of that parameter's shape."""
+    fresh = opt.state_dict()
+    if len(saved["param_groups"]) != len(fresh["param_groups"]):
+        return f"{len(saved['param_groups'])} parameter group(s), expected {len(fresh['param_groups'])}"
+    params = {}
+    for i, (got, want) in enumerate(zip(saved["param_groups"], fresh["param_groups"])):
+        if not _plain(got.get("params")) or got["params"] != want["params"]:
+            return f"param_groups[{i}] holds other parameters than the model's"
+        params.update(zip(want["params"], opt.param_groups[i]["params"]))
+        if not _finite_number(got.get("lr")) or not got["lr"] > 0:
+            return f"param_groups[{i}].lr is not a number > 0"
+        for key, value in want.items():
+            if key not in ("params", "lr") and key in got and (not _plain(got[key]) or got[key] != value):
+                return f"param_groups[{i}].{key} is {str(got[key])[:40]!r}, this run's is {value!r}"
+    for pid, entry in saved["state"].items():
+        if pid not in params:
+            return f"state for an unknown parameter {str(pid)[:20]!r}"
+        moments = {"exp_avg", "exp_avg_sq"} | (
+            {"max_exp_avg_sq"} if fresh["param_groups"][0]["amsgrad"] else set()
+        )
+        if not isinstance(entry, dict) or set(entry) != moments | {"step"}:
+            return f"state[{pid}] does not hold exactly {', '.join(sorted(moments | {'step'}))}"
+        if not all(torch.is_tensor(t) and t.is_floating_point() for t in entry.values()):
+            return f"state[{pid}] holds a value that is not a float tensor"
+        if entry["step"].numel() != 1:
+            return f"state[{pid}].step is not a single number"
+        if any(entry[m].shape != params[pid].shape for m in moments):
+            return f"state[{pid}] moments are not of the parameter's shape {tuple(params[pid].shape)}"
+    return None
 
 
 def _val_setup(cfg: TrainConfig, tuples_dir, val_tuples, val_shards):
@@ -246,8 +385,30 @@ def fit(
     """Train; returns a summary (final losses, steps, tuples/s, best validation).
 
     Everything that can fail on the user's input (settings, device, data, validation lists,
-    the checkpoint to resume from) is checked before ``out`` is created."""
+    the checkpoint to resume from) is checked before ``out`` is created. One fit per run
+    directory: rank 0 holds RUN/.lock (:func:`avdata.io.directory_lock`) to the end, taken before
+    anything in an existing RUN is read (or when a new RUN is made), so a second fit into it
+    stops at once with one line naming the directory and the holder's pid. Taking it removes the
+    temp files of writers killed mid-save (:func:`avdata.io.remove_stale_temps`)."""
     out = check_output_dir(out)  # a dangling symlink or a file: one line, before any work
+    with contextlib.ExitStack() as held:
+        taken = False
+
+        def lock_run() -> None:
+            nonlocal taken
+            if not taken and is_main_rank():
+                held.enter_context(
+                    directory_lock(out, "avtrain fit", locked=TrainingError, failed=TrainingError)
+                )
+                taken = True
+                remove_stale_temps(out)  # e.g. .checkpoint.pt.tmpPID of a run killed while saving
+
+        if out.is_dir():
+            lock_run()
+        return _fit(cfg, tuples_dir, out, resume, progress, val_tuples, val_shards, lock_run)
+
+
+def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, lock_run) -> dict:
     # recorded in config.yaml (run manifests name the data); a copy: the caller's config is not changed
     cfg = dataclasses.replace(cfg, tuples_dir=str(tuples_dir))
     device = pick_device(cfg.device)
@@ -259,6 +420,7 @@ def fit(
     urls, sizes = load_sizes(tuples_dir, cfg.tuples)  # a missing or unsafe tuple dir: one-line AvmatchError
     ckpt_path = out / LAST
     state = _resume_state(cfg, ckpt_path) if resume and ckpt_path.is_file() else None
+    repair_best = state is not None and is_main_rank() and _best_needs_repair(ckpt_path, state)
     val = _val_setup(cfg, tuples_dir, val_tuples, val_shards)
 
     ddp = Distributed(device)
@@ -294,13 +456,7 @@ def fit(
     best = {"metric": cfg.select_metric, "value": None, "epoch": None}
     stale = 0  # validations since the last improvement (patience)
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt_g.load_state_dict(state["opt_g"])
-        opt_d.load_state_dict(state["opt_d"])
-        sched.load_state_dict(state["sched"])
-        torch.set_rng_state(state["torch_rng"])
-        if cuda and "cuda_rng" in state:
-            torch.cuda.set_rng_state(state["cuda_rng"])
+        _restore(ckpt_path, state, model, {"opt_g": opt_g, "opt_d": opt_d}, sched, cuda)
         start_epoch, step = state["epoch"], state["step"]
         saved_total = int(state.get("total_steps", total_steps))
         plan[:] = [list(p) for p in state.get("lr_plan", [[0, cfg.lr_start, saved_total]])]
@@ -321,8 +477,15 @@ def fit(
     # batches-rankR.jsonl before rank 0 got there); a barrier instead could wait forever on a rank
     # that failed.
     make_output_dir(out)  # a dangling symlink or a file: one line
+    lock_run()
     if is_main:
         save_config(cfg, out / "config.yaml")
+    if repair_best:  # before any step: the state's tensors are still the checkpoint's
+        save_checkpoint(out / BEST, state)
+        print(
+            f"{out / BEST}: rebuilt from {LAST} (epoch {state['epoch']}, the best; its save was cut short)",
+            file=sys.stderr,
+        )
     stream = TupleStream(urls, cfg.batch_size, cfg.seed, ddp.rank, ddp.world, cfg.shuffle_buffer)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
@@ -335,9 +498,12 @@ def fit(
     samples_seen, t_start = 0, time.perf_counter()
     stopped_early = False
     with contextlib.ExitStack() as files:
-        log_file = files.enter_context(open(out / "log.jsonl", "a")) if is_main else None
+        if is_main and state is not None:
+            _trim_log(out / "log.jsonl", state["step"])
+        # a full disk while writing these (or TensorBoard, also in its writer thread) is one line
+        log_file = files.enter_context(appending(out / "log.jsonl")) if is_main else None
         audit = (
-            files.enter_context(open(out / f"batches-rank{ddp.rank}.jsonl", "a"))
+            files.enter_context(appending(out / f"batches-rank{ddp.rank}.jsonl"))
             if cfg.record_batches
             else None
         )
@@ -425,6 +591,8 @@ def fit(
                         tb.add_scalar(f"val/{k}", v, epoch + 1)
             if is_main:
                 log_file.flush()
+                if tb:
+                    tb.flush()
                 state = {
                     "config": cfg.to_dict(),
                     "model": model.state_dict(),
@@ -474,6 +642,62 @@ def fit(
     }
 
 
+def _trim_log(path: Path, step: int) -> None:
+    """Before a resume appends to log.jsonl: drop the records past ``step`` (written after the
+    checkpoint it continues from, by a run killed mid-epoch; they are written again) and a line
+    the kill cut short, so every step has one record, in order."""
+    if not path.is_file():
+        return
+    with open(path, "rb") as src, atomic_output(path) as dst:
+        for line in src:
+            try:
+                record = json.loads(line)
+            except ValueError:  # cut short (or not JSON): not a record
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                dst.write(line if line.endswith(b"\n") else line + b"\n")
+
+
+class _Board:
+    """fit's TensorBoard writer: every call turns a full disk into the one-line DiskFullError
+    naming RUN/tb, including one that TensorBoard's writer thread met (it stores it for the
+    next call of the main thread)."""
+
+    def __init__(self, tb, path: Path):
+        self._tb, self._path = tb, path
+
+    def __getattr__(self, name):
+        method = getattr(self._tb, name)
+
+        def call(*args, **kwargs):
+            with disk_full_errors(self._path):
+                return method(*args, **kwargs)
+
+        return call
+
+
+@contextlib.contextmanager
+def _quiet_full_disk_in_writer_thread():
+    """TensorBoard's writer thread stores the error it met for the main thread's next call and
+    then re-raises it, which prints a traceback: a full disk is reported once, by fit, in one line."""
+    previous = threading.excepthook
+
+    def hook(args):
+        exc = args.exc_value
+        if not (
+            type(args.thread).__name__ == "_AsyncWriterThread"
+            and isinstance(exc, OSError)
+            and exc.errno in DISK_FULL
+        ):
+            previous(args)
+
+    threading.excepthook = hook
+    try:
+        yield
+    finally:
+        threading.excepthook = previous
+
+
 @contextlib.contextmanager
 def _summary_writer(path: Path):
     try:
@@ -481,11 +705,18 @@ def _summary_writer(path: Path):
     except ImportError:  # tensorboard is optional: the JSONL log has the same numbers
         yield None
         return
-    tb = SummaryWriter(str(path))
-    try:
-        yield tb
-    finally:
-        tb.close()
+    with _quiet_full_disk_in_writer_thread():
+        with disk_full_errors(path):
+            tb = SummaryWriter(str(path))
+        try:
+            yield _Board(tb, path)
+        except BaseException:
+            with contextlib.suppress(OSError):  # never hide the error that stopped the run
+                tb.close()
+            raise
+        with disk_full_errors(path):
+            tb.flush()  # raises what the writer thread met
+            tb.close()
 
 
 def _data_errors(batches):

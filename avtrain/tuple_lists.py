@@ -80,18 +80,55 @@ def read_tuple_lists(tuples_dir: str | Path) -> list[TupleList]:
             tl.gallery = _read_jsonl(root, il.gallery)
             if bool(tl.rows) != bool(tl.gallery):
                 raise EvaluationError(f"{il.path}: retrieval {il.name} needs both queries and a gallery")
-        elif il.task == "verification" and rows:
-            tl.split = rows[0].get("split", il.split)
         if not rows:
             continue
-        if il.task == "matching":  # a tuple's gallery size must agree with its list's k
-            bad = next((r for r in rows if len(r["gallery"]) != il.k), None)
-            if bad is not None:
-                raise EvaluationError(
-                    f"{il.name}: tuple {bad.get('tuple_id')} has {len(bad['gallery'])} gallery items, expected {il.k}"
-                )
+        check_rows(tl, il.path, il.gallery)
+        if il.task == "verification":
+            tl.split = rows[0].get("split", il.split)
         lists.append(tl)
     return lists
+
+
+def _is_key(v) -> bool:
+    return isinstance(v, str) and bool(v)
+
+
+def _row_problem(tl: TupleList, row) -> str | None:
+    """Why a matching/verification tuple or retrieval query cannot be scored (one phrase)."""
+    if not isinstance(row, dict):
+        return f"a {type(row).__name__}, not a JSON object"
+    if not _is_key(row.get("query")):
+        return "no query item key (a non-empty string)"
+    if row.get("direction", tl.direction) not in ("a2v", "v2a"):
+        return f"direction {repr(row.get('direction'))[:20]} is not a2v or v2a"
+    if "split" in row and not _is_key(row["split"]):
+        return "split is not a non-empty string"
+    if tl.task == "retrieval":
+        return None if _is_key(row.get("query_identity")) else "no query_identity (a non-empty string)"
+    k = tl.k if tl.task == "matching" else 1
+    gallery = row.get("gallery")
+    if not (isinstance(gallery, list) and len(gallery) == k and all(_is_key(g) for g in gallery)):
+        return f"gallery is not a list of {k} item key(s)"
+    label, labels = row.get("label"), range(k) if tl.task == "matching" else (0, 1)
+    if not (isinstance(label, int) and not isinstance(label, bool) and label in labels):
+        return f"label {repr(label)[:20]} is not an integer in {labels[0]}..{labels[-1]}"
+    return None
+
+
+def check_rows(tl: TupleList, path: Path, gallery_path: Path | None = None) -> None:
+    """Every row of a list, checked by what scoring reads from it (item keys, gallery size k,
+    label range, direction; retrieval identities), so a malformed row is one line naming the
+    file and row before any work (``avtrain fit`` validates after every epoch)."""
+    if tl.task == "matching" and not tl.k >= 2:
+        raise EvaluationError(f"{path}: a matching list with k = {tl.k} in manifest.json, expected k >= 2")
+    for n, row in enumerate(tl.rows, 1):
+        problem = _row_problem(tl, row)
+        if problem:
+            tid = row.get("tuple_id") if isinstance(row, dict) else None
+            raise EvaluationError(f"{path}: row {n}{f' ({str(tid)[:40]})' if tid else ''}: {problem}")
+    for n, g in enumerate(tl.gallery, 1):
+        if not (isinstance(g, dict) and _is_key(g.get("key")) and _is_key(g.get("identity"))):
+            raise EvaluationError(f"{gallery_path}: row {n}: not a gallery item (key and identity strings)")
 
 
 def needed_items(lists: list[TupleList]) -> dict[str, str]:

@@ -51,6 +51,21 @@ def _detections(out: Path) -> dict[str, dict]:
     return found
 
 
+def _digest_cost(out: Path, build_s: float | None, samples: int) -> None:
+    """What the content record (avdata.manifest.content) adds to a build: the time to summarise
+    every sample of the native build's shards again, against the build's own time."""
+    from avdata.manifest.content import shard_content
+
+    t = time.perf_counter()
+    for tar in sorted(out.glob("*/*.tar")):
+        shard_content(tar, digests=True)
+    spent = time.perf_counter() - t
+    text = f"content records of {samples} samples: {spent:.1f} s"
+    if build_s:
+        text += f" = {spent / build_s:.1%} of the native build's {build_s:.0f} s (-j 2)"
+    print(text + " (read back from disk; while building, the arrays are already in memory)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--identities", type=int, default=160, help="demo size (make demo-data: 160)")
@@ -113,6 +128,9 @@ def main():
     noise = max(crop_gap, 1e-12)
     print(f"expected crop flips per million faces at that difference: {3 * 2 * noise * 1e6:.2g}")
     print(f"build times (s): {json.dumps({k: round(v) for k, v in seconds.items()})}")
+    _digest_cost(
+        root / "shards-native", seconds.get("native"), sum(s["samples"] for s in native["shards"].values())
+    )
     if args.keep is None:
         print(f"(builds left in {root}; remove it when done)")
 

@@ -6,6 +6,7 @@ than skipping the real-data tests.
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -67,6 +68,32 @@ def real_photos(face_dir: Path) -> list[Path]:
     photos = sorted(face_dir.glob("test_images/*/1.jpg"))
     assert len(photos) == 4, photos
     return photos
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """``mount(size, at=None)``: a real tmpfs of ``size`` (e.g. "600k") at ``at`` (default
+    tmp_path/mnt; made if missing), for full-disk tests; unmounted afterwards, the last first.
+    Skips the test where mounting is not allowed."""
+    mounted: list[Path] = []
+
+    def mount(size: str, at: Path | None = None) -> Path:
+        mnt = at or tmp_path / "mnt"
+        mnt.mkdir(parents=True, exist_ok=True)
+        res = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or res.returncode})")
+        mounted.append(mnt)
+        return mnt
+
+    yield mount
+    for mnt in reversed(mounted):
+        subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
 
 
 @pytest.fixture(scope="session")

@@ -647,3 +647,263 @@ def test_bench_and_fit_run_the_same_train_step(train_tuples, tmp_path, monkeypat
     )
     T.fit(cfg, train_tuples, tmp_path / "run", progress=False)
     assert len(calls) == 3 + 2 and calls[-1] == cfg.d_steps
+
+
+# --------------------------------------------------------------------------- #20: hostile runs
+
+
+def _fit_args(train_tuples, run, *extra) -> list[str]:
+    return ["fit", "--shards", str(train_tuples), "--out", str(run), "--no-progress", *map(str, extra)]
+
+
+def _fit_process(train_tuples, run, *extra, **popen) -> subprocess.Popen:
+    """`avtrain fit` in its own process (to be killed or to hold the run directory)."""
+    args = [sys.executable, "-m", "avtrain", *_fit_args(train_tuples, run, *extra)]
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    return subprocess.Popen(args, cwd=REPO, env=env, **popen)
+
+
+def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, "the run ended first"
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _one_line(res) -> str:
+    assert res.exit_code == 1 and res.output.startswith("Error: ") and res.output.count("\n") == 1, res.output
+    return res.output
+
+
+def test_second_fit_into_a_run_directory_stops_naming_it(train_tuples, tmp_path):
+    """#20 item 7: a fit holds RUN/.lock; a second fit (fresh or --resume) into RUN stops at once."""
+    run = tmp_path / "run"
+    first = _fit_process(
+        train_tuples,
+        run,
+        "--epochs",
+        "50",
+        *tiny_fit_sets(1000),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        _wait_for(lambda: (run / "log.jsonl").is_file(), first)
+        for extra in ([], ["--resume"]):
+            args = _fit_args(train_tuples, run, "--epochs", "1", *tiny_fit_sets(1), *extra)
+            line = _one_line(CliRunner().invoke(main, args))
+            assert f"{run} is being written by another avtrain fit (pid {first.pid})" in line, line
+        assert first.poll() is None, first.stderr.read()
+    finally:
+        first.kill()
+        first.wait()
+    assert (run / "config.yaml").is_file() and not (run / CHECKPOINT).exists()  # the first run's own files
+
+
+def test_fit_removes_temp_files_of_killed_saves(train_tuples, tmp_path):
+    """#20 item 22: a save killed between writing its temp file and renaming it leaves
+    .checkpoint.pt.tmpPID; the next fit into RUN removes it once it holds the lock (a live
+    writer's temp file, e.g. evaluate's metrics.json, is kept)."""
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, _fit_args(train_tuples, run, "--epochs", "1", *tiny_fit_sets(1)))
+    assert res.exit_code == 0, res.output
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    orphan = run / f".checkpoint.pt.tmp{int(dead.stdout)}"
+    orphan.write_bytes((run / CHECKPOINT).read_bytes()[:1000])
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        kept = run / f".metrics.json.tmp{live.pid}"
+        kept.write_text("{")
+        res = CliRunner().invoke(
+            main, _fit_args(train_tuples, run, "--epochs", "2", "--resume", *tiny_fit_sets(1))
+        )
+        assert res.exit_code == 0, res.output
+        assert not orphan.exists() and kept.exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
+# kill -9 of `avtrain fit` at its first best.pt save, i.e. right after that epoch's checkpoint.pt
+KILL_BEFORE_BEST = """
+import os, signal, sys
+import avtrain.train as train
+save = train.save_checkpoint
+def save_or_die(path, state):
+    if path.name == "best.pt":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save(path, state)
+train.save_checkpoint = save_or_die
+from avtrain.cli import main
+main(sys.argv[1:], prog_name="avtrain")
+"""
+
+
+def test_kill_between_checkpoint_and_best_saves_is_repaired_on_resume(train_tuples, val_tuples, tmp_path):
+    """#20 item 9: checkpoint.pt records the best epoch; a resume rebuilds best.pt from it when the
+    kill came between the two saves, so best.pt is the epoch fit reports."""
+    run = tmp_path / "run"
+    val = ["--val-shards", train_tuples.parent / "shards", "--val-tuples", val_tuples]
+    args = _fit_args(train_tuples, run, "--epochs", "1", *val, *tiny_fit_sets(2))
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_BEFORE_BEST, *args], env=env, capture_output=True, timeout=300
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert load_checkpoint(run / CHECKPOINT)["best"]["epoch"] == 1 and not (run / "best.pt").exists()
+    res = CliRunner().invoke(main, [*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    assert (
+        "at epoch 1 -> best.pt" in res.output and "best.pt: rebuilt from checkpoint.pt (epoch 1" in res.output
+    )
+    assert load_checkpoint(run / "best.pt")["epoch"] == 1
+
+
+def test_best_pt_an_epoch_behind_is_repaired_or_refused(train_tuples, val_tuples, tmp_path):
+    """#20 item 9: best.pt left at epoch 1 while checkpoint.pt (epoch 2) records the best at epoch 2
+    is rebuilt from checkpoint.pt; a best.pt that no checkpoint can rebuild is refused in one line."""
+    from avtrain.checkpoint import save_checkpoint
+
+    done = tmp_path / "done"
+    val = ["--val-shards", train_tuples.parent / "shards", "--val-tuples", val_tuples]
+    args = _fit_args(train_tuples, done, "--epochs", "2", "--keep-last", "2", *val, *tiny_fit_sets(2))
+    assert CliRunner().invoke(main, args).exit_code == 0
+    first, second = load_checkpoint(done / "epoch-0001.pt"), load_checkpoint(done / "epoch-0002.pt")
+    # the files of a run killed between its epoch-2 checkpoint.pt and best.pt saves, had epoch 2 improved
+    run = tmp_path / "run"
+    run.mkdir()
+    best_at_2 = second["best"] | {"value": 2.0, "epoch": 2}
+    save_checkpoint(run / CHECKPOINT, second | {"best": best_at_2})
+    save_checkpoint(run / "best.pt", first)
+    resume = _fit_args(train_tuples, run, "--epochs", "2", "--resume", *val, *tiny_fit_sets(2))
+    res = CliRunner().invoke(main, resume)
+    assert res.exit_code == 0 and "at epoch 2 -> best.pt" in res.output, res.output
+    assert load_checkpoint(run / "best.pt")["epoch"] == 2
+    # best at epoch 1 but best.pt gone: checkpoint.pt (epoch 2) cannot stand in for it
+    save_checkpoint(run / CHECKPOINT, second | {"best": second["best"] | {"epoch": 1}})
+    (run / "best.pt").unlink()
+    line = _one_line(CliRunner().invoke(main, resume))
+    assert (
+        f"{run / 'best.pt'}: missing, but checkpoint.pt records the best val_matching_a2v_k2 at epoch 1"
+        in line
+    )
+
+
+def test_resume_after_a_mid_epoch_kill_logs_each_step_once(train_tuples, tmp_path):
+    """#20 item 15: the records a killed run wrote after its last checkpoint (and a line the kill
+    cut short) are dropped before the resume appends, so log.jsonl has each step once, in order."""
+    run = tmp_path / "run"
+    extra = ["--epochs", "3", "--seed", "4", *tiny_fit_sets(6)]
+    first = _fit_process(train_tuples, run, *extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def past_checkpoint() -> bool:  # a step logged after a checkpoint: mid-epoch
+        try:
+            saved = load_checkpoint(run / CHECKPOINT)["step"]
+            steps = [json.loads(l)["step"] for l in (run / "log.jsonl").read_text().splitlines()]
+        except (OSError, ValueError):  # not there yet, or read mid-write
+            return False
+        return saved < 18 and any(s > saved for s in steps)
+
+    try:
+        _wait_for(past_checkpoint, first)
+    finally:
+        first.kill()
+        first.wait()
+    with open(run / "log.jsonl", "a") as f:
+        f.write('{"epoch": 1, "step": 9, "L_to')  # a record cut short by the kill
+    res = CliRunner().invoke(main, _fit_args(train_tuples, run, *extra, "--resume"))
+    assert res.exit_code == 0, res.output
+    steps = [json.loads(l)["step"] for l in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 19)), steps
+
+
+def _with_row(val_tuples: Path, dest: Path, name: str, change) -> Path:
+    """A copy of the val tuple directory whose list NAME has its last row changed (``change(row)``
+    -> new row, or a list of rows -> all rows), with manifest.json's sha256 to match."""
+    import hashlib
+    import shutil
+
+    shutil.copytree(val_tuples, dest)
+    path = dest / "index" / f"{name}.jsonl"
+    rows = [json.loads(l) for l in path.read_text().splitlines()]
+    new = change(rows)
+    path.write_text("".join(json.dumps(r) + "\n" for r in new))
+    manifest = json.loads((dest / "manifest.json").read_text())
+    manifest["files"][f"index/{name}.jsonl"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
+def _last(change):
+    return lambda rows: rows[:-1] + [change(rows[-1])]
+
+
+MATCHING, VERIFICATION = "matching_val_a2v_k2", "verification_val"
+BAD_VAL_ROWS = {
+    "not_an_object": (MATCHING, _last(lambda r: [1, 2]), "row 30: a list, not a JSON object"),
+    "label_out_of_range": (MATCHING, _last(lambda r: r | {"label": 5}), "label 5 is not an integer in 0..1"),
+    "label_text": (MATCHING, _last(lambda r: r | {"label": "x"}), "label 'x' is not an integer in 0..1"),
+    "no_label": (
+        MATCHING,
+        _last(lambda r: {k: v for k, v in r.items() if k != "label"}),
+        "label None is not an integer",
+    ),
+    "gallery_text": (
+        MATCHING,
+        _last(lambda r: r | {"gallery": "ab"}),
+        "gallery is not a list of 2 item key(s)",
+    ),
+    "query_list": (MATCHING, _last(lambda r: r | {"query": ["a"]}), "no query item key"),
+    "direction": (MATCHING, _last(lambda r: r | {"direction": "zz"}), "direction 'zz' is not a2v or v2a"),
+    "pair_without_face": (VERIFICATION, _last(lambda r: r | {"gallery": []}), "gallery is not a list of 1"),
+    "pair_label": (VERIFICATION, _last(lambda r: r | {"label": 7}), "label 7 is not an integer in 0..1"),
+    "pairs_of_one_class": (
+        VERIFICATION,
+        lambda rows: [r | {"label": 1} for r in rows],
+        "verification_val: verification needs both positive and negative pairs",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VAL_ROWS))
+def test_malformed_val_rows_are_one_line_before_training(train_tuples, val_tuples, tmp_path, case):
+    """#20 item 11: the val lists are checked row by row (and for both classes of pairs) before
+    anything is trained or written; several of these were tracebacks after the first epoch."""
+    name, change, phrase = BAD_VAL_ROWS[case]
+    bad = _with_row(val_tuples, tmp_path / "val", name, change)
+    run = tmp_path / "run"
+    args = _fit_args(train_tuples, run, "--epochs", "1", *tiny_fit_sets(1))
+    args += ["--val-shards", str(train_tuples.parent / "shards"), "--val-tuples", str(bad)]
+    line = _one_line(CliRunner().invoke(main, args))
+    assert "Error: validation: " in line and phrase in line, line
+    assert not run.exists()
+
+
+def _fit_sub(train_tuples, run, *extra) -> subprocess.CompletedProcess:
+    """`avtrain fit` in its own process (stderr as a user sees it, writer threads included)."""
+    args = [sys.executable, "-m", "avtrain", *_fit_args(train_tuples, run, *extra)]
+    env = os.environ | {"PYTHONPATH": str(REPO)}
+    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+
+
+@pytest.mark.parametrize("full", ["log", "tb"])
+def test_full_disk_while_writing_the_log_or_tensorboard_is_one_line(
+    train_tuples, tmp_path, small_tmpfs, full
+):
+    """#20 item 14: a full disk under log.jsonl (RUN on a tmpfs with room for its lock and
+    config.yaml only) or under RUN/tb (a tmpfs of one page there; TensorBoard writes from a
+    background thread) is the one-line error naming the file, with no traceback from any thread."""
+    if full == "log":
+        run = small_tmpfs("8k") / "run"
+        small_tmpfs("1m", at=run / "tb")
+        where = run / "log.jsonl"
+    else:
+        run = tmp_path / "run"
+        small_tmpfs("4k", at=run / "tb")
+        where = run / "tb"
+    res = _fit_sub(train_tuples, run, "--epochs", "2", *tiny_fit_sets(1000))
+    assert res.returncode == 1 and "Traceback" not in res.stderr and "Exception" not in res.stderr, res.stderr
+    assert res.stderr.splitlines()[-1] == f"Error: no space left on device while writing {where}", res.stderr
