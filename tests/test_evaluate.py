@@ -523,12 +523,13 @@ def test_report_refuses_hostile_embedding_samples(tmp_path):
 def test_lists_are_read_from_the_manifest_not_from_names(tmp_path):
     index = tmp_path / "index"
     index.mkdir()
-    t = {"direction": "a2v", "gallery": ["f1", "f2"], "label": 0, "query": "a1", "split": "seen_heard"}
+    t = {"tuple_id": "t0", "direction": "a2v", "query": "a1", "query_identity": "id1", "split": "seen_heard"}
+    t |= {"gallery": ["f1", "f2"], "gallery_identities": ["id1", "id2"], "label": 0}
     # names that a name parser would misread: only the manifest's configs count
     (index / "matching_x_v2a_k9.jsonl").write_text(json.dumps(t) + "\n")
     (index / "matching_seen_heard_v2a_k3.jsonl").write_text("")  # empty: left out
     (index / "verification_imported_veriflist_test.jsonl").write_text(
-        json.dumps(t | {"gallery": ["f1"], "split": "unseen_unheard"}) + "\n"
+        json.dumps(t | {"gallery": ["f1"], "gallery_identities": ["id1"], "split": "unseen_unheard"}) + "\n"
     )
     (index / "matching_not_listed_a2v_k2.jsonl").write_text(
         json.dumps(t) + "\n"

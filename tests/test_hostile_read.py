@@ -507,3 +507,65 @@ def test_checked_open_refuses_what_is_not_a_regular_file(tmp_path):
             read_inside(tmp_path, name)
     with pytest.raises(UnsafeShardError, match="above the 1 bytes cap"):
         read_inside(tmp_path, "ok.json", max_bytes=1)
+
+
+# ---- issue #20 follow-up A: every reader of an index list checks each line's fields
+# (avdata.tuples.row_problem, check-tuples' table): a line without them is one line naming the
+# file and the line number, never a KeyError half-way through evaluate or fit --val-tuples
+
+VAL_K2, VAL_VER = "index/matching_val_a2v_k2.jsonl", "index/verification_val.jsonl"
+BAD_LINES = {  # edit of a list's first tuple -> (list, phrase of the error line)
+    "no gallery": (VAL_K2, lambda t: t.pop("gallery"), "missing or malformed field(s) gallery"),
+    "label a string": (VAL_K2, lambda t: t.update(label="0"), "missing or malformed field(s) label"),
+    "gallery of numbers": (
+        VAL_K2,
+        lambda t: t.update(gallery=[1, 2]),
+        "gallery and gallery_identities must be lists of strings",
+    ),
+    "label off the gallery": (VAL_K2, lambda t: t.update(label=2), "label 2 is not a gallery position 0..1"),
+    "unknown direction": (VAL_K2, lambda t: t.update(direction="x2y"), "direction 'x2y' is not a2v or v2a"),
+    "not an object": (VAL_K2, lambda t: t.clear(), "not a JSON object"),
+    "a pair without its face": (
+        VAL_VER,
+        lambda t: t.update(gallery=[], gallery_identities=[]),
+        "not one gallery item labelled 0 or 1 (0 items, label",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def val_tuples(train_tuples, tmp_path_factory):
+    """The session's tuple directory plus val lists (matching a2v k=2, verification), index only."""
+    dst = tmp_path_factory.mktemp("val_tuples") / "tuples"
+    shutil.copytree(train_tuples, dst)
+    shards = train_tuples.parent / "shards"
+    for task in ("matching", "verification"):
+        args = make_tuples_args(shards, dst, "--no-tuple-shards", task=task, split="val", direction="a2v")
+        assert (res := run(avdata_main, *args)).exit_code == 0, res.output
+    return dst
+
+
+def reseal_list(tuples: Path, rel: str, edit) -> None:
+    """Edit the first line of index list ``rel`` and update its sha256 in manifest.json (an
+    attacker can rewrite both), so only the line checks can notice."""
+    path = tuples / rel
+    lines = path.read_text().splitlines()
+    first = json.loads(lines[0])
+    edit(first)
+    lines[0] = json.dumps(first if first else [1])
+    path.write_text("\n".join(lines) + "\n")
+    man = json.loads((tuples / "manifest.json").read_text())
+    man["files"][rel]["sha256"] = sha256_file(path)
+    (tuples / "manifest.json").write_text(json.dumps(man, indent=1, sort_keys=True) + "\n")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "fit --val-tuples", "check-tuples"])
+@pytest.mark.parametrize("bad", list(BAD_LINES))
+def test_an_index_line_without_its_fields_is_one_line_naming_it(bad, command, val_tuples, shards, tmp_path):
+    rel, edit, phrase = BAD_LINES[bad]
+    tuples = tmp_path / "tuples"
+    shutil.copytree(val_tuples, tuples)
+    reseal_list(tuples, rel, edit)
+    res = run(*_commands(shards, tuples, tmp_path)[command])
+    where = f"{rel}: line 1: " if command == "check-tuples" else f"{rel}:1: "
+    _refused(res, where + phrase)
