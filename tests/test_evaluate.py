@@ -439,7 +439,7 @@ def test_report_refuses_hostile_metrics_in_one_line(tmp_path):
     refused(_metrics(matching_split=["test"]), "matching_split is not a split name")
     with metrics.open("r+b") as f:
         f.truncate(65 << 20)  # sparse: no 65 MiB written
-    refused(None, "more than any metrics file of avtrain evaluate (64 MiB)")
+    refused(None, "refusing a file of 65 MiB, above the 64 MiB cap for it")
 
 
 def _pair_distance(same) -> dict:
@@ -510,7 +510,10 @@ def test_report_refuses_hostile_embedding_samples(tmp_path):
     _one_error_line(sample(ids=np.arange(3)), f"{npz}: audio_ids is not a list of ids (strings)")
     with npz.open("r+b") as f:
         f.truncate(65 << 20)  # sparse: no 65 MiB written
-    _one_error_line(CliRunner().invoke(avtrain_main, ["report", "--run", str(run)]), f"{npz}: larger than")
+    _one_error_line(
+        CliRunner().invoke(avtrain_main, ["report", "--run", str(run)]),
+        f"{npz}: refusing a file of 65 MiB, above the 64 MiB cap",
+    )
     _one_error_line(sample(n=201, ids=np.array([f"id{i}" for i in range(201)])), f"{npz}: more than the 400")
     big = 70 << 20  # bytes of zeros: a 70 kB file
     _one_error_line(sample(n=1, before=big // 8, ids=ids[:1], dtype=np.float64, save=np.savez_compressed),
