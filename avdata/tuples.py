@@ -646,7 +646,8 @@ def check_tuples(
         labels = []
         for t in rows:
             tid, split = t["tuple_id"], t.get("split", cfg["split"])
-            members = [(t["query"], q_mod)] + [(g, g_mod) for g in t.get("gallery", [])]
+            gallery = t["gallery"] if task != "retrieval" else []  # (row_problem checked it)
+            members = [(t["query"], q_mod)] + [(g, g_mod) for g in gallery]
             for key, mod in members:
                 if key not in item_of:
                     report(rel, tid, f"key {key} not in the shards")
@@ -672,9 +673,6 @@ def check_tuples(
             if task == "matching":
                 if len(g_ids) != cfg["k"]:
                     report(rel, tid, f"{len(g_ids)} gallery items, expected k={cfg['k']}")
-                    continue
-                if not 0 <= label < len(g_ids):
-                    report(rel, tid, f"label {label} is not a gallery position 0..{len(g_ids) - 1}")
                     continue
                 if g_ids[label] != q_id:
                     report(rel, tid, "positive does not share the query's identity")
@@ -711,9 +709,9 @@ def check_tuples(
     return problems
 
 
-_ROW_FIELDS = {
-    "gallery": {"key": str},
-    "retrieval": {"tuple_id": str, "query": str},
+_ROW_FIELDS = {  # what each kind of index-list line must hold (docs/tuples.md), by type
+    "gallery": {"key": str, "identity": str},
+    "retrieval": {"tuple_id": str, "query": str, "query_identity": str},
     "matching": {
         "tuple_id": str,
         "query": str,
@@ -724,32 +722,52 @@ _ROW_FIELDS = {
     },
 }
 _ROW_FIELDS["verification"] = _ROW_FIELDS["matching"]
+_ROW_OPTIONAL = {"split": str, "direction": str}  # a tuple's own split and direction, where it has them
+
+
+def row_problem(row, kind: str) -> str | None:
+    """Why one parsed line of a ``kind`` index list (matching, verification, retrieval queries,
+    or gallery) cannot be used, or None: every field ``kind`` needs present with its type (no bool
+    for a number), gallery keys and identities strings, one identity per gallery key, a matching
+    label a gallery position, a verification tuple one gallery item labelled 0 or 1, and a
+    ``direction`` (where a line has one) a2v or v2a. The one check of index-list lines, used by
+    check-tuples and by avtrain's readers (evaluate, fit --val-tuples)."""
+    if not isinstance(row, dict):
+        return "not a JSON object"
+    fields = _ROW_FIELDS[kind] | {f: t for f, t in _ROW_OPTIONAL.items() if f in row}
+    bad = [f for f, t in fields.items() if not isinstance(row.get(f), t) or isinstance(row.get(f), bool)]
+    if bad:
+        return f"missing or malformed field(s) {', '.join(bad)}"
+    if "direction" in row and row["direction"] not in DIRECTIONS:
+        return f"direction {row['direction']!r} is not a2v or v2a"
+    if kind not in ("matching", "verification"):
+        return None
+    gallery, ids, label = row["gallery"], row["gallery_identities"], row["label"]
+    if not all(isinstance(x, str) for x in gallery + ids):
+        return "gallery and gallery_identities must be lists of strings"
+    if len(gallery) != len(ids):
+        return f"{len(gallery)} gallery items but {len(ids)} gallery_identities"
+    if kind == "verification":
+        if len(gallery) != 1 or label not in (0, 1):
+            return f"not one gallery item labelled 0 or 1 ({len(gallery)} items, label {label})"
+    elif not 0 <= label < len(gallery):
+        return f"label {label} is not a gallery position 0..{len(gallery) - 1}"
+    return None
 
 
 def _read_rows(data: bytes, rel: str, kind: str, report) -> list[dict]:
-    """The JSON lines of an index file (its bytes) that have the fields ``kind`` needs; each
-    other line is reported (by line number) and skipped."""
+    """The JSON lines of an index file (its bytes) that pass :func:`row_problem`; each other line
+    is reported (by line number) and skipped."""
     rows = []
     for i, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON; an over-long integer; nesting too deep
             report(rel, f"line {i}", "not JSON")
             continue
-        bad = [
-            f
-            for f, t in _ROW_FIELDS[kind].items()
-            if not isinstance(row, dict) or not isinstance(row.get(f), t) or isinstance(row.get(f), bool)
-        ]
-        if (
-            not bad
-            and "gallery" in row
-            and kind != "gallery"
-            and len(row["gallery"]) != len(row["gallery_identities"])
-        ):
-            bad = ["gallery_identities (length)"]
-        if bad:
-            report(rel, f"line {i}", f"missing or malformed field(s) {', '.join(bad)}")
+        problem = row_problem(row, kind)
+        if problem:
+            report(rel, f"line {i}", problem)
             continue
         rows.append(row)
     return rows

@@ -21,6 +21,7 @@ import html
 import io
 import json
 import math
+import os
 import re
 import zipfile
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 
 from avdata.errors import AvmatchError
 from avdata.io import atomic_write_text
+from avdata.untrusted import open_inside, read_inside, read_regular
 from avtrain.diagnostics import TSNE_MAX_ITEMS
 from avtrain.results import RETRIEVAL_MEASURES, metric_rows
 
@@ -84,6 +86,9 @@ DIRECTIONS = ("a2v", "v2a")  # the only direction keys of matching and retrieval
 MAX_K = 1000  # gallery sizes the report plots (make-tuples builds 2..10); a larger k is refused
 MAX_METRICS_BYTES = 64 << 20  # metrics.json of avtrain evaluate: tens of kB per list
 MAX_EMBEDDINGS_BYTES = 64 << 20  # embeddings.npz, uncompressed: 400 items x (3200 + 128) float32 = 5.3 MB
+# RUN/log.jsonl: one line a step (log_every=1) of ~250 bytes, so 1M steps; a paper-scale run is ~100k
+MAX_LOG_BYTES = 256 << 20
+MAX_LOG_LINE_BYTES = 64 << 10  # one log line (a step's losses, a validation line's scores: < 1 kB)
 
 
 class ReportError(AvmatchError, ValueError):
@@ -167,20 +172,23 @@ def _is_number(x) -> bool:
         return False
 
 
-def load_metrics(path: str | Path) -> dict:
-    """metrics.json, checked against the layout the report reads (:func:`check_metrics`)."""
+def load_metrics(path: str | Path, inside: bool = False) -> dict:
+    """metrics.json, checked against the layout the report reads (:func:`check_metrics`): a regular
+    file of at most MAX_METRICS_BYTES (a FIFO or a device is refused, never read). ``inside``: the
+    file of a run directory (RUN/metrics.json), read only if it stays inside it
+    (:func:`avdata.untrusted.read_inside`); else a path the user named."""
     path = Path(path)
-    if not path.is_file():
-        raise ReportError(f"{path}: no metrics file; run avtrain evaluate first")
+    missing = "no metrics file; run avtrain evaluate first"
     try:
-        size = path.stat().st_size
-        text = path.read_text(encoding="utf-8") if size <= MAX_METRICS_BYTES else None
-    except (OSError, UnicodeDecodeError) as exc:
+        if inside:
+            raw = read_inside(path.parent, path.name, max_bytes=MAX_METRICS_BYTES, missing=missing)
+        else:
+            raw = read_regular(path, MAX_METRICS_BYTES, missing)
+        text = raw.decode("utf-8")
+    except AvmatchError as exc:
+        raise ReportError(str(exc)) from None
+    except UnicodeDecodeError as exc:
         raise ReportError(f"{path}: cannot read ({exc})") from None
-    if text is None:
-        raise ReportError(
-            f"{path}: {size} bytes, more than any metrics file of avtrain evaluate ({MAX_METRICS_BYTES >> 20} MiB)"
-        )
     try:
         m = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -299,19 +307,36 @@ def check_metrics(m, path: str | Path) -> None:
 
 
 def read_log(path: Path) -> list[dict]:
-    """The JSON-object lines of RUN/log.jsonl; any other line (cut by a killed run, not JSON,
-    not text, an integer JSON cannot hand back, nested too deep) is skipped."""
-    if not path.is_file():
+    """The JSON-object lines of RUN/log.jsonl (``path``), or [] if there is none. Read as a regular
+    file inside RUN of at most MAX_LOG_BYTES (:func:`avdata.untrusted.open_inside`: a FIFO, a
+    device or a link out is one ReportError, never read), line by line: any other line (cut by a
+    killed run, not JSON, not text, an integer JSON cannot hand back, nested too deep, longer
+    than MAX_LOG_LINE_BYTES: skipped unread) is left out."""
+    if not os.path.lexists(path):
         return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if line.strip():
-            try:
-                row = json.loads(line)
-            except (ValueError, RecursionError):
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
+    rows, total = [], 0
+    try:
+        with open_inside(path.parent, path.name, max_bytes=MAX_LOG_BYTES) as f:
+            while line := f.readline(MAX_LOG_LINE_BYTES + 1):
+                total += len(line)
+                too_long = len(line) > MAX_LOG_LINE_BYTES
+                while too_long and line and not line.endswith(b"\n") and total <= MAX_LOG_BYTES:
+                    line = f.readline(MAX_LOG_LINE_BYTES + 1)  # the rest of it, read and dropped
+                    total += len(line)
+                if total > MAX_LOG_BYTES:  # grown while read (a run still training)
+                    raise ReportError(
+                        f"{path}: refusing a file above the {MAX_LOG_BYTES >> 20} MiB cap for it"
+                    )
+                if too_long or not line.strip():
+                    continue
+                try:
+                    row = json.loads(line.decode("utf-8", errors="replace"))
+                except (ValueError, RecursionError):
+                    continue
+                if isinstance(row, dict):
+                    rows.append(row)
+    except AvmatchError as exc:
+        raise ReportError(str(exc)) from None
     return rows
 
 
@@ -464,11 +489,11 @@ def load_embedding_sample(path: Path) -> dict[str, np.ndarray]:
     """RUN/embeddings.npz (as ``avtrain evaluate`` writes it), checked: per modality the ids
     (strings) and the embeddings before and after the generator (finite real numbers, one row
     per id, as many columns as the other modality's), at most TSNE_MAX_ITEMS items and
-    MAX_EMBEDDINGS_BYTES uncompressed. Else one ReportError."""
+    MAX_EMBEDDINGS_BYTES, as a file (a regular file inside RUN: :func:`avdata.untrusted.read_inside`)
+    and uncompressed. Else one ReportError."""
     try:
-        if path.stat().st_size > MAX_EMBEDDINGS_BYTES:
-            raise ReportError(f"{path}: larger than any embedding sample ({MAX_EMBEDDINGS_BYTES >> 20} MiB)")
-        z = np.load(path, allow_pickle=False)
+        raw = read_inside(path.parent, path.name, max_bytes=MAX_EMBEDDINGS_BYTES)
+        z = np.load(io.BytesIO(raw), allow_pickle=False)
         if isinstance(z, np.lib.npyio.NpzFile):
             with z:
                 if sum(info.file_size for info in z.zip.infolist()) > MAX_EMBEDDINGS_BYTES:
@@ -481,6 +506,8 @@ def load_embedding_sample(path: Path) -> dict[str, np.ndarray]:
             d = None  # a single .npy array
     except ReportError:
         raise
+    except AvmatchError as exc:  # refused by read_inside
+        raise ReportError(str(exc)) from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ReportError(f"{path}: not a readable embedding sample ({exc})") from None
     if d is None:
@@ -508,7 +535,7 @@ def load_embedding_sample(path: Path) -> dict[str, np.ndarray]:
 
 @_plain_text
 def tsne_plot(npz_path: Path) -> tuple[str | None, str]:
-    if not npz_path.is_file():
+    if not os.path.lexists(npz_path):  # whatever else is there is load_embedding_sample's to refuse
         return None, f"{npz_path.name} not found (run avtrain evaluate)"
     d = load_embedding_sample(npz_path)
     na, nf = len(d["audio_ids"]), len(d["face_ids"])
@@ -659,8 +686,10 @@ def build_report(
 ) -> Path:
     """Write the HTML report of RUN (default RUN/report.html) and return its path."""
     run = Path(run)
-    m = load_metrics(Path(metrics) if metrics else run / "metrics.json")
-    others = [(Path(r), load_metrics(Path(r) / "metrics.json")) for r in compare]  # before any plot
+    m = load_metrics(metrics) if metrics else load_metrics(run / "metrics.json", inside=True)
+    others = [
+        (Path(r), load_metrics(Path(r) / "metrics.json", inside=True)) for r in compare
+    ]  # before any plot
     out = Path(out) if out else run / "report.html"
     cfg = flat_config(m.get("config") or {})
     items, boot = m.get("items") or {}, m.get("bootstrap") or {}  # either may be null

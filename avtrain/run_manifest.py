@@ -9,13 +9,19 @@ verify/update RUN`` work on run directories.
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 import re
 from pathlib import Path
 
-from avdata.io import sha256_file
+from avdata.errors import AvmatchError
+from avdata.io import sha256_bytes
 from avdata.manifest.schema import FORMAT_VERSION, RUN_KIND, ManifestError
+from avdata.untrusted import read_inside
 from avtrain.checkpoint import LAST as RUN_CHECKPOINT
+
+# RUN/config.yaml as fit writes it is ~1.5 kB; YAML is parsed in pure Python (a 64 MiB file would
+# take minutes), so far less than the 64 MiB of other metadata files
+MAX_CONFIG_BYTES = 1 << 20
 
 # Keys of run metrics/logs that measure speed, not results; left out of run manifests.
 _VOLATILE_RUN_KEY = re.compile(r"(_per_s|_seconds|^elapsed.*|^wall_s|^time_s|^duration.*)$")
@@ -25,7 +31,8 @@ def describe_run_dir(dir: Path, tuples: str | Path | None = None) -> dict | None
     """The ``avmatch.manifests`` entry point: a run directory's manifest, or None for another
     kind of directory."""
     dir = Path(dir)
-    if (dir / "config.yaml").is_file() and (dir / RUN_CHECKPOINT).is_file():
+    # lexists: a FIFO, a device or a link out in place of either is run_manifest's to refuse
+    if os.path.lexists(dir / "config.yaml") and os.path.lexists(dir / RUN_CHECKPOINT):
         return run_manifest(dir, tuples)
     return None
 
@@ -47,6 +54,35 @@ def weights_sha256(state_dict: dict) -> str:
     return h.hexdigest()
 
 
+def read_run_config(run: Path) -> dict:
+    """RUN/config.yaml: a regular file inside RUN of at most MAX_CONFIG_BYTES
+    (:func:`avdata.untrusted.read_inside`: a FIFO, a device or a link out is refused, never read),
+    YAML without aliases (fit never writes one; a nest of them, a "billion laughs", would expand
+    exponentially once printed) that is a valid training config (:meth:`TrainConfig.from_dict`:
+    known keys, types, ranges); returned as that config's dict. Else one ManifestError."""
+    import yaml
+
+    from avtrain.config import ConfigError, TrainConfig
+
+    class NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.YAMLError("a YAML alias (*name), which a config of avtrain fit never holds")
+            return super().compose_node(parent, index)
+
+    path = run / "config.yaml"
+    try:
+        raw = read_inside(run, "config.yaml", max_bytes=MAX_CONFIG_BYTES, missing="missing")
+    except AvmatchError as exc:
+        raise ManifestError(str(exc)) from None
+    try:
+        return TrainConfig.from_dict(yaml.load(raw.decode("utf-8"), NoAliases) or {}).to_dict()
+    except ConfigError as exc:
+        raise ManifestError(f"{path}: not a config of avtrain fit ({exc})") from None
+    except (UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
+        raise ManifestError(f"{path}: not a YAML config ({' '.join(str(exc).split())[:160]})") from None
+
+
 def _without_volatile(d):
     if isinstance(d, dict):
         return {k: _without_volatile(v) for k, v in d.items() if not _VOLATILE_RUN_KEY.search(str(k))}
@@ -64,41 +100,36 @@ def run_manifest(
     Final losses are the loss terms (``L_*``) of the last RUN/log.jsonl line; speed
     fields (``samples_per_s`` ...) are left out because they differ on every run.
     """
-    import yaml
-
     from avdata.shards import library_versions
     from avtrain.checkpoint import load_checkpoint
+    from avtrain.report import load_metrics, read_log
 
     run = Path(run_dir)
-    cfg_path = run / "config.yaml"
-    if not cfg_path.is_file():
+    if not os.path.lexists(run / "config.yaml"):
         raise ManifestError(f"{run}: not a run directory (no config.yaml)")
-    cfg = yaml.safe_load(cfg_path.read_text()) or {}
+    cfg = read_run_config(run)
     ckpt = Path(checkpoint) if checkpoint else run / RUN_CHECKPOINT
     # checksum, weights_only and the keys of a run checkpoint: a truncated, empty, foreign,
     # tampered or malicious file is a one-line CheckpointError/UnsafeCheckpointError
     state = load_checkpoint(ckpt)
     model_state = state["model"]
 
-    final_losses = None
-    log = run / "log.jsonl"
-    if log.is_file():
-        # the last training-step line (validation lines carry "val", not loss terms)
-        lines = [json.loads(l) for l in log.read_text().splitlines() if l.strip()]
-        steps = [r for r in lines if "L_total" in r]
-        if steps:
-            final_losses = {k: v for k, v in sorted(steps[-1].items()) if k.startswith("L_")}
+    # the last training-step line (validation lines carry "val", not loss terms); RUN/log.jsonl and
+    # RUN/metrics.json are read as the report reads them (regular files inside RUN, capped, checked)
+    steps = [r for r in read_log(run / "log.jsonl") if "L_total" in r]
+    final_losses = {k: v for k, v in sorted(steps[-1].items()) if k.startswith("L_")} if steps else None
     metrics = None
-    if (run / "metrics.json").is_file():
-        metrics = _without_volatile(json.loads((run / "metrics.json").read_text()))
+    if os.path.lexists(run / "metrics.json"):
+        metrics = _without_volatile(load_metrics(run / "metrics.json", inside=True))
 
     tuples = tuples or cfg.get("tuples_dir")
     tuples_sha = None
     if tuples:
-        tm = Path(tuples) / "manifest.json"
-        if not tm.is_file():
-            raise ManifestError(f"{tuples}: not a tuple directory (no manifest.json)")
-        tuples_sha = sha256_file(tm)
+        try:
+            raw = read_inside(tuples, "manifest.json", missing="missing; not a tuple directory")
+        except AvmatchError as exc:
+            raise ManifestError(str(exc)) from None
+        tuples_sha = sha256_bytes(raw)
     return {
         "kind": RUN_KIND,
         "format_version": FORMAT_VERSION,

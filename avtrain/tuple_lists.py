@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from avdata.errors import AvmatchError, InputError
-from avdata.tuples import index_lists
+from avdata.tuples import index_lists, row_problem
 from avdata.untrusted import MAX_INDEX_BYTES, read_inside
 
 MODALITY_OF_ROLE = {
@@ -41,10 +41,12 @@ class TupleList:
     gallery: list = field(default_factory=list)  # retrieval gallery lines
 
 
-def _read_jsonl(root: Path, path: Path) -> list[dict]:
-    """The JSON lines of an index file of ``root``, read as a regular file inside it of at most
-    MAX_INDEX_BYTES (:func:`avdata.untrusted.read_inside`: a FIFO, a device or a symlink leading
-    out is refused in one line)."""
+def _read_jsonl(root: Path, path: Path, kind: str) -> list[dict]:
+    """The lines of an index file of ``root`` (a ``kind`` list: matching, verification, retrieval
+    or gallery), read as a regular file inside it of at most MAX_INDEX_BYTES
+    (:func:`avdata.untrusted.read_inside`: a FIFO, a device or a symlink leading out is refused in
+    one line); each line checked by :func:`avdata.tuples.row_problem`, the first that fails is one
+    line naming the file and its line number."""
     where = str(root / "manifest.json")
     data = read_inside(
         root, path.relative_to(root).as_posix(), where, MAX_INDEX_BYTES, "listed in manifest.json but missing"
@@ -57,9 +59,15 @@ def _read_jsonl(root: Path, path: Path) -> list[dict]:
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise EvaluationError(f"{path}:{n}: not JSON ({exc.msg})") from None
+            except (ValueError, RecursionError) as exc:  # an over-long integer; nesting too deep
+                raise EvaluationError(f"{path}:{n}: not usable JSON ({type(exc).__name__})") from None
+            problem = row_problem(row, kind)
+            if problem:
+                raise EvaluationError(f"{path}:{n}: {problem}")
+            rows.append(row)
     return rows
 
 
@@ -74,10 +82,10 @@ def read_tuple_lists(tuples_dir: str | Path) -> list[TupleList]:
     root = Path(tuples_dir)
     lists: list[TupleList] = []
     for il in indexed:
-        rows = _read_jsonl(root, il.path)
+        rows = _read_jsonl(root, il.path, il.task)
         tl = TupleList(il.name, il.task, il.split, il.direction, il.k, il.constraint, rows)
         if il.task == "retrieval":
-            tl.gallery = _read_jsonl(root, il.gallery)
+            tl.gallery = _read_jsonl(root, il.gallery, "gallery")
             if bool(tl.rows) != bool(tl.gallery):
                 raise EvaluationError(f"{il.path}: retrieval {il.name} needs both queries and a gallery")
         if not rows:

@@ -439,7 +439,7 @@ def test_report_refuses_hostile_metrics_in_one_line(tmp_path):
     refused(_metrics(matching_split=["test"]), "matching_split is not a split name")
     with metrics.open("r+b") as f:
         f.truncate(65 << 20)  # sparse: no 65 MiB written
-    refused(None, "more than any metrics file of avtrain evaluate (64 MiB)")
+    refused(None, "refusing a file of 65 MiB, above the 64 MiB cap for it")
 
 
 def _pair_distance(same) -> dict:
@@ -510,7 +510,10 @@ def test_report_refuses_hostile_embedding_samples(tmp_path):
     _one_error_line(sample(ids=np.arange(3)), f"{npz}: audio_ids is not a list of ids (strings)")
     with npz.open("r+b") as f:
         f.truncate(65 << 20)  # sparse: no 65 MiB written
-    _one_error_line(CliRunner().invoke(avtrain_main, ["report", "--run", str(run)]), f"{npz}: larger than")
+    _one_error_line(
+        CliRunner().invoke(avtrain_main, ["report", "--run", str(run)]),
+        f"{npz}: refusing a file of 65 MiB, above the 64 MiB cap",
+    )
     _one_error_line(sample(n=201, ids=np.array([f"id{i}" for i in range(201)])), f"{npz}: more than the 400")
     big = 70 << 20  # bytes of zeros: a 70 kB file
     _one_error_line(sample(n=1, before=big // 8, ids=ids[:1], dtype=np.float64, save=np.savez_compressed),
@@ -523,12 +526,13 @@ def test_report_refuses_hostile_embedding_samples(tmp_path):
 def test_lists_are_read_from_the_manifest_not_from_names(tmp_path):
     index = tmp_path / "index"
     index.mkdir()
-    t = {"direction": "a2v", "gallery": ["f1", "f2"], "label": 0, "query": "a1", "split": "seen_heard"}
+    t = {"tuple_id": "t0", "direction": "a2v", "query": "a1", "query_identity": "id1", "split": "seen_heard"}
+    t |= {"gallery": ["f1", "f2"], "gallery_identities": ["id1", "id2"], "label": 0}
     # names that a name parser would misread: only the manifest's configs count
     (index / "matching_x_v2a_k9.jsonl").write_text(json.dumps(t) + "\n")
     (index / "matching_seen_heard_v2a_k3.jsonl").write_text("")  # empty: left out
     (index / "verification_imported_veriflist_test.jsonl").write_text(
-        json.dumps(t | {"gallery": ["f1"], "split": "unseen_unheard"}) + "\n"
+        json.dumps(t | {"gallery": ["f1"], "gallery_identities": ["id1"], "split": "unseen_unheard"}) + "\n"
     )
     (index / "matching_not_listed_a2v_k2.jsonl").write_text(
         json.dumps(t) + "\n"

@@ -507,3 +507,201 @@ def test_checked_open_refuses_what_is_not_a_regular_file(tmp_path):
             read_inside(tmp_path, name)
     with pytest.raises(UnsafeShardError, match="above the 1 bytes cap"):
         read_inside(tmp_path, "ok.json", max_bytes=1)
+
+
+# ---- issue #20 follow-up A: every reader of an index list checks each line's fields
+# (avdata.tuples.row_problem, check-tuples' table): a line without them is one line naming the
+# file and the line number, never a KeyError half-way through evaluate or fit --val-tuples
+
+VAL_K2, VAL_VER = "index/matching_val_a2v_k2.jsonl", "index/verification_val.jsonl"
+BAD_LINES = {  # edit of a list's first tuple -> (list, phrase of the error line)
+    "no gallery": (VAL_K2, lambda t: t.pop("gallery"), "missing or malformed field(s) gallery"),
+    "label a string": (VAL_K2, lambda t: t.update(label="0"), "missing or malformed field(s) label"),
+    "gallery of numbers": (
+        VAL_K2,
+        lambda t: t.update(gallery=[1, 2]),
+        "gallery and gallery_identities must be lists of strings",
+    ),
+    "label off the gallery": (VAL_K2, lambda t: t.update(label=2), "label 2 is not a gallery position 0..1"),
+    "unknown direction": (VAL_K2, lambda t: t.update(direction="x2y"), "direction 'x2y' is not a2v or v2a"),
+    "not an object": (VAL_K2, lambda t: t.clear(), "not a JSON object"),
+    "a pair without its face": (
+        VAL_VER,
+        lambda t: t.update(gallery=[], gallery_identities=[]),
+        "not one gallery item labelled 0 or 1 (0 items, label",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def val_tuples(train_tuples, tmp_path_factory):
+    """The session's tuple directory plus val lists (matching a2v k=2, verification), index only."""
+    dst = tmp_path_factory.mktemp("val_tuples") / "tuples"
+    shutil.copytree(train_tuples, dst)
+    shards = train_tuples.parent / "shards"
+    for task in ("matching", "verification"):
+        args = make_tuples_args(shards, dst, "--no-tuple-shards", task=task, split="val", direction="a2v")
+        assert (res := run(avdata_main, *args)).exit_code == 0, res.output
+    return dst
+
+
+def reseal_list(tuples: Path, rel: str, edit) -> None:
+    """Edit the first line of index list ``rel`` and update its sha256 in manifest.json (an
+    attacker can rewrite both), so only the line checks can notice."""
+    path = tuples / rel
+    lines = path.read_text().splitlines()
+    first = json.loads(lines[0])
+    edit(first)
+    lines[0] = json.dumps(first if first else [1])
+    path.write_text("\n".join(lines) + "\n")
+    man = json.loads((tuples / "manifest.json").read_text())
+    man["files"][rel]["sha256"] = sha256_file(path)
+    (tuples / "manifest.json").write_text(json.dumps(man, indent=1, sort_keys=True) + "\n")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "fit --val-tuples", "check-tuples"])
+@pytest.mark.parametrize("bad", list(BAD_LINES))
+def test_an_index_line_without_its_fields_is_one_line_naming_it(bad, command, val_tuples, shards, tmp_path):
+    rel, edit, phrase = BAD_LINES[bad]
+    tuples = tmp_path / "tuples"
+    shutil.copytree(val_tuples, tuples)
+    reseal_list(tuples, rel, edit)
+    res = run(*_commands(shards, tuples, tmp_path)[command])
+    where = f"{rel}: line 1: " if command == "check-tuples" else f"{rel}:1: "
+    _refused(res, where + phrase)
+
+
+# ---- issue #20 follow-up B: every file of a run directory read by `manifest update RUN` and
+# `avtrain report` (config.yaml, log.jsonl, metrics.json, embeddings.npz) is a regular file
+# inside RUN with a cap (avdata.untrusted.open_inside): a FIFO is refused, never waited on; a
+# link to /dev/zero is refused, never read; nothing is skipped as if it were absent
+
+LOG_LINES = [{"epoch": 0, "step": 1, "L_total": 2.5, "L_dis": 0.7}, {"epoch": 0, "step": 2, "L_total": 2.0}]
+METRICS = {"matching": {"a2v": {"k2": {"value": 0.6, "ci95": [0.5, 0.7], "n": 10}}}}
+
+
+def _run_dir(path: Path) -> Path:
+    """A run directory as fit and evaluate leave it (a random model, no training): checkpoint.pt
+    and its sidecar, config.yaml, log.jsonl, metrics.json."""
+    from avtrain.config import TrainConfig, save_config
+
+    save_random_run(path)
+    save_config(
+        TrainConfig.from_dict({"task": "matching", "k": 2, "direction": "a2v", "seed": 3}),
+        path / "config.yaml",
+    )
+    (path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in LOG_LINES))
+    (path / "metrics.json").write_text(json.dumps(METRICS))
+    return path
+
+
+@pytest.fixture(scope="module")
+def random_run(tmp_path_factory) -> Path:
+    return _run_dir(tmp_path_factory.mktemp("runs") / "run")
+
+
+@pytest.fixture
+def run_dir(random_run, tmp_path) -> Path:
+    """A private copy of the module's run directory."""
+    shutil.copytree(random_run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _run_commands(run_dir: Path, tmp_path: Path) -> dict[str, list]:
+    return {
+        "manifest update": [avdata_main, "manifest", "update", run_dir, "--out", tmp_path / "m.json"],
+        "report": [avtrain_main, "report", "--run", run_dir, "--out", tmp_path / "r.html"],
+    }
+
+
+RUN_READS = [  # (file, command): every file of a run directory, by each reader
+    ("config.yaml", "manifest update"),
+    ("log.jsonl", "manifest update"),
+    ("metrics.json", "manifest update"),
+    ("metrics.json", "report"),
+    ("log.jsonl", "report"),
+    ("embeddings.npz", "report"),
+]
+
+
+@pytest.mark.parametrize("name, command", RUN_READS)
+def test_a_fifo_in_a_run_directory_is_refused_not_waited_on(name, command, run_dir, tmp_path):
+    argv = _run_commands(run_dir, tmp_path)[command]
+    (run_dir / name).unlink(missing_ok=True)
+    with fifo_that_never_blocks(run_dir / name) as fifo:
+        res = run(*argv)
+    assert not fifo["blocked"], f"{command} waited on the FIFO {name}"
+    _refused(res, f"{name}: refusing a FIFO, not a regular file")
+    assert not (tmp_path / "m.json").exists() and not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("name, command", RUN_READS)
+def test_a_link_to_dev_zero_in_a_run_directory_is_never_read(name, command, run_dir, tmp_path):
+    (run_dir / name).unlink(missing_ok=True)
+    (run_dir / name).symlink_to("/dev/zero")  # read whole, it would exhaust memory
+    res = run(*_run_commands(run_dir, tmp_path)[command])
+    _refused(res, repr(name), "a symlink leads outside")
+    assert "MemoryError" not in res.output
+
+
+def test_a_compared_run_is_read_like_the_run(run_dir, tmp_path):
+    other = _run_dir(tmp_path / "other")
+    (other / "metrics.json").unlink()
+    with fifo_that_never_blocks(other / "metrics.json") as fifo:
+        res = run(avtrain_main, "report", "--run", run_dir, "--compare", other, "--out", tmp_path / "r.html")
+    assert not fifo["blocked"]
+    _refused(res, "metrics.json: refusing a FIFO, not a regular file")
+
+
+def test_a_run_manifest_records_a_checked_config(run_dir, tmp_path):
+    """config.yaml is read as a training config: as fit wrote it, it is recorded unchanged; one
+    of a foreign layout, above its 1 MiB cap, or a nest of YAML aliases (which would expand
+    exponentially once printed) is one line naming the file."""
+    import yaml
+
+    from avtrain.run_manifest import run_manifest
+
+    m = run_manifest(run_dir)
+    assert m["config"] == yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert m["final_losses"] == {"L_total": 2.0} and m["metrics"] == METRICS
+    cfg = run_dir / "config.yaml"
+    text = cfg.read_text()
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi")
+    )
+    for content, phrase in [
+        (text + "no_such_setting: 1\n", "config.yaml: not a config of avtrain fit (unknown setting"),
+        (text.replace("seed: 3", "seed: [1, 2]"), "config.yaml: not a config of avtrain fit (seed"),
+        (bomb + "seed: *i\n", "config.yaml: not a YAML config (a YAML alias"),
+        ("{", "config.yaml: not a YAML config"),
+    ]:
+        cfg.write_text(content)
+        line = one_line_error(run(*_run_commands(run_dir, tmp_path)["manifest update"]))
+        assert phrase in line, line
+    from avtrain.run_manifest import MAX_CONFIG_BYTES
+
+    with open(cfg, "r+b") as f:
+        f.truncate(MAX_CONFIG_BYTES + 1)
+    line = one_line_error(run(*_run_commands(run_dir, tmp_path)["manifest update"]))
+    assert "config.yaml: refusing a file of 1 MiB, above the 1 MiB cap" in line, line
+
+
+def test_a_run_log_is_read_line_by_line_within_its_caps(run_dir, tmp_path):
+    """log.jsonl is streamed: a line longer than its 64 KiB cap (no newline for 1 MiB) is skipped
+    unparsed, the lines around it are kept; a log above the 256 MiB cap is refused unread."""
+    from avtrain.report import read_log
+
+    log = run_dir / "log.jsonl"
+    with log.open("a") as f:
+        f.write('{"step": 3, "L_total": ' + "1" * (1 << 20) + "}\n")
+        f.write(json.dumps({"epoch": 0, "step": 4, "L_total": 1.5}) + "\n")
+    assert [r["step"] for r in read_log(log)] == [1, 2, 4]
+    res = run(*_run_commands(run_dir, tmp_path)["manifest update"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "m.json").read_text())["final_losses"] == {"L_total": 1.5}
+    from avtrain.report import MAX_LOG_BYTES
+
+    with log.open("r+b") as f:
+        f.truncate(MAX_LOG_BYTES + 1)  # sparse: nothing written
+    for command in ("manifest update", "report"):
+        _refused(run(*_run_commands(run_dir, tmp_path)[command]), "log.jsonl: refusing a file of 256 MiB")
