@@ -217,6 +217,9 @@ def build_shards_cmd(
     shard is kept only if it was built with the same settings from the same input files;
     others are rebuilt, so the manifest always describes the shards on disk.
     """
+    from avdata.kernels import pin_build_kernels
+
+    pin_build_kernels()  # before torch loads here or in a worker: the same crops on any AVX2 CPU
     from avdata.extract import ExtractConfig
     from avdata.shards import BuildConfig, build_shards
 

@@ -10,6 +10,8 @@ hash is exact on every CPU. Two things here use the variables that pick the kern
   comparison in tests/test_isa.py and bench/isa.py run under them.
 * :data:`PINNED_KERNELS`: what `avtrain fit --deterministic` sets before torch loads, so
   training picks the same kernels on every x86-64 CPU.
+* :data:`BUILD_KERNELS`: what `avdata build-shards` sets before detecting faces, so MTCNN runs
+  the same kernels on every x86-64 CPU with AVX2.
 """
 
 from __future__ import annotations
@@ -60,6 +62,45 @@ PINNED_KERNELS = {
 }
 
 
+# build-shards: MTCNN's convolutions (oneDNN) and fully connected layers (MKL) as on an AVX2 CPU.
+# Their float32 results differ in the last bits between kernel sets, and MTCNN turns about one
+# face in a thousand of those into another integer crop (bench/isa.py: 1 of 1,005 demo faces
+# under the avx2-machine simulation before this pin). With every CPU that has AVX2 running
+# the AVX2 kernels (MKL_CBWR=AVX2 is MKL's reproducibility mode for that branch), the crops
+# agree; it costs the AVX-512 machines a few % of face time (docs/benchmarks.md). An older CPU,
+# or an environment that already asks for lower levels, keeps its own (lower) kernels.
+BUILD_KERNELS = {
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+    "MKL_CBWR": "AVX2",
+    "ATEN_CPU_CAPABILITY": "avx2",
+}
+_LOWER = {  # values below the AVX2 level, kept when already set
+    "ONEDNN_MAX_CPU_ISA": {"SSE41", "AVX"},
+    "MKL_ENABLE_INSTRUCTIONS": {"SSE4_2", "AVX"},
+    "ATEN_CPU_CAPABILITY": {"default"},
+}
+
+
+def pin_build_kernels() -> dict[str, str]:
+    """Set :data:`BUILD_KERNELS` in this process' environment (inherited by the build's worker
+    processes; read by torch, oneDNN and MKL when they first run, so call it before any face is
+    detected). Keeps lower levels already set; on a CPU without AVX2 MKL's reproducible mode is
+    COMPATIBLE. Returns what it set."""
+    has_avx2 = "avx2" in cpu_flags()
+    chosen = {}
+    for name, value in BUILD_KERNELS.items():
+        current = os.environ.get(name, "")
+        if current.upper() in {v.upper() for v in _LOWER.get(name, ())}:
+            continue
+        chosen[name] = value
+    lowered = any(os.environ.get(n, "").upper() in {v.upper() for v in _LOWER[n]} for n in _LOWER)
+    if not has_avx2 or lowered:
+        chosen["MKL_CBWR"] = "COMPATIBLE"
+    os.environ.update(chosen)
+    return chosen
+
+
 def cpu_flags() -> set[str]:
     """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
     try:
@@ -83,7 +124,7 @@ def supported_simulations() -> dict[str, dict[str, str]]:
 def environment(overrides: dict[str, str]) -> dict[str, str]:
     """os.environ with the kernel variables of every simulation removed, then ``overrides``:
     a child process that picks exactly the kernels ``overrides`` says."""
-    names = {k for env, _ in SIMULATED_CPUS.values() for k in env} | set(PINNED_KERNELS)
+    names = {k for env, _ in SIMULATED_CPUS.values() for k in env} | set(PINNED_KERNELS) | set(BUILD_KERNELS)
     env = {k: v for k, v in os.environ.items() if k not in names}
     return env | overrides
 

@@ -347,6 +347,10 @@ def build_shard_task(
     once per process and config."""
     key = repr((config.extract, config.device))
     if key not in _extractors:
+        from avdata.kernels import pin_build_kernels
+
+        pin_build_kernels()  # a Dask worker's first task: before its first face detection
+
         _extractors[key] = Extractor(
             config.extract, device=_worker_device(config.device), torch_threads=TORCH_THREADS
         )
