@@ -1,6 +1,10 @@
 """How close a shard build comes to depending on the CPU: the demo corpus built under every
 simulated CPU this machine supports (avdata.kernels.SIMULATED_CPUS), compared.
 
+build-shards pins MTCNN's kernels to the AVX2 level (avdata.kernels.BUILD_KERNELS) unless a
+simulation asks for lower ones, so the simulations at or above AVX2 must agree bit for bit, and
+the sse42-machine one shows what a pre-AVX2 CPU would differ by.
+
 For each simulation it builds the matching-protocol shards of a freshly synthesised corpus
 (`avdata build-shards`, its own process, -j 2) and reports
 * whether every shard's sha256 and rejects.jsonl equal the native build's;
@@ -51,6 +55,48 @@ def _detections(out: Path) -> dict[str, dict]:
     return found
 
 
+_SPEED_PROBE = """
+import glob, json, sys, time
+import torch
+torch.set_num_threads(1)
+from avdata.faces import FaceAligner, load_image
+from avdata.errors import InputError
+paths = sorted(glob.glob(sys.argv[1] + "/faces/*/*/*.jpg"))[: int(sys.argv[2])]
+images = [load_image(p) for p in paths]
+aligner = FaceAligner()
+aligner.detect(images[0])
+t = time.perf_counter()
+for image in images:
+    try:
+        aligner.align(image)
+    except InputError:
+        pass
+print(json.dumps(len(images) / (time.perf_counter() - t)))
+"""
+
+
+def _face_speed(corpus: Path, photos: int, rounds: int) -> None:
+    """FaceAligner photos/s (1 thread) with this CPU's own kernels against build-shards' pinned
+    ones (avdata.kernels.BUILD_KERNELS), alternating, each in a fresh process; medians."""
+    import statistics
+
+    from avdata.kernels import BUILD_KERNELS, environment
+
+    rates: dict[str, list[float]] = {"own kernels": [], "BUILD_KERNELS": []}
+    for _ in range(rounds):
+        for name, env in (("own kernels", {}), ("BUILD_KERNELS", BUILD_KERNELS)):
+            out = subprocess.run(
+                [sys.executable, "-c", _SPEED_PROBE, str(corpus), str(photos)],
+                env=environment(env), capture_output=True, text=True, check=True, cwd=REPO,
+            )  # fmt: skip
+            rates[name].append(float(out.stdout.strip().splitlines()[-1]))
+    own, pinned = statistics.median(rates["own kernels"]), statistics.median(rates["BUILD_KERNELS"])
+    print(f"\nface alignment, {photos} demo photos, 1 thread, median of {rounds}:")
+    print(f"  this CPU's own kernels: {own:.1f} photos/s {[round(r, 1) for r in rates['own kernels']]}")
+    print(f"  BUILD_KERNELS (AVX2):   {pinned:.1f} photos/s {[round(r, 1) for r in rates['BUILD_KERNELS']]}")
+    print(f"  pinning costs {own / pinned:.2f}x the face time")
+
+
 def _digest_cost(out: Path, build_s: float | None, samples: int) -> None:
     """What the content record (avdata.manifest.content) adds to a build: the time to summarise
     every sample of the native build's shards again, against the build's own time."""
@@ -71,6 +117,8 @@ def main():
     ap.add_argument("--identities", type=int, default=160, help="demo size (make demo-data: 160)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, default=None, help="build here and keep the builds")
+    ap.add_argument("--speed-photos", type=int, default=150, help="photos timed for the kernel pin's cost")
+    ap.add_argument("--speed-rounds", type=int, default=3)
     args = ap.parse_args()
     from avdata.faces import FaceAligner
     from avdata.kernels import supported_simulations
