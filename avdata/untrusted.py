@@ -29,7 +29,7 @@ from avdata.errors import InputError, UnsafeInputError
 
 # caps on files whose size nothing else bounds (each far above what avmatch writes at the paper's
 # scale: a VoxCeleb1 shard manifest is a few kB, an index list tens of MB)
-MAX_METADATA_BYTES = 64 << 20  # manifest.json, sizes.json, splits.csv, rejects.jsonl, config.json
+MAX_METADATA_BYTES = 64 << 20  # manifest.json, sizes.json, splits.csv, config.json (rejects.jsonl is streamed)
 MAX_INDEX_BYTES = 1 << 30  # one index list (JSON lines) of a tuple directory
 
 # a URL scheme ("pipe:", "http:", "s3:", "file:", a Windows drive "C:") at the start of a name
