@@ -24,7 +24,7 @@ from avdata.manifest.schema import (
 
 
 def _is_hash_key(key: str) -> bool:
-    return key.endswith("sha256")
+    return key.endswith("sha256") or key in ("array_hashes", "digests")  # content records: base64
 
 
 def _change(key: str, e, a) -> str:
