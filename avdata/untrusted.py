@@ -64,11 +64,17 @@ def resolve_inside(root: str | Path, name, where: str) -> Path:
         raise UnsafeShardError(f"{where}: refusing the name {name!r}: {problem}")
     root = Path(root)
     path = root / name
-    real_root = root.resolve()
-    real = path.resolve()
-    if real != real_root and real_root not in real.parents:
+    if leads_outside(root, path):
         raise UnsafeShardError(f"{where}: refusing the name {name!r}: a symlink leads outside {root}")
     return path
+
+
+def leads_outside(root: str | Path, path: str | Path) -> bool:
+    """Whether ``path``, with every symlink followed, lies outside ``root`` (also resolved).
+    Raises RuntimeError on a symlink loop, OSError where a component cannot be examined."""
+    real_root = Path(root).resolve()
+    real = Path(path).resolve()
+    return real != real_root and real_root not in real.parents
 
 
 def check_local_path(path: str | Path, where: str = "shard") -> Path:

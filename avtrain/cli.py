@@ -374,7 +374,8 @@ def match_cmd(gallery, run, checkpoint, voice, face, faces_flag, voices_flag, as
     "--root",
     required=True,
     type=click.Path(file_okay=False, exists=True),
-    help="Folder the list's relative paths are resolved in (never left: no '..', absolute paths or URLs).",
+    help="Folder the list's relative paths are resolved in (never left: no '..', absolute paths, URLs "
+    "or symlinks leading out of it).",
 )
 @click.option(
     "--voice-root",

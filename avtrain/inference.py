@@ -39,6 +39,7 @@ import torch
 
 from avdata.errors import AvmatchError, InputError, UnsafeInputError
 from avdata.extract import ExtractConfig, Extractor
+from avdata.untrusted import leads_outside
 from avtrain.evaluate import SCORE_KIND  # the one scoring rule (-L2)
 
 __all__ = [
@@ -565,8 +566,9 @@ FORMATS = ("auto", "fame", "labelled", "pins-csv")
 
 
 def safe_join(root: str | Path, rel: str) -> Path:
-    """ROOT/rel for an untrusted relative path: refuses absolute paths, '..', URLs / 'pipe:'
-    and backslashes with UnsafeInputError (a name from a list never leaves its root)."""
+    """ROOT/rel for an untrusted relative path: refuses absolute paths, '..', URLs / 'pipe:',
+    backslashes and symlinks that lead outside ROOT with UnsafeInputError (a name from a list
+    never leaves its root)."""
     if not rel or "\x00" in rel:
         raise UnsafeInputError(f"{rel!r}: empty path")
     if "\\" in rel:
@@ -578,7 +580,14 @@ def safe_join(root: str | Path, rel: str) -> Path:
         raise UnsafeInputError(f"{rel!r}: absolute path; list paths must be relative to --root")
     if ".." in pure.parts:
         raise UnsafeInputError(f"{rel!r}: '..' would leave --root")
-    return Path(root) / pure
+    path = Path(root) / pure
+    try:
+        outside = leads_outside(root, path)
+    except (OSError, RuntimeError) as exc:  # a symlink loop, an unreadable component
+        raise UnsafeInputError(f"{rel!r}: cannot resolve the path ({exc})") from None
+    if outside:
+        raise UnsafeInputError(f"{rel!r}: a symlink leads outside {root}")
+    return path
 
 
 @dataclass

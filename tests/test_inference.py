@@ -214,17 +214,50 @@ def test_score_verification_list_gives_evaluate_auc(setup):
     assert all(float(r[1]) < 0 for r in rows)  # -L2 for labelled lists
 
 
-def test_score_fame_list_marks_bad_pairs_and_refuses_unsafe_paths(setup, tmp_path):
-    """FAME 'ID voice face': one line per pair in list order, L2 distances (>= 0); a pair with a
-    missing, silent or faceless file or a path leaving --root gets 'nan' and a reject entry."""
+def _fame_root(setup, tmp_path: Path) -> tuple[Path, str, str]:
+    """A --root holding copies of one corpus voice and face and of the bad files (copies, not
+    symlinks: a symlink leading out of --root is refused); (root, voice path, face path)."""
+    import shutil
+
     c = setup["corpus"]
     wav = min((c / "wav").rglob("*.wav")).relative_to(c).as_posix()
     face = min((c / "faces").rglob("*.jpg")).relative_to(c).as_posix()
     root = tmp_path / "root"
-    root.mkdir()
-    (root / "wav").symlink_to(c / "wav")
-    (root / "faces").symlink_to(c / "faces")
-    (root / "bad").symlink_to(setup["bad"])
+    for rel in (wav, face):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(c / rel, root / rel)
+    shutil.copytree(setup["bad"], root / "bad")
+    return root, wav, face
+
+
+def _score(setup, plist: Path, root: Path, out: Path, *extra, code=0):
+    return _avtrain(
+        [
+            "score",
+            "--run",
+            setup["run"],
+            "--pairs",
+            plist,
+            "--root",
+            root,
+            "--out",
+            out,
+            "--no-progress",
+            *extra,
+        ],
+        code=code,
+    )
+
+
+def _rejects(out: Path) -> list[dict]:
+    return [json.loads(ln) for ln in out.with_name(out.name + ".rejects.jsonl").read_text().splitlines()]
+
+
+def test_score_fame_list_marks_bad_pairs_and_refuses_unsafe_paths(setup, tmp_path):
+    """FAME 'ID voice face': one line per pair in list order, L2 distances (>= 0); a pair with a
+    missing, silent or faceless file or a path leaving --root gets 'nan' and a reject entry."""
+    c = setup["corpus"]
+    root, wav, face = _fame_root(setup, tmp_path)
     lines = [
         f"p00 {wav} {face}",
         f"p01 {wav} faces/missing.jpg",
@@ -261,6 +294,31 @@ def test_score_fame_list_marks_bad_pairs_and_refuses_unsafe_paths(setup, tmp_pat
     assert "'..'" in rejects["p04"] and "absolute" in rejects["p05"] and "URL" in rejects["p06"]
     assert "not a recognised image" in rejects["p07"]
     assert not (tmp_path / "sub_score.txt.metrics.json").exists()  # FAME lists carry no labels
+
+
+def test_score_refuses_symlinks_leading_outside_root(setup, tmp_path):
+    """#20 item 10: a symlink inside --root to a file or a folder outside it is a refused path
+    (nan + reject), never read; a symlink that stays inside --root is followed."""
+    c = setup["corpus"]
+    root, wav, face = _fame_root(setup, tmp_path)
+    (root / "leak.wav").symlink_to(c / wav)  # a file outside --root
+    (root / "outside").symlink_to(c / "faces")  # a folder outside --root
+    (root / "inside.jpg").symlink_to(root / face)  # stays inside: fine
+    (root / "loop.wav").symlink_to(root / "loop.wav")
+    face_rel = Path(face).relative_to("faces").as_posix()
+    plist = tmp_path / "list.txt"
+    plist.write_text(
+        f"a {wav} {face}\nb leak.wav {face}\nc {wav} outside/{face_rel}\nd {wav} inside.jpg\ne loop.wav {face}\n"
+    )
+    out = tmp_path / "s.txt"
+    _score(setup, plist, root, out)
+    rows = dict(ln.split() for ln in out.read_text().splitlines())
+    assert rows["a"] == rows["d"] != "nan"
+    assert rows["b"] == rows["c"] == rows["e"] == "nan"
+    reasons = {r["id"]: r["reasons"][0]["reason"] for r in _rejects(out)}
+    assert sorted(reasons) == ["b", "c", "e"]
+    assert "symlink leads outside" in reasons["b"] and "symlink leads outside" in reasons["c"]
+    assert reasons["b"].startswith("unsafe path refused")
 
 
 def test_score_reads_the_learnable_pins_csv(setup, shared_data, tmp_path):
