@@ -352,7 +352,11 @@ def _expand(paths: Iterable[str | Path], exts: tuple[str, ...]) -> list[str]:
     out = []
     for p in paths:
         p = Path(p)
-        if p.is_dir():
+        try:
+            is_dir = p.is_dir()
+        except OSError:  # a name the OS refuses (ENAMETOOLONG): tried below, rejected with its reason
+            is_dir = False
+        if is_dir:
             out.extend(str(f) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in exts)
         else:
             out.append(str(p))  # named explicitly: always tried, rejected with a reason if bad

@@ -321,6 +321,42 @@ def test_score_refuses_symlinks_leading_outside_root(setup, tmp_path):
     assert reasons["b"].startswith("unsafe path refused")
 
 
+def test_a_path_component_over_255_bytes_is_a_reject_of_its_item_only(setup, tmp_path):
+    """#20 item 12: a name the OS refuses (ENAMETOOLONG) rejects its pair / file / gallery
+    item, never the run."""
+    root, wav, face = _fame_root(setup, tmp_path)
+    long_name = "x" * 300 + ".wav"
+    plist = tmp_path / "list.txt"
+    plist.write_text(f"a {wav} {face}\nb {long_name} {face}\nc {wav} {'y' * 300}/f.jpg\n")
+    out = tmp_path / "s.txt"
+    _score(setup, plist, root, out)
+    rows = [ln.split() for ln in out.read_text().splitlines()]
+    assert [r[1] == "nan" for r in rows] == [False, True, True]
+    assert all("name too long" in r["reasons"][0]["reason"] for r in _rejects(out))
+
+    res = _avtrain(
+        ["embed", "--run", setup["run"], "--audio", root / wav, "--audio", tmp_path / long_name]
+        + ["--out", tmp_path / "e.npz", "--no-progress"]
+    )
+    assert "1 voice(s), 0 face(s), 1 reject(s)" in res.output and "name too long" in res.output
+
+    result = json.loads(
+        _avtrain(
+            [
+                "match",
+                "--run",
+                setup["run"],
+                "--voice",
+                root / wav,
+                root / face,
+                tmp_path / ("y" * 300 + ".jpg"),
+            ]
+            + ["--json"]
+        ).output
+    )
+    assert len(result["ranking"]) == 1 and "name too long" in result["rejects"][0]["reason"]
+
+
 def test_score_reads_the_learnable_pins_csv(setup, shared_data, tmp_path):
     """The official veriflist CSV form parses; its files are absent here, so every pair is 'nan'."""
     official = (
