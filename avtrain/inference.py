@@ -573,8 +573,10 @@ def safe_join(root: str | Path, rel: str) -> Path:
     """ROOT/rel for an untrusted relative path: refuses absolute paths, '..', URLs / 'pipe:',
     backslashes and symlinks that lead outside ROOT with UnsafeInputError (a name from a list
     never leaves its root)."""
-    if not rel or "\x00" in rel:
+    if not rel:
         raise UnsafeInputError(f"{rel!r}: empty path")
+    if "\x00" in rel:
+        raise UnsafeInputError(f"{rel!r}: the path contains a NUL byte")
     if "\\" in rel:
         raise UnsafeInputError(f"{rel!r}: backslash in a list path")
     if _SCHEME.match(rel):
@@ -600,6 +602,7 @@ class Pair:
     voice: str
     face: str
     label: int | None = None
+    line: int = 0  # 1-based line of the list file
 
 
 def read_pair_list(path: str | Path, fmt: str = "auto") -> tuple[str, list[Pair]]:
@@ -640,7 +643,7 @@ def read_pair_list(path: str | Path, fmt: str = "auto") -> tuple[str, list[Pair]
                 continue
             if len(row) != 6 or row[3].strip() not in ("0", "1"):
                 raise InferenceError(f"{path}:{n}: expected 6 CSV fields with label 0/1")
-            pairs.append(Pair(row[0].strip(), row[4].strip(), row[5].strip(), int(row[3])))
+            pairs.append(Pair(row[0].strip(), row[4].strip(), row[5].strip(), int(row[3]), n))
         return fmt, pairs
     for n, ln in enumerate(lines, 1):
         if not ln.strip():
@@ -654,9 +657,9 @@ def read_pair_list(path: str | Path, fmt: str = "auto") -> tuple[str, list[Pair]
         if fmt == "labelled":
             if parts[0] not in ("0", "1"):
                 raise InferenceError(f"{path}:{n}: label {parts[0]!r} is not 0 or 1")
-            pairs.append(Pair(str(n), parts[1], parts[2], int(parts[0])))
+            pairs.append(Pair(str(n), parts[1], parts[2], int(parts[0]), n))
         else:
-            pairs.append(Pair(parts[0], parts[1], parts[2]))
+            pairs.append(Pair(parts[0], parts[1], parts[2], None, n))
     return fmt, pairs
 
 
@@ -736,7 +739,7 @@ def score_pairs(
             rejects.append(
                 {
                     "id": p.id,
-                    "line": i + 1,
+                    "line": p.line,
                     "voice": p.voice,
                     "face": p.face,
                     "reasons": [{"modality": m, "path": r, "reason": why} for m, r, why in bad],

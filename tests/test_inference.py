@@ -357,6 +357,19 @@ def test_a_path_component_over_255_bytes_is_a_reject_of_its_item_only(setup, tmp
     assert len(result["ranking"]) == 1 and "name too long" in result["rejects"][0]["reason"]
 
 
+def test_score_rejects_name_the_file_line_and_a_nul_byte(setup, tmp_path):
+    """#20 item 22: a reject's "line" is the pair's 1-based line in the list file (blank lines
+    counted), and a path with a NUL byte is reported as such, not as an empty path."""
+    root, wav, face = _fame_root(setup, tmp_path)
+    plist = tmp_path / "list.txt"
+    plist.write_text(f"\na {wav} {face}\n\n\nb missing.wav {face}\nc {wav} fa\x00ce.jpg\n")
+    out = tmp_path / "s.txt"
+    _score(setup, plist, root, out)
+    got = {r["id"]: (r["line"], r["reasons"][0]["reason"]) for r in _rejects(out)}
+    assert got["b"] == (5, "file not found")
+    assert got["c"][0] == 6 and "NUL byte" in got["c"][1] and "empty" not in got["c"][1]
+
+
 def test_score_reads_the_learnable_pins_csv(setup, shared_data, tmp_path):
     """The official veriflist CSV form parses; its files are absent here, so every pair is 'nan'."""
     official = (
