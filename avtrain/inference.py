@@ -644,6 +644,7 @@ def read_pair_list(path: str | Path, fmt: str = "auto") -> tuple[str, list[Pair]
             if len(row) != 6 or row[3].strip() not in ("0", "1"):
                 raise InferenceError(f"{path}:{n}: expected 6 CSV fields with label 0/1")
             pairs.append(Pair(row[0].strip(), row[4].strip(), row[5].strip(), int(row[3]), n))
+        _check_unique_ids(path, pairs)
         return fmt, pairs
     for n, ln in enumerate(lines, 1):
         if not ln.strip():
@@ -660,7 +661,21 @@ def read_pair_list(path: str | Path, fmt: str = "auto") -> tuple[str, list[Pair]
             pairs.append(Pair(str(n), parts[1], parts[2], int(parts[0]), n))
         else:
             pairs.append(Pair(parts[0], parts[1], parts[2], None, n))
+    _check_unique_ids(path, pairs)
     return fmt, pairs
+
+
+def _check_unique_ids(path: Path, pairs: list[Pair]) -> None:
+    """Refuse a list whose pair IDs repeat: its score file would be an invalid FAME submission
+    (one score per ID), and which of the repeated pairs a score belongs to would be lost."""
+    seen: dict[str, int] = {}
+    for p in pairs:
+        first = seen.setdefault(p.id, p.line)
+        if first != p.line:
+            raise InferenceError(
+                f"{path}:{p.line}: pair ID {p.id!r} repeats line {first}; pair IDs must be unique "
+                "(a FAME submission has one score per ID)"
+            )
 
 
 def score_pairs(

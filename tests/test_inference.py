@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from helpers import make_tuples_args
 
 from avtrain.cli import main as avtrain_main
+from avtrain.inference import PINS_HEADER
 
 
 def _avdata(args):
@@ -368,6 +369,24 @@ def test_score_rejects_name_the_file_line_and_a_nul_byte(setup, tmp_path):
     got = {r["id"]: (r["line"], r["reasons"][0]["reason"]) for r in _rejects(out)}
     assert got["b"] == (5, "file not found")
     assert got["c"][0] == 6 and "NUL byte" in got["c"][1] and "empty" not in got["c"][1]
+
+
+def test_score_refuses_repeated_pair_ids(setup, tmp_path):
+    """#20 item 18: a FAME or pins-csv list with a repeated ID is refused in one line naming both
+    lines, before any work (the score file would be an invalid FAME submission)."""
+    root, wav, face = _fame_root(setup, tmp_path)
+    plist = tmp_path / "list.txt"
+    plist.write_text(f"p1 {wav} {face}\np2 {wav} {face}\n\np1 {wav} {face}\n")
+    out = tmp_path / "s.txt"
+    res = _score(setup, plist, root, out, code=1)
+    assert (
+        res.output
+        == f"Error: {plist}:4: pair ID 'p1' repeats line 1; pair IDs must be unique (a FAME submission has one score per ID)\n"
+    )
+    assert not out.exists()
+    csv = tmp_path / "pins.txt"
+    csv.write_text(",".join(PINS_HEADER) + f"\n7,a,b,1,{wav},{face}\n7,a,c,0,{wav},{face}\n")
+    assert "pins.txt:3: pair ID '7' repeats line 2" in _score(setup, csv, root, out, code=1).output
 
 
 def test_score_reads_the_learnable_pins_csv(setup, shared_data, tmp_path):
