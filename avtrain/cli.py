@@ -400,7 +400,8 @@ def match_cmd(gallery, run, checkpoint, voice, face, faces_flag, voices_flag, as
     "fmt",
     type=click.Choice(["auto", "fame", "labelled", "pins-csv"]),
     default="auto",
-    help="List format (auto: pins-csv by its header, labelled if every first field is 0/1, else fame).",
+    help="List format (auto: pins-csv by its header, labelled if every first field is 0/1, fame if "
+    "the first fields are unique IDs; a list that fits both or neither is refused).",
 )
 @click.option(
     "--values",

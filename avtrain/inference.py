@@ -613,24 +613,21 @@ def read_pair_list(path: str | Path, fmt: str = "auto") -> tuple[str, list[Pair]
       the pair's ID is its 1-based line number);
     * ``pins-csv``: Learnable-PINs ``veriflist_*.txt``, CSV with the header
       ``id,voice-speaker-id,face-speaker-id,label,voice-path,face-path``.
-    ``auto``: pins-csv if that header is the first line, else labelled if every first field is
-    0 or 1, else fame.
+    ``auto``: pins-csv if that header is the first line; else, from the first fields of all
+    lines, labelled if they are all 0 or 1 and repeat, fame if some are not 0/1 and none repeats
+    (IDs are unique); any other list is ambiguous and refused (:func:`_detect_format`). A UTF-8
+    byte order mark is ignored.
     """
     if fmt not in FORMATS:
         raise InferenceError(f"unknown list format {fmt!r}; one of {FORMATS}")
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a leading byte order mark is dropped
     except (OSError, UnicodeDecodeError) as exc:
         raise InferenceError(f"{path}: cannot read the pair list ({type(exc).__name__})") from None
     lines = text.splitlines()
-    first = next((ln for ln in lines if ln.strip()), "")
     if fmt == "auto":
-        if [c.strip() for c in first.split(",")] == PINS_HEADER:
-            fmt = "pins-csv"
-        else:
-            heads = [ln.split()[0] for ln in lines if ln.strip()]
-            fmt = "labelled" if heads and all(h in ("0", "1") for h in heads) else "fame"
+        fmt = _detect_format(path, lines)
     pairs: list[Pair] = []
     if fmt == "pins-csv":
         import csv
@@ -663,6 +660,34 @@ def read_pair_list(path: str | Path, fmt: str = "auto") -> tuple[str, list[Pair]
             pairs.append(Pair(parts[0], parts[1], parts[2], None, n))
     _check_unique_ids(path, pairs)
     return fmt, pairs
+
+
+def _detect_format(path: Path, lines: list[str]) -> str:
+    """The format of a list from all its lines (see read_pair_list); one-line InferenceError
+    when it fits both labelled and fame, or neither."""
+    first = next((ln for ln in lines if ln.strip()), "")
+    if [c.strip() for c in first.split(",")] == PINS_HEADER:
+        return "pins-csv"
+    heads = [(n, ln.split()[0]) for n, ln in enumerate(lines, 1) if ln.strip()]
+    if not heads:
+        return "fame"  # no pairs either way
+    not_label = next(((n, h) for n, h in heads if h not in ("0", "1")), None)
+    seen: dict[str, int] = {}
+    repeat = next(((n, seen[h]) for n, h in heads if seen.setdefault(h, n) != n), None)
+    if not_label is None and repeat is not None:
+        return "labelled"
+    if not_label is not None and repeat is None:
+        return "fame"
+    if not_label is None:  # one or two lines, first fields 0 and 1: labels or FAME IDs
+        raise InferenceError(
+            f"{path}: ambiguous list: its first fields are all 0/1 but never repeat, so it reads as "
+            "labelled (LABEL voice face) or as FAME (ID voice face); give --format labelled or --format fame"
+        )
+    raise InferenceError(
+        f"{path}: neither a labelled nor a FAME list: line {not_label[0]} starts with {not_label[1]!r}, "
+        f"not a 0/1 label, and line {repeat[0]} repeats the first field of line {repeat[1]}, which a "
+        "FAME ID may not; fix the list or give --format"
+    )
 
 
 def _check_unique_ids(path: Path, pairs: list[Pair]) -> None:

@@ -389,6 +389,35 @@ def test_score_refuses_repeated_pair_ids(setup, tmp_path):
     assert "pins.txt:3: pair ID '7' repeats line 2" in _score(setup, csv, root, out, code=1).output
 
 
+def test_score_list_format_ignores_a_bom_and_refuses_ambiguous_lists(setup, tmp_path):
+    """#20 item 8: a labelled list saved with a UTF-8 BOM is still labelled (neg_l2, AUC), as is
+    a pins-csv one; a list that fits both formats or neither is refused in one line."""
+    root, wav, face = _fame_root(setup, tmp_path)
+    body = "".join(f"{label} {wav} {face}\n" for label in (1, 0, 1, 0))
+    plist = tmp_path / "veri.txt"
+    plist.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    out = tmp_path / "s.txt"
+    res = _score(setup, plist, root, out)
+    assert "4/4 pairs scored (labelled list)" in res.output and "AUC" in res.output
+    assert [ln.split()[0] for ln in out.read_text().splitlines()] == ["1", "2", "3", "4"]
+    assert all(float(ln.split()[1]) < 0 for ln in out.read_text().splitlines())
+    csv = tmp_path / "pins.txt"
+    csv.write_bytes(b"\xef\xbb\xbf" + (",".join(PINS_HEADER) + f"\n1,a,b,1,{wav},{face}\n").encode())
+    assert "1/1 pairs scored (pins-csv list)" in _score(setup, csv, root, out).output
+
+    broken = tmp_path / "broken.txt"
+    broken.write_text(body + f"label {wav} {face}\n")  # a labelled list with one bad line
+    res = _score(setup, broken, root, out, code=1)
+    assert (
+        res.output.count("\n") == 1
+        and "neither a labelled nor a FAME list: line 5 starts with 'label'" in res.output
+    )
+    one = tmp_path / "one.txt"
+    one.write_text(f"1 {wav} {face}\n")
+    assert "ambiguous list" in _score(setup, one, root, out, code=1).output
+    assert "1/1 pairs scored (labelled list)" in _score(setup, one, root, out, "--format", "labelled").output
+
+
 def test_score_reads_the_learnable_pins_csv(setup, shared_data, tmp_path):
     """The official veriflist CSV form parses; its files are absent here, so every pair is 'nan'."""
     official = (
