@@ -244,14 +244,15 @@ class FaceVoiceModel:
     # preprocessing ----------------------------------------------------------------
 
     def voice_input(self, voice, sr: int | None = None, source: str = "<waveform>") -> np.ndarray:
-        """(224, 125) float32 dB spectrogram of a file or a waveform (with its sample rate)."""
+        """(224, 125) float32 dB spectrogram of a file or a waveform (with its sample rate: a
+        whole number of Hz in 4-768 kHz, as a file's header; a long waveform is streamed)."""
         if isinstance(voice, (str, Path)):
             return self._one(self._extract_path(str(voice), "audio"))
-        from avdata.audio import spectrogram
+        from avdata.audio import waveform_windows
 
         if sr is None:
             raise ValueError("embed_voice(waveform) needs its sample rate: sr=")
-        return spectrogram(np.asarray(voice), int(sr), source=source)
+        return waveform_windows(voice, sr, 1, source)[0]  # a file's bounds: sample rate, streaming
 
     def face_input(self, face, source: str = "<image>") -> np.ndarray:
         """(224, 224, 3) uint8 aligned face of an image file or a PIL image, as stored in shards."""

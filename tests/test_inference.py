@@ -484,6 +484,11 @@ def test_api_waveform_and_pil_inputs_equal_files(setup):
     assert model.embed_face(Image.open(face)).shape == (128,)
     with pytest.raises(ValueError, match="sample rate"):
         model.embed_voice(wave_)
+    from avdata.errors import InputError
+
+    for sr in (0, 1):  # #20 item 6: ZeroDivisionError; 4 GB for 2,000 samples
+        with pytest.raises(InputError, match=f"<waveform>: absurd audio sample rate {sr} Hz"):
+            model.embed_voice(np.random.default_rng(0).standard_normal(2000), sr=sr)
 
 
 def test_export_is_pickle_free_and_loads_to_the_same_model(setup, tmp_path):
