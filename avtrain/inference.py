@@ -615,9 +615,9 @@ def read_pair_list(path: str | Path, fmt: str = "auto") -> tuple[str, list[Pair]
     * ``pins-csv``: Learnable-PINs ``veriflist_*.txt``, CSV with the header
       ``id,voice-speaker-id,face-speaker-id,label,voice-path,face-path``.
     ``auto``: pins-csv if that header is the first line; else, from the first fields of all
-    lines, labelled if they are all 0 or 1 and repeat, fame if some are not 0/1 and none repeats
-    (IDs are unique); any other list is ambiguous and refused (:func:`_detect_format`). A UTF-8
-    byte order mark is ignored.
+    lines, labelled if they are all 0 or 1 and repeat, fame if some are not 0/1 and no 0/1
+    repeats (IDs are unique); any other list is ambiguous and refused (:func:`_detect_format`).
+    A UTF-8 byte order mark is ignored. Repeated pair IDs are refused.
     """
     if fmt not in FORMATS:
         raise InferenceError(f"unknown list format {fmt!r}; one of {FORMATS}")
@@ -673,8 +673,8 @@ def _detect_format(path: Path, lines: list[str]) -> str:
     if not heads:
         return "fame"  # no pairs either way
     not_label = next(((n, h) for n, h in heads if h not in ("0", "1")), None)
-    seen: dict[str, int] = {}
-    repeat = next(((n, seen[h]) for n, h in heads if seen.setdefault(h, n) != n), None)
+    seen: dict[str, int] = {}  # a repeated 0/1 first field: a label (FAME IDs are unique)
+    repeat = next(((n, seen[h]) for n, h in heads if h in ("0", "1") and seen.setdefault(h, n) != n), None)
     if not_label is None and repeat is not None:
         return "labelled"
     if not_label is not None and repeat is None:
