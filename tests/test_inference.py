@@ -418,6 +418,118 @@ def test_score_list_format_ignores_a_bom_and_refuses_ambiguous_lists(setup, tmp_
     assert "1/1 pairs scored (labelled list)" in _score(setup, one, root, out, "--format", "labelled").output
 
 
+def _distinct_pairs(setup, root: Path, n: int) -> Path:
+    """ROOT/v/NNN.wav and ROOT/f/NNN.jpg, n of each (hard links to corpus files under distinct
+    names: score and embed handle each name as its own file), and a FAME list pairing them."""
+    c = setup["corpus"]
+    wavs, faces = sorted((c / "wav").rglob("*.wav")), sorted((c / "faces").rglob("*.jpg"))
+    (root / "v").mkdir(parents=True)
+    (root / "f").mkdir()
+    lines = []
+    for i in range(n):
+        (root / "v" / f"{i:03d}.wav").hardlink_to(wavs[i % len(wavs)])
+        (root / "f" / f"{i:03d}.jpg").hardlink_to(faces[(i * 5) % len(faces)])
+        lines.append(f"p{i:03d} v/{i:03d}.wav f/{i:03d}.jpg\n")
+    (root / "list.txt").write_text("".join(lines))
+    return root / "list.txt"
+
+
+def test_score_and_embed_memory_stays_flat_in_the_number_of_files(setup, tmp_path):
+    """#20 item 2: score and embed hold one batch of preprocessed arrays, not every file's
+    (~260 KB per voice+face pair before): numpy's peak allocation for 96 distinct pairs is
+    that of 24 pairs (was ~19 MB more), and the output is still every pair's score."""
+    import tracemalloc
+
+    from avtrain.inference import embed_files, load_model, score_pairs
+
+    model = load_model(setup["run"])
+    peaks = {}
+    for n in (24, 96):
+        plist = _distinct_pairs(setup, tmp_path / f"r{n}", n)
+        for what in ("score", "embed"):
+            tracemalloc.start()
+            if what == "score":
+                summary = score_pairs(model, plist, plist.parent, tmp_path / f"s{n}.txt", batch_size=8)
+                assert summary["pairs"] == n and summary["scored"] > n // 2
+            else:
+                res = embed_files(model, [plist.parent / "v"], [plist.parent / "f"], batch_size=8)
+                assert len(res.voice_keys) == n and len(res.face_keys) + len(res.rejects) == n
+            peaks[what, n] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+    for what in ("score", "embed"):
+        assert peaks[what, 96] - peaks[what, 24] < 4e6, peaks
+
+
+def _interrupt_after(monkeypatch, calls: int):
+    """Stop the run like a Ctrl-C (KeyboardInterrupt) at the given call of the per-file
+    preprocessing: everything up to there is what a killed run had done."""
+    from avtrain.inference import FaceVoiceModel
+
+    real, count = FaceVoiceModel._extract_path, [0]
+
+    def counting(self, path, modality):
+        count[0] += 1
+        if count[0] == calls:
+            raise KeyboardInterrupt
+        return real(self, path, modality)
+
+    monkeypatch.setattr(FaceVoiceModel, "_extract_path", counting)
+
+
+def test_score_and_embed_resume_a_stopped_run_with_the_same_output(setup, tmp_path, monkeypatch):
+    """#20 item 2: finished batches go to OUT.partial as they come; a run stopped half-way
+    (even with a torn last line) and started again goes on from there and writes exactly the
+    files one uninterrupted run writes; OUT.partial is then removed. Another run's journal
+    (other settings) is started over; a journal in use by a live run is refused."""
+    import fcntl
+
+    from avtrain.inference import embed_to_file, load_model, score_pairs
+
+    model = load_model(setup["run"])
+    plist = _distinct_pairs(setup, tmp_path / "r", 40)
+    (plist.parent / "list.txt").write_text(plist.read_text() + "p999 v/missing.wav f/000.jpg\n")
+    one = tmp_path / "one.txt"
+    score_pairs(model, plist, plist.parent, one, batch_size=8)
+    out, notes = tmp_path / "two.txt", []
+    journal = tmp_path / "two.txt.partial"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 50)
+        with pytest.raises(KeyboardInterrupt):
+            score_pairs(model, plist, plist.parent, out, batch_size=8)
+    assert not out.exists() and journal.read_text().count("\n") > 3
+    with journal.open("a") as f:
+        f.write('{"p": [["p0')  # torn mid-write
+    score_pairs(model, plist, plist.parent, out, batch_size=8, echo=notes.append)
+    assert "resuming from" in notes[0] and not journal.exists()
+    for suffix in ("", ".rejects.jsonl"):
+        assert Path(f"{out}{suffix}").read_bytes() == Path(f"{one}{suffix}").read_bytes()
+
+    # the same for embed, and a journal written with other settings (batch size) is dropped
+    e_one, e_two = tmp_path / "one.npz", tmp_path / "two.npz"
+    embed_to_file(model, e_one, [plist.parent / "v"], [plist.parent / "f"], batch_size=8)
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 30)
+        with pytest.raises(KeyboardInterrupt):
+            embed_to_file(model, e_two, [plist.parent / "v"], [plist.parent / "f"], batch_size=8)
+    notes.clear()
+    embed_to_file(model, e_two, [plist.parent / "v"], [plist.parent / "f"], batch_size=8, echo=notes.append)
+    assert "resuming from" in notes[0] and not Path(f"{e_two}.partial").exists()
+    with np.load(e_one) as a, np.load(e_two) as b:
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 30)
+        with pytest.raises(KeyboardInterrupt):
+            embed_to_file(model, e_two, [plist.parent / "v"], [plist.parent / "f"], batch_size=8)
+    notes.clear()
+    embed_to_file(model, e_two, [plist.parent / "v"], [plist.parent / "f"], batch_size=5, echo=notes.append)
+    assert "other inputs or settings: starting over" in notes[0]
+
+    with open(journal, "a") as held:  # a live run holds OUT.partial
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        res = _score(setup, plist, plist.parent, out, code=1)
+    assert "another run is writing this output now" in res.output and res.output.count("\n") == 1
+
+
 def test_score_reads_the_learnable_pins_csv(setup, shared_data, tmp_path):
     """The official veriflist CSV form parses; its files are absent here, so every pair is 'nan'."""
     official = (
