@@ -26,6 +26,14 @@ class DiskFullError(AvmatchError):
     """Writing an output failed for lack of space (or quota)."""
 
 
+def disk_full(exc: OSError, path: str | Path) -> DiskFullError | None:
+    """The one-line DiskFullError for a write to ``path`` that failed for lack of space or
+    quota, else None (the OSError is something else)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"no space left on device while writing {path}")
+    return None
+
+
 def sha256_file(path: str | Path) -> str:
     """sha256 of a file's bytes, read in 1 MiB blocks (bounded memory for any size)."""
     h = hashlib.sha256()
@@ -108,8 +116,9 @@ def atomic_output(path: str | Path):
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(f"no space left on device while writing {path}") from None
+        full = disk_full(exc, path)
+        if full is not None:
+            raise full from None
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)

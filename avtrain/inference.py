@@ -451,12 +451,15 @@ class _Journal:
         if end is None:  # absent, empty, foreign or another run's: start over
             self.restarted = f.seek(0, os.SEEK_END) > 0
             f.truncate(0)
-            f.write((json.dumps(self.header) + "\n").encode())
+            self.write(self.header)
         else:
             f.truncate(end)  # a torn or unreadable tail (the run was killed mid-write) goes
-            self.resumed = end > len(json.dumps(self.header)) + 1
-        f.flush()
+            self.resumed = end > len(self._line(self.header))
         return self
+
+    @staticmethod
+    def _line(record: dict) -> bytes:
+        return (json.dumps(record, separators=(",", ":")) + "\n").encode()
 
     def _good_end(self, f) -> int | None:
         """Byte length of the header and the whole, parseable records after it; None if the
@@ -482,8 +485,16 @@ class _Journal:
                 yield json.loads(line)
 
     def write(self, record: dict) -> None:
-        self._f.write((json.dumps(record, separators=(",", ":")) + "\n").encode())
-        self._f.flush()
+        from avdata.io import disk_full
+
+        try:
+            self._f.write(self._line(record))
+            self._f.flush()
+        except OSError as exc:
+            full = disk_full(exc, self.path)
+            if full is not None:
+                raise full from None
+            raise
 
     def replay_error(self, exc: Exception) -> InferenceError:
         return InferenceError(

@@ -100,3 +100,27 @@ def train_tuples(tmp_path_factory):
         res = CliRunner().invoke(main, [str(a) for a in args])
         assert res.exit_code == 0, res.output
     return root / "tuples"
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """mount(size) -> a real tmpfs of that size (a disk that fills up), unmounted afterwards;
+    skips where mounting is not allowed."""
+    import subprocess
+
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+
+    def mount(size: str) -> Path:
+        res = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if res.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or res.returncode})")
+        return mnt
+
+    yield mount
+    subprocess.run(["umount", str(mnt)], capture_output=True, check=False)

@@ -330,26 +330,6 @@ def test_killed_parallel_build_leaves_no_lock_holder_and_resumes(corpus, clean, 
 # ---------------------------------------------------------------- 11: a full disk
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path):
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-
-    def mount(size: str) -> Path:
-        res = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if res.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or res.returncode})")
-        return mnt
-
-    yield mount
-    subprocess.run(["umount", str(mnt)], capture_output=True, check=False)
-
-
 def _final_files_complete(out: Path) -> None:
     for name in ("splits.csv", "sizes.json", "rejects.jsonl", "manifest.json"):
         p = out / name

@@ -530,6 +530,26 @@ def test_score_and_embed_resume_a_stopped_run_with_the_same_output(setup, tmp_pa
     assert "another run is writing this output now" in res.output and res.output.count("\n") == 1
 
 
+def test_score_on_a_full_disk_is_one_line_and_resumes_once_space_is_free(setup, tmp_path, small_tmpfs):
+    """#20 item 2: OUT.partial filling the disk ends the run in one line; once space is freed
+    the same command resumes and writes what one run writes."""
+    import os
+
+    plist = _distinct_pairs(setup, tmp_path / "r", 40)
+    one = tmp_path / "one.txt"
+    _score(setup, plist, plist.parent, one, "--batch-size", "8")
+    mnt = small_tmpfs("1m")
+    free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+    (mnt / "filler").write_bytes(b"\0" * (free - 24 * 1024))  # ~24 KB left: a few batches
+    out = mnt / "s.txt"
+    res = _score(setup, plist, plist.parent, out, "--batch-size", "8", code=1)
+    assert res.output == f"Error: no space left on device while writing {out}.partial\n"
+    (mnt / "filler").unlink()
+    res = _score(setup, plist, plist.parent, out, "--batch-size", "8")
+    assert "resuming from" in res.output and not Path(f"{out}.partial").exists()
+    assert out.read_bytes() == one.read_bytes()
+
+
 def test_score_reads_the_learnable_pins_csv(setup, shared_data, tmp_path):
     """The official veriflist CSV form parses; its files are absent here, so every pair is 'nan'."""
     official = (
