@@ -1087,8 +1087,10 @@ def _score_stream(
                 if it.array is None:
                     live[j] = it.reason
                 batchers[mod].add(j, it)
-            else:
+            elif batchers[mod].pending:
                 batchers[mod].flush()
+            else:  # only a journal edited by hand can claim a file it never held
+                raise journal.replay_error(KeyError(f"{mod} file {idx}"))
         return live[idx]
 
     block: list[list] = []
