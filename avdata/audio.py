@@ -44,7 +44,7 @@ import scipy.fft
 import soxr
 
 from avdata.errors import InputError
-from avdata.media import AudioStream, open_audio
+from avdata.media import AudioStream, check_sample_rate, open_audio
 
 __all__ = [
     "SPEC_SHAPE",
@@ -53,6 +53,7 @@ __all__ = [
     "spectrogram_windows",
     "spectrogram_windows_streamed",
     "audio_features",
+    "waveform_windows",
     "hann_window",
 ]
 
@@ -143,12 +144,19 @@ def stable_log10(x: np.ndarray) -> np.ndarray:
     return (series * s + e * _LN2) * _INV_LN10
 
 
-def _validate(wave: np.ndarray, sr: int, source: str | Path) -> np.ndarray:
+def _mono(wave: np.ndarray, source: str | Path) -> np.ndarray:
+    """A 1-D float32 waveform; a 2-D one, (channels, samples) or (samples, channels), averaged
+    over its short axis."""
     wave = np.asarray(wave, dtype=np.float32)
-    if wave.ndim == 2:  # (channels, samples) or (samples, channels): average the short axis
+    if wave.ndim == 2:
         wave = wave.mean(axis=int(np.argmin(wave.shape)), dtype=np.float32)
     if wave.ndim != 1:
         raise InputError(source, f"audio must be 1-D or 2-D, got shape {wave.shape}")
+    return wave
+
+
+def _validate(wave: np.ndarray, sr: int, source: str | Path) -> np.ndarray:
+    wave = _mono(wave, source)
     duration = wave.shape[0] / sr
     if duration < MIN_DURATION_S:
         raise InputError(source, f"too short ({duration:.2f} s < {MIN_DURATION_S} s)")
@@ -243,6 +251,36 @@ def audio_features(
     if wave is not None:
         return spectrogram_windows(wave, stream.sr, max_windows=max_windows, source=path)
     return spectrogram_windows_streamed(stream, max_windows=max_windows)
+
+
+class ArrayStream:
+    """An in-memory mono waveform read block by block, with :class:`avdata.media.AudioStream`'s
+    interface, for :func:`spectrogram_windows_streamed`."""
+
+    def __init__(self, wave: np.ndarray, sr: int, source: str | Path):
+        self.path, self.sr, self._wave = source, sr, wave
+        self.n_samples = int(wave.shape[0])
+
+    def blocks(self, block_size: int = STREAM_BLOCK):
+        for start in range(0, self.n_samples, block_size):
+            yield self._wave[start : start + block_size]
+
+
+def waveform_windows(
+    wave,
+    sr,
+    max_windows: int = 1,
+    source: str | Path = "<waveform>",
+    max_in_memory: int = IN_MEMORY_MAX_VALUES,
+) -> np.ndarray:
+    """spectrogram_windows of a waveform given as an array, with the bounds a file gets
+    (:func:`audio_features`): a sample rate outside the accepted range, or not a whole number
+    of Hz, is an InputError, and a waveform of more than `max_in_memory` values goes through
+    the streamed computation (the same bytes in bounded memory)."""
+    sr = check_sample_rate(source, sr, where="")
+    if np.size(wave) <= max_in_memory:
+        return spectrogram_windows(wave, sr, max_windows=max_windows, source=source)
+    return spectrogram_windows_streamed(ArrayStream(_mono(wave, source), sr, source), max_windows)
 
 
 # --- the same recipe on a stream, in bounded memory ---------------------------------------------

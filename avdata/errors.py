@@ -61,10 +61,15 @@ class UnsafeInputError(AvmatchError):
 
 
 def check_readable_file(path: Path) -> None:
-    """Fail early, with a plain reason, on what decoders would report obscurely."""
-    if not path.exists():
-        raise InputError(path, "file not found")
-    if not path.is_file():
-        raise InputError(path, "not a regular file")
-    if path.stat().st_size == 0:
+    """Fail early, with a plain reason, on what decoders would report obscurely (a name the
+    OS refuses, such as a component over 255 bytes, is a bad file too, not a crash)."""
+    try:
+        if not path.exists():
+            raise InputError(path, "file not found")
+        if not path.is_file():
+            raise InputError(path, "not a regular file")
+        size = path.stat().st_size
+    except OSError as exc:  # ENAMETOOLONG, EACCES on a parent folder, ...
+        raise InputError(path, f"cannot access the file ({exc.strerror or type(exc).__name__})") from None
+    if size == 0:
         raise InputError(path, "empty file")

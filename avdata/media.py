@@ -59,6 +59,7 @@ __all__ = [
     "MAX_SAMPLE_RATE",
     "MIN_SAMPLE_RATE",
     "AudioStream",
+    "check_sample_rate",
     "decode_audio",
     "decode_video_frames",
     "ffmpeg_exe",
@@ -263,14 +264,23 @@ def _retry_once(decode):
 # --- audio ------------------------------------------------------------------------------------
 
 
-def _check_sample_rate(path: Path, sr: int) -> int:
-    if not MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE:
+def check_sample_rate(source: str | Path, sr, where: str = " in the header") -> int:
+    """``sr`` as an int if it is a whole number of Hz in [MIN_SAMPLE_RATE, MAX_SAMPLE_RATE], else
+    InputError naming ``source`` (a rate of 1 Hz would make the 22,050 Hz resampling of a few
+    samples take gigabytes; 0 would divide by zero). ``where`` says where the rate was read."""
+    try:
+        rate = int(sr)
+        whole = rate == sr
+    except (TypeError, ValueError, OverflowError):  # None, NaN, inf, a string
+        whole = False
+    if not whole:
+        raise InputError(source, f"audio sample rate {sr!r}{where} is not a whole number of Hz")
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise InputError(
-            path,
-            f"absurd audio sample rate {sr} Hz in the header "
-            f"(accepted: {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)",
+            source,
+            f"absurd audio sample rate {rate} Hz{where} (accepted: {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz)",
         )
-    return sr
+    return rate
 
 
 # Same file -> same samples and pixels on every x86-64 CPU. ffmpeg picks SIMD kernels per CPU,
@@ -333,7 +343,7 @@ def _ffmpeg_audio_pass(
         match = _OUTPUT_AUDIO_RATE.search(_output_section(stderr))
         if match is None:
             raise InputError(path, "could not read the audio sample rate from ffmpeg")
-        sr = _check_sample_rate(path, int(match.group(1)))
+        sr = check_sample_rate(path, int(match.group(1)))
     n_samples = n_bytes // 2
     if n_samples == 0:
         raise InputError(path, "no audio samples decoded")
@@ -456,7 +466,7 @@ def open_audio(path: str | Path, max_in_memory: int | None = None) -> tuple[np.n
     except (soundfile.LibsndfileError, RuntimeError, TypeError, ValueError):
         info = None
     if info is not None:
-        sr = _check_sample_rate(path, int(info.samplerate))
+        sr = check_sample_rate(path, int(info.samplerate))
         stream = AudioStream(path, sr, int(info.frames), int(info.channels), via_ffmpeg=False)
         if max_in_memory is not None and info.frames * max(1, info.channels) > max_in_memory:
             if info.frames == 0:

@@ -29,7 +29,9 @@ from avdata.errors import InputError, UnsafeInputError
 
 # caps on files whose size nothing else bounds (each far above what avmatch writes at the paper's
 # scale: a VoxCeleb1 shard manifest is a few kB, an index list tens of MB)
-MAX_METADATA_BYTES = 64 << 20  # manifest.json, sizes.json, splits.csv, config.json (rejects.jsonl is streamed)
+MAX_METADATA_BYTES = (
+    64 << 20
+)  # manifest.json, sizes.json, splits.csv, config.json (rejects.jsonl is streamed)
 MAX_INDEX_BYTES = 1 << 30  # one index list (JSON lines) of a tuple directory
 
 # a URL scheme ("pipe:", "http:", "s3:", "file:", a Windows drive "C:") at the start of a name
@@ -80,11 +82,17 @@ def resolve_inside(root: str | Path, name, where: str) -> Path:
         raise UnsafeShardError(f"{where}: refusing the name {name!r}: {problem}")
     root = Path(root)
     path = root / name
-    real_root = root.resolve()
-    real = path.resolve()
-    if real != real_root and real_root not in real.parents:
+    if leads_outside(root, path):
         raise UnsafeShardError(f"{where}: refusing the name {name!r}: a symlink leads outside {root}")
     return path
+
+
+def leads_outside(root: str | Path, path: str | Path) -> bool:
+    """Whether ``path``, with every symlink followed, lies outside ``root`` (also resolved).
+    Raises RuntimeError on a symlink loop, OSError where a component cannot be examined."""
+    real_root = Path(root).resolve()
+    real = Path(path).resolve()
+    return real != real_root and real_root not in real.parents
 
 
 def check_local_path(path: str | Path, where: str = "shard") -> Path:

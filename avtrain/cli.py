@@ -322,20 +322,20 @@ def report_cmd(run, metrics, out, compare):
 @_PROGRESS_OPTION
 @user_errors
 def embed_cmd(run, checkpoint, audio, faces, videos, out, batch_size, device, progress):
-    """Embed raw voices and faces (build-shards' preprocessing) into 128-d vectors keyed by path."""
-    from avtrain.inference import (
-        check_output_name,
-        embed_files,
-        load_model,
-        write_embeddings,
-    )
+    """Embed raw voices and faces (build-shards' preprocessing) into 128-d vectors keyed by path.
+
+    Files are embedded a batch at a time; finished batches go to OUT.partial, so a run stopped
+    half-way and started again with the same inputs and settings goes on where it stopped.
+    """
+    from avtrain.inference import check_output_name, embed_to_file, load_model
 
     check_output_name(out)
     model = load_model(run, device, checkpoint=checkpoint)
-    res = embed_files(model, audio, faces, videos, batch_size=batch_size, progress=progress)
-    path = write_embeddings(res, out)
+    res = embed_to_file(
+        model, out, audio, faces, videos, batch_size=batch_size, progress=progress, echo=click.echo
+    )
     click.echo(
-        f"wrote {path}: {len(res.voice_keys)} voice(s), {len(res.face_keys)} face(s), "
+        f"wrote {out}: {len(res.voice_keys)} voice(s), {len(res.face_keys)} face(s), "
         f"{len(res.rejects)} reject(s)"
     )
     for r in res.rejects:
@@ -393,7 +393,8 @@ def match_cmd(gallery, run, checkpoint, voice, face, faces_flag, voices_flag, as
     "--root",
     required=True,
     type=click.Path(file_okay=False, exists=True),
-    help="Folder the list's relative paths are resolved in (never left: no '..', absolute paths or URLs).",
+    help="Folder the list's relative paths are resolved in (never left: no '..', absolute paths, URLs "
+    "or symlinks leading out of it).",
 )
 @click.option(
     "--voice-root",
@@ -418,7 +419,8 @@ def match_cmd(gallery, run, checkpoint, voice, face, faces_flag, voices_flag, as
     "fmt",
     type=click.Choice(["auto", "fame", "labelled", "pins-csv"]),
     default="auto",
-    help="List format (auto: pins-csv by its header, labelled if every first field is 0/1, else fame).",
+    help="List format (auto: pins-csv by its header, labelled if every first field is 0/1, fame if "
+    "the first fields are unique IDs; a list that fits both or neither is refused).",
 )
 @click.option(
     "--values",
@@ -457,7 +459,12 @@ def score_cmd(
     device,
     progress,
 ):
-    """Score a list of (voice, face) pairs from raw files; labelled lists also get AUC and EER with CIs."""
+    """Score a list of (voice, face) pairs from raw files; labelled lists also get AUC and EER with CIs.
+
+    Pairs are scored a batch at a time into OUT.partial (memory stays flat in the list's
+    length); OUT is written from it at the end. A run stopped half-way and started again with
+    the same list, roots, model and settings goes on where it stopped.
+    """
     from avtrain.inference import load_model, score_pairs
 
     model = load_model(run, device, checkpoint=checkpoint)

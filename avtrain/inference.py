@@ -27,7 +27,6 @@ from an ``avtrain export`` directory (``model.safetensors`` + ``config.json``: n
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import re
@@ -40,6 +39,7 @@ import torch
 
 from avdata.errors import AvmatchError, InputError, UnsafeInputError
 from avdata.extract import ExtractConfig, Extractor
+from avdata.untrusted import leads_outside
 from avtrain.evaluate import SCORE_KIND  # the one scoring rule (-L2)
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "FaceVoiceModel",
     "InferenceError",
     "embed_files",
+    "embed_to_file",
     "export_model",
     "load_model",
     "match",
@@ -316,18 +317,34 @@ class FaceVoiceModel:
         self.model, self.cfg, self.device, self.source = model, cfg, device, source
         self.extract = dataclasses.replace(extract, windows=1)  # a voice is its first window (_w0)
         self._extractor = Extractor(self.extract, device=str(device) if device.type == "cuda" else "cpu")
+        self._fingerprint: str | None = None
+
+    def fingerprint(self) -> str:
+        """sha256 of the model's tensors (names, dtypes, shapes and bytes), computed once: a
+        resume journal (OUT.partial) is only used with the weights that wrote it."""
+        if self._fingerprint is None:
+            import hashlib
+
+            digest = hashlib.sha256()
+            for name, tensor in self.model.state_dict().items():
+                tensor = tensor.detach().cpu().contiguous()
+                digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+                digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
     # preprocessing ----------------------------------------------------------------
 
     def voice_input(self, voice, sr: int | None = None, source: str = "<waveform>") -> np.ndarray:
-        """(224, 125) float32 dB spectrogram of a file or a waveform (with its sample rate)."""
+        """(224, 125) float32 dB spectrogram of a file or a waveform (with its sample rate: a
+        whole number of Hz in 4-768 kHz, as a file's header; a long waveform is streamed)."""
         if isinstance(voice, (str, Path)):
             return self._one(self._extract_path(str(voice), "audio"))
-        from avdata.audio import spectrogram
+        from avdata.audio import waveform_windows
 
         if sr is None:
             raise ValueError("embed_voice(waveform) needs its sample rate: sr=")
-        return spectrogram(np.asarray(voice), int(sr), source=source)
+        return waveform_windows(voice, sr, 1, source)[0]  # a file's bounds: sample rate, streaming
 
     def face_input(self, face, source: str = "<image>") -> np.ndarray:
         """(224, 224, 3) uint8 aligned face of an image file or a PIL image, as stored in shards."""
@@ -420,6 +437,165 @@ def _shard_jpeg_round_trip(face: np.ndarray, quality: int) -> np.ndarray:
     return decode_jpg(members["jpg"])
 
 
+# --------------------------------------------------------------------------- streaming
+
+JOURNAL_SUFFIX = ".partial"  # OUT.partial: what a stopped embed/score run had finished
+JOURNAL_VERSION = 1
+
+
+class _Batcher:
+    """Items of one modality, in order, to embeddings a batch at a time.
+
+    A batch is exactly ``batch_size`` usable arrays (the last may be shorter): the batches
+    :meth:`FaceVoiceModel.embed_inputs` makes of all the arrays at once, so the embeddings are
+    the floats that embedding everything together gives (a forward pass is not batch-invariant
+    to the last bit), while at most one batch of arrays is held. Rejects ride along in order:
+    each call of ``on_batch(batch, h)`` covers every item added since the previous call, as
+    (tag, item) pairs, with h the (n_usable, 128) float32 embeddings."""
+
+    def __init__(self, model: FaceVoiceModel, modality: str, batch_size: int, on_batch):
+        self.model, self.modality, self.batch_size, self.on_batch = model, modality, batch_size, on_batch
+        self.pending: list[tuple[object, Item]] = []
+        self.n_usable = 0
+
+    def add(self, tag, item: Item) -> None:
+        self.pending.append((tag, item))
+        if item.array is not None:
+            self.n_usable += 1
+            if self.n_usable == self.batch_size:
+                self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        arrays = [it.array for _, it in self.pending if it.array is not None]
+        h = (
+            self.model.embed_inputs(arrays, self.modality, self.batch_size)
+            if arrays
+            else np.zeros((0, 128), np.float32)
+        )
+        batch, self.pending, self.n_usable = self.pending, [], 0
+        self.on_batch(batch, h)
+
+
+def _b64(h: np.ndarray) -> str:
+    import base64
+
+    return base64.b64encode(np.ascontiguousarray(h, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _unb64(text: str) -> np.ndarray:
+    import base64
+
+    return np.frombuffer(base64.b64decode(text, validate=True), dtype="<f4").reshape(-1, 128)
+
+
+class _Journal:
+    """OUT.partial: a run's finished batches, appended as they come, so that a stopped run
+    resumes where it stopped; removed once OUT is written.
+
+    JSON lines: a header (``{"journal", "version", "settings"}``), then records. A journal is
+    resumed only under exactly the same settings (inputs' digest, model weights, batch size,
+    device, ...); another one is started over. Appends are flushed, not fsynced: a torn last
+    line is dropped. The file is locked (``flock``) while a run holds it, so two runs never
+    write one journal."""
+
+    def __init__(self, path: Path, kind: str, settings: dict):
+        self.path = Path(path)
+        self.header = json.loads(
+            json.dumps({"journal": kind, "version": JOURNAL_VERSION, "settings": settings})
+        )
+        self.resumed = False  # it held records of an earlier run with these settings
+        self.restarted = False  # it held another run's records: they were dropped
+        self._f = None
+
+    def open(self) -> _Journal:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+b")  # noqa: SIM115 (held open, closed by close())
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            raise InferenceError(
+                f"{self.path}: another run is writing this output now; wait for it or choose another --out"
+            ) from None
+        self._f = f
+        f.seek(0)
+        end = self._good_end(f)
+        if end is None:  # absent, empty, foreign or another run's: start over
+            self.restarted = f.seek(0, os.SEEK_END) > 0
+            f.truncate(0)
+            self.write(self.header)
+        else:
+            f.truncate(end)  # a torn or unreadable tail (the run was killed mid-write) goes
+            self.resumed = end > len(self._line(self.header))
+        return self
+
+    @staticmethod
+    def _line(record: dict) -> bytes:
+        return (json.dumps(record, separators=(",", ":")) + "\n").encode()
+
+    def _good_end(self, f) -> int | None:
+        """Byte length of the header and the whole, parseable records after it; None if the
+        header is not this run's."""
+        end = 0
+        for n, line in enumerate(f):
+            try:
+                obj = json.loads(line) if line.endswith(b"\n") else None
+            except ValueError:
+                obj = None
+            if n == 0 and obj != self.header:
+                return None
+            if not isinstance(obj, dict):
+                break
+            end += len(line)
+        return end or None
+
+    def records(self):
+        """The records after the header, in order, read back from the file."""
+        with open(self.path, "rb") as f:
+            f.readline()
+            for line in f:
+                yield json.loads(line)
+
+    def write(self, record: dict) -> None:
+        from avdata.io import disk_full
+
+        try:
+            self._f.write(self._line(record))
+            self._f.flush()
+        except OSError as exc:
+            full = disk_full(exc, self.path)
+            if full is not None:
+                raise full from None
+            raise
+
+    def replay_error(self, exc: Exception) -> InferenceError:
+        return InferenceError(
+            f"{self.path}: unreadable resume journal ({type(exc).__name__}); delete it to start over"
+        )
+
+    def close(self, remove: bool = False) -> None:
+        if self._f is not None:
+            if remove:
+                self.path.unlink(missing_ok=True)
+            self._f.close()  # releases the lock
+            self._f = None
+
+
+def _settings(model: FaceVoiceModel, batch_size: int) -> dict:
+    """What must not change for a journal to be resumed: the weights, the preprocessing, the
+    device and the batches (which change the embeddings' last bits)."""
+    return {
+        "model_sha256": model.fingerprint(),
+        "extract": dataclasses.asdict(model.extract),
+        "device": str(model.device),
+        "batch_size": int(batch_size),
+    }
+
+
 # --------------------------------------------------------------------------- embed
 
 
@@ -428,7 +604,11 @@ def _expand(paths: Iterable[str | Path], exts: tuple[str, ...]) -> list[str]:
     out = []
     for p in paths:
         p = Path(p)
-        if p.is_dir():
+        try:
+            is_dir = p.is_dir()
+        except OSError:  # a name the OS refuses (ENAMETOOLONG): tried below, rejected with its reason
+            is_dir = False
+        if is_dir:
             out.extend(str(f) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in exts)
         else:
             out.append(str(p))  # named explicitly: always tried, rejected with a reason if bad
@@ -444,42 +624,142 @@ class EmbedResult:
     rejects: list[dict] = field(default_factory=list)  # {"path", "modality", "reason"}
 
 
-def preprocess(
-    model: FaceVoiceModel, jobs: list[tuple[str, str]], progress: bool = False, desc: str = "preprocess"
-) -> list[Item]:
-    """Items of (path, 'audio'|'face') jobs, in order, with a progress bar."""
-    from tqdm import tqdm
-
-    items: list[Item] = []
-    for path, modality in tqdm(jobs, desc=desc, unit="file", disable=not progress, dynamic_ncols=True):
-        items.extend(model._extract_path(path, modality))
-    return items
-
-
-def embed_items(model: FaceVoiceModel, items: list[Item], batch_size: int) -> EmbedResult:
-    res = EmbedResult()
-    for mod in ("voice", "face"):
-        good = [it for it in items if it.modality == mod and it.array is not None]
-        h = model.embed_inputs([it.array for it in good], mod, batch_size)
-        setattr(res, f"{mod}_keys", [it.key for it in good])
-        setattr(res, mod, h)
-    res.rejects = [
-        {"path": it.path, "modality": it.modality, "reason": it.reason} for it in items if it.array is None
-    ]
-    return res
-
-
-def embed_files(
-    model: FaceVoiceModel, audio=(), faces=(), videos=(), batch_size: int = 64, progress: bool = False
-) -> EmbedResult:
-    """Embed files or trees. Keys are the paths (video frames: PATH#fN; a video's voice: PATH)."""
+def _embed_jobs(audio, faces, videos) -> list[tuple[str, str]]:
     jobs = [(p, "audio") for p in _expand(audio, AUDIO_EXTS)]
     jobs += [(p, "face") for p in _expand(faces, FACE_EXTS)]
     for v in _expand(videos, VIDEO_EXTS):
         jobs += [(v, "audio"), (v, "face")]
     if not jobs:
         raise InferenceError("nothing to embed: give --audio, --faces or --videos files or folders")
-    return embed_items(model, preprocess(model, jobs, progress, "embed"), batch_size)
+    return jobs
+
+
+def _embed_stream(
+    model: FaceVoiceModel,
+    jobs: list[tuple[str, str]],
+    batch_size: int,
+    progress: bool,
+    journal: _Journal | None = None,
+) -> EmbedResult:
+    """Embed the items of (path, 'audio'|'face') jobs a batch at a time, holding one batch of
+    arrays per modality; each finished batch goes to the journal. Keys, embeddings and rejects
+    come out in the order embedding all items at once gives (rejects in job order)."""
+    keys: dict[str, list[str]] = {"voice": [], "face": []}
+    blocks: dict[str, list[np.ndarray]] = {"voice": [], "face": []}
+    rejects: list[tuple[int, int, dict]] = []  # (job, item, reject)
+    resume = {"voice": (0, 0), "face": (0, 0)}  # first (job, item) not in a finished batch
+
+    def take(mod: str, batch: list, h: np.ndarray) -> None:
+        keys[mod].extend(it.key for _, it in batch if it.array is not None)
+        blocks[mod].append(h)
+        for (j, k), it in batch:
+            if it.array is None:
+                rejects.append((j, k, {"path": it.path, "modality": mod, "reason": it.reason}))
+
+    if journal is not None and journal.resumed:
+        try:
+            for rec in journal.records():
+                mod = rec["m"]
+                h = _unb64(rec["h"])
+                good = rec["keys"]
+                if mod not in keys or len(good) != h.shape[0] or not all(isinstance(k, str) for k in good):
+                    raise ValueError("batch record")
+                keys[mod].extend(good)
+                blocks[mod].append(h)
+                rejects.extend(
+                    (int(j), int(k), {"path": p, "modality": mod, "reason": r}) for j, k, p, r in rec["r"]
+                )
+                resume[mod] = (int(rec["next"][0]), int(rec["next"][1]))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise journal.replay_error(exc) from None
+
+    def on_batch(mod: str):
+        def record(batch: list, h: np.ndarray) -> None:
+            take(mod, batch, h)
+            if journal is not None:
+                j, k = batch[-1][0]
+                journal.write(
+                    {
+                        "m": mod,
+                        "next": [j, k + 1],
+                        "keys": [it.key for _, it in batch if it.array is not None],
+                        "h": _b64(h),
+                        "r": [[j, k, it.path, it.reason] for (j, k), it in batch if it.array is None],
+                    }
+                )
+
+        return record
+
+    batchers = {mod: _Batcher(model, mod, batch_size, on_batch(mod)) for mod in ("voice", "face")}
+    start = min(resume["voice"][0], resume["face"][0])
+    for j in _progress(range(start, len(jobs)), progress, "embed", initial=start, total=len(jobs)):
+        path, extract_as = jobs[j]
+        mod = "voice" if extract_as == "audio" else "face"
+        first_job, first_item = resume[mod]
+        if j < first_job:
+            continue
+        for k, it in enumerate(model._extract_path(path, extract_as)):
+            if j > first_job or k >= first_item:
+                batchers[mod].add((j, k), it)
+    for b in batchers.values():
+        b.flush()
+    res = EmbedResult()
+    for mod in ("voice", "face"):
+        setattr(res, f"{mod}_keys", keys[mod])
+        if blocks[mod]:
+            setattr(res, mod, np.concatenate(blocks[mod]))
+    res.rejects = [r for _, _, r in sorted(rejects, key=lambda t: (t[0], t[1]))]
+    return res
+
+
+def embed_files(
+    model: FaceVoiceModel, audio=(), faces=(), videos=(), batch_size: int = 64, progress: bool = False
+) -> EmbedResult:
+    """Embed files or trees. Keys are the paths (video frames: PATH#fN; a video's voice: PATH).
+    Files are embedded a batch at a time: memory holds one batch of preprocessed arrays and the
+    128-d results, not every file's arrays."""
+    return _embed_stream(model, _embed_jobs(audio, faces, videos), batch_size, progress)
+
+
+def embed_to_file(
+    model: FaceVoiceModel,
+    out: str | Path,
+    audio=(),
+    faces=(),
+    videos=(),
+    batch_size: int = 64,
+    progress: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> EmbedResult:
+    """embed_files, written to OUT (.npz or .parquet, atomically at the end), resumable: every
+    finished batch is appended to OUT.partial, and a run stopped half-way and started again
+    with the same inputs and settings goes on from there (the same output as one run)."""
+    from avdata.io import sha256_text
+
+    check_output_name(out)
+    out = Path(out)
+    jobs = _embed_jobs(audio, faces, videos)
+    settings = _settings(model, batch_size) | {
+        "jobs_sha256": sha256_text(json.dumps(jobs)),
+        "jobs": len(jobs),
+    }
+    journal = _Journal(out.with_name(out.name + JOURNAL_SUFFIX), "avtrain embed", settings).open()
+    try:
+        _note_journal(journal, echo)
+        res = _embed_stream(model, jobs, batch_size, progress, journal)
+        write_embeddings(res, out)
+    except BaseException:
+        journal.close()
+        raise
+    journal.close(remove=True)
+    return res
+
+
+def _note_journal(journal: _Journal, echo) -> None:
+    if echo and journal.resumed:
+        echo(f"resuming from {journal.path} (the finished part of a stopped run with the same settings)")
+    elif echo and journal.restarted:
+        echo(f"{journal.path} was left by a run with other inputs or settings: starting over")
 
 
 def check_output_name(out: str | Path) -> None:
@@ -497,46 +777,51 @@ def check_output_name(out: str | Path) -> None:
 
 
 def write_embeddings(res: EmbedResult, out: str | Path) -> Path:
-    """OUT.npz (plain arrays, allow_pickle=False) or OUT.parquet (one row per key and per reject)."""
-    from avdata.io import atomic_write_bytes
+    """OUT.npz (plain arrays, allow_pickle=False) or OUT.parquet (one row per key and per reject),
+    streamed into a temporary file renamed over OUT (avdata.io.atomic_output)."""
+    from avdata.io import atomic_output
 
     check_output_name(out)
     out = Path(out)
-    buf = io.BytesIO()
-    if out.suffix == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    with atomic_output(out) as f:
+        if out.suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-        keys = res.voice_keys + res.face_keys + [r["path"] for r in res.rejects]
-        mods = (
-            ["voice"] * len(res.voice_keys)
-            + ["face"] * len(res.face_keys)
-            + [r["modality"] for r in res.rejects]
-        )
-        emb = [list(map(float, v)) for v in res.voice] + [list(map(float, v)) for v in res.face]
-        emb += [None] * len(res.rejects)
-        reasons = [None] * (len(res.voice_keys) + len(res.face_keys)) + [r["reason"] for r in res.rejects]
-        table = pa.table(
-            {
-                "key": pa.array(keys, pa.string()),
-                "modality": pa.array(mods, pa.string()),
-                "embedding": pa.array(emb, pa.list_(pa.float32(), 128)),
-                "reject_reason": pa.array(reasons, pa.string()),
-            }
-        )
-        pq.write_table(table, buf)
-    else:
-        np.savez(
-            buf,
-            voice_keys=np.array(res.voice_keys, dtype=str),
-            voice=res.voice.astype(np.float32),
-            face_keys=np.array(res.face_keys, dtype=str),
-            face=res.face.astype(np.float32),
-            reject_paths=np.array([r["path"] for r in res.rejects], dtype=str),
-            reject_modalities=np.array([r["modality"] for r in res.rejects], dtype=str),
-            reject_reasons=np.array([r["reason"] for r in res.rejects], dtype=str),
-        )
-    atomic_write_bytes(out, buf.getvalue())
+            keys = res.voice_keys + res.face_keys + [r["path"] for r in res.rejects]
+            mods = (
+                ["voice"] * len(res.voice_keys)
+                + ["face"] * len(res.face_keys)
+                + [r["modality"] for r in res.rejects]
+            )
+            n_ok, n_rejected = len(res.voice_keys) + len(res.face_keys), len(res.rejects)
+            values = np.concatenate(  # one float32 array: no Python float per value
+                [res.voice, res.face, np.zeros((n_rejected, 128))], dtype=np.float32
+            ).reshape(-1)
+            emb = pa.FixedSizeListArray.from_arrays(
+                pa.array(values), 128, mask=pa.array(np.arange(n_ok + n_rejected) >= n_ok)
+            )
+            reasons = [None] * n_ok + [r["reason"] for r in res.rejects]
+            table = pa.table(
+                {
+                    "key": pa.array(keys, pa.string()),
+                    "modality": pa.array(mods, pa.string()),
+                    "embedding": emb,
+                    "reject_reason": pa.array(reasons, pa.string()),
+                }
+            )
+            pq.write_table(table, f)
+        else:
+            np.savez(
+                f,
+                voice_keys=np.array(res.voice_keys, dtype=str),
+                voice=res.voice.astype(np.float32),
+                face_keys=np.array(res.face_keys, dtype=str),
+                face=res.face.astype(np.float32),
+                reject_paths=np.array([r["path"] for r in res.rejects], dtype=str),
+                reject_modalities=np.array([r["modality"] for r in res.rejects], dtype=str),
+                reject_reasons=np.array([r["reason"] for r in res.rejects], dtype=str),
+            )
     return out
 
 
@@ -642,10 +927,13 @@ FORMATS = ("auto", "fame", "labelled", "pins-csv")
 
 
 def safe_join(root: str | Path, rel: str) -> Path:
-    """ROOT/rel for an untrusted relative path: refuses absolute paths, '..', URLs / 'pipe:'
-    and backslashes with UnsafeInputError (a name from a list never leaves its root)."""
-    if not rel or "\x00" in rel:
+    """ROOT/rel for an untrusted relative path: refuses absolute paths, '..', URLs / 'pipe:',
+    backslashes and symlinks that lead outside ROOT with UnsafeInputError (a name from a list
+    never leaves its root)."""
+    if not rel:
         raise UnsafeInputError(f"{rel!r}: empty path")
+    if "\x00" in rel:
+        raise UnsafeInputError(f"{rel!r}: the path contains a NUL byte")
     if "\\" in rel:
         raise UnsafeInputError(f"{rel!r}: backslash in a list path")
     if _SCHEME.match(rel):
@@ -655,15 +943,23 @@ def safe_join(root: str | Path, rel: str) -> Path:
         raise UnsafeInputError(f"{rel!r}: absolute path; list paths must be relative to --root")
     if ".." in pure.parts:
         raise UnsafeInputError(f"{rel!r}: '..' would leave --root")
-    return Path(root) / pure
+    path = Path(root) / pure
+    try:
+        outside = leads_outside(root, path)
+    except (OSError, RuntimeError) as exc:  # a symlink loop, an unreadable component
+        raise UnsafeInputError(f"{rel!r}: cannot resolve the path ({exc})") from None
+    if outside:
+        raise UnsafeInputError(f"{rel!r}: a symlink leads outside {root}")
+    return path
 
 
-@dataclass
+@dataclass(slots=True)  # one per list line: no per-object __dict__
 class Pair:
     id: str
     voice: str
     face: str
     label: int | None = None
+    line: int = 0  # 1-based line of the list file
 
 
 def read_pair_list(path: str | Path, fmt: str = "auto") -> tuple[str, list[Pair]]:
@@ -674,24 +970,22 @@ def read_pair_list(path: str | Path, fmt: str = "auto") -> tuple[str, list[Pair]
       the pair's ID is its 1-based line number);
     * ``pins-csv``: Learnable-PINs ``veriflist_*.txt``, CSV with the header
       ``id,voice-speaker-id,face-speaker-id,label,voice-path,face-path``.
-    ``auto``: pins-csv if that header is the first line, else labelled if every first field is
-    0 or 1, else fame.
+    ``auto``: pins-csv if that header is the first line; else, from the first fields of all
+    lines, labelled if they are all 0 or 1 and repeat, fame if some are not 0/1 and no 0/1
+    repeats (IDs are unique); any other list is ambiguous and refused (:func:`_detect_format`).
+    A UTF-8 byte order mark is ignored. Repeated pair IDs are refused.
     """
     if fmt not in FORMATS:
         raise InferenceError(f"unknown list format {fmt!r}; one of {FORMATS}")
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # -sig: a leading byte order mark is dropped
     except (OSError, UnicodeDecodeError) as exc:
         raise InferenceError(f"{path}: cannot read the pair list ({type(exc).__name__})") from None
     lines = text.splitlines()
-    first = next((ln for ln in lines if ln.strip()), "")
+    del text
     if fmt == "auto":
-        if [c.strip() for c in first.split(",")] == PINS_HEADER:
-            fmt = "pins-csv"
-        else:
-            heads = [ln.split()[0] for ln in lines if ln.strip()]
-            fmt = "labelled" if heads and all(h in ("0", "1") for h in heads) else "fame"
+        fmt = _detect_format(path, lines)
     pairs: list[Pair] = []
     if fmt == "pins-csv":
         import csv
@@ -704,7 +998,8 @@ def read_pair_list(path: str | Path, fmt: str = "auto") -> tuple[str, list[Pair]
                 continue
             if len(row) != 6 or row[3].strip() not in ("0", "1"):
                 raise InferenceError(f"{path}:{n}: expected 6 CSV fields with label 0/1")
-            pairs.append(Pair(row[0].strip(), row[4].strip(), row[5].strip(), int(row[3])))
+            pairs.append(Pair(row[0].strip(), row[4].strip(), row[5].strip(), int(row[3]), n))
+        _check_unique_ids(path, pairs)
         return fmt, pairs
     for n, ln in enumerate(lines, 1):
         if not ln.strip():
@@ -718,10 +1013,192 @@ def read_pair_list(path: str | Path, fmt: str = "auto") -> tuple[str, list[Pair]
         if fmt == "labelled":
             if parts[0] not in ("0", "1"):
                 raise InferenceError(f"{path}:{n}: label {parts[0]!r} is not 0 or 1")
-            pairs.append(Pair(str(n), parts[1], parts[2], int(parts[0])))
+            pairs.append(Pair(str(n), parts[1], parts[2], int(parts[0]), n))
         else:
-            pairs.append(Pair(parts[0], parts[1], parts[2]))
+            pairs.append(Pair(parts[0], parts[1], parts[2], None, n))
+    _check_unique_ids(path, pairs)
     return fmt, pairs
+
+
+def _detect_format(path: Path, lines: list[str]) -> str:
+    """The format of a list from all its lines (see read_pair_list); one-line InferenceError
+    when it fits both labelled and fame, or neither."""
+    first = next((ln for ln in lines if ln.strip()), "")
+    if [c.strip() for c in first.split(",")] == PINS_HEADER:
+        return "pins-csv"
+    heads = [(n, ln.split()[0]) for n, ln in enumerate(lines, 1) if ln.strip()]
+    if not heads:
+        return "fame"  # no pairs either way
+    not_label = next(((n, h) for n, h in heads if h not in ("0", "1")), None)
+    seen: dict[str, int] = {}  # a repeated 0/1 first field: a label (FAME IDs are unique)
+    repeat = next(((n, seen[h]) for n, h in heads if h in ("0", "1") and seen.setdefault(h, n) != n), None)
+    if not_label is None and repeat is not None:
+        return "labelled"
+    if not_label is not None and repeat is None:
+        return "fame"
+    if not_label is None:  # one or two lines, first fields 0 and 1: labels or FAME IDs
+        raise InferenceError(
+            f"{path}: ambiguous list: its first fields are all 0/1 but never repeat, so it reads as "
+            "labelled (LABEL voice face) or as FAME (ID voice face); give --format labelled or --format fame"
+        )
+    raise InferenceError(
+        f"{path}: neither a labelled nor a FAME list: line {not_label[0]} starts with {not_label[1]!r}, "
+        f"not a 0/1 label, and line {repeat[0]} repeats the first field of line {repeat[1]}, which a "
+        "FAME ID may not; fix the list or give --format"
+    )
+
+
+def _check_unique_ids(path: Path, pairs: list[Pair]) -> None:
+    """Refuse a list whose pair IDs repeat: its score file would be an invalid FAME submission
+    (one score per ID), and which of the repeated pairs a score belongs to would be lost."""
+    seen: dict[str, int] = {}
+    for p in pairs:
+        first = seen.setdefault(p.id, p.line)
+        if first != p.line:
+            raise InferenceError(
+                f"{path}:{p.line}: pair ID {p.id!r} repeats line {first}; pair IDs must be unique "
+                "(a FAME submission has one score per ID)"
+            )
+
+
+class _ScorePlan:
+    """The distinct files of a pair list per modality, in order of first use: their list paths,
+    the last pair using each (its embedding is dropped after it), and for each list path its
+    file's index or, for a refused path, the reason (never opened). About 300 bytes a pair
+    beside the pairs themselves (the list paths are the pairs' own strings)."""
+
+    def __init__(self, pairs: list[Pair], roots: dict[str, Path]):
+        from array import array
+
+        self.roots = roots
+        self.rels: dict[str, list[str]] = {"voice": [], "face": []}
+        self.last: dict[str, array] = {"voice": array("q"), "face": array("q")}
+        self.index: dict[str, dict[str, int | str]] = {"voice": {}, "face": {}}
+        for mod in ("voice", "face"):
+            by_path: dict[str, int] = {}  # two spellings of one file ('a//b', 'a/b') are one file
+            index, rels, last = self.index[mod], self.rels[mod], self.last[mod]
+            for i, p in enumerate(pairs):
+                rel = p.voice if mod == "voice" else p.face
+                idx = index.get(rel)
+                if idx is None:
+                    try:
+                        path = str(safe_join(roots[mod], rel))
+                    except UnsafeInputError as exc:
+                        index[rel] = f"unsafe path refused: {exc}"
+                        continue
+                    idx = index[rel] = by_path.setdefault(path, len(rels))
+                    if idx == len(rels):
+                        rels.append(rel)
+                        last.append(i)
+                if isinstance(idx, int):
+                    last[idx] = i
+
+    def path(self, mod: str, idx: int) -> str:
+        """The file's path, as safe_join gave it when the plan checked it."""
+        return str(self.roots[mod] / PurePosixPath(self.rels[mod][idx]))
+
+
+def _score_stream(
+    model: FaceVoiceModel,
+    pairs: list[Pair],
+    plan: _ScorePlan,
+    journal: _Journal,
+    values: str,
+    batch_size: int,
+    progress: bool,
+) -> None:
+    """Score the pairs in list order into the journal ('p' records: [line, -L2 or None, reject
+    or None] per pair), preprocessing each distinct file once, in order of first use, and
+    embedding a batch at a time (the batches embedding every file at once would make). Memory
+    holds one batch of arrays per modality and the embeddings of files a later pair still uses."""
+    from avtrain import metrics as M
+
+    cache: dict[str, dict[int, np.ndarray | str]] = {"voice": {}, "face": {}}  # embedding or reason
+    cursor = {"voice": 0, "face": 0}  # next file to preprocess
+    done = 0
+    if journal.resumed:
+        try:
+            done = sum(len(rec["p"]) for rec in journal.records() if "p" in rec)
+            for rec in journal.records():
+                if "m" not in rec:
+                    continue
+                mod, live = rec["m"], cache[rec["m"]]
+                h = _unb64(rec["h"])
+                if len(rec["g"]) != h.shape[0]:
+                    raise ValueError("batch record")
+                for idx, reason in rec["r"]:
+                    if plan.last[mod][idx] >= done:
+                        live[idx] = str(reason)
+                for idx, row in zip(rec["g"], h):
+                    if plan.last[mod][idx] >= done:
+                        live[idx] = row.astype(np.float64)
+                cursor[mod] = int(rec["next"])
+            if done > len(pairs):
+                raise ValueError("more pairs than the list")
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise journal.replay_error(exc) from None
+
+    def on_batch(mod: str):
+        def record(batch: list, h: np.ndarray) -> None:
+            good = [idx for idx, it in batch if it.array is not None]
+            for idx, row in zip(good, h):
+                cache[mod][idx] = row.astype(np.float64)
+            rejected = [[idx, it.reason] for idx, it in batch if it.array is None]
+            journal.write({"m": mod, "next": cursor[mod], "g": good, "h": _b64(h), "r": rejected})
+
+        return record
+
+    batchers = {mod: _Batcher(model, mod, batch_size, on_batch(mod)) for mod in ("voice", "face")}
+
+    def outcome(mod: str, rel: str) -> np.ndarray | str:
+        idx = plan.index[mod][rel]
+        if isinstance(idx, str):
+            return idx  # a refused path
+        live = cache[mod]
+        while idx not in live:  # preprocess on, filling the batch that will hold idx
+            if cursor[mod] < len(plan.rels[mod]):
+                j = cursor[mod]
+                cursor[mod] += 1
+                it = model._extract_path(plan.path(mod, j), "audio" if mod == "voice" else "face")[0]
+                if it.array is None:
+                    live[j] = it.reason
+                batchers[mod].add(j, it)
+            elif batchers[mod].pending:
+                batchers[mod].flush()
+            else:  # only a journal edited by hand can claim a file it never held
+                raise journal.replay_error(KeyError(f"{mod} file {idx}"))
+        return live[idx]
+
+    block: list[list] = []
+    for i in _progress(
+        range(done, len(pairs)), progress, "score", unit="pair", initial=done, total=len(pairs)
+    ):
+        p = pairs[i]
+        got = [(m, r, outcome(m, r)) for m, r in (("voice", p.voice), ("face", p.face))]
+        bad = [(m, r, why) for m, r, why in got if isinstance(why, str)]
+        if bad:
+            reject = {
+                "id": p.id,
+                "line": p.line,
+                "voice": p.voice,
+                "face": p.face,
+                "reasons": [{"modality": m, "path": r, "reason": why} for m, r, why in bad],
+            }
+            block.append([f"{p.id} {MISSING}", None, reject])
+        else:
+            hv, hf = got[0][2], got[1][2]
+            s = M.gather_scores(
+                hv[None], hf[None], np.zeros(1, np.intp), np.zeros((1, 1), np.intp), kind=SCORE_KIND
+            )[0, 0]
+            line = f"{p.id} {((-s if values == 'l2' else s) + 0.0):.6f}"  # + 0.0: never '-0.000000'
+            block.append([line, float(s), None])
+        for m, r in (("voice", p.voice), ("face", p.face)):
+            idx = plan.index[m][r]
+            if isinstance(idx, int) and plan.last[m][idx] == i:
+                cache[m].pop(idx, None)
+        if len(block) == batch_size or i == len(pairs) - 1:
+            journal.write({"p": block})
+            block = []
 
 
 def score_pairs(
@@ -747,9 +1224,15 @@ def score_pairs(
     ``values``: ``l2`` writes the L2 distance (lower = same person; the FAME challenge's
     convention), ``neg_l2`` writes -L2 (higher = same person; avtrain's score); ``auto``: l2
     for FAME lists, neg_l2 otherwise. A pair that cannot be scored gets the literal ``nan``.
+
+    Pairs are scored as their files are embedded, a batch at a time, into OUT.partial (memory
+    stays flat in the number of pairs); OUT and the rejects are written from it at the end,
+    atomically. A run stopped half-way and started again with the same list, roots, model and
+    settings goes on from OUT.partial, giving the same files as one run.
     """
-    from avdata.io import atomic_write_text, write_json, write_jsonl
-    from avtrain import metrics as M
+    from array import array
+
+    from avdata.io import atomic_output, sha256_file, write_json
 
     fmt, pairs = read_pair_list(list_path, fmt)
     if values == "auto":
@@ -758,105 +1241,84 @@ def score_pairs(
         raise InferenceError(f"--values must be auto, l2 or neg_l2, got {values!r}")
     out = Path(out)
     rejects_path = Path(rejects_path) if rejects_path else out.with_name(out.name + ".rejects.jsonl")
-    vroot, froot = Path(voice_root or root), Path(face_root or root)
-
-    # each distinct file once; an unsafe path is a reject of its pair, never opened
-    files: dict[tuple[str, str], Path | UnsafeInputError] = {}
-    for p in pairs:
-        for mod, rel, base in (("voice", p.voice, vroot), ("face", p.face, froot)):
-            if (mod, rel) not in files:
-                try:
-                    files[mod, rel] = safe_join(base, rel)
-                except UnsafeInputError as exc:
-                    files[mod, rel] = exc
-    jobs = [
-        (str(v), "audio" if m == "voice" else "face") for (m, _), v in files.items() if isinstance(v, Path)
-    ]
-    items = {
-        (it.modality, it.path): it
-        for it in (
-            model._extract_path(path, mod)[0] for path, mod in _progress(jobs, progress, "score: preprocess")
-        )
-    }
-    emb: dict[tuple[str, str], np.ndarray] = {}
-    for mod in ("voice", "face"):
-        good = [k for k, it in items.items() if k[0] == mod and it.array is not None]
-        h = model.embed_inputs([items[k].array for k in good], mod, batch_size)
-        emb.update({k: h[i].astype(np.float64) for i, k in enumerate(good)})
-
-    def problem(mod: str, rel: str) -> str | None:
-        f = files[mod, rel]
-        if isinstance(f, UnsafeInputError):
-            return f"unsafe path refused: {f}"
-        it = items[mod, str(f)]
-        return None if it.array is not None else it.reason
-
-    lines, rejects, scores, labels, scored = [], [], [], [], []
-    for i, p in enumerate(pairs):
-        reasons = [(m, r, problem(m, r)) for m, r in (("voice", p.voice), ("face", p.face))]
-        bad = [(m, r, why) for m, r, why in reasons if why]
-        if bad:
-            lines.append(f"{p.id} {MISSING}")
-            rejects.append(
-                {
-                    "id": p.id,
-                    "line": i + 1,
-                    "voice": p.voice,
-                    "face": p.face,
-                    "reasons": [{"modality": m, "path": r, "reason": why} for m, r, why in bad],
-                }
-            )
-            continue
-        hv, hf = emb["voice", str(files["voice", p.voice])], emb["face", str(files["face", p.face])]
-        s = M.gather_scores(
-            hv[None], hf[None], np.zeros(1, np.intp), np.zeros((1, 1), np.intp), kind=SCORE_KIND
-        )[0, 0]
-        scores.append(float(s))
-        labels.append(p.label)
-        scored.append(i)
-        lines.append(f"{p.id} {((-s if values == 'l2' else s) + 0.0):.6f}")  # + 0.0: never '-0.000000'
-    atomic_write_text(out, "\n".join(lines) + ("\n" if lines else ""))
-    write_jsonl(rejects_path, rejects)
-    summary = {
-        "list": str(list_path),
+    roots = {"voice": Path(voice_root or root), "face": Path(face_root or root)}
+    plan = _ScorePlan(pairs, roots)
+    settings = _settings(model, batch_size) | {
+        "list_sha256": sha256_file(list_path),
         "format": fmt,
-        "pairs": len(pairs),
-        "scored": len(scored),
-        "rejected": len(rejects),
         "values": values,
-        "values_rule": (
-            "L2 distance between 128-d embeddings (lower = same person)"
-            if values == "l2"
-            else "-L2 distance between 128-d embeddings (higher = same person)"
-        ),
-        "missing_marker": MISSING,
-        "scores": str(out),
-        "rejects": str(rejects_path),
+        "roots": {m: os.path.realpath(r) for m, r in roots.items()},
     }
-    if fmt != "fame" and scored:
-        y = np.array(labels, dtype=np.intp)
-        s = np.array(scores, dtype=np.float64)  # always -L2 here, whatever the file holds
-        if y.min() == y.max():
-            summary["metrics"] = None
-            summary["metrics_note"] = "the scored pairs are all of one label: no AUC/EER"
-        else:
-            from avtrain.evaluate import verification_metrics
-
-            summary["metrics"] = verification_metrics(s, y, n_boot, seed) | {
-                "bootstrap": {"n": int(n_boot), "seed": int(seed), "ci": 0.95, "method": "percentile"},
-                "score": SCORE_KIND,
-            }
-        summary["metrics_file"] = str(out.with_name(out.name + ".metrics.json"))
-        write_json(summary["metrics_file"], summary)
+    journal = _Journal(out.with_name(out.name + JOURNAL_SUFFIX), "avtrain score", settings).open()
+    try:
+        _note_journal(journal, echo)
+        _score_stream(model, pairs, plan, journal, values, batch_size, progress)
+        scores, labels, n, n_rejected = array("d"), array("b"), 0, 0
+        with atomic_output(out) as f_out, atomic_output(rejects_path) as f_rej:
+            try:
+                for rec in journal.records():
+                    for line, s, reject in rec.get("p", ()):
+                        f_out.write(f"{line}\n".encode())
+                        if reject is not None:
+                            f_rej.write((json.dumps(reject, sort_keys=True) + "\n").encode())
+                            n_rejected += 1
+                        else:
+                            scores.append(s)
+                            labels.append(pairs[n].label or 0)
+                        n += 1
+                if n != len(pairs):
+                    raise ValueError(f"{n} pairs for a list of {len(pairs)}")
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+                raise journal.replay_error(exc) from None
+        summary = {
+            "list": str(list_path),
+            "format": fmt,
+            "pairs": len(pairs),
+            "scored": len(scores),
+            "rejected": n_rejected,
+            "values": values,
+            "values_rule": (
+                "L2 distance between 128-d embeddings (lower = same person)"
+                if values == "l2"
+                else "-L2 distance between 128-d embeddings (higher = same person)"
+            ),
+            "missing_marker": MISSING,
+            "scores": str(out),
+            "rejects": str(rejects_path),
+        }
+        if fmt != "fame" and scores:
+            _add_metrics(
+                summary, np.array(scores, dtype=np.float64), np.array(labels, dtype=np.intp), n_boot, seed
+            )
+            summary["metrics_file"] = str(out.with_name(out.name + ".metrics.json"))
+            write_json(summary["metrics_file"], summary)
+    except BaseException:
+        journal.close()
+        raise
+    journal.close(remove=True)
     if echo:
         echo(format_score_summary(summary))
     return summary
 
 
-def _progress(seq, enabled: bool, desc: str):
+def _add_metrics(summary: dict, s: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> None:
+    """AUC/EER with bootstrap CIs of the scored pairs (s: always -L2, whatever the file holds)."""
+    if y.min() == y.max():
+        summary["metrics"] = None
+        summary["metrics_note"] = "the scored pairs are all of one label: no AUC/EER"
+        return
+    from avtrain.evaluate import verification_metrics
+
+    summary["metrics"] = verification_metrics(s, y, n_boot, seed) | {
+        "bootstrap": {"n": int(n_boot), "seed": int(seed), "ci": 0.95, "method": "percentile"},
+        "score": SCORE_KIND,
+    }
+
+
+def _progress(seq, enabled: bool, desc: str, unit: str = "file", **kw):
     from tqdm import tqdm
 
-    return tqdm(seq, desc=desc, unit="file", disable=not enabled, dynamic_ncols=True)
+    return tqdm(seq, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True, **kw)
 
 
 def _pct(e: dict) -> str:

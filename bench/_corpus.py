@@ -15,3 +15,20 @@ def synth_shards(tmp: Path, identities: int, jobs: int = 2) -> Path:
     synth_corpus(c, identities=identities, clips_per_identity=4, faces_per_identity=4, seed=0)
     build_shards(tmp / "shards", c / "vox1_meta.csv", audio=c / "wav", faces=c / "faces", jobs=jobs)
     return tmp / "shards"
+
+
+def random_run(path: Path) -> Path:
+    """A run directory holding a randomly initialised AML checkpoint (default TrainConfig, torch
+    seed 0): enough to time or size inference, whose cost does not depend on the weights."""
+    import torch
+
+    from avtrain.checkpoint import LAST, build_model, save_checkpoint
+    from avtrain.config import TrainConfig
+
+    path.mkdir()
+    cfg = TrainConfig()
+    torch.manual_seed(0)
+    save_checkpoint(
+        path / LAST, {"config": cfg.to_dict(), "model": build_model(cfg).state_dict(), "epoch": 0, "step": 0}
+    )
+    return path

@@ -32,23 +32,10 @@ sys.path.insert(0, str(REPO))
 
 
 def build(tmp: Path, identities: int) -> tuple[Path, Path, Path]:
-    from _corpus import synth_shards
+    from _corpus import random_run, synth_shards
 
-    from avtrain.checkpoint import LAST as CHECKPOINT
-    from avtrain.checkpoint import build_model, save_checkpoint
-    from avtrain.config import TrainConfig
-
-    c = tmp / "corpus"
     synth_shards(tmp, identities)
-    run = tmp / "run"
-    run.mkdir()
-    cfg = TrainConfig()
-    torch.manual_seed(0)
-    save_checkpoint(
-        run / CHECKPOINT,
-        {"config": cfg.to_dict(), "model": build_model(cfg).state_dict(), "epoch": 0, "step": 0},
-    )
-    return c, tmp / "shards", run
+    return tmp / "corpus", tmp / "shards", random_run(tmp / "run")
 
 
 def main() -> None:

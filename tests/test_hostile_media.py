@@ -199,6 +199,39 @@ def test_streamed_spectrogram_is_byte_identical(tmp_path, real_wavs, real_mp4s):
         assert whole.tobytes() == streamed.tobytes(), clip
 
 
+def test_waveform_arrays_get_the_file_bounds(tmp_path):
+    """#20 item 6: a waveform given as an array gets a file's bounds: a sample rate outside
+    4-768 kHz or not a whole number of Hz is one InputError (sr=0 divided by zero, sr=1 took
+    4 GB), and a long waveform is streamed, giving exactly the whole-array bytes."""
+    import tracemalloc
+
+    from avdata.audio import spectrogram_windows, waveform_windows
+
+    noise = np.random.default_rng(0).standard_normal(2000)
+    for sr, reason in [
+        (0, "absurd audio sample rate 0 Hz"),
+        (1, "absurd audio sample rate 1 Hz (accepted: 4000-768000 Hz)"),
+        (10**7, "absurd audio sample rate 10000000 Hz"),
+        (16000.5, "audio sample rate 16000.5 is not a whole number of Hz"),
+        (float("nan"), "audio sample rate nan is not a whole number of Hz"),
+    ]:
+        with pytest.raises(InputError, match=reason.replace("(", r"\(").replace(")", r"\)")):
+            waveform_windows(noise, sr, source="<waveform>")
+    for name, seconds, sr, channels in (("long16k", 70, 16000, 1), ("stereo44k", 25, 44100, 2)):
+        wave, _ = soundfile.read(
+            str(_long_wav(tmp_path / f"{name}.wav", seconds, sr, channels)), always_2d=True
+        )
+        wave = wave.T if channels > 1 else wave[:, 0]  # (channels, samples) and 1-D
+        whole = spectrogram_windows(wave, sr, max_windows=3)
+        assert waveform_windows(wave, sr, max_windows=3, max_in_memory=0).tobytes() == whole.tobytes(), name
+    wave = np.tile(wave[0].astype(np.float32), 10)  # 250 s at 44.1 kHz
+    tracemalloc.start()
+    waveform_windows(wave, 44100)  # numpy's allocations: ~24 MB streamed, ~420 MB as a whole array
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 60e6, peak
+
+
 # Peak RSS read from /proc/self/status (VmHWM, this process's own address space): a child's
 # getrusage ru_maxrss also counts the parent's RSS at fork time, and pytest's is large.
 PEAK_RSS = r"""

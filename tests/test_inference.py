@@ -17,6 +17,7 @@ from click.testing import CliRunner
 from helpers import EMBEDDING_RTOL, fifo_that_never_blocks, make_tuples_args, save_random_run
 
 from avtrain.cli import main as avtrain_main
+from avtrain.inference import PINS_HEADER
 
 
 def _avdata(args):
@@ -206,17 +207,50 @@ def test_score_verification_list_gives_evaluate_auc(setup):
     assert all(float(r[1]) < 0 for r in rows)  # -L2 for labelled lists
 
 
-def test_score_fame_list_marks_bad_pairs_and_refuses_unsafe_paths(setup, tmp_path):
-    """FAME 'ID voice face': one line per pair in list order, L2 distances (>= 0); a pair with a
-    missing, silent or faceless file or a path leaving --root gets 'nan' and a reject entry."""
+def _fame_root(setup, tmp_path: Path) -> tuple[Path, str, str]:
+    """A --root holding copies of one corpus voice and face and of the bad files (copies, not
+    symlinks: a symlink leading out of --root is refused); (root, voice path, face path)."""
+    import shutil
+
     c = setup["corpus"]
     wav = min((c / "wav").rglob("*.wav")).relative_to(c).as_posix()
     face = min((c / "faces").rglob("*.jpg")).relative_to(c).as_posix()
     root = tmp_path / "root"
-    root.mkdir()
-    (root / "wav").symlink_to(c / "wav")
-    (root / "faces").symlink_to(c / "faces")
-    (root / "bad").symlink_to(setup["bad"])
+    for rel in (wav, face):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(c / rel, root / rel)
+    shutil.copytree(setup["bad"], root / "bad")
+    return root, wav, face
+
+
+def _score(setup, plist: Path, root: Path, out: Path, *extra, code=0):
+    return _avtrain(
+        [
+            "score",
+            "--run",
+            setup["run"],
+            "--pairs",
+            plist,
+            "--root",
+            root,
+            "--out",
+            out,
+            "--no-progress",
+            *extra,
+        ],
+        code=code,
+    )
+
+
+def _rejects(out: Path) -> list[dict]:
+    return [json.loads(ln) for ln in out.with_name(out.name + ".rejects.jsonl").read_text().splitlines()]
+
+
+def test_score_fame_list_marks_bad_pairs_and_refuses_unsafe_paths(setup, tmp_path):
+    """FAME 'ID voice face': one line per pair in list order, L2 distances (>= 0); a pair with a
+    missing, silent or faceless file or a path leaving --root gets 'nan' and a reject entry."""
+    c = setup["corpus"]
+    root, wav, face = _fame_root(setup, tmp_path)
     lines = [
         f"p00 {wav} {face}",
         f"p01 {wav} faces/missing.jpg",
@@ -253,6 +287,259 @@ def test_score_fame_list_marks_bad_pairs_and_refuses_unsafe_paths(setup, tmp_pat
     assert "'..'" in rejects["p04"] and "absolute" in rejects["p05"] and "URL" in rejects["p06"]
     assert "not a recognised image" in rejects["p07"]
     assert not (tmp_path / "sub_score.txt.metrics.json").exists()  # FAME lists carry no labels
+
+
+def test_score_refuses_symlinks_leading_outside_root(setup, tmp_path):
+    """#20 item 10: a symlink inside --root to a file or a folder outside it is a refused path
+    (nan + reject), never read; a symlink that stays inside --root is followed."""
+    c = setup["corpus"]
+    root, wav, face = _fame_root(setup, tmp_path)
+    (root / "leak.wav").symlink_to(c / wav)  # a file outside --root
+    (root / "outside").symlink_to(c / "faces")  # a folder outside --root
+    (root / "inside.jpg").symlink_to(root / face)  # stays inside: fine
+    (root / "loop.wav").symlink_to(root / "loop.wav")
+    face_rel = Path(face).relative_to("faces").as_posix()
+    plist = tmp_path / "list.txt"
+    plist.write_text(
+        f"a {wav} {face}\nb leak.wav {face}\nc {wav} outside/{face_rel}\nd {wav} inside.jpg\ne loop.wav {face}\n"
+    )
+    out = tmp_path / "s.txt"
+    _score(setup, plist, root, out)
+    rows = dict(ln.split() for ln in out.read_text().splitlines())
+    assert rows["a"] == rows["d"] != "nan"
+    assert rows["b"] == rows["c"] == rows["e"] == "nan"
+    reasons = {r["id"]: r["reasons"][0]["reason"] for r in _rejects(out)}
+    assert sorted(reasons) == ["b", "c", "e"]
+    assert "symlink leads outside" in reasons["b"] and "symlink leads outside" in reasons["c"]
+    assert reasons["b"].startswith("unsafe path refused")
+
+
+def test_a_path_component_over_255_bytes_is_a_reject_of_its_item_only(setup, tmp_path):
+    """#20 item 12: a name the OS refuses (ENAMETOOLONG) rejects its pair / file / gallery
+    item, never the run."""
+    root, wav, face = _fame_root(setup, tmp_path)
+    long_name = "x" * 300 + ".wav"
+    plist = tmp_path / "list.txt"
+    plist.write_text(f"a {wav} {face}\nb {long_name} {face}\nc {wav} {'y' * 300}/f.jpg\n")
+    out = tmp_path / "s.txt"
+    _score(setup, plist, root, out)
+    rows = [ln.split() for ln in out.read_text().splitlines()]
+    assert [r[1] == "nan" for r in rows] == [False, True, True]
+    assert all("name too long" in r["reasons"][0]["reason"] for r in _rejects(out))
+
+    res = _avtrain(
+        ["embed", "--run", setup["run"], "--audio", root / wav, "--audio", tmp_path / long_name]
+        + ["--out", tmp_path / "e.npz", "--no-progress"]
+    )
+    assert "1 voice(s), 0 face(s), 1 reject(s)" in res.output and "name too long" in res.output
+
+    result = json.loads(
+        _avtrain(
+            [
+                "match",
+                "--run",
+                setup["run"],
+                "--voice",
+                root / wav,
+                root / face,
+                tmp_path / ("y" * 300 + ".jpg"),
+            ]
+            + ["--json"]
+        ).output
+    )
+    assert len(result["ranking"]) == 1 and "name too long" in result["rejects"][0]["reason"]
+
+
+def test_score_rejects_name_the_file_line_and_a_nul_byte(setup, tmp_path):
+    """#20 item 22: a reject's "line" is the pair's 1-based line in the list file (blank lines
+    counted), and a path with a NUL byte is reported as such, not as an empty path."""
+    root, wav, face = _fame_root(setup, tmp_path)
+    plist = tmp_path / "list.txt"
+    plist.write_text(f"\na {wav} {face}\n\n\nb missing.wav {face}\nc {wav} fa\x00ce.jpg\n")
+    out = tmp_path / "s.txt"
+    _score(setup, plist, root, out)
+    got = {r["id"]: (r["line"], r["reasons"][0]["reason"]) for r in _rejects(out)}
+    assert got["b"] == (5, "file not found")
+    assert got["c"][0] == 6 and "NUL byte" in got["c"][1] and "empty" not in got["c"][1]
+
+
+def test_score_refuses_repeated_pair_ids(setup, tmp_path):
+    """#20 item 18: a FAME or pins-csv list with a repeated ID is refused in one line naming both
+    lines, before any work (the score file would be an invalid FAME submission)."""
+    root, wav, face = _fame_root(setup, tmp_path)
+    plist = tmp_path / "list.txt"
+    plist.write_text(f"p1 {wav} {face}\np2 {wav} {face}\n\np1 {wav} {face}\n")
+    out = tmp_path / "s.txt"
+    res = _score(setup, plist, root, out, code=1)
+    assert (
+        res.output
+        == f"Error: {plist}:4: pair ID 'p1' repeats line 1; pair IDs must be unique (a FAME submission has one score per ID)\n"
+    )
+    assert not out.exists()
+    csv = tmp_path / "pins.txt"
+    csv.write_text(",".join(PINS_HEADER) + f"\n7,a,b,1,{wav},{face}\n7,a,c,0,{wav},{face}\n")
+    assert "pins.txt:3: pair ID '7' repeats line 2" in _score(setup, csv, root, out, code=1).output
+
+
+def test_score_list_format_ignores_a_bom_and_refuses_ambiguous_lists(setup, tmp_path):
+    """#20 item 8: a labelled list saved with a UTF-8 BOM is still labelled (neg_l2, AUC), as is
+    a pins-csv one; a list that fits both formats or neither is refused in one line."""
+    root, wav, face = _fame_root(setup, tmp_path)
+    body = "".join(f"{label} {wav} {face}\n" for label in (1, 0, 1, 0))
+    plist = tmp_path / "veri.txt"
+    plist.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    out = tmp_path / "s.txt"
+    res = _score(setup, plist, root, out)
+    assert "4/4 pairs scored (labelled list)" in res.output and "AUC" in res.output
+    assert [ln.split()[0] for ln in out.read_text().splitlines()] == ["1", "2", "3", "4"]
+    assert all(float(ln.split()[1]) < 0 for ln in out.read_text().splitlines())
+    csv = tmp_path / "pins.txt"
+    csv.write_bytes(b"\xef\xbb\xbf" + (",".join(PINS_HEADER) + f"\n1,a,b,1,{wav},{face}\n").encode())
+    assert "1/1 pairs scored (pins-csv list)" in _score(setup, csv, root, out).output
+
+    broken = tmp_path / "broken.txt"
+    broken.write_text(body + f"label {wav} {face}\n")  # a labelled list with one bad line
+    res = _score(setup, broken, root, out, code=1)
+    assert (
+        res.output.count("\n") == 1
+        and "neither a labelled nor a FAME list: line 5 starts with 'label'" in res.output
+    )
+    one = tmp_path / "one.txt"
+    one.write_text(f"1 {wav} {face}\n")
+    assert "ambiguous list" in _score(setup, one, root, out, code=1).output
+    assert "1/1 pairs scored (labelled list)" in _score(setup, one, root, out, "--format", "labelled").output
+
+
+def _distinct_pairs(setup, root: Path, n: int) -> Path:
+    """ROOT/v/NNN.wav and ROOT/f/NNN.jpg, n of each (hard links to corpus files under distinct
+    names: score and embed handle each name as its own file), and a FAME list pairing them."""
+    c = setup["corpus"]
+    wavs, faces = sorted((c / "wav").rglob("*.wav")), sorted((c / "faces").rglob("*.jpg"))
+    (root / "v").mkdir(parents=True)
+    (root / "f").mkdir()
+    lines = []
+    for i in range(n):
+        (root / "v" / f"{i:03d}.wav").hardlink_to(wavs[i % len(wavs)])
+        (root / "f" / f"{i:03d}.jpg").hardlink_to(faces[(i * 5) % len(faces)])
+        lines.append(f"p{i:03d} v/{i:03d}.wav f/{i:03d}.jpg\n")
+    (root / "list.txt").write_text("".join(lines))
+    return root / "list.txt"
+
+
+def test_score_and_embed_memory_stays_flat_in_the_number_of_files(setup, tmp_path):
+    """#20 item 2: score and embed hold one batch of preprocessed arrays, not every file's
+    (~260 KB per voice+face pair before): numpy's peak allocation for 96 distinct pairs is
+    that of 24 pairs (was ~19 MB more), and the output is still every pair's score."""
+    import tracemalloc
+
+    from avtrain.inference import embed_files, load_model, score_pairs
+
+    model = load_model(setup["run"])
+    peaks = {}
+    for n in (24, 96):
+        plist = _distinct_pairs(setup, tmp_path / f"r{n}", n)
+        for what in ("score", "embed"):
+            tracemalloc.start()
+            if what == "score":
+                summary = score_pairs(model, plist, plist.parent, tmp_path / f"s{n}.txt", batch_size=8)
+                assert summary["pairs"] == n and summary["scored"] > n // 2
+            else:
+                res = embed_files(model, [plist.parent / "v"], [plist.parent / "f"], batch_size=8)
+                assert len(res.voice_keys) == n and len(res.face_keys) + len(res.rejects) == n
+            peaks[what, n] = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+    for what in ("score", "embed"):
+        assert peaks[what, 96] - peaks[what, 24] < 4e6, peaks
+
+
+def _interrupt_after(monkeypatch, calls: int):
+    """Stop the run like a Ctrl-C (KeyboardInterrupt) at the given call of the per-file
+    preprocessing: everything up to there is what a killed run had done."""
+    from avtrain.inference import FaceVoiceModel
+
+    real, count = FaceVoiceModel._extract_path, [0]
+
+    def counting(self, path, modality):
+        count[0] += 1
+        if count[0] == calls:
+            raise KeyboardInterrupt
+        return real(self, path, modality)
+
+    monkeypatch.setattr(FaceVoiceModel, "_extract_path", counting)
+
+
+def test_score_and_embed_resume_a_stopped_run_with_the_same_output(setup, tmp_path, monkeypatch):
+    """#20 item 2: finished batches go to OUT.partial as they come; a run stopped half-way
+    (even with a torn last line) and started again goes on from there and writes exactly the
+    files one uninterrupted run writes; OUT.partial is then removed. Another run's journal
+    (other settings) is started over; a journal in use by a live run is refused."""
+    import fcntl
+
+    from avtrain.inference import embed_to_file, load_model, score_pairs
+
+    model = load_model(setup["run"])
+    plist = _distinct_pairs(setup, tmp_path / "r", 40)
+    (plist.parent / "list.txt").write_text(plist.read_text() + "p999 v/missing.wav f/000.jpg\n")
+    one = tmp_path / "one.txt"
+    score_pairs(model, plist, plist.parent, one, batch_size=8)
+    out, notes = tmp_path / "two.txt", []
+    journal = tmp_path / "two.txt.partial"
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 50)
+        with pytest.raises(KeyboardInterrupt):
+            score_pairs(model, plist, plist.parent, out, batch_size=8)
+    assert not out.exists() and journal.read_text().count("\n") > 3
+    with journal.open("a") as f:
+        f.write('{"p": [["p0')  # torn mid-write
+    score_pairs(model, plist, plist.parent, out, batch_size=8, echo=notes.append)
+    assert "resuming from" in notes[0] and not journal.exists()
+    for suffix in ("", ".rejects.jsonl"):
+        assert Path(f"{out}{suffix}").read_bytes() == Path(f"{one}{suffix}").read_bytes()
+
+    # the same for embed, and a journal written with other settings (batch size) is dropped
+    e_one, e_two = tmp_path / "one.npz", tmp_path / "two.npz"
+    embed_to_file(model, e_one, [plist.parent / "v"], [plist.parent / "f"], batch_size=8)
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 30)
+        with pytest.raises(KeyboardInterrupt):
+            embed_to_file(model, e_two, [plist.parent / "v"], [plist.parent / "f"], batch_size=8)
+    notes.clear()
+    embed_to_file(model, e_two, [plist.parent / "v"], [plist.parent / "f"], batch_size=8, echo=notes.append)
+    assert "resuming from" in notes[0] and not Path(f"{e_two}.partial").exists()
+    with np.load(e_one) as a, np.load(e_two) as b:
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 30)
+        with pytest.raises(KeyboardInterrupt):
+            embed_to_file(model, e_two, [plist.parent / "v"], [plist.parent / "f"], batch_size=8)
+    notes.clear()
+    embed_to_file(model, e_two, [plist.parent / "v"], [plist.parent / "f"], batch_size=5, echo=notes.append)
+    assert "other inputs or settings: starting over" in notes[0]
+
+    with open(journal, "a") as held:  # a live run holds OUT.partial
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+        res = _score(setup, plist, plist.parent, out, code=1)
+    assert "another run is writing this output now" in res.output and res.output.count("\n") == 1
+
+
+def test_score_on_a_full_disk_is_one_line_and_resumes_once_space_is_free(setup, tmp_path, small_tmpfs):
+    """#20 item 2: OUT.partial filling the disk ends the run in one line; once space is freed
+    the same command resumes and writes what one run writes."""
+    import os
+
+    plist = _distinct_pairs(setup, tmp_path / "r", 40)
+    one = tmp_path / "one.txt"
+    _score(setup, plist, plist.parent, one, "--batch-size", "8")
+    mnt = small_tmpfs("1m")
+    free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
+    (mnt / "filler").write_bytes(b"\0" * (free - 24 * 1024))  # ~24 KB left: a few batches
+    out = mnt / "s.txt"
+    res = _score(setup, plist, plist.parent, out, "--batch-size", "8", code=1)
+    assert res.output == f"Error: no space left on device while writing {out}.partial\n"
+    (mnt / "filler").unlink()
+    res = _score(setup, plist, plist.parent, out, "--batch-size", "8")
+    assert "resuming from" in res.output and not Path(f"{out}.partial").exists()
+    assert out.read_bytes() == one.read_bytes()
 
 
 def test_score_reads_the_learnable_pins_csv(setup, shared_data, tmp_path):
@@ -321,6 +608,11 @@ def test_api_waveform_and_pil_inputs_equal_files(setup):
     assert model.embed_face(Image.open(face)).shape == (128,)
     with pytest.raises(ValueError, match="sample rate"):
         model.embed_voice(wave_)
+    from avdata.errors import InputError
+
+    for sr in (0, 1):  # #20 item 6: ZeroDivisionError; 4 GB for 2,000 samples
+        with pytest.raises(InputError, match=f"<waveform>: absurd audio sample rate {sr} Hz"):
+            model.embed_voice(np.random.default_rng(0).standard_normal(2000), sr=sr)
 
 
 def test_export_is_pickle_free_and_loads_to_the_same_model(setup, tmp_path):
