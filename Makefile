@@ -115,11 +115,11 @@ test-isa: $(STAMP)
 	for sim in aten-default aten-avx2; do \
 	    $(BIN)/python -m avdata.kernels $$sim -- $(BIN)/python -m pytest -q --ignore=tests/test_isa.py || exit 1; done
 
-# The demo data built as on an old x86-64 CPU (plain kernels in torch, oneDNN, MKL and numpy)
+# The demo data built as on an AVX2 CPU without AVX-512 (torch, oneDNN, MKL and numpy kernels)
 # must verify against the same committed manifests, byte for byte.
 ISA_DEMO ?= demo-isa
 verify-manifests-isa: $(STAMP)
-	$(BIN)/python -m avdata.kernels sse42-machine -- $(MAKE) demo-data DEMO=$(ISA_DEMO)
+	$(BIN)/python -m avdata.kernels avx2-machine -- $(MAKE) demo-data DEMO=$(ISA_DEMO)
 	$(MAKE) verify-manifests DEMO=$(ISA_DEMO)
 
 test-slow: $(STAMP)
