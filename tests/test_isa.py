@@ -27,7 +27,11 @@ from avdata.kernels import environment, supported_simulations
 from avdata.reader import iter_tar_samples
 
 REPO = Path(__file__).resolve().parents[1]
-SIMULATIONS = supported_simulations()
+# native, an AVX2 machine and a pre-AVX2 one: aten-avx2 and aten-default change a subset of
+# what these change (bench/isa.py and `make test-isa` cover them).
+SIMULATIONS = {
+    k: v for k, v in supported_simulations().items() if k in ("native", "avx2-machine", "sse42-machine")
+}
 
 
 def _run(args: list[str], env: dict[str, str], cwd=REPO) -> subprocess.CompletedProcess:
@@ -56,7 +60,7 @@ def builds(corpus, tmp_path_factory) -> dict[str, Path]:
 
 
 def test_shard_build_is_byte_identical_under_every_simulated_cpu(builds):
-    assert len(builds) >= 3, "expected at least native, aten-default and sse42-machine on x86-64"
+    assert len(builds) >= 2, "expected at least native and sse42-machine on x86-64"
     native = json.loads((builds["native"] / "manifest.json").read_text())
     faces = [n for n in native["shards"] if "/face-" in n]
     assert faces and any("/audio-" in n for n in native["shards"])
