@@ -842,24 +842,43 @@ def _last(change):
 
 
 MATCHING, VERIFICATION = "matching_val_a2v_k2", "verification_val"
+# The first check a row fails speaks: avdata.tuples.row_problem as the list is read (FILE:LINE:),
+# then tuple_lists.check_rows for what the list's own settings (k, task) require.
 BAD_VAL_ROWS = {
-    "not_an_object": (MATCHING, _last(lambda r: [1, 2]), "row 30: a list, not a JSON object"),
-    "label_out_of_range": (MATCHING, _last(lambda r: r | {"label": 5}), "label 5 is not an integer in 0..1"),
-    "label_text": (MATCHING, _last(lambda r: r | {"label": "x"}), "label 'x' is not an integer in 0..1"),
+    "not_an_object": (MATCHING, _last(lambda r: [1, 2]), "matching_val_a2v_k2.jsonl:30: not a JSON object"),
+    "label_out_of_range": (
+        MATCHING,
+        _last(lambda r: r | {"label": 5}),
+        ":30: label 5 is not a gallery position 0..1",
+    ),
+    "label_text": (MATCHING, _last(lambda r: r | {"label": "x"}), ":30: missing or malformed field(s) label"),
     "no_label": (
         MATCHING,
         _last(lambda r: {k: v for k, v in r.items() if k != "label"}),
-        "label None is not an integer",
+        ":30: missing or malformed field(s) label",
     ),
     "gallery_text": (
         MATCHING,
         _last(lambda r: r | {"gallery": "ab"}),
-        "gallery is not a list of 2 item key(s)",
+        ":30: missing or malformed field(s) gallery",
     ),
-    "query_list": (MATCHING, _last(lambda r: r | {"query": ["a"]}), "no query item key"),
+    "query_list": (
+        MATCHING,
+        _last(lambda r: r | {"query": ["a"]}),
+        ":30: missing or malformed field(s) query",
+    ),
     "direction": (MATCHING, _last(lambda r: r | {"direction": "zz"}), "direction 'zz' is not a2v or v2a"),
-    "pair_without_face": (VERIFICATION, _last(lambda r: r | {"gallery": []}), "gallery is not a list of 1"),
-    "pair_label": (VERIFICATION, _last(lambda r: r | {"label": 7}), "label 7 is not an integer in 0..1"),
+    "gallery_of_three": (
+        MATCHING,
+        _last(lambda r: r | {"gallery": r["gallery"] * 2, "gallery_identities": r["gallery_identities"] * 2}),
+        "row 30",
+    ),
+    "pair_without_face": (VERIFICATION, _last(lambda r: r | {"gallery": []}), ":40: 0 gallery items but 1"),
+    "pair_label": (
+        VERIFICATION,
+        _last(lambda r: r | {"label": 7}),
+        ":40: not one gallery item labelled 0 or 1",
+    ),
     "pairs_of_one_class": (
         VERIFICATION,
         lambda rows: [r | {"label": 1} for r in rows],
