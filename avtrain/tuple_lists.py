@@ -102,13 +102,11 @@ def _is_key(v) -> bool:
 
 
 def _row_problem(tl: TupleList, row) -> str | None:
-    """Why a matching/verification tuple or retrieval query cannot be scored (one phrase)."""
-    if not isinstance(row, dict):
-        return f"a {type(row).__name__}, not a JSON object"
+    """What the list's own settings require of a row that already passed
+    :func:`avdata.tuples.row_problem` (fields and types, direction, label a gallery position):
+    non-empty item keys, and a gallery of the list's k (1 for verification)."""
     if not _is_key(row.get("query")):
         return "no query item key (a non-empty string)"
-    if row.get("direction", tl.direction) not in ("a2v", "v2a"):
-        return f"direction {repr(row.get('direction'))[:20]} is not a2v or v2a"
     if "split" in row and not _is_key(row["split"]):
         return "split is not a non-empty string"
     if tl.task == "retrieval":
@@ -117,16 +115,14 @@ def _row_problem(tl: TupleList, row) -> str | None:
     gallery = row.get("gallery")
     if not (isinstance(gallery, list) and len(gallery) == k and all(_is_key(g) for g in gallery)):
         return f"gallery is not a list of {k} item key(s)"
-    label, labels = row.get("label"), range(k) if tl.task == "matching" else (0, 1)
-    if not (isinstance(label, int) and not isinstance(label, bool) and label in labels):
-        return f"label {repr(label)[:20]} is not an integer in {labels[0]}..{labels[-1]}"
     return None
 
 
 def check_rows(tl: TupleList, path: Path, gallery_path: Path | None = None) -> None:
-    """Every row of a list, checked by what scoring reads from it (item keys, gallery size k,
-    label range, direction; retrieval identities), so a malformed row is one line naming the
-    file and row before any work (``avtrain fit`` validates after every epoch)."""
+    """Every row of a list, checked for what the list's settings require (item keys, gallery size
+    k; retrieval identities) after :func:`_read_jsonl` checked each line's fields, so a malformed
+    row is one line naming the file and row before any work (``avtrain fit`` validates after
+    every epoch)."""
     if tl.task == "matching" and not tl.k >= 2:
         raise EvaluationError(f"{path}: a matching list with k = {tl.k} in manifest.json, expected k >= 2")
     for n, row in enumerate(tl.rows, 1):
