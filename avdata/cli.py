@@ -508,12 +508,13 @@ def _report_diff(lines: list[str], what: str, against: str) -> None:
     an equivalence, exit 3 when shards differ only within the content tolerance (equivalent)."""
     from avdata.manifest import EQUIVALENT, WARNING, equivalence_summary, has_failures
 
+    summary = equivalence_summary(lines)
     for line in lines:
-        click.echo(line)
+        if summary is None or line != EQUIVALENT + summary:  # the verdict is said last, once
+            click.echo(line)
     if has_failures(lines):
         n = sum(1 for l in lines if not (l.startswith(WARNING) or l.startswith(EQUIVALENT)))
         fail(f"{what}: different from {against} ({n} difference line(s) above)")
-    summary = equivalence_summary(lines)
     if summary:
         click.echo(f"{what}: {summary} to {against}; not byte-identical")
         raise SystemExit(EXIT_EQUIVALENT)

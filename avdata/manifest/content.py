@@ -109,14 +109,34 @@ class Comparison:
     differing: int  # samples whose array bytes differ
     largest: float | None  # largest digest difference (None without digests)
     reason: str = ""  # why not equivalent
+    modality: str | None = None  # "audio" / "face" for item shards; None for tuple shards
 
-    def describe(self, modality: str | None) -> str:
+    def describe(self) -> str:
         if not self.equivalent:
             return f"different: {self.reason}"
         text = f"float noise in {self.differing} of {self.samples} samples"
-        if self.largest is not None and modality in UNIT:
-            text += f", largest difference {self.largest:.3g} {UNIT[modality]}"
+        if self.largest is not None and self.modality in UNIT:
+            text += f", largest difference {self.largest:.3g} {UNIT[self.modality]}"
         return text
+
+
+def shard_modality(name: str) -> str | None:
+    """ "audio" / "face" for an item shard's name (SPLIT/MODALITY-N.tar), None otherwise."""
+    return next((m for m in UNIT if f"/{m}-" in name), None)
+
+
+def summary(comparisons) -> str:
+    """``equivalent (float noise in N samples of K shards, largest difference ...)`` of
+    equivalent comparisons."""
+    comparisons = list(comparisons)
+    text = f"equivalent (float noise in {sum(c.differing for c in comparisons)} samples of {len(comparisons)} shards"
+    largest = {}
+    for c in comparisons:
+        if c.largest is not None and c.modality in UNIT:
+            largest[UNIT[c.modality]] = max(largest.get(UNIT[c.modality], 0.0), c.largest)
+    if largest:
+        text += ", largest difference " + ", ".join(f"{v:.3g} {u}" for u, v in sorted(largest.items()))
+    return text + ")"
 
 
 def _decode(record: dict, field: str, width: int, dtype: str):
@@ -131,6 +151,12 @@ def _decode(record: dict, field: str, width: int, dtype: str):
 
 def compare(expected: dict | None, actual: dict, modality: str | None) -> Comparison:
     """Compare a recorded ``content`` (the committed manifest's) with one read from disk."""
+    result = _compare(expected, actual, modality)
+    result.modality = modality
+    return result
+
+
+def _compare(expected: dict | None, actual: dict, modality: str | None) -> Comparison:
     hashes_a = _decode(actual, "array_hashes", HASH_BYTES, "u1")
     n = 0 if hashes_a is None else len(hashes_a)
     if not isinstance(expected, dict) or "samples_sha256" not in expected:

@@ -104,12 +104,11 @@ def _diff_entries(section: str, e: dict, a: dict, compared: dict | None = None) 
         changes = _walk(e[name], a[name], "")
         if name in compared:  # bytes differ: the content comparison speaks for bytes and content
             cmp = compared[name]
-            modality = "face" if "/face-" in name else "audio" if "/audio-" in name else None
             changes = [(p, c) for p, c in changes if p.split(".")[0] not in ("sha256", "bytes", "content")]
             if cmp.equivalent and not changes:
-                out.append(f"{EQUIVALENT}{section}: {name} {cmp.describe(modality)}")
+                out.append(f"{EQUIVALENT}{section}: {name} {cmp.describe()}")
                 continue
-            changes.append(("sha256", f"changed, {cmp.describe(modality)}"))
+            changes.append(("sha256", f"changed, {cmp.describe()}"))
         rank = {k: i for i, k in enumerate(_ENTRY_FIELD_ORDER)}
         changes.sort(key=lambda pc: (rank.get(pc[0].split(".")[0], len(rank)), pc[0]))
         same_inputs = "inputs_sha256" in e[name] and e[name].get("inputs_sha256") == a[name].get(
@@ -198,6 +197,10 @@ def diff(expected: dict, actual: dict, limit: int = MAX_LINES, compared: dict | 
         failures.extend(lines)
     if len(failures) > limit:
         failures = failures[:limit] + [f"... {len(failures) - limit} more differences"]
+    if equivalents and not failures:  # the verdict, from the comparisons themselves
+        from avdata.manifest.content import summary
+
+        equivalents.append(EQUIVALENT + summary(c for c in (compared or {}).values() if c.equivalent))
     return failures + equivalents + warnings
 
 
@@ -207,30 +210,20 @@ def has_failures(lines: list[str]) -> bool:
 
 
 def equivalence_summary(lines: list[str]) -> str | None:
-    """For a verify without failures whose shards differ only in float noise: one line,
-    ``equivalent (float noise in N samples of K shards, largest difference ...)``; else None."""
-    import re
-
-    eq = [l for l in lines if l.startswith(EQUIVALENT)]
-    if not eq or has_failures(lines):
+    """The verdict line :func:`diff` ends its equivalence lines with (``equivalent (float noise
+    in N samples of K shards, ...)``), when there is no failure; else None."""
+    if has_failures(lines):
         return None
-    noisy = sum(int(m.group(1)) for l in eq if (m := re.search(r"float noise in (\d+) of", l)))
-    largest = {}
-    for l in eq:
-        m = re.search(r"largest difference (\S+) (dB|grey levels)", l)
-        if m:
-            largest[m.group(2)] = max(largest.get(m.group(2), 0.0), float(m.group(1)))
-    text = f"equivalent (float noise in {noisy} samples of {len(eq)} shards"
-    if largest:
-        text += ", largest difference " + ", ".join(f"{v:.3g} {u}" for u, v in sorted(largest.items()))
-    return text + ")"
+    return next(
+        (l[len(EQUIVALENT) :] for l in reversed(lines) if l.startswith(EQUIVALENT + "equivalent (")), None
+    )
 
 
 def compare_shard_contents(dir: str | Path, expected: dict, actual: dict) -> dict:
     """Content comparisons (avdata.manifest.content) of the shards of DIR whose bytes differ
     from the committed manifest's: recomputed from the tars on disk, never taken from DIR's
     own manifest.json (which could claim anything)."""
-    from avdata.manifest.content import compare, shard_content
+    from avdata.manifest.content import compare, shard_content, shard_modality
     from avdata.untrusted import resolve_inside
 
     out = {}
@@ -252,8 +245,7 @@ def compare_shard_contents(dir: str | Path, expected: dict, actual: dict) -> dic
 
             out[name] = Comparison(False, 0, 0, None, f"cannot read it back ({exc})")
             continue
-        modality = "face" if "/face-" in name else "audio" if "/audio-" in name else None
-        out[name] = compare(e.get("content"), content, modality)
+        out[name] = compare(e.get("content"), content, shard_modality(name))
     return out
 
 
