@@ -25,7 +25,6 @@ import ctypes
 import json
 import logging
 import os
-import stat
 import sys
 from pathlib import Path
 
@@ -95,18 +94,14 @@ def _read_scheduler_file(path: Path) -> str:
     def bad(reason: str) -> ClusterError:
         return ClusterError(f"{path}: not a Dask scheduler file ({reason})")
 
-    try:
-        st = path.stat()
-        if not stat.S_ISREG(st.st_mode):
-            raise bad("not a regular file")
-        if st.st_size > MAX_SCHEDULER_FILE_BYTES:
-            raise bad(f"{st.st_size} bytes, more than {MAX_SCHEDULER_FILE_BYTES >> 20} MiB")
-        with path.open("rb") as f:
-            cfg = json.loads(f.read(MAX_SCHEDULER_FILE_BYTES + 1))
-    except FileNotFoundError:
-        raise ClusterError(f"{path}: no such Dask scheduler file") from None
-    except OSError as exc:
-        raise ClusterError(f"{path}: cannot read the Dask scheduler file ({exc.strerror or exc})") from None
+    from avdata.errors import AvmatchError
+    from avdata.untrusted import read_regular
+
+    try:  # a regular file (opened without blocking: a FIFO is refused), capped
+        raw = read_regular(path, MAX_SCHEDULER_FILE_BYTES, "no such Dask scheduler file")
+        cfg = json.loads(raw)
+    except AvmatchError as exc:
+        raise ClusterError(str(exc)) from None
     except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested too deep
         raise bad(f"not JSON: {getattr(exc, 'msg', None) or type(exc).__name__}") from None
     if not isinstance(cfg, dict) or not isinstance(cfg.get("address"), str):

@@ -47,14 +47,6 @@ def disk_full_errors(path: str | Path):
         raise
 
 
-def disk_full(exc: OSError, path: str | Path) -> DiskFullError | None:
-    """The one-line DiskFullError for a write to ``path`` that failed for lack of space or
-    quota, else None (the OSError is something else)."""
-    if exc.errno in DISK_FULL:
-        return DiskFullError(f"no space left on device while writing {path}")
-    return None
-
-
 class DirectoryLockedError(AvmatchError):
     """Another process holds DIR/.lock."""
 

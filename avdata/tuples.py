@@ -632,13 +632,20 @@ def check_tuples(
         if len(problems) < max_reports:
             problems.append(f"{rel}: {tid}: {msg}")
 
-    for rel, entry in sorted(manifest["files"].items()):
+    galleries: dict[str, bytes] = {}  # gallery lists' bytes, read once, checked with their queries
+
+    def is_gallery(entry: dict) -> bool:
+        return "gallery" not in entry and entry["config"]["task"] == "retrieval"
+
+    # gallery lists first, so each is in `galleries` when its queries are checked
+    for rel, entry in sorted(manifest["files"].items(), key=lambda kv: (not is_gallery(kv[1]), kv[0])):
         listed = _listed_file(out, rel, entry, problems, keep=True)
         if listed is None:
             continue
         cfg = entry["config"]
-        if "gallery" not in entry and cfg["task"] == "retrieval":
-            continue  # a gallery list, checked with its queries
+        if is_gallery(entry):
+            galleries[rel] = listed[1]
+            continue
         rows = _read_rows(listed[1], rel, cfg["task"], report)
         lists[rel[len("index/") : -len(".jsonl")]] = rows
         task = cfg["task"]
@@ -693,10 +700,9 @@ def check_tuples(
             if {t["query"] for t in rows} != want_q or len(rows) != len(want_q):
                 problems.append(f"{rel}: queries are not exactly the {len(want_q)} {q_mod} items of {split}")
             g_rel = entry["gallery"]  # a listed index file (read_tuple_manifest): its problems come with it
-            g_listed = _listed_file(out, g_rel, manifest["files"][g_rel], [], keep=True)
-            if g_listed is None:
+            if g_rel not in galleries:  # unreadable: its problems were reported when it was read
                 continue
-            gallery = [g["key"] for g in _read_rows(g_listed[1], g_rel, "gallery", report)]
+            gallery = [g["key"] for g in _read_rows(galleries[g_rel], g_rel, "gallery", report)]
             want_g = set(items[(items["split"] == split) & (items["modality"] == g_mod)].index)
             if set(gallery) != want_g or len(gallery) != len(want_g):
                 problems.append(

@@ -46,6 +46,7 @@ MAX_CHECKPOINT_BYTES = 256 << 20
 # into one object per entry, so an end record naming a larger directory is refused unread.
 MAX_ZIP_DIRECTORY_BYTES = 1 << 20
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+MAX_CHECKSUM_BYTES = 64 << 10  # a checksum file beside a checkpoint: a few sha256sum lines
 
 
 class CheckpointError(AvmatchError, ValueError):
@@ -83,9 +84,10 @@ def _read_checksums(path: Path) -> list[str]:
             f"{path}: no checksum file {side.name} beside it; refusing an unverified checkpoint "
             f"(if you trust it: sha256sum {path.name} > {side.name})"
         )
-    hashes = [
-        line.split()[0].lower() for line in side.read_text(errors="replace").splitlines() if line.strip()
-    ]
+    from avdata.untrusted import read_regular
+
+    text = read_regular(side, MAX_CHECKSUM_BYTES).decode("utf-8", errors="replace")  # regular, capped
+    hashes = [line.split()[0].lower() for line in text.splitlines() if line.strip()]
     if not hashes or not all(_HEX64.match(h) for h in hashes):
         raise UnsafeCheckpointError(f"{side}: not a sha256 checksum file")
     return hashes

@@ -512,7 +512,9 @@ class _Journal:
     def open(self) -> _Journal:
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        from avdata.io import make_output_dir
+
+        make_output_dir(self.path.parent)  # a dangling symlink or a file: one line
         f = open(self.path, "a+b")  # noqa: SIM115 (held open, closed by close())
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -561,16 +563,11 @@ class _Journal:
                 yield json.loads(line)
 
     def write(self, record: dict) -> None:
-        from avdata.io import disk_full
+        from avdata.io import disk_full_errors
 
-        try:
+        with disk_full_errors(self.path):
             self._f.write(self._line(record))
             self._f.flush()
-        except OSError as exc:
-            full = disk_full(exc, self.path)
-            if full is not None:
-                raise full from None
-            raise
 
     def replay_error(self, exc: Exception) -> InferenceError:
         return InferenceError(
@@ -977,11 +974,15 @@ def read_pair_list(path: str | Path, fmt: str = "auto") -> tuple[str, list[Pair]
     """
     if fmt not in FORMATS:
         raise InferenceError(f"unknown list format {fmt!r}; one of {FORMATS}")
+    from avdata.untrusted import MAX_INDEX_BYTES, read_regular
+
     path = Path(path)
+    raw = read_regular(path, MAX_INDEX_BYTES, "pair list not found")  # regular, capped: no FIFO wait
     try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: a leading byte order mark is dropped
-    except (OSError, UnicodeDecodeError) as exc:
+        text = raw.decode("utf-8-sig")  # -sig: a leading byte order mark is dropped
+    except UnicodeDecodeError as exc:
         raise InferenceError(f"{path}: cannot read the pair list ({type(exc).__name__})") from None
+    del raw
     lines = text.splitlines()
     del text
     if fmt == "auto":

@@ -646,9 +646,13 @@ def _trim_log(path: Path, step: int) -> None:
     """Before a resume appends to log.jsonl: drop the records past ``step`` (written after the
     checkpoint it continues from, by a run killed mid-epoch; they are written again) and a line
     the kill cut short, so every step has one record, in order."""
-    if not path.is_file():
+    from avdata.untrusted import open_inside
+    from avtrain.report import MAX_LOG_BYTES
+
+    if not os.path.lexists(path):
         return
-    with open(path, "rb") as src, atomic_output(path) as dst:
+    # inside RUN, a regular file of at most MAX_LOG_BYTES (a FIFO or a link out: one line)
+    with open_inside(path.parent, path.name, max_bytes=MAX_LOG_BYTES) as src, atomic_output(path) as dst:
         for line in src:
             try:
                 record = json.loads(line)

@@ -216,7 +216,7 @@ def test_bad_scheduler_file_or_address_is_one_line_error(corpus, tmp_path):
         "list.json": ("[]", 'not a Dask scheduler file (no "address" string in a JSON object)'),
         "noport.json": ('{"address": "tcp://127.0.0.1"}', "its address 'tcp://127.0.0.1' is not a Dask scheduler"),
         "missing.json": (None, "no such Dask scheduler file"),
-        "fifo.json": ("fifo", "not a Dask scheduler file (not a regular file)"),
+        "fifo.json": ("fifo", "refusing a FIFO, not a regular file"),
     }  # fmt: skip
     cases = []
     for name, (text, problem) in files.items():
