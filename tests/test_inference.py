@@ -325,7 +325,9 @@ def test_a_path_component_over_255_bytes_is_a_reject_of_its_item_only(setup, tmp
     _score(setup, plist, root, out)
     rows = [ln.split() for ln in out.read_text().splitlines()]
     assert [r[1] == "nan" for r in rows] == [False, True, True]
-    assert all("name too long" in r["reasons"][0]["reason"] for r in _rejects(out))
+    rejects = _rejects(out)
+    assert [r["id"] for r in rejects] == ["b", "c"]
+    assert all("name too long" in r["reasons"][0]["reason"] for r in rejects)
 
     res = _avtrain(
         ["embed", "--run", setup["run"], "--audio", root / wav, "--audio", tmp_path / long_name]

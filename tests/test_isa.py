@@ -23,7 +23,7 @@ import pytest
 from helpers import build_shards_args, make_tuples_args, tiny_fit_sets
 
 from avdata.io import add_tar_member, sha256_file
-from avdata.kernels import environment, supported_simulations
+from avdata.kernels import cpu_flags, environment, supported_simulations
 from avdata.reader import iter_tar_samples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,6 +121,9 @@ def test_db_kernels_give_the_same_bits_on_every_simulated_cpu():
         outputs[name] = res.stdout.split()
     ours = {tuple(v[:2]) for v in outputs.values()}
     assert len(ours) == 1, outputs
+    # the simulations do reach numpy: its own log10 / abs give other bits without AVX2 / AVX-512
+    if "avx2" in cpu_flags() and "sse42-machine" in outputs:
+        assert outputs["native"][2:] != outputs["sse42-machine"][2:], outputs
     # and they agree with numpy's own to float64 rounding
     from avdata.audio import stable_log10, stable_magnitude
 
@@ -256,5 +259,12 @@ def test_deterministic_fit_gives_the_same_weights_under_every_simulated_cpu(isa_
         for name, env in SIMULATIONS.items()
     }
     assert len(set(pinned.values())) == 1, pinned
+    # and they do reach training: without --deterministic the kernels give other weights
+    if "avx2" in cpu_flags() and "sse42-machine" in SIMULATIONS:
+        free = {
+            name: _fit_weights(isa_tuples, tmp_path / f"free-{name}", SIMULATIONS[name])
+            for name in ("native", "sse42-machine")
+        }
+        assert free["native"] != free["sse42-machine"], free
     cfg = (tmp_path / "det-native" / "config.yaml").read_text()
     assert "deterministic: true" in cfg
