@@ -1,4 +1,4 @@
-"""avtrain command line: thin Click commands over avtrain.train / evaluate / report / inference."""
+"""avtrain command line: thin Click commands over avtrain.train.loop / evaluate / report / inference."""
 
 from __future__ import annotations
 
@@ -174,8 +174,8 @@ def fit_cmd(
     """Train AML on tuple shards (also under torchrun for DDP)."""
     if deterministic:
         _pin_kernels()
-    from avtrain.config import load_config
-    from avtrain.train import fit
+    from avtrain.run.config import load_config
+    from avtrain.train.loop import fit
 
     cfg = load_config(
         config_file,
@@ -243,7 +243,7 @@ def fit_cmd(
 @user_errors
 def evaluate_cmd(run, checkpoint, shards, tuples_dir, out, batch_size, device, n_boot, seed):
     """Score a run on matching, verification and retrieval lists (score = -L2 distance)."""
-    from avtrain.evaluate import evaluate
+    from avtrain.evaluation.evaluate import evaluate
 
     evaluate(
         run,
@@ -284,13 +284,13 @@ def evaluate_cmd(run, checkpoint, shards, tuples_dir, out, batch_size, device, n
 @user_errors
 def report_cmd(run, metrics, out, compare):
     """Write a self-contained HTML report (tables and embedded plots) of a run."""
-    from avtrain.report import build_report
+    from avtrain.evaluation.report import build_report
 
     path = build_report(run, metrics=metrics, out=out, compare=compare)
     click.echo(f"wrote {path}")
 
 
-# --------------------------------------------------------------------------- raw media (avtrain.inference)
+# --------------------------------------------------------------------------- raw media (avtrain.serve.inference)
 
 
 @main.command("embed")
@@ -327,7 +327,7 @@ def embed_cmd(run, checkpoint, audio, faces, videos, out, batch_size, device, pr
     Files are embedded a batch at a time; finished batches go to OUT.partial, so a run stopped
     half-way and started again with the same inputs and settings goes on where it stopped.
     """
-    from avtrain.inference import check_output_name, embed_to_file, load_model
+    from avtrain.serve.inference import check_output_name, embed_to_file, load_model
 
     check_output_name(out)
     model = load_model(run, device, checkpoint=checkpoint)
@@ -364,7 +364,7 @@ def match_cmd(gallery, run, checkpoint, voice, face, faces_flag, voices_flag, as
     """
     import json as json_
 
-    from avtrain.inference import InferenceError, format_ranking, load_model, match
+    from avtrain.serve.inference import InferenceError, format_ranking, load_model, match
 
     if (voice is None) == (face is None):
         raise InferenceError(
@@ -465,7 +465,7 @@ def score_cmd(
     length); OUT is written from it at the end. A run stopped half-way and started again with
     the same list, roots, model and settings goes on where it stopped.
     """
-    from avtrain.inference import load_model, score_pairs
+    from avtrain.serve.inference import load_model, score_pairs
 
     model = load_model(run, device, checkpoint=checkpoint)
     score_pairs(
@@ -503,7 +503,7 @@ def score_cmd(
 @user_errors
 def export_cmd(run, checkpoint, out):
     """Write OUT/model.safetensors (weights only, no pickle) and OUT/config.json; load_model reads OUT."""
-    from avtrain.inference import export_model
+    from avtrain.serve.inference import export_model
 
     meta = export_model(run, out, checkpoint=checkpoint)
     click.echo(

@@ -22,13 +22,14 @@ def random_run(path: Path) -> Path:
     seed 0): enough to time or size inference, whose cost does not depend on the weights."""
     import torch
 
-    from avtrain.checkpoint import LAST, build_model, save_checkpoint
-    from avtrain.config import TrainConfig
+    from avtrain.methods import build_method
+    from avtrain.run.checkpoint import LAST, save_checkpoint
+    from avtrain.run.config import TrainConfig
 
     path.mkdir()
     cfg = TrainConfig()
     torch.manual_seed(0)
     save_checkpoint(
-        path / LAST, {"config": cfg.to_dict(), "model": build_model(cfg).state_dict(), "epoch": 0, "step": 0}
+        path / LAST, {"config": cfg.to_dict(), "model": build_method(cfg).state_dict(), "epoch": 0, "step": 0}
     )
     return path

@@ -3,7 +3,7 @@
 read      every tuple-shard sample decoded: avdata.reader.iter_samples (local files via
           tarfile, every member checked) vs webdataset.WebDataset(paths).map(decode_sample)
           (the previous reader, trusted local paths only); best of --repeats, interleaved
-fit start avtrain.data.load_sizes (names + every member of every tuple shard checked in the
+fit start avtrain.train.data.load_sizes (names + every member of every tuple shard checked in the
           main process) against the decoded read pass it precedes (one epoch's input)
 check     avdata.tuples.check_tuples on the tuple directory (lists + tuple shards) against
           the decoded read pass
@@ -47,7 +47,7 @@ def main() -> None:
 
     from avdata.reader import decode_sample, iter_samples
     from avdata.tuples import check_tuples
-    from avtrain.data import load_sizes
+    from avtrain.train.data import load_sizes
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

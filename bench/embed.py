@@ -3,9 +3,9 @@
 Same run (randomly initialised AML; the forward cost does not depend on the weights), same
 files, same batch size, same torch thread count, timed in one process in alternation:
 
-  (a) shard path   avtrain.embeddings.embed_items over the built shards (tar read, JPEG/npy
+  (a) shard path   avtrain.evaluation.embeddings.embed_items over the built shards (tar read, JPEG/npy
                    decode, normalise, forward): what evaluate pays per item
-  (b) raw media    avtrain.inference.embed_files over the corpus trees (wav decode +
+  (b) raw media    avtrain.serve.inference.embed_files over the corpus trees (wav decode +
                    spectrogram recipe, image decode + MTCNN alignment + shard JPEG round trip,
                    normalise, forward): what embed/score/match pay per item
 
@@ -48,9 +48,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from avdata.reader import index_items
-    from avtrain.checkpoint import load_run
-    from avtrain.embeddings import embed_items
-    from avtrain.inference import embed_files, load_model
+    from avtrain.evaluation.embeddings import embed_items
+    from avtrain.run.checkpoint import load_run
+    from avtrain.serve.inference import embed_files, load_model
 
     with tempfile.TemporaryDirectory() as d:
         corpus, shards, run = build(Path(d), args.identities)

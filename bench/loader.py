@@ -118,16 +118,16 @@ def main():
     args = ap.parse_args()
 
     from avdata.reader import index_items
-    from avtrain.checkpoint import build_model
-    from avtrain.config import TrainConfig
-    from avtrain.data import (
+    from avtrain.methods import build_method
+    from avtrain.run.config import TrainConfig
+    from avtrain.train.data import (
         TupleStream,
         collate,
         load_sizes,
         make_loader,
         to_model_inputs,
     )
-    from avtrain.train import build_loss, train_step
+    from avtrain.train.loop import build_loss, train_step
 
     torch.set_num_threads(1)
     cpu = torch.device("cpu")
@@ -176,7 +176,7 @@ def main():
         memory = list(islice(stream_loader(), batches + 1))
 
         cfg = TrainConfig(batch_size=B)
-        model, loss_fn = build_model(cfg), build_loss(cfg)
+        model, loss_fn = build_method(cfg), build_loss(cfg)
         model.train()
         opt_g = torch.optim.Adam(model.encoder_parameters(), lr=cfg.lr_start, weight_decay=cfg.weight_decay)
         opt_d = torch.optim.Adam(

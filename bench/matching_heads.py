@@ -26,10 +26,10 @@ from pathlib import Path
 
 
 def main():
-    from avtrain import train
-    from avtrain.config import load_config
-    from avtrain.evaluate import evaluate
-    from avtrain.models import MATCHING_HEADS
+    from avtrain.evaluation.evaluate import evaluate
+    from avtrain.methods.aml.model import MATCHING_HEADS
+    from avtrain.run.config import load_config
+    from avtrain.train import loop as train
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", type=Path, help="directory with shards/ and tuples/ (see above)")

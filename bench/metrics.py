@@ -1,4 +1,4 @@
-"""Why avtrain.metrics keeps its own bootstrap: timed against scipy.stats.bootstrap, same run.
+"""Why avtrain.evaluation.metrics keeps its own bootstrap: timed against scipy.stats.bootstrap, same run.
 
     .venv/bin/python bench/metrics.py [--n 1600] [--boot 1000] [--repeats 5]
 
@@ -28,7 +28,7 @@ def _median_time(fn, repeats: int) -> float:
 def main():
     from scipy.stats import bootstrap
 
-    from avtrain.metrics import bootstrap_ci
+    from avtrain.evaluation.metrics import bootstrap_ci
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1600, help="items (the demo's 10-way lists have 1,600 tuples)")

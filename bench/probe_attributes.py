@@ -52,8 +52,8 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(1)
     from avdata.reader import decode_npy, index_items, read_member
-    from avtrain.checkpoint import load_run
-    from avtrain.embeddings import embed_items
+    from avtrain.evaluation.embeddings import embed_items
+    from avtrain.run.checkpoint import load_run
 
     shards = args.demo / "shards-matching"
     att = {

@@ -96,14 +96,15 @@ out[args["name"]] = {"s": time.perf_counter() - t, "rss_mb": rss_mb(), "mb_writt
 import torch
 torch.set_num_threads(1)
 from pathlib import Path
-from avtrain.config import TrainConfig
-from avtrain.evaluate import evaluate
-from avtrain.checkpoint import LAST as CHECKPOINT
-from avtrain.checkpoint import build_model, save_checkpoint
+from avtrain.run.config import TrainConfig
+from avtrain.evaluation.evaluate import evaluate
+from avtrain.run.checkpoint import LAST as CHECKPOINT
+from avtrain.methods import build_method
+from avtrain.run.checkpoint import save_checkpoint
 cfg = TrainConfig()
 torch.manual_seed(0)
 run = Path(args["run"]); run.mkdir(parents=True, exist_ok=True)
-save_checkpoint(run / CHECKPOINT, {"config": cfg.to_dict(), "model": build_model(cfg).state_dict(), "epoch": 0, "step": 0})
+save_checkpoint(run / CHECKPOINT, {"config": cfg.to_dict(), "model": build_method(cfg).state_dict(), "epoch": 0, "step": 0})
 t = time.perf_counter()
 m = evaluate(run, args["shards"], args["tuples"], n_boot=args["n_boot"], echo=None)
 out["evaluate"] = {"s": time.perf_counter() - t, "rss_mb": rss_mb(), "items": m["items"]["audio"] + m["items"]["face"]}
@@ -111,7 +112,7 @@ out["evaluate"] = {"s": time.perf_counter() - t, "rss_mb": rss_mb(), "items": m[
     "loader": r"""
 import torch
 torch.set_num_threads(1)
-from avtrain.data import TupleStream, load_sizes, make_loader
+from avtrain.train.data import TupleStream, load_sizes, make_loader
 urls, sizes = load_sizes(args["tuples"], "matching_train_a2v_k2")
 loader = make_loader(TupleStream(urls, 32, seed=0), workers=2, pin_memory=False)
 t = time.perf_counter(); n = 0

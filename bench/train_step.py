@@ -25,13 +25,13 @@ def make_batch(task: str, k: int, B: int, device):
 
 
 def run(task: str, k: int, B: int, steps: int, device, adversarial: bool, amp: bool) -> float:
-    """Tuples/s of avtrain.train.train_step (the step fit runs), with fit's optimisers."""
-    from avtrain.checkpoint import build_model
-    from avtrain.config import TrainConfig
-    from avtrain.train import build_loss, train_step
+    """Tuples/s of avtrain.train.loop.train_step (the step fit runs), with fit's optimisers."""
+    from avtrain.methods import build_method
+    from avtrain.run.config import TrainConfig
+    from avtrain.train.loop import build_loss, train_step
 
     cfg = TrainConfig.from_dict({"task": task, "k": k, "batch_size": B, "loss": {"adversarial": adversarial}})
-    model = build_model(cfg).to(device)
+    model = build_method(cfg).to(device)
     cuda = device.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)

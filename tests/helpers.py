@@ -111,13 +111,14 @@ def save_random_run(run: Path, seed: int = 3, **settings) -> Path:
     say otherwise): enough for tests of loading, exporting and consistency, no training."""
     import torch
 
-    from avtrain.checkpoint import LAST, build_model, save_checkpoint
-    from avtrain.config import TrainConfig
+    from avtrain.methods import build_method
+    from avtrain.run.checkpoint import LAST, save_checkpoint
+    from avtrain.run.config import TrainConfig
 
     cfg = TrainConfig.from_dict({"task": "matching", "k": 2, "direction": "a2v", "seed": seed, **settings})
     torch.manual_seed(seed)
     run.mkdir(parents=True, exist_ok=True)
     save_checkpoint(
-        run / LAST, {"config": cfg.to_dict(), "model": build_model(cfg).state_dict(), "epoch": 0, "step": 0}
+        run / LAST, {"config": cfg.to_dict(), "model": build_method(cfg).state_dict(), "epoch": 0, "step": 0}
     )
     return run

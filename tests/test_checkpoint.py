@@ -18,7 +18,8 @@ from click.testing import CliRunner
 from helpers import tiny_fit_sets
 
 from avdata.io import sha256_file
-from avtrain.checkpoint import (
+from avtrain.cli import main as avtrain_main
+from avtrain.run.checkpoint import (
     BEST,
     LAST,
     MAX_CHECKPOINT_BYTES,
@@ -30,9 +31,8 @@ from avtrain.checkpoint import (
     load_run,
     save_checkpoint,
 )
-from avtrain.cli import main as avtrain_main
-from avtrain.config import TrainConfig
-from avtrain.train import fit
+from avtrain.run.config import TrainConfig
+from avtrain.train.loop import fit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -372,8 +372,9 @@ def test_zip_directory_bomb_is_refused_unread(trained, tmp_path):
 def test_checkpoint_caps_leave_headroom_for_the_largest_model():
     """MAX_CHECKPOINT_BYTES / MAX_ZIP_DIRECTORY_BYTES are >= 4x what a fit checkpoint of the largest
     model the settings allow holds (weights and two Adam moments per parameter)."""
-    from avtrain.checkpoint import _zip_directory_bytes, build_model
-    from avtrain.models.aml import MATCHING_HEADS
+    from avtrain.methods import build_method
+    from avtrain.methods.aml.model import MATCHING_HEADS
+    from avtrain.run.checkpoint import _zip_directory_bytes
 
     largest, biggest = None, 0
     for task, k, head, shared in itertools.product(
@@ -385,7 +386,7 @@ def test_checkpoint_caps_leave_headroom_for_the_largest_model():
             )
         except ValueError:  # a head only matching has
             continue
-        sd = build_model(cfg).state_dict()
+        sd = build_method(cfg).state_dict()
         size = sum(t.numel() * t.element_size() for t in sd.values())
         if size > biggest:
             largest, biggest = sd, size

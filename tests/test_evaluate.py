@@ -15,13 +15,14 @@ import torch
 from click.testing import CliRunner
 from helpers import make_tuples_args
 
-from avtrain.checkpoint import LAST as CHECKPOINT
-from avtrain.checkpoint import build_model, save_checkpoint
 from avtrain.cli import main as avtrain_main
-from avtrain.config import TrainConfig
-from avtrain.models.aml import AudioBranch, VisualBranch
-from avtrain.train import fit
-from avtrain.tuple_lists import read_tuple_lists
+from avtrain.evaluation.tuple_lists import read_tuple_lists
+from avtrain.methods import build_method
+from avtrain.methods.encoders import AudioBranch, VisualBranch
+from avtrain.run.checkpoint import LAST as CHECKPOINT
+from avtrain.run.checkpoint import save_checkpoint
+from avtrain.run.config import TrainConfig
+from avtrain.train.loop import fit
 
 torch.set_num_threads(1)
 
@@ -75,7 +76,7 @@ def setup(train_tuples, tmp_path_factory):
     torch.manual_seed(1)
     save_checkpoint(
         ablation / CHECKPOINT,
-        {"config": cfg2.to_dict(), "model": build_model(cfg2).state_dict(), "epoch": 0, "step": 0},
+        {"config": cfg2.to_dict(), "model": build_method(cfg2).state_dict(), "epoch": 0, "step": 0},
     )
     return {"shards": shards, "ev": ev, "run": run, "ablation": ablation, "tmp": tmp}
 
@@ -158,8 +159,8 @@ def test_scores_match_brute_force(setup):
     from sklearn.metrics import roc_auc_score
 
     from avdata.reader import decode_jpg, decode_npy, index_items, read_member
-    from avtrain.checkpoint import load_run
-    from avtrain.models import normalise_audio, normalise_face
+    from avtrain.methods.encoders import normalise_audio, normalise_face
+    from avtrain.run.checkpoint import load_run
 
     m = json.loads((setup["run"] / "metrics.json").read_text())
     model, _, _ = load_run(setup["run"], torch.device("cpu"))
@@ -380,7 +381,7 @@ def _metrics(**more) -> dict:
 def test_report_tables_escape_every_cell():
     """The table writer escapes every cell: a metrics dict that never went through the loader's
     checks (`n` and a retrieval direction holding markup) still gives no element of its own."""
-    from avtrain.report import compare_table, metrics_table
+    from avtrain.evaluation.report import compare_table, metrics_table
 
     m = _metrics()
     m["matching"]["a2v"]["k2"]["n"] = XSS

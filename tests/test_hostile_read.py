@@ -583,7 +583,7 @@ METRICS = {"matching": {"a2v": {"k2": {"value": 0.6, "ci95": [0.5, 0.7], "n": 10
 def _run_dir(path: Path) -> Path:
     """A run directory as fit and evaluate leave it (a random model, no training): checkpoint.pt
     and its sidecar, config.yaml, log.jsonl, metrics.json."""
-    from avtrain.config import TrainConfig, save_config
+    from avtrain.run.config import TrainConfig, save_config
 
     save_random_run(path)
     save_config(
@@ -659,7 +659,7 @@ def test_a_run_manifest_records_a_checked_config(run_dir, tmp_path):
     exponentially once printed) is one line naming the file."""
     import yaml
 
-    from avtrain.run_manifest import run_manifest
+    from avtrain.run.manifest import run_manifest
 
     m = run_manifest(run_dir)
     assert m["config"] == yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -678,7 +678,7 @@ def test_a_run_manifest_records_a_checked_config(run_dir, tmp_path):
         cfg.write_text(content)
         line = one_line_error(run(*_run_commands(run_dir, tmp_path)["manifest update"]))
         assert phrase in line, line
-    from avtrain.run_manifest import MAX_CONFIG_BYTES
+    from avtrain.run.manifest import MAX_CONFIG_BYTES
 
     with open(cfg, "r+b") as f:
         f.truncate(MAX_CONFIG_BYTES + 1)
@@ -689,7 +689,7 @@ def test_a_run_manifest_records_a_checked_config(run_dir, tmp_path):
 def test_a_run_log_is_read_line_by_line_within_its_caps(run_dir, tmp_path):
     """log.jsonl is streamed: a line longer than its 64 KiB cap (no newline for 1 MiB) is skipped
     unparsed, the lines around it are kept; a log above the 256 MiB cap is refused unread."""
-    from avtrain.report import read_log
+    from avtrain.evaluation.report import read_log
 
     log = run_dir / "log.jsonl"
     with log.open("a") as f:
@@ -699,7 +699,7 @@ def test_a_run_log_is_read_line_by_line_within_its_caps(run_dir, tmp_path):
     res = run(*_run_commands(run_dir, tmp_path)["manifest update"])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "m.json").read_text())["final_losses"] == {"L_total": 1.5}
-    from avtrain.report import MAX_LOG_BYTES
+    from avtrain.evaluation.report import MAX_LOG_BYTES
 
     with log.open("r+b") as f:
         f.truncate(MAX_LOG_BYTES + 1)  # sparse: nothing written

@@ -248,7 +248,7 @@ def _fit_weights(tuples: Path, out: Path, env: dict, *extra: str) -> str:
     args += ["--out", str(out), "--no-progress", *tiny_fit_sets(4, "batch_size=4"), *extra]
     res = _run([sys.executable, "-m", "avtrain.cli", *args], env)
     assert res.returncode == 0, res.stderr[-2000:]
-    from avtrain.run_manifest import run_manifest
+    from avtrain.run.manifest import run_manifest
 
     return run_manifest(out)["weights_sha256"]
 

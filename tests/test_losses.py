@@ -20,7 +20,7 @@ from avtrain.losses import (
     task_loss,
     triplet_loss,
 )
-from avtrain.models import AML, ModalityDiscriminator, ModelConfig
+from avtrain.methods.aml.model import AML, ModalityDiscriminator, ModelConfig
 
 
 def t(*rows):

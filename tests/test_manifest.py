@@ -26,7 +26,7 @@ from avdata.manifest import (
     verify,
 )
 from avdata.synth import synth_corpus
-from avtrain.run_manifest import run_manifest
+from avtrain.run.manifest import run_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 VOX1 = Path(__file__).resolve().parents[2] / "shared" / "data" / "protocols" / "voxceleb1"
@@ -253,8 +253,8 @@ def test_diff_order_summary_and_version_warnings():
 
 
 def test_cpu_run_repeats_with_its_seed(train_tuples, tmp_path):
-    from avtrain.config import TrainConfig
-    from avtrain.train import fit
+    from avtrain.run.config import TrainConfig
+    from avtrain.train.loop import fit
 
     def run(name, seed):
         cfg = TrainConfig(

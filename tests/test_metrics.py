@@ -1,4 +1,4 @@
-"""avtrain.metrics against hand-worked cases, naive loops and scikit-learn."""
+"""avtrain.evaluation.metrics against hand-worked cases, naive loops and scikit-learn."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from avtrain.metrics import (
+from avtrain.evaluation.metrics import (
     bootstrap_ci,
     bootstrap_ci_pairs,
     equal_error_rate,

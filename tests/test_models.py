@@ -9,10 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from avtrain.models import (
+from avtrain.methods.aml.model import (
     AML,
     MATCHING_HEADS,
-    AudioBranch,
     DiffMLPHead,
     Generator,
     MatchingHead,
@@ -21,10 +20,8 @@ from avtrain.models import (
     ModelConfig,
     RetrievalHead,
     VerificationHead,
-    VisualBranch,
-    normalise_audio,
-    normalise_face,
 )
+from avtrain.methods.encoders import AudioBranch, VisualBranch, normalise_audio, normalise_face
 
 
 def n_params(module: nn.Module) -> int:
@@ -127,7 +124,7 @@ def _assert_stage_shapes(layers: nn.Sequential, x: torch.Tensor, expected: list[
 
 
 def test_audio_branch_shapes_stage_by_stage():
-    # (C, freq, time) after each layer, worked out in the docstring of avtrain/models/aml.py
+    # (C, freq, time) after each layer, worked out in the docstring of avtrain/methods/aml/model.py
     expected = [
         (3, 111, 123),
         (3, 55, 60),

@@ -18,12 +18,12 @@ import torch
 from click.testing import CliRunner
 from helpers import make_tuples_args, tiny_fit_sets
 
-from avtrain.checkpoint import LAST as CHECKPOINT
-from avtrain.checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint
 from avtrain.cli import main
-from avtrain.config import ConfigError, TrainConfig, load_config, save_config
-from avtrain.data import batches_per_rank, epoch_shards, split_for
-from avtrain.train import fit
+from avtrain.run.checkpoint import LAST as CHECKPOINT
+from avtrain.run.checkpoint import CheckpointError, UnsafeCheckpointError, load_checkpoint
+from avtrain.run.config import ConfigError, TrainConfig, load_config, save_config
+from avtrain.train.data import batches_per_rank, epoch_shards, split_for
+from avtrain.train.loop import fit
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -337,7 +337,7 @@ def test_resume_names_each_difference_and_epochs_may_grow(train_tuples, tmp_path
 
 
 def test_lr_schedule_continues_from_the_current_lr_when_epochs_grow():
-    from avtrain.train import lr_at
+    from avtrain.train.loop import lr_at
 
     plan = [[0, 5e-3, 10]]
     old = [lr_at(s, plan, 5e-3, 5e-5) for s in range(11)]
@@ -353,12 +353,12 @@ def test_lr_schedule_continues_from_the_current_lr_when_epochs_grow():
 
 
 def _step_setup(clip_value=0.01, d_steps=1, seed=0):
-    from avtrain.checkpoint import build_model
-    from avtrain.train import build_loss
+    from avtrain.methods import build_method
+    from avtrain.train.loop import build_loss
 
     cfg = TrainConfig.from_dict({"batch_size": 4, "d_steps": d_steps, "model": {"clip_value": clip_value}})
     torch.manual_seed(seed)
-    model = build_model(cfg)
+    model = build_method(cfg)
     g = torch.Generator().manual_seed(seed)
     query = torch.randn(4, 1, 224, 125, generator=g)
     gallery = torch.rand(4, 2, 3, 224, 224, generator=g) * 2 - 1
@@ -374,7 +374,7 @@ def _adam(cfg, model):
 
 
 def test_discriminator_weights_are_clipped_after_real_steps(one_torch_thread):
-    from avtrain.train import train_step
+    from avtrain.train.loop import train_step
 
     for clip in (0.01, None):
         cfg, model, loss_fn, (q, g, y) = _step_setup(clip_value=clip)
@@ -401,7 +401,7 @@ def test_discriminator_weights_are_clipped_after_real_steps(one_torch_thread):
 
 
 def test_d_steps_discriminator_steps_per_batch(one_torch_thread):
-    from avtrain.train import train_step
+    from avtrain.train.loop import train_step
 
     cfg, model, loss_fn, (q, g, y) = _step_setup(d_steps=2)
     opt_g, opt_d = _adam(cfg, model)
@@ -431,7 +431,7 @@ def test_first_encoder_update_is_the_gradient_of_the_aml_objective(one_torch_thr
         split_gallery,
         split_modalities,
     )
-    from avtrain.train import train_step
+    from avtrain.train.loop import train_step
 
     cfg, model, loss_fn, (q, g, y) = _step_setup(clip_value=0.01)
     model.eval()  # no dropout: the batch and the weights alone decide the gradient
@@ -491,7 +491,7 @@ def val_tuples(train_tuples, tmp_path_factory):
 def test_validation_keeps_best_and_last_n(train_tuples, val_tuples, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from avtrain.checkpoint import checksum_path
+    from avtrain.run.checkpoint import checksum_path
 
     run = tmp_path / "run"
     shards = train_tuples.parent / "shards"
@@ -620,13 +620,13 @@ def test_patience_stops_a_run_that_no_longer_improves(train_tuples, val_tuples, 
 
 
 def test_bench_and_fit_run_the_same_train_step(train_tuples, tmp_path, monkeypatch, one_torch_thread):
-    """bench/train_step.py and fit both go through avtrain.train.train_step (a spy that delegates
+    """bench/train_step.py and fit both go through avtrain.train.loop.train_step (a spy that delegates
     to the real step counts the calls), so the benchmark times the step fit runs."""
     import importlib.util
 
     import torch
 
-    import avtrain.train as T
+    import avtrain.train.loop as T
 
     real, calls = T.train_step, []
 
@@ -640,7 +640,7 @@ def test_bench_and_fit_run_the_same_train_step(train_tuples, tmp_path, monkeypat
     spec.loader.exec_module(bench)
     rate = bench.run("matching", 2, 2, 1, torch.device("cpu"), adversarial=True, amp=False)
     assert rate > 0 and len(calls) == 3  # 2 warm-up steps + 1 timed step, all through train_step
-    from avtrain.config import load_config
+    from avtrain.run.config import load_config
 
     cfg = load_config(
         None, {"epochs": 1, "device": "cpu"}, ["batch_size=4", "workers=0", "max_steps_per_epoch=2"]
@@ -730,7 +730,7 @@ def test_fit_removes_temp_files_of_killed_saves(train_tuples, tmp_path):
 # kill -9 of `avtrain fit` at its first best.pt save, i.e. right after that epoch's checkpoint.pt
 KILL_BEFORE_BEST = """
 import os, signal, sys
-import avtrain.train as train
+import avtrain.train.loop as train
 save = train.save_checkpoint
 def save_or_die(path, state):
     if path.name == "best.pt":
@@ -765,7 +765,7 @@ def test_kill_between_checkpoint_and_best_saves_is_repaired_on_resume(train_tupl
 def test_best_pt_an_epoch_behind_is_repaired_or_refused(train_tuples, val_tuples, tmp_path):
     """#20 item 9: best.pt left at epoch 1 while checkpoint.pt (epoch 2) records the best at epoch 2
     is rebuilt from checkpoint.pt; a best.pt that no checkpoint can rebuild is refused in one line."""
-    from avtrain.checkpoint import save_checkpoint
+    from avtrain.run.checkpoint import save_checkpoint
 
     done = tmp_path / "done"
     val = ["--val-shards", train_tuples.parent / "shards", "--val-tuples", val_tuples]

@@ -12,7 +12,7 @@ Four kinds (see docs/reproducibility.md):
   sha256 of the sorted VoxCeleb1 id list (never the lists or the files themselves);
 * ``avmatch.run`` — a training run: config, seed, the tuple manifest's sha256, final
   losses / metrics and a hash of the final weights. avdata knows nothing of training: the
-  describer of run directories lives in ``avtrain.run_manifest`` and is found through the
+  describer of run directories lives in ``avtrain.run.manifest`` and is found through the
   ``avmatch.manifests`` entry point group.
 
 Modules: :mod:`.schema` (kinds, constants, reading and writing manifest files),

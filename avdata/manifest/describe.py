@@ -30,7 +30,7 @@ def describe(dir: str | Path, tuples: str | Path | None = None) -> dict:
     re-hashed. A file whose bytes differ from the recorded sha256 (or that is
     missing, or a stray ``.tar`` not listed) is recorded with its *actual* hash and
     reported under ``integrity`` (so the manifest always describes the bytes on disk).
-    Other kinds (training runs: ``avtrain.run_manifest``) come from the describers registered
+    Other kinds (training runs: ``avtrain.run.manifest``) come from the describers registered
     under the ``avmatch.manifests`` entry point group, given ``tuples`` (the tuple directory a
     run trained on).
     """

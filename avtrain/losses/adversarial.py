@@ -1,7 +1,7 @@
 """Modality adversarial losses: discriminator side (L_dis) and generator side.
 
 The discriminator D maps every h (query and gallery items alike) to two outputs, column 0 =
-audio, column 1 = visual; modality labels are audio = 0, visual = 1 (avtrain.models.AUDIO/FACE).
+audio, column 1 = visual; modality labels are audio = 0, visual = 1 (AUDIO, FACE below).
 
 kind       discriminator minimises                 encoders/generator add to L_total
 "gan"      cross-entropy on modality labels (Eq. 3)  -L_dis  (Eq. 10: minimise L_total - L_dis)
@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from avtrain.models.aml import AUDIO, FACE
+AUDIO, FACE = 0, 1  # modality labels for the discriminator (audio=0, visual=1)
 
 ADVERSARIAL_KINDS = ("gan", "lsgan", "wgan")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from avdata.io import atomic_output
-from avtrain import metrics as M
-from avtrain.embeddings import Embeddings
+from avtrain.evaluation import metrics as M
+from avtrain.evaluation.embeddings import Embeddings
 
 PAIR_SAMPLE = 1000  # items per modality for the before/after-generator distances
 TSNE_IDENTITIES = 10  # identities in RUN/embeddings.npz
@@ -77,9 +77,12 @@ def _rows(emb: Embeddings, modality: str, keys: list[str]) -> np.ndarray:
 
 
 def _feature_stack(emb: Embeddings, modality: str, keys: list[str]) -> np.ndarray:
-    if not keys:
-        return np.zeros((0, 3200), dtype=np.float32)
-    return np.stack([emb.features[modality][k] for k in keys])
+    """(n, F) diagnostic features of ``keys``; (n, 0) for a method without features."""
+    have = emb.features.get(modality, {})
+    if not keys or not all(k in have for k in keys):
+        width = next((v.shape[0] for v in have.values()), 0) if keys and have else 0
+        return np.zeros((len(keys) if not have else 0, width), dtype=np.float32)
+    return np.stack([have[k] for k in keys])
 
 
 def pair_distance_report(emb: Embeddings, samples: dict) -> dict:
@@ -93,19 +96,19 @@ def pair_distance_report(emb: Embeddings, samples: dict) -> dict:
     }
     if not out["n_identities_both"]:
         return out | {"before": None, "after": None}
-    out["before"] = pair_distances(
-        {"x": _feature_stack(emb, "audio", keys["audio"])},
-        {"x": _feature_stack(emb, "face", keys["face"])},
-        a_ids,
-        f_ids,
+    before_a, before_f = (
+        _feature_stack(emb, "audio", keys["audio"]),
+        _feature_stack(emb, "face", keys["face"]),
     )
+    has_before = before_a.shape[1] > 0 and before_f.shape[1] > 0
+    out["before"] = pair_distances({"x": before_a}, {"x": before_f}, a_ids, f_ids) if has_before else None
     out["after"] = pair_distances(
         {"x": emb.h["audio"][_rows(emb, "audio", keys["audio"])]},
         {"x": emb.h["face"][_rows(emb, "face", keys["face"])]},
         a_ids,
         f_ids,
     )
-    out["dims"] = {"before": 3200, "after": 128}
+    out["dims"] = {"before": int(before_a.shape[1]), "after": int(emb.h["audio"].shape[1])}
     return out
 
 
@@ -118,7 +121,7 @@ def save_embedding_sample(emb: Embeddings, samples: dict, path: Path) -> dict:
         arrays[f"{m}_keys"] = np.array(keys[m], dtype=str)
         arrays[f"{m}_ids"] = emb.ids[m][r].astype(str)
         arrays[f"{m}_before"] = _feature_stack(emb, m, keys[m]).astype(np.float32)
-        arrays[f"{m}_after"] = emb.h[m][r].reshape(-1, 128).astype(np.float32)
+        arrays[f"{m}_after"] = emb.h[m][r].reshape(len(r), -1).astype(np.float32)
     with atomic_output(path) as f:  # np.savez to a file object adds no .npz suffix
         np.savez(f, **arrays)
     return {

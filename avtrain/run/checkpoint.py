@@ -270,7 +270,7 @@ def _best_problem(best, epoch: int) -> str | None:
 
 def _optimizer_problem(name: str, v) -> str | None:
     """The shape of a torch optimizer state dict; its content is checked against the optimizer
-    it is loaded into (:func:`avtrain.train` on resume)."""
+    it is loaded into (:func:`avtrain.train.loop` on resume)."""
     if not (
         isinstance(v, dict)
         and isinstance(v.get("state"), dict)
@@ -278,6 +278,25 @@ def _optimizer_problem(name: str, v) -> str | None:
         and all(isinstance(g, dict) for g in v["param_groups"])
     ):
         return f"{name} is {_show(v)}, expected an optimizer state (state, param_groups)"
+    return None
+
+
+def _labels_problem(v) -> str | None:
+    """The shape of a LabelSpace dict: classes = {name: [str, ...]}, attributes = {identity: {name: str}}."""
+    classes, attributes = (v.get("classes"), v.get("attributes")) if isinstance(v, dict) else (None, None)
+    if not (
+        isinstance(classes, dict)
+        and all(
+            isinstance(n, str) and isinstance(c, list) and all(isinstance(x, str) for x in c)
+            for n, c in classes.items()
+        )
+        and isinstance(attributes, dict)
+        and all(
+            isinstance(i, str) and isinstance(a, dict) and all(isinstance(x, str) for x in (*a, *a.values()))
+            for i, a in attributes.items()
+        )
+    ):
+        return f"labels is {_show(v)}, expected classes and attributes of names"
     return None
 
 
@@ -300,9 +319,10 @@ def state_problem(state: dict) -> str | None:
     for key in ("torch_rng", "cuda_rng"):
         if key in state:
             checks.append(_rng_problem(key, state[key]))
-    for key in ("opt_g", "opt_d"):
-        if key in state:
-            checks.append(_optimizer_problem(key, state[key]))
+    for key in sorted(k for k in state if isinstance(k, str) and k.startswith("opt_")):
+        checks.append(_optimizer_problem(key, state[key]))
+    if "labels" in state:
+        checks.append(_labels_problem(state["labels"]))
     if "sched" in state and not isinstance(state["sched"], dict):
         checks.append(f"sched is {_show(state['sched'])}, expected a scheduler state")
     if "lr_plan" in state:
@@ -320,7 +340,7 @@ def state_problem(state: dict) -> str | None:
 def saved_config(path: str | Path, state: dict):
     """The TrainConfig saved in a loaded checkpoint, checked against the checkpoint's progress
     (epoch within the run's epochs, step within its steps, best metric the run's)."""
-    from avtrain.config import ConfigError, TrainConfig
+    from avtrain.run.config import ConfigError, TrainConfig
 
     try:
         cfg = TrainConfig.from_dict(state["config"])
@@ -395,11 +415,11 @@ class DeviceError(AvmatchError, ValueError):
     """A device name that this machine cannot run."""
 
 
-def build_model(cfg):
-    """The AML model of a TrainConfig (model settings from ``cfg.model``)."""
-    from avtrain.models import AML
+def saved_labels(path: str | Path, state: dict):
+    """The LabelSpace a checkpoint was trained with (``state["labels"]``), or None."""
+    from avtrain.methods import LabelSpace
 
-    return AML(cfg.model_config())
+    return LabelSpace.from_dict(state["labels"]) if "labels" in state else None
 
 
 def load_run(run: str | Path, device: torch.device | str = "cpu", which: str = "last"):
@@ -416,9 +436,11 @@ def load_run(run: str | Path, device: torch.device | str = "cpu", which: str = "
         if which == "last":
             raise CheckpointError(f"{run}: no {LAST}; train with avtrain fit first")
         raise CheckpointError(f"{path}: checkpoint not found")
+    from avtrain.methods import build_method
+
     state = load_checkpoint(path)
     cfg = saved_config(path, state)
-    model = build_model(cfg)
+    model = build_method(cfg, saved_labels(path, state))
     try:
         model.load_state_dict(state["model"])
     except (RuntimeError, KeyError, TypeError) as exc:

@@ -17,7 +17,7 @@ from avdata.errors import AvmatchError
 from avdata.io import sha256_bytes
 from avdata.manifest.schema import FORMAT_VERSION, RUN_KIND, ManifestError
 from avdata.untrusted import read_inside
-from avtrain.checkpoint import LAST as RUN_CHECKPOINT
+from avtrain.run.checkpoint import LAST as RUN_CHECKPOINT
 
 # RUN/config.yaml as fit writes it is ~1.5 kB; YAML is parsed in pure Python (a 64 MiB file would
 # take minutes), so far less than the 64 MiB of other metadata files
@@ -62,7 +62,7 @@ def read_run_config(run: Path) -> dict:
     known keys, types, ranges); returned as that config's dict. Else one ManifestError."""
     import yaml
 
-    from avtrain.config import ConfigError, TrainConfig
+    from avtrain.run.config import ConfigError, TrainConfig
 
     class NoAliases(yaml.SafeLoader):
         def compose_node(self, parent, index):
@@ -101,8 +101,8 @@ def run_manifest(
     fields (``samples_per_s`` ...) are left out because they differ on every run.
     """
     from avdata.shards import library_versions
-    from avtrain.checkpoint import load_checkpoint
-    from avtrain.report import load_metrics, read_log
+    from avtrain.evaluation.report import load_metrics, read_log
+    from avtrain.run.checkpoint import load_checkpoint
 
     run = Path(run_dir)
     if not os.path.lexists(run / "config.yaml"):

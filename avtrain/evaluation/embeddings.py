@@ -10,18 +10,19 @@ from typing import Callable
 import numpy as np
 import torch
 
-from avtrain.tuple_lists import EvaluationError, TupleList, needed_items
+from avtrain.evaluation.tuple_lists import EvaluationError, TupleList, needed_items
 
 
 @dataclass
 class Embeddings:
-    """Per modality: sorted keys, identities, 128-d h (float64), and 3200-d features of a subset."""
+    """Per modality: sorted keys, identities, the method's embeddings h (N, D) float64, and the
+    method's diagnostic features (AML: 3200-d before the generator) of a subset."""
 
     keys: dict[str, list[str]]
     ids: dict[str, np.ndarray]
     h: dict[str, np.ndarray]
     row: dict[str, dict[str, int]]
-    features: dict[str, dict[str, np.ndarray]]  # modality -> key -> (3200,) float32 (subset only)
+    features: dict[str, dict[str, np.ndarray]]  # modality -> key -> (F,) float32 (subset only)
     forward_rows: int = 0  # rows that went through a branch (== number of distinct items)
 
 
@@ -53,9 +54,10 @@ def embed_items(
     progress: Callable[[str], None] | None = None,
 ) -> Embeddings:
     """Embed every row of ``items`` (an index_items DataFrame, already restricted to the
-    needed keys) exactly once; keep the 3200-d branch features of ``keep_features``."""
+    needed keys) exactly once with ``model.embed`` (any method on the seam); keep the
+    diagnostic features (``model.features``, where the method has them) of ``keep_features``."""
     from avdata.reader import read_member
-    from avtrain.models import normalise_audio, normalise_face
+    from avtrain.methods.encoders import normalise_audio, normalise_face
 
     root = Path(shards_root)
     out = Embeddings({}, {}, {}, {}, {})
@@ -66,32 +68,25 @@ def embed_items(
         out.ids[modality] = df["vox_id"].to_numpy(dtype=str)
         out.row[modality] = {k: i for i, k in enumerate(keys)}
         out.features[modality] = {}
-        h = np.zeros((len(keys), 128), dtype=np.float64)
-        branch = model.audio_branch if modality == "audio" else model.visual_branch
-        embed = model.embed_audio if modality == "audio" else model.embed_face
-        captured: list[torch.Tensor] = []
-        hook = branch.register_forward_hook(lambda _m, _i, o: captured.append(o.detach().flatten(1)))
-        try:
-            recs = df[["key", "tar", "data_ext", "data_offset", "data_size"]].to_records(index=False)
-            for s in range(0, len(recs), batch_size):
-                arrays = []
-                for key, tar, ext, off, size in recs[s : s + batch_size]:
-                    arrays.append(_decode(modality, read_member(root / tar, int(off), int(size)), ext, key))
-                batch = np.stack(arrays)
-                x = normalise_audio(batch) if modality == "audio" else normalise_face(batch)
-                captured.clear()
-                with torch.inference_mode():
-                    hb = embed(x.to(device))
-                out.forward_rows += x.shape[0]
-                h[s : s + len(arrays)] = hb.double().cpu().numpy()
-                feats = captured[0].float().cpu().numpy()
+        h = np.zeros((len(keys), model.embed_dim), dtype=np.float64)
+        recs = df[["key", "tar", "data_ext", "data_offset", "data_size"]].to_records(index=False)
+        for s in range(0, len(recs), batch_size):
+            arrays = []
+            for key, tar, ext, off, size in recs[s : s + batch_size]:
+                arrays.append(_decode(modality, read_member(root / tar, int(off), int(size)), ext, key))
+            batch = np.stack(arrays)
+            x = normalise_audio(batch) if modality == "audio" else normalise_face(batch)
+            with torch.inference_mode():
+                hb, fb = model.embed_with_features(modality, x.to(device))
+            out.forward_rows += x.shape[0]
+            h[s : s + len(arrays)] = hb.double().cpu().numpy()
+            if fb is not None:
+                feats = fb.float().cpu().numpy()
                 for j, key in enumerate(recs["key"][s : s + batch_size]):
                     if key in keep_features:
                         out.features[modality][key] = feats[j].copy()
-                if progress:
-                    progress(f"{modality}: {min(s + batch_size, len(recs))}/{len(recs)}")
-        finally:
-            hook.remove()
+            if progress:
+                progress(f"{modality}: {min(s + batch_size, len(recs))}/{len(recs)}")
         if not np.isfinite(h).all():
             raise EvaluationError(f"{modality}: the model produced NaN/inf embeddings")
         out.h[modality] = h

@@ -3,7 +3,7 @@
 Every item (voice window or face) referenced by the index files ``DIR/index/*.jsonl`` is
 read once from the item shards (explicit decoders, never unpickled), normalised as in
 training and embedded once, in batches; tuples, pairs and retrieval queries are then
-scored by gathering embedding rows (:mod:`avtrain.metrics`). The cost of the forward
+scored by gathering embedding rows (:mod:`avtrain.evaluation.metrics`). The cost of the forward
 passes grows with the number of distinct items, not with tuples x k. Tuple shards
 (``DIR/shards``) are never read.
 
@@ -26,22 +26,22 @@ import numpy as np
 import torch
 
 from avdata.io import atomic_write_text
-from avtrain import metrics as M
-from avtrain.checkpoint import load_run, pick_device
-from avtrain.diagnostics import (
+from avtrain.evaluation import metrics as M
+from avtrain.evaluation.diagnostics import (
     EMBEDDINGS_FILE,
     pair_distance_report,
     sample_keys,
     save_embedding_sample,
 )
-from avtrain.embeddings import Embeddings, embed_items, load_items
-from avtrain.results import format_table, write_tensorboard
-from avtrain.tuple_lists import (
+from avtrain.evaluation.embeddings import Embeddings, embed_items, load_items
+from avtrain.evaluation.results import format_table, write_tensorboard
+from avtrain.evaluation.tuple_lists import (
     MODALITY_OF_ROLE,
     EvaluationError,
     TupleList,
     read_tuple_lists,
 )
+from avtrain.run.checkpoint import load_run, pick_device
 
 SCORE_KIND = "neg_l2"
 ROC_POINTS = 201  # ROC polyline points kept in metrics.json for the report

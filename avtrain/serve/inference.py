@@ -11,8 +11,8 @@ same code, never a copy of it:
   then the JPEG round trip that the shard writer applies (:func:`avdata.shards._encode`, quality
   95, no chroma subsampling, decoded by :func:`avdata.reader.decode_jpg`): the model was trained
   on those decoded pixels, so raw-media embeddings equal shard embeddings (tests/test_inference.py);
-* normalisation and the forward pass: :func:`avtrain.models.normalise_audio` /
-  :func:`~avtrain.models.normalise_face` and ``AML.embed_audio`` / ``AML.embed_face``, as in
+* normalisation and the forward pass: :func:`avtrain.methods.aml.model.normalise_audio` /
+  :func:`~avtrain.methods.aml.model.normalise_face` and ``AML.embed_audio`` / ``AML.embed_face``, as in
   ``avtrain evaluate``.
 
 Scores are ``-L2`` between the 128-d embeddings (``avtrain evaluate``'s rule): higher = more
@@ -40,7 +40,7 @@ import torch
 from avdata.errors import AvmatchError, InputError, UnsafeInputError
 from avdata.extract import ExtractConfig, Extractor
 from avdata.untrusted import leads_outside
-from avtrain.evaluate import SCORE_KIND  # the one scoring rule (-L2)
+from avtrain.evaluation.evaluate import SCORE_KIND  # the one scoring rule (-L2)
 
 __all__ = [
     "EXPORT_CONFIG",
@@ -75,13 +75,13 @@ class InferenceError(AvmatchError):
 
 
 def _device(name: str | torch.device) -> torch.device:
-    from avtrain.checkpoint import pick_device
+    from avtrain.run.checkpoint import pick_device
 
     return pick_device(str(name))  # a device this machine lacks: one-line DeviceError
 
 
 def _load_from_run(run: Path, device: torch.device, which: str = "last"):
-    from avtrain.checkpoint import load_run
+    from avtrain.run.checkpoint import load_run
 
     model, state, cfg = load_run(run, device, which)  # checksummed, weights_only; errors are one line
     return (
@@ -116,9 +116,9 @@ def _check_export_config(meta, cfg_path: Path):
     """An export's config.json, checked like a fit config before anything in it is used: a JSON
     object of the keys export writes, format avmatch.model version 1, a sha256 hex digest, aliases
     a {name: name} object, epoch/step non-negative integers, ``train_config`` a valid
-    :class:`~avtrain.config.TrainConfig` and ``extract`` a valid :class:`ExtractConfig` (known keys,
+    :class:`~avtrain.run.config.TrainConfig` and ``extract`` a valid :class:`ExtractConfig` (known keys,
     types, ranges). Returns (TrainConfig, ExtractConfig); anything else is one line naming the file."""
-    from avtrain.config import TrainConfig
+    from avtrain.run.config import TrainConfig
 
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         raise InferenceError(f"{cfg_path}: not an avtrain export (format is not {EXPORT_FORMAT!r})")
@@ -161,7 +161,7 @@ def _load_from_export(directory: Path, device: torch.device):
 
     from avdata.io import sha256_bytes
     from avdata.untrusted import read_inside
-    from avtrain.checkpoint import build_model
+    from avtrain.methods import build_method
 
     cfg_path, weights = directory / EXPORT_CONFIG, directory / EXPORT_WEIGHTS
     raw = read_inside(directory, EXPORT_CONFIG)  # a regular file inside the directory, capped
@@ -179,7 +179,7 @@ def _load_from_export(directory: Path, device: torch.device):
         tensors = load_safetensors(data)
         for alias, target in meta.get("aliases", {}).items():  # tensors shared in the model (one generator)
             tensors[alias] = tensors[target]
-        model = build_model(cfg)
+        model = build_method(cfg)
         model.load_state_dict(tensors, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
@@ -219,7 +219,7 @@ def load_model(
     if not path.is_dir():
         raise InferenceError(f"{run_or_file}: no such run or model directory")
     dev = _device(device)
-    from avtrain.checkpoint import LAST as CHECKPOINT
+    from avtrain.run.checkpoint import LAST as CHECKPOINT
 
     # --checkpoint best / a .pt path names a run's checkpoint; only the default may mean an export
     # (anything named model.safetensors is the export's: a FIFO or a link out is refused there)
@@ -248,8 +248,8 @@ def export_model(
     from safetensors.torch import save as save_safetensors
 
     from avdata.io import atomic_write_bytes, check_output_dir, make_output_dir, sha256_file, write_json
-    from avtrain.checkpoint import BEST, LAST
-    from avtrain.config import TrainConfig
+    from avtrain.run.checkpoint import BEST, LAST
+    from avtrain.run.config import TrainConfig
 
     out = check_output_dir(out)  # a dangling symlink: one line, before the model is loaded
     run_dir = Path(run).parent if Path(run).is_file() else Path(run)
@@ -398,7 +398,7 @@ class FaceVoiceModel:
 
     def embed_inputs(self, arrays: list[np.ndarray], modality: str, batch_size: int = 64) -> np.ndarray:
         """(N, 128) float32 embeddings of preprocessed arrays (spectrograms or aligned faces)."""
-        from avtrain.models import normalise_audio, normalise_face
+        from avtrain.methods.encoders import normalise_audio, normalise_face
 
         out = np.zeros((len(arrays), 128), dtype=np.float32)
         embed = self.model.embed_audio if modality == "voice" else self.model.embed_face
@@ -879,7 +879,7 @@ def match(
     good = [it for it in g_items if it.array is not None]
     hq = model.embed_inputs([q], query_modality, batch_size)
     hg = model.embed_inputs([it.array for it in good], g_mod, batch_size)
-    from avtrain import metrics as M
+    from avtrain.evaluation import metrics as M
 
     scores = (
         M.gather_scores(
@@ -1112,7 +1112,7 @@ def _score_stream(
     or None] per pair), preprocessing each distinct file once, in order of first use, and
     embedding a batch at a time (the batches embedding every file at once would make). Memory
     holds one batch of arrays per modality and the embeddings of files a later pair still uses."""
-    from avtrain import metrics as M
+    from avtrain.evaluation import metrics as M
 
     cache: dict[str, dict[int, np.ndarray | str]] = {"voice": {}, "face": {}}  # embedding or reason
     cursor = {"voice": 0, "face": 0}  # next file to preprocess
@@ -1308,7 +1308,7 @@ def _add_metrics(summary: dict, s: np.ndarray, y: np.ndarray, n_boot: int, seed:
         summary["metrics"] = None
         summary["metrics_note"] = "the scored pairs are all of one label: no AUC/EER"
         return
-    from avtrain.evaluate import verification_metrics
+    from avtrain.evaluation.evaluate import verification_metrics
 
     summary["metrics"] = verification_metrics(s, y, n_boot, seed) | {
         "bootstrap": {"n": int(n_boot), "seed": int(seed), "ci": 0.95, "method": "percentile"},

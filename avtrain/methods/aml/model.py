@@ -1,25 +1,7 @@
-"""AML networks: audio/visual branches, shared generator, modality discriminator, task heads.
+"""AML (the seed paper): shared generator, modality discriminator, task heads, and its training step.
 
-Layer for layer as in docs/aml-spec.md ("Networks"). Shapes, worked out by hand
-(floor((n + 2p - k) / s) + 1 per layer) and checked in tests/test_models.py:
-
-Audio branch, input (1, freq=224, time=125); the spec's tuples are read as (freq, time),
-i.e. PyTorch's (H, W). The literal reading already ends at 10x10, so no reinterpretation:
-    conv 1->3  k5 s(2,1) p1    : 224x125 -> 111x123
-    avgpool    k(3,5) s2       : 111x123 ->  55x60
-    conv 3->5  k(3,6) s2 p1    :  55x60  ->  28x29
-    avgpool    k3 s2           :  28x29  ->  13x14
-    conv 5->8, 8->16, 16->32 k3 p1 : 13x14 (unchanged)
-    maxpool    k(4,5) s1       :  13x14  ->  10x10     => 32x10x10 = 3200
-Visual branch, input (3, 224, 224):
-    conv 3->3  k7 s2 p3 : 224 -> 112;  avgpool 2 : 56
-    conv 3->5  k5 s2 p2 :  56 -> 28;   avgpool 2 : 14
-    conv 5->8  k2 s1 p4 :  14 -> 21
-    conv 8->16, 16->32 k3 p1 : 21;     maxpool 2 s2 : 10   => 32x10x10 = 3200
-
-Nonlinearities and BatchNorms sit exactly where the spec lists them (e.g. the audio
-branch has no activation between its last three convs, and neither branch has a BN after
-its last conv). Convs keep PyTorch's default bias.
+Layer for layer as in docs/aml-spec.md ("Networks"); the audio and visual branches are
+avtrain.methods.encoders'. One step is Algorithm 1 (:meth:`AML.train_step`).
 """
 
 from __future__ import annotations
@@ -27,17 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import pairwise
 
-import numpy as np
 import torch
 from torch import nn
 
+from avtrain.losses import AMLLoss, LossConfig
+from avtrain.methods.base import Method, check_modality
+from avtrain.methods.encoders import FEATURE_DIM, AudioBranch, VisualBranch, init_weights
+
 EMBED_DIM = 128  # size of the modality-independent feature h
-FEATURE_DIM = 32 * 10 * 10  # branch output, flattened (3200)
-AUDIO_SHAPE = (1, 224, 125)  # (channel, freq, time)
-FACE_SHAPE = (3, 224, 224)
-AUDIO, FACE = 0, 1  # modality labels for the discriminator (audio=0, visual=1)
 TASKS = ("matching", "verification", "retrieval")
-DIRECTIONS = ("a2v", "v2a")  # a2v: audio query, face gallery; v2a: face query, audio gallery
 # Matching heads (ModelConfig.head). "concat_linear" is the paper's and its reference's, and the
 # default; it cannot learn matching (no query-gallery interaction term, see MatchingHead).
 # "concat_mlp" (SVHF-Net style) and "diff_mlp" (per item, on h_q - h_j) can. docs/training.md,
@@ -74,64 +54,6 @@ class ModelConfig:
             raise ValueError(
                 f"head={self.head!r} is a matching head; {self.task} has one head (leave the default)"
             )
-
-
-# --------------------------------------------------------------------------- branches
-
-
-class AudioBranch(nn.Module):
-    """Spectrogram (B, 1, 224, 125) -> features (B, 32, 10, 10)."""
-
-    def __init__(self, slope: float = 0.2):
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Conv2d(1, 3, kernel_size=5, stride=(2, 1), padding=1),
-            nn.AvgPool2d(kernel_size=(3, 5), stride=2),
-            nn.BatchNorm2d(3),
-            nn.LeakyReLU(slope),
-            nn.Conv2d(3, 5, kernel_size=(3, 6), stride=2, padding=1),
-            nn.BatchNorm2d(5),
-            nn.AvgPool2d(kernel_size=3, stride=2),
-            nn.LeakyReLU(slope),
-            nn.Conv2d(5, 8, kernel_size=3, padding=1),
-            nn.BatchNorm2d(8),
-            nn.Conv2d(8, 16, kernel_size=3, padding=1),
-            nn.BatchNorm2d(16),
-            nn.Conv2d(16, 32, kernel_size=3, padding=1),
-            nn.MaxPool2d(kernel_size=(4, 5), stride=1),
-            nn.LeakyReLU(slope),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
-
-
-class VisualBranch(nn.Module):
-    """Face (B, 3, 224, 224) -> features (B, 32, 10, 10)."""
-
-    def __init__(self, slope: float = 0.2):
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Conv2d(3, 3, kernel_size=7, stride=2, padding=3),
-            nn.AvgPool2d(2),
-            nn.BatchNorm2d(3),
-            nn.LeakyReLU(slope),
-            nn.Conv2d(3, 5, kernel_size=5, stride=2, padding=2),
-            nn.AvgPool2d(2),
-            nn.BatchNorm2d(5),
-            nn.LeakyReLU(slope),
-            nn.Conv2d(5, 8, kernel_size=2, stride=1, padding=4),
-            nn.BatchNorm2d(8),
-            nn.LeakyReLU(slope),
-            nn.Conv2d(8, 16, kernel_size=3, padding=1),
-            nn.BatchNorm2d(16),
-            nn.Conv2d(16, 32, kernel_size=3, padding=1),
-            nn.MaxPool2d(2, stride=2),
-            nn.LeakyReLU(slope),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
 
 
 # ------------------------------------------------------- generator and discriminator
@@ -303,17 +225,25 @@ def make_head(cfg: ModelConfig) -> nn.Module:
 # ----------------------------------------------------------------------------- model
 
 
-class AML(nn.Module):
+class AML(Method):
     """Both branches, the generator(s), the task head and the modality discriminator.
 
     The discriminator lives here for convenience (one state_dict) but is trained by its own
-    optimiser: use `encoder_parameters()` for the encoders/generator/head group and
-    `discriminator.parameters()` for the discriminator group.
+    optimiser (``opt_d``): ``encoder_parameters()`` is the encoders/generator/head group
+    (``opt_g``, which follows the LR schedule). Built from a run's TrainConfig (model settings
+    ``model.*``, loss ``loss.*``, T = ``d_steps``) or, for tests, from a ModelConfig alone.
     """
 
-    def __init__(self, cfg: ModelConfig | None = None):
-        super().__init__()
-        self.cfg = cfg = cfg or ModelConfig()
+    name = "aml"
+    default_score = "l2"
+    log_terms = ("L_total", "L_dis", "L_metric", "L_cls", "L_adv")
+    optimizer_names = ("opt_g", "opt_d")
+    embed_dim = EMBED_DIM
+
+    def __init__(self, cfg=None, labels=None):
+        run_cfg = cfg if cfg is not None and hasattr(cfg, "model") else None
+        super().__init__(run_cfg, labels)
+        self.cfg = cfg = run_cfg.model if run_cfg is not None else (cfg or ModelConfig())
         self.audio_branch = AudioBranch(cfg.leaky_slope)
         self.visual_branch = VisualBranch(cfg.leaky_slope)
         self.generator = Generator(cfg.generator_dropout, cfg.leaky_slope)
@@ -324,6 +254,7 @@ class AML(nn.Module):
         self.head = make_head(cfg)
         self.discriminator = ModalityDiscriminator(cfg.discriminator_dropout, cfg.clip_value)
         init_weights(self)
+        self.loss_fn = AMLLoss(run_cfg.loss if run_cfg is not None else LossConfig(task=cfg.task))
 
     # -- per-modality embeddings; inputs are (N, C, H, W), any memory format
     def features_audio(self, x: torch.Tensor) -> torch.Tensor:
@@ -342,6 +273,20 @@ class AML(nn.Module):
         """(N, 3, 224, 224) -> h (N, 128)."""
         return self.face_generator(self.features_face(x))
 
+    def embed(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        check_modality(modality)
+        return self.embed_audio(x) if modality == "audio" else self.embed_face(x)
+
+    def features(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        check_modality(modality)
+        return self.features_audio(x) if modality == "audio" else self.features_face(x)
+
+    def embed_with_features(self, modality: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(h, 3200-d branch features) with one branch pass."""
+        f = self.features(modality, x)
+        gen = self.generator if modality == "audio" else self.face_generator
+        return gen(f), f
+
     def encoder_parameters(self):
         """Everything the encoder/generator/head optimiser updates (not the discriminator)."""
         skip = {id(p) for p in self.discriminator.parameters()}
@@ -355,57 +300,60 @@ class AML(nn.Module):
         retrieval, (B, 2) for verification) and the direction (the losses need it to tell
         the modalities apart).
         """
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-        if gallery.dim() == 4:
-            gallery = gallery.unsqueeze(1)
-        B, k = gallery.shape[:2]
-        embed_query, embed_gallery = (
-            (self.embed_audio, self.embed_face) if direction == "a2v" else (self.embed_face, self.embed_audio)
-        )
-        h_query = embed_query(query)
-        h_gallery = embed_gallery(gallery.flatten(0, 1)).view(B, k, EMBED_DIM)
-        logits = self.head(h_query, h_gallery)
-        return {"h_query": h_query, "h_gallery": h_gallery, "logits": logits, "direction": direction}
+        out = super().forward(query, gallery, direction)
+        out["logits"] = self.head(out["h_query"], out["h_gallery"])
+        return out
 
+    # -- the seam: optimisers, one step, head scores
+    def optimizers(self, cfg) -> dict:
+        return {
+            "opt_g": torch.optim.Adam(
+                self.encoder_parameters(), lr=cfg.lr_start, weight_decay=cfg.weight_decay
+            ),
+            "opt_d": torch.optim.Adam(
+                self.discriminator.parameters(), lr=cfg.lr_dis, weight_decay=cfg.weight_decay
+            ),
+        }
 
-# ---------------------------------------------------------------------- init / inputs
+    def ddp_ignored(self) -> list[str]:
+        # its own optimiser and backward pass: DDP handles the rest, D's grads are averaged by hand
+        return [f"discriminator.{n}" for n, _ in self.discriminator.named_parameters()]
 
+    def train_step(self, batch, optimizers: dict, ctx) -> dict[str, float]:
+        """Algorithm 1's step on one batch: forward once; T = ``ctx.d_steps`` discriminator steps
+        on the detached h (each followed by weight clipping to ±clip_value when set); one step of
+        the encoders/generator/head on β·L_metric + γ·L_cls − L_dis with D held fixed. Returns the
+        loss terms as floats (``L_dis_step``: the last D step's L_dis)."""
+        opt_g, opt_d = optimizers["opt_g"], optimizers["opt_d"]
+        out = ctx.forward(batch.query, batch.gallery, batch.direction)
+        d_terms = {}
+        if self.loss_fn.uses_discriminator:
+            for _ in range(ctx.d_steps):
+                d_terms = self.loss_fn.discriminator_loss(out, self.discriminator)
+                opt_d.zero_grad(set_to_none=True)
+                d_terms["L_dis"].backward()
+                if ctx.average_grads is not None:
+                    ctx.average_grads(self.discriminator.parameters())
+                opt_d.step()
+                if self.cfg.clip_value:
+                    self.discriminator.clip_weights(self.cfg.clip_value)
+        e_terms = self.loss_fn.encoder_loss(out, batch.label, self.discriminator)
+        opt_g.zero_grad(set_to_none=True)
+        e_terms["objective"].backward()
+        opt_g.step()
+        terms = {k: float(e_terms[k].detach()) for k in self.log_terms}
+        if d_terms:
+            terms["L_dis_step"] = float(d_terms["L_dis"].detach())
+        return terms
 
-def init_weights(model: nn.Module) -> None:
-    """Glorot (Xavier) uniform for every conv and linear weight, zero bias (the paper).
-
-    BatchNorm keeps PyTorch's default (weight 1, bias 0).
-    """
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-
-def _as_tensor(x) -> torch.Tensor:  # numpy or torch in, torch out (no copy if possible)
-    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-
-
-def normalise_audio(spec_db, add_channel: bool = True) -> torch.Tensor:
-    """dB spectrogram (..., 224, 125) (values in [-80, 0]) -> float32 (x - 0.5) / 0.5.
-
-    This is the reference's transform verbatim (it maps [-80, 0] to [-161, -1]; the
-    first BatchNorm absorbs the offset). add_channel inserts the channel axis before the
-    last two: (224, 125) -> (1, 224, 125), (B, 224, 125) -> (B, 1, 224, 125).
-    """
-    x = _as_tensor(spec_db).float()
-    x = (x - 0.5) / 0.5
-    return x.unsqueeze(-3) if add_channel else x
-
-
-def normalise_face(image_uint8) -> torch.Tensor:
-    """RGB uint8 (..., H, W, 3) -> float32 (..., 3, H, W) in [-1, 1] (mean 0.5, std 0.5)."""
-    x = _as_tensor(image_uint8)
-    if x.dtype != torch.uint8:
-        raise TypeError(f"normalise_face expects uint8 HWC images, got {x.dtype}")
-    if x.shape[-1] != 3:
-        raise ValueError(f"expected channels last (..., H, W, 3), got {tuple(x.shape)}")
-    x = x.float().div(255.0).movedim(-1, -3)
-    return (x - 0.5) / 0.5
+    def head_scores(self, task, k, direction, h_query, h_gallery):
+        """The head the run trained, on the lists it was trained for: C_M at the trained k and
+        direction (matching), C_V (verification: logit same - logit different), C_R (retrieval)."""
+        if task != self.cfg.task or direction != getattr(self.run_config, "direction", direction):
+            return None
+        if task == "matching":
+            return self.head(h_query, h_gallery) if k == self.cfg.k else None
+        if task == "verification":
+            logits = self.head(h_query, h_gallery)
+            return logits[:, 1] - logits[:, 0]
+        return self.head(h_query, h_gallery)

@@ -31,8 +31,8 @@ import numpy as np
 from avdata.errors import AvmatchError
 from avdata.io import atomic_write_text
 from avdata.untrusted import open_inside, read_inside, read_regular
-from avtrain.diagnostics import TSNE_MAX_ITEMS
-from avtrain.results import RETRIEVAL_MEASURES, metric_rows
+from avtrain.evaluation.diagnostics import TSNE_MAX_ITEMS
+from avtrain.evaluation.results import RETRIEVAL_MEASURES, metric_rows
 
 SECTIONS = {
     "metrics": "Metrics",
@@ -521,7 +521,13 @@ def load_embedding_sample(path: Path) -> dict[str, np.ndarray]:
         n = len(d[f"{m}_ids"])
         for k in (f"{m}_before", f"{m}_after"):
             a = d[k]
-            if a.ndim != 2 or a.shape[0] != n or a.shape[1] < 1 or a.dtype.kind not in "fiu":
+            # a method without diagnostic features stores (n, 0) "before" arrays
+            if (
+                a.ndim != 2
+                or a.shape[0] != n
+                or a.shape[1] < (k.endswith("_after"))
+                or a.dtype.kind not in "fiu"
+            ):
                 raise ReportError(f"{path}: {k} is not {n} rows of real numbers, one per {m}_ids entry")
             if not np.isfinite(a).all():
                 raise ReportError(f"{path}: {k} holds NaN or infinite values")
@@ -545,8 +551,9 @@ def tsne_plot(npz_path: Path) -> tuple[str | None, str]:
     uniq = sorted(set(ids.tolist()))
     fig = _figure(11, 5)
     same = []
-    for i, space in enumerate(("before", "after")):
-        ax = fig.add_subplot(1, 2, i + 1)
+    spaces = [s for s in ("before", "after") if d[f"audio_{s}"].shape[1] > 0]
+    for i, space in enumerate(spaces):
+        ax = fig.add_subplot(1, len(spaces), i + 1)
         y = _tsne(np.concatenate([d[f"audio_{space}"], d[f"face_{space}"]]))
         if not y.any():
             same.append(f"all embeddings {space} the generator are equal (one point)")
@@ -581,11 +588,14 @@ def tsne_plot(npz_path: Path) -> tuple[str | None, str]:
 @_plain_text
 def distance_plot(m: dict) -> tuple[str | None, str]:
     pd_ = m.get("pair_distance") or {}
+    if pd_.get("after") and not pd_.get("before"):
+        return None, "this method has no features before its embedding layers to compare with"
     if not pd_.get("before") or not pd_.get("after"):
         return None, "no identity has both voices and faces among the evaluated items"
     fig = _figure(9, 3.5)
     ax = fig.add_subplot(1, 2, 1)
-    labels = ["before G (3200-d)", "after G (128-d)"]
+    dims = pd_.get("dims") or {"before": 3200, "after": 128}
+    labels = [f"before G ({dims['before']}-d)", f"after G ({dims['after']}-d)"]
     ax.bar(labels, [pd_["before"]["same"], pd_["after"]["same"]], color=["tab:gray", "tab:green"])
     ax.set_title("mean same-identity distance (raw)")
     ax.set_ylabel("Euclidean distance")

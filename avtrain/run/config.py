@@ -4,14 +4,20 @@ Loaded from YAML (``--config``), overridden by the named options and ``--set KEY
 saved as ``RUN/config.yaml`` and inside every checkpoint. Defaults are the paper's
 (docs/aml-spec.md, "Training settings").
 
-Settings are nested: the top level (task, optimisation, runtime, validation), ``model.*``
-(every field of :class:`avtrain.models.ModelConfig` except task/k) and ``loss.*`` (every field
+Settings are nested: the top level (method, task, optimisation, runtime, validation), ``model.*``
+(every field of :class:`avtrain.methods.aml.model.ModelConfig` except task/k) and ``loss.*`` (every field
 of :class:`avtrain.losses.LossConfig` except task), e.g. ``--set loss.triplet_margin=0.5``,
 ``--set model.generator_dropout=0.3``. The old flat names of those settings still work
 (``adversarial=false`` is ``loss.adversarial=false``, ``clip_value=none`` is
 ``model.clip_value=none``). Values are coerced to the field's type (YAML ``1e-3`` -> float,
 ``"true"`` -> bool) and checked against their range; a wrong key, type or range is one line
 (:class:`ConfigError`) naming the key, with the closest valid names for a typo.
+
+``method`` picks the method (:mod:`avtrain.methods`; default ``aml``, the paper's). A method with
+settings of its own has a section named after it (its ``Options`` dataclass), e.g.
+``--set method=pins --set pins.margin=0.5``; only the chosen method's section may be given and
+is saved. ``model.*`` and ``loss.*`` are AML's (the encoders of every method read
+``model.leaky_slope``).
 """
 
 from __future__ import annotations
@@ -26,10 +32,10 @@ from pathlib import Path
 
 from avdata.errors import AvmatchError
 from avtrain.losses import LossConfig
-from avtrain.models import ModelConfig
+from avtrain.methods.aml.model import ModelConfig
 
 EPOCHS_PER_TASK = {"matching": 50, "verification": 20, "retrieval": 100}
-SECTIONS = {"model": ModelConfig, "loss": LossConfig}
+SECTIONS = {"model": ModelConfig, "loss": LossConfig}  # every run's (AML's; the encoders read model.*)
 SECTION_SKIP = {"model": ("task", "k"), "loss": ("task",)}  # set from the top level
 # Settings that may differ when a run is resumed: they change neither the data order nor the
 # optimisation (epochs may only grow; see docs/training.md, "Resuming").
@@ -41,13 +47,25 @@ class ConfigError(AvmatchError, ValueError):
     """A setting that is unknown, of the wrong type or out of range (one line, names the key)."""
 
 
+def method_sections() -> dict[str, type]:
+    """Method name -> its Options dataclass, for every registered method that has settings."""
+    from avtrain.methods import get_method, method_names
+
+    return {n: get_method(n).Options for n in method_names() if get_method(n).Options is not None}
+
+
+def all_sections() -> dict[str, type]:
+    return {**SECTIONS, **method_sections()}
+
+
 def _section(name: str) -> dict:
-    cls = SECTIONS[name]
-    return {f.name: f for f in fields(cls) if f.name not in SECTION_SKIP[name]}
+    cls = all_sections()[name]
+    return {f.name: f for f in fields(cls) if f.name not in SECTION_SKIP.get(name, ())}
 
 
 @dataclass
 class TrainConfig:
+    method: str = "aml"  # a name of avtrain.methods.METHODS
     # what is trained on
     task: str = "matching"  # matching | verification | retrieval
     k: int = 2  # gallery size of the training tuples (verification: 1)
@@ -65,6 +83,9 @@ class TrainConfig:
     # model.* and loss.* (ModelConfig / LossConfig fields; None loss weights -> per-task defaults)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    # the chosen method's own settings (its Options dataclass; None for a method without any),
+    # given and saved as the section named after the method
+    options: object | None = None
     # validation (fit --val-shards): scored every val_every epochs, best.pt by `select`
     val_every: int = 1
     select: str = "auto"  # auto -> val_matching_{direction}_k{k}; or val_verification_auc
@@ -88,9 +109,12 @@ class TrainConfig:
     def __post_init__(self):
         hints = typing.get_type_hints(TrainConfig)
         for f in fields(self):
-            if f.name in SECTIONS:
+            if f.name in SECTIONS or f.name == "options":
                 continue
             setattr(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
+        from avtrain.methods import method_names
+
+        _check_choice("method", self.method, method_names())
         _check_choice("task", self.task, tuple(EPOCHS_PER_TASK))
         _check_choice("direction", self.direction, ("a2v", "v2a"))
         if self.task == "verification":
@@ -139,6 +163,10 @@ class TrainConfig:
             )
         self.model = _build_section("model", self.model, {"task": self.task, "k": self.k})
         self.loss = _build_section("loss", self.loss, {"task": self.task})
+        own = method_sections().get(self.method)
+        if own is None and self.options not in (None, {}):
+            raise ConfigError(f"{self.method}: this method has no settings of its own")
+        self.options = _build_section(self.method, self.options or {}, {}) if own is not None else None
 
     # -- derived
     @property
@@ -158,24 +186,36 @@ class TrainConfig:
 
     # -- (de)serialisation
     def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in SECTIONS}
+        d = {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name not in SECTIONS and f.name != "options"
+        }
         for name in SECTIONS:
             d[name] = {k: getattr(getattr(self, name), k) for k in _section(name)}
+        if self.options is not None:
+            d[self.method] = {k: getattr(self.options, k) for k in _section(self.method)}
         return d
 
     def flat(self) -> dict:
         """{'batch_size': 50, ..., 'loss.beta': 3.0, 'model.clip_value': 0.01}."""
         d = self.to_dict()
-        out = {k: v for k, v in d.items() if k not in SECTIONS}
-        for name in SECTIONS:
-            out.update({f"{name}.{k}": v for k, v in d[name].items()})
+        sections = all_sections()
+        out = {k: v for k, v in d.items() if k not in sections}
+        for name in sections:
+            out.update({f"{name}.{k}": v for k, v in d.get(name, {}).items()})
         return out
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         """From a nested or flat mapping (old flat names and ``section.key`` both accepted)."""
         top, nested = _split_keys(flatten(d))
-        return cls(**top, **{name: nested[name] for name in SECTIONS})
+        method = top.get("method", "aml")
+        for name, given in nested.items():
+            if name not in SECTIONS and name != method and given:
+                key = f"{name}.{sorted(given)[0]}"
+                raise ConfigError(f"{key}: a setting of method {name}; this run's method is {method}")
+        return cls(**top, **{name: nested[name] for name in SECTIONS}, options=nested.get(method) or None)
 
     def differences(self, other: TrainConfig) -> list[str]:
         """'key: mine -> other' for every setting that differs."""
@@ -190,7 +230,7 @@ def _aliases() -> dict[str, str]:
     """Flat old names -> section.key (every section field whose name is unique)."""
     top = {f.name for f in fields(TrainConfig)}
     out: dict[str, str] = {}
-    for name in SECTIONS:
+    for name in SECTIONS:  # the old flat names predate methods: AML's sections only
         for key in _section(name):
             if key not in top:
                 out[key] = f"{name}.{key}"
@@ -198,8 +238,8 @@ def _aliases() -> dict[str, str]:
 
 
 def valid_keys() -> list[str]:
-    keys = [f.name for f in fields(TrainConfig) if f.name not in SECTIONS]
-    keys += [f"{name}.{k}" for name in SECTIONS for k in _section(name)]
+    keys = [f.name for f in fields(TrainConfig) if f.name not in SECTIONS and f.name != "options"]
+    keys += [f"{name}.{k}" for name in all_sections() for k in _section(name)]
     return keys
 
 
@@ -218,16 +258,17 @@ def flatten(d: dict) -> dict:
         raise ConfigError(f"expected a mapping of settings, got {type(d).__name__}")
     aliases = _aliases()
     valid = set(valid_keys())
+    sections = all_sections()
     out: dict = {}
     for key, value in d.items():
         key = str(key)
-        if key in SECTIONS and isinstance(value, dict):
+        if key in sections and isinstance(value, dict):
             for sub, v in value.items():
-                if sub in SECTION_SKIP[key]:
+                if sub in SECTION_SKIP.get(key, ()):
                     continue  # task/k of a section always come from the top level
                 out[f"{key}.{sub}"] = v
             continue
-        if key in SECTIONS and isinstance(value, (ModelConfig, LossConfig)):
+        if key in sections and isinstance(value, sections[key]):
             out.update({f"{key}.{k}": getattr(value, k) for k in _section(key)})
             continue
         key = aliases.get(key, key)
@@ -242,7 +283,7 @@ def flatten(d: dict) -> dict:
 
 def _split_keys(flat: dict) -> tuple[dict, dict]:
     top = {k: v for k, v in flat.items() if "." not in k}
-    nested = {name: {} for name in SECTIONS}
+    nested = {name: {} for name in all_sections()}
     for k, v in flat.items():
         if "." in k:
             name, sub = k.split(".", 1)
@@ -251,12 +292,12 @@ def _split_keys(flat: dict) -> tuple[dict, dict]:
 
 
 def _build_section(name: str, value, fixed: dict):
-    cls = SECTIONS[name]
+    cls = all_sections()[name]
     given = value if isinstance(value, dict) else {k: getattr(value, k) for k in _section(name)}
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, v in given.items():
-        if key in SECTION_SKIP[name]:
+        if key in SECTION_SKIP.get(name, ()):
             continue
         if key not in _section(name):
             raise _unknown(f"{name}.{key}")

@@ -1,11 +1,10 @@
-"""avtrain fit: AML trained from streamed tuple shards (Algorithm 1 of the paper).
+"""avtrain fit: any method of :mod:`avtrain.methods` trained from streamed tuple shards.
 
-One step on a batch of tuples (:func:`train_step`, the only implementation; ``fit`` and the
-benchmarks call it):
-  1. forward the encoders + generator + head once: h_query, h_gallery, logits;
-  2. T discriminator steps on the detached h (modality cross-entropy), weights clipped;
-  3. one encoder/generator/head step on β·L_metric + γ·L_cls − L_dis (fool the fixed discriminator).
-The encoder learning rate decays logarithmically lr_start -> lr_end over the run.
+The loop never names a method: it builds ``cfg.method`` (:func:`avtrain.methods.build_method`),
+takes its named optimisers, and hands each batch to ``method.train_step`` (AML's is Algorithm 1
+of the paper: forward once, T discriminator steps, one encoder/generator/head step), logging the
+loss terms the step returns. The first optimiser's learning rate decays logarithmically
+lr_start -> lr_end over the run.
 
 With validation lists (``--val-shards``) the val identities are scored every ``val_every``
 epochs with the code of ``avtrain evaluate`` (−L2 rule); ``best.pt`` keeps the best epoch
@@ -45,41 +44,56 @@ from avdata.io import (
     make_output_dir,
     remove_stale_temps,
 )
-from avtrain.checkpoint import (
+from avtrain.methods import Batch, StepContext, build_method, get_method
+from avtrain.run.checkpoint import (
     BEST,
     LAST,
     CheckpointError,
     UnsafeCheckpointError,
-    build_model,
     epoch_name,
     load_checkpoint,
     pick_device,
     remove_checkpoint,
     save_checkpoint,
     saved_config,
+    saved_labels,
 )
-from avtrain.config import RESUMABLE_CHANGES, TrainConfig, save_config
-from avtrain.data import (
+from avtrain.run.config import RESUMABLE_CHANGES, TrainConfig, save_config
+from avtrain.train.data import (
     TupleStream,
     batches_per_rank,
+    label_space,
     load_sizes,
     make_loader,
     to_model_inputs,
 )
-from avtrain.losses import AMLLoss
 
-LOG_TERMS = ("L_total", "L_dis", "L_metric", "L_cls", "L_adv")
-RESUME_KEYS = ("opt_g", "opt_d", "sched", "torch_rng")  # besides checkpoint.REQUIRED_KEYS
+RESUME_KEYS = ("sched", "torch_rng")  # besides checkpoint.REQUIRED_KEYS and the method's optimisers
 
-__all__ = ["LOG_TERMS", "TrainingError", "build_loss", "fit", "lr_at", "train_step"]
+__all__ = ["TrainingError", "fit", "lr_at", "to_batch"]
 
 
 class TrainingError(AvmatchError):
     """A run that cannot start or go on (data, resume state): one line for the CLI."""
 
 
-def build_loss(cfg: TrainConfig) -> AMLLoss:
-    return AMLLoss(cfg.loss_config())
+def to_batch(
+    batch: dict, cfg: TrainConfig, device, labels=None, flip_generator=None, channels_last=False
+) -> Batch:
+    """A loader batch as the seam's :class:`~avtrain.methods.Batch` on the device (normalised,
+    training face flips drawn from ``flip_generator``)."""
+    query, gallery, label = to_model_inputs(
+        batch, cfg.direction, device, train=True, flip_generator=flip_generator, channels_last=channels_last
+    )
+    return Batch(
+        query,
+        gallery,
+        label,
+        cfg.direction,
+        batch.get("query_identities", []),
+        batch.get("gallery_identities", []),
+        labels,
+    )
 
 
 # --------------------------------------------------------------------------- learning rate
@@ -106,58 +120,6 @@ def lr_at(step: int, plan: list, lr_start: float, lr_end: float) -> float:
 
 def _lambda(plan, lr_start, lr_end):
     return lambda step: _lr_multiplier(step, plan, lr_start, lr_end)
-
-
-# --------------------------------------------------------------------------- one step
-
-
-def train_step(
-    model,
-    loss_fn: AMLLoss,
-    opt_g,
-    opt_d,
-    query,
-    gallery,
-    labels,
-    direction: str,
-    *,
-    d_steps: int = 1,
-    clip_value: float | None = 0.01,
-    net=None,
-    autocast=None,
-    average_grads=None,
-) -> dict:
-    """Algorithm 1's step on one batch: forward once; ``d_steps`` discriminator steps on the
-    detached h (each followed by weight clipping to ±clip_value when set); one step of the
-    encoders/generator/head on β·L_metric + γ·L_cls − L_dis with D held fixed.
-
-    ``net``: the (DDP-wrapped) module to forward (default ``model``); ``average_grads``:
-    called with the discriminator's parameters after each D backward (DDP). The scheduler is
-    the caller's. Returns the loss terms as floats (``L_dis_step``: the last D step's L_dis).
-    """
-    net = net if net is not None else model
-    with autocast if autocast is not None else contextlib.nullcontext():
-        out = net(query, gallery, direction)
-    out = {k: (v.float() if torch.is_tensor(v) else v) for k, v in out.items()}
-    d_terms = {}
-    if loss_fn.uses_discriminator:
-        for _ in range(d_steps):
-            d_terms = loss_fn.discriminator_loss(out, model.discriminator)
-            opt_d.zero_grad(set_to_none=True)
-            d_terms["L_dis"].backward()
-            if average_grads is not None:
-                average_grads(model.discriminator.parameters())
-            opt_d.step()
-            if clip_value:
-                model.discriminator.clip_weights(clip_value)
-    e_terms = loss_fn.encoder_loss(out, labels, model.discriminator)
-    opt_g.zero_grad(set_to_none=True)
-    e_terms["objective"].backward()
-    opt_g.step()
-    terms = {k: float(e_terms[k].detach()) for k in LOG_TERMS}
-    if d_terms:
-        terms["L_dis_step"] = float(d_terms["L_dis"].detach())
-    return terms
 
 
 # --------------------------------------------------------------------------- DDP
@@ -197,7 +159,8 @@ def _resume_state(cfg: TrainConfig, path: Path) -> dict:
     """The checkpoint to continue from, after checking that only resumable settings differ."""
     state = load_checkpoint(path)  # checksum + weights_only + every field's type: one line on a bad file
     saved = saved_config(path, state)
-    missing = [k for k in RESUME_KEYS if k not in state]
+    optimizers = get_method(cfg.method).optimizer_names if saved.method == cfg.method else ()
+    missing = [k for k in (*optimizers, *RESUME_KEYS) if k not in state]
     if missing:
         raise CheckpointError(f"{path}: cannot resume from it: no {', '.join(missing)} (not saved by fit)")
     diffs = saved.differences(cfg)
@@ -341,7 +304,7 @@ def _val_setup(cfg: TrainConfig, tuples_dir, val_tuples, val_shards):
                 "--val-tuples needs --val-shards (the item shards the val lists were drawn from)"
             )
         return None
-    from avtrain.evaluate import EvaluationError, ValidationSet
+    from avtrain.evaluation.evaluate import EvaluationError, ValidationSet
 
     try:
         return ValidationSet(
@@ -441,22 +404,33 @@ def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, l
             f"per rank ({ddp.world} rank(s) x {max(1, workers)} worker(s)); lower --set batch_size"
         )
 
+    labels = None
+    if get_method(cfg.method).needs_labels:
+        try:
+            labels = label_space(tuples_dir, cfg.tuples)
+        except AvmatchError as exc:
+            raise TrainingError(str(exc)) from None
+        if state is not None and saved_labels(ckpt_path, state) != labels:
+            raise TrainingError(f"{ckpt_path}: trained on other identities than {cfg.tuples} holds now")
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg).to(device)
+    model = build_method(cfg, labels).to(device)
     cuda = device.type == "cuda"
     if cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = build_loss(cfg)
-    opt_g = torch.optim.Adam(model.encoder_parameters(), lr=cfg.lr_start, weight_decay=cfg.weight_decay)
-    opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.lr_dis, weight_decay=cfg.weight_decay)
+    optimizers = model.optimizers(cfg)
+    if tuple(optimizers) != model.optimizer_names:
+        raise TrainingError(
+            f"method {cfg.method}: optimizers() gave {tuple(optimizers)}, not {model.optimizer_names}"
+        )
     total_steps = sum(steps_per_epoch)
     plan = [[0, cfg.lr_start, total_steps]]  # mutated in place on resume: the scheduler's lambda reads it
-    sched = torch.optim.lr_scheduler.LambdaLR(opt_g, _lambda(plan, cfg.lr_start, cfg.lr_end))
+    main_opt = next(iter(optimizers.values()))
+    sched = torch.optim.lr_scheduler.LambdaLR(main_opt, _lambda(plan, cfg.lr_start, cfg.lr_end))
     start_epoch, step = 0, 0
     best = {"metric": cfg.select_metric, "value": None, "epoch": None}
     stale = 0  # validations since the last improvement (patience)
     if state is not None:
-        _restore(ckpt_path, state, model, {"opt_g": opt_g, "opt_d": opt_d}, sched, cuda)
+        _restore(ckpt_path, state, model, optimizers, sched, cuda)
         start_epoch, step = state["epoch"], state["step"]
         saved_total = int(state.get("total_steps", total_steps))
         plan[:] = [list(p) for p in state.get("lr_plan", [[0, cfg.lr_start, saved_total]])]
@@ -467,9 +441,9 @@ def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, l
 
     net = model
     if ddp.enabled:
-        # The discriminator has its own optimiser and backward pass; DDP handles the
-        # encoders/generator/head, the discriminator's grads are averaged by hand.
-        ignore = [f"discriminator.{n}" for n, _ in model.discriminator.named_parameters()]
+        # parts with their own optimiser and backward pass (AML's discriminator) stay out of DDP;
+        # the method's step averages their gradients by hand (StepContext.average_grads)
+        ignore = model.ddp_ignored()
         torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignore)
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
 
@@ -508,6 +482,7 @@ def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, l
             else None
         )
         tb = files.enter_context(_summary_writer(out / "tb")) if is_main else None
+        ctx = StepContext(net, autocast, ddp.average_grads if ddp.enabled else None, cfg.d_steps)
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
             stream.set_epoch(epoch)
@@ -523,33 +498,12 @@ def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, l
             for batch in _data_errors(islice(loader, steps_per_epoch[epoch])):
                 if audit:
                     audit.write(json.dumps({"epoch": epoch, "keys": batch["keys"]}) + "\n")
-                query, gallery, label = to_model_inputs(
-                    batch,
-                    cfg.direction,
-                    device,
-                    train=True,
-                    flip_generator=flips,
-                    channels_last=cuda and cfg.channels_last,
-                )
-                last = train_step(
-                    model,
-                    loss_fn,
-                    opt_g,
-                    opt_d,
-                    query,
-                    gallery,
-                    label,
-                    cfg.direction,
-                    d_steps=cfg.d_steps,
-                    clip_value=cfg.model.clip_value,
-                    net=net,
-                    autocast=autocast,
-                    average_grads=ddp.average_grads if ddp.enabled else None,
-                )
+                inputs = to_batch(batch, cfg, device, labels, flips, cuda and cfg.channels_last)
+                last = model.train_step(inputs, optimizers, ctx)
                 lr = sched.get_last_lr()[0]  # the LR this step used
                 sched.step()
                 step += 1
-                samples_seen += label.shape[0] * ddp.world
+                samples_seen += inputs.label.shape[0] * ddp.world
                 if is_main and step % cfg.log_every == 0:
                     rate = samples_seen / (time.perf_counter() - t_start)
                     rec = {
@@ -565,12 +519,8 @@ def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, l
                             tb.add_scalar(f"loss/{k}", v, step)
                         tb.add_scalar("train/lr", lr, step)
                         tb.add_scalar("train/tuples_per_s", rate, step)
-                    bar.set_postfix(
-                        L_total=f"{last['L_total']:.3f}",
-                        L_dis=f"{last['L_dis']:.3f}",
-                        tuples_s=f"{rate:.0f}",
-                        refresh=False,
-                    )
+                    shown = {k: f"{last[k]:.3f}" for k in model.log_terms[:2] if k in last}
+                    bar.set_postfix(**shown, tuples_s=f"{rate:.0f}", refresh=False)
                 bar.update(1)
             bar.close()
 
@@ -596,9 +546,9 @@ def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, l
                 state = {
                     "config": cfg.to_dict(),
                     "model": model.state_dict(),
-                    "opt_g": opt_g.state_dict(),
-                    "opt_d": opt_d.state_dict(),
+                    **{name: opt.state_dict() for name, opt in optimizers.items()},
                     "sched": sched.state_dict(),
+                    **({"labels": labels.to_dict()} if labels is not None else {}),
                     "epoch": epoch + 1,
                     "step": step,
                     "torch_rng": torch.get_rng_state(),
@@ -647,7 +597,7 @@ def _trim_log(path: Path, step: int) -> None:
     checkpoint it continues from, by a run killed mid-epoch; they are written again) and a line
     the kill cut short, so every step has one record, in order."""
     from avdata.untrusted import open_inside
-    from avtrain.report import MAX_LOG_BYTES
+    from avtrain.evaluation.report import MAX_LOG_BYTES
 
     if not os.path.lexists(path):
         return

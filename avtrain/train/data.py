@@ -81,8 +81,9 @@ def _array(sample: dict, role: str) -> np.ndarray:
     )
 
 
-def to_arrays(sample: dict) -> tuple[np.ndarray, np.ndarray, int, str]:
-    """(query array, stacked gallery arrays, label, tuple id) from a decoded tuple sample."""
+def to_arrays(sample: dict) -> tuple[np.ndarray, np.ndarray, int, str, str, list[str]]:
+    """(query array, stacked gallery arrays, label, tuple id, query identity, gallery identities)
+    from a decoded tuple sample (identities "" where the sample's .json does not name them)."""
     where = f"{sample.get('__url__')}: {sample.get('__key__')}"
     meta = sample.get("json")
     if not isinstance(meta, dict) or not isinstance(meta.get("gallery"), list) or "cls" not in sample:
@@ -95,16 +96,24 @@ def to_arrays(sample: dict) -> tuple[np.ndarray, np.ndarray, int, str]:
             f"{sample.get('__key__')}: gallery arrays of different shapes "
             f"{sorted({a.shape for a in arrays})}",
         )
-    return _array(sample, "q"), np.stack(arrays), int(sample["cls"]), sample["__key__"]
+    q_id = meta.get("query_identity", "")
+    g_ids = meta.get("gallery_identities") or [""] * k
+    if not isinstance(q_id, str) or not (
+        isinstance(g_ids, list) and len(g_ids) == k and all(isinstance(g, str) for g in g_ids)
+    ):
+        raise UnsafeShardError(f"{where}: query_identity / gallery_identities are not names of its {k} items")
+    return _array(sample, "q"), np.stack(arrays), int(sample["cls"]), sample["__key__"], q_id, g_ids
 
 
 def collate(batch) -> dict:
-    queries, galleries, labels, keys = zip(*batch)
+    queries, galleries, labels, keys, q_ids, g_ids = zip(*batch)
     return {
         "query": torch.from_numpy(np.stack(queries)),
         "gallery": torch.from_numpy(np.stack(galleries)),
         "label": torch.tensor(labels, dtype=torch.long),
         "keys": list(keys),
+        "query_identities": list(q_ids),
+        "gallery_identities": [list(g) for g in g_ids],
     }
 
 
@@ -241,7 +250,7 @@ def to_model_inputs(
 ) -> tuple:
     """Move a batch to the device and normalise: spectrograms as the reference,
     faces to [-1, 1] CHW; random horizontal face flips for training only."""
-    from avtrain.models import normalise_audio, normalise_face
+    from avtrain.methods.encoders import normalise_audio, normalise_face
 
     q = batch["query"].to(device, non_blocking=True)
     g = batch["gallery"].to(device, non_blocking=True)
@@ -256,3 +265,23 @@ def to_model_inputs(
     if channels_last:
         query = query.contiguous(memory_format=torch.channels_last)
     return query, gallery, label
+
+
+def label_space(tuples_dir: str | Path, name: str):
+    """The identities of training list ``name`` (its index file, read from the tuple directory's
+    checked manifest): the classes of a method that classifies identities (Method.needs_labels).
+    Attributes (gender, nationality) come with them where the list records them."""
+    from avtrain.evaluation.tuple_lists import read_tuple_lists
+    from avtrain.methods import LabelSpace
+
+    lists = [t for t in read_tuple_lists(tuples_dir) if t.name == name]
+    if not lists:
+        raise MissingInputError(
+            f"{tuples_dir}: no index/{name}.jsonl in its manifest; this method learns the training "
+            "identities from the list (make-tuples writes it)"
+        )
+    ids = set()
+    for row in lists[0].rows:
+        ids.add(row["query_identity"])
+        ids.update(row.get("gallery_identities", ()))
+    return LabelSpace({"identity": sorted(ids)}, {})

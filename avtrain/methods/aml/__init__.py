@@ -1,19 +1,13 @@
-"""AML networks (see aml.py)."""
+"""AML, Adversarial-Metric Learning (the seed paper): model.py (networks, heads, training step);
+its losses are avtrain.losses (metric, adversarial, the joint objective)."""
 
-from avtrain.models.aml import (
+from avtrain.methods.aml.model import (
     AML,
-    AUDIO,
-    AUDIO_SHAPE,
     CONCAT_MLP_HIDDEN,
     DIFF_MLP_HIDDEN,
-    DIRECTIONS,
     EMBED_DIM,
-    FACE,
-    FACE_SHAPE,
-    FEATURE_DIM,
     MATCHING_HEADS,
     TASKS,
-    AudioBranch,
     DiffMLPHead,
     Generator,
     MatchingHead,
@@ -22,27 +16,16 @@ from avtrain.models.aml import (
     ModelConfig,
     RetrievalHead,
     VerificationHead,
-    VisualBranch,
-    init_weights,
     make_head,
-    normalise_audio,
-    normalise_face,
 )
 
 __all__ = [
     "AML",
-    "AUDIO",
-    "AUDIO_SHAPE",
     "CONCAT_MLP_HIDDEN",
     "DIFF_MLP_HIDDEN",
-    "DIRECTIONS",
     "EMBED_DIM",
-    "FACE",
-    "FACE_SHAPE",
-    "FEATURE_DIM",
     "MATCHING_HEADS",
     "TASKS",
-    "AudioBranch",
     "DiffMLPHead",
     "Generator",
     "MatchingHead",
@@ -51,9 +34,5 @@ __all__ = [
     "ModelConfig",
     "RetrievalHead",
     "VerificationHead",
-    "VisualBranch",
-    "init_weights",
     "make_head",
-    "normalise_audio",
-    "normalise_face",
 ]

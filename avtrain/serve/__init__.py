@@ -1,0 +1,1 @@
+"""A trained model on raw media: load, embed, match, score, export (inference.py)."""
