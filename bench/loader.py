@@ -118,7 +118,7 @@ def main():
     args = ap.parse_args()
 
     from avdata.reader import index_items
-    from avtrain.methods import build_method
+    from avtrain.methods import Batch, StepContext, build_method
     from avtrain.run.config import TrainConfig
     from avtrain.train.data import (
         TupleStream,
@@ -127,7 +127,6 @@ def main():
         make_loader,
         to_model_inputs,
     )
-    from avtrain.train.loop import build_loss, train_step
 
     torch.set_num_threads(1)
     cpu = torch.device("cpu")
@@ -176,27 +175,14 @@ def main():
         memory = list(islice(stream_loader(), batches + 1))
 
         cfg = TrainConfig(batch_size=B)
-        model, loss_fn = build_method(cfg), build_loss(cfg)
+        model = build_method(cfg)
         model.train()
-        opt_g = torch.optim.Adam(model.encoder_parameters(), lr=cfg.lr_start, weight_decay=cfg.weight_decay)
-        opt_d = torch.optim.Adam(
-            model.discriminator.parameters(), lr=cfg.lr_dis, weight_decay=cfg.weight_decay
-        )
+        optimizers = model.optimizers(cfg)
+        ctx = StepContext(model, d_steps=cfg.d_steps)
 
         def step(b):  # the step fit runs (D steps + clipping, then the encoder step)
             q, g, lab = inputs(b)
-            train_step(
-                model,
-                loss_fn,
-                opt_g,
-                opt_d,
-                q,
-                g,
-                lab,
-                "a2v",
-                d_steps=cfg.d_steps,
-                clip_value=cfg.model.clip_value,
-            )
+            model.train_step(Batch(q, g, lab, "a2v"), optimizers, ctx)
 
         r_stream_step = rate(stream_loader(), batches, step)
         r_ref_step = rate(ref_loader(), batches, step)

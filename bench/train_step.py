@@ -25,10 +25,9 @@ def make_batch(task: str, k: int, B: int, device):
 
 
 def run(task: str, k: int, B: int, steps: int, device, adversarial: bool, amp: bool) -> float:
-    """Tuples/s of avtrain.train.loop.train_step (the step fit runs), with fit's optimisers."""
-    from avtrain.methods import build_method
+    """Tuples/s of the method's train_step (the step fit runs), with fit's optimisers."""
+    from avtrain.methods import Batch, StepContext, build_method
     from avtrain.run.config import TrainConfig
-    from avtrain.train.loop import build_loss, train_step
 
     cfg = TrainConfig.from_dict({"task": task, "k": k, "batch_size": B, "loss": {"adversarial": adversarial}})
     model = build_method(cfg).to(device)
@@ -36,9 +35,7 @@ def run(task: str, k: int, B: int, steps: int, device, adversarial: bool, amp: b
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     model.train()
-    loss_fn = build_loss(cfg)
-    opt_g = torch.optim.Adam(model.encoder_parameters(), lr=cfg.lr_start, weight_decay=cfg.weight_decay)
-    opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.lr_dis, weight_decay=cfg.weight_decay)
+    optimizers = model.optimizers(cfg)
     q, g, lab = make_batch(task, cfg.k, B, device)
     if cuda:
         q = q.contiguous(memory_format=torch.channels_last)
@@ -48,20 +45,11 @@ def run(task: str, k: int, B: int, steps: int, device, adversarial: bool, amp: b
         else torch.autocast("cpu", enabled=False)
     )
 
+    ctx = StepContext(model, autocast, d_steps=cfg.d_steps)
+    batch = Batch(q, g if cfg.k > 1 else g[:, 0], lab, "a2v")
+
     def step():
-        train_step(
-            model,
-            loss_fn,
-            opt_g,
-            opt_d,
-            q,
-            g if cfg.k > 1 else g[:, 0],
-            lab,
-            "a2v",
-            d_steps=cfg.d_steps,
-            clip_value=cfg.model.clip_value,
-            autocast=autocast,
-        )
+        model.train_step(batch, optimizers, ctx)
 
     for _ in range(2):
         step()

@@ -354,7 +354,6 @@ def test_lr_schedule_continues_from_the_current_lr_when_epochs_grow():
 
 def _step_setup(clip_value=0.01, d_steps=1, seed=0):
     from avtrain.methods import build_method
-    from avtrain.train.loop import build_loss
 
     cfg = TrainConfig.from_dict({"batch_size": 4, "d_steps": d_steps, "model": {"clip_value": clip_value}})
     torch.manual_seed(seed)
@@ -363,7 +362,7 @@ def _step_setup(clip_value=0.01, d_steps=1, seed=0):
     query = torch.randn(4, 1, 224, 125, generator=g)
     gallery = torch.rand(4, 2, 3, 224, 224, generator=g) * 2 - 1
     labels = torch.tensor([0, 1, 1, 0])
-    return cfg, model, build_loss(cfg), (query, gallery, labels)
+    return cfg, model, (query, gallery, labels)
 
 
 def _adam(cfg, model):
@@ -373,26 +372,22 @@ def _adam(cfg, model):
     )
 
 
-def test_discriminator_weights_are_clipped_after_real_steps(one_torch_thread):
-    from avtrain.train.loop import train_step
+def _step(model, opt_g, opt_d, q, g, y, d_steps=1):
+    """One step of the method through the seam, as fit takes it (no DDP, no autocast)."""
+    from avtrain.methods import Batch, StepContext
 
+    return model.train_step(
+        Batch(q, g, y, "a2v"), {"opt_g": opt_g, "opt_d": opt_d}, StepContext(model, d_steps=d_steps)
+    )
+
+
+def test_discriminator_weights_are_clipped_after_real_steps(one_torch_thread):
     for clip in (0.01, None):
-        cfg, model, loss_fn, (q, g, y) = _step_setup(clip_value=clip)
+        cfg, model, (q, g, y) = _step_setup(clip_value=clip)
         opt_g, opt_d = _adam(cfg, model)
         model.train()
         for _ in range(3):
-            train_step(
-                model,
-                loss_fn,
-                opt_g,
-                opt_d,
-                q,
-                g,
-                y,
-                "a2v",
-                d_steps=cfg.d_steps,
-                clip_value=cfg.model.clip_value,
-            )
+            _step(model, opt_g, opt_d, q, g, y, cfg.d_steps)
         biggest = max(p.detach().abs().max().item() for p in model.discriminator.parameters())
         if clip:
             assert biggest <= 0.01
@@ -401,15 +396,11 @@ def test_discriminator_weights_are_clipped_after_real_steps(one_torch_thread):
 
 
 def test_d_steps_discriminator_steps_per_batch(one_torch_thread):
-    from avtrain.train.loop import train_step
-
-    cfg, model, loss_fn, (q, g, y) = _step_setup(d_steps=2)
+    cfg, model, (q, g, y) = _step_setup(d_steps=2)
     opt_g, opt_d = _adam(cfg, model)
     model.train()
     for _ in range(3):
-        train_step(
-            model, loss_fn, opt_g, opt_d, q, g, y, "a2v", d_steps=cfg.d_steps, clip_value=cfg.model.clip_value
-        )
+        _step(model, opt_g, opt_d, q, g, y, cfg.d_steps)
     d_state = opt_d.state_dict()["state"]
     g_state = opt_g.state_dict()["state"]
     assert {int(s["step"]) for s in d_state.values()} == {6}  # exactly 2 per batch
@@ -431,15 +422,14 @@ def test_first_encoder_update_is_the_gradient_of_the_aml_objective(one_torch_thr
         split_gallery,
         split_modalities,
     )
-    from avtrain.train.loop import train_step
 
-    cfg, model, loss_fn, (q, g, y) = _step_setup(clip_value=0.01)
+    cfg, model, (q, g, y) = _step_setup(clip_value=0.01)
     model.eval()  # no dropout: the batch and the weights alone decide the gradient
     before = copy.deepcopy(model)
     lr = 0.1
     opt_g = torch.optim.SGD(model.encoder_parameters(), lr=lr)
     opt_d = torch.optim.SGD(model.discriminator.parameters(), lr=0.5)
-    train_step(model, loss_fn, opt_g, opt_d, q, g, y, "a2v", d_steps=1, clip_value=0.01)
+    _step(model, opt_g, opt_d, q, g, y, d_steps=1)
     d_after = {k: v.clone() for k, v in model.discriminator.state_dict().items()}
     assert any(not torch.equal(d_after[k], v) for k, v in before.discriminator.state_dict().items())
 
@@ -620,21 +610,22 @@ def test_patience_stops_a_run_that_no_longer_improves(train_tuples, val_tuples, 
 
 
 def test_bench_and_fit_run_the_same_train_step(train_tuples, tmp_path, monkeypatch, one_torch_thread):
-    """bench/train_step.py and fit both go through avtrain.train.loop.train_step (a spy that delegates
+    """bench/train_step.py and fit both go through the method's train_step (a spy that delegates
     to the real step counts the calls), so the benchmark times the step fit runs."""
     import importlib.util
 
     import torch
 
     import avtrain.train.loop as T
+    from avtrain.methods.aml.model import AML
 
-    real, calls = T.train_step, []
+    real, calls = AML.train_step, []
 
-    def spy(*args, **kwargs):
-        calls.append(kwargs.get("d_steps"))
-        return real(*args, **kwargs)
+    def spy(self, batch, optimizers, ctx):
+        calls.append(ctx.d_steps)
+        return real(self, batch, optimizers, ctx)
 
-    monkeypatch.setattr(T, "train_step", spy)
+    monkeypatch.setattr(AML, "train_step", spy)
     spec = importlib.util.spec_from_file_location("bench_train_step", REPO / "bench" / "train_step.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

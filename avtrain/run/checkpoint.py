@@ -281,7 +281,7 @@ def _optimizer_problem(name: str, v) -> str | None:
     return None
 
 
-def _labels_problem(v) -> str | None:
+def labels_problem(v) -> str | None:
     """The shape of a LabelSpace dict: classes = {name: [str, ...]}, attributes = {identity: {name: str}}."""
     classes, attributes = (v.get("classes"), v.get("attributes")) if isinstance(v, dict) else (None, None)
     if not (
@@ -322,7 +322,7 @@ def state_problem(state: dict) -> str | None:
     for key in sorted(k for k in state if isinstance(k, str) and k.startswith("opt_")):
         checks.append(_optimizer_problem(key, state[key]))
     if "labels" in state:
-        checks.append(_labels_problem(state["labels"]))
+        checks.append(labels_problem(state["labels"]))
     if "sched" in state and not isinstance(state["sched"], dict):
         checks.append(f"sched is {_show(state['sched'])}, expected a scheduler state")
     if "lr_plan" in state:

@@ -109,6 +109,7 @@ _EXPORT_KEYS = (
     "step",
     "source_run",
     "weights_sha256",
+    "labels",  # the LabelSpace of a method that classifies identities (its classifier's size)
 )
 
 
@@ -118,6 +119,7 @@ def _check_export_config(meta, cfg_path: Path):
     a {name: name} object, epoch/step non-negative integers, ``train_config`` a valid
     :class:`~avtrain.run.config.TrainConfig` and ``extract`` a valid :class:`ExtractConfig` (known keys,
     types, ranges). Returns (TrainConfig, ExtractConfig); anything else is one line naming the file."""
+    from avtrain.run.checkpoint import labels_problem
     from avtrain.run.config import TrainConfig
 
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
@@ -138,6 +140,8 @@ def _check_export_config(meta, cfg_path: Path):
         problem = "weights_sha256 is not a sha256 hex digest"
     elif not (isinstance(aliases, dict) and all(isinstance(v, str) for v in aliases.values())):
         problem = "aliases is not an object of tensor name -> tensor name"
+    elif "labels" in meta and labels_problem(meta["labels"]):
+        problem = labels_problem(meta["labels"])
     else:
         for key in ("epoch", "step"):
             v = meta.get(key)
@@ -161,7 +165,7 @@ def _load_from_export(directory: Path, device: torch.device):
 
     from avdata.io import sha256_bytes
     from avdata.untrusted import read_inside
-    from avtrain.methods import build_method
+    from avtrain.methods import LabelSpace, build_method
 
     cfg_path, weights = directory / EXPORT_CONFIG, directory / EXPORT_WEIGHTS
     raw = read_inside(directory, EXPORT_CONFIG)  # a regular file inside the directory, capped
@@ -179,7 +183,8 @@ def _load_from_export(directory: Path, device: torch.device):
         tensors = load_safetensors(data)
         for alias, target in meta.get("aliases", {}).items():  # tensors shared in the model (one generator)
             tensors[alias] = tensors[target]
-        model = build_method(cfg)
+        labels = meta.get("labels")  # checked by _check_export_config
+        model = build_method(cfg, LabelSpace.from_dict(labels) if labels is not None else None)
         model.load_state_dict(tensors, strict=True)
     except (KeyError, TypeError, ValueError, RuntimeError, SafetensorError) as exc:
         first = (str(exc).strip().splitlines() or [""])[0]
@@ -278,6 +283,7 @@ def export_model(
         "format": EXPORT_FORMAT,
         "format_version": 1,
         "train_config": TrainConfig.to_dict(model.cfg),
+        **({"labels": model.model.labels.to_dict()} if model.model.labels is not None else {}),
         "extract": dataclasses.asdict(model.extract),
         "spectrogram": SPEC_CONFIG,
         "scoring": {"kind": SCORE_KIND, "rule": "score = -Euclidean distance between 128-d embeddings"},
@@ -318,6 +324,7 @@ class FaceVoiceModel:
         self.extract = dataclasses.replace(extract, windows=1)  # a voice is its first window (_w0)
         self._extractor = Extractor(self.extract, device=str(device) if device.type == "cuda" else "cpu")
         self._fingerprint: str | None = None
+        self.embed_dim = int(model.embed_dim)  # the method's embedding size (AML: 128)
 
     def fingerprint(self) -> str:
         """sha256 of the model's tensors (names, dtypes, shapes and bytes), computed once: a
@@ -397,16 +404,18 @@ class FaceVoiceModel:
     # embedding ----------------------------------------------------------------------
 
     def embed_inputs(self, arrays: list[np.ndarray], modality: str, batch_size: int = 64) -> np.ndarray:
-        """(N, 128) float32 embeddings of preprocessed arrays (spectrograms or aligned faces)."""
+        """(N, D) float32 embeddings of preprocessed arrays (spectrograms or aligned faces)."""
         from avtrain.methods.encoders import normalise_audio, normalise_face
 
-        out = np.zeros((len(arrays), 128), dtype=np.float32)
-        embed = self.model.embed_audio if modality == "voice" else self.model.embed_face
+        out = np.zeros((len(arrays), self.embed_dim), dtype=np.float32)
+        seam_modality = "audio" if modality == "voice" else "face"  # the seam speaks avdata's names
         norm = normalise_audio if modality == "voice" else normalise_face
         for s in range(0, len(arrays), batch_size):
             x = norm(np.stack(arrays[s : s + batch_size]))
             with torch.inference_mode():
-                out[s : s + x.shape[0]] = embed(x.to(self.device)).float().cpu().numpy()
+                out[s : s + x.shape[0]] = (
+                    self.model.embed(seam_modality, x.to(self.device)).float().cpu().numpy()
+                )
         if not np.isfinite(out).all():
             raise InferenceError("the model produced NaN/inf embeddings")
         return out
@@ -472,7 +481,7 @@ class _Batcher:
         h = (
             self.model.embed_inputs(arrays, self.modality, self.batch_size)
             if arrays
-            else np.zeros((0, 128), np.float32)
+            else np.zeros((0, self.model.embed_dim), np.float32)
         )
         batch, self.pending, self.n_usable = self.pending, [], 0
         self.on_batch(batch, h)
@@ -484,10 +493,10 @@ def _b64(h: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(h, dtype="<f4").tobytes()).decode("ascii")
 
 
-def _unb64(text: str) -> np.ndarray:
+def _unb64(text: str, dim: int) -> np.ndarray:
     import base64
 
-    return np.frombuffer(base64.b64decode(text, validate=True), dtype="<f4").reshape(-1, 128)
+    return np.frombuffer(base64.b64decode(text, validate=True), dtype="<f4").reshape(-1, dim)
 
 
 class _Journal:
@@ -615,9 +624,9 @@ def _expand(paths: Iterable[str | Path], exts: tuple[str, ...]) -> list[str]:
 @dataclass
 class EmbedResult:
     voice_keys: list[str] = field(default_factory=list)
-    voice: np.ndarray = field(default_factory=lambda: np.zeros((0, 128), np.float32))
+    voice: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     face_keys: list[str] = field(default_factory=list)
-    face: np.ndarray = field(default_factory=lambda: np.zeros((0, 128), np.float32))
+    face: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
     rejects: list[dict] = field(default_factory=list)  # {"path", "modality", "reason"}
 
 
@@ -657,7 +666,7 @@ def _embed_stream(
         try:
             for rec in journal.records():
                 mod = rec["m"]
-                h = _unb64(rec["h"])
+                h = _unb64(rec["h"], model.embed_dim)
                 good = rec["keys"]
                 if mod not in keys or len(good) != h.shape[0] or not all(isinstance(k, str) for k in good):
                     raise ValueError("batch record")
@@ -703,8 +712,11 @@ def _embed_stream(
     res = EmbedResult()
     for mod in ("voice", "face"):
         setattr(res, f"{mod}_keys", keys[mod])
-        if blocks[mod]:
-            setattr(res, mod, np.concatenate(blocks[mod]))
+        setattr(
+            res,
+            mod,
+            np.concatenate(blocks[mod]) if blocks[mod] else np.zeros((0, model.embed_dim), np.float32),
+        )
     res.rejects = [r for _, _, r in sorted(rejects, key=lambda t: (t[0], t[1]))]
     return res
 
@@ -792,11 +804,12 @@ def write_embeddings(res: EmbedResult, out: str | Path) -> Path:
                 + [r["modality"] for r in res.rejects]
             )
             n_ok, n_rejected = len(res.voice_keys) + len(res.face_keys), len(res.rejects)
+            dim = max(res.voice.shape[1], res.face.shape[1])
             values = np.concatenate(  # one float32 array: no Python float per value
-                [res.voice, res.face, np.zeros((n_rejected, 128))], dtype=np.float32
+                [res.voice, res.face, np.zeros((n_rejected, dim))], dtype=np.float32
             ).reshape(-1)
             emb = pa.FixedSizeListArray.from_arrays(
-                pa.array(values), 128, mask=pa.array(np.arange(n_ok + n_rejected) >= n_ok)
+                pa.array(values), dim, mask=pa.array(np.arange(n_ok + n_rejected) >= n_ok)
             )
             reasons = [None] * n_ok + [r["reason"] for r in res.rejects]
             table = pa.table(
@@ -833,7 +846,8 @@ def read_embeddings(path: str | Path) -> EmbedResult:
         for mod in ("voice", "face"):
             rows = [r for r in t if r["modality"] == mod and r["embedding"] is not None]
             setattr(res, f"{mod}_keys", [r["key"] for r in rows])
-            setattr(res, mod, np.array([r["embedding"] for r in rows], dtype=np.float32).reshape(-1, 128))
+            dim = next((len(r["embedding"]) for r in t if r["embedding"] is not None), 0)
+            setattr(res, mod, np.array([r["embedding"] for r in rows], dtype=np.float32).reshape(-1, dim))
         res.rejects = [
             {"path": r["key"], "modality": r["modality"], "reason": r["reject_reason"]}
             for r in t
@@ -1124,7 +1138,7 @@ def _score_stream(
                 if "m" not in rec:
                     continue
                 mod, live = rec["m"], cache[rec["m"]]
-                h = _unb64(rec["h"])
+                h = _unb64(rec["h"], model.embed_dim)
                 if len(rec["g"]) != h.shape[0]:
                     raise ValueError("batch record")
                 for idx, reason in rec["r"]:
