@@ -57,6 +57,11 @@ def _pin_kernels() -> None:
     help="Tuple directory from avdata make-tuples (its shards/ and sizes.json).",
 )
 @click.option(
+    "--method",
+    default=None,
+    help="Method to train, a name of avtrain.methods.METHODS (docs/methods.md) [config: aml].",
+)
+@click.option(
     "--task",
     type=click.Choice(["matching", "verification", "retrieval"]),
     default=None,
@@ -152,6 +157,7 @@ def _pin_kernels() -> None:
 @user_errors
 def fit_cmd(
     tuples_dir,
+    method,
     task,
     k,
     direction,
@@ -171,7 +177,7 @@ def fit_cmd(
     deterministic,
     progress,
 ):
-    """Train AML on tuple shards (also under torchrun for DDP)."""
+    """Train a method (AML by default) on tuple shards (also under torchrun for DDP)."""
     if deterministic:
         _pin_kernels()
     from avtrain.run.config import load_config
@@ -180,6 +186,7 @@ def fit_cmd(
     cfg = load_config(
         config_file,
         {
+            "method": method,
             "task": task,
             "k": k,
             "direction": direction,
@@ -256,6 +263,84 @@ def evaluate_cmd(run, checkpoint, shards, tuples_dir, out, batch_size, device, n
         seed=seed,
         echo=click.echo,
         checkpoint=checkpoint,
+    )
+
+
+@main.command("compare")
+@click.option(
+    "--methods",
+    required=True,
+    help="Comma-separated methods to train and compare, e.g. aml,pins,svhf,ssnet,dimnet,fop.",
+)
+@click.option(
+    "--shards",
+    "tuples_dir",
+    type=click.Path(file_okay=False, exists=True),
+    required=True,
+    help="Tuple directory (avdata make-tuples): its training tuples and the evaluation lists.",
+)
+@click.option(
+    "--items",
+    type=click.Path(file_okay=False, exists=True),
+    required=True,
+    help="Item shard directory (avdata build-shards) the lists were drawn from.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="Directory for runs/METHOD-seedS and compare.{md,json,html}; rerun to go on after a stop.",
+)
+@click.option("--seeds", type=click.IntRange(min=1), default=1, help="Seeds 0..N-1: mean ± sd over seeds.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="YAML file of settings shared by every run (see docs/training.md).",
+)
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="[METHOD:]KEY=VALUE",
+    help="A setting for every run, or for one method with METHOD: (e.g. --set epochs=14, "
+    "--set pins:pins.margin=0.5) (repeatable).",
+)
+@click.option(
+    "--val-shards",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Item shards of the val lists: each run keeps best.pt and is evaluated at it.",
+)
+@click.option(
+    "--val-tuples",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Tuple directory with the val lists [default: --shards].",
+)
+@_BOOTSTRAP_OPTION
+@user_errors
+def compare_cmd(methods, tuples_dir, items, out, seeds, config_file, sets, val_shards, val_tuples, n_boot):
+    """Train several methods on the same tuples with the same seeds and tabulate every metric."""
+    import shlex
+    import sys
+
+    from avtrain.evaluation.compare import compare
+
+    compare(
+        [m.strip() for m in methods.split(",") if m.strip()],
+        tuples_dir,
+        items,
+        out,
+        seeds=seeds,
+        config=config_file,
+        sets=list(sets),
+        val_tuples=val_tuples,
+        val_shards=val_shards,
+        n_boot=n_boot,
+        echo=click.echo,
+        command="avtrain " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
 
 

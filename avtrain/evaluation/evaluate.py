@@ -34,6 +34,7 @@ from avtrain.evaluation.diagnostics import (
     save_embedding_sample,
 )
 from avtrain.evaluation.embeddings import Embeddings, embed_items, load_items
+from avtrain.evaluation.outcomes import OUTCOMES_FILE, save_outcomes
 from avtrain.evaluation.results import format_table, write_tensorboard
 from avtrain.evaluation.tuple_lists import (
     MODALITY_OF_ROLE,
@@ -74,7 +75,9 @@ def _qg(emb: Embeddings, direction: str) -> tuple[str, str]:
     return MODALITY_OF_ROLE[direction, "query"], MODALITY_OF_ROLE[direction, "gallery"]
 
 
-def _matching_entry(tl: TupleList, emb: Embeddings, model, cfg, device, n_boot: int, seed: int) -> dict:
+def _matching_entry(
+    tl: TupleList, emb: Embeddings, model, cfg, device, n_boot: int, seed: int, outcomes: dict
+) -> dict:
     qm, gm = _qg(emb, tl.direction)
     qi = np.array([emb.row[qm][r["query"]] for r in tl.rows], dtype=np.intp)
     gi = np.array([[emb.row[gm][g] for g in r["gallery"]] for r in tl.rows], dtype=np.intp)
@@ -84,18 +87,23 @@ def _matching_entry(tl: TupleList, emb: Embeddings, model, cfg, device, n_boot: 
         np.float64
     )  # ties: first index (matching_accuracy)
     acc = M.matching_accuracy(scores, labels)
+    outcomes["correct"] = correct
     entry = _summary(acc, M.bootstrap_ci(correct, n_boot=n_boot, seed=seed))
     entry.update(n=int(len(tl.rows)), chance=1.0 / tl.k, split=tl.split, list=tl.name)
-    if cfg.task == "matching" and cfg.k == tl.k and cfg.direction == tl.direction:
-        # the learned head, applied to the same gathered embeddings (no extra branch passes)
-        pred = np.empty(len(tl.rows), dtype=np.intp)
-        with torch.inference_mode():
-            for s in range(0, len(tl.rows), 4096):
-                hq = torch.from_numpy(emb.h[qm][qi[s : s + 4096]]).float().to(device)
-                hg = torch.from_numpy(emb.h[gm][gi[s : s + 4096]]).float().to(device)
-                pred[s : s + 4096] = model.head(hq, hg).argmax(1).cpu().numpy()
-        hc = (pred == labels).astype(np.float64)
-        entry["head"] = _summary(hc.mean(), M.bootstrap_ci(hc, n_boot=n_boot, seed=seed))
+    # the method's learned head where it has one for this list (AML: C_M at the trained k and
+    # direction), applied to the same gathered embeddings (no extra branch passes)
+    pred = np.empty(len(tl.rows), dtype=np.intp)
+    with torch.inference_mode():
+        for s in range(0, len(tl.rows), 4096):
+            hq = torch.from_numpy(emb.h[qm][qi[s : s + 4096]]).float().to(device)
+            hg = torch.from_numpy(emb.h[gm][gi[s : s + 4096]]).float().to(device)
+            head = model.head_scores("matching", tl.k, tl.direction, hq, hg)
+            if head is None:
+                break
+            pred[s : s + 4096] = head.argmax(1).cpu().numpy()
+        else:
+            hc = (pred == labels).astype(np.float64)
+            entry["head"] = _summary(hc.mean(), M.bootstrap_ci(hc, n_boot=n_boot, seed=seed))
     return entry
 
 
@@ -128,8 +136,11 @@ def verification_metrics(scores: np.ndarray, labels: np.ndarray, n_boot: int, se
     }
 
 
-def _verification_entry(tl: TupleList, emb: Embeddings, model, cfg, device, n_boot: int, seed: int) -> dict:
+def _verification_entry(
+    tl: TupleList, emb: Embeddings, model, cfg, device, n_boot: int, seed: int, outcomes: dict
+) -> dict:
     scores, y, vi, fi = _verification_scores(tl, emb)
+    outcomes.update(scores=scores, labels=y)
     if y.min() == y.max():
         raise EvaluationError(f"{tl.name}: verification needs both positive and negative pairs")
     fpr, tpr, _ = M.roc_curve(scores, y)
@@ -138,17 +149,17 @@ def _verification_entry(tl: TupleList, emb: Embeddings, model, cfg, device, n_bo
         "list": tl.name,
         "roc": _subsample_curve(fpr, tpr),
     }
-    if cfg.task == "verification":
-        ha, hf = torch.from_numpy(emb.h["audio"][vi]).float(), torch.from_numpy(emb.h["face"][fi]).float()
-        hq, hg = (ha, hf) if cfg.direction == "a2v" else (hf, ha)
-        with torch.inference_mode():
-            logits = model.head(hq.to(device), hg.to(device)).float().cpu().numpy()
-        hs = logits[:, 1] - logits[:, 0]
+    ha, hf = torch.from_numpy(emb.h["audio"][vi]).float(), torch.from_numpy(emb.h["face"][fi]).float()
+    hq, hg = (ha, hf) if cfg.direction == "a2v" else (hf, ha)
+    with torch.inference_mode():  # the method's verification head, if it has one (AML: C_V)
+        head = model.head_scores("verification", 1, cfg.direction, hq.to(device), hg.to(device))
+    if head is not None:
+        hs = head.float().cpu().numpy()
         entry["head_auc"] = _summary(M.roc_auc(hs, y), _ci_pairs(hs, y, M.roc_auc, n_boot, seed))
     return entry
 
 
-def _retrieval_entry(tl: TupleList, emb: Embeddings, n_boot: int, seed: int) -> dict:
+def _retrieval_entry(tl: TupleList, emb: Embeddings, n_boot: int, seed: int, outcomes: dict) -> dict:
     qm, gm = _qg(emb, tl.direction)
     qi = np.array([emb.row[qm][r["query"]] for r in tl.rows], dtype=np.intp)
     gi = np.array([emb.row[gm][g["key"]] for g in tl.gallery], dtype=np.intp)
@@ -170,6 +181,7 @@ def _retrieval_entry(tl: TupleList, emb: Embeddings, n_boot: int, seed: int) -> 
         ("mAP", per["ap"]),
     ):
         v = np.asarray(values, dtype=np.float64)[has]
+        outcomes[name.replace("R@", "hit@").replace("mAP", "ap")] = v
         entry[name] = _summary(v.mean(), M.bootstrap_ci(v, n_boot=n_boot, seed=seed)) if v.size else None
     return entry
 
@@ -310,29 +322,43 @@ def evaluate(
     primary = "test" if "test" in splits else (splits[0] if splits else None)
     matching: dict = {}
     extra: dict = {}
+    # per item outcomes of every list, for paired comparisons of runs (outcomes.py, compare.py)
+    pending: list[tuple[str, dict]] = []
+
+    def record(prefix: str) -> dict:
+        got: dict = {}
+        pending.append((prefix, got))
+        return got
+
     for tl in sorted(matching_lists, key=lambda t: (t.direction, t.k, t.name)):
-        entry = _matching_entry(tl, emb, model, cfg, dev, n_boot, seed)
-        if tl.split == primary and not tl.constraint:
+        primary_list = tl.split == primary and not tl.constraint
+        prefix = f"matching/{tl.direction}/k{tl.k}" if primary_list else f"matching_other/{tl.name}"
+        entry = _matching_entry(tl, emb, model, cfg, dev, n_boot, seed, record(prefix))
+        if primary_list:
             matching.setdefault(tl.direction, {})[f"k{tl.k}"] = entry
         else:
             extra[tl.name] = entry
     result["matching"] = matching
     result["matching_split"] = primary
     result["matching_other"] = extra
-    result["verification"] = {
-        t.name[len("verification_") :]: _verification_entry(t, emb, model, cfg, dev, n_boot, seed)
-        for t in lists
-        if t.task == "verification"
-    }
+    result["verification"] = {}
+    for t in lists:
+        if t.task == "verification":
+            name = t.name[len("verification_") :]
+            got = record(f"verification/{name}")
+            result["verification"][name] = _verification_entry(t, emb, model, cfg, dev, n_boot, seed, got)
     retrieval: dict = {}
     for t in lists:
         if t.task == "retrieval":
-            retrieval.setdefault(t.split, {})[t.direction] = _retrieval_entry(t, emb, n_boot, seed)
+            got = record(f"retrieval/{t.split}/{t.direction}")
+            retrieval.setdefault(t.split, {})[t.direction] = _retrieval_entry(t, emb, n_boot, seed, got)
     result["retrieval"] = retrieval
+    outcomes = {f"{prefix}/{k}": v for prefix, got in pending for k, v in got.items()}
     result["pair_distance"] = pair_distance_report(emb, samples)
     result["embeddings"] = save_embedding_sample(emb, samples, run / EMBEDDINGS_FILE)
 
     atomic_write_text(out, json.dumps(result, sort_keys=True, indent=1) + "\n")
+    save_outcomes(out.with_name(OUTCOMES_FILE), outcomes)
     write_tensorboard(run / "tb", result)
     if echo:
         echo(format_table(result))
