@@ -166,6 +166,8 @@ def read_tuple_manifest(out: Path, required: bool) -> dict:
                 name_problem(entry["gallery"]) or entry["gallery"] not in manifest["files"]
             ):
                 problem = f"gallery {entry['gallery']!r} is not a listed index file"
+            elif "identity_attributes" in entry and not _is_attribute_table(entry["identity_attributes"]):
+                problem = "identity_attributes is not {identity: {gender|nationality: value}}"
         if problem:
             raise UnsafeShardError(f"{path}: files entry {rel!r}: {problem}")
     for rel, entry in manifest["shards"].items():
@@ -181,6 +183,34 @@ def read_tuple_manifest(out: Path, required: bool) -> dict:
         if problem:
             raise UnsafeShardError(f"{path}: shards entry {rel!r}: {problem}")
     return manifest
+
+
+def _is_attribute_table(table) -> bool:
+    """{identity: {attribute: value}} of strings, attributes among ATTRIBUTES."""
+    return isinstance(table, dict) and all(
+        isinstance(ident, str)
+        and isinstance(attrs, dict)
+        and all(a in ATTRIBUTES and isinstance(v, str) for a, v in attrs.items())
+        for ident, attrs in table.items()
+    )
+
+
+def identity_attributes(tuples: list[dict], attrs: dict[str, dict]) -> dict[str, dict[str, str]]:
+    """The attributes (ATTRIBUTES: gender, nationality) of every identity a list names, query or
+    gallery, from ``attrs`` (vox_id -> its SHARDS/splits.csv row or Pool.attrs); empty values left
+    out. make-tuples records it for each list it writes tuple shards for (what a method that
+    classifies identities and their attributes trains on: avtrain's LabelSpace); check-tuples
+    recomputes it."""
+    ids = {t["query_identity"] for t in tuples} | {g for t in tuples for g in t["gallery_identities"]}
+    return {i: {a: str(attrs[i][a]) for a in ATTRIBUTES if attrs.get(i, {}).get(a, "")} for i in sorted(ids)}
+
+
+def list_attributes(tuples_dir: str | Path, name: str) -> dict[str, dict[str, str]] | None:
+    """The identity attributes make-tuples recorded for list ``name`` in the tuple directory's
+    checked manifest.json (:func:`identity_attributes`), or None where it recorded none (a list
+    without tuple shards, or a directory made before attributes were recorded)."""
+    manifest = read_tuple_manifest(Path(tuples_dir), required=True)
+    return manifest["files"].get(f"index/{name}.jsonl", {}).get("identity_attributes")
 
 
 @dataclass(frozen=True)
@@ -565,6 +595,8 @@ def make_tuples(
             "identities": len({t["query_identity"] for t in tuples}),
             "skipped_identities": skipped,
         }
+        if tuple_shards:  # a training list: what its identities' attributes are (avtrain's LabelSpace)
+            manifest["files"][rel]["identity_attributes"] = identity_attributes(tuples, pool.attrs)
         written = (
             write_tuple_shards(tuples, items, shards, out, cfg.name, tuples_per_shard) if tuple_shards else {}
         )
@@ -709,6 +741,10 @@ def check_tuples(
                     f"{entry['gallery']}: gallery is not exactly the {len(want_g)} {g_mod} items of {split}"
                 )
             continue
+        if "identity_attributes" in entry and entry["identity_attributes"] != identity_attributes(
+            rows, attrs
+        ):
+            problems.append(f"{rel}: identity_attributes differ from its identities' in SHARDS/splits.csv")
         if "imported_from" not in cfg:  # an official list is as balanced as its authors made it
             problems.extend(f"{rel}: {m}" for m in label_balance_problems(labels, task, cfg["k"]))
     problems.extend(tuple_shard_problems(out, manifest, lists, item_of, max_reports))

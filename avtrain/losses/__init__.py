@@ -1,4 +1,5 @@
-"""AML losses: metric (metric.py), adversarial (adversarial.py), and the joint objective (aml.py)."""
+"""Losses: AML's metric (metric.py), adversarial (adversarial.py) and joint objective (aml.py); the
+classifying methods' softmax (classification.py) and center loss (center.py)."""
 
 from avtrain.losses.adversarial import (
     ADVERSARIAL_KINDS,
@@ -14,6 +15,8 @@ from avtrain.losses.aml import (
     split_modalities,
     task_loss,
 )
+from avtrain.losses.center import center_loss, center_update
+from avtrain.losses.classification import softmax_loss
 from avtrain.losses.metric import (
     METRIC_LOSSES,
     euclidean,
@@ -28,12 +31,15 @@ __all__ = [
     "TASK_DEFAULTS",
     "AMLLoss",
     "LossConfig",
+    "center_loss",
+    "center_update",
     "critic_score",
     "euclidean",
     "generator_adversarial_loss",
     "lifted_structured_loss",
     "modality_loss",
     "ranked_list_loss",
+    "softmax_loss",
     "split_gallery",
     "split_modalities",
     "task_loss",

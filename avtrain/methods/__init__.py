@@ -13,6 +13,9 @@ from avtrain.methods.base import SCORE_RULES, Batch, LabelSpace, Method, StepCon
 
 METHODS: dict[str, str] = {
     "aml": "avtrain.methods.aml.model:AML",
+    "svhf": "avtrain.methods.svhf.model:SVHF",
+    "ssnet": "avtrain.methods.ssnet.model:SSNet",
+    "dimnet": "avtrain.methods.dimnet.model:DIMNet",
 }
 
 

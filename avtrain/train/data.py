@@ -268,9 +268,13 @@ def to_model_inputs(
 
 
 def label_space(tuples_dir: str | Path, name: str):
-    """The identities of training list ``name`` (its index file, read from the tuple directory's
-    checked manifest): the classes of a method that classifies identities (Method.needs_labels).
-    Attributes (gender, nationality) come with them where the list records them."""
+    """The classes of a method that classifies (Method.needs_labels), from training list ``name``
+    of a tuple directory: ``identity``, the identities the list names (its index file, read from
+    the directory's checked manifest); ``gender`` and ``nationality``, the values make-tuples
+    recorded for those identities (:func:`avdata.tuples.list_attributes`, from the shards' meta
+    file), with ``attributes[identity]`` each identity's values. A list recorded without
+    attributes (made by an older make-tuples) gives identity classes only."""
+    from avdata.tuples import ATTRIBUTES, list_attributes
     from avtrain.evaluation.tuple_lists import read_tuple_lists
     from avtrain.methods import LabelSpace
 
@@ -284,4 +288,11 @@ def label_space(tuples_dir: str | Path, name: str):
     for row in lists[0].rows:
         ids.add(row["query_identity"])
         ids.update(row.get("gallery_identities", ()))
-    return LabelSpace({"identity": sorted(ids)}, {})
+    recorded = list_attributes(tuples_dir, name) or {}
+    attributes = {i: dict(recorded[i]) for i in sorted(ids) if i in recorded}
+    classes = {"identity": sorted(ids)}
+    for attribute in ATTRIBUTES:
+        values = sorted({a[attribute] for a in attributes.values() if attribute in a})
+        if values:
+            classes[attribute] = values
+    return LabelSpace(classes, attributes)

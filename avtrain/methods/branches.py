@@ -1,0 +1,54 @@
+"""A method on the paper's two branches (avtrain.methods.encoders): the base of the baselines that
+put their own layers on the 3200-d branch features (svhf, ssnet, dimnet).
+
+A subclass builds its layers after ``super().__init__`` and defines :meth:`BranchMethod.embedding`
+(branch features -> its embedding); the branches, ``features`` (the report's diagnostics), ``embed``
+and the one-pass ``embed_with_features`` come from here. Branches and every layer a subclass adds
+before calling :func:`avtrain.methods.encoders.init_weights` get the paper's Glorot init.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from avtrain.methods.base import Batch, Method, check_modality
+from avtrain.methods.encoders import AudioBranch, VisualBranch
+
+
+class BranchMethod(Method):
+    """The paper's audio and visual branches (``audio_branch``, ``visual_branch``: AML's names), the
+    leaky slope from the run's ``model.leaky_slope``."""
+
+    def __init__(self, cfg, labels=None):
+        super().__init__(cfg, labels)
+        self.audio_branch = AudioBranch(cfg.model.leaky_slope)
+        self.visual_branch = VisualBranch(cfg.model.leaky_slope)
+
+    def embedding(self, modality: str, features: torch.Tensor) -> torch.Tensor:
+        """(N, 3200) branch features of ``modality`` -> (N, embed_dim) embeddings."""
+        raise NotImplementedError
+
+    def features(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        check_modality(modality)
+        branch = self.audio_branch if modality == "audio" else self.visual_branch
+        return branch(x).flatten(1)
+
+    def embed(self, modality: str, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(modality, self.features(modality, x))
+
+    def embed_with_features(self, modality: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.features(modality, x)
+        return self.embedding(modality, f), f
+
+
+def every_item(h_query: torch.Tensor, h_gallery: torch.Tensor) -> torch.Tensor:
+    """A batch's query (B, ...) and gallery (B, k, ...) rows as one (B + B*k, ...) stack: queries
+    first, then each tuple's gallery in order (the order of :func:`item_classes`)."""
+    return torch.cat([h_query, h_gallery.flatten(0, 1)])
+
+
+def item_classes(batch: Batch, name: str) -> torch.Tensor:
+    """(B + B*k,) class indices of label ``name`` of every item of the batch, in the order of
+    :func:`every_item`; -1 for an item outside the run's label space."""
+    query, gallery = batch.classes(name)
+    return every_item(query, gallery)
