@@ -13,6 +13,8 @@ from avtrain.methods.base import SCORE_RULES, Batch, LabelSpace, Method, StepCon
 
 METHODS: dict[str, str] = {
     "aml": "avtrain.methods.aml.model:AML",
+    "pins": "avtrain.methods.pins.model:LearnablePINs",
+    "fop": "avtrain.methods.fop.model:FOP",
 }
 
 
