@@ -31,12 +31,13 @@ class TwoStreamMethod(Method):
         branch = self.audio_branch if modality == "audio" else self.visual_branch
         return branch(x).flatten(1)
 
-    def head(self, modality: str) -> nn.Module:
+    def embedding_layers(self, modality: str) -> nn.Module:
+        """``audio_head`` or ``face_head`` (not ``head``: that name is AML's task head)."""
         return self.audio_head if modality == "audio" else self.face_head
 
     def embed_with_features(self, modality: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.features(modality, x)
-        return self.head(modality)(f), f
+        return self.embedding_layers(modality)(f), f
 
     def embed(self, modality: str, x: torch.Tensor) -> torch.Tensor:
         return self.embed_with_features(modality, x)[0]
