@@ -104,7 +104,7 @@ class LearnablePINs(TwoStreamMethod):
         terms = contrastive_loss(
             anchors, positives, candidates[mined["index"]], self.opts.margin, mined["valid"]
         )
-        terms["tau"] = torch.tensor(tau)
+        terms["tau"] = torch.tensor(tau, dtype=torch.float64)  # logged as 0.3, not 0.30000001
         terms["d_pos"] = _mean(terms["d_pos"])
         terms["d_neg"] = _mean(terms["d_neg"][mined["valid"]])
         self.steps_taken += 1
