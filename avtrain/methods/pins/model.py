@@ -29,7 +29,7 @@ class PINsOptions:
     embed_dim: int = 128  # size of the joint embedding
     margin: float = 0.6  # contrastive margin on L2-normalised embeddings (distances in [0, 2])
     tau_start: float = 0.3  # hardness of the mined negative at the start: 0 easiest, 1 hardest
-    tau_end: float = 0.8  # ... at most (the hardest negatives stall learning)
+    tau_end: float = 0.8  # ... at most (never always the very hardest)
     tau_increment: float = 0.1  # τ rises by this ...
     tau_every: int = 500  # ... every this many training steps
 
