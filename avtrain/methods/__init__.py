@@ -16,6 +16,8 @@ METHODS: dict[str, str] = {
     "svhf": "avtrain.methods.svhf.model:SVHF",
     "ssnet": "avtrain.methods.ssnet.model:SSNet",
     "dimnet": "avtrain.methods.dimnet.model:DIMNet",
+    "pins": "avtrain.methods.pins.model:LearnablePINs",
+    "fop": "avtrain.methods.fop.model:FOP",
 }
 
 
