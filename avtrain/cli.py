@@ -1,4 +1,4 @@
-"""avtrain command line: thin Click commands over avtrain.train.loop / evaluate / report / inference."""
+"""avtrain command line: thin Click commands over avtrain.train.loop / evaluate / report / serve."""
 
 from __future__ import annotations
 
@@ -375,7 +375,7 @@ def report_cmd(run, metrics, out, compare):
     click.echo(f"wrote {path}")
 
 
-# --------------------------------------------------------------------------- raw media (avtrain.serve.inference)
+# --------------------------------------------------------------------------- raw media (avtrain.serve)
 
 
 @main.command("embed")
@@ -412,7 +412,8 @@ def embed_cmd(run, checkpoint, audio, faces, videos, out, batch_size, device, pr
     Files are embedded a batch at a time; finished batches go to OUT.partial, so a run stopped
     half-way and started again with the same inputs and settings goes on where it stopped.
     """
-    from avtrain.serve.inference import check_output_name, embed_to_file, load_model
+    from avtrain.serve.embed import check_output_name, embed_to_file
+    from avtrain.serve.model import load_model
 
     check_output_name(out)
     model = load_model(run, device, checkpoint=checkpoint)
@@ -449,7 +450,9 @@ def match_cmd(gallery, run, checkpoint, voice, face, faces_flag, voices_flag, as
     """
     import json as json_
 
-    from avtrain.serve.inference import InferenceError, format_ranking, load_model, match
+    from avtrain.serve.errors import InferenceError
+    from avtrain.serve.match import format_ranking, match
+    from avtrain.serve.model import load_model
 
     if (voice is None) == (face is None):
         raise InferenceError(
@@ -550,7 +553,8 @@ def score_cmd(
     length); OUT is written from it at the end. A run stopped half-way and started again with
     the same list, roots, model and settings goes on where it stopped.
     """
-    from avtrain.serve.inference import load_model, score_pairs
+    from avtrain.serve.model import load_model
+    from avtrain.serve.score import score_pairs
 
     model = load_model(run, device, checkpoint=checkpoint)
     score_pairs(
@@ -588,7 +592,7 @@ def score_cmd(
 @user_errors
 def export_cmd(run, checkpoint, out):
     """Write OUT/model.safetensors (weights only, no pickle) and OUT/config.json; load_model reads OUT."""
-    from avtrain.serve.inference import export_model
+    from avtrain.serve.export import export_model
 
     meta = export_model(run, out, checkpoint=checkpoint)
     click.echo(

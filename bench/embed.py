@@ -5,7 +5,7 @@ files, same batch size, same torch thread count, timed in one process in alterna
 
   (a) shard path   avtrain.evaluation.embeddings.embed_items over the built shards (tar read, JPEG/npy
                    decode, normalise, forward): what evaluate pays per item
-  (b) raw media    avtrain.serve.inference.embed_files over the corpus trees (wav decode +
+  (b) raw media    avtrain.serve.embed.embed_files over the corpus trees (wav decode +
                    spectrogram recipe, image decode + MTCNN alignment + shard JPEG round trip,
                    normalise, forward): what embed/score/match pay per item
 
@@ -50,7 +50,8 @@ def main() -> None:
     from avdata.reader import index_items
     from avtrain.evaluation.embeddings import embed_items
     from avtrain.run.checkpoint import load_run
-    from avtrain.serve.inference import embed_files, load_model
+    from avtrain.serve.embed import embed_files
+    from avtrain.serve.model import load_model
 
     with tempfile.TemporaryDirectory() as d:
         corpus, shards, run = build(Path(d), args.identities)

@@ -7,7 +7,7 @@ CPU); every pair gets its own voice and face file, hard links to a source under 
 names, so `score` preprocesses and embeds every one of them (it deduplicates by path, not by
 content). Model: a randomly initialised AML run (the cost does not depend on the weights).
 
-Each list is scored by `avtrain.serve.inference.score_pairs` in a fresh child process (one torch
+Each list is scored by `avtrain.serve.score.score_pairs` in a fresh child process (one torch
 thread, batch 64, CPU). Peak RSS is the child's own VmHWM (/proc/self/status); pairs/s is
 pairs over the child's wall time in score_pairs (model loading excluded), and pairs per CPU
 second over its process CPU time (less hurt when other jobs share the cores). The figure to look
@@ -36,16 +36,16 @@ RUN_ONE = r"""
 import json, sys, time
 import torch
 torch.set_num_threads(1)
-from avtrain.serve.inference import load_model
+from avtrain.serve.model import load_model
 args = json.loads(sys.argv[1])
 model = load_model(args["run"], "cpu")
 t, c = time.perf_counter(), time.process_time()
 if args["what"] == "score":
-    from avtrain.serve.inference import score_pairs
+    from avtrain.serve.score import score_pairs
     s = score_pairs(model, args["list"], args["root"], args["out"], batch_size=64)
     done = {"pairs": s["pairs"], "scored": s["scored"], "rejected": s["rejected"]}
 else:
-    from avtrain.serve.inference import embed_files, write_embeddings
+    from avtrain.serve.embed import embed_files, write_embeddings
     res = embed_files(model, [args["root"] + "/voices"], [args["root"] + "/faces"], [], batch_size=64)
     write_embeddings(res, args["out"])
     done = {"voices": len(res.voice_keys), "faces": len(res.face_keys), "rejected": len(res.rejects)}

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from helpers import EMBEDDING_RTOL, fifo_that_never_blocks, make_tuples_args, save_random_run
 
 from avtrain.cli import main as avtrain_main
-from avtrain.serve.inference import PINS_HEADER
+from avtrain.serve.pairs import PINS_HEADER
 
 
 def _avdata(args):
@@ -124,7 +124,7 @@ def test_embed_equals_shard_path_and_rejects_bad_files(setup):
         ]
     )
     assert "rejected" in res.output
-    from avtrain.serve.inference import read_embeddings
+    from avtrain.serve.embed import read_embeddings
 
     got = read_embeddings(out)
     reasons = {Path(r["path"]).name: r["reason"] for r in got.rejects}
@@ -273,7 +273,7 @@ def test_score_fame_list_marks_bad_pairs_and_refuses_unsafe_paths(setup, tmp_pat
     assert [r[0] for r in rows] == [f"p0{i}" for i in range(9)]
     assert [r[1] == "nan" for r in rows] == [False, True, True, True, True, True, True, True, False]
     assert float(rows[0][1]) > 0 and rows[0][1] == rows[8][1]
-    from avtrain.serve.inference import load_model
+    from avtrain.serve.model import load_model
 
     model = load_model(setup["run"])
     d = -model.score(model.embed_voice(c / wav), model.embed_face(c / face))
@@ -434,7 +434,9 @@ def test_score_and_embed_memory_stays_flat_in_the_number_of_files(setup, tmp_pat
     that of 24 pairs (was ~19 MB more), and the output is still every pair's score."""
     import tracemalloc
 
-    from avtrain.serve.inference import embed_files, load_model, score_pairs
+    from avtrain.serve.embed import embed_files
+    from avtrain.serve.model import load_model
+    from avtrain.serve.score import score_pairs
 
     model = load_model(setup["run"])
     peaks = {}
@@ -457,9 +459,9 @@ def test_score_and_embed_memory_stays_flat_in_the_number_of_files(setup, tmp_pat
 def _interrupt_after(monkeypatch, calls: int):
     """Stop the run like a Ctrl-C (KeyboardInterrupt) at the given call of the per-file
     preprocessing: everything up to there is what a killed run had done."""
-    from avtrain.serve.inference import FaceVoiceModel
+    from avtrain.serve.model import FaceVoiceModel
 
-    real, count = FaceVoiceModel._extract_path, [0]
+    real, count = FaceVoiceModel.extract_items, [0]
 
     def counting(self, path, modality):
         count[0] += 1
@@ -467,7 +469,7 @@ def _interrupt_after(monkeypatch, calls: int):
             raise KeyboardInterrupt
         return real(self, path, modality)
 
-    monkeypatch.setattr(FaceVoiceModel, "_extract_path", counting)
+    monkeypatch.setattr(FaceVoiceModel, "extract_items", counting)
 
 
 def test_score_and_embed_resume_a_stopped_run_with_the_same_output(setup, tmp_path, monkeypatch):
@@ -477,7 +479,9 @@ def test_score_and_embed_resume_a_stopped_run_with_the_same_output(setup, tmp_pa
     (other settings) is started over; a journal in use by a live run is refused."""
     import fcntl
 
-    from avtrain.serve.inference import embed_to_file, load_model, score_pairs
+    from avtrain.serve.embed import embed_to_file
+    from avtrain.serve.model import load_model
+    from avtrain.serve.score import score_pairs
 
     model = load_model(setup["run"])
     plist = _distinct_pairs(setup, tmp_path / "r", 40)
@@ -636,7 +640,7 @@ def test_export_is_pickle_free_and_loads_to_the_same_model(setup, tmp_path):
     assert np.array_equal(a.embed_voice(voice), b.embed_voice(voice))
     # embed / score accept the export directory too
     _avtrain(["embed", "--run", out, "--audio", voice, "--out", tmp_path / "e.npz", "--no-progress"])
-    from avtrain.serve.inference import read_embeddings
+    from avtrain.serve.embed import read_embeddings
 
     assert np.array_equal(read_embeddings(tmp_path / "e.npz").voice[0], a.embed_voice(voice))
     # tampered weights are refused, in one line
@@ -767,7 +771,7 @@ def test_a_run_shadowed_by_an_export_is_refused_not_guessed(setup, exported, tmp
         shutil.copy(p, run / p.name)
     line = _one_line(_embed_one(setup, run, tmp_path / "e.npz", code=1))
     assert "holds both a run's checkpoint.pt and an export's model.safetensors" in line, line
-    from avtrain.serve.inference import load_model
+    from avtrain.serve.model import load_model
 
     assert load_model(run / "checkpoint.pt").source["kind"] == "run"
     assert load_model(run / "model.safetensors").source["kind"] == "export"

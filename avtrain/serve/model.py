@@ -1,0 +1,261 @@
+"""A trained method on raw media: :class:`FaceVoiceModel` and :func:`load_model`.
+
+Every raw file goes through **the same preprocessing as ``avdata build-shards``**, by calling the
+same code, never a copy of it:
+
+* audio (wav, flac, m4a, or the audio track of an mp4): :class:`avdata.extract.Extractor`
+  -> :func:`avdata.audio.audio_features` (the 224x125 dB spectrogram recipe). A voice is its
+  first 125-frame window, the ``_w0`` sample of the shards;
+* faces (jpg/png, or mp4 frames at the build's fps): the Extractor's
+  :class:`avdata.faces.FaceAligner` (MTCNN on <= 640 px, square crop from the original, 224x224),
+  then the JPEG round trip that the shard writer applies (:func:`avdata.shards._encode`, quality
+  95, no chroma subsampling, decoded by :func:`avdata.reader.decode_jpg`): the model was trained
+  on those decoded pixels, so raw-media embeddings equal shard embeddings (tests/test_inference.py);
+* normalisation and the forward pass: :func:`avtrain.methods.encoders.normalise_audio` /
+  :func:`~avtrain.methods.encoders.normalise_face` and the method's ``embed(modality, x)`` (the
+  seam, :class:`avtrain.methods.base.Method`), as in ``avtrain evaluate``.
+
+A model is loaded from a run directory (``checkpoint.pt``, read with ``weights_only=True``) or
+from an ``avtrain export`` directory (``model.safetensors`` + ``config.json``: no pickle at all;
+read by :func:`avtrain.serve.export.load_export`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avdata.errors import InputError
+from avdata.extract import ExtractConfig, Extractor
+from avtrain.serve.errors import InferenceError
+from avtrain.serve.export import EXPORT_CONFIG, EXPORT_WEIGHTS, load_export
+
+__all__ = ["AUDIO_EXTS", "FACE_EXTS", "VIDEO_EXTS", "FaceVoiceModel", "Item", "load_model"]
+
+AUDIO_EXTS = (".wav", ".flac", ".m4a")  # avdata.ingest's, plus videos for their audio track
+FACE_EXTS = (".jpg", ".jpeg", ".png")
+VIDEO_EXTS = (".mp4",)
+
+
+@dataclass
+class Item:
+    """One input after preprocessing: a voice spectrogram or an aligned face (or a reject)."""
+
+    key: str
+    modality: str  # "voice" | "face"
+    array: np.ndarray | None = None
+    reason: str = ""
+    path: str = ""
+
+
+class FaceVoiceModel:
+    """A trained method with build-shards' preprocessing: raw voice/face in, the method's
+    embedding h out (``embed_dim`` floats; AML: 128-d).
+
+    ``embed_voice(path | waveform, sr=None)`` and ``embed_face(path | PIL image)`` return a
+    float32 (embed_dim,) vector; ``score(voice_h, face_h)`` is -L2. Bad inputs raise
+    :class:`avdata.errors.InputError` (one line naming the file).
+    """
+
+    def __init__(self, model, cfg, device: torch.device, extract: ExtractConfig, source: dict):
+        self.model, self.cfg, self.device, self.source = model, cfg, device, source
+        self.extract = dataclasses.replace(extract, windows=1)  # a voice is its first window (_w0)
+        self._extractor = Extractor(self.extract, device=str(device) if device.type == "cuda" else "cpu")
+        self._fingerprint: str | None = None
+        self.embed_dim = int(model.embed_dim)  # the method's embedding size (AML: 128)
+
+    def fingerprint(self) -> str:
+        """sha256 of the model's tensors (names, dtypes, shapes and bytes), computed once: a
+        resume journal (OUT.partial) is only used with the weights that wrote it."""
+        if self._fingerprint is None:
+            import hashlib
+
+            digest = hashlib.sha256()
+            for name, tensor in self.model.state_dict().items():
+                tensor = tensor.detach().cpu().contiguous()
+                digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+                digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+    # preprocessing ----------------------------------------------------------------
+
+    def voice_input(self, voice, sr: int | None = None, source: str = "<waveform>") -> np.ndarray:
+        """(224, 125) float32 dB spectrogram of a file or a waveform (with its sample rate: a
+        whole number of Hz in 4-768 kHz, as a file's header; a long waveform is streamed)."""
+        if isinstance(voice, (str, Path)):
+            return self.first_array(self.extract_items(str(voice), "audio"))
+        from avdata.audio import waveform_windows
+
+        if sr is None:
+            raise ValueError("embed_voice(waveform) needs its sample rate: sr=")
+        return waveform_windows(voice, sr, 1, source)[0]  # a file's bounds: sample rate, streaming
+
+    def face_input(self, face, source: str = "<image>") -> np.ndarray:
+        """(224, 224, 3) uint8 aligned face of an image file or a PIL image, as stored in shards."""
+        if isinstance(face, (str, Path)):
+            return self.first_array(self.extract_items(str(face), "face"))
+        crop = self._extractor.aligner.align(face, source=source)
+        return _shard_jpeg_round_trip(crop.face, self.extract.jpeg_quality)
+
+    @staticmethod
+    def first_array(items: list[Item]) -> np.ndarray:
+        """The array of the first of a file's items; InputError (naming the file) if it is a reject."""
+        if items[0].array is None:
+            raise InputError(items[0].path, items[0].reason)
+        return items[0].array
+
+    def extract_items(self, path: str, modality: str) -> list[Item]:
+        """Items of one file through avdata's Extractor; modality 'audio' or 'face'."""
+        kind = (
+            "video"
+            if Path(path).suffix.lower() in VIDEO_EXTS
+            else ("face" if modality == "face" else "audio")
+        )
+        row = {
+            "path": path,
+            "rel_path": Path(path).name,
+            "name": "",
+            "vox_id": "x",
+            "source_id": "",
+            "modality": kind,
+        }
+        result = self._extractor.extract(row, modality)
+        out_mod = "voice" if modality == "audio" else "face"
+        items = []
+        for sample in result.samples:
+            if modality == "audio":
+                items.append(Item(path, out_mod, sample.array, path=path))
+            else:
+                key = f"{path}#f{sample.meta['frame']}" if kind == "video" else path
+                items.append(
+                    Item(
+                        key,
+                        out_mod,
+                        _shard_jpeg_round_trip(sample.array, self.extract.jpeg_quality),
+                        path=path,
+                    )
+                )
+        for rej in result.rejects:
+            items.append(Item(path, out_mod, None, rej["reason"], path=path))
+        return items
+
+    # embedding ----------------------------------------------------------------------
+
+    def embed_inputs(self, arrays: list[np.ndarray], modality: str, batch_size: int = 64) -> np.ndarray:
+        """(N, D) float32 embeddings of preprocessed arrays (spectrograms or aligned faces)."""
+        from avtrain.methods.encoders import normalise_audio, normalise_face
+
+        out = np.zeros((len(arrays), self.embed_dim), dtype=np.float32)
+        seam_modality = "audio" if modality == "voice" else "face"  # the seam speaks avdata's names
+        norm = normalise_audio if modality == "voice" else normalise_face
+        for s in range(0, len(arrays), batch_size):
+            x = norm(np.stack(arrays[s : s + batch_size]))
+            with torch.inference_mode():
+                out[s : s + x.shape[0]] = (
+                    self.model.embed(seam_modality, x.to(self.device)).float().cpu().numpy()
+                )
+        if not np.isfinite(out).all():
+            raise InferenceError("the model produced NaN/inf embeddings")
+        return out
+
+    def embed_voice(self, voice, sr: int | None = None) -> np.ndarray:
+        """The embedding h of a voice: a file path, or a waveform array with ``sr``."""
+        return self.embed_inputs([self.voice_input(voice, sr)], "voice")[0]
+
+    def embed_face(self, face) -> np.ndarray:
+        """The embedding h of a face: an image file path, or a PIL image."""
+        return self.embed_inputs([self.face_input(face)], "face")[0]
+
+    @staticmethod
+    def score(voice_h: np.ndarray, face_h: np.ndarray) -> float:
+        """-L2 distance (higher = more likely the same person), as avtrain evaluate scores."""
+        diff = np.asarray(voice_h, dtype=np.float64) - np.asarray(face_h, dtype=np.float64)
+        return -float(np.sqrt((diff * diff).sum()))
+
+
+def _shard_jpeg_round_trip(face: np.ndarray, quality: int) -> np.ndarray:
+    """The pixels a shard stores for this aligned face: the shard writer's own encoder, then
+    the shard reader's own decoder (the model was trained on exactly these)."""
+    from avdata.extract import Sample
+    from avdata.reader import decode_jpg
+    from avdata.shards import _encode
+
+    members = dict(_encode(Sample("x", "face", face, {}), 0, quality))
+    return decode_jpg(members["jpg"])
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _device(name: str | torch.device) -> torch.device:
+    from avtrain.run.checkpoint import pick_device
+
+    return pick_device(str(name))  # a device this machine lacks: one-line DeviceError
+
+
+def _load_from_run(run: Path, device: torch.device, which: str = "last"):
+    from avtrain.run.checkpoint import load_run
+
+    model, state, cfg = load_run(run, device, which)  # checksummed, weights_only; errors are one line
+    return (
+        model,
+        cfg,
+        {
+            "kind": "run",
+            "path": str(run),
+            "epoch": int(state.get("epoch", 0)),
+            "step": int(state.get("step", 0)),
+        },
+    )
+
+
+def load_model(
+    run_or_file: str | Path,
+    device: str | torch.device = "cpu",
+    extract: ExtractConfig | None = None,
+    checkpoint: str = "last",
+) -> FaceVoiceModel:
+    """A trained model ready for raw media.
+
+    ``run_or_file``: a run directory (``checkpoint.pt``), an ``avtrain export`` directory
+    (``model.safetensors`` + ``config.json``), or either file. ``device``: auto, cpu, cuda,
+    cuda:N. ``extract``: the preprocessing settings; default: those recorded in an export,
+    else avdata's defaults (what ``avdata build-shards`` uses unless told otherwise).
+    ``checkpoint``: of a run directory, ``last``, ``best`` (kept by ``fit --val-shards``) or a path,
+    as ``avtrain evaluate --checkpoint``.
+    """
+    path = Path(run_or_file)
+    which, named_export = checkpoint, False
+    if path.is_file():  # a checkpoint file (best.pt, epoch-0003.pt, ...) or an export's file
+        which = str(path) if path.suffix == ".pt" else "last"
+        named_export = path.name in (EXPORT_WEIGHTS, EXPORT_CONFIG)
+        path = path.parent
+    if not path.is_dir():
+        raise InferenceError(f"{run_or_file}: no such run or model directory")
+    dev = _device(device)
+    from avtrain.run.checkpoint import LAST as CHECKPOINT
+
+    # --checkpoint best / a .pt path names a run's checkpoint; only the default may mean an export
+    # (anything named model.safetensors is the export's: a FIFO or a link out is refused there)
+    export = which == "last" and os.path.lexists(path / EXPORT_WEIGHTS)
+    if export and not named_export and (path / CHECKPOINT).is_file():
+        raise InferenceError(
+            f"{path}: holds both a run's {CHECKPOINT} and an export's {EXPORT_WEIGHTS} (exported into the "
+            f"run directory?); name the one to use ({path / CHECKPOINT} or {path / EXPORT_WEIGHTS}), or "
+            f"move the export out"
+        )
+    if export:
+        model, cfg, saved_extract, source = load_export(path, dev)
+    elif which != "last" or (path / CHECKPOINT).is_file():
+        (model, cfg, source), saved_extract = _load_from_run(path, dev, which), ExtractConfig()
+    else:
+        raise InferenceError(
+            f"{path}: neither {CHECKPOINT} (avtrain fit) nor {EXPORT_WEIGHTS} (avtrain export)"
+        )
+    return FaceVoiceModel(model, cfg, dev, extract or saved_extract, source)
