@@ -1,6 +1,6 @@
 """The baselines' losses against values worked out by hand on tiny 2-D inputs: Learnable PINs'
 contrastive loss and curriculum mining (losses/contrastive.py), FOP's orthogonal projection loss
-(losses/orthogonal.py), and the in-batch pairs both read (methods/pairs.py)."""
+(losses/orthogonal.py), and the in-batch pairs both read (methods/batch_views.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from avtrain.losses.contrastive import contrastive_loss, curriculum_hardness, mine_curriculum_negatives
 from avtrain.losses.orthogonal import orthogonal_projection_loss
 from avtrain.methods.base import Batch
-from avtrain.methods.pairs import positive_index, positive_pairs, same_identity
+from avtrain.methods.batch_views import positive_index, positive_pairs, same_identity
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -17,7 +17,7 @@ from avdata.tuples import check_tuples, read_tuple_manifest
 from avdata.untrusted import UnsafeShardError
 from avtrain.losses import center_loss, center_update, softmax_loss
 from avtrain.methods import LabelSpace, StepContext, build_method, get_method
-from avtrain.methods.branches import item_classes
+from avtrain.methods.batch_views import item_classes
 from avtrain.run.checkpoint import load_run
 from avtrain.run.config import ConfigError, load_config
 from avtrain.train.data import TupleStream, label_space, load_sizes, make_loader

@@ -1,5 +1,5 @@
 """A method on the paper's two branches (avtrain.methods.encoders): the base of the baselines that
-put their own layers on the 3200-d branch features (svhf, ssnet, dimnet).
+put their own layers on the 3200-d branch features (svhf, ssnet, dimnet, pins, fop).
 
 A subclass builds its layers after ``super().__init__`` and defines :meth:`BranchMethod.embedding`
 (branch features -> its embedding); the branches, ``features`` (the report's diagnostics), ``embed``
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from avtrain.methods.base import Batch, Method, check_modality
+from avtrain.methods.base import Method, check_modality
 from avtrain.methods.encoders import AudioBranch, VisualBranch
 
 
@@ -39,16 +39,3 @@ class BranchMethod(Method):
     def embed_with_features(self, modality: str, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.features(modality, x)
         return self.embedding(modality, f), f
-
-
-def every_item(h_query: torch.Tensor, h_gallery: torch.Tensor) -> torch.Tensor:
-    """A batch's query (B, ...) and gallery (B, k, ...) rows as one (B + B*k, ...) stack: queries
-    first, then each tuple's gallery in order (the order of :func:`item_classes`)."""
-    return torch.cat([h_query, h_gallery.flatten(0, 1)])
-
-
-def item_classes(batch: Batch, name: str) -> torch.Tensor:
-    """(B + B*k,) class indices of label ``name`` of every item of the batch, in the order of
-    :func:`every_item`; -1 for an item outside the run's label space."""
-    query, gallery = batch.classes(name)
-    return every_item(query, gallery)

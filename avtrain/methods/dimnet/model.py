@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from avtrain.losses import softmax_loss
-from avtrain.methods.branches import BranchMethod, every_item, item_classes
+from avtrain.methods.batch_views import every_item, item_classes
+from avtrain.methods.branches import BranchMethod
 from avtrain.methods.encoders import FEATURE_DIM, MODALITIES, init_weights
 from avtrain.run.config import ConfigError
 
@@ -85,7 +86,7 @@ class DIMNet(BranchMethod):
 
     def forward(self, query: torch.Tensor, gallery: torch.Tensor, direction: str) -> dict:
         """h_query (B, D), h_gallery (B, k, D), and ``logits_COVARIATE``: every item's logits of
-        each trained covariate, queries first (avtrain.methods.branches.every_item)."""
+        each trained covariate, queries first (avtrain.methods.batch_views.every_item)."""
         out = super().forward(query, gallery, direction)
         h = every_item(out["h_query"], out["h_gallery"])
         for c, classifier in self.classifiers.items():

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from avtrain.losses.orthogonal import orthogonal_projection_loss
+from avtrain.methods.batch_views import positive_pairs
+from avtrain.methods.branches import BranchMethod
 from avtrain.methods.encoders import FEATURE_DIM, init_weights, modalities_of
-from avtrain.methods.pairs import positive_pairs
-from avtrain.methods.two_stream import TwoStreamMethod
 
 
 @dataclass
@@ -79,7 +79,7 @@ class GatedFusion(nn.Module):
         return g * torch.tanh(e_face) + (1.0 - g) * torch.tanh(e_voice)
 
 
-class FOP(TwoStreamMethod):
+class FOP(BranchMethod):
     """Voice and face streams, gated fusion, identity classifier on the fused embedding."""
 
     name = "fop"
@@ -102,6 +102,10 @@ class FOP(TwoStreamMethod):
         self.fusion = GatedFusion(opts.embed_dim, opts.gate_hidden)
         self.classifier = nn.Linear(opts.embed_dim, labels.size("identity"))
         init_weights(self)
+
+    def embedding(self, modality: str, features: torch.Tensor) -> torch.Tensor:
+        """(N, 3200) branch features -> this modality's embedding (``audio_head`` / ``face_head``)."""
+        return (self.audio_head if modality == "audio" else self.face_head)(features)
 
     def forward(self, voice: torch.Tensor, face: torch.Tensor) -> dict:
         """Same-identity (voice (P, 1, 224, 125), face (P, 3, 224, 224)) -> fused (P, D) and

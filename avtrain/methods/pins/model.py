@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from avtrain.losses.contrastive import contrastive_loss, curriculum_hardness, mine_curriculum_negatives
+from avtrain.methods.batch_views import positive_pairs, same_identity
+from avtrain.methods.branches import BranchMethod
 from avtrain.methods.encoders import FEATURE_DIM, init_weights
-from avtrain.methods.pairs import positive_pairs, same_identity
-from avtrain.methods.two_stream import TwoStreamMethod
 
 
 @dataclass
@@ -62,7 +62,7 @@ def _mean(x: torch.Tensor) -> torch.Tensor:
     return x.sum() / max(x.numel(), 1)  # 0 for no pairs instead of NaN
 
 
-class LearnablePINs(TwoStreamMethod):
+class LearnablePINs(BranchMethod):
     """Voice and face streams into one L2-normalised space; contrastive loss with curriculum mining.
 
     ``steps_taken`` (a buffer, so saved in every checkpoint and restored on resume) counts the
@@ -81,6 +81,10 @@ class LearnablePINs(TwoStreamMethod):
         self.face_head = UnitEmbedding(opts.embed_dim)
         init_weights(self)
         self.register_buffer("steps_taken", torch.zeros((), dtype=torch.long))
+
+    def embedding(self, modality: str, features: torch.Tensor) -> torch.Tensor:
+        """(N, 3200) branch features -> this modality's embedding (``audio_head`` / ``face_head``)."""
+        return (self.audio_head if modality == "audio" else self.face_head)(features)
 
     @property
     def hardness(self) -> float:

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from avtrain.losses import center_loss, center_update, softmax_loss
-from avtrain.methods.branches import BranchMethod, every_item, item_classes
+from avtrain.methods.batch_views import every_item, item_classes
+from avtrain.methods.branches import BranchMethod
 from avtrain.methods.encoders import FEATURE_DIM, init_weights
 
 
@@ -74,7 +75,7 @@ class SSNet(BranchMethod):
 
     def forward(self, query: torch.Tensor, gallery: torch.Tensor, direction: str) -> dict:
         """h_query (B, D), h_gallery (B, k, D), and ``h`` / ``logits``: every item's embedding and
-        identity logits, queries first (avtrain.methods.branches.every_item)."""
+        identity logits, queries first (avtrain.methods.batch_views.every_item)."""
         out = super().forward(query, gallery, direction)
         out["h"] = every_item(out["h_query"], out["h_gallery"])
         out["logits"] = self.classifier(out["h"])

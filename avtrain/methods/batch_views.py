@@ -1,5 +1,6 @@
-"""Same-identity (query, gallery item) pairs of a training batch, for methods that learn from pairs
-rather than from whole tuples (Learnable PINs, FOP).
+"""What the baselines read off a training batch: every item with its class (methods that classify
+items: ssnet, dimnet) and its same-identity (query, gallery item) pairs (methods that learn from
+pairs rather than from whole tuples: Learnable PINs, FOP).
 
 A batch of B tuples holds a query and a gallery of k items each. Its positive pairs are
 (query i, its gallery's positive): for matching and retrieval tuples (k >= 2) the item at
@@ -52,3 +53,16 @@ def same_identity(batch: Batch) -> torch.Tensor:
     rows = torch.nonzero(index >= 0).flatten()
     same[rows, rows * k + index[rows]] = True
     return same.to(batch.label.device)
+
+
+def every_item(h_query: torch.Tensor, h_gallery: torch.Tensor) -> torch.Tensor:
+    """A batch's query (B, ...) and gallery (B, k, ...) rows as one (B + B*k, ...) stack: queries
+    first, then each tuple's gallery in order (the order of :func:`item_classes`)."""
+    return torch.cat([h_query, h_gallery.flatten(0, 1)])
+
+
+def item_classes(batch: Batch, name: str) -> torch.Tensor:
+    """(B + B*k,) class indices of label ``name`` of every item of the batch, in the order of
+    :func:`every_item`; -1 for an item outside the run's label space."""
+    query, gallery = batch.classes(name)
+    return every_item(query, gallery)
