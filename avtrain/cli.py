@@ -240,9 +240,17 @@ def fit_cmd(
 @click.option("--device", default="auto", help=_DEVICE_HELP)
 @_BOOTSTRAP_OPTION
 @click.option("--seed", type=int, default=0, help="Seed of the bootstrap and of the embedding samples.")
+@click.option(
+    "--score",
+    type=click.Choice(["l2", "cosine", "head"]),
+    default=None,
+    help="Scoring rule: l2 = -Euclidean distance, cosine = cosine similarity of the embeddings, head = "
+    "the method's learned head (lists it has no head for are reported as not scored) "
+    "[default: the method's own, docs/evaluation.md].",
+)
 @user_errors
-def evaluate_cmd(run, checkpoint, shards, tuples_dir, out, batch_size, device, n_boot, seed):
-    """Score a run on matching, verification and retrieval lists (score = -L2 distance)."""
+def evaluate_cmd(run, checkpoint, shards, tuples_dir, out, batch_size, device, n_boot, seed, score):
+    """Score a run on matching, verification and retrieval lists (--score: -L2, cosine or the head)."""
     from avtrain.evaluation.evaluate import evaluate
 
     evaluate(
@@ -256,6 +264,7 @@ def evaluate_cmd(run, checkpoint, shards, tuples_dir, out, batch_size, device, n
         seed=seed,
         echo=click.echo,
         checkpoint=checkpoint,
+        score=score,
     )
 
 
