@@ -337,6 +337,14 @@ def _parse_k(ctx, param, value: str) -> list[int]:
     help="Verification: positive pairs per identity (as many negatives).",
 )
 @click.option(
+    "--pairs",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Verification: this many pairs in all (even; half positive), spread over the split's identities "
+    "as evenly as they allow, instead of --pairs-per-identity. Learnable PINs' training set: "
+    "--split train --pairs 423004.",
+)
+@click.option(
     "--constrain",
     default="",
     help="Negatives share these attributes with the query: gender, nationality or gender,nationality.",
@@ -365,6 +373,7 @@ def make_tuples_cmd(
     positives_per_identity,
     sets_per_identity,
     pairs_per_identity,
+    pairs,
     constrain,
     tuple_shards,
     tuples_per_shard,
@@ -389,6 +398,8 @@ def make_tuples_cmd(
     ks = k_spec if task == "matching" else [1]
     if task == "verification":
         directions = ["a2v"]  # a pair is (voice, face) whichever way it is scored
+    elif pairs is not None:
+        fail("--pairs: a verification option (--task verification)")
     configs = [
         TupleConfig(
             task=task,
@@ -400,6 +411,7 @@ def make_tuples_cmd(
             positives_per_identity=positives_per_identity,
             sets_per_identity=sets_per_identity,
             pairs_per_identity=pairs_per_identity,
+            pairs=pairs,
             constrain=constraint,
         )
         for sp in splits

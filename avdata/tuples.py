@@ -9,7 +9,8 @@ Protocols (see docs/tuples.md):
   (942 train identities x 15 = 14,130); k > 2 ("multi-way"): ``sets_per_identity``
   tuples per identity (153 test identities x 50 = 7,650).
 * verification — balanced (voice, face) pairs: per identity ``pairs_per_identity``
-  positive and as many negative pairs.
+  positive and as many negative pairs; or ``pairs`` in all, spread over the identities
+  (the Learnable-PINs training set: 901 train identities, 423,004 pairs).
 * retrieval — every item of the split as a query against all items of the other
   modality (a query list and a gallery list per direction).
 
@@ -329,7 +330,13 @@ class TupleConfig:
     positives_per_identity: int = 1  # k = 2: (query, positive) pairs per identity, each with its negatives
     sets_per_identity: int = 50
     pairs_per_identity: int = 10
+    # verification: this many pairs in all (half positive), instead of pairs_per_identity each
+    pairs: int | None = None
     constrain: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.pairs is not None and (self.pairs < 2 or self.pairs % 2):
+            raise TupleError(f"--pairs: an even number >= 2 (half positive, half negative), got {self.pairs}")
 
     @property
     def name(self) -> str:
@@ -453,16 +460,32 @@ def draw_matching(pool: Pool, cfg: TupleConfig) -> tuple[list[dict], list[dict]]
     return tuples, skipped
 
 
+def _positive_pairs(cfg: TupleConfig, identities: list[str]) -> dict[str, int]:
+    """Positive pairs of each identity: ``pairs_per_identity``, or with ``pairs`` set, pairs/2 spread
+    as evenly as the identities allow (each gets ⌊pairs/2/n⌋ and a seeded draw of the remainder
+    one more)."""
+    if cfg.pairs is None:
+        return dict.fromkeys(identities, cfg.pairs_per_identity)
+    if not identities:
+        return {}
+    base, extra = divmod(cfg.pairs // 2, len(identities))
+    order = _rng(cfg.seed, cfg.task, cfg.split, "+".join(cfg.constrain), "pairs").permutation(len(identities))
+    more = {identities[i] for i in order[:extra]}
+    return {v: base + (v in more) for v in identities}
+
+
 def draw_verification(pool: Pool, cfg: TupleConfig) -> tuple[list[dict], list[dict]]:
-    tuples, skipped = [], []
+    tuples, skipped, eligible = [], [], []
     for vox_id in pool.identities_with("audio", "face"):
+        if pool.negatives_for(vox_id, "face", cfg.constrain):
+            eligible.append(vox_id)
+        else:
+            skipped.append({"identity": vox_id, "reason": "no eligible negative identity"})
+    for vox_id, n_positive in _positive_pairs(cfg, eligible).items():
         rng = _rng(cfg.seed, cfg.task, cfg.split, "+".join(cfg.constrain), vox_id)
         candidates = pool.negatives_for(vox_id, "face", cfg.constrain)
-        if not candidates:
-            skipped.append({"identity": vox_id, "reason": "no eligible negative identity"})
-            continue
         voices, faces = pool.by_id["audio"][vox_id], pool.by_id["face"][vox_id]
-        for _ in range(cfg.pairs_per_identity):
+        for _ in range(n_positive):
             v = voices[rng.integers(len(voices))]
             tuples.append(_tuple(cfg, len(tuples), v, vox_id, [faces[rng.integers(len(faces))]], [vox_id], 1))
             other = candidates[rng.integers(len(candidates))]
@@ -568,7 +591,10 @@ def make_tuples(
     summary = {}
     for cfg in configs:
         pool = pools.setdefault(cfg.split, load_pool(shards, cfg.split, items))
-        entry = {"config": asdict(cfg) | {"constrain": list(cfg.constrain)}}
+        config = asdict(cfg) | {"constrain": list(cfg.constrain)}
+        if cfg.pairs is None:  # recorded only when given: manifests of earlier draws stay as they were
+            del config["pairs"]
+        entry = {"config": config}
         if cfg.task == "retrieval":
             queries, gallery = retrieval_lists(pool, cfg)
             rel_q, rel_g = f"index/{cfg.name}_queries.jsonl", f"index/{cfg.name}_gallery.jsonl"

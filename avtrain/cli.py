@@ -247,9 +247,17 @@ def fit_cmd(
 @click.option("--device", default="auto", help=_DEVICE_HELP)
 @_BOOTSTRAP_OPTION
 @click.option("--seed", type=int, default=0, help="Seed of the bootstrap and of the embedding samples.")
+@click.option(
+    "--score",
+    type=click.Choice(["l2", "cosine", "head"]),
+    default=None,
+    help="Scoring rule: l2 = -Euclidean distance, cosine = cosine similarity of the embeddings, head = "
+    "the method's learned head (lists it has no head for are reported as not scored) "
+    "[default: the method's own, docs/evaluation.md].",
+)
 @user_errors
-def evaluate_cmd(run, checkpoint, shards, tuples_dir, out, batch_size, device, n_boot, seed):
-    """Score a run on matching, verification and retrieval lists (score = -L2 distance)."""
+def evaluate_cmd(run, checkpoint, shards, tuples_dir, out, batch_size, device, n_boot, seed, score):
+    """Score a run on matching, verification and retrieval lists (--score: -L2, cosine or the head)."""
     from avtrain.evaluation.evaluate import evaluate
 
     evaluate(
@@ -263,6 +271,7 @@ def evaluate_cmd(run, checkpoint, shards, tuples_dir, out, batch_size, device, n
         seed=seed,
         echo=click.echo,
         checkpoint=checkpoint,
+        score=score,
     )
 
 
@@ -407,7 +416,7 @@ def report_cmd(run, metrics, out, compare):
 @_PROGRESS_OPTION
 @user_errors
 def embed_cmd(run, checkpoint, audio, faces, videos, out, batch_size, device, progress):
-    """Embed raw voices and faces (build-shards' preprocessing) into 128-d vectors keyed by path.
+    """Embed raw voices and faces (build-shards' preprocessing) into the method's embeddings (AML: 128-d) keyed by path.
 
     Files are embedded a batch at a time; finished batches go to OUT.partial, so a run stopped
     half-way and started again with the same inputs and settings goes on where it stopped.

@@ -53,7 +53,7 @@ def test_compare_two_methods_on_the_same_tuples(tiny_registered, train_tuples, t
     for run in ("aml-seed0", "tiny-seed0"):
         assert (out / "runs" / run / "outcomes.npz").is_file()
     md = (out / "compare.md").read_text()
-    assert "| metric (%) | aml (neg_l2) | tiny (neg_l2) |" in md and "(p=" in md
+    assert "| metric (%) | aml (-L2) | tiny (-L2) |" in md and "(p=" in md
     steps = (out / "runs" / "tiny-seed0" / "log.jsonl").read_text()
     res = CliRunner().invoke(main, args)  # again: complete runs are not trained again
     assert res.exit_code == 0, res.output

@@ -385,3 +385,51 @@ def test_positives_per_identity_multiplies_binary_tuples(shards, tmp_path):
     tuples = read_index(out / "index" / "matching_train_a2v_k2.jsonl")
     ids = {t["query_identity"] for t in tuples}
     assert len(tuples) == len(ids) * 3 * 4 and "all tuple checks passed" in res.output
+
+
+# ---- verification training pairs of the Learnable-PINs protocol (AML's Table IV: 423,004)
+
+
+def test_pairs_spread_the_pins_training_count_over_901_identities():
+    """--pairs 423004 over 901 identities: 211,502 positive pairs = 901 x 234 + 668, so 668
+    identities (a seeded draw) get 235 positive pairs and 233 get 234, each with as many negatives."""
+    from avdata.tuples import TupleConfig, _positive_pairs
+
+    ids = [f"id{10001 + i}" for i in range(901)]
+    per = _positive_pairs(TupleConfig(task="verification", split="train", pairs=423004), ids)
+    assert 2 * sum(per.values()) == 423004 and 901 * 234 + 668 == 211502
+    assert sorted(set(per.values())) == [234, 235] and sum(v == 235 for v in per.values()) == 668
+    again = _positive_pairs(TupleConfig(task="verification", split="train", pairs=423004), ids)
+    other = _positive_pairs(TupleConfig(task="verification", split="train", pairs=423004, seed=1), ids)
+    assert again == per and other != per
+    default = _positive_pairs(TupleConfig(task="verification", split="train"), ids)
+    assert set(default.values()) == {10}  # --pairs-per-identity (default 10) without --pairs
+
+
+def test_pairs_through_the_cli(tmp_path):
+    """--pairs N on 10 identities: N pairs, exactly balanced, 2 or 1 positive pairs per
+    identity (13 = 10 + 3), through every tuple check; recorded in the manifest only when given;
+    an odd N or another task is one line."""
+    _fake_shards(tmp_path / "s", {"train": 10})
+    res = cli(*make_tuples_args(tmp_path / "s", tmp_path / "t", "--pairs", "26", task="verification"))
+    assert (
+        "verification_train: tuples=26, identities=10" in res.output
+        and "all tuple checks passed" in res.output
+    )
+    pairs = read_index(tmp_path / "t" / "index" / "verification_train.jsonl")
+    assert sum(p["label"] for p in pairs) == 13
+    positives = {}
+    for p in pairs:
+        positives[p["query_identity"]] = positives.get(p["query_identity"], 0) + p["label"]
+    assert sorted(positives.values()) == [1] * 7 + [2] * 3
+    manifest = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    assert manifest["files"]["index/verification_train.jsonl"]["config"]["pairs"] == 26
+    cli(*make_tuples_args(tmp_path / "s", tmp_path / "u", "--no-tuple-shards", task="verification"))
+    manifest = json.loads((tmp_path / "u" / "manifest.json").read_text())
+    assert "pairs" not in manifest["files"]["index/verification_train.jsonl"]["config"]
+    for extra, task, message in (
+        (("--pairs", "25"), "verification", "--pairs: an even number >= 2"),
+        (("--pairs", "26"), "matching", "--pairs: a verification option"),
+    ):
+        res = cli(*make_tuples_args(tmp_path / "s", tmp_path / "v", *extra, task=task), ok=False)
+        assert res.exit_code != 0 and message in res.output and "Traceback" not in res.output

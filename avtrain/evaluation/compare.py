@@ -27,7 +27,7 @@ from avdata.errors import AvmatchError
 from avdata.io import atomic_write_text
 from avtrain.evaluation import metrics as M
 from avtrain.evaluation.outcomes import OUTCOMES_FILE, load_outcomes
-from avtrain.evaluation.results import MetricRow, metric_rows
+from avtrain.evaluation.results import MetricRow, metric_rows, not_scored, score_name
 
 REFERENCE = "aml"
 
@@ -131,7 +131,8 @@ def summarise_runs(runs: dict[str, list[Path]], n_boot: int = 1000, seed: int = 
     table: dict = {"methods": list(runs), "seeds": len(next(iter(runs.values()))), "rows": {}}
     metrics = {m: [json.loads((r / "metrics.json").read_text()) for r in rs] for m, rs in runs.items()}
     outcomes = {m: [load_outcomes(r / OUTCOMES_FILE) for r in rs] for m, rs in runs.items()}
-    table["scoring"] = {m: ms[0].get("scoring", {}).get("kind", "neg_l2") for m, ms in metrics.items()}
+    table["scoring"] = {m: score_name(ms[0]) for m, ms in metrics.items()}
+    table["not_scored"] = {m: not_scored(ms[0]) for m, ms in metrics.items() if not_scored(ms[0])}
     order: list[str] = []
     for method, ms in metrics.items():
         for i, m in enumerate(ms):
@@ -198,7 +199,9 @@ def markdown(table: dict, command: str = "") -> str:
     ref = (
         f"; p: paired bootstrap against {table['reference']} on the same items" if table["reference"] else ""
     )
-    foot = f"\n{what}{ref}; scoring rule per method in the header.\n"
+    foot = f"\n{what}{ref}; scoring rule per method in the header; – : not scored.\n"
+    for method, lists in table.get("not_scored", {}).items():
+        foot += f"{method}: {len(lists)} list(s) not scored ({next(iter(lists.values()))}).\n"
     return (f"`{command}`\n\n" if command else "") + "\n".join(lines) + "\n" + foot
 
 

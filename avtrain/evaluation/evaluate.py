@@ -1,4 +1,4 @@
-"""avtrain evaluate: score a trained AML run on the fixed evaluation lists of a tuple directory.
+"""avtrain evaluate: score a trained run on the fixed evaluation lists of a tuple directory.
 
 Every item (voice window or face) referenced by the index files ``DIR/index/*.jsonl`` is
 read once from the item shards (explicit decoders, never unpickled), normalised as in
@@ -7,10 +7,17 @@ scored by gathering embedding rows (:mod:`avtrain.evaluation.metrics`). The cost
 passes grows with the number of distinct items, not with tuples x k. Tuple shards
 (``DIR/shards``) are never read.
 
-Scoring rule: **score = -Euclidean distance** between the 128-d embeddings h of the voice
-and the face (the model is trained with a metric loss on exactly that distance). The
-learned matching head only exists for the k and direction the run was trained on; its
-accuracy on those lists is reported beside (``"head"``), never instead.
+Scoring rules (``--score``, default: the method's :attr:`~avtrain.methods.base.Method.default_score`):
+
+* ``l2``: score = -Euclidean distance between the embeddings of the voice and the face;
+* ``cosine``: their cosine similarity;
+* ``head``: the method's learned head (:meth:`~avtrain.methods.base.Method.head_scores`) on every
+  list it has a head for: matching at the k and direction it was trained for, verification,
+  retrieval (the head ranks the whole gallery for each query). A list without a head is not
+  scored and is recorded under ``not_scored`` with the reason, never scored by another rule.
+
+Under l2 and cosine, a list the method has a matching or verification head for also gets the
+head's accuracy (``"head"``) or AUC (``"head_auc"``) beside, never instead.
 
 Results (``metrics.json``, sorted keys, deterministic for the same inputs and seed):
 see docs/evaluation.md.
@@ -35,17 +42,22 @@ from avtrain.evaluation.diagnostics import (
 )
 from avtrain.evaluation.embeddings import Embeddings, embed_items, load_items
 from avtrain.evaluation.outcomes import OUTCOMES_FILE, save_outcomes
-from avtrain.evaluation.results import format_table, write_tensorboard
+from avtrain.evaluation.results import SCORE_KIND_OF_RULE, format_table, scoring_block, write_tensorboard
 from avtrain.evaluation.tuple_lists import (
     MODALITY_OF_ROLE,
     EvaluationError,
     TupleList,
     read_tuple_lists,
 )
+from avtrain.methods.base import SCORE_RULES
 from avtrain.run.checkpoint import load_run, pick_device
 
-SCORE_KIND = "neg_l2"
+SCORE_KIND = SCORE_KIND_OF_RULE["l2"]  # the rule of avtrain score / match (avtrain.serve)
 ROC_POINTS = 201  # ROC polyline points kept in metrics.json for the report
+HEAD_ROWS = 4096  # tuples or pairs per head_scores call
+# (queries, gallery, D) elements per retrieval head_scores call: the head sees every
+# query-gallery difference, so a block of queries against the whole gallery is bounded here
+HEAD_RETRIEVAL_ELEMS = 1 << 22
 
 
 # --------------------------------------------------------------------------- metrics
@@ -71,44 +83,103 @@ def _subsample_curve(fpr: np.ndarray, tpr: np.ndarray, n: int = ROC_POINTS) -> d
     return {"fpr": [round(float(v), 6) for v in fpr], "tpr": [round(float(v), 6) for v in tpr]}
 
 
-def _qg(emb: Embeddings, direction: str) -> tuple[str, str]:
+def _qg(direction: str) -> tuple[str, str]:
     return MODALITY_OF_ROLE[direction, "query"], MODALITY_OF_ROLE[direction, "gallery"]
 
 
-def _matching_entry(
-    tl: TupleList, emb: Embeddings, model, cfg, device, n_boot: int, seed: int, outcomes: dict
-) -> dict:
-    qm, gm = _qg(emb, tl.direction)
+# --------------------------------------------------------------------------- learned heads
+
+
+def has_head(model, task: str, k: int, direction: str) -> bool:
+    """Whether ``model`` has a head for a ``task`` list of gallery size ``k`` and ``direction``:
+    its head_scores on one all-zero query (and gallery) is not None. Run in eval mode (dropout
+    draws no random numbers) without gradients; the model's mode is restored."""
+    d = model.embed_dim
+    shapes = {"matching": ((1, d), (1, k, d)), "verification": ((1, d), (1, d))}
+    q_shape, g_shape = shapes.get(task, ((1, 1, d), (1, k, d)))  # retrieval: (Q, 1, D), (1, G, D)
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            out = model.head_scores(
+                task, k, direction, torch.zeros(q_shape, device=device), torch.zeros(g_shape, device=device)
+            )
+    finally:
+        model.train(was_training)
+    return out is not None
+
+
+def _no_head(model, task: str, k: int, direction: str) -> str:
+    """Why a list is not scored under --score head."""
+    what = f"{task} k={k} {direction}" if task == "matching" else f"{task} {direction}"
+    cfg = model.run_config
+    trained = f"; the run trained {cfg.task} k={cfg.k} {cfg.direction}" if cfg is not None else ""
+    return f"method {model.name} has no head for {what}{trained}"
+
+
+def _head(model, task, k, direction, h_query: np.ndarray, h_gallery: np.ndarray, shape, device) -> np.ndarray:
+    """model.head_scores on numpy embedding rows -> float64 numpy of ``shape``, in inference mode."""
+    with torch.inference_mode():
+        out = model.head_scores(
+            task,
+            k,
+            direction,
+            torch.from_numpy(h_query).float().to(device),
+            torch.from_numpy(h_gallery).float().to(device),
+        )
+    if out is None or tuple(out.shape) != shape:
+        got = None if out is None else tuple(out.shape)
+        raise EvaluationError(f"method {model.name}: head_scores({task}) gave {got}, expected {shape}")
+    return out.float().cpu().numpy().astype(np.float64)
+
+
+def _head_rows(model, task, k, direction, h_query, h_gallery, device) -> np.ndarray:
+    """Head scores of row-aligned queries (T, D) and galleries (T, k, D) or (T, D), HEAD_ROWS at a time."""
+    n = len(h_query)
+    shape = (lambda b: (b, k)) if task == "matching" else (lambda b: (b,))
+    blocks = [
+        _head(
+            model,
+            task,
+            k,
+            direction,
+            h_query[s : s + HEAD_ROWS],
+            h_gallery[s : s + HEAD_ROWS],
+            shape(min(HEAD_ROWS, n - s)),
+            device,
+        )
+        for s in range(0, n, HEAD_ROWS)
+    ]
+    return np.concatenate(blocks) if blocks else np.empty(shape(0))
+
+
+# --------------------------------------------------------------------------- scores of a list
+
+
+def _matching_rows(tl: TupleList, emb: Embeddings):
+    """(query rows (T,), gallery rows (T, k), labels (T,)) of a matching list."""
+    qm, gm = _qg(tl.direction)
     qi = np.array([emb.row[qm][r["query"]] for r in tl.rows], dtype=np.intp)
     gi = np.array([[emb.row[gm][g] for g in r["gallery"]] for r in tl.rows], dtype=np.intp)
     labels = np.array([int(r["label"]) for r in tl.rows], dtype=np.intp)
-    scores = M.gather_scores(emb.h[qm], emb.h[gm], qi, gi, kind=SCORE_KIND)
-    correct = (np.argmax(scores, axis=1) == labels).astype(
-        np.float64
-    )  # ties: first index (matching_accuracy)
-    acc = M.matching_accuracy(scores, labels)
-    outcomes["correct"] = correct
-    entry = _summary(acc, M.bootstrap_ci(correct, n_boot=n_boot, seed=seed))
-    entry.update(n=int(len(tl.rows)), chance=1.0 / tl.k, split=tl.split, list=tl.name)
-    # the method's learned head where it has one for this list (AML: C_M at the trained k and
-    # direction), applied to the same gathered embeddings (no extra branch passes)
-    pred = np.empty(len(tl.rows), dtype=np.intp)
-    with torch.inference_mode():
-        for s in range(0, len(tl.rows), 4096):
-            hq = torch.from_numpy(emb.h[qm][qi[s : s + 4096]]).float().to(device)
-            hg = torch.from_numpy(emb.h[gm][gi[s : s + 4096]]).float().to(device)
-            head = model.head_scores("matching", tl.k, tl.direction, hq, hg)
-            if head is None:
-                break
-            pred[s : s + 4096] = head.argmax(1).cpu().numpy()
-        else:
-            hc = (pred == labels).astype(np.float64)
-            entry["head"] = _summary(hc.mean(), M.bootstrap_ci(hc, n_boot=n_boot, seed=seed))
-    return entry
+    return qi, gi, labels
 
 
-def _verification_scores(tl: TupleList, emb: Embeddings):
-    """(−L2 scores, labels, voice rows, face rows) of a verification list."""
+def matching_scores(tl: TupleList, emb: Embeddings, rule: str, model, device) -> np.ndarray | None:
+    """(T, k) scores of a matching list under ``rule``; None when rule is head and the method
+    has no head for the list's k and direction."""
+    qm, gm = _qg(tl.direction)
+    qi, gi, _ = _matching_rows(tl, emb)
+    if rule != "head":
+        return M.gather_scores(emb.h[qm], emb.h[gm], qi, gi, kind=SCORE_KIND_OF_RULE[rule])
+    if not has_head(model, "matching", tl.k, tl.direction):
+        return None
+    return _head_rows(model, "matching", tl.k, tl.direction, emb.h[qm][qi], emb.h[gm][gi], device)
+
+
+def _verification_rows(tl: TupleList, emb: Embeddings):
+    """(voice rows, face rows, labels) of a verification list (its pairs are (voice, face))."""
     voice, face, labels = [], [], []
     for r in tl.rows:
         d = r.get("direction", "a2v")
@@ -117,9 +188,75 @@ def _verification_scores(tl: TupleList, emb: Embeddings):
         voice.append(emb.row["audio"][a_key])
         face.append(emb.row["face"][f_key])
         labels.append(int(r["label"]))
-    vi, fi, y = np.array(voice, dtype=np.intp), np.array(face, dtype=np.intp), np.array(labels)
-    scores = M.gather_scores(emb.h["audio"], emb.h["face"], vi, fi[:, None], kind=SCORE_KIND)[:, 0]
-    return scores, y, vi, fi
+    return np.array(voice, dtype=np.intp), np.array(face, dtype=np.intp), np.array(labels)
+
+
+def verification_scores(
+    tl: TupleList, emb: Embeddings, rule: str, model, direction: str, device
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """(scores (n,), labels (n,)) of a verification list under ``rule``; scores None when rule is
+    head and the method has no verification head. The head sees each (voice, face) pair as
+    (query, gallery) of ``direction``, the run's."""
+    vi, fi, y = _verification_rows(tl, emb)
+    if rule != "head":
+        kind = SCORE_KIND_OF_RULE[rule]
+        return M.gather_scores(emb.h["audio"], emb.h["face"], vi, fi[:, None], kind=kind)[:, 0], y
+    if not has_head(model, "verification", 1, direction):
+        return None, y
+    return _verification_head(model, emb, vi, fi, direction, device), y
+
+
+def _verification_head(model, emb: Embeddings, vi, fi, direction: str, device) -> np.ndarray:
+    ha, hf = emb.h["audio"][vi], emb.h["face"][fi]
+    hq, hg = (ha, hf) if direction == "a2v" else (hf, ha)
+    return _head_rows(model, "verification", 1, direction, hq, hg, device)
+
+
+def _retrieval_head_scorer(model, tl: TupleList, hq: np.ndarray, hg: np.ndarray, device):
+    """scorer(s, e) for :func:`metrics.retrieval_per_query`: the head's (e - s, G) scores of queries
+    s..e-1 against the whole gallery, and the queries per block that keep one call bounded."""
+    n_g = len(hg)
+    gallery = torch.from_numpy(hg).float().to(device)[None]  # (1, G, D)
+
+    def scorer(s: int, e: int) -> np.ndarray:
+        with torch.inference_mode():
+            out = model.head_scores(
+                "retrieval", n_g, tl.direction, torch.from_numpy(hq[s:e]).float().to(device)[:, None], gallery
+            )
+        if out is None or tuple(out.shape) != (e - s, n_g):
+            got = None if out is None else tuple(out.shape)
+            raise EvaluationError(
+                f"method {model.name}: head_scores(retrieval) gave {got}, expected {(e - s, n_g)}"
+            )
+        return out.float().cpu().numpy()
+
+    return scorer, max(1, HEAD_RETRIEVAL_ELEMS // (n_g * hg.shape[1]))
+
+
+# --------------------------------------------------------------------------- entries of metrics.json
+
+
+def _matching_entry(
+    tl: TupleList, emb: Embeddings, model, rule: str, device, n_boot: int, seed: int, outcomes: dict
+):
+    """The metrics.json entry of a matching list, or None (not scored: no head for it); its
+    per-tuple outcomes go to ``outcomes``."""
+    scores = matching_scores(tl, emb, rule, model, device)
+    if scores is None:
+        return None
+    qi, gi, labels = _matching_rows(tl, emb)
+    correct = (np.argmax(scores, axis=1) == labels).astype(np.float64)  # ties: first index
+    outcomes["correct"] = correct
+    acc = M.matching_accuracy(scores, labels)
+    entry = _summary(acc, M.bootstrap_ci(correct, n_boot=n_boot, seed=seed))
+    entry.update(n=int(len(tl.rows)), chance=1.0 / tl.k, split=tl.split, list=tl.name)
+    if rule != "head" and has_head(model, "matching", tl.k, tl.direction):
+        # the learned head beside, on the same gathered embeddings (no extra branch passes)
+        qm, gm = _qg(tl.direction)
+        hs = _head_rows(model, "matching", tl.k, tl.direction, emb.h[qm][qi], emb.h[gm][gi], device)
+        hc = (np.argmax(hs, axis=1) == labels).astype(np.float64)
+        entry["head"] = _summary(hc.mean(), M.bootstrap_ci(hc, n_boot=n_boot, seed=seed))
+    return entry
 
 
 def verification_metrics(scores: np.ndarray, labels: np.ndarray, n_boot: int, seed: int) -> dict:
@@ -137,35 +274,47 @@ def verification_metrics(scores: np.ndarray, labels: np.ndarray, n_boot: int, se
 
 
 def _verification_entry(
-    tl: TupleList, emb: Embeddings, model, cfg, device, n_boot: int, seed: int, outcomes: dict
-) -> dict:
-    scores, y, vi, fi = _verification_scores(tl, emb)
-    outcomes.update(scores=scores, labels=y)
+    tl: TupleList, emb: Embeddings, model, rule: str, direction: str, device, n_boot, seed, outcomes: dict
+):
+    """The metrics.json entry of a verification list, or None (not scored: no head for it); its
+    pair scores and labels go to ``outcomes``."""
+    scores, y = verification_scores(tl, emb, rule, model, direction, device)
     if y.min() == y.max():
         raise EvaluationError(f"{tl.name}: verification needs both positive and negative pairs")
+    if scores is None:
+        return None
+    outcomes.update(scores=scores, labels=y)
     fpr, tpr, _ = M.roc_curve(scores, y)
     entry = verification_metrics(scores, y, n_boot, seed) | {
         "split": tl.split,
         "list": tl.name,
         "roc": _subsample_curve(fpr, tpr),
     }
-    ha, hf = torch.from_numpy(emb.h["audio"][vi]).float(), torch.from_numpy(emb.h["face"][fi]).float()
-    hq, hg = (ha, hf) if cfg.direction == "a2v" else (hf, ha)
-    with torch.inference_mode():  # the method's verification head, if it has one (AML: C_V)
-        head = model.head_scores("verification", 1, cfg.direction, hq.to(device), hg.to(device))
-    if head is not None:
-        hs = head.float().cpu().numpy()
+    if rule != "head" and has_head(model, "verification", 1, direction):
+        vi, fi, _ = _verification_rows(tl, emb)
+        hs = _verification_head(model, emb, vi, fi, direction, device)
         entry["head_auc"] = _summary(M.roc_auc(hs, y), _ci_pairs(hs, y, M.roc_auc, n_boot, seed))
     return entry
 
 
-def _retrieval_entry(tl: TupleList, emb: Embeddings, n_boot: int, seed: int, outcomes: dict) -> dict:
-    qm, gm = _qg(emb, tl.direction)
+def _retrieval_entry(
+    tl: TupleList, emb: Embeddings, model, rule: str, device, n_boot: int, seed: int, outcomes: dict
+):
+    """The metrics.json entry of a retrieval list, or None (not scored: no head for it); per query
+    with a relevant item, its hits and AP go to ``outcomes``."""
+    qm, gm = _qg(tl.direction)
     qi = np.array([emb.row[qm][r["query"]] for r in tl.rows], dtype=np.intp)
     gi = np.array([emb.row[gm][g["key"]] for g in tl.gallery], dtype=np.intp)
     q_ids = np.array([r["query_identity"] for r in tl.rows], dtype=str)
     g_ids = np.array([g["identity"] for g in tl.gallery], dtype=str)
-    per = M.retrieval_per_query(emb.h[qm][qi], q_ids, emb.h[gm][gi], g_ids, ks=(1, 5, 10), kind=SCORE_KIND)
+    hq, hg = emb.h[qm][qi], emb.h[gm][gi]
+    if rule == "head":
+        if not has_head(model, "retrieval", len(gi), tl.direction):
+            return None
+        scorer, chunk = _retrieval_head_scorer(model, tl, hq, hg, device)
+        per = M.retrieval_per_query(hq, q_ids, hg, g_ids, ks=(1, 5, 10), chunk=chunk, scorer=scorer)
+    else:
+        per = M.retrieval_per_query(hq, q_ids, hg, g_ids, ks=(1, 5, 10), kind=SCORE_KIND_OF_RULE[rule])
     has = per["has_relevant"]
     entry: dict = {
         "n": int(has.sum()),
@@ -191,10 +340,13 @@ def _retrieval_entry(tl: TupleList, emb: Embeddings, n_boot: int, seed: int, out
 
 class ValidationSet:
     """The val lists a run is validated on during ``fit``: matching for the trained k and
-    direction, and verification if a val list exists; scored with the −L2 rule of
-    :func:`evaluate` (same lists reader, item loader, embedding and metrics code).
+    direction, and verification if a val list exists; scored with the method's default rule
+    (:attr:`~avtrain.methods.base.Method.default_score`) by the code of :func:`evaluate` (same lists
+    reader, item loader, embedding and metrics code).
 
-    Metric names: ``val_matching_{direction}_k{k}`` (accuracy) and ``val_verification_auc``."""
+    Metric names (whatever the rule): ``val_matching_{direction}_k{k}`` (accuracy) and
+    ``val_verification_auc``. Under the head rule a list the method has no head for gives no
+    metric; :meth:`check` refuses, before training, a selection metric that would be missing."""
 
     def __init__(
         self,
@@ -208,6 +360,7 @@ class ValidationSet:
         batch_size: int = 64,
     ):
         self.shards, self.batch_size = Path(shards), batch_size
+        self.direction, self.select = direction, select
         lists = read_tuple_lists(tuples_dir)
         want = f"matching_{split}_{direction}_k{k}"
         self.lists = [
@@ -235,24 +388,37 @@ class ValidationSet:
     def metric_name(tl: TupleList) -> str:
         return "val_verification_auc" if tl.task == "verification" else f"val_matching_{tl.direction}_k{tl.k}"
 
+    def _scored(self, model, tl: TupleList) -> bool:
+        if model.default_score != "head":
+            return True
+        k = tl.k if tl.task == "matching" else 1
+        return has_head(model, tl.task, k, tl.direction if tl.task == "matching" else self.direction)
+
+    def check(self, model) -> None:
+        """Refuse (EvaluationError) a run whose selection metric its scoring rule cannot give:
+        under the head rule, a selected list the method has no head for."""
+        for tl in self.lists:
+            if self.metric_name(tl) == self.select and not self._scored(model, tl):
+                k, d = (tl.k, tl.direction) if tl.task == "matching" else (1, self.direction)
+                raise EvaluationError(
+                    f"the selection metric {self.select} cannot be scored: {model.name} scores with its "
+                    f"head (default_score) and {_no_head(model, tl.task, k, d)}; choose another --select"
+                )
+
     def score(self, model, device: torch.device) -> dict[str, float]:
         """Metric name -> value; the model is left in eval mode."""
         model.eval()
+        rule = model.default_score
         emb = embed_items(model, self.items, self.shards, self.batch_size, device, set())
         out = {}
         for tl in self.lists:
+            if not self._scored(model, tl):
+                continue
             if tl.task == "matching":
-                qm, gm = _qg(emb, tl.direction)
-                qi = np.array([emb.row[qm][r["query"]] for r in tl.rows], dtype=np.intp)
-                gi = np.array([[emb.row[gm][g] for g in r["gallery"]] for r in tl.rows], dtype=np.intp)
-                labels = np.array([int(r["label"]) for r in tl.rows], dtype=np.intp)
-                out[self.metric_name(tl)] = float(
-                    M.matching_accuracy(
-                        M.gather_scores(emb.h[qm], emb.h[gm], qi, gi, kind=SCORE_KIND), labels
-                    )
-                )
+                scores = matching_scores(tl, emb, rule, model, device)
+                out[self.metric_name(tl)] = float(M.matching_accuracy(scores, _matching_rows(tl, emb)[2]))
             else:
-                scores, y, _, _ = _verification_scores(tl, emb)
+                scores, y = verification_scores(tl, emb, rule, model, self.direction, device)
                 if y.min() == y.max():
                     raise EvaluationError(f"{tl.name}: verification needs both positive and negative pairs")
                 out[self.metric_name(tl)] = float(M.roc_auc(scores, y))
@@ -270,16 +436,21 @@ def evaluate(
     seed: int = 0,
     echo: Callable[[str], None] | None = print,
     checkpoint: str = "last",
+    score: str | None = None,
 ) -> dict:
-    """Evaluate RUN's ``checkpoint`` (last, best or a path) on every list of tuples_dir/index;
-    write metrics.json (default RUN/metrics.json), RUN/embeddings.npz and the headline metrics
-    into RUN/tb (TensorBoard); return the metrics dict."""
+    """Evaluate RUN's ``checkpoint`` (last, best or a path) on every list of tuples_dir/index,
+    scored by ``score`` (l2, cosine or head; None: the method's default rule); write metrics.json
+    (default RUN/metrics.json), RUN/embeddings.npz and the headline metrics into RUN/tb
+    (TensorBoard); return the metrics dict."""
     run = Path(run)
     out = Path(out) if out else run / "metrics.json"
     if batch_size < 1 or n_boot < 1:
         raise EvaluationError("--batch-size and --bootstrap must be >= 1")
+    if score is not None and score not in SCORE_RULES:
+        raise EvaluationError(f"--score must be one of {', '.join(SCORE_RULES)}, got {score!r}")
     dev = pick_device(device)  # an unknown device: one-line DeviceError
     model, state, cfg = load_run(run, dev, checkpoint)
+    rule = score or model.default_score
     lists = read_tuple_lists(tuples_dir)
     if not lists:
         raise EvaluationError(
@@ -306,7 +477,7 @@ def evaluate(
         "checkpoint_epoch": int(state.get("epoch", 0)),
         "checkpoint_step": int(state.get("step", 0)),
         "config": state["config"],
-        "scoring": {"kind": SCORE_KIND, "rule": "score = -Euclidean distance between 128-d embeddings"},
+        "scoring": scoring_block(rule),
         "bootstrap": {"n": int(n_boot), "seed": int(seed), "ci": 0.95, "method": "percentile"},
         "shards": str(shards),
         "tuples": str(tuples_dir),
@@ -317,12 +488,8 @@ def evaluate(
         },
     }
 
-    matching_lists = [t for t in lists if t.task == "matching"]
-    splits = sorted({t.split for t in matching_lists if not t.constraint})
-    primary = "test" if "test" in splits else (splits[0] if splits else None)
-    matching: dict = {}
-    extra: dict = {}
-    # per item outcomes of every list, for paired comparisons of runs (outcomes.py, compare.py)
+    skipped: dict[str, str] = {}  # list -> why it is not scored (head rule, no head for it)
+    # per-item outcomes of every list, for paired comparisons of runs (outcomes.py, compare.py)
     pending: list[tuple[str, dict]] = []
 
     def record(prefix: str) -> dict:
@@ -330,34 +497,51 @@ def evaluate(
         pending.append((prefix, got))
         return got
 
+    matching_lists = [t for t in lists if t.task == "matching"]
+    splits = sorted({t.split for t in matching_lists if not t.constraint})
+    primary = "test" if "test" in splits else (splits[0] if splits else None)
+    matching: dict = {}
+    extra: dict = {}
     for tl in sorted(matching_lists, key=lambda t: (t.direction, t.k, t.name)):
         primary_list = tl.split == primary and not tl.constraint
         prefix = f"matching/{tl.direction}/k{tl.k}" if primary_list else f"matching_other/{tl.name}"
-        entry = _matching_entry(tl, emb, model, cfg, dev, n_boot, seed, record(prefix))
-        if primary_list:
+        entry = _matching_entry(tl, emb, model, rule, dev, n_boot, seed, record(prefix))
+        if entry is None:
+            skipped[tl.name] = _no_head(model, "matching", tl.k, tl.direction)
+        elif primary_list:
             matching.setdefault(tl.direction, {})[f"k{tl.k}"] = entry
         else:
             extra[tl.name] = entry
     result["matching"] = matching
     result["matching_split"] = primary
     result["matching_other"] = extra
-    result["verification"] = {}
+    verification: dict = {}
     for t in lists:
         if t.task == "verification":
             name = t.name[len("verification_") :]
             got = record(f"verification/{name}")
-            result["verification"][name] = _verification_entry(t, emb, model, cfg, dev, n_boot, seed, got)
+            entry = _verification_entry(t, emb, model, rule, cfg.direction, dev, n_boot, seed, got)
+            if entry is None:
+                skipped[t.name] = _no_head(model, "verification", 1, cfg.direction)
+            else:
+                verification[name] = entry
+    result["verification"] = verification
     retrieval: dict = {}
     for t in lists:
         if t.task == "retrieval":
             got = record(f"retrieval/{t.split}/{t.direction}")
-            retrieval.setdefault(t.split, {})[t.direction] = _retrieval_entry(t, emb, n_boot, seed, got)
+            entry = _retrieval_entry(t, emb, model, rule, dev, n_boot, seed, got)
+            if entry is None:
+                skipped[t.name] = _no_head(model, "retrieval", len(t.gallery), t.direction)
+            else:
+                retrieval.setdefault(t.split, {})[t.direction] = entry
     result["retrieval"] = retrieval
-    outcomes = {f"{prefix}/{k}": v for prefix, got in pending for k, v in got.items()}
+    result["not_scored"] = dict(sorted(skipped.items()))
     result["pair_distance"] = pair_distance_report(emb, samples)
     result["embeddings"] = save_embedding_sample(emb, samples, run / EMBEDDINGS_FILE)
 
     atomic_write_text(out, json.dumps(result, sort_keys=True, indent=1) + "\n")
+    outcomes = {f"{prefix}/{k}": v for prefix, got in pending for k, v in got.items()}
     save_outcomes(out.with_name(OUTCOMES_FILE), outcomes)
     write_tensorboard(run / "tb", result)
     if echo:

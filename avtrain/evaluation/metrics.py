@@ -287,6 +287,16 @@ def _block_scores(q: np.ndarray, g: np.ndarray, g_sq: np.ndarray, kind: str) -> 
     return -(np.einsum("bd,bd->b", q, q)[:, None] + g_sq[None, :] - 2.0 * dots)
 
 
+def _given_block(scorer: Callable[[int, int], np.ndarray], s: int, e: int, n_g: int) -> np.ndarray:
+    """A scorer's (e - s, Ng) block, checked."""
+    block = np.asarray(scorer(s, e), dtype=np.float64)
+    if block.shape != (e - s, n_g):
+        raise ValueError(f"scorer({s}, {e}) gave shape {block.shape}, expected {(e - s, n_g)}")
+    if np.isnan(block).any():
+        raise ValueError("scores contain NaN")
+    return block
+
+
 def retrieval_per_query(
     query_emb: np.ndarray,
     query_ids: np.ndarray,
@@ -295,6 +305,7 @@ def retrieval_per_query(
     ks: Sequence[int] = (1, 5, 10),
     kind: ScoreKind = "neg_l2",
     chunk: int | None = None,
+    scorer: Callable[[int, int], np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-query retrieval results: each query ranked against the whole gallery.
 
@@ -308,6 +319,10 @@ def retrieval_per_query(
         ks: cut-offs for hit@k (k larger than Ng means the whole gallery).
         kind: ``"neg_l2"`` or ``"cosine"``.
         chunk: queries per block (default: so a (chunk, Ng) float64 block is ~32 MiB).
+        scorer: scores computed elsewhere (a learned head), block by block instead of ``kind``:
+            ``scorer(s, e)`` -> (e - s, Ng) scores of queries s..e-1 against the whole gallery,
+            higher = more likely the same identity. Called once per block, in order, so the
+            caller's memory stays bounded by ``chunk``.
 
     Returns:
         dict of (Nq,) arrays:
@@ -343,7 +358,7 @@ def retrieval_per_query(
     ap = np.full(n_q, np.nan)
     for s in range(0, n_q, chunk):
         e = min(s + chunk, n_q)
-        scores = _block_scores(q[s:e], g, g_sq, kind)
+        scores = _block_scores(q[s:e], g, g_sq, kind) if scorer is None else _given_block(scorer, s, e, n_g)
         order = np.argsort(-scores, axis=1, kind="stable")
         rel = g_code[order] == q_code[s:e, None]  # (B, Ng) relevance in ranked order
         cnt = rel.sum(axis=1)

@@ -32,7 +32,14 @@ from avdata.errors import AvmatchError
 from avdata.io import atomic_write_text
 from avdata.untrusted import open_inside, read_inside, read_regular
 from avtrain.evaluation.diagnostics import TSNE_MAX_ITEMS
-from avtrain.evaluation.results import RETRIEVAL_MEASURES, metric_rows
+from avtrain.evaluation.results import (
+    RETRIEVAL_MEASURES,
+    SCORE_NAMES,
+    metric_rows,
+    not_scored,
+    score_kind,
+    score_name,
+)
 
 SECTIONS = {
     "metrics": "Metrics",
@@ -248,9 +255,14 @@ def check_metrics(m, path: str | Path) -> None:
         count(e, "n", where)
 
     obj(m, "the top level")
-    for k in ("config", "items", "bootstrap", "pair_distance"):
+    for k in ("config", "items", "bootstrap", "pair_distance", "scoring", "not_scored"):
         if m.get(k) is not None:
             obj(m[k], k)
+    if score_kind(m) not in SCORE_NAMES:
+        raise bad(f"scoring.kind is not one of {', '.join(SCORE_NAMES)}")
+    for name, why in (m.get("not_scored") or {}).items():
+        if not isinstance(why, str):
+            raise bad(f"not_scored.{name} is not a reason (a string)")
     for k in ("checkpoint_epoch", "checkpoint_step"):
         count(m, k, "the top level")
     for k in ("audio", "face"):
@@ -361,9 +373,15 @@ def metrics_table(m: dict) -> str:
             rows.append([f"verification {r.name} {label}", _pct(r.entry), n])
         else:
             rows.append([f"retrieval {r.split} {_arrow(r.direction)} {r.measure}", _pct(r.entry), n])
+    rows += [[f"{name}: not scored ({why})", "–", ""] for name, why in not_scored(m).items()]
     if not rows:
         return "<p>No metrics.</p>"
-    return _table(["metric (this run; score −L2)", "% [95% CI]", "n"], rows, "metrics")
+    return _table([f"metric (this run; score {_rule_name(m)})", "% [95% CI]", "n"], rows, "metrics")
+
+
+def _rule_name(m: dict) -> str:
+    """The rule that scored a metrics.json as the page writes it (−L2, cosine, learned head)."""
+    return score_name(m).replace("-", "−")
 
 
 def paper_table() -> str:
@@ -408,7 +426,7 @@ def accuracy_vs_k(m: dict) -> str | None:
     ks = np.array(sorted(all_k))
     ax.plot(ks, 100.0 / ks, "k:", label="chance (1/k)")
     ax.set_xlabel("k (gallery size)")
-    ax.set_ylabel("accuracy % (score −L2, 95% CI)")
+    ax.set_ylabel(f"accuracy % (score {_rule_name(m)}, 95% CI)")
     ax.set_xticks(ks)
     ax.set_xlim(ks.min() - 0.5, ks.max() + 0.5)
     ax.set_ylim(0, 100)
@@ -430,7 +448,7 @@ def roc_plot(m: dict) -> str | None:
     ax.plot([0, 1], [0, 1], "k:", label="chance")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
-    ax.set_title("Verification ROC (score −L2)")
+    ax.set_title(f"Verification ROC (score {_rule_name(m)})")
     ax.set_aspect("equal")
     ax.legend(loc="lower right", fontsize="small")
     return _png(fig)
@@ -667,16 +685,26 @@ def compare_table(runs: list[tuple[Path, dict]]) -> str:
         return (1, name, 0)
 
     cols = sorted(set().union(*per_run), key=order)
-    header = ["run", "label"] + keys + [f"{c} %" for c in cols]
+    header = ["run", "label", "score"] + keys + [f"{c} %" for c in cols]
     rows = []
     for (run, m), cfg, mm in zip(runs, configs, per_run):
         rows.append(
-            [run, run_label(cfg, keys)] + [cfg.get(k, "–") for k in keys] + [_pct(mm.get(c)) for c in cols]
+            [run, run_label(cfg, keys), _rule_name(m)]
+            + [cfg.get(k, "–") for k in keys]
+            + [_pct(mm.get(c)) for c in cols]
         )
     return _table(header, rows, "compare")
 
 
 # --------------------------------------------------------------------------- page
+
+_RULE_NOTES = {  # the report's one-line account of each scoring rule (docs/evaluation.md)
+    "neg_l2": "−Euclidean distance between the embeddings; a learned head, where the run has one for a "
+    "list, is shown beside as “head”",
+    "cosine": "cosine similarity of the embeddings; a learned head, where the run has one for a list, "
+    "is shown beside as “head”",
+    "head": "the method's learned head; lists it has no head for are listed as not scored",
+}
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1200px;margin:1em auto;padding:0 1em;color:#222}
@@ -709,8 +737,7 @@ def build_report(
         f"task {_esc(cfg.get('task'))}, k={_esc(cfg.get('k'))}, direction {_esc(cfg.get('direction'))}; "
         f"label: <b>{_esc(run_label(cfg, []))}</b>. Shards {_esc(m.get('shards'))}, tuples {_esc(m.get('tuples'))}; "
         f"{_esc(items.get('audio'))} voices and {_esc(items.get('face'))} faces embedded once each.</p>",
-        "<p>Scores are −Euclidean distance between the 128-d embeddings (the learned heads only "
-        "exist for the trained k/direction and are shown as “head” where available). Values in %, "
+        f"<p>Scoring rule: <b>{_esc(_rule_name(m))}</b> ({_esc(_RULE_NOTES[score_kind(m)])}). Values in %, "
         f"95% percentile bootstrap CIs ({_esc(boot.get('n'))} resamples, seed "
         f"{_esc(boot.get('seed'))}) in brackets. See docs/evaluation.md.</p>",
     ]
@@ -738,7 +765,8 @@ def build_report(
         runs = [(run, m)] + others
         parts.append(
             f"<h2>{SECTIONS['compare']}</h2>"
-            "<p>Main metrics of each run (score −L2, %, 95% CI), labelled by its ablation settings "
+            "<p>Main metrics of each run (%, 95% CI; the rule that scored it in column “score”), "
+            "labelled by its ablation settings "
             "(AL = adversarial learning, ML = metric learning) and any other setting that differs. "
             "Compare runs evaluated on the same tuple lists only.</p>" + compare_table(runs)
         )

@@ -9,6 +9,38 @@ from pathlib import Path
 
 RETRIEVAL_MEASURES = ("R@1", "R@5", "R@10", "mAP")
 
+# evaluate --score RULE (avtrain.methods.base.SCORE_RULES) -> metrics.json ``scoring.kind``; a
+# metrics.json without ``scoring`` predates the rules and was scored by -L2 ("neg_l2").
+SCORE_KIND_OF_RULE = {"l2": "neg_l2", "cosine": "cosine", "head": "head"}
+SCORE_RULE_TEXT = {
+    "neg_l2": "score = -Euclidean distance between the embeddings",
+    "cosine": "score = cosine similarity between the embeddings",
+    "head": "score = the method's learned head (head_scores), on every list it has a head for; "
+    "the other lists are not scored (not_scored)",
+}
+SCORE_NAMES = {"neg_l2": "-L2", "cosine": "cosine", "head": "learned head"}  # how tables name a kind
+
+
+def scoring_block(rule: str) -> dict:
+    """metrics.json ``scoring`` of an evaluation under ``rule`` (l2, cosine or head)."""
+    kind = SCORE_KIND_OF_RULE[rule]
+    return {"kind": kind, "rule": SCORE_RULE_TEXT[kind]}
+
+
+def score_kind(m: dict) -> str:
+    """The scoring kind of a metrics.json: neg_l2, cosine or head (neg_l2 when it has none)."""
+    return (m.get("scoring") or {}).get("kind", "neg_l2")
+
+
+def score_name(m: dict) -> str:
+    """How a table names the rule that scored a metrics.json (-L2, cosine, learned head)."""
+    return SCORE_NAMES.get(score_kind(m), score_kind(m))
+
+
+def not_scored(m: dict) -> dict[str, str]:
+    """List name -> why it was not scored (``--score head``: the method has no head for it)."""
+    return dict(m.get("not_scored") or {})
+
 
 @dataclass(frozen=True)
 class MetricRow:
@@ -93,7 +125,7 @@ def _fmt(e: dict | None) -> str:
 def format_table(m: dict) -> str:
     """A compact plain-text summary of metrics.json (values in %, 95% CI in brackets)."""
     rows = metric_rows(m)
-    lines = [f"{m['run']} (epoch {m['checkpoint_epoch']}; score -L2; %, 95% bootstrap CI)"]
+    lines = [f"{m['run']} (epoch {m['checkpoint_epoch']}; score {score_name(m)}; %, 95% bootstrap CI)"]
     matching = {(r.direction, r.k): r.entry for r in rows if r.task == "matching"}
     if matching:
         lines.append(f"matching, split {m['matching_split']}:")
@@ -119,6 +151,8 @@ def format_table(m: dict) -> str:
     for (split, d), rs in retrieval.items():
         vals = "  ".join(f"{r.measure} {_fmt(r.entry)}" for r in rs)
         lines.append(f"retrieval {split} {d}: {vals}  (queries={rs[0].n})")
+    for name, why in not_scored(m).items():
+        lines.append(f"not scored: {name}: {why}")
     pd_ = m["pair_distance"]
     if pd_.get("before"):
         lines.append(

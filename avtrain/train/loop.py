@@ -314,6 +314,16 @@ def _val_setup(cfg: TrainConfig, tuples_dir, val_tuples, val_shards):
         raise TrainingError(f"validation: {exc}") from None
 
 
+def _val_check(val, model) -> None:
+    """Refuse, before training, a selection metric the method's scoring rule cannot give."""
+    from avtrain.evaluation.evaluate import EvaluationError
+
+    try:
+        val.check(model)
+    except EvaluationError as exc:
+        raise TrainingError(f"validation: {exc}") from None
+
+
 def _hparams(cfg: TrainConfig) -> dict:
     out = {}
     for k, v in cfg.flat().items():
@@ -414,6 +424,8 @@ def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, l
             raise TrainingError(f"{ckpt_path}: trained on other identities than {cfg.tuples} holds now")
     torch.manual_seed(cfg.seed)
     model = build_method(cfg, labels).to(device)
+    if val is not None:
+        _val_check(val, model)
     cuda = device.type == "cuda"
     if cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)

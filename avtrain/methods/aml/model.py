@@ -23,6 +23,12 @@ TASKS = ("matching", "verification", "retrieval")
 # "concat_mlp" (SVHF-Net style) and "diff_mlp" (per item, on h_q - h_j) can. docs/training.md,
 # "Matching heads".
 MATCHING_HEADS = ("concat_linear", "concat_mlp", "diff_mlp")
+# Verification and retrieval heads (ModelConfig.pair_head). "linear" is the paper's, and the
+# default; neither can learn its task: C_V (one layer on [h_q, h_g]) scores u·h_q + v·h_g + c,
+# a voice term plus a face term, and C_R (one layer on h_q - h_g) gives w·h_q - w·h_g + c, which
+# ranks the gallery by -w·h_g for every query. "diff_mlp" scores MLP(h_q - h_g) (DiffMLPHead).
+# docs/training.md, "Verification and retrieval heads".
+PAIR_HEADS = ("linear", "diff_mlp")
 CONCAT_MLP_HIDDEN = (1024, 512)  # SVHF-Net's fc8/fc9 after the concatenation
 DIFF_MLP_HIDDEN = 2 * EMBED_DIM  # enough for -sum|h_q - h_j| exactly: |x| = relu(x) + relu(-x)
 
@@ -39,7 +45,8 @@ class ModelConfig:
     head_dropout: float = 0.1  # reference: Dropout 0.1 before each task head
     leaky_slope: float = 0.2
     clip_value: float | None = 0.01  # WGAN-style weight clipping of D (paper; WGAN's 0.01)
-    head: str = "concat_linear"  # matching head: one of MATCHING_HEADS (other tasks: their one head)
+    head: str = "concat_linear"  # matching head: one of MATCHING_HEADS
+    pair_head: str = "linear"  # verification / retrieval head: one of PAIR_HEADS
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -50,9 +57,16 @@ class ModelConfig:
             raise ValueError(f"{self.task} needs a gallery of k >= 2, got k={self.k}")
         if self.head not in MATCHING_HEADS:
             raise ValueError(f"head must be one of {MATCHING_HEADS}, got {self.head!r}")
+        if self.pair_head not in PAIR_HEADS:
+            raise ValueError(f"pair_head must be one of {PAIR_HEADS}, got {self.pair_head!r}")
         if self.task != "matching" and self.head != "concat_linear":
             raise ValueError(
-                f"head={self.head!r} is a matching head; {self.task} has one head (leave the default)"
+                f"head={self.head!r} is a matching head; {self.task}'s head is pair_head (one of {PAIR_HEADS})"
+            )
+        if self.task == "matching" and self.pair_head != "linear":
+            raise ValueError(
+                f"pair_head={self.pair_head!r} is the verification/retrieval head; matching's is head "
+                f"(one of {MATCHING_HEADS})"
             )
 
 
@@ -178,7 +192,15 @@ class DiffMLPHead(nn.Module):
 
 
 class VerificationHead(nn.Module):
-    """Concatenate the pair, two-way classify: logit 1 = same identity."""
+    """Concatenate the pair, two-way classify: logit 1 = same identity.
+
+    The paper's C_V (pair_head "linear"). It cannot learn verification: logit 1 - logit 0 =
+    u·h_q + v·h_g + c is a score of the voice plus a score of the face, with no term in both.
+    The pairs of a balanced list show every voice and every face in positive and negative pairs
+    alike, so such a score ranks a negative pair above a positive one as often as the reverse
+    (chance), unless it memorises which training items happen to occur in more positives. With
+    the paper's (λ, β, γ) = (0, 0, 2) nothing else trains the embeddings to bring pairs together.
+    """
 
     def __init__(self, dropout: float = 0.1):
         super().__init__()
@@ -192,8 +214,29 @@ class VerificationHead(nn.Module):
         return self.layers(torch.cat([h_query, h_gallery], dim=1))  # (B, 2)
 
 
+class VerificationDiffHead(nn.Module):
+    """pair_head "diff_mlp" for verification: logits (B, 2) = [0, MLP(h_q - h_g)], the MLP of
+    :class:`DiffMLPHead`, so logit 1 - logit 0 = MLP(h_q - h_g) can score closeness."""
+
+    def __init__(self, dropout: float = 0.1):
+        super().__init__()
+        self.score = DiffMLPHead(dropout)
+
+    def forward(self, h_query: torch.Tensor, h_gallery: torch.Tensor) -> torch.Tensor:
+        if h_gallery.dim() == 3:
+            if h_gallery.shape[1] != 1:
+                raise ValueError(f"verification compares pairs, got gallery {h_gallery.shape[1]}")
+            h_gallery = h_gallery[:, 0]
+        s = self.score(h_query, h_gallery[:, None])[:, 0]  # (B,)
+        return torch.stack([torch.zeros_like(s), s], dim=1)
+
+
 class RetrievalHead(nn.Module):
     """Learned score of (h_query - h_gallery) per gallery item; softmax lives in the loss.
+
+    The paper's C_R (pair_head "linear"). One linear layer: w·(h_q - h_g) + c = w·h_q - w·h_g + c.
+    For one query the w·h_q term is the same for every gallery item, so the gallery is ranked by
+    -w·h_g: the same order for every query, and chance retrieval (docs/training.md).
 
     Works for any gallery size. h_query may be (B, D) with h_gallery (B, k, D), or, for
     scoring Q queries against one shared gallery, h_query (Q, 1, D) and h_gallery (1, G, D)
@@ -218,7 +261,11 @@ def make_head(cfg: ModelConfig) -> nn.Module:
             return DiffMLPHead(cfg.head_dropout)
         return MatchingHead(cfg.k, cfg.head_dropout)
     if cfg.task == "verification":
+        if cfg.pair_head == "diff_mlp":
+            return VerificationDiffHead(cfg.head_dropout)
         return VerificationHead(cfg.head_dropout)
+    if cfg.pair_head == "diff_mlp":
+        return DiffMLPHead(cfg.head_dropout)
     return RetrievalHead(cfg.head_dropout)
 
 
