@@ -8,6 +8,7 @@ import click
 
 from avdata.cli_base import CONTEXT, user_errors
 from avdata.errors import one_line
+from avdata.tasks import TASKS
 
 
 def fail(msg: str):
@@ -282,7 +283,7 @@ def _parse_k(ctx, param, value: str) -> list[int]:
 )
 @click.option(
     "--task",
-    type=click.Choice(["matching", "verification", "retrieval"]),
+    type=click.Choice(TASKS),
     required=True,
     help="Evaluation protocol.",
 )

@@ -53,6 +53,7 @@ from avdata.reader import (
     read_member,
     read_sizes,
 )
+from avdata.tasks import DIRECTIONS, TASKS
 from avdata.untrusted import (
     MAX_INDEX_BYTES,
     UnsafeShardError,
@@ -62,8 +63,6 @@ from avdata.untrusted import (
     resolve_inside,
 )
 
-TASKS = ("matching", "verification", "retrieval")
-DIRECTIONS = {"a2v": ("audio", "face"), "v2a": ("face", "audio")}
 ATTRIBUTES = ("gender", "nationality")
 
 

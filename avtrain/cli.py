@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from avdata.cli_base import CONTEXT, user_errors
+from avdata.tasks import TASKS
 
 # Options shared by several commands: one definition each.
 _MODEL_RUN_OPTION = click.option(  # embed, match, score: a run or an export
@@ -63,7 +64,7 @@ def _pin_kernels() -> None:
 )
 @click.option(
     "--task",
-    type=click.Choice(["matching", "verification", "retrieval"]),
+    type=click.Choice(TASKS),
     default=None,
     help="Task [config: matching].",
 )

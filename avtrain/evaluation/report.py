@@ -30,6 +30,7 @@ import numpy as np
 
 from avdata.errors import AvmatchError
 from avdata.io import atomic_write_text
+from avdata.tasks import DIRECTIONS  # the only direction keys of matching and retrieval in metrics.json
 from avdata.untrusted import open_inside, read_inside, read_regular
 from avtrain.evaluation.diagnostics import TSNE_MAX_ITEMS
 from avtrain.evaluation.results import (
@@ -89,7 +90,6 @@ def flat_config(cfg: dict) -> dict:
 
 
 MARKERS = "os^vD<>ph*Xd+x"
-DIRECTIONS = ("a2v", "v2a")  # the only direction keys of matching and retrieval in metrics.json
 MAX_K = 1000  # gallery sizes the report plots (make-tuples builds 2..10); a larger k is refused
 MAX_METRICS_BYTES = 64 << 20  # metrics.json of avtrain evaluate: tens of kB per list
 MAX_EMBEDDINGS_BYTES = 64 << 20  # embeddings.npz, uncompressed: 400 items x (3200 + 128) float32 = 5.3 MB

@@ -12,14 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from avdata.errors import AvmatchError, InputError
+from avdata.tasks import DIRECTIONS
 from avdata.tuples import index_lists, row_problem
 from avdata.untrusted import MAX_INDEX_BYTES, read_inside
 
-MODALITY_OF_ROLE = {
-    ("a2v", "query"): "audio",
-    ("a2v", "gallery"): "face",
-    ("v2a", "query"): "face",
-    ("v2a", "gallery"): "audio",
+MODALITY_OF_ROLE = {  # (direction, role) -> modality, from the directions' owner
+    (d, role): mods[i] for d, mods in DIRECTIONS.items() for i, role in enumerate(("query", "gallery"))
 }
 
 

@@ -28,18 +28,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from avdata.tasks import DIRECTIONS
+
 FEATURE_DIM = 32 * 10 * 10  # branch output, flattened (3200)
 AUDIO_SHAPE = (1, 224, 125)  # (channel, freq, time)
 FACE_SHAPE = (3, 224, 224)
 MODALITIES = ("audio", "face")  # the seam's modality names (avdata's item modalities)
-DIRECTIONS = ("a2v", "v2a")  # a2v: audio query, face gallery; v2a: face query, audio gallery
 
 
 def modalities_of(direction: str) -> tuple[str, str]:
-    """(query modality, gallery modality) of a direction."""
+    """(query modality, gallery modality) of a direction (a2v: audio query, face gallery)."""
     if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    return ("audio", "face") if direction == "a2v" else ("face", "audio")
+        raise ValueError(f"direction must be one of {tuple(DIRECTIONS)}, got {direction!r}")
+    return DIRECTIONS[direction]
 
 
 # --------------------------------------------------------------------------- branches

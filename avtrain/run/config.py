@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from avdata.errors import AvmatchError
+from avdata.tasks import TASKS
 from avtrain.losses import LossConfig
 from avtrain.methods.aml.model import ModelConfig
 
@@ -115,7 +116,7 @@ class TrainConfig:
         from avtrain.methods import method_names
 
         _check_choice("method", self.method, method_names())
-        _check_choice("task", self.task, tuple(EPOCHS_PER_TASK))
+        _check_choice("task", self.task, TASKS)
         _check_choice("direction", self.direction, ("a2v", "v2a"))
         if self.task == "verification":
             self.k = 1

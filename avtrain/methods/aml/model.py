@@ -12,12 +12,12 @@ from itertools import pairwise
 import torch
 from torch import nn
 
+from avdata.tasks import TASKS
 from avtrain.losses import AMLLoss, LossConfig
 from avtrain.methods.base import Method, check_modality
 from avtrain.methods.encoders import FEATURE_DIM, AudioBranch, VisualBranch, init_weights
 
 EMBED_DIM = 128  # size of the modality-independent feature h
-TASKS = ("matching", "verification", "retrieval")
 # Matching heads (ModelConfig.head). "concat_linear" is the paper's and its reference's, and the
 # default; it cannot learn matching (no query-gallery interaction term, see MatchingHead).
 # "concat_mlp" (SVHF-Net style) and "diff_mlp" (per item, on h_q - h_j) can. docs/training.md,
