@@ -51,7 +51,7 @@ def one_line_error(res) -> str:
     return lines[0]
 
 
-def fit(tuples_dir, out, workers=0):
+def fit(tuples_dir, out, workers=0, *extra):
     return run(
         avtrain_main,
         "fit",
@@ -70,6 +70,7 @@ def fit(tuples_dir, out, workers=0):
         "--set",
         "max_steps_per_epoch=1",
         "--no-progress",
+        *extra,
     )
 
 
@@ -318,12 +319,13 @@ def test_fit_names_an_object_array_in_one_line(tuples, tmp_path):
 
 
 def test_fit_undecodable_member_in_a_worker_is_one_line(tuples, tmp_path):
-    """A JPEG that does not decode is only found by a DataLoader worker; the error still
-    reaches the user as one line naming the shard and member."""
+    """Streaming the tuple shards, a JPEG that does not decode is only found by a DataLoader
+    worker; the error still reaches the user as one line naming the shard and member. (Read by
+    index, every item is checked before training: test_fit_by_index_refuses_bad_items_up_front.)"""
     shard = first_shard(tuples)
     (tuples / "sizes.json").write_text(json.dumps({shard: 16}))
     rewrite_tar(tuples / shard, lambda i, d: (i, b"not a jpeg") if i.name.endswith(".g0.jpg") else (i, d))
-    line = one_line_error(fit(tuples, tmp_path / "run", workers=1))
+    line = one_line_error(fit(tuples, tmp_path / "run", 1, "--tuple-shards"))
     assert shard in line and ".g0.jpg" in line and "cannot decode" in line, line
 
 
@@ -394,6 +396,7 @@ def _commands(shards: Path, tuples: Path, tmp_path: Path) -> dict[str, list]:
         "check-tuples": [avdata_main, "check-tuples", tuples, "--shards", shards],
         "manifest update": [avdata_main, "manifest", "update", shards, "--out", tmp_path / "m.json"],
         "fit": [avtrain_main, *fit_args],
+        "fit --items": [avtrain_main, *fit_args, "--items", shards],
         "fit --val-tuples": [avtrain_main, *fit_args, "--val-tuples", tuples, "--val-shards", shards],
         "evaluate": [
             avtrain_main,
@@ -413,6 +416,10 @@ READS = [  # (directory, file, command): every file read from a shared directory
     ("tuples", "manifest.json", "check-tuples"),
     ("tuples", "sizes.json", "check-tuples"),
     ("tuples", "sizes.json", "fit"),
+    ("tuples", "manifest.json", "fit"),
+    ("tuples", LIST, "fit"),
+    ("shards", "manifest.json", "fit --items"),
+    ("shards", "sizes.json", "fit --items"),
     ("tuples", LIST, "check-tuples"),
     ("tuples", LIST, "evaluate"),
     ("tuples", LIST, "fit --val-tuples"),

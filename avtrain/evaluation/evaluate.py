@@ -33,7 +33,7 @@ from avtrain.evaluation.diagnostics import (
     sample_keys,
     save_embedding_sample,
 )
-from avtrain.evaluation.embeddings import Embeddings, embed_items, load_items
+from avtrain.evaluation.embeddings import Embeddings, decode_items, embed_items, load_items
 from avtrain.evaluation.outcomes import OUTCOMES_FILE, save_outcomes
 from avtrain.evaluation.results import format_table, write_tensorboard
 from avtrain.evaluation.tuple_lists import (
@@ -230,6 +230,7 @@ class ValidationSet:
             if t.task == "verification" and len({r["label"] for r in t.rows}) < 2:
                 raise EvaluationError(f"{t.name}: verification needs both positive and negative pairs")
         self.need, self.items = load_items(self.lists, shards, tuples_dir)
+        self.decoded = None  # the items' arrays, decoded at the first validation and kept for the next
 
     @staticmethod
     def metric_name(tl: TupleList) -> str:
@@ -238,7 +239,11 @@ class ValidationSet:
     def score(self, model, device: torch.device) -> dict[str, float]:
         """Metric name -> value; the model is left in eval mode."""
         model.eval()
-        emb = embed_items(model, self.items, self.shards, self.batch_size, device, set())
+        if self.decoded is None:
+            self.decoded = decode_items(self.items, self.shards)
+        emb = embed_items(
+            model, self.items, self.shards, self.batch_size, device, set(), decoded=self.decoded
+        )
         out = {}
         for tl in self.lists:
             if tl.task == "matching":
