@@ -54,7 +54,7 @@ def member_problem(modality: str, ext: str, size: int, head: bytes) -> str | Non
     or the JPEG frame header (its size); nothing is decoded."""
     fmt = ITEM_FORMATS[modality]
     if ext != fmt.ext:
-        return f"a {modality} item stored as .{ext}, expected .{fmt.ext}"
+        return f"{modality} item stored as .{ext}, expected .{fmt.ext}"
     if size > fmt.max_bytes:
         return f"a .{ext} member of {size:,} bytes, above the {fmt.max_bytes:,} accepted"
     if ext == "npy":
@@ -94,7 +94,7 @@ def decode_item(modality: str, data: bytes, ext: str, where: str) -> np.ndarray:
 
     fmt = ITEM_FORMATS[modality]
     if ext != fmt.ext:
-        raise ItemError(f"{where}: a {modality} item stored as .{ext}, expected .{fmt.ext}")
+        raise ItemError(f"{where}: {modality} item stored as .{ext}, expected .{fmt.ext}")
     try:
         x = decode_npy(data) if ext == "npy" else decode_jpg(data)
     except AvmatchError as exc:

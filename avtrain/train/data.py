@@ -300,27 +300,31 @@ def open_items(tuples_dir: str | Path, items: str | Path | None, tl: TrainingLis
 
 
 def _tuple_shard_items(paths: list[str], tl: TrainingList) -> TarItems:
-    """The items of a list's tuple shards: the query and gallery members of each tuple, by the
-    keys its index line gives them (a key held by several tuples: its first copy)."""
+    """The items of a list's tuple shards: the query and gallery members of each tuple, under the
+    keys the tuple's own ``.json`` member gives them (so an index line naming other items than its
+    tuple shard holds finds them missing; a key held by several tuples: its first copy)."""
+    import json
+
     from avdata.tuples import scan_tuple_shard
 
-    row = {str(t): i for i, t in enumerate(tl.tuple_ids)}
     q_mod, g_mod = ROLE_MODALITY[tl.direction]
     table: dict[str, tuple] = {}
     for f, path in enumerate(paths):
-        for tuple_id, members in scan_tuple_shard(path):
-            i = row.get(tuple_id)
-            if i is None:
-                continue
-            for member, (off, size) in members.items():
-                role, _, ext = member.partition(".")
-                if role == "q":
-                    key, modality = tl.keys[tl.query[i]], q_mod
-                elif role.startswith("g") and ext:
-                    key, modality = tl.keys[tl.gallery[i, int(role[1:])]], g_mod
-                else:
-                    continue
-                table.setdefault(key, (modality, f, off, size, ext))
+        with open(path, "rb") as fh:
+            for tuple_id, members in scan_tuple_shard(path):
+                off, size = members["json"]
+                fh.seek(off)
+                try:
+                    meta = json.loads(fh.read(min(size, 1 << 20)))
+                    keys = {"q": meta["query"], **{f"g{i}": g for i, g in enumerate(meta["gallery"])}}
+                except (ValueError, KeyError, TypeError):
+                    raise UnsafeShardError(
+                        f"{path}: tuple {tuple_id!r}: its .json is not a tuple line"
+                    ) from None
+                for member, (off, size) in members.items():
+                    role, _, ext = member.partition(".")
+                    if role in keys and isinstance(keys[role], str):
+                        table.setdefault(keys[role], (q_mod if role == "q" else g_mod, f, off, size, ext))
     return TarItems(f"the tuple shards of {tl.name}", [Path(p) for p in paths], table)
 
 
@@ -357,7 +361,7 @@ def locate(tl: TrainingList, source) -> LocatedList:
             refuse(f"not in {source.what}")
         modality, row = found
         if modality != want:
-            refuse(f"a {modality} item, used as {want}")
+            refuse(f"{modality} item used as {want}")
         problem = source.problem(modality, row)
         if problem:
             refuse(problem)
