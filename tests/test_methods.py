@@ -87,10 +87,7 @@ def test_aml_through_the_seam_is_algorithm_1_written_out(train_tuples, tmp_path,
     opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.lr_dis, weight_decay=cfg.weight_decay)
     plan = [[0, cfg.lr_start, 3]]
     flips = torch.Generator().manual_seed(cfg.seed * 100003)
-    model.train()
-    # fit's DataLoader draws its base seed from torch's global RNG when the epoch starts (dropout
-    # draws after it)
-    torch.empty((), dtype=torch.int64).random_()
+    model.train()  # (fit's loader draws nothing from torch's global RNG: only dropout does)
     for step, batch in enumerate(batches):
         for group in opt_g.param_groups:
             group["lr"] = lr_at(step, plan, cfg.lr_start, cfg.lr_end)

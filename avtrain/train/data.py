@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from avdata.errors import AvmatchError, InputError
 from avdata.items import HEAD_BYTES, ITEM_FORMATS, ItemError, ItemStore, decode_item, member_problem
@@ -403,9 +403,12 @@ class IndexedBatches(Dataset):
         start = (j * self.world + self.rank) * self.batch_size
         return self._order[1][start : start + self.batch_size]
 
-    def __getitem__(self, j: int) -> dict:
+    def __getitem__(self, index) -> dict:
+        """Batch ``j`` of this epoch, or ``(epoch, j)``: batch j of that epoch."""
+        if isinstance(index, tuple):
+            self.epoch, index = index
         try:
-            return self._batch(self.tuples_of(j))
+            return self._batch(self.tuples_of(index))
         except (AvmatchError, UnsafeShardError) as exc:
             if get_worker_info() is None:
                 raise
@@ -578,7 +581,12 @@ class LoaderWithErrors:
         self.loader = loader
 
     def __iter__(self):
-        for batch in self.loader:
+        # a DataLoader draws its workers' base seed from torch's global RNG when an iteration
+        # starts; drawn on a fork of it, the training's random stream (dropout, init) is the same
+        # for any number of workers, persistent or not, and after a resume
+        with torch.random.fork_rng(devices=[]):
+            batches = iter(self.loader)
+        for batch in batches:
             if isinstance(batch, dict) and _ERROR_ITEM in batch:
                 name, *args = batch[_ERROR_ITEM]
                 raise _WORKER_ERRORS[name](*args)
@@ -636,17 +644,37 @@ def _worker_init(_):
     torch.set_num_threads(1)  # loader workers only decode; their cores belong to the trainer
 
 
-def make_loader(dataset, workers: int, pin_memory: bool) -> LoaderWithErrors:
+class EpochSampler(Sampler):
+    """The batch numbers of one epoch of an :class:`IndexedBatches`, as (epoch, j): iterated in the
+    main process, so a loader's persistent workers are told the epoch with every batch."""
+
+    def __init__(self, batches: int):
+        self.batches, self.epoch = batches, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def __iter__(self):
+        return iter([(self.epoch, j) for j in range(self.batches)])
+
+
+def make_loader(dataset, workers: int, pin_memory: bool, sampler: Sampler | None = None) -> LoaderWithErrors:
     """A DataLoader over whole batches (an :class:`IndexedBatches` or a :class:`TupleStream`): with
-    IndexedBatches, workers take batch numbers round-robin and the loader keeps their order."""
+    IndexedBatches, workers take batch numbers round-robin and the loader keeps their order; with
+    a ``sampler`` (:class:`EpochSampler`) its workers persist from epoch to epoch (they keep their
+    open files and mapped pages)."""
     return LoaderWithErrors(
         DataLoader(
             dataset,
             batch_size=None,
             shuffle=False,
+            sampler=sampler,
             num_workers=workers,
             pin_memory=pin_memory,
-            persistent_workers=False,
+            persistent_workers=sampler is not None and workers > 0,
             prefetch_factor=4 if workers else None,
             worker_init_fn=_worker_init if workers else None,
         )
@@ -676,6 +704,7 @@ class TrainingInput:
     ):
         self.batch_size, self.seed, self.world, self.workers = batch_size, seed, world, workers
         self.streaming = tuple_shards
+        self._loader = None
         if tuple_shards:
             if items is not None:
                 raise ItemError(
@@ -701,8 +730,16 @@ class TrainingInput:
         return len(self.dataset)
 
     def loader(self, epoch: int, pin_memory: bool = False) -> LoaderWithErrors:
-        self.dataset.set_epoch(epoch)
-        return make_loader(self.dataset, self.workers, pin_memory)
+        """The loader of ``epoch``'s batches. Read by index, one loader serves every epoch and its
+        workers persist; a stream's loader (and workers) is made again each epoch."""
+        if self.streaming:
+            self.dataset.set_epoch(epoch)
+            return make_loader(self.dataset, self.workers, pin_memory)
+        if self._loader is None:
+            self._sampler = EpochSampler(len(self.dataset))
+            self._loader = make_loader(self.dataset, self.workers, pin_memory, self._sampler)
+        self._sampler.set_epoch(epoch)
+        return self._loader
 
 
 def to_model_inputs(
