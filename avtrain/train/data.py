@@ -396,19 +396,24 @@ class IndexedBatches(Dataset):
     def __len__(self) -> int:
         return batches_in_epoch(len(self.located.tl), self.batch_size, self.world)
 
-    def tuples_of(self, j: int) -> np.ndarray:
-        """The tuple indices of batch j of this rank (this epoch)."""
-        if self._order is None or self._order[0] != self.epoch:
-            self._order = (self.epoch, epoch_order(len(self.located.tl), self.seed, self.epoch))
+    def tuples_of(self, j: int, epoch: int | None = None) -> np.ndarray:
+        """The tuple indices of batch j of this rank in ``epoch`` (default: the set epoch)."""
+        epoch = self.epoch if epoch is None else epoch
+        order = self._order  # one read: another thread may replace it
+        if order is None or order[0] != epoch:
+            order = self._order = (epoch, epoch_order(len(self.located.tl), self.seed, epoch))
         start = (j * self.world + self.rank) * self.batch_size
-        return self._order[1][start : start + self.batch_size]
+        return order[1][start : start + self.batch_size]
+
+    def batch(self, epoch: int, j: int) -> dict:
+        """Batch j of ``epoch`` (a pure function of them: safe from any thread or process)."""
+        return self._batch(self.tuples_of(j, epoch))
 
     def __getitem__(self, index) -> dict:
-        """Batch ``j`` of this epoch, or ``(epoch, j)``: batch j of that epoch."""
-        if isinstance(index, tuple):
-            self.epoch, index = index
+        """Batch ``j`` of the set epoch, or ``(epoch, j)``: batch j of that epoch."""
+        epoch, j = index if isinstance(index, tuple) else (self.epoch, index)
         try:
-            return self._batch(self.tuples_of(index))
+            return self.batch(epoch, j)
         except (AvmatchError, UnsafeShardError) as exc:
             if get_worker_info() is None:
                 raise
@@ -681,6 +686,43 @@ def make_loader(dataset, workers: int, pin_memory: bool, sampler: Sampler | None
     )
 
 
+class ThreadedBatches:
+    """The batches of one epoch of an :class:`IndexedBatches` over an item store, made in order by
+    one thread of the trainer's process, ``ahead`` batches ahead. A store's batch is row copies
+    (numpy releases the GIL while it copies), bound by memory bandwidth: worker processes would
+    add a copy of every batch into shared memory and its page faults, and a second thread only
+    competes for the same bandwidth (both measured slower: docs/benchmarks.md). Pinned (for CUDA)
+    in the thread that made it."""
+
+    def __init__(self, dataset: IndexedBatches, ahead: int, pin_memory: bool):
+        self.dataset, self.ahead, self.pin_memory, self.epoch = dataset, max(2, ahead), pin_memory, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _make(self, epoch: int, j: int) -> dict:
+        batch = self.dataset.batch(epoch, j)
+        if self.pin_memory:
+            batch = {k: v.pin_memory() if torch.is_tensor(v) else v for k, v in batch.items()}
+        return batch
+
+    def __iter__(self):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        epoch, n = self.epoch, len(self.dataset)
+        pool = ThreadPoolExecutor(1, thread_name_prefix="avtrain-batches")
+        pending, j = deque(), 0
+        try:
+            while pending or j < n:
+                while j < n and len(pending) < self.ahead:
+                    pending.append(pool.submit(self._make, epoch, j))
+                    j += 1
+                yield pending.popleft().result()
+        finally:  # also when the consumer stops early (max_steps_per_epoch)
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
 class TrainingInput:
     """What ``fit`` trains on, every part checked in the calling process before training:
     by index (the list, its items located and checked in ``items`` or the tuple shards; see
@@ -730,14 +772,19 @@ class TrainingInput:
         return len(self.dataset)
 
     def loader(self, epoch: int, pin_memory: bool = False) -> LoaderWithErrors:
-        """The loader of ``epoch``'s batches. Read by index, one loader serves every epoch and its
-        workers persist; a stream's loader (and workers) is made again each epoch."""
+        """The loader of ``epoch``'s batches. Read by index, one loader serves every epoch: from an
+        item store one thread, 2 x ``workers`` batches ahead (:class:`ThreadedBatches`), else
+        ``workers`` persistent DataLoader worker processes; a stream's loader (and its workers)
+        is made again each epoch."""
         if self.streaming:
             self.dataset.set_epoch(epoch)
             return make_loader(self.dataset, self.workers, pin_memory)
         if self._loader is None:
-            self._sampler = EpochSampler(len(self.dataset))
-            self._loader = make_loader(self.dataset, self.workers, pin_memory, self._sampler)
+            if isinstance(self.dataset.located.source, StoreItems):
+                self._sampler = self._loader = ThreadedBatches(self.dataset, 2 * self.workers, pin_memory)
+            else:
+                self._sampler = EpochSampler(len(self.dataset))
+                self._loader = make_loader(self.dataset, self.workers, pin_memory, self._sampler)
         self._sampler.set_epoch(epoch)
         return self._loader
 
