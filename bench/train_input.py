@@ -21,9 +21,10 @@ and the decoded item store of the shards (``avdata cache``).
      k=10, written identity by identity, 500 tuples a shard, 2 workers) ordered by the loaders' own
      functions;
   4. the AML training step (CPU) fed from the loader (store, by index) vs from the same batches in memory;
-  5. peak RSS against the number of tuples (k=2 lists of 15, 120 and 960 negatives per positive,
-     the store): of the input alone (the list read, items located, 3 batches) and of ``avtrain
-     fit`` (1 epoch of 3 steps of batch 50, 2 workers) in a fresh process.
+  5. peak RSS (VmHWM) against the number of tuples (k=2 lists of 15, 120 and 960 negatives per
+     positive, the store), in a fresh process: after the imports, after the input alone (the
+     list read, items located, 3 batches) and after ``avtrain fit`` (1 epoch of 3 steps of
+     batch 50; the store's loader is a thread, so there are no worker processes).
 
     .venv/bin/python bench/train_input.py [--identities 40] [--negatives 60] [--sets 40] [--workers 2] [--json out.json]
 """
@@ -176,20 +177,24 @@ def list_identities(tuples: Path, name: str) -> np.ndarray:
     return np.array([names[r["query_identity"]] for r in rows])
 
 
+# VmHWM: this process's peak RSS (ru_maxrss would keep the forking parent's across exec)
 FIT_RSS = """
-import json, resource, sys
+import json, sys
 from itertools import islice
 from avtrain.run.config import load_config
 from avtrain.train.data import TrainingInput
 from avtrain.train.loop import fit
-peak = lambda who: resource.getrusage(who).ru_maxrss / 1024
+def peak():
+    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+start_mb = peak()
 data = TrainingInput(sys.argv[1], "matching_train_a2v_k2", "matching", 2, "a2v", 50, workers=2, items=sys.argv[3])
 for _ in islice(data.loader(0), 3):
     pass
-input_mb = peak(resource.RUSAGE_SELF)
+input_mb = peak()
 cfg = load_config(None, sets=["epochs=1", "batch_size=50", "workers=2", "threads=1", "max_steps_per_epoch=3"])
 fit(cfg, sys.argv[1], sys.argv[2], progress=False, items=sys.argv[3])
-print(json.dumps({"input_mb": input_mb, "fit_mb": peak(resource.RUSAGE_SELF), "children_mb": peak(resource.RUSAGE_CHILDREN)}))
+print(json.dumps({"imports_mb": start_mb, "input_mb": input_mb, "fit_mb": peak()}))
 """
 
 
