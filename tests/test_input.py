@@ -187,7 +187,9 @@ def two_lists(train_tuples, tmp_path):
 def test_a_list_whose_name_extends_the_trained_one_is_never_trained_on(two_lists, mode, tmp_path):
     """The old prefix rule picked matching_train_a2v_k2_gender-*.tar too when training on
     matching_train_a2v_k2; the list is now picked by its exact name."""
-    sets = [*TINY, "epochs=1", "workers=0", "max_steps_per_epoch=50"] + (["tuple_shards=true"] if mode != "index" else [])
+    sets = [*TINY, "epochs=1", "workers=0", "max_steps_per_epoch=50"] + (
+        ["tuple_shards=true"] if mode != "index" else []
+    )
     fit(load_config(None, sets=sets), two_lists, tmp_path / "run", progress=False)
     keys = [
         k
