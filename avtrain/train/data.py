@@ -7,9 +7,10 @@ By index (the default)::
       the item source and checked (present, of its role's modality, member type, size and
       header, inside its file), in the main process, before training
     ─ each epoch: one permutation of all tuples seeded by (seed, epoch); batch j of rank r is the
-      (j·world + r)-th run of batch_size tuples ─ DataLoader workers take the batch numbers
-      round-robin and the loader returns them in order, so the batches are the same for any
-      number of workers and after a resume
+      (j·world + r)-th run of batch_size tuples ─ the loader makes batch numbers in order (a
+      thread for an item store; else DataLoader worker processes, which take them round-robin
+      and are returned in order), so the batches are the same for any number of workers and
+      after a resume
     ─ a batch: the k+1 items of each tuple read by key from the item source ─ full batches only
 
 Item sources (:func:`open_items`): a decoded item store (``avdata cache``: memory-mapped
@@ -30,8 +31,10 @@ HWC) through the workers; normalisation happens on the device (:func:`to_model_i
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,7 +111,8 @@ def read_training_list(tuples_dir: str | Path, name: str, task: str, k: int, dir
     il = lists.get(name)
     if il is None:
         raise MissingInputError(
-            f"{root}: no list {name} in its manifest.json (lists there: {', '.join(sorted(lists)) or 'none'}); "
+            f"{root}: no list {name} in its manifest.json (lists there: "
+            f"{', '.join(sorted(lists)[:6]) + (', ...' if len(lists) > 6 else '') or 'none'}); "
             "make it with avdata make-tuples or name one with --set tuples=NAME"
         )
     want_k = 1 if task == "verification" else k
@@ -266,7 +270,7 @@ def open_items(tuples_dir: str | Path, items: str | Path | None, tl: TrainingLis
 
     try:
         head = read_inside(items, "manifest.json", missing="missing")
-        kind = __import__("json").loads(head).get("kind")
+        kind = json.loads(head).get("kind")
     except (AvmatchError, ValueError, AttributeError):
         kind = None
     if kind == "avmatch.items":
@@ -288,6 +292,10 @@ def open_items(tuples_dir: str | Path, items: str | Path | None, tl: TrainingLis
             f"vs {drawn_from[:12]}…); pass the shards make-tuples read, or their avdata cache store"
         )
     df = index_items(items)  # every shard name and member checked; a bad one is one line
+    df = df[df["key"].isin(set(tl.keys))]  # only the list's items are kept (a key not there: refused)
+    twice = df["key"][df["key"].duplicated()]
+    if len(twice):
+        raise ItemError(f"{items}: item {twice.iloc[0]} occurs in more than one shard")
     files = sorted(set(df["tar"]))
     file_of = {t: i for i, t in enumerate(files)}
     table = {
@@ -303,8 +311,6 @@ def _tuple_shard_items(paths: list[str], tl: TrainingList) -> TarItems:
     """The items of a list's tuple shards: the query and gallery members of each tuple, under the
     keys the tuple's own ``.json`` member gives them (so an index line naming other items than its
     tuple shard holds finds them missing; a key held by several tuples: its first copy)."""
-    import json
-
     from avdata.tuples import scan_tuple_shard
 
     q_mod, g_mod = ROLE_MODALITY[tl.direction]
@@ -598,7 +604,7 @@ class LoaderWithErrors:
             yield batch
 
 
-_TUPLE_SHARD_NAME = __import__("re").compile(r"^shards/(.+)-[0-9]{6}\.tar$")  # avdata.tuples' layout
+_TUPLE_SHARD_NAME = re.compile(r"^shards/(.+)-[0-9]{6}\.tar$")  # avdata.tuples' layout
 
 
 def load_sizes(root: str | Path, name: str, missing_hint: bool = False) -> tuple[list[str], dict[str, int]]:
