@@ -57,8 +57,12 @@ def _same(a: list[dict], b: list[dict]) -> bool:
     )
 
 
-def test_the_same_batches_for_0_1_and_2_workers(train_tuples, store):
-    by_workers = [_batches(train_tuples, store, w) for w in (0, 1, 2)]
+@pytest.mark.parametrize("source", ["item shards", "store"])
+def test_the_same_batches_for_0_1_and_2_workers(source, train_tuples, store):
+    """Item shards: 0, 1 or 2 DataLoader worker processes; the store: its loader thread with 2, 2
+    or 4 batches ahead."""
+    items = train_tuples.parent / "shards" if source == "item shards" else store
+    by_workers = [_batches(train_tuples, items, w) for w in (0, 1, 2)]
     rows = [json.loads(line) for line in (train_tuples / "index" / f"{K2}.jsonl").read_text().splitlines()]
     assert len(by_workers[0]) == 2 * (len(rows) // 8)  # every full batch of both epochs
     assert _same(by_workers[0], by_workers[1]) and _same(by_workers[0], by_workers[2])
