@@ -46,6 +46,8 @@ demo-data: $(STAMP)
 # Validation lists of the A-B identities (their own directory, so tuples-matching stays as
 # manifests/demo/tuples-matching.json describes it); fit scores them every epoch and keeps
 # best.pt by val_matching_a2v_k3, which evaluate then scores on the C-E test identities.
+# fit reads the training list by index, its items from the decoded item store items-matching
+# (avdata cache, built once per demo-data; docs/training.md, "Input pipeline").
 demo: demo-data
 	$(MAKE) demo-train
 
@@ -58,7 +60,9 @@ demo-train: $(STAMP)
 	$(BIN)/avdata make-tuples --shards $(DEMO)/shards-matching --task matching --split val --k 3 --direction a2v \
 	    --out $(DEMO)/tuples-val
 	$(BIN)/avdata make-tuples --shards $(DEMO)/shards-matching --task verification --split val --out $(DEMO)/tuples-val
-	$(BIN)/avtrain fit --shards $(DEMO)/tuples-matching --task matching --k 3 --direction a2v \
+	test -f $(DEMO)/items-matching/manifest.json || \
+	    $(BIN)/avdata cache --shards $(DEMO)/shards-matching --out $(DEMO)/items-matching
+	$(BIN)/avtrain fit --shards $(DEMO)/tuples-matching --items $(DEMO)/items-matching --task matching --k 3 --direction a2v \
 	    --epochs $(DEMO_EPOCHS) $(DEMO_TRAIN) --out $(DEMO)/runs/$(RUN) --no-progress \
 	    --val-tuples $(DEMO)/tuples-val --val-shards $(DEMO)/shards-matching --select val_matching_a2v_k3
 	$(BIN)/avtrain evaluate --run $(DEMO)/runs/$(RUN) --checkpoint best --shards $(DEMO)/shards-matching \
@@ -75,7 +79,7 @@ demo-pins: $(STAMP)
 	rm -rf $(DEMO)/tuples-pins-train $(DEMO)/runs/aml-pins
 	$(BIN)/avdata make-tuples --shards $(DEMO)/shards-pins --task matching --split train --k 3 --direction a2v \
 	    --sets-per-identity 30 --tuples-per-shard 200 --out $(DEMO)/tuples-pins-train
-	$(BIN)/avtrain fit --shards $(DEMO)/tuples-pins-train --task matching --k 3 --direction a2v \
+	$(BIN)/avtrain fit --shards $(DEMO)/tuples-pins-train --items $(DEMO)/shards-pins --task matching --k 3 --direction a2v \
 	    --epochs $(DEMO_EPOCHS) $(DEMO_TRAIN) --out $(DEMO)/runs/aml-pins --no-progress
 	$(BIN)/avtrain evaluate --run $(DEMO)/runs/aml-pins --shards $(DEMO)/shards-pins --tuples $(DEMO)/tuples-pins
 	$(BIN)/avtrain report --run $(DEMO)/runs/aml-pins

@@ -479,6 +479,39 @@ def check_tuples_cmd(dir, shards):
     click.echo(f"{dir}: all tuple checks passed")
 
 
+@main.command("cache")
+@click.option(
+    "--shards",
+    type=click.Path(file_okay=False, exists=True),
+    required=True,
+    help="Item shard directory (avdata build-shards) to decode.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    required=True,
+    help="The item store to write (audio.npy, face.npy, items.jsonl, manifest.json).",
+)
+@click.option(
+    "--split",
+    "splits",
+    multiple=True,
+    help="Only the items of this split (repeatable) [default: every split].",
+)
+@user_errors
+def cache_cmd(shards, out, splits):
+    """Decode every item of SHARDS once into a store that avtrain fit --items memory-maps.
+
+    Spectrograms (float32) and faces (uint8 pixels) exactly as training decodes them from the
+    shards, so the batches are the same; a batch is then row copies instead of JPEG decodes.
+    fit refuses a store built from other shards than its tuples were drawn from.
+    """
+    from avdata.items import build_item_store
+
+    counts = build_item_store(shards, out, list(splits) or None)
+    click.echo(f"{out}: " + ", ".join(f"{m}={n}" for m, n in counts.items()) + " items decoded")
+
+
 @main.command("import-veriflist")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
 @click.option(

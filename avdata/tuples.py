@@ -620,7 +620,8 @@ def make_tuples(
             "identities": len({t["query_identity"] for t in tuples}),
             "skipped_identities": skipped,
         }
-        if tuple_shards:  # a training list: what its identities' attributes are (avtrain's LabelSpace)
+        if tuple_shards or cfg.split == "train":
+            # a training list (tuple shards or not): its identities' attributes (avtrain's LabelSpace)
             manifest["files"][rel]["identity_attributes"] = identity_attributes(tuples, pool.attrs)
         written = (
             write_tuple_shards(tuples, items, shards, out, cfg.name, tuples_per_shard) if tuple_shards else {}

@@ -55,7 +55,21 @@ def _pin_kernels() -> None:
     "tuples_dir",
     type=click.Path(file_okay=False, exists=True),
     required=True,
-    help="Tuple directory from avdata make-tuples (its shards/ and sizes.json).",
+    help="Tuple directory from avdata make-tuples: the training list is read from its manifest.json.",
+)
+@click.option(
+    "--items",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="The items of the tuples, read by key: a decoded item store (avdata cache; fastest) or the item "
+    "shards make-tuples drew from [default: the tuple directory's tuple shards].",
+)
+@click.option(
+    "--tuple-shards",
+    is_flag=True,
+    default=None,
+    help="Stream the tuple directory's tuple shards in order (e.g. from object storage) instead of "
+    "reading tuples by index; batches are less mixed [config: off].",
 )
 @click.option(
     "--method",
@@ -158,6 +172,8 @@ def _pin_kernels() -> None:
 @user_errors
 def fit_cmd(
     tuples_dir,
+    items,
+    tuple_shards,
     method,
     task,
     k,
@@ -178,7 +194,7 @@ def fit_cmd(
     deterministic,
     progress,
 ):
-    """Train a method (AML by default) on tuple shards (also under torchrun for DDP)."""
+    """Train a method (AML by default) on a tuple list (also under torchrun for DDP)."""
     if deterministic:
         _pin_kernels()
     from avtrain.run.config import load_config
@@ -199,11 +215,19 @@ def fit_cmd(
             "keep_last": keep_last,
             "patience": patience,
             "deterministic": deterministic,
+            "tuple_shards": tuple_shards,
         },
         sets,
     )
     summary = fit(
-        cfg, tuples_dir, out, resume=resume, progress=progress, val_tuples=val_tuples, val_shards=val_shards
+        cfg,
+        tuples_dir,
+        out,
+        resume=resume,
+        progress=progress,
+        val_tuples=val_tuples,
+        val_shards=val_shards,
+        items=items,
     )
     final = ", ".join(f"{k}={v:.4f}" for k, v in summary["final"].items())
     click.echo(

@@ -51,7 +51,7 @@ def one_line_error(res) -> str:
     return lines[0]
 
 
-def fit(tuples_dir, out, workers=0):
+def fit(tuples_dir, out, workers=0, *extra):
     return run(
         avtrain_main,
         "fit",
@@ -70,6 +70,7 @@ def fit(tuples_dir, out, workers=0):
         "--set",
         "max_steps_per_epoch=1",
         "--no-progress",
+        *extra,
     )
 
 
@@ -318,12 +319,13 @@ def test_fit_names_an_object_array_in_one_line(tuples, tmp_path):
 
 
 def test_fit_undecodable_member_in_a_worker_is_one_line(tuples, tmp_path):
-    """A JPEG that does not decode is only found by a DataLoader worker; the error still
-    reaches the user as one line naming the shard and member."""
+    """Streaming the tuple shards, a JPEG that does not decode is only found by a DataLoader
+    worker; the error still reaches the user as one line naming the shard and member. (Read by
+    index, every item is checked before training: test_fit_by_index_refuses_bad_items_up_front.)"""
     shard = first_shard(tuples)
     (tuples / "sizes.json").write_text(json.dumps({shard: 16}))
     rewrite_tar(tuples / shard, lambda i, d: (i, b"not a jpeg") if i.name.endswith(".g0.jpg") else (i, d))
-    line = one_line_error(fit(tuples, tmp_path / "run", workers=1))
+    line = one_line_error(fit(tuples, tmp_path / "run", 1, "--tuple-shards"))
     assert shard in line and ".g0.jpg" in line and "cannot decode" in line, line
 
 
@@ -394,6 +396,7 @@ def _commands(shards: Path, tuples: Path, tmp_path: Path) -> dict[str, list]:
         "check-tuples": [avdata_main, "check-tuples", tuples, "--shards", shards],
         "manifest update": [avdata_main, "manifest", "update", shards, "--out", tmp_path / "m.json"],
         "fit": [avtrain_main, *fit_args],
+        "fit --items": [avtrain_main, *fit_args, "--items", shards],
         "fit --val-tuples": [avtrain_main, *fit_args, "--val-tuples", tuples, "--val-shards", shards],
         "evaluate": [
             avtrain_main,
@@ -413,6 +416,10 @@ READS = [  # (directory, file, command): every file read from a shared directory
     ("tuples", "manifest.json", "check-tuples"),
     ("tuples", "sizes.json", "check-tuples"),
     ("tuples", "sizes.json", "fit"),
+    ("tuples", "manifest.json", "fit"),
+    ("tuples", LIST, "fit"),
+    ("shards", "manifest.json", "fit --items"),
+    ("shards", "sizes.json", "fit --items"),
     ("tuples", LIST, "check-tuples"),
     ("tuples", LIST, "evaluate"),
     ("tuples", LIST, "fit --val-tuples"),
@@ -705,3 +712,144 @@ def test_a_run_log_is_read_line_by_line_within_its_caps(run_dir, tmp_path):
         f.truncate(MAX_LOG_BYTES + 1)  # sparse: nothing written
     for command in ("manifest update", "report"):
         _refused(run(*_run_commands(run_dir, tmp_path)[command]), "log.jsonl: refusing a file of 256 MiB")
+
+
+# ---- issue #22: fit reads the training list by index; every item it names is checked before
+# training (present, of its role's modality, a member of the right type, inside its file), and an
+# item store must come from the shards the tuples were drawn from
+
+
+def _edit_first_row(tuples: Path, edit) -> dict:
+    path = tuples / LIST
+    lines = path.read_text().splitlines(True)
+    row = json.loads(lines[0])
+    edit(row)
+    path.write_text(json.dumps(row) + "\n" + "".join(lines[1:]))
+    return row
+
+
+def _item_of(shards: Path, key: str):
+    from avdata.reader import index_items
+
+    return index_items(shards).set_index("key").loc[key]
+
+
+@pytest.mark.parametrize("items", ["shards", "tuple shards"])
+def test_fit_by_index_names_a_key_missing_from_the_items(items, tuples, shards, tmp_path):
+    row = _edit_first_row(tuples, lambda r: r["gallery"].__setitem__(0, "id99999__gone__00001_f0"))
+    extra = ["--items", shards] if items == "shards" else []
+    line = one_line_error(fit(tuples, tmp_path / "run", 0, *extra))
+    assert f"{LIST}: tuple {row['tuple_id']}: item id99999__gone__00001_f0: not in the " in line, line
+    assert f"not in the {'item shards' if extra else 'tuple shards'}" in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_fit_by_index_names_an_item_of_the_wrong_modality(tuples, shards, tmp_path):
+    from avdata.reader import index_items
+
+    items = index_items(shards)
+    face = items[(items["split"] == "val") & (items["modality"] == "face")]["key"].iloc[0]
+    row = _edit_first_row(tuples, lambda r: r.update(query=face))
+    line = one_line_error(fit(tuples, tmp_path / "run", 0, "--items", shards))
+    assert f"{LIST}: tuple {row['tuple_id']}: item {face}: face item used as audio" in line, line
+    row = _edit_first_row(tuples, lambda r: r.update(query=r["gallery"][0]))
+    line = one_line_error(fit(tuples, tmp_path / "run", 0, "--items", shards))
+    assert f"item {row['query']}: used both as a query (audio) and in a gallery (face)" in line, line
+
+
+def _npy(shape, dtype) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.zeros(shape, dtype))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "member_kind, phrase",
+    [
+        ("jpg", "audio item stored as .jpg, expected .npy"),
+        ("npy shape", "an array of shape (224, 124) <f4, expected (224, 125) <f4"),
+        ("npy dtype", "an array of shape (224, 125) <f8, expected (224, 125) <f4"),
+    ],
+)
+def test_fit_by_index_refuses_bad_items_up_front(member_kind, phrase, tuples, shards, tmp_path):
+    """The first tuple's query in the item shards replaced by a member of another type: one line
+    naming the list, the tuple and the key, before training (no run directory)."""
+    row = json.loads((tuples / LIST).read_text().splitlines()[0])
+    it = _item_of(shards, row["query"])
+    new = {
+        "jpg": (f"{row['query']}.jpg", b"\xff\xd8\xff\xe0 not a spectrogram"),
+        "npy shape": (f"{row['query']}.npy", _npy((224, 124), np.float32)),
+        "npy dtype": (f"{row['query']}.npy", _npy((224, 125), np.float64)),
+    }[member_kind]
+
+    def edit(info, data):
+        if info.name == f"{row['query']}.npy":
+            info.name = new[0]
+            return info, new[1]
+        return info, data
+
+    rewrite_tar(shards / it["tar"], edit)
+    line = one_line_error(fit(tuples, tmp_path / "run", 0, "--items", shards))
+    assert f"{LIST}: tuple {row['tuple_id']}: item {row['query']}: {phrase}" in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_item_past_the_end_of_its_shard_is_named(tuples, shards):
+    """The shards indexed, then the file cut short (a copy still being written, say): the member
+    lies past the end of its file; one line naming the list, the tuple and the key."""
+    from avdata.items import ItemError
+    from avtrain.train.data import locate, open_items, read_training_list
+
+    tl = read_training_list(tuples, K2, "matching", 2, "a2v")
+    source = open_items(tuples, shards, tl)
+    first = tl.keys[tl.query[0]]
+    it = _item_of(shards, first)
+    os.truncate(shards / it["tar"], int(it["data_offset"]) + int(it["data_size"]) // 2)
+    with pytest.raises(
+        ItemError, match=rf"tuple {tl.tuple_ids[0]}: item {first}: its member lies past the end"
+    ):
+        locate(tl, source)
+
+
+@pytest.fixture
+def store(shards, tmp_path):
+    out = tmp_path / "store"
+    res = run(avdata_main, "cache", "--shards", shards, "--out", out)
+    assert res.exit_code == 0, res.output
+    return out
+
+
+@pytest.mark.parametrize("how", ["other shards", "items.jsonl edited", "face.npy cut short", "fifo"])
+def test_an_item_store_not_of_the_tuples_shards_is_refused_with_how_to_rebuild(
+    how, store, shards, tuples, tmp_path
+):
+    if how == "other shards":  # a store of a rebuilt (other) shard directory
+        other = tmp_path / "other"
+        shutil.copytree(shards, other)
+        (other / "manifest.json").write_text((other / "manifest.json").read_text() + "\n")
+        shutil.rmtree(store)
+        assert run(avdata_main, "cache", "--shards", other, "--out", store).exit_code == 0
+        phrase = "built from other item shards"
+    elif how == "items.jsonl edited":
+        (store / "items.jsonl").write_text(
+            (store / "items.jsonl").read_text().replace('"row": 0', '"row": 1', 1)
+        )
+        phrase = "items.jsonl differs from its sha256 in manifest.json"
+    elif how == "face.npy cut short":
+        os.truncate(store / "face.npy", (store / "face.npy").stat().st_size - 1)
+        phrase = "face.npy is "
+    else:
+        (store / "face.npy").unlink()
+        with fifo_that_never_blocks(store / "face.npy") as fifo:
+            line = one_line_error(fit(tuples, tmp_path / "run", 0, "--items", store))
+        assert not fifo["blocked"] and "face.npy: refusing a FIFO" in line, line
+        return
+    line = one_line_error(fit(tuples, tmp_path / "run", 0, "--items", store))
+    assert phrase in line and f"rebuild it: avdata cache --shards SHARDS --out {store}" in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_item_shards_other_than_the_tuples_source_are_refused(tuples, shards, tmp_path):
+    (shards / "manifest.json").write_text((shards / "manifest.json").read_text() + "\n")
+    line = one_line_error(fit(tuples, tmp_path / "run", 0, "--items", shards))
+    assert f"{shards}: not the item shards {tuples} was drawn from" in line, line

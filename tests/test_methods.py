@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from itertools import islice
 
 import pytest
 import torch
@@ -23,19 +22,63 @@ def _weights(state_dict) -> dict:
     return {k: v.detach().clone() for k, v in state_dict.items()}
 
 
+def _hand_batches(tuples_dir, shards, cfg, epoch: int, n: int) -> list[dict]:
+    """The first ``n`` batches fit trains on in ``epoch``, built here without the loader: the index
+    list's lines in the order of the epoch's permutation (``default_rng([seed, epoch])``, the rule
+    docs/training.md states), each item read from the item shards by its offset and decoded."""
+    import numpy as np
+
+    from avdata.reader import decode_jpg, decode_npy, index_items, read_member
+
+    rows = [
+        json.loads(line) for line in (tuples_dir / "index" / f"{cfg.tuples}.jsonl").read_text().splitlines()
+    ]
+    order = np.random.default_rng([cfg.seed, epoch]).permutation(len(rows))
+    where = index_items(shards).set_index("key")
+
+    def item(key):
+        it = where.loc[key]
+        data = read_member(shards / it["tar"], int(it["data_offset"]), int(it["data_size"]))
+        return decode_npy(data) if it["data_ext"] == "npy" else decode_jpg(data)
+
+    batches = []
+    for b in range(n):
+        chosen = [rows[i] for i in order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
+        batches.append(
+            {
+                "query": torch.from_numpy(np.stack([item(r["query"]) for r in chosen])),
+                "gallery": torch.from_numpy(
+                    np.stack([np.stack([item(g) for g in r["gallery"]]) for r in chosen])
+                ),
+                "label": torch.tensor([r["label"] for r in chosen]),
+                "keys": [r["tuple_id"] for r in chosen],
+            }
+        )
+    return batches
+
+
 def test_aml_through_the_seam_is_algorithm_1_written_out(train_tuples, tmp_path, one_torch_thread):
     """fit (through the seam) and Algorithm 1 written out by hand here from the AML network and
     loss classes (the loop as it was before the seam) give the same per-step losses and the same
-    weights, bit for bit, on the same batches: AML moved behind the seam unchanged."""
+    weights, bit for bit, on the same batches: AML moved behind the seam unchanged. The hand loop's
+    batches are built here from the index list and the item shards (:func:`_hand_batches`), and
+    fit's own record of its batches (record_batches) must name the same tuples."""
     from avtrain.losses import AMLLoss
     from avtrain.methods.aml.model import AML
-    from avtrain.train.data import TupleStream, load_sizes, make_loader, to_model_inputs
+    from avtrain.train.data import to_model_inputs
     from avtrain.train.loop import lr_at
 
-    cfg = load_config(None, sets=FIT)
-    fit(cfg, train_tuples, tmp_path / "run", progress=False)
+    shards = train_tuples.parent / "shards"
+    cfg = load_config(None, sets=[*FIT, "record_batches=true"])
+    fit(cfg, train_tuples, tmp_path / "run", progress=False, items=shards)
     logged = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["model"]
+    recorded = [
+        json.loads(line)["keys"]
+        for line in (tmp_path / "run" / "batches-rank0.jsonl").read_text().splitlines()
+    ]
+    batches = _hand_batches(train_tuples, shards, cfg, epoch=0, n=3)
+    assert recorded == [b["keys"] for b in batches]
 
     torch.manual_seed(cfg.seed)
     model = AML(cfg.model)
@@ -43,13 +86,9 @@ def test_aml_through_the_seam_is_algorithm_1_written_out(train_tuples, tmp_path,
     opt_g = torch.optim.Adam(model.encoder_parameters(), lr=cfg.lr_start, weight_decay=cfg.weight_decay)
     opt_d = torch.optim.Adam(model.discriminator.parameters(), lr=cfg.lr_dis, weight_decay=cfg.weight_decay)
     plan = [[0, cfg.lr_start, 3]]
-    urls, _ = load_sizes(train_tuples, cfg.tuples)
-    stream = TupleStream(urls, cfg.batch_size, cfg.seed, shuffle_size=cfg.shuffle_buffer)
-    stream.set_epoch(0)
     flips = torch.Generator().manual_seed(cfg.seed * 100003)
-    model.train()
-    # the loader draws its base seed from torch's global RNG, as in fit (dropout draws after it)
-    for step, batch in enumerate(islice(make_loader(stream, 0, pin_memory=False), 3)):
+    model.train()  # (fit's loader draws nothing from torch's global RNG: only dropout does)
+    for step, batch in enumerate(batches):
         for group in opt_g.param_groups:
             group["lr"] = lr_at(step, plan, cfg.lr_start, cfg.lr_end)
         q, g, y = to_model_inputs(batch, "a2v", torch.device("cpu"), train=True, flip_generator=flips)

@@ -130,6 +130,7 @@ def test_malicious_shard_is_refused(train_tuples, tmp_path):
             "fit",
             "--shards",
             str(evil),
+            "--tuple-shards",  # a directory of tuple shards only (no manifest): streamed
             "--out",
             str(tmp_path / "run"),
             "--epochs",

@@ -260,6 +260,7 @@ def compare(
             progress=progress,
             val_tuples=val_tuples,
             val_shards=val_shards,
+            items=shards,
         )
         evaluate(
             run, shards, tuples_dir, n_boot=n_boot, echo=None, checkpoint="best" if val_shards else "last"

@@ -40,7 +40,7 @@ from avtrain.evaluation.diagnostics import (
     sample_keys,
     save_embedding_sample,
 )
-from avtrain.evaluation.embeddings import Embeddings, embed_items, load_items
+from avtrain.evaluation.embeddings import Embeddings, decode_items, embed_items, load_items
 from avtrain.evaluation.outcomes import OUTCOMES_FILE, save_outcomes
 from avtrain.evaluation.results import SCORE_KIND_OF_RULE, format_table, scoring_block, write_tensorboard
 from avtrain.evaluation.tuple_lists import (
@@ -383,6 +383,7 @@ class ValidationSet:
             if t.task == "verification" and len({r["label"] for r in t.rows}) < 2:
                 raise EvaluationError(f"{t.name}: verification needs both positive and negative pairs")
         self.need, self.items = load_items(self.lists, shards, tuples_dir)
+        self.decoded = None  # the items' arrays, decoded at the first validation and kept for the next
 
     @staticmethod
     def metric_name(tl: TupleList) -> str:
@@ -409,7 +410,11 @@ class ValidationSet:
         """Metric name -> value; the model is left in eval mode."""
         model.eval()
         rule = model.default_score
-        emb = embed_items(model, self.items, self.shards, self.batch_size, device, set())
+        if self.decoded is None:
+            self.decoded = decode_items(self.items, self.shards)
+        emb = embed_items(
+            model, self.items, self.shards, self.batch_size, device, set(), decoded=self.decoded
+        )
         out = {}
         for tl in self.lists:
             if not self._scored(model, tl):

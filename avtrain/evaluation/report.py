@@ -73,6 +73,8 @@ RUNTIME_KEYS = {
     "amp",
     "channels_last",
     "shuffle_buffer",
+    "cudnn_benchmark",
+    "items",
     "tuples",
     "val_every",
     "keep_last",

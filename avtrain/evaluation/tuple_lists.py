@@ -39,12 +39,13 @@ class TupleList:
     gallery: list = field(default_factory=list)  # retrieval gallery lines
 
 
-def _read_jsonl(root: Path, path: Path, kind: str) -> list[dict]:
-    """The lines of an index file of ``root`` (a ``kind`` list: matching, verification, retrieval
-    or gallery), read as a regular file inside it of at most MAX_INDEX_BYTES
-    (:func:`avdata.untrusted.read_inside`: a FIFO, a device or a symlink leading out is refused in
-    one line); each line checked by :func:`avdata.tuples.row_problem`, the first that fails is one
-    line naming the file and its line number."""
+def iter_jsonl(root: Path, path: Path, kind: str):
+    """(line number, row) of each line of an index file of ``root`` (a ``kind`` list: matching,
+    verification, retrieval or gallery), read as a regular file inside it of at most
+    MAX_INDEX_BYTES (:func:`avdata.untrusted.read_inside`: a FIFO, a device or a symlink leading
+    out is refused in one line); each line checked by :func:`avdata.tuples.row_problem`, the first
+    that fails is one line naming the file and its line number. One row at a time: a reader that
+    keeps only what it needs of each row (``avtrain fit``) holds no list of dicts."""
     where = str(root / "manifest.json")
     data = read_inside(
         root, path.relative_to(root).as_posix(), where, MAX_INDEX_BYTES, "listed in manifest.json but missing"
@@ -53,7 +54,7 @@ def _read_jsonl(root: Path, path: Path, kind: str) -> list[dict]:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise EvaluationError(f"{path}: not UTF-8 text") from None
-    rows = []
+    del data
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
@@ -65,8 +66,12 @@ def _read_jsonl(root: Path, path: Path, kind: str) -> list[dict]:
             problem = row_problem(row, kind)
             if problem:
                 raise EvaluationError(f"{path}:{n}: {problem}")
-            rows.append(row)
-    return rows
+            yield n, row
+
+
+def _read_jsonl(root: Path, path: Path, kind: str) -> list[dict]:
+    """Every row of an index file (:func:`iter_jsonl`)."""
+    return [row for _, row in iter_jsonl(root, path, kind)]
 
 
 def read_tuple_lists(tuples_dir: str | Path) -> list[TupleList]:
@@ -99,7 +104,7 @@ def _is_key(v) -> bool:
     return isinstance(v, str) and bool(v)
 
 
-def _row_problem(tl: TupleList, row) -> str | None:
+def list_row_problem(tl: TupleList, row) -> str | None:
     """What the list's own settings require of a row that already passed
     :func:`avdata.tuples.row_problem` (fields and types, direction, label a gallery position):
     non-empty item keys, and a gallery of the list's k (1 for verification)."""
@@ -124,7 +129,7 @@ def check_rows(tl: TupleList, path: Path, gallery_path: Path | None = None) -> N
     if tl.task == "matching" and not tl.k >= 2:
         raise EvaluationError(f"{path}: a matching list with k = {tl.k} in manifest.json, expected k >= 2")
     for n, row in enumerate(tl.rows, 1):
-        problem = _row_problem(tl, row)
+        problem = list_row_problem(tl, row)
         if problem:
             tid = row.get("tuple_id") if isinstance(row, dict) else None
             raise EvaluationError(f"{path}: row {n}{f' ({str(tid)[:40]})' if tid else ''}: {problem}")

@@ -40,7 +40,7 @@ SECTIONS = {"model": ModelConfig, "loss": LossConfig}  # every run's (AML's; the
 SECTION_SKIP = {"model": ("task", "k"), "loss": ("task",)}  # set from the top level
 # Settings that may differ when a run is resumed: they change neither the data order nor the
 # optimisation (epochs may only grow; see docs/training.md, "Resuming").
-RESUMABLE_CHANGES = ("epochs", "threads", "log_every", "patience", "keep_last", "tuples_dir")
+RESUMABLE_CHANGES = ("epochs", "threads", "log_every", "patience", "keep_last", "tuples_dir", "items")
 VAL_METRIC_RE = re.compile(r"^val_(?:matching_(?:a2v|v2a)_k(?:[2-9]|10)|verification_auc)$")
 
 
@@ -71,8 +71,10 @@ class TrainConfig:
     task: str = "matching"  # matching | verification | retrieval
     k: int = 2  # gallery size of the training tuples (verification: 1)
     direction: str = "a2v"  # a2v: voice query, face gallery; v2a: the reverse
-    tuples: str | None = None  # tuple-shard name prefix; None -> derived from task/split/direction/k
+    tuples: str | None = None  # the training list's exact name; None -> derived from task/split/direction/k
     tuples_dir: str | None = None  # set by fit: the tuple directory trained on (run manifests read it)
+    items: str | None = None  # set by fit: the item store or item shards read (None: the tuple shards)
+    tuple_shards: bool = False  # stream the tuple shards (fit --tuple-shards) instead of reading by index
     # optimisation (paper)
     epochs: int | None = None  # None -> 50 matching, 20 verification, 100 retrieval
     batch_size: int = 50
@@ -97,9 +99,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     workers: int = 2  # DataLoader workers per rank
     threads: int = 0  # torch CPU threads; 0 -> cores left after the workers (at least 1)
-    shuffle_buffer: int = 200
+    shuffle_buffer: int = 200  # fit --tuple-shards only: the streamed tuples' shuffle buffer
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = True  # on CUDA
+    cudnn_benchmark: bool = False  # torch.backends.cudnn.benchmark on CUDA (not measured on a GPU yet)
     log_every: int = 1
     max_steps_per_epoch: int | None = None  # cap for smoke tests and benchmarks
     record_batches: bool = False  # write RUN/batches-rank{R}.jsonl (tuple ids per batch) to audit DDP

@@ -1,4 +1,4 @@
-"""avtrain fit: any method of :mod:`avtrain.methods` trained from streamed tuple shards.
+"""avtrain fit: any method of :mod:`avtrain.methods` trained on a tuple list read by index.
 
 The loop never names a method: it builds ``cfg.method`` (:func:`avtrain.methods.build_method`),
 takes its named optimisers, and hands each batch to ``method.train_step`` (AML's is Algorithm 1
@@ -10,7 +10,13 @@ With validation lists (``--val-shards``) the val identities are scored every ``v
 epochs with the code of ``avtrain evaluate`` (−L2 rule); ``best.pt`` keeps the best epoch
 by ``select``, ``patience`` stops early.
 
-Runs on CPU or CUDA (bf16 autocast, channels-last, non-blocking copies), and under
+The input (:mod:`avtrain.train.data`): the training list by its exact name, its items read by
+key from ``items`` (a decoded item store or the item shards; else the tuple directory's tuple
+shards), each epoch a seeded permutation of all tuples; or, with ``tuple_shards``, the tuple
+shards streamed.
+
+Runs on CPU or CUDA (bf16 autocast, channels-last, non-blocking copies, pinned memory, optional
+``cudnn_benchmark``), and under
 ``torchrun`` with DistributedDataParallel (gloo on CPU, NCCL on GPU). A checkpoint is
 written atomically after every epoch with optimiser, scheduler and RNG state, so
 ``--resume`` continues a killed run to the same final weights. Every setting, the data and
@@ -59,14 +65,7 @@ from avtrain.run.checkpoint import (
     saved_labels,
 )
 from avtrain.run.config import RESUMABLE_CHANGES, TrainConfig, save_config
-from avtrain.train.data import (
-    TupleStream,
-    batches_per_rank,
-    label_space,
-    load_sizes,
-    make_loader,
-    to_model_inputs,
-)
+from avtrain.train.data import TrainingInput, label_space, to_model_inputs
 
 RESUME_KEYS = ("sched", "torch_rng")  # besides checkpoint.REQUIRED_KEYS and the method's optimisers
 
@@ -164,7 +163,9 @@ def _resume_state(cfg: TrainConfig, path: Path) -> dict:
     if missing:
         raise CheckpointError(f"{path}: cannot resume from it: no {', '.join(missing)} (not saved by fit)")
     diffs = saved.differences(cfg)
-    blocking = [d for d in diffs if d.split(":", 1)[0] not in RESUMABLE_CHANGES]
+    # read by index, the batches do not depend on the number of loader workers
+    resumable = RESUMABLE_CHANGES + (() if cfg.tuple_shards else ("workers",))
+    blocking = [d for d in diffs if d.split(":", 1)[0] not in resumable]
     if cfg.epochs < saved.epochs:
         blocking.append(f"epochs: {saved.epochs} -> {cfg.epochs} (epochs can only grow on resume)")
     if cfg.epochs < state["epoch"]:
@@ -354,8 +355,13 @@ def fit(
     progress: bool = True,
     val_tuples: str | Path | None = None,
     val_shards: str | Path | None = None,
+    items: str | Path | None = None,
 ) -> dict:
     """Train; returns a summary (final losses, steps, tuples/s, best validation).
+
+    ``items``: the decoded item store (``avdata cache``) or the item shards the tuples were
+    drawn from; None reads the items from the tuple directory's tuple shards (slower: each
+    face is decoded again every epoch). ``cfg.tuple_shards`` streams the tuple shards instead.
 
     Everything that can fail on the user's input (settings, device, data, validation lists,
     the checkpoint to resume from) is checked before ``out`` is created. One fit per run
@@ -378,19 +384,34 @@ def fit(
 
         if out.is_dir():
             lock_run()
-        return _fit(cfg, tuples_dir, out, resume, progress, val_tuples, val_shards, lock_run)
+        return _fit(cfg, tuples_dir, out, resume, progress, val_tuples, val_shards, items, lock_run)
 
 
-def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, lock_run) -> dict:
+def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, items, lock_run) -> dict:
     # recorded in config.yaml (run manifests name the data); a copy: the caller's config is not changed
-    cfg = dataclasses.replace(cfg, tuples_dir=str(tuples_dir))
+    cfg = dataclasses.replace(cfg, tuples_dir=str(tuples_dir), items=None if items is None else str(items))
     device = pick_device(cfg.device)
     if cfg.deterministic:
         _pin_cpu_kernels(device)
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-    urls, sizes = load_sizes(tuples_dir, cfg.tuples)  # a missing or unsafe tuple dir: one-line AvmatchError
+    # the list, its items and every check of them, before anything is written (one-line AvmatchError)
+    data = TrainingInput(
+        tuples_dir,
+        cfg.tuples,
+        cfg.task,
+        cfg.k,
+        cfg.direction,
+        cfg.batch_size,
+        cfg.seed,
+        int(os.environ.get("RANK", "0")),
+        int(os.environ.get("WORLD_SIZE", "1")),
+        cfg.workers,
+        items=items,
+        tuple_shards=cfg.tuple_shards,
+        shuffle_size=cfg.shuffle_buffer,
+    )
     ckpt_path = out / LAST
     state = _resume_state(cfg, ckpt_path) if resume and ckpt_path.is_file() else None
     repair_best = state is not None and is_main_rank() and _best_needs_repair(ckpt_path, state)
@@ -402,16 +423,14 @@ def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, l
     cores = max(1, (os.cpu_count() or 1) // ddp.world)
     torch.set_num_threads(cfg.threads or max(1, cores - cfg.workers))
     workers = cfg.workers
-    steps_per_epoch = [
-        batches_per_rank(urls, sizes, cfg.batch_size, cfg.seed, e, ddp.world, workers)
-        for e in range(cfg.epochs)
-    ]
+    steps_per_epoch = [data.steps(e) for e in range(cfg.epochs)]
     if cfg.max_steps_per_epoch:
         steps_per_epoch = [min(s, cfg.max_steps_per_epoch) for s in steps_per_epoch]
     if min(steps_per_epoch) == 0:
         raise TrainingError(
-            f"{tuples_dir}: {sum(sizes.values())} tuples give no full batch of {cfg.batch_size} "
-            f"per rank ({ddp.world} rank(s) x {max(1, workers)} worker(s)); lower --set batch_size"
+            f"{tuples_dir}: {data.n_tuples} tuples give no full batch of {cfg.batch_size} "
+            f"per rank ({ddp.world} rank(s)"
+            f"{f' x {max(1, workers)} worker(s)' if cfg.tuple_shards else ''}); lower --set batch_size"
         )
 
     labels = None
@@ -427,6 +446,8 @@ def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, l
     if val is not None:
         _val_check(val, model)
     cuda = device.type == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
     if cuda and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizers = model.optimizers(cfg)
@@ -472,7 +493,12 @@ def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, l
             f"{out / BEST}: rebuilt from {LAST} (epoch {state['epoch']}, the best; its save was cut short)",
             file=sys.stderr,
         )
-    stream = TupleStream(urls, cfg.batch_size, cfg.seed, ddp.rank, ddp.world, cfg.shuffle_buffer)
+    if is_main and items is None and not cfg.tuple_shards:
+        print(
+            f"note: {cfg.tuples}: items read {data.source}, each face decoded again every epoch; "
+            "avdata cache and fit --items STORE decode them once (docs/training.md, Input pipeline)",
+            file=sys.stderr,
+        )
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if (cuda and cfg.amp)
@@ -497,8 +523,7 @@ def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, l
         ctx = StepContext(net, autocast, ddp.average_grads if ddp.enabled else None, cfg.d_steps)
         for epoch in range(start_epoch, cfg.epochs):
             model.train()
-            stream.set_epoch(epoch)
-            loader = make_loader(stream, workers, pin_memory=cuda)
+            loader = data.loader(epoch, pin_memory=cuda)
             flips = torch.Generator().manual_seed(cfg.seed * 100003 + epoch)
             bar = tqdm(
                 total=steps_per_epoch[epoch],
@@ -523,6 +548,8 @@ def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, l
                         "step": step,
                         "lr": sched.get_last_lr()[0],
                         "samples_per_s": round(rate, 2),
+                        # how well mixed the batch is: distinct query identities among its tuples
+                        "batch_identities": len(set(batch["query_identities"])),
                         **last,
                     }
                     log_file.write(json.dumps(rec) + "\n")
