@@ -353,9 +353,17 @@ def evaluate_cmd(run, checkpoint, shards, tuples_dir, out, batch_size, device, n
     default=None,
     help="Tuple directory with the val lists [default: --shards].",
 )
+@click.option(
+    "--store",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="A decoded item store of --items (avdata cache) to train from (fastest) [default: read --items].",
+)
 @_BOOTSTRAP_OPTION
 @user_errors
-def compare_cmd(methods, tuples_dir, items, out, seeds, config_file, sets, val_shards, val_tuples, n_boot):
+def compare_cmd(
+    methods, tuples_dir, items, out, seeds, config_file, sets, val_shards, val_tuples, store, n_boot
+):
     """Train several methods on the same tuples with the same seeds and tabulate every metric."""
     import shlex
     import sys
@@ -375,6 +383,7 @@ def compare_cmd(methods, tuples_dir, items, out, seeds, config_file, sets, val_s
         n_boot=n_boot,
         echo=click.echo,
         command="avtrain " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        store=store,
     )
 
 

@@ -232,8 +232,11 @@ def compare(
     progress: bool = False,
     echo: Callable[[str], None] | None = print,
     command: str = "",
+    store: str | Path | None = None,
 ) -> dict:
-    """Train and evaluate every method x seed, then write OUT/compare.{json,md,html}."""
+    """Train and evaluate every method x seed, then write OUT/compare.{json,md,html}. Training reads
+    the tuples' items from ``store`` (a decoded item store, avdata cache) or else from ``shards``,
+    by index; evaluation reads ``shards``."""
     from avdata.io import check_output_dir, make_output_dir
     from avtrain.evaluation.evaluate import evaluate
     from avtrain.run.config import load_config
@@ -260,7 +263,7 @@ def compare(
             progress=progress,
             val_tuples=val_tuples,
             val_shards=val_shards,
-            items=shards,
+            items=store or shards,
         )
         evaluate(
             run, shards, tuples_dir, n_boot=n_boot, echo=None, checkpoint="best" if val_shards else "last"
