@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from avdata.corpora.voxceleb1 import matching_split
 from avdata.errors import InputError
 from avdata.io import sha256_file
-from avdata.splits import matching_split
 from avdata.synth import (
     META_HEADER,
     corpus_attributes,

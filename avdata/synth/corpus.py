@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from avdata.corpora.voxceleb1 import make_pins_sets, matching_split, write_pins_sets
 from avdata.errors import InputError
 from avdata.io import atomic_write_bytes, atomic_write_text
-from avdata.splits import make_pins_sets, matching_split, write_pins_sets
 from avdata.synth.face import render_face
 from avdata.synth.identity import (
     _K_FACE,
