@@ -432,6 +432,20 @@ def _parse_k(ctx, param, value: str) -> list[int]:
     help="Negatives share these attributes with the query: gender, nationality or gender,nationality.",
 )
 @click.option(
+    "--positive-source",
+    type=click.Choice(["any", "other-video"]),
+    default="any",
+    help="any: the positive (verification: the same-identity pair) from any of the identity's items, "
+    "as the paper drew them; other-video: never from the query's source video, so a model cannot match "
+    "the pair by the recording they share (identities with one video are skipped and counted).",
+)
+@click.option(
+    "--negative-source",
+    type=click.Choice(["any", "other-video"]),
+    default="any",
+    help="other-video: no negative from the query's source video either (a video can show two people).",
+)
+@click.option(
     "--tuple-shards/--no-tuple-shards",
     default=None,
     help="Also write tuple shards carrying every member's arrays [default: on for split train].",
@@ -457,6 +471,8 @@ def make_tuples_cmd(
     pairs_per_identity,
     pairs,
     constrain,
+    positive_source,
+    negative_source,
     tuple_shards,
     tuples_per_shard,
     strict,
@@ -495,6 +511,8 @@ def make_tuples_cmd(
             pairs_per_identity=pairs_per_identity,
             pairs=pairs,
             constrain=constraint,
+            positive_source=positive_source,
+            negative_source=negative_source,
         )
         for sp in splits
         for d in directions
