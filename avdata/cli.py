@@ -118,6 +118,13 @@ def main():
 @click.option(
     "--videos/--no-videos", default=False, help="Also write talking-head mp4s (frames + voice track)."
 )
+@click.option(
+    "--video-conditions/--no-video-conditions",
+    default=True,
+    help="Each source video's recording condition (a room tone in its voices, a colour cast in its "
+    "faces) marks both modalities, as real videos do; --no-video-conditions writes the corpus of "
+    "before issue #23.",
+)
 @click.option("--seed", type=int, default=0, help="Corpus seed; the same seed gives byte-identical files.")
 @click.option(
     "-j",
@@ -128,12 +135,23 @@ def main():
 )
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @user_errors
-def synth_cmd(out, identities, clips_per_identity, faces_per_identity, videos, seed, jobs, progress):
+def synth_cmd(
+    out,
+    identities,
+    clips_per_identity,
+    faces_per_identity,
+    videos,
+    video_conditions,
+    seed,
+    jobs,
+    progress,
+):
     """Write the built-in synthetic corpus to OUT in the real VoxCeleb layouts.
 
     OUT/vox1_meta.csv, OUT/identity_splits.txt (PINs format), OUT/wav/idNNNNN/YTID/NNNNN.wav,
     OUT/faces/NAME/YTID/NNNNNNN.jpg and, with --videos, OUT/mp4/idNNNNN/YTID/NNNNN.mp4.
-    Hidden identity attributes shape both voice and face (OUT/attributes.json).
+    Hidden identity attributes shape both voice and face (OUT/attributes.json); each source
+    video's recording condition marks its voices and faces.
     """
     from avdata.synth import synth_corpus
 
@@ -146,6 +164,7 @@ def synth_cmd(out, identities, clips_per_identity, faces_per_identity, videos, s
         seed=seed,
         progress=progress,
         workers=jobs,
+        video_conditions=video_conditions,
     )
     click.echo(f"{out}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if isinstance(v, int)))
 

@@ -18,6 +18,7 @@ from avdata.synth.face import render_face
 from avdata.synth.identity import (
     _K_FACE,
     _K_LAYOUT,
+    _K_RECORDING,
     _K_VIDEO,
     _K_WAV,
     IdentityAttributes,
@@ -25,6 +26,7 @@ from avdata.synth.identity import (
     _check_count,
     corpus_attributes,
 )
+from avdata.synth.recording import add_room_tone, recording_conditions
 from avdata.synth.video import _write_video
 from avdata.synth.voice import SAMPLE_RATE, synth_voice
 
@@ -84,24 +86,40 @@ def _wav_bytes(audio: np.ndarray) -> bytes:
 
 
 def _write_identity(
-    out: Path, at: IdentityAttributes, seed: int, clips: int, faces: int, videos: int
+    out: Path,
+    at: IdentityAttributes,
+    seed: int,
+    clips: int,
+    faces: int,
+    videos: int,
+    conditions: bool = True,
 ) -> tuple[int, int, int]:
     plan = _plan(at, seed, clips, faces, videos)
+    # each video's recording condition, shared by its voices and its faces (avdata.synth.recording)
+    cond = recording_conditions(seed, at.index, len(plan.ytids)) if conditions else [None] * len(plan.ytids)
     for k, (y, fname) in enumerate(plan.wav_paths):
         rng = np.random.default_rng([seed, _K_WAV, at.index, k])
-        audio, _ = synth_voice(at, rng, float(rng.uniform(4.0, 7.9)))
+        audio, mouth = synth_voice(at, rng, float(rng.uniform(4.0, 7.9)))
+        if cond[y] is not None:
+            tone_rng = np.random.default_rng([seed, _K_RECORDING, at.index, _K_WAV, k])
+            audio = add_room_tone(audio, mouth, cond[y], tone_rng, SAMPLE_RATE)
         path = out / "wav" / at.vox_id / plan.ytids[y] / fname
         atomic_write_bytes(path, _wav_bytes(audio))
     for k, (y, fname) in enumerate(plan.face_paths):
         rng = np.random.default_rng([seed, _K_FACE, at.index, k])
-        img = render_face(at, rng, clothing=plan.clothing[y])
+        img = render_face(at, rng, clothing=plan.clothing[y], recording=cond[y])
         path = out / "faces" / at.name / plan.ytids[y] / fname
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=92)  # PIL writes no EXIF or timestamps by default
         atomic_write_bytes(path, buf.getvalue())
     for k, (y, fname) in enumerate(plan.mp4_paths):
         rng = np.random.default_rng([seed, _K_VIDEO, at.index, k])
-        _write_video(out / "mp4" / at.vox_id / plan.ytids[y] / fname, at, rng, plan.clothing[y])
+        recording = (
+            (cond[y], np.random.default_rng([seed, _K_RECORDING, at.index, _K_VIDEO, k]))
+            if cond[y] is not None
+            else None
+        )
+        _write_video(out / "mp4" / at.vox_id / plan.ytids[y] / fname, at, rng, plan.clothing[y], recording)
     return len(plan.wav_paths), len(plan.face_paths), len(plan.mp4_paths)
 
 
@@ -136,12 +154,15 @@ def synth_corpus(
     seed: int = 0,
     progress: bool = False,
     workers: int = 1,
+    video_conditions: bool = True,
 ) -> dict:
     """Write a synthetic VoxCeleb1-layout corpus to `out` and return a summary.
 
     Same arguments -> byte-identical files. `out` must be new, empty, or an earlier synthetic
     corpus (which is replaced). `workers` > 1 renders identities in parallel processes; the
-    files are the same either way.
+    files are the same either way. `video_conditions`: each source video's recording condition
+    (room tone and colour cast, :mod:`avdata.synth.recording`) marks its voices and faces; without
+    it the files are those of the corpus before issue #23.
     """
     _check_count("identities", identities, minimum=3, maximum=8999)
     _check_count("clips_per_identity", clips_per_identity, minimum=1, maximum=1000)
@@ -155,7 +176,9 @@ def synth_corpus(
     people = corpus_attributes(identities, seed)
     n_videos = videos_per_identity if videos else 0
 
-    jobs = [(out, at, seed, clips_per_identity, faces_per_identity, n_videos) for at in people]
+    jobs = [
+        (out, at, seed, clips_per_identity, faces_per_identity, n_videos, video_conditions) for at in people
+    ]
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc="synth identities", unit="id", disable=not progress)
@@ -186,6 +209,16 @@ def synth_corpus(
         "note": "hidden ground truth for tests and analysis; not an input to training",
         "identities": [asdict(at) for at in people],
     }
+    if video_conditions:  # per identity: each source video's recording condition in [-1, 1]
+        truth["recording_conditions"] = {
+            at.vox_id: dict(
+                zip(
+                    (plan := _plan(at, seed, clips_per_identity, faces_per_identity, n_videos)).ytids,
+                    recording_conditions(seed, at.index, len(plan.ytids)),
+                )
+            )
+            for at in people
+        }
     atomic_write_text(out / "attributes.json", json.dumps(truth, indent=1) + "\n")
     # A Learnable-PINs style identity split (sets 1/2/4) so the pins protocol runs on the corpus too.
     write_pins_sets(make_pins_sets([at.name for at in people], seed), out / "identity_splits.txt")

@@ -17,7 +17,7 @@ class SynthError(AvmatchError, ValueError):
 
 
 # Sub-stream "kinds" for default_rng([seed, kind, identity, file]).
-_K_ATTR, _K_WAV, _K_FACE, _K_VIDEO, _K_LAYOUT, _K_NAMES = 0, 1, 2, 3, 4, 5
+_K_ATTR, _K_WAV, _K_FACE, _K_VIDEO, _K_LAYOUT, _K_NAMES, _K_RECORDING = 0, 1, 2, 3, 4, 5, 6
 
 # --------------------------------------------------------------------------------------
 # Names
