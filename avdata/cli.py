@@ -119,6 +119,12 @@ def main():
     "--videos/--no-videos", default=False, help="Also write talking-head mp4s (frames + voice track)."
 )
 @click.option(
+    "--layout",
+    type=click.Choice(list(CORPORA)),
+    default=DEFAULT_CORPUS,
+    help="Write the corpus in this corpus recipe's layout (docs/corpora.md; the media are the same).",
+)
+@click.option(
     "--video-conditions/--no-video-conditions",
     default=True,
     help="Each source video's recording condition (a room tone in its voices, a colour cast in its "
@@ -141,6 +147,7 @@ def synth_cmd(
     clips_per_identity,
     faces_per_identity,
     videos,
+    layout,
     video_conditions,
     seed,
     jobs,
@@ -151,7 +158,9 @@ def synth_cmd(
     OUT/vox1_meta.csv, OUT/identity_splits.txt (PINs format), OUT/wav/idNNNNN/YTID/NNNNN.wav,
     OUT/faces/NAME/YTID/NNNNNNN.jpg and, with --videos, OUT/mp4/idNNNNN/YTID/NNNNN.mp4.
     Hidden identity attributes shape both voice and face (OUT/attributes.json); each source
-    video's recording condition marks its voices and faces.
+    video's recording condition marks its voices and faces. --layout writes the same media in
+    another corpus's layout (voxceleb2: aac/ m4a, vggface2/, vox2_meta.csv, identity_meta.csv;
+    mavceleb: voices/ faces/ by language, v1_meta.csv, lists/; csv: media/ and corpus.csv).
     """
     from avdata.synth import synth_corpus
 
@@ -165,6 +174,7 @@ def synth_cmd(
         progress=progress,
         workers=jobs,
         video_conditions=video_conditions,
+        layout=layout,
     )
     click.echo(f"{out}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if isinstance(v, int)))
 

@@ -9,9 +9,13 @@ Importing it loads no pandas or torch.
 from __future__ import annotations
 
 from avdata.corpora.base import Corpus, CorpusError, Protocol, ProtocolOptions, media_split_names
+from avdata.corpora.csvlist import CSV_CORPUS
+from avdata.corpora.mavceleb import MAVCELEB
+from avdata.corpora.vggface2 import VGGFACE2
 from avdata.corpora.voxceleb1 import VOXCELEB1
+from avdata.corpora.voxceleb2 import VOXCELEB2
 
-CORPORA: dict[str, Corpus] = {c.name: c for c in (VOXCELEB1,)}
+CORPORA: dict[str, Corpus] = {c.name: c for c in (VOXCELEB1, VOXCELEB2, VGGFACE2, MAVCELEB, CSV_CORPUS)}
 DEFAULT_CORPUS = "voxceleb1"
 
 

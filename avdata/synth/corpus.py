@@ -26,6 +26,7 @@ from avdata.synth.identity import (
     _check_count,
     corpus_attributes,
 )
+from avdata.synth.layouts import LAYOUT_PATHS, LAYOUTS, relayout
 from avdata.synth.recording import add_room_tone, recording_conditions
 from avdata.synth.video import _write_video
 from avdata.synth.voice import SAMPLE_RATE, synth_voice
@@ -137,10 +138,11 @@ def _prepare_out(out: Path) -> None:
             raise InputError(
                 out, "directory is not empty and holds no synthetic corpus; choose a new or empty one"
             )
-        for sub in ("wav", "faces", "mp4"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-        for name in ("vox1_meta.csv", "attributes.json", "identity_splits.txt"):
-            (out / name).unlink(missing_ok=True)
+        for name in (*LAYOUT_PATHS, "attributes.json"):  # whatever layout the earlier run wrote
+            if (out / name).is_dir():
+                shutil.rmtree(out / name, ignore_errors=True)
+            else:
+                (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -155,6 +157,7 @@ def synth_corpus(
     progress: bool = False,
     workers: int = 1,
     video_conditions: bool = True,
+    layout: str = "voxceleb1",
 ) -> dict:
     """Write a synthetic VoxCeleb1-layout corpus to `out` and return a summary.
 
@@ -162,7 +165,8 @@ def synth_corpus(
     corpus (which is replaced). `workers` > 1 renders identities in parallel processes; the
     files are the same either way. `video_conditions`: each source video's recording condition
     (room tone and colour cast, :mod:`avdata.synth.recording`) marks its voices and faces; without
-    it the files are those of the corpus before issue #23.
+    it the files are those of the corpus before issue #23. `layout`: the corpus recipe whose layout
+    the files are written in (:mod:`avdata.synth.layouts`; the media are the same).
     """
     _check_count("identities", identities, minimum=3, maximum=8999)
     _check_count("clips_per_identity", clips_per_identity, minimum=1, maximum=1000)
@@ -171,6 +175,8 @@ def synth_corpus(
     _check_count("workers", workers, minimum=1, maximum=256)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SynthError(f"seed must be a non-negative integer, got {seed!r}")
+    if layout not in LAYOUTS:
+        raise SynthError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     out = Path(out)
     _prepare_out(out)
     people = corpus_attributes(identities, seed)
@@ -223,10 +229,12 @@ def synth_corpus(
     # A Learnable-PINs style identity split (sets 1/2/4) so the pins protocol runs on the corpus too.
     write_pins_sets(make_pins_sets([at.name for at in people], seed), out / "identity_splits.txt")
 
+    relayout(out, layout, people)
+
     splits = {"val": 0, "test": 0, "train": 0}
     for at in people:
         splits[matching_split(at.name)] += 1
-    return {
+    summary = {
         "out": str(out),
         "identities": len(people),
         "wavs": sum(c[0] for c in counts),
@@ -235,6 +243,7 @@ def synth_corpus(
         "seed": seed,
         "matching_splits": splits,
     }
+    return summary | ({"layout": layout} if layout != "voxceleb1" else {})
 
 
 def _write_identity_job(job):
