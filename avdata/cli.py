@@ -23,9 +23,8 @@ _CORPUS_OPTION = click.option(
     "--corpus",
     type=click.Choice(list(CORPORA)),
     default=DEFAULT_CORPUS,
-    help="Which corpus recipe reads --meta and the media trees (docs/corpora.md): "
-    + "; ".join(f"{c.name}: {c.title}" for c in CORPORA.values())
-    + ".",
+    help="The corpus recipe that reads --meta and the media: its layouts, meta file and protocols "
+    "(docs/corpora.md).",
 )
 _META_OPTION = click.option(
     "--meta",
