@@ -586,3 +586,21 @@ def test_csv_bad_rows_are_one_line_each_and_the_rest_is_built(csv_corpus, tmp_pa
         ok=False,
     )
     one_line_error(res, "--corpus csv lists its media in --meta; give no --audio, --faces or --videos")
+
+
+def test_synth_layouts_replace_each_other(tmp_path):
+    """A re-run of avdata synth into a corpus of another layout leaves only the new layout."""
+    out = tmp_path / "c"
+    small = dict(identities=3, clips_per_identity=1, faces_per_identity=1, seed=0)
+    synth_corpus(out, **small, layout="mavceleb")
+    assert {p.name for p in out.iterdir()} == {"attributes.json", "faces", "lists", "v1_meta.csv", "voices"}
+    synth_corpus(out, **small)
+    assert {p.name for p in out.iterdir()} == {
+        "attributes.json",
+        "faces",
+        "identity_splits.txt",
+        "vox1_meta.csv",
+        "wav",
+    }
+    res = cli("synth", out, "--identities", "3", "--layout", "nowhere", ok=False)
+    assert res.exit_code == 2 and "'nowhere' is not one of" in res.output
