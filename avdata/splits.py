@@ -207,7 +207,7 @@ def seeded_identity_splits(
         counts[s] = n
         left -= n
     rows, start = [], left  # the first split takes the first `left` of the permutation
-    for rank, i in enumerate(order[:left]):
+    for i in order[:left]:
         rows.append((name_of[ids[i]], ids[i], names[0]))
     for s in names[1:]:
         for i in order[start : start + counts[s]]:
