@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from avdata.cli_base import CONTEXT, user_errors
+from avdata.corpora import CORPORA, DEFAULT_CORPUS, protocol_names, protocols_help
 from avdata.errors import one_line
 from avdata.tasks import TASKS
 
@@ -16,19 +17,34 @@ def fail(msg: str):
     raise click.ClickException(msg)
 
 
-# Options shared by several commands: one definition each.
+# Options shared by several commands: one definition each. Corpora and protocols come from the
+# registry (avdata.corpora), their one owner.
+_CORPUS_OPTION = click.option(
+    "--corpus",
+    type=click.Choice(list(CORPORA)),
+    default=DEFAULT_CORPUS,
+    help="The corpus recipe that reads --meta and the media: its layouts, meta file and protocols "
+    "(docs/corpora.md).",
+)
 _META_OPTION = click.option(
     "--meta",
     type=click.Path(dir_okay=False, exists=True),
     required=True,
-    help="VoxCeleb1 meta file (vox1_meta.csv, tab separated).",
+    help="The corpus's meta file: " + "; ".join(f"{c.name}: {c.meta_help}" for c in CORPORA.values()) + ".",
 )
-_PROTOCOL_HELP = "matching: A-B val, C-E test, F-Z train by first letter; pins: Learnable-PINs sets."
+_PROTOCOL_HELP = (
+    "Identity split (docs/corpora.md). Per corpus, default first: "
+    + protocols_help()
+    + ". matching: A-B val, C-E test, F-Z train by first letter; pins: Learnable-PINs sets."
+)
 _PROTOCOL_OPTION = click.option(
-    "--protocol", type=click.Choice(["matching", "pins"]), required=True, help=_PROTOCOL_HELP
+    "--protocol", type=click.Choice(protocol_names()), required=True, help=_PROTOCOL_HELP
 )
 _PROTOCOL_DEFAULT_OPTION = click.option(
-    "--protocol", type=click.Choice(["matching", "pins"]), default="matching", help=_PROTOCOL_HELP
+    "--protocol",
+    type=click.Choice(protocol_names()),
+    default=None,
+    help=_PROTOCOL_HELP + " [default: the corpus's first]",
 )
 _PINS_OPTION = click.option(
     "--pins-splits",
@@ -36,6 +52,40 @@ _PINS_OPTION = click.option(
     default=None,
     help="Learnable-PINs identity_splits.txt (needed for --protocol pins).",
 )
+_SPLITS_OPTION = click.option(
+    "--splits",
+    "splits_path",
+    type=click.Path(exists=True),
+    default=None,
+    help="The protocol's split file: custom, a CSV identity,split; fame, the folder of FAME's "
+    "LANGUAGE_train.txt lists (optional: without it a seeded identity split).",
+)
+
+
+def _parse_languages(ctx, param, value: str | None) -> tuple[str, ...]:
+    """Click callback: 'English,Urdu' -> ('English', 'Urdu'); else a usage error."""
+    if value is None:
+        return ()
+    langs = tuple(v.strip() for v in value.split(","))
+    if len(langs) != 2 or not all(langs) or langs[0] == langs[1]:
+        raise click.BadParameter(f"two different languages HEARD,UNHEARD, e.g. English,Urdu; got {value!r}")
+    return langs
+
+
+_LANGUAGES_OPTION = click.option(
+    "--languages",
+    default=None,
+    callback=_parse_languages,
+    help="fame: HEARD,UNHEARD, e.g. English,Urdu: train on HEARD, test disjoint identities in both.",
+)
+
+
+def _protocol_options(pins_splits, splits_path, languages, seed: int = 0):
+    from avdata.corpora import ProtocolOptions
+
+    return ProtocolOptions(pins_splits=pins_splits, splits=splits_path, languages=languages, seed=seed)
+
+
 _RUN_TUPLES_OPTION = click.option(  # manifest verify / update
     "--tuples",
     type=click.Path(file_okay=False, exists=True),
@@ -67,6 +117,19 @@ def main():
 @click.option(
     "--videos/--no-videos", default=False, help="Also write talking-head mp4s (frames + voice track)."
 )
+@click.option(
+    "--layout",
+    type=click.Choice(list(CORPORA)),
+    default=DEFAULT_CORPUS,
+    help="Write the corpus in this corpus recipe's layout (docs/corpora.md; the media are the same).",
+)
+@click.option(
+    "--video-conditions/--no-video-conditions",
+    default=True,
+    help="Each source video's recording condition (a room tone in its voices, a colour cast in its "
+    "faces) marks both modalities, as real videos do; --no-video-conditions writes the corpus of "
+    "before issue #23.",
+)
 @click.option("--seed", type=int, default=0, help="Corpus seed; the same seed gives byte-identical files.")
 @click.option(
     "-j",
@@ -77,12 +140,26 @@ def main():
 )
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 @user_errors
-def synth_cmd(out, identities, clips_per_identity, faces_per_identity, videos, seed, jobs, progress):
+def synth_cmd(
+    out,
+    identities,
+    clips_per_identity,
+    faces_per_identity,
+    videos,
+    layout,
+    video_conditions,
+    seed,
+    jobs,
+    progress,
+):
     """Write the built-in synthetic corpus to OUT in the real VoxCeleb layouts.
 
     OUT/vox1_meta.csv, OUT/identity_splits.txt (PINs format), OUT/wav/idNNNNN/YTID/NNNNN.wav,
     OUT/faces/NAME/YTID/NNNNNNN.jpg and, with --videos, OUT/mp4/idNNNNN/YTID/NNNNN.mp4.
-    Hidden identity attributes shape both voice and face (OUT/attributes.json).
+    Hidden identity attributes shape both voice and face (OUT/attributes.json); each source
+    video's recording condition marks its voices and faces. --layout writes the same media in
+    another corpus's layout (voxceleb2: aac/ m4a, vggface2/, vox2_meta.csv, identity_meta.csv;
+    mavceleb: voices/ faces/ by language, v1_meta.csv, lists/; csv: media/ and corpus.csv).
     """
     from avdata.synth import synth_corpus
 
@@ -95,53 +172,73 @@ def synth_cmd(out, identities, clips_per_identity, faces_per_identity, videos, s
         seed=seed,
         progress=progress,
         workers=jobs,
+        video_conditions=video_conditions,
+        layout=layout,
     )
     click.echo(f"{out}: " + ", ".join(f"{k}={v}" for k, v in summary.items() if isinstance(v, int)))
 
 
 @main.command("splits")
+@_CORPUS_OPTION
 @_META_OPTION
 @_PROTOCOL_OPTION
 @_PINS_OPTION
+@_SPLITS_OPTION
+@_LANGUAGES_OPTION
+@click.option(
+    "--seed", type=int, default=0, help="Seed of a seeded identity split (csv without a split column)."
+)
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output CSV: name,vox_id,split.")
 @user_errors
-def splits_cmd(meta, protocol, pins_splits, out):
+def splits_cmd(corpus, meta, protocol, pins_splits, splits_path, languages, seed, out):
     """Write the identity split of a protocol as name,vox_id,split."""
+    from avdata.corpora import get_corpus
     from avdata.io import atomic_write_text
-    from avdata.splits import identity_splits, read_meta, split_counts
+    from avdata.splits import split_counts
 
-    df = identity_splits(read_meta(meta), protocol, pins_splits)
+    c = get_corpus(corpus)
+    meta_df = c.read_meta(meta)
+    df = c.identity_splits(meta_df, protocol, _protocol_options(pins_splits, splits_path, languages, seed))
     atomic_write_text(out, df.to_csv(index=False))
+    for problem in meta_df.attrs.get("problems", []) + df.attrs.get("problems", []):
+        click.echo(str(problem), err=True)
     for name, reason in df.attrs["unplaced"]:
         click.echo(f"unplaced: {name}: {reason}", err=True)
     counts = split_counts(df)
     click.echo(f"{out}: {len(df)} identities " + " ".join(f"{k}={v}" for k, v in counts.items()))
-    if protocol == "pins":
-        click.echo("seen_heard media are carved from train identities per source video when shards are built")
+    for media_split, ident_split in c.protocol(protocol).identity_split_of.items():
+        click.echo(f"{media_split} media are carved from {ident_split} identities when shards are built")
+
+
+def _layout_help(root: str) -> str:
+    return "; ".join(f"{c.name}: {c.layouts[root]}" for c in CORPORA.values() if root in c.layouts)
 
 
 @main.command("build-shards")
+@_CORPUS_OPTION
 @click.option(
     "--audio",
     type=click.Path(file_okay=False, exists=True),
     default=None,
-    help="Audio root (idNNNNN/YTID/NNNNN.wav, NAME/*.wav or NAME.wav).",
+    help="Audio root. " + _layout_help("audio") + ".",
 )
 @click.option(
     "--faces",
     type=click.Path(file_okay=False, exists=True),
     default=None,
-    help="Face image root (NAME/YTID/NNNNNNN.jpg or NAME/*.jpg|png).",
+    help="Face image root. " + _layout_help("faces") + ".",
 )
 @click.option(
     "--videos",
     type=click.Path(file_okay=False, exists=True),
     default=None,
-    help="Video root (idNNNNN/YTID/NNNNN.mp4 or NAME/*.mp4); feeds both modalities.",
+    help="Video root; feeds both modalities. " + _layout_help("videos") + ".",
 )
 @_META_OPTION
 @_PROTOCOL_DEFAULT_OPTION
 @_PINS_OPTION
+@_SPLITS_OPTION
+@_LANGUAGES_OPTION
 @click.option(
     "--out",
     type=click.Path(file_okay=False),
@@ -166,7 +263,12 @@ def splits_cmd(meta, protocol, pins_splits, out):
     default=None,
     help="Dask scheduler address (tcp://host:8786) or scheduler file to join; without it --distributor dask starts a LocalCluster of -j processes.",
 )
-@click.option("--seed", type=int, default=0, help="Seed for the seen-heard hold-out (pins).")
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    help="Seed of the seen-heard hold-out (pins) and of seeded identity splits.",
+)
 @click.option("--shard-size", type=click.IntRange(min=1), default=500, help="Input files per shard.")
 @click.option(
     "--windows", type=click.IntRange(min=1), default=1, help="Max 125-frame spectrogram windows per clip."
@@ -192,12 +294,15 @@ def splits_cmd(meta, protocol, pins_splits, out):
 )
 @user_errors
 def build_shards_cmd(
+    corpus,
     audio,
     faces,
     videos,
     meta,
     protocol,
     pins_splits,
+    splits_path,
+    languages,
     out,
     jobs,
     seed,
@@ -221,11 +326,14 @@ def build_shards_cmd(
     from avdata.kernels import pin_build_kernels
 
     pin_build_kernels()  # before torch loads here or in a worker: the same crops on any AVX2 CPU
+    from avdata.corpora import get_corpus
     from avdata.extract import ExtractConfig
     from avdata.shards import BuildConfig, build_shards
 
     config = BuildConfig(
-        protocol=protocol,
+        protocol=get_corpus(corpus).protocol(protocol).name,
+        corpus=corpus,
+        languages=languages,
         seed=seed,
         shard_size=shard_size,
         device=device,
@@ -250,6 +358,7 @@ def build_shards_cmd(
         log=lambda line: click.echo(line, err=True),
         distributor=distributor,
         scheduler=scheduler,
+        splits=splits_path,
     )
     for split, s in manifest["splits"].items():
         click.echo(
@@ -351,6 +460,20 @@ def _parse_k(ctx, param, value: str) -> list[int]:
     help="Negatives share these attributes with the query: gender, nationality or gender,nationality.",
 )
 @click.option(
+    "--positive-source",
+    type=click.Choice(["any", "other-video"]),
+    default="any",
+    help="any: the positive (verification: the same-identity pair) from any of the identity's items, "
+    "as the paper drew them; other-video: never from the query's source video, so a model cannot match "
+    "the pair by the recording they share (identities with one video are skipped and counted).",
+)
+@click.option(
+    "--negative-source",
+    type=click.Choice(["any", "other-video"]),
+    default="any",
+    help="other-video: no negative from the query's source video either (a video can show two people).",
+)
+@click.option(
     "--tuple-shards/--no-tuple-shards",
     default=None,
     help="Also write tuple shards carrying every member's arrays [default: on for split train].",
@@ -376,6 +499,8 @@ def make_tuples_cmd(
     pairs_per_identity,
     pairs,
     constrain,
+    positive_source,
+    negative_source,
     tuple_shards,
     tuples_per_shard,
     strict,
@@ -414,6 +539,8 @@ def make_tuples_cmd(
             pairs_per_identity=pairs_per_identity,
             pairs=pairs,
             constrain=constraint,
+            positive_source=positive_source,
+            negative_source=negative_source,
         )
         for sp in splits
         for d in directions
@@ -630,9 +757,12 @@ def manifest_update_cmd(dir, out, tuples):
 
 
 @manifest_group.command("splits")
+@_CORPUS_OPTION
 @_META_OPTION
 @_PROTOCOL_OPTION
 @_PINS_OPTION
+@_SPLITS_OPTION
+@_LANGUAGES_OPTION
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
@@ -640,7 +770,7 @@ def manifest_update_cmd(dir, out, tuples):
     help="Manifest file to write, e.g. manifests/voxceleb1/matching.json (hashes and counts only).",
 )
 @user_errors
-def manifest_splits_cmd(meta, protocol, pins_splits, out):
+def manifest_splits_cmd(corpus, meta, protocol, pins_splits, splits_path, languages, out):
     """Write a protocol's identity-split manifest.
 
     Input file hashes, the split rule, and per split the identity count and the sha256
@@ -648,7 +778,13 @@ def manifest_splits_cmd(meta, protocol, pins_splits, out):
     """
     from avdata.manifest import identity_split_manifest, write_with_diff
 
-    desc = identity_split_manifest(meta, protocol, pins_splits)
+    desc = identity_split_manifest(
+        meta,
+        protocol,
+        pins_splits,
+        corpus=corpus,
+        options=_protocol_options(pins_splits, splits_path, languages),
+    )
     lines = write_with_diff(desc, out)
     for line in lines:
         click.echo(line)
@@ -657,9 +793,12 @@ def manifest_splits_cmd(meta, protocol, pins_splits, out):
 
 
 @manifest_group.command("verify-splits")
+@_CORPUS_OPTION
 @_META_OPTION
 @_PROTOCOL_OPTION
 @_PINS_OPTION
+@_SPLITS_OPTION
+@_LANGUAGES_OPTION
 @click.option(
     "--against",
     type=click.Path(dir_okay=False, exists=True),
@@ -667,14 +806,21 @@ def manifest_splits_cmd(meta, protocol, pins_splits, out):
     help="Committed identity-split manifest, e.g. manifests/voxceleb1/matching.json.",
 )
 @user_errors
-def manifest_verify_splits_cmd(meta, protocol, pins_splits, against):
+def manifest_verify_splits_cmd(corpus, meta, protocol, pins_splits, splits_path, languages, against):
     """Check a protocol's identity split against a manifest.
 
     Recomputes the split from the official files; exit 1 naming what changed.
     """
     from avdata.manifest import verify_splits
 
-    lines = verify_splits(meta, protocol, against, pins_splits=pins_splits)
+    lines = verify_splits(
+        meta,
+        protocol,
+        against,
+        pins_splits=pins_splits,
+        corpus=corpus,
+        options=_protocol_options(pins_splits, splits_path, languages),
+    )
     _report_diff(lines, f"{protocol} identity splits", against)
 
 

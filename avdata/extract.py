@@ -164,13 +164,16 @@ def duplicate_keys(rows) -> dict[int, int]:
 
 
 def _base_meta(row: dict) -> dict:
-    return {
+    meta = {
         "name": row["name"],
         "vox_id": row["vox_id"],
         "source": row["rel_path"],
         "source_id": row["source_id"],
         "source_modality": row["modality"],
     }
+    if row.get("language"):  # a corpus whose files carry a language (MAV-Celeb, a CSV's column)
+        meta["language"] = row["language"]
+    return meta
 
 
 class Extractor:

@@ -1,23 +1,22 @@
 """Scanners: list raw media trees into one table, resolving every file to an identity.
 
-Supported layouts (the first path component under the root names the identity,
-either as a VoxCeleb id ``idNNNNN`` or as the VGGFace1 name from the meta file):
-
-* audio  ``idNNNNN/YTID/NNNNN.wav`` (VoxCeleb1/2), ``NAME/YTID_0000001.wav`` (PINs lists),
-  ``NAME.wav`` (one clip per identity);
-* faces  ``NAME/YTID/NNNNNNN.jpg`` (VoxCeleb1 face frames), ``NAME/*.jpg|png`` (VGGFace);
-* videos ``idNNNNN/YTID/NNNNN.mp4`` (VoxCeleb2 style), ``NAME/*.mp4``.
+The walk is the same for every corpus: the first path component under a root names the
+identity (a folder, or the stem of a file directly under the root); what names an identity and
+what the path below the identity folder says about a file (its source video, its language) is
+the corpus's (:class:`avdata.corpora.base.Corpus`: ``identity_index``, ``file_fields``; the
+layouts of each corpus are in its module and docs/corpora.md). Without a corpus the scanners
+read VoxCeleb1's layouts.
 
 The table has one row per file: ``modality, name, vox_id, source_id, rel_path, path, size,
-mtime_ns``,
-sorted by (modality, vox_id, rel_path) so every later stage sees one fixed order.
-``source_id`` is the source video (YouTube id) when the layout has one, else the
-file stem; seen-heard hold-outs and tuple constraints work on it.
+mtime_ns, language``, sorted by (modality, vox_id, rel_path) so every later stage sees one
+fixed order. ``source_id`` is the source video (YouTube id) when the layout has one, else the
+file stem; seen-heard hold-outs and tuple constraints work on it. ``language`` is the file's
+language where the layout names one (MAV-Celeb), else empty.
 
 Nothing here opens media: a scanner only reports what it can see from the tree
 (unknown identities, empty folders, zero-byte files, entries named like media that are
-not regular files: FIFOs, folders, dangling symlinks; folders it cannot list). Decoding errors are found by
-the extractors and recorded there.
+not regular files: FIFOs, folders, dangling symlinks; folders it cannot list; files outside
+the corpus's layout). Decoding errors are found by the extractors and recorded there.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ FACE_EXTS = (".jpg", ".jpeg", ".png")
 VIDEO_EXTS = (".mp4",)
 MODALITY_EXTS = {"audio": AUDIO_EXTS, "face": FACE_EXTS, "video": VIDEO_EXTS}
 # size and mtime_ns (from the scan) fingerprint a file for the shard done markers
-COLUMNS = ["modality", "name", "vox_id", "source_id", "rel_path", "path", "size", "mtime_ns"]
+COLUMNS = ["modality", "name", "vox_id", "source_id", "rel_path", "path", "size", "mtime_ns", "language"]
 _VOX_ID = re.compile(r"^id\d+$")
 _PINS_AUDIO_STEM = re.compile(r"^(?P<ytid>.+)_(?P<num>\d+)$")
 
@@ -57,25 +56,35 @@ def sort_media(df: pd.DataFrame) -> pd.DataFrame:
 
 
 class IdentityIndex:
-    """Resolves a folder or file stem to (name, vox_id) using the meta table."""
+    """Resolves a folder or file stem to (name, vox_id) using the meta table: by the id, by the
+    name, or by another id of the identity (``aliases``: VoxCeleb2's VGGFace2 ids)."""
 
-    def __init__(self, meta: pd.DataFrame):
+    def __init__(self, meta: pd.DataFrame, aliases: dict[str, str] | None = None, any_id: bool = False):
         self.by_id = dict(zip(meta["vox_id"], meta["name"]))
         self.by_name = dict(zip(meta["name"], meta["vox_id"]))
+        self.aliases = aliases or {}
+        self.any_id = any_id  # ids need not look like idNNNNN (MAV-Celeb's id0001, VGGFace2's n000001)
 
     def resolve(self, token: str) -> tuple[str, str] | None:
-        if _VOX_ID.match(token) and token in self.by_id:
+        if (self.any_id or _VOX_ID.match(token)) and token in self.by_id:
             return self.by_id[token], token
         if token in self.by_name:
             return token, self.by_name[token]
+        if token in self.aliases:
+            vox_id = self.aliases[token]
+            return self.by_id[vox_id], vox_id
         return None
 
+    def unknown(self, token: str, files: int | None = None) -> str:
+        """Why ``token`` names no identity (one phrase)."""
+        skipped = f" ({files} files skipped)" if files is not None else ""
+        return f"unknown identity {token!r}: not in the meta file{skipped}"
 
-def _source_id(parts: tuple[str, ...], modality: str) -> str:
-    """Source video of a file from its path below the identity folder."""
-    if len(parts) >= 2:  # ident/YTID/.../file
-        return parts[0]
-    stem = Path(parts[0]).stem
+
+def flat_source_id(file_name: str, modality: str) -> str:
+    """Source video of a file lying directly in its identity folder (or a flat NAME.wav): a
+    PINs-list voice name ``YTID_0000001.wav`` names its video, any other file is its own."""
+    stem = Path(file_name).stem
     m = _PINS_AUDIO_STEM.match(stem)
     if modality == "audio" and m:  # NAME/YTID_0000001.wav
         return m.group("ytid")
@@ -134,18 +143,29 @@ def _media_below(directory: Path, exts: tuple[str, ...], problems: list[dict]) -
     return files
 
 
-def scan_tree(root: str | Path, meta: pd.DataFrame, modality: str) -> ScanResult:
-    """List every ``modality`` file under ``root`` (see module docstring for layouts)."""
+def _default_corpus():
+    from avdata.corpora import get_corpus
+
+    return get_corpus("voxceleb1")
+
+
+def scan_tree(root: str | Path, meta: pd.DataFrame, modality: str, corpus=None) -> ScanResult:
+    """List every ``modality`` file under ``root`` in ``corpus``'s layout (default VoxCeleb1's)."""
+    corpus = corpus or _default_corpus()
     if modality not in MODALITY_EXTS:
         raise ValueError(f"unknown modality {modality!r}")
     root = Path(root)
     if not root.is_dir():
         raise InputError(root, f"{modality} root is not a directory")
     exts = MODALITY_EXTS[modality]
-    index = IdentityIndex(meta)
+    index = corpus.identity_index(meta)
     rows, problems = [], []
 
     def add(path: Path, ident: tuple[str, str], below: tuple[str, ...]):
+        fields = corpus.file_fields(below, modality)
+        if isinstance(fields, str):  # not in the corpus's layout
+            problems.append({"path": str(path), "reason": fields})
+            return
         st = path.stat()
         if st.st_size == 0:
             problems.append({"path": str(path), "reason": "empty file (0 bytes)"})
@@ -155,11 +175,12 @@ def scan_tree(root: str | Path, meta: pd.DataFrame, modality: str) -> ScanResult
                 modality,
                 ident[0],
                 ident[1],
-                _source_id(below, modality),
+                fields["source_id"],
                 path.relative_to(root).as_posix(),
                 str(path),
                 int(st.st_size),
                 int(st.st_mtime_ns),
+                fields.get("language", ""),
             )
         )
 
@@ -181,9 +202,7 @@ def scan_tree(root: str | Path, meta: pd.DataFrame, modality: str) -> ScanResult
             if reason is not None:
                 problems.append({"path": str(p), "reason": reason})
             elif ident is None:
-                problems.append(
-                    {"path": str(p), "reason": f"unknown identity {p.stem!r}: not in the meta file"}
-                )
+                problems.append({"path": str(p), "reason": index.unknown(p.stem)})
             else:
                 add(p, ident, (p.name,))
             continue
@@ -195,12 +214,7 @@ def scan_tree(root: str | Path, meta: pd.DataFrame, modality: str) -> ScanResult
             if not inner:
                 problems.append({"path": str(p), "reason": f"empty folder: no {'/'.join(exts)} files"})
         elif ident is None:
-            problems.append(
-                {
-                    "path": str(p),
-                    "reason": f"unknown identity {entry.name!r}: not in the meta file ({len(files)} files skipped)",
-                }
-            )
+            problems.append({"path": str(p), "reason": index.unknown(entry.name, len(files))})
         else:
             for f in files:
                 add(f, ident, f.relative_to(p).parts)
@@ -213,10 +227,11 @@ def scan_all(
     audio: str | Path | None = None,
     faces: str | Path | None = None,
     videos: str | Path | None = None,
+    corpus=None,
 ) -> ScanResult:
-    """Scan every given root into one table."""
+    """Scan every given root into one table (in ``corpus``'s layout, default VoxCeleb1's)."""
     result = ScanResult(pd.DataFrame(columns=COLUMNS), [])
     for modality, root in (("audio", audio), ("face", faces), ("video", videos)):
         if root is not None:
-            result = result.extend(scan_tree(root, meta, modality))
+            result = result.extend(scan_tree(root, meta, modality, corpus))
     return result

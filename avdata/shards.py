@@ -56,7 +56,6 @@ MODALITIES = ("audio", "face")
 SOURCES_FOR = {"audio": ("audio", "video"), "face": ("face", "video")}
 ROOT_LABEL = {"audio": "audio", "face": "faces", "video": "videos"}
 
-KNOWN_SPLITS = ("train", "val", "test", "seen_heard", "unseen_unheard")
 _SHARD_FILE = re.compile(r"^(audio|face)-\d{6}(\.tar|\.stats\.json|\.detections\.jsonl)$")
 
 
@@ -83,6 +82,8 @@ class BuildConfig:
     """Everything that decides the shard bytes; saved in manifest.json."""
 
     protocol: str = "matching"
+    corpus: str = "voxceleb1"  # avdata.corpora: its layout, meta reader and protocols
+    languages: tuple[str, ...] = ()  # fame: (heard, unheard)
     seed: int = 0
     shard_size: int = 500  # input items (files) per shard
     seen_heard_fraction: float = 0.1  # pins: source videos held out per train identity
@@ -90,7 +91,17 @@ class BuildConfig:
     extract: ExtractConfig = field(default_factory=ExtractConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The settings as manifest.json records them: ``corpus`` and ``languages`` only where they
+        are not VoxCeleb1's defaults, so the manifests of builds from before corpora existed (and
+        every voxceleb1 build since) stay as they were."""
+        d = dataclasses.asdict(self)
+        if d["corpus"] == "voxceleb1":
+            del d["corpus"]
+        if not d["languages"]:
+            del d["languages"]
+        else:
+            d["languages"] = list(d["languages"])
+        return d
 
 
 @dataclass
@@ -610,7 +621,9 @@ def output_lock(out: Path):
 def _shard_files(out: Path) -> list[Path]:
     """Shard tars, done markers and detection sidecars under OUT
     (SPLIT/{audio,face}-NNNNNN.{tar,stats.json,detections.jsonl})."""
-    return sorted(p for p in out.glob("*/*") if _SHARD_FILE.match(p.name) and p.parent.name in KNOWN_SPLITS)
+    from avdata.corpora.base import SPLIT_NAME  # a split folder: any protocol's, custom ones too
+
+    return sorted(p for p in out.glob("*/*") if _SHARD_FILE.match(p.name) and SPLIT_NAME.match(p.parent.name))
 
 
 def _config_changes(out: Path, manifest_config: dict) -> list[str]:
@@ -648,8 +661,11 @@ def build_shards(
     log=None,
     distributor: str = "multiprocessing",
     scheduler: str | None = None,
+    splits: str | Path | None = None,
 ) -> dict:
-    """Build (or resume) identity-split shards; returns the manifest dict.
+    """Build (or resume) identity-split shards of ``config.corpus`` (avdata.corpora: its layout,
+    meta reader and ``config.protocol``); returns the manifest dict. ``splits``: the protocol's
+    split file (custom) or folder of lists (fame).
 
     distributor "multiprocessing" runs ``jobs`` local processes; "dask" runs one task per shard
     on the Dask scheduler ``scheduler`` (address or scheduler file) or, without one, on a
@@ -658,9 +674,20 @@ def build_shards(
     Holds OUT/.lock throughout. A shard is skipped only when its done marker was written for
     the same settings and the same input files (:func:`shard_build_sha256`); others are
     rebuilt and shards no longer in the plan are removed, so the manifest always describes
-    the bytes on disk. ``log``: called with one-line notes (what is rebuilt and why)."""
+    the bytes on disk. ``log``: called with one-line notes (what is rebuilt and why, the
+    protocol files' bad rows)."""
+    from avdata.corpora import get_corpus
+
     out = Path(out)
-    if audio is None and faces is None and videos is None:
+    corpus = get_corpus(config.corpus)
+    options = _protocol_options(config, pins_splits, splits)
+    corpus.check_options(corpus.protocol(config.protocol), options)  # before the lock and the scan
+    if corpus.meta_in_roots:
+        if audio is not None or faces is not None or videos is not None:
+            raise BuildError(
+                f"--corpus {corpus.name} lists its media in --meta; give no --audio, --faces or --videos"
+            )
+    elif audio is None and faces is None and videos is None:
         raise BuildError("give at least one of --audio, --faces, --videos")
     if distributor not in ("multiprocessing", "dask"):
         raise BuildError(f"unknown distributor {distributor!r}: choose multiprocessing or dask")
@@ -681,7 +708,7 @@ def build_shards(
             audio,
             faces,
             videos,
-            pins_splits,
+            options,
             config,
             jobs,
             fail_fast,
@@ -692,13 +719,45 @@ def build_shards(
         )
 
 
+def _protocol_options(config: BuildConfig, pins_splits, splits):
+    from avdata.corpora import ProtocolOptions
+
+    return ProtocolOptions(
+        pins_splits=pins_splits,
+        splits=splits,
+        languages=tuple(config.languages),
+        seed=config.seed,
+        seen_heard_fraction=config.seen_heard_fraction,
+    )
+
+
+def _protocol_rejects(problems, fail_fast: bool, log) -> list[dict]:
+    """Bad rows of the meta and split files (InputErrors naming file and row): one line each on
+    the log and in rejects.jsonl (by the file's name, so the record does not depend on where it
+    lies), the good rows having been kept; with fail_fast the first stops the build."""
+    out = []
+    for problem in problems:
+        if fail_fast:
+            raise problem
+        log(str(problem))
+        out.append(
+            {
+                "root": "protocol",
+                "source": Path(problem.path).name,
+                "reason": problem.reason,
+                "stage": "protocol",
+            }
+        )
+    return out
+
+
 def _build_locked(
     out: Path,
     meta,
     audio,
     faces,
     videos,
-    pins_splits,
+    options,
     config: BuildConfig,
     jobs: int,
     fail_fast: bool,
@@ -708,31 +767,34 @@ def _build_locked(
     scheduler: str | None,
 ) -> dict:
     from avdata.audio import SPEC_CONFIG
-    from avdata.ingest import scan_all
-    from avdata.splits import (
-        assign_media_splits,
-        identity_splits,
-        read_meta,
-        split_counts,
-    )
+    from avdata.corpora import get_corpus, media_split_names
+    from avdata.splits import split_counts
 
-    meta_df = read_meta(meta)
-    splits = identity_splits(meta_df, config.protocol, pins_splits)
-    scan = scan_all(meta_df, audio=audio, faces=faces, videos=videos)
+    corpus = get_corpus(config.corpus)
+    protocol = corpus.protocol(config.protocol)
+    meta_df = corpus.read_meta(meta)
+    rejects = _protocol_rejects(meta_df.attrs.get("problems", []), fail_fast, log)
+    splits = corpus.identity_splits(meta_df, protocol.name, options)
+    rejects += _protocol_rejects(splits.attrs.get("problems", []), fail_fast, log)
+    scan = corpus.scan(meta_df, audio=audio, faces=faces, videos=videos, meta_path=meta)
     roots = {"audio": audio, "faces": faces, "videos": videos}
-    rejects = []
+    if corpus.meta_in_roots:
+        roots = {"meta": Path(meta).parent}
     for p in scan.problems:  # scan-time problems, made relative to their root
         label, rel = _relative_to_roots(p["path"], roots)
         rejects.append({"root": label, "source": rel, "reason": p["reason"], "stage": "scan"})
-    if fail_fast and rejects:
+    if fail_fast and scan.problems:
         raise InputError(scan.problems[0]["path"], scan.problems[0]["reason"])
-    media = assign_media_splits(scan.media, splits, config.protocol, config.seed, config.seen_heard_fraction)
-    for row in media[media["split"].isna()].itertuples():
+    media = corpus.assign_media_splits(scan.media, splits, protocol.name, options)
+    unplaced_why = media["unplaced"] if "unplaced" in media else [None] * len(media)
+    for row, why in zip(media.itertuples(), unplaced_why):
+        if row.split is not None and row.split == row.split:  # placed (None or NaN: not)
+            continue
         rej = {
             "root": ROOT_LABEL[row.modality],
             "source": row.rel_path,
             "stage": "split",
-            "reason": f"identity {row.name} is not placed by the {config.protocol} protocol",
+            "reason": why or f"identity {row.name} is not placed by the {config.protocol} protocol",
         }
         if fail_fast:
             raise InputError(row.path, rej["reason"])
@@ -801,21 +863,17 @@ def _build_locked(
         rejects.extend(st["rejects"])
 
     # identity level, with the attributes make-tuples --constrain needs
-    splits_csv = splits.merge(meta_df[["vox_id", "gender", "nationality"]], on="vox_id").to_csv(index=False)
+    splits_csv = splits.merge(corpus.attributes(meta_df), on="vox_id").to_csv(index=False)
     atomic_write_text(out / "splits.csv", splits_csv)
     write_json(out / "sizes.json", {st["shard"]: st["samples"] for st in stats})
     write_jsonl(out / "rejects.jsonl", rejects)
 
     listing = "".join(f"{r.modality}\t{r.rel_path}\t{int(r.size)}\n" for r in scan.media.itertuples())
     per_split = {}
-    for split in sorted(
-        splits["split"].unique().tolist() + (["seen_heard"] if config.protocol == "pins" else [])
-    ):
-        ids = (
-            splits[splits["split"] == split]["vox_id"]
-            if split != "seen_heard"
-            else splits[splits["split"] == "train"]["vox_id"]
-        )
+    for split in media_split_names(protocol, splits["split"].unique()):
+        # a split cut inside identities (pins' seen_heard, fame's heard/unheard) lists the
+        # identities of the identity split its media come from
+        ids = splits[splits["split"] == protocol.identity_split_of.get(split, split)]["vox_id"]
         with_samples = sorted({i for st in stats if st["split"] == split for i in st["identities"]})
         per_split[split] = {
             "identities": int(len(ids)),
@@ -833,10 +891,11 @@ def _build_locked(
         "versions": library_versions(),
         "inputs": {
             "meta_sha256": sha256_file(meta),
-            "pins_splits_sha256": sha256_file(pins_splits) if pins_splits else None,
+            "pins_splits_sha256": sha256_file(options.pins_splits) if options.pins_splits else None,
             "listing_sha256": sha256_text(listing),
             "files": {m: int((scan.media["modality"] == m).sum()) for m in ("audio", "face", "video")},
-        },
+        }
+        | corpus.protocol_inputs(protocol.name, options),
         "identity_splits": split_counts(splits),
         "splits": per_split,
         "shards": {

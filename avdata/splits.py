@@ -1,16 +1,15 @@
-"""Identity splits for the two standard face-voice protocols.
+"""Identity splits: the machinery every corpus's protocols share (avdata.corpora owns the
+protocols themselves: which identity goes where, by which file).
 
 Splits are decided here, once, at the identity level, from protocol files alone
 (never from media), so that every later stage (shards, tuples, training) inherits
-identity-disjointness instead of re-deciding it.
+identity-disjointness instead of re-deciding it. The one media-level decision is a
+hold-out whose unit is the source video (PINs' seen-heard, :func:`assign_media_splits`),
+so one source video never lands on both sides.
 
-* ``matching`` (SVHF / DIMNet / AML): the first letter of the VGGFace1 name decides:
-  A-B ``val``, C-E ``test``, F-Z ``train``. On the official ``vox1_meta.csv`` this
-  gives 116 / 193 / 942 identities.
-* ``pins`` (Learnable PINs): ``identity_splits.txt`` set 1 ``train``, 2 ``val``,
-  4 ``unseen_unheard`` (901 / 100 / 250). The fourth split, ``seen_heard``, holds
-  *media* of train identities; it is carved out per source video by
-  :func:`assign_media_splits` so one source video never lands on both sides.
+* :func:`custom_identity_splits`: a CSV ``identity,split`` (any corpus's ``custom`` protocol);
+* :func:`seeded_identity_splits`: a seeded identity-disjoint split with stated fractions (a
+  CSV corpus without a split column, FAME without its lists).
 """
 
 from __future__ import annotations
@@ -21,136 +20,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from avdata.corpora.base import SPLIT_NAME
 from avdata.errors import AvmatchError, InputError
-from avdata.io import atomic_write_text
 
-PROTOCOLS = ("matching", "pins")
-MATCHING_SPLITS = ("train", "val", "test")
-PINS_SPLITS = ("train", "val", "seen_heard", "unseen_unheard")
-PINS_SET_TO_SPLIT = {1: "train", 2: "val", 4: "unseen_unheard"}
-META_COLUMNS = ["VoxCeleb1 ID", "VGGFace1 ID", "Gender", "Nationality", "Set"]
 # Fraction of each train identity's source videos held out as seen-heard test media.
 DEFAULT_SEEN_HEARD_FRACTION = 0.1
+# A corpus without a split of its own (a CSV without a split column): identity fractions.
+DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 
 
 class SplitError(AvmatchError, ValueError):
     """A protocol that cannot be applied as asked (unknown protocol, missing PINs file,
     identities in two splits). A ValueError too, for callers that catch those."""
-
-
-def _check_rows(path: Path) -> None:
-    """Every row has exactly the header's number of tab-separated fields. pandas would
-    otherwise shift a row with an extra field (a stray tab) into the wrong columns, or
-    take the first column as an index when every row has one."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(path, f"not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
-    except IsADirectoryError:
-        raise InputError(path, "a directory, not a meta file") from None
-    except OSError as exc:
-        raise InputError(path, f"cannot read meta file ({exc.strerror or exc})") from None
-    lines = text.splitlines()
-    if not lines:
-        raise InputError(path, "empty meta file")
-    n_header = len(lines[0].split("\t"))
-    for lineno, line in enumerate(lines[1:], 2):
-        if not line.strip():
-            continue
-        n = len(line.split("\t"))
-        if n != n_header:
-            raise InputError(
-                path,
-                f"row {lineno}: {n} tab-separated fields, the header has {n_header} ({line.strip()[:60]!r})",
-            )
-
-
-def read_meta(path: str | Path) -> pd.DataFrame:
-    """Read a VoxCeleb1 meta file (tab separated, official header) into
-    columns ``vox_id, name, gender, nationality, set``, sorted by vox_id."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "meta file not found")
-    _check_rows(path)
-    try:
-        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise InputError(path, "meta file not found") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"not a tab-separated meta file ({exc})") from None
-    df.columns = [c.strip() for c in df.columns]
-    missing = [c for c in META_COLUMNS if c not in df.columns]
-    if missing:
-        raise InputError(path, f"meta file lacks columns {missing}; expected {META_COLUMNS}")
-    df = df[META_COLUMNS].apply(lambda col: col.str.strip())
-    df.columns = ["vox_id", "name", "gender", "nationality", "set"]
-    dup = df["name"][df["name"].duplicated()].tolist() + df["vox_id"][df["vox_id"].duplicated()].tolist()
-    if dup:
-        raise InputError(path, f"duplicate identities in meta file: {dup[:5]}")
-    return df.sort_values("vox_id").reset_index(drop=True)
-
-
-def matching_split(name: str) -> str:
-    """A-B val, C-E test, F-Z train, by the first letter of the name (case-insensitive)."""
-    first = name[:1].upper()
-    if not ("A" <= first <= "Z"):
-        raise ValueError(f"name {name!r} does not start with a letter A-Z")
-    if first <= "B":
-        return "val"
-    if first <= "E":
-        return "test"
-    return "train"
-
-
-def read_pins_splits(path: str | Path) -> dict[str, int]:
-    """Read Learnable-PINs ``identity_splits.txt``: ``NAME SET`` per line."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(path, "PINs split file not found")
-    sets: dict[str, int] = {}
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 2 or not parts[1].isdigit():
-            raise InputError(path, f"line {lineno}: expected 'NAME SET', got {line.strip()!r}")
-        sets[parts[0]] = int(parts[1])
-    return sets
-
-
-def identity_splits(meta: pd.DataFrame, protocol: str, pins_splits: str | Path | None = None) -> pd.DataFrame:
-    """Return ``name, vox_id, split`` for every identity the protocol places.
-
-    Identities the protocol cannot place (a name not starting with A-Z, a name absent
-    from the PINs file, a PINs set without a split) are left out and listed in
-    ``df.attrs['unplaced']`` as ``(name, reason)`` pairs.
-    """
-    if protocol not in PROTOCOLS:
-        raise SplitError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}")
-    rows, unplaced = [], []
-    if protocol == "matching":
-        for name, vox_id in zip(meta["name"], meta["vox_id"]):
-            try:
-                rows.append((name, vox_id, matching_split(name)))
-            except ValueError as exc:
-                unplaced.append((name, str(exc)))
-    else:
-        if pins_splits is None:
-            raise SplitError("--protocol pins needs --pins-splits identity_splits.txt")
-        sets = read_pins_splits(pins_splits)
-        for name, vox_id in zip(meta["name"], meta["vox_id"]):
-            s = sets.get(name)
-            if s is None:
-                unplaced.append((name, "not in the PINs split file"))
-            elif s not in PINS_SET_TO_SPLIT:
-                unplaced.append((name, f"PINs set {s} has no identity split"))
-            else:
-                rows.append((name, vox_id, PINS_SET_TO_SPLIT[s]))
-    df = pd.DataFrame(rows, columns=["name", "vox_id", "split"])
-    df = df.sort_values("vox_id").reset_index(drop=True)
-    check_disjoint(df)
-    df.attrs["unplaced"] = unplaced
-    return df
 
 
 def check_disjoint(splits: pd.DataFrame) -> None:
@@ -216,20 +97,161 @@ def assign_media_splits(
     return out
 
 
-def make_pins_sets(names: list[str], seed: int = 0, fractions=(0.72, 0.08, 0.20)) -> dict[str, int]:
-    """A Learnable-PINs style identity split for a corpus without an official one
-    (the synthetic corpus): sets 1 (train) / 2 (val) / 4 (unseen-unheard) in the
-    official proportions 901 / 100 / 250, each set non-empty when there are >= 3 names."""
-    order = np.random.default_rng([seed, 4]).permutation(len(names))
-    n = len(names)
-    n_val = max(1, int(round(fractions[1] * n))) if n >= 3 else 0
-    n_test = max(1, int(round(fractions[2] * n))) if n >= 3 else 0
-    sets = {}
-    for rank, i in enumerate(order):
-        sets[names[i]] = 2 if rank < n_val else 4 if rank < n_val + n_test else 1
-    return dict(sorted(sets.items()))
+def read_table(
+    path: str | Path, what: str, sep: str = ",", skipinitialspace: bool = False
+) -> list[list[str]]:
+    """The rows of a small delimited protocol file (a split CSV, a corpus meta file), each field
+    stripped of surrounding spaces (VoxCeleb2's and VGGFace2's files pad them) and of a UTF-8
+    byte-order mark; blank lines left out. ``skipinitialspace``: a quoted field may follow the
+    delimiter's space (VGGFace2's ``, "Name"``). A file that is missing or not UTF-8 text is one
+    line."""
+    import csv
+    import io
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise InputError(path, f"{what} not found") from None
+    except IsADirectoryError:
+        raise InputError(path, f"a directory, not a {what}") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(path, f"not a UTF-8 text file ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot read the {what} ({exc.strerror or exc})") from None
+    rows = [
+        [f.strip() for f in row]
+        for row in csv.reader(io.StringIO(text), delimiter=sep, skipinitialspace=skipinitialspace)
+    ]
+    return [r for r in rows if any(r)]
 
 
-def write_pins_sets(sets: dict[str, int], path: str | Path) -> None:
-    """Write ``NAME SET`` lines with the official file's trailing space."""
-    atomic_write_text(path, "".join(f"{name} {s} \n" for name, s in sets.items()))
+def header_columns(path: Path, header: list[str], required: list[str], what: str) -> dict[str, int]:
+    """Column positions of ``required`` (case-insensitive) in ``header``; a missing column is one
+    line naming the file, the columns it lacks and the ones it has."""
+    lower = [h.lower() for h in header]
+    missing = [c for c in required if c.lower() not in lower]
+    if missing:
+        raise InputError(
+            path,
+            f"{what} lacks the column(s) {', '.join(missing)}; its header is {', '.join(header) or '(empty)'}",
+        )
+    return {c: lower.index(c.lower()) for c in required}
+
+
+def _splits_frame(rows: list[tuple[str, str, str]], unplaced: list, problems: list[str]) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=["name", "vox_id", "split"]).sort_values("vox_id").reset_index(drop=True)
+    check_disjoint(df)
+    df.attrs["unplaced"] = unplaced
+    df.attrs["problems"] = problems
+    return df
+
+
+def custom_identity_splits(meta: pd.DataFrame, path: str | Path) -> pd.DataFrame:
+    """A CSV with the header ``identity,split`` (an identity by its id or its name in the meta
+    file). A row with an unknown identity, a split name that is not ``[A-Za-z0-9_]`` (splits become
+    folder names), or a second split for one identity is one line in ``attrs['problems']``
+    (``FILE: row N: reason``) and the good rows are kept; identities the file leaves out are
+    unplaced."""
+    path = Path(path)
+    rows = read_table(path, "split file")
+    if not rows:
+        raise InputError(path, "empty split file; expected the header identity,split")
+    cols = header_columns(path, rows[0], ["identity", "split"], "split file")
+    by_id = dict(zip(meta["vox_id"], meta["name"]))
+    by_name = dict(zip(meta["name"], meta["vox_id"]))
+    placed: dict[str, str] = {}
+    problems: list[str] = []
+    for lineno, row in enumerate(rows[1:], 2):
+        ident = row[cols["identity"]] if cols["identity"] < len(row) else ""
+        split = row[cols["split"]] if cols["split"] < len(row) else ""
+        vox_id = ident if ident in by_id else by_name.get(ident)
+        if vox_id is None:
+            problems.append(
+                InputError(path, f"row {lineno}: unknown identity {ident!r} (not in the meta file)")
+            )
+        elif not SPLIT_NAME.match(split):
+            problems.append(
+                InputError(path, f"row {lineno}: split {split!r} is not a name of [A-Za-z0-9_] characters")
+            )
+        elif placed.get(vox_id, split) != split:
+            problems.append(
+                InputError(
+                    path,
+                    f"row {lineno}: identity {ident!r} is already in split {placed[vox_id]!r}; row skipped",
+                )
+            )
+        else:
+            placed[vox_id] = split
+    rows_out = [(by_id[v], v, s) for v, s in placed.items()]
+    unplaced = [(n, "not in the split file") for v, n in by_id.items() if v not in placed]
+    return _splits_frame(rows_out, unplaced, problems)
+
+
+def seeded_identity_splits(
+    meta: pd.DataFrame, seed: int = 0, fractions: dict[str, float] | None = None
+) -> pd.DataFrame:
+    """A seeded identity-disjoint split with ``fractions`` (default :data:`DEFAULT_FRACTIONS`):
+    identities sorted by id, permuted by ``default_rng([seed, 23])``; every split but the first
+    gets ``max(1, round(fraction * n))`` identities (while at least one is left for the first),
+    the first (train) the rest. Deterministic in the seed and the set of identities."""
+    fractions = dict(fractions or DEFAULT_FRACTIONS)
+    ids = sorted(meta["vox_id"])
+    name_of = dict(zip(meta["vox_id"], meta["name"]))
+    order = np.random.default_rng([seed, 23]).permutation(len(ids))
+    names = list(fractions)
+    counts = {}
+    left = len(ids)
+    for s in names[1:]:
+        n = min(max(1, int(round(fractions[s] * len(ids)))), max(0, left - 1))
+        counts[s] = n
+        left -= n
+    rows, start = [], left  # the first split takes the first `left` of the permutation
+    for i in order[:left]:
+        rows.append((name_of[ids[i]], ids[i], names[0]))
+    for s in names[1:]:
+        for i in order[start : start + counts[s]]:
+            rows.append((name_of[ids[i]], ids[i], s))
+        start += counts[s]
+    return _splits_frame(rows, [], [])
+
+
+def fractions_text(fractions: dict[str, float] | None = None) -> str:
+    fractions = fractions or DEFAULT_FRACTIONS
+    return " / ".join(f"{s} {f:g}" for s, f in fractions.items())
+
+
+def fame_media_splits(media: pd.DataFrame, splits: pd.DataFrame, heard: str, unheard: str) -> pd.DataFrame:
+    """FAME's media splits (the face-voice association challenge on MAV-Celeb): train identities
+    keep only their ``heard``-language media (``train``); the other identities' media are tested
+    in the heard and in the unheard language (``heard`` / ``unheard``). A file in another language,
+    or a train identity's unheard-language file, is placed nowhere, with its reason in
+    ``unplaced``."""
+    out = media.copy()
+    by_name = dict(zip(splits["name"], splits["split"]))
+    placed, why = [], []
+    for name, language in zip(out["name"], out["language"]):
+        ident = by_name.get(name)
+        if ident is None:
+            placed.append(None)
+            why.append(None)  # not placed by the identity split: the caller's usual reason
+        elif language not in (heard, unheard):
+            placed.append(None)
+            why.append(
+                f"language {language!r} is not in the fame protocol (--languages {heard},{unheard})"
+                if language
+                else "no language in its path: the fame protocol needs LANGUAGE folders"
+            )
+        elif ident == "train":
+            placed.append("train" if language == heard else None)
+            why.append(
+                None
+                if language == heard
+                else f"{unheard} file of a train identity: the fame protocol trains on {heard} only"
+            )
+        else:
+            placed.append("heard" if language == heard else "unheard")
+            why.append(None)
+    out["split"] = placed
+    out["unplaced"] = why
+    return out

@@ -14,6 +14,12 @@ Protocols (see docs/tuples.md):
 * retrieval — every item of the split as a query against all items of the other
   modality (a query list and a gallery list per direction).
 
+Positives from another video (``positive_source="other-video"``): the positive (verification:
+the same-identity pair) never comes from the query's source video, so a model cannot match the
+pair by the recording they share; identities whose items all come from one video are skipped
+and counted. ``negative_source="other-video"`` keeps negatives off the query's video the same
+way (a video can show two identities). The default ``any`` draws as before, byte for byte.
+
 Every draw for one identity uses its own stream ``default_rng([seed, crc32(...)])``
 keyed by task, split, direction, k and identity, so outputs are byte-identical for
 the same shards and seed, and adding an identity does not reshuffle the others.
@@ -64,6 +70,7 @@ from avdata.untrusted import (
 )
 
 ATTRIBUTES = ("gender", "nationality")
+SOURCES = ("any", "other-video")  # --positive-source / --negative-source
 
 
 class TupleError(AvmatchError, ValueError):
@@ -162,6 +169,8 @@ def read_tuple_manifest(out: Path, required: bool) -> dict:
             bad = [f for f, t in _CONFIG_TYPES.items() if not isinstance(cfg.get(f), t)]
             if bad or cfg["task"] not in TASKS or cfg["direction"] not in DIRECTIONS:
                 problem = f"config has a missing or unknown {', '.join(bad) or 'task or direction'}"
+            elif any(cfg.get(f, "any") not in SOURCES for f in ("positive_source", "negative_source")):
+                problem = f"config has a positive_source or negative_source other than {' or '.join(SOURCES)}"
             elif "gallery" in entry and (
                 name_problem(entry["gallery"]) or entry["gallery"] not in manifest["files"]
             ):
@@ -251,7 +260,7 @@ def index_lists(tuples_dir: str | Path) -> list[IndexedList]:
                 split=cfg["split"],
                 direction=cfg["direction"],
                 k={"matching": cfg["k"], "verification": 1}.get(task, 0),
-                constraint="+".join(cfg.get("constrain") or ()),
+                constraint="+".join(list(cfg.get("constrain") or ()) + source_tokens(cfg)),
                 path=out / rel,
                 gallery=out / entry["gallery"] if task == "retrieval" else None,
             )
@@ -332,19 +341,45 @@ class TupleConfig:
     # verification: this many pairs in all (half positive), instead of pairs_per_identity each
     pairs: int | None = None
     constrain: tuple[str, ...] = ()
+    positive_source: str = "any"  # other-video: the positive never from the query's source video
+    negative_source: str = "any"  # other-video: no negative from the query's source video
 
     def __post_init__(self):
         if self.pairs is not None and (self.pairs < 2 or self.pairs % 2):
             raise TupleError(f"--pairs: an even number >= 2 (half positive, half negative), got {self.pairs}")
+        for flag, value in (
+            ("--positive-source", self.positive_source),
+            ("--negative-source", self.negative_source),
+        ):
+            if value not in SOURCES:
+                raise TupleError(f"{flag}: {value!r} is not one of {', '.join(SOURCES)}")
+        if self.task == "retrieval" and (self.positive_source, self.negative_source) != ("any", "any"):
+            raise TupleError(
+                "--positive-source / --negative-source other-video: matching and verification lists only "
+                "(a retrieval gallery is every item of the split)"
+            )
 
     @property
     def name(self) -> str:
-        c = "" if not self.constrain else "_" + "+".join(self.constrain)
+        tokens = list(self.constrain) + source_tokens(
+            {"positive_source": self.positive_source, "negative_source": self.negative_source}
+        )
+        c = "" if not tokens else "_" + "+".join(tokens)
         if self.task == "matching":
             return f"matching_{self.split}_{self.direction}_k{self.k}{c}"
         if self.task == "verification":
             return f"verification_{self.split}{c}"
         return f"retrieval_{self.split}_{self.direction}"
+
+
+def source_tokens(config: dict) -> list[str]:
+    """The source constraints of a list's config, as its name and ``IndexedList.constraint`` say
+    them: ``pos-other-video``, ``neg-other-video`` (none for ``any``, as before they existed)."""
+    return [
+        f"{role}-other-video"
+        for role, key in (("pos", "positive_source"), ("neg", "negative_source"))
+        if config.get(key, "any") == "other-video"
+    ]
 
 
 def _rng(seed: int, *parts) -> np.random.Generator:
@@ -358,11 +393,24 @@ class Pool:
     items: pd.DataFrame
     attrs: dict[str, dict]  # vox_id -> {"gender", "nationality"}
     by_id: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # modality -> vox_id -> keys
+    source: dict[str, str] = field(default_factory=dict)  # key -> source video (source_id)
 
     def __post_init__(self):
         for modality in ("audio", "face"):
             sub = self.items[self.items["modality"] == modality]
             self.by_id[modality] = {v: sorted(g["key"]) for v, g in sub.groupby("vox_id", sort=True)}
+        self.source = dict(zip(self.items["key"], self.items["source_id"]))
+
+    def other_video(self, keys: list[str], query: str) -> list[str]:
+        """The keys of ``keys`` from another source video than ``query``'s."""
+        src = self.source[query]
+        return [k for k in keys if self.source[k] != src]
+
+    def cross_video_queries(self, q_keys: list[str], p_keys: list[str]) -> list[str]:
+        """Queries that have a positive from another video (all of them if the identity's items
+        come from two videos or more; none if from one)."""
+        p_sources = {self.source[k] for k in p_keys}
+        return [q for q in q_keys if p_sources - {self.source[q]}]
 
     def identities_with(self, *modalities: str) -> list[str]:
         ids = set.intersection(*(set(self.by_id[m]) for m in modalities))
@@ -412,6 +460,11 @@ def _empty_reason(pool: Pool, cfg: TupleConfig, skipped: list[dict]) -> str:
     with_both = pool.identities_with(q_mod, g_mod)
     if not with_both:
         return f"no identity of split {cfg.split} has both {q_mod} and {g_mod} samples"
+    if skipped and all(s["reason"] == SINGLE_VIDEO for s in skipped) and len(skipped) == len(with_both):
+        return (
+            f"no identity of split {cfg.split} has {q_mod} and {g_mod} items from two source videos: "
+            f"--positive-source other-video has no positive to draw ({len(skipped)} single-video identities)"
+        )
     if skipped:
         return (
             f"{len(skipped)} of {len(with_both)} identities skipped, e.g. {skipped[0]['identity']}: "
@@ -420,11 +473,21 @@ def _empty_reason(pool: Pool, cfg: TupleConfig, skipped: list[dict]) -> str:
     return f"{len(with_both)} identities of split {cfg.split} gave no tuple"
 
 
+def _draw_key(cfg: TupleConfig) -> str:
+    """The constraint part of an identity's draw stream: the attributes, then the source tokens
+    (none for ``any``: the streams of lists drawn before sources existed are unchanged)."""
+    return "+".join(list(cfg.constrain) + source_tokens(asdict(cfg)))
+
+
+SINGLE_VIDEO = "one source video: no positive from another video"
+
+
 def draw_matching(pool: Pool, cfg: TupleConfig) -> tuple[list[dict], list[dict]]:
     q_mod, g_mod = DIRECTIONS[cfg.direction]
+    other_pos, other_neg = cfg.positive_source == "other-video", cfg.negative_source == "other-video"
     tuples, skipped = [], []
     for vox_id in pool.identities_with(q_mod, g_mod):
-        rng = _rng(cfg.seed, cfg.task, cfg.split, cfg.direction, cfg.k, "+".join(cfg.constrain), vox_id)
+        rng = _rng(cfg.seed, cfg.task, cfg.split, cfg.direction, cfg.k, _draw_key(cfg), vox_id)
         candidates = pool.negatives_for(vox_id, g_mod, cfg.constrain)
         if len(candidates) < cfg.k - 1:
             skipped.append(
@@ -435,23 +498,57 @@ def draw_matching(pool: Pool, cfg: TupleConfig) -> tuple[list[dict], list[dict]]
             )
             continue
         q_keys, p_keys = pool.by_id[q_mod][vox_id], pool.by_id[g_mod][vox_id]
+        if other_pos:
+            q_keys = pool.cross_video_queries(q_keys, p_keys)
+            if not q_keys:
+                skipped.append({"identity": vox_id, "reason": SINGLE_VIDEO})
+                continue
+
+        def pair() -> tuple[str, str]:
+            query = q_keys[rng.integers(len(q_keys))]
+            positives = pool.other_video(p_keys, query) if other_pos else p_keys
+            return query, positives[rng.integers(len(positives))]
+
+        def eligible(query: str) -> list[str]:  # negative identities with an item off the query's video
+            if not other_neg:
+                return candidates
+            return [n for n in candidates if pool.other_video(pool.by_id[g_mod][n], query)]
+
+        draws, short = [], 0
         if cfg.k == 2:
             # positives_per_identity (query, positive) pairs (1: the paper's protocol), each with
             # negatives_per_positive tuples whose negatives come from distinct identities while
             # there are enough of them
-            draws = []
             for _ in range(cfg.positives_per_identity):
-                query, positive = q_keys[rng.integers(len(q_keys))], p_keys[rng.integers(len(p_keys))]
-                replace = len(candidates) < cfg.negatives_per_positive
-                neg_ids = rng.choice(candidates, cfg.negatives_per_positive, replace=replace)
+                query, positive = pair()
+                negs = eligible(query)
+                if not negs:
+                    short += 1
+                    continue
+                replace = len(negs) < cfg.negatives_per_positive
+                neg_ids = rng.choice(negs, cfg.negatives_per_positive, replace=replace)
                 draws += [(query, positive, [n]) for n in neg_ids]
         else:
-            draws = []
             for _ in range(cfg.sets_per_identity):
-                query, positive = q_keys[rng.integers(len(q_keys))], p_keys[rng.integers(len(p_keys))]
-                draws.append((query, positive, list(rng.choice(candidates, cfg.k - 1, replace=False))))
+                query, positive = pair()
+                negs = eligible(query)
+                if len(negs) < cfg.k - 1:
+                    short += 1
+                    continue
+                draws.append((query, positive, list(rng.choice(negs, cfg.k - 1, replace=False))))
+        if short and not draws:
+            skipped.append(
+                {
+                    "identity": vox_id,
+                    "reason": "too few negative identities with a face off the query's video",
+                }
+            )
         for query, positive, neg_ids in draws:
-            negs = [pool.by_id[g_mod][n][rng.integers(len(pool.by_id[g_mod][n]))] for n in neg_ids]
+            negs = []
+            for n in neg_ids:
+                items = pool.by_id[g_mod][n]
+                items = pool.other_video(items, query) if other_neg else items
+                negs.append(items[rng.integers(len(items))])
             pos = int(rng.integers(cfg.k))
             gallery = negs[:pos] + [positive] + negs[pos:]
             g_ids = list(neg_ids[:pos]) + [vox_id] + list(neg_ids[pos:])
@@ -468,28 +565,45 @@ def _positive_pairs(cfg: TupleConfig, identities: list[str]) -> dict[str, int]:
     if not identities:
         return {}
     base, extra = divmod(cfg.pairs // 2, len(identities))
-    order = _rng(cfg.seed, cfg.task, cfg.split, "+".join(cfg.constrain), "pairs").permutation(len(identities))
+    order = _rng(cfg.seed, cfg.task, cfg.split, _draw_key(cfg), "pairs").permutation(len(identities))
     more = {identities[i] for i in order[:extra]}
     return {v: base + (v in more) for v in identities}
 
 
 def draw_verification(pool: Pool, cfg: TupleConfig) -> tuple[list[dict], list[dict]]:
+    other_pos, other_neg = cfg.positive_source == "other-video", cfg.negative_source == "other-video"
     tuples, skipped, eligible = [], [], []
     for vox_id in pool.identities_with("audio", "face"):
-        if pool.negatives_for(vox_id, "face", cfg.constrain):
+        if other_pos and not pool.cross_video_queries(
+            pool.by_id["audio"][vox_id], pool.by_id["face"][vox_id]
+        ):
+            skipped.append({"identity": vox_id, "reason": SINGLE_VIDEO})
+        elif pool.negatives_for(vox_id, "face", cfg.constrain):
             eligible.append(vox_id)
         else:
             skipped.append({"identity": vox_id, "reason": "no eligible negative identity"})
     for vox_id, n_positive in _positive_pairs(cfg, eligible).items():
-        rng = _rng(cfg.seed, cfg.task, cfg.split, "+".join(cfg.constrain), vox_id)
+        rng = _rng(cfg.seed, cfg.task, cfg.split, _draw_key(cfg), vox_id)
         candidates = pool.negatives_for(vox_id, "face", cfg.constrain)
         voices, faces = pool.by_id["audio"][vox_id], pool.by_id["face"][vox_id]
+        if other_pos:  # voices with a face of their identity from another video
+            voices = pool.cross_video_queries(voices, faces)
         for _ in range(n_positive):
             v = voices[rng.integers(len(voices))]
-            tuples.append(_tuple(cfg, len(tuples), v, vox_id, [faces[rng.integers(len(faces))]], [vox_id], 1))
-            other = candidates[rng.integers(len(candidates))]
-            of = pool.by_id["face"][other]
-            v = voices[rng.integers(len(voices))]
+            same = pool.other_video(faces, v) if other_pos else faces
+            tuples.append(_tuple(cfg, len(tuples), v, vox_id, [same[rng.integers(len(same))]], [vox_id], 1))
+            if not other_neg:  # the draw order of the lists made before sources existed
+                other = candidates[rng.integers(len(candidates))]
+                of = pool.by_id["face"][other]
+                v = voices[rng.integers(len(voices))]
+            else:  # the voice first: the negative identity must have a face off its video
+                v = voices[rng.integers(len(voices))]
+                others = [n for n in candidates if pool.other_video(pool.by_id["face"][n], v)]
+                if not others:  # every other identity's faces share this voice's video: no pair
+                    tuples.pop()
+                    continue
+                other = others[rng.integers(len(others))]
+                of = pool.other_video(pool.by_id["face"][other], v)
             tuples.append(_tuple(cfg, len(tuples), v, vox_id, [of[rng.integers(len(of))]], [other], 0))
     return tuples, skipped
 
@@ -593,6 +707,9 @@ def make_tuples(
         config = asdict(cfg) | {"constrain": list(cfg.constrain)}
         if cfg.pairs is None:  # recorded only when given: manifests of earlier draws stay as they were
             del config["pairs"]
+        for key in ("positive_source", "negative_source"):  # likewise: recorded only when not "any"
+            if config[key] == "any":
+                del config[key]
         entry = {"config": config}
         if cfg.task == "retrieval":
             queries, gallery = retrieval_lists(pool, cfg)
@@ -637,6 +754,8 @@ def make_tuples(
             "identities": manifest["files"][rel]["identities"],
             "skipped_identities": len(skipped),
         }
+        if cfg.positive_source == "other-video":
+            summary[cfg.name]["single_video_identities"] = sum(s["reason"] == SINGLE_VIDEO for s in skipped)
         if not tuples:
             summary[cfg.name]["empty"] = _empty_reason(pool, cfg, skipped)
     sizes = {k: v["tuples"] for k, v in sorted(manifest["shards"].items())}
@@ -680,7 +799,7 @@ def check_tuples(
     manifest = read_tuple_manifest(out, required=True)  # refuses unsafe names before any is opened
     items = (index_items(shards) if items is None else items).set_index("key")
     # one dict lookup per tuple member: DataFrame.loc per key was most of make-tuples' time at scale
-    cols = ["modality", "split", "vox_id", "data_ext", "data_size"]
+    cols = ["modality", "split", "vox_id", "source_id", "data_ext", "data_size"]
     item_of = items.loc[~items.index.duplicated(), cols].to_dict("index")
     attrs = {r["vox_id"]: r for r in read_splits(shards).to_dict("records")}
     problems: list[str] = []
@@ -708,6 +827,8 @@ def check_tuples(
         lists[rel[len("index/") : -len(".jsonl")]] = rows
         task = cfg["task"]
         q_mod, g_mod = DIRECTIONS[cfg["direction"]]
+        other_pos = cfg.get("positive_source") == "other-video"
+        other_neg = cfg.get("negative_source") == "other-video"
         labels = []
         for t in rows:
             tid, split = t["tuple_id"], t.get("split", cfg["split"])
@@ -748,6 +869,8 @@ def check_tuples(
                 negatives = [g for g in g_ids if label == 0]
             if q_id in negatives:
                 report(rel, tid, "a negative shares the query's identity")
+            if other_pos or other_neg:
+                _source_problems(t, task, item_of, other_pos, other_neg, lambda msg: report(rel, tid, msg))
             for a in cfg.get("constrain", []):
                 for n in negatives:
                     if attrs.get(n, {}).get(a) != attrs.get(q_id, {}).get(a):
@@ -775,6 +898,25 @@ def check_tuples(
             problems.extend(f"{rel}: {m}" for m in label_balance_problems(labels, task, cfg["k"]))
     problems.extend(tuple_shard_problems(out, manifest, lists, item_of, max_reports))
     return problems
+
+
+def _source_problems(t: dict, task: str, item_of: dict, other_pos: bool, other_neg: bool, report) -> None:
+    """The source-video rules of a list drawn with --positive-source / --negative-source
+    other-video: its positive (verification: a same-identity pair) and, for negatives, every
+    negative comes from another source video than the query."""
+    if t["query"] not in item_of:
+        return  # reported with the keys
+    src = item_of[t["query"]]["source_id"]
+    label, gallery = t["label"], t["gallery"]
+    positive = gallery[label] if task == "matching" else gallery[0] if label == 1 else None
+    negatives = [g for i, g in enumerate(gallery) if i != label] if task == "matching" else []
+    if task == "verification" and label == 0:
+        negatives = gallery[:1]
+    if other_pos and positive in item_of and item_of[positive]["source_id"] == src:
+        report(f"positive {positive} comes from the query's source video {src} (positive_source other-video)")
+    for g in negatives if other_neg else []:
+        if g in item_of and item_of[g]["source_id"] == src:
+            report(f"negative {g} comes from the query's source video {src} (negative_source other-video)")
 
 
 _ROW_FIELDS = {  # what each kind of index-list line must hold (docs/tuples.md), by type

@@ -14,7 +14,7 @@ back while it runs.
 Each stage runs in a fresh subprocess (imports outside the timed region), which reports its
 wall time and its peak RSS (``ru_maxrss``; build workers: the largest child):
 
-  scan, splits, plan   avdata.ingest.scan_all, identity_splits + assign_media_splits, plan_shards
+  scan, splits, plan   avdata.ingest.scan_all, the corpus's identity_splits + assign_media_splits, plan_shards
                        (one process; RSS is the peak so far after each)
   extract+write        build_shards -j J minus the scan/splits/plan it repeats
   shard-index          avdata.reader.index_items of the shards (the first step of every make-tuples)
@@ -58,13 +58,14 @@ STAGES = {
     "prep": r"""
 from avdata.ingest import scan_all
 from avdata.shards import plan_shards
-from avdata.splits import assign_media_splits, identity_splits, read_meta
-t = time.perf_counter(); meta = read_meta(args["meta"])
+from avdata.corpora import ProtocolOptions, get_corpus
+vox1 = get_corpus("voxceleb1")
+t = time.perf_counter(); meta = vox1.read_meta(args["meta"])
 scan = scan_all(meta, audio=args["audio"], faces=args["faces"])
 out["scan"] = {"s": time.perf_counter() - t, "rss_mb": rss_mb(), "items": len(scan.media)}
 t = time.perf_counter()
-splits = identity_splits(meta, "matching")
-media = assign_media_splits(scan.media, splits, "matching", 0, 0.1)
+splits = vox1.identity_splits(meta, "matching", ProtocolOptions())
+media = vox1.assign_media_splits(scan.media, splits, "matching", ProtocolOptions())
 out["splits"] = {"s": time.perf_counter() - t, "rss_mb": rss_mb(), "items": len(media)}
 t = time.perf_counter(); specs = plan_shards(media, args["shard_size"])
 out["plan"] = {"s": time.perf_counter() - t, "rss_mb": rss_mb(), "items": len(media), "shards": len(specs)}

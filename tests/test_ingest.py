@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from avdata.corpora.voxceleb1 import read_meta
 from avdata.ingest import scan_all, scan_tree
-from avdata.splits import read_meta
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 META = DATA / "protocols" / "voxceleb1" / "vox1_meta.csv"

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from helpers import make_tuples_args
 
 import avdata.audio
-import avdata.splits
+import avdata.corpora.voxceleb1
 from avdata.cli import main
 from avdata.manifest import (
     WARNING,
@@ -147,12 +147,14 @@ def test_one_byte_input_change_names_the_shard(base, tmp_path):
 
 
 def test_changed_split_rule_names_the_identity_lists(base, tmp_path, monkeypatch):
-    names = avdata.splits.read_meta(base["corpus"] / "vox1_meta.csv")["name"]
-    test_names = sorted(n for n in names if avdata.splits.matching_split(n) == "test")
+    names = avdata.corpora.voxceleb1.read_meta(base["corpus"] / "vox1_meta.csv")["name"]
+    test_names = sorted(n for n in names if avdata.corpora.voxceleb1.matching_split(n) == "test")
     moved = test_names[0][0].upper()
-    original = avdata.splits.matching_split
+    original = avdata.corpora.voxceleb1.matching_split
     monkeypatch.setattr(
-        avdata.splits, "matching_split", lambda name: "val" if name[:1].upper() == moved else original(name)
+        avdata.corpora.voxceleb1,
+        "matching_split",
+        lambda name: "val" if name[:1].upper() == moved else original(name),
     )
     old = load_manifest(base["manifest"])["splits"]
     n_moved = sum(1 for n in test_names if n[0].upper() == moved)

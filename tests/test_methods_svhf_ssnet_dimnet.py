@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from avdata.splits import read_meta
+from avdata.corpora.voxceleb1 import read_meta
 from avdata.tuples import check_tuples, read_tuple_manifest
 from avdata.untrusted import UnsafeShardError
 from avtrain.losses import center_loss, center_update, softmax_loss

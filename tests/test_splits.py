@@ -7,13 +7,12 @@ import pytest
 from click.testing import CliRunner
 
 from avdata.cli import main
+from avdata.corpora import ProtocolOptions
+from avdata.corpora.voxceleb1 import VOXCELEB1, matching_split, read_meta
 from avdata.errors import InputError
 from avdata.splits import (
     assign_media_splits,
     check_disjoint,
-    identity_splits,
-    matching_split,
-    read_meta,
     seen_heard_sources,
     split_counts,
 )
@@ -21,6 +20,10 @@ from avdata.splits import (
 PROTO = Path(__file__).resolve().parents[2] / "shared" / "data" / "protocols" / "voxceleb1"
 META = PROTO / "vox1_meta.csv"
 PINS = PROTO / "learnable_pins" / "identity_splits.txt"
+
+
+def identity_splits(meta, protocol, pins_splits=None):
+    return VOXCELEB1.identity_splits(meta, protocol, ProtocolOptions(pins_splits=pins_splits))
 
 
 def test_read_meta_real_file():

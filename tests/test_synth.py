@@ -10,9 +10,9 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
+from avdata.corpora.voxceleb1 import matching_split
 from avdata.errors import InputError
 from avdata.io import sha256_file
-from avdata.splits import matching_split
 from avdata.synth import (
     META_HEADER,
     corpus_attributes,
@@ -258,3 +258,62 @@ def test_attributes_file_matches_function(corpus):
     assert at.vox_id == entry["vox_id"] == "id10004"
     assert identity_attributes(3, seed=0, identities=8) == at == identity_attributes("id10004", 0, 8)
     assert json.loads(json.dumps(at.__dict__)) == entry
+
+
+def test_each_video_marks_its_voices_and_faces(corpus):
+    """Issue #23: every source video's recording condition shows in its voices (a room tone at
+    tone_hz(c), the loudest band of the clip's mean spectrogram) and in its faces (a colour cast
+    whose sign follows c), so a pair from one video shares something a pair from two does not."""
+    from avdata.audio import spectrogram
+    from avdata.synth.recording import tone_hz
+
+    root, _ = corpus
+    data = json.loads((root / "attributes.json").read_text())
+    conditions = data["recording_conditions"]
+    names = {a["vox_id"]: a["name"] for a in data["identities"]}
+    for vox_id, per_video in conditions.items():  # every video of every identity has one, in [-1, 1]
+        folders = [root / "wav" / vox_id, root / "mp4" / vox_id, root / "faces" / names[vox_id]]
+        assert set(per_video) == {p.name for f in folders for p in f.iterdir()}
+        assert all(-1 <= c <= 1 for c in per_video.values())
+    # the corpus's clips are the synthesiser's voice plus its video's room tone, drawn from their streams
+    from avdata.synth.corpus import _plan
+    from avdata.synth.identity import _K_RECORDING, _K_WAV
+    from avdata.synth.recording import add_room_tone
+    from avdata.synth.voice import synth_voice
+
+    at = identity_attributes(2, seed=0, identities=8)
+    plan = _plan(at, 0, SMALL["clips_per_identity"], SMALL["faces_per_identity"], 1)
+    bin_hz = 22050 / 2048
+    for k, (y, fname) in enumerate(plan.wav_paths):
+        rng = np.random.default_rng([0, _K_WAV, at.index, k])
+        voice, mouth = synth_voice(at, rng, float(rng.uniform(4.0, 7.9)))
+        c = conditions[at.vox_id][plan.ytids[y]]
+        toned = add_room_tone(
+            voice, mouth, c, np.random.default_rng([0, _K_RECORDING, at.index, _K_WAV, k]), 16000
+        )
+        on_disk, sr = sf.read(root / "wav" / at.vox_id / plan.ytids[y] / fname, dtype="float32")
+        assert np.abs(on_disk - toned).max() <= 1 / 32768  # 16-bit PCM of the toned clip
+        added = spectrogram(toned, sr).mean(axis=1) - spectrogram(voice, sr).mean(axis=1)  # dB per bin
+        peak_hz = np.argmax(added) * bin_hz
+        assert abs(np.log2(peak_hz / tone_hz(c))) < 1 / 6, (c, peak_hz, tone_hz(c))  # the tone's band
+        assert added.max() > 3  # dB: it shows
+
+    at = identity_attributes(0, seed=0, identities=8)
+    warm = np.asarray(render_face(at, np.random.default_rng(7), flaw=None, recording=1.0), np.float32)
+    cool = np.asarray(render_face(at, np.random.default_rng(7), flaw=None, recording=-1.0), np.float32)
+    plain = np.asarray(render_face(at, np.random.default_rng(7), flaw=None), np.float32)
+    red_minus_blue = [float((im[..., 0] - im[..., 2]).mean()) for im in (cool, plain, warm)]
+    assert red_minus_blue == sorted(red_minus_blue) and red_minus_blue[2] - red_minus_blue[0] > 20
+
+
+def test_no_video_conditions_leaves_the_files_unmarked(tmp_path):
+    """--no-video-conditions: the corpus of before issue #23 (no room tone, no cast, no conditions in
+    attributes.json); with conditions only the media change, never the layout."""
+    small = dict(identities=3, clips_per_identity=1, faces_per_identity=1, seed=1)
+    synth_corpus(tmp_path / "a", **small, video_conditions=False)
+    synth_corpus(tmp_path / "b", **small)
+    a, b = _hashes(tmp_path / "a"), _hashes(tmp_path / "b")
+    assert a.keys() == b.keys()
+    assert "recording_conditions" not in json.loads((tmp_path / "a" / "attributes.json").read_text())
+    differ = {k for k in a if a[k] != b[k]}
+    assert differ == {k for k in a if k.endswith((".wav", ".jpg")) or k == "attributes.json"}

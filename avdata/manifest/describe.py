@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import os
-import string
 from pathlib import Path
 
 from avdata.errors import AvmatchError
@@ -158,8 +157,13 @@ def _describe_shards(dir: Path, m: dict) -> dict:
     except AvmatchError as exc:
         problems.append(f"splits.csv: {_reason(exc)}")
     else:
+        from avdata.corpora import find_protocol
+
+        config = m.get("config") if isinstance(m.get("config"), dict) else {}
+        protocol = find_protocol(config.get("corpus"), config.get("protocol"))
+        carved = protocol.identity_split_of if protocol is not None else {}
         for split, entry in sorted(desc.get("splits", {}).items()):
-            source = "train" if split == "seen_heard" else split  # seen_heard: media of train identities
+            source = carved.get(split, split)  # seen_heard: media of train identities; fame's heard: of test
             ids = df.loc[df["split"] == source, "vox_id"].tolist()
             if sha256_ids(ids) != entry.get("identities_sha256") or len(ids) != entry.get("identities"):
                 problems.append(f"splits.csv: {split} identities differ from manifest.json")
@@ -184,54 +188,53 @@ def _describe_tuples(dir: Path, m: dict) -> dict:
 # ---------------------------------------------------------------- identity splits
 
 
-def split_rule(protocol: str) -> str:
-    """The rule as it is applied now, read off avdata.splits (not a fixed string), so a
-    changed rule changes the manifest: matching probes matching_split letter by letter."""
-    from avdata import splits
+def split_rule(protocol: str, corpus: str | None = None, options=None) -> str:
+    """The rule as it is applied now, read off the corpus's protocol (avdata.corpora; not a fixed
+    string), so a changed rule changes the manifest: matching probes the name-initial rule letter
+    by letter."""
+    from avdata.corpora import CorpusError, ProtocolOptions, get_corpus
 
-    if protocol == "matching":
-        groups: list[list[str]] = []
-        for letter in string.ascii_uppercase:
-            try:
-                s = splits.matching_split(letter)
-            except ValueError:
-                s = "unplaced"
-            if groups and groups[-1][2] == s:
-                groups[-1][1] = letter
-            else:
-                groups.append([letter, letter, s])
-        parts = [f"{a}-{b} {s}" if a != b else f"{a} {s}" for a, b, s in groups]
-        return "matching: first letter of the VGGFace1 name: " + ", ".join(parts)
-    if protocol == "pins":
-        sets = ", ".join(f"{k} {v}" for k, v in sorted(splits.PINS_SET_TO_SPLIT.items()))
-        return (
-            f"pins: identity_splits.txt set {sets}; seen_heard holds media of train identities "
-            "(held-out source videos, chosen when shards are built)"
-        )
-    raise ManifestError(f"unknown protocol {protocol!r}; choose from {splits.PROTOCOLS}")
+    try:
+        return get_corpus(corpus).split_rule(protocol, options or ProtocolOptions())
+    except CorpusError as exc:
+        raise ManifestError(str(exc)) from None
 
 
-def identity_split_manifest(meta: str | Path, protocol: str, pins_splits: str | Path | None = None) -> dict:
-    """Hashes and counts of a protocol's identity split from the official files."""
-    from avdata.splits import identity_splits, read_meta
+def identity_split_manifest(
+    meta: str | Path,
+    protocol: str,
+    pins_splits: str | Path | None = None,
+    corpus: str | None = None,
+    options=None,
+) -> dict:
+    """Hashes and counts of a protocol's identity split from the official files. ``corpus`` and the
+    protocol's other files appear only where they are not VoxCeleb1's (so the committed VoxCeleb1
+    manifests stay as they were)."""
+    from avdata.corpora import ProtocolOptions, get_corpus
 
-    meta_df = read_meta(meta)
-    df = identity_splits(meta_df, protocol, pins_splits)
+    c = get_corpus(corpus)
+    options = options or ProtocolOptions(pins_splits=pins_splits)
+    meta_df = c.read_meta(meta)
+    df = c.identity_splits(meta_df, protocol, options)
     per_split = {}
     for split in sorted(df["split"].unique()):
         ids = df.loc[df["split"] == split, "vox_id"].tolist()
         per_split[split] = {"identities": len(ids), "identities_sha256": sha256_ids(ids)}
     unplaced = [name for name, _ in df.attrs["unplaced"]]
-    return {
+    desc = {
         "kind": SPLITS_KIND,
         "format_version": FORMAT_VERSION,
         "protocol": protocol,
-        "rule": split_rule(protocol),
+        "rule": split_rule(protocol, c.name, options),
         "inputs": {
             "meta_sha256": sha256_file(meta),
             "pins_splits_sha256": sha256_file(pins_splits) if pins_splits else None,
             "meta_identities": int(len(meta_df)),
-        },
+        }
+        | c.protocol_inputs(protocol, options),
         "splits": per_split,
         "unplaced": {"identities": len(unplaced), "names_sha256": sha256_ids(unplaced)},
     }
+    if c.name != "voxceleb1":
+        desc["corpus"] = c.name
+    return desc

@@ -285,6 +285,14 @@ def write_with_diff(desc: dict, file: str | Path) -> list[str]:
 
 
 def verify_splits(
-    meta: str | Path, protocol: str, against: str | Path, pins_splits: str | Path | None = None
+    meta: str | Path,
+    protocol: str,
+    against: str | Path,
+    pins_splits: str | Path | None = None,
+    corpus: str | None = None,
+    options=None,
 ) -> list[str]:
-    return diff(load_manifest(against), identity_split_manifest(meta, protocol, pins_splits))
+    return diff(
+        load_manifest(against),
+        identity_split_manifest(meta, protocol, pins_splits, corpus=corpus, options=options),
+    )

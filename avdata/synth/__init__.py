@@ -82,7 +82,7 @@ not depend on the order in which files are produced.
 
 Package layout
 --------------
-``identity``  names (the matching split of a name comes from :func:`avdata.splits.matching_split`),
+``identity``  names (the matching split of a name comes from :func:`avdata.corpora.voxceleb1.matching_split`),
               hidden attributes and the voice/face parameters derived from them;
 ``voice``     the voice synthesiser (:func:`synth_voice`);
 ``face``      the face painter (:func:`render_face`; one painter per facial feature);

@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from avdata.corpora.voxceleb1 import make_pins_sets, matching_split, write_pins_sets
 from avdata.errors import InputError
 from avdata.io import atomic_write_bytes, atomic_write_text
-from avdata.splits import make_pins_sets, matching_split, write_pins_sets
 from avdata.synth.face import render_face
 from avdata.synth.identity import (
     _K_FACE,
     _K_LAYOUT,
+    _K_RECORDING,
     _K_VIDEO,
     _K_WAV,
     IdentityAttributes,
@@ -25,6 +26,8 @@ from avdata.synth.identity import (
     _check_count,
     corpus_attributes,
 )
+from avdata.synth.layouts import LAYOUT_PATHS, LAYOUTS, relayout
+from avdata.synth.recording import add_room_tone, recording_conditions
 from avdata.synth.video import _write_video
 from avdata.synth.voice import SAMPLE_RATE, synth_voice
 
@@ -84,24 +87,40 @@ def _wav_bytes(audio: np.ndarray) -> bytes:
 
 
 def _write_identity(
-    out: Path, at: IdentityAttributes, seed: int, clips: int, faces: int, videos: int
+    out: Path,
+    at: IdentityAttributes,
+    seed: int,
+    clips: int,
+    faces: int,
+    videos: int,
+    conditions: bool = True,
 ) -> tuple[int, int, int]:
     plan = _plan(at, seed, clips, faces, videos)
+    # each video's recording condition, shared by its voices and its faces (avdata.synth.recording)
+    cond = recording_conditions(seed, at.index, len(plan.ytids)) if conditions else [None] * len(plan.ytids)
     for k, (y, fname) in enumerate(plan.wav_paths):
         rng = np.random.default_rng([seed, _K_WAV, at.index, k])
-        audio, _ = synth_voice(at, rng, float(rng.uniform(4.0, 7.9)))
+        audio, mouth = synth_voice(at, rng, float(rng.uniform(4.0, 7.9)))
+        if cond[y] is not None:
+            tone_rng = np.random.default_rng([seed, _K_RECORDING, at.index, _K_WAV, k])
+            audio = add_room_tone(audio, mouth, cond[y], tone_rng, SAMPLE_RATE)
         path = out / "wav" / at.vox_id / plan.ytids[y] / fname
         atomic_write_bytes(path, _wav_bytes(audio))
     for k, (y, fname) in enumerate(plan.face_paths):
         rng = np.random.default_rng([seed, _K_FACE, at.index, k])
-        img = render_face(at, rng, clothing=plan.clothing[y])
+        img = render_face(at, rng, clothing=plan.clothing[y], recording=cond[y])
         path = out / "faces" / at.name / plan.ytids[y] / fname
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=92)  # PIL writes no EXIF or timestamps by default
         atomic_write_bytes(path, buf.getvalue())
     for k, (y, fname) in enumerate(plan.mp4_paths):
         rng = np.random.default_rng([seed, _K_VIDEO, at.index, k])
-        _write_video(out / "mp4" / at.vox_id / plan.ytids[y] / fname, at, rng, plan.clothing[y])
+        recording = (
+            (cond[y], np.random.default_rng([seed, _K_RECORDING, at.index, _K_VIDEO, k]))
+            if cond[y] is not None
+            else None
+        )
+        _write_video(out / "mp4" / at.vox_id / plan.ytids[y] / fname, at, rng, plan.clothing[y], recording)
     return len(plan.wav_paths), len(plan.face_paths), len(plan.mp4_paths)
 
 
@@ -119,10 +138,11 @@ def _prepare_out(out: Path) -> None:
             raise InputError(
                 out, "directory is not empty and holds no synthetic corpus; choose a new or empty one"
             )
-        for sub in ("wav", "faces", "mp4"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-        for name in ("vox1_meta.csv", "attributes.json", "identity_splits.txt"):
-            (out / name).unlink(missing_ok=True)
+        for name in (*LAYOUT_PATHS, "attributes.json"):  # whatever layout the earlier run wrote
+            if (out / name).is_dir():
+                shutil.rmtree(out / name, ignore_errors=True)
+            else:
+                (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
 
 
@@ -136,12 +156,17 @@ def synth_corpus(
     seed: int = 0,
     progress: bool = False,
     workers: int = 1,
+    video_conditions: bool = True,
+    layout: str = "voxceleb1",
 ) -> dict:
     """Write a synthetic VoxCeleb1-layout corpus to `out` and return a summary.
 
     Same arguments -> byte-identical files. `out` must be new, empty, or an earlier synthetic
     corpus (which is replaced). `workers` > 1 renders identities in parallel processes; the
-    files are the same either way.
+    files are the same either way. `video_conditions`: each source video's recording condition
+    (room tone and colour cast, :mod:`avdata.synth.recording`) marks its voices and faces; without
+    it the files are those of the corpus before issue #23. `layout`: the corpus recipe whose layout
+    the files are written in (:mod:`avdata.synth.layouts`; the media are the same).
     """
     _check_count("identities", identities, minimum=3, maximum=8999)
     _check_count("clips_per_identity", clips_per_identity, minimum=1, maximum=1000)
@@ -150,12 +175,16 @@ def synth_corpus(
     _check_count("workers", workers, minimum=1, maximum=256)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise SynthError(f"seed must be a non-negative integer, got {seed!r}")
+    if layout not in LAYOUTS:
+        raise SynthError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     out = Path(out)
     _prepare_out(out)
     people = corpus_attributes(identities, seed)
     n_videos = videos_per_identity if videos else 0
 
-    jobs = [(out, at, seed, clips_per_identity, faces_per_identity, n_videos) for at in people]
+    jobs = [
+        (out, at, seed, clips_per_identity, faces_per_identity, n_videos, video_conditions) for at in people
+    ]
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc="synth identities", unit="id", disable=not progress)
@@ -186,14 +215,26 @@ def synth_corpus(
         "note": "hidden ground truth for tests and analysis; not an input to training",
         "identities": [asdict(at) for at in people],
     }
+    if video_conditions:  # per identity: each source video's recording condition in [-1, 1]
+        truth["recording_conditions"] = {
+            at.vox_id: dict(
+                zip(
+                    (plan := _plan(at, seed, clips_per_identity, faces_per_identity, n_videos)).ytids,
+                    recording_conditions(seed, at.index, len(plan.ytids)),
+                )
+            )
+            for at in people
+        }
     atomic_write_text(out / "attributes.json", json.dumps(truth, indent=1) + "\n")
     # A Learnable-PINs style identity split (sets 1/2/4) so the pins protocol runs on the corpus too.
     write_pins_sets(make_pins_sets([at.name for at in people], seed), out / "identity_splits.txt")
 
+    relayout(out, layout, people)
+
     splits = {"val": 0, "test": 0, "train": 0}
     for at in people:
         splits[matching_split(at.name)] += 1
-    return {
+    summary = {
         "out": str(out),
         "identities": len(people),
         "wavs": sum(c[0] for c in counts),
@@ -202,6 +243,7 @@ def synth_corpus(
         "seed": seed,
         "matching_splits": splits,
     }
+    return summary | ({"layout": layout} if layout != "voxceleb1" else {})
 
 
 def _write_identity_job(job):

@@ -441,9 +441,16 @@ def _finish(img: np.ndarray, rng: np.random.Generator, blur: float, noise: float
 
 
 def render_face(
-    at: IdentityAttributes, rng: np.random.Generator, clothing=None, flaw: str | None = "random"
+    at: IdentityAttributes,
+    rng: np.random.Generator,
+    clothing=None,
+    flaw: str | None = "random",
+    recording: float | None = None,
 ) -> Image.Image:
     """One photo of an identity: random size, framing, pose, lighting and background.
+
+    ``recording``: the condition of the video the photo comes from (its colour cast,
+    :mod:`avdata.synth.recording`); None: no cast.
 
     About 1 photo in 25 gets a deliberate flaw, as real scraped face sets do: the face
     half out of the frame ("cropped"), something in front of it ("occluded") or the photo
@@ -489,4 +496,8 @@ def render_face(
     blur = float(rng.uniform(0.3, 0.9)) * max(1.0, scale / 90)
     if flaw == "blurred":
         blur = 0.25 * A * scale
+    if recording is not None:
+        from avdata.synth.recording import colour_cast
+
+        img = colour_cast(img, recording)
     return _finish(img, rng, blur=blur, noise=float(rng.uniform(0.005, 0.02)))

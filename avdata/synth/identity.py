@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from avdata.corpora.voxceleb1 import MATCHING_SPLITS, matching_split
 from avdata.errors import AvmatchError
-from avdata.splits import MATCHING_SPLITS, matching_split
 
 
 class SynthError(AvmatchError, ValueError):
@@ -17,7 +17,7 @@ class SynthError(AvmatchError, ValueError):
 
 
 # Sub-stream "kinds" for default_rng([seed, kind, identity, file]).
-_K_ATTR, _K_WAV, _K_FACE, _K_VIDEO, _K_LAYOUT, _K_NAMES = 0, 1, 2, 3, 4, 5
+_K_ATTR, _K_WAV, _K_FACE, _K_VIDEO, _K_LAYOUT, _K_NAMES, _K_RECORDING = 0, 1, 2, 3, 4, 5, 6
 
 # --------------------------------------------------------------------------------------
 # Names
@@ -118,7 +118,7 @@ _NATIONALITY_WEIGHTS = [0.5, 0.2, 0.1, 0.08, 0.07, 0.05]
 
 
 def _split_letters() -> dict[str, str]:
-    """First letters per matching split, from the protocol's own rule (avdata.splits.matching_split).
+    """First letters per matching split, from the protocol's own rule (avdata.corpora.voxceleb1.matching_split).
 
     E comes first within its split: E names form the official VoxCeleb1 "test" Set, and
     :func:`synth_names` cycles through the letters in this order, so even a tiny corpus has one.

@@ -16,8 +16,16 @@ from avdata.synth.identity import IdentityAttributes
 from avdata.synth.voice import SAMPLE_RATE, synth_voice
 
 
-def _write_video(path: Path, at: IdentityAttributes, rng: np.random.Generator, clothing) -> None:
-    """A 2-3 s talking head: the face drifts, zooms and nods a little, the mouth follows the voice."""
+def _write_video(
+    path: Path,
+    at: IdentityAttributes,
+    rng: np.random.Generator,
+    clothing,
+    recording: tuple[float, np.random.Generator] | None = None,
+) -> None:
+    """A 2-3 s talking head: the face drifts, zooms and nods a little, the mouth follows the voice.
+    ``recording``: the video's condition and the stream of its room tone (its audio track's room
+    tone and its frames' colour cast, :mod:`avdata.synth.recording`)."""
     import ffmpeg  # ffmpeg-python; imported here so that audio/face-only use does not need it
     import imageio_ffmpeg
 
@@ -26,6 +34,10 @@ def _write_video(path: Path, at: IdentityAttributes, rng: np.random.Generator, c
     height = int(np.clip(width + 16 * rng.integers(-3, 4), 128, 256))
     n_frames = int(round(rng.uniform(2.0, 3.0) * fps))
     audio, mouth = synth_voice(at, rng, n_frames / fps)
+    if recording is not None:
+        from avdata.synth.recording import add_room_tone
+
+        audio = add_room_tone(audio, mouth, recording[0], recording[1], SAMPLE_RATE)
     background = _background(rng, width, height)
     A, B = at.face_width, at.face_height
     base_scale = max(40.0 / A, rng.uniform(0.5, 0.7) * min(width, height) / (2 * B))
@@ -58,6 +70,10 @@ def _write_video(path: Path, at: IdentityAttributes, rng: np.random.Generator, c
             mouth_open=opening,
             texture_seed=int(phases[0] * 1e6),
         )
+        if recording is not None:
+            from avdata.synth.recording import colour_cast
+
+            img = colour_cast(img, recording[0])
         frames[k] = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
     frames = frames.astype(np.int16) + rng.integers(-3, 4, frames.shape, dtype=np.int16)  # sensor noise
     frames = np.clip(frames, 0, 255).astype(np.uint8)
