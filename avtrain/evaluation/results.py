@@ -13,7 +13,7 @@ RETRIEVAL_MEASURES = ("R@1", "R@5", "R@10", "mAP")
 # metrics.json without ``scoring`` predates the rules and was scored by -L2 ("neg_l2").
 SCORE_KIND_OF_RULE = {"l2": "neg_l2", "cosine": "cosine", "head": "head"}
 SCORE_RULE_TEXT = {
-    "neg_l2": "score = -Euclidean distance between 128-d embeddings",
+    "neg_l2": "score = -Euclidean distance between the embeddings",
     "cosine": "score = cosine similarity between the embeddings",
     "head": "score = the method's learned head (head_scores), on every list it has a head for; "
     "the other lists are not scored (not_scored)",
