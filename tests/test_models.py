@@ -14,7 +14,6 @@ from avtrain.methods.aml.model import (
     MATCHING_HEADS,
     PAIR_HEADS,
     DiffMLPHead,
-    DistanceHead,
     Generator,
     MatchingHead,
     MatchingMLPHead,
@@ -450,10 +449,8 @@ def test_pair_head_variants_in_the_model(task, pair_head):
     expected = {
         ("verification", "linear"): (VerificationHead, linear(256, 2)),
         ("verification", "diff_mlp"): (VerificationScoreHead, head_params("diff_mlp", 1)),
-        ("verification", "distance"): (VerificationScoreHead, 2),  # scale and threshold
         ("retrieval", "linear"): (RetrievalHead, linear(128, 1)),
         ("retrieval", "diff_mlp"): (DiffMLPHead, head_params("diff_mlp", 1)),
-        ("retrieval", "distance"): (DistanceHead, 2),
     }[task, pair_head]
     assert type(model.head) is expected[0] and n_params(model.head) == expected[1]
     out = model(torch.randn(2, 1, 224, 125), torch.randn(2, k, 3, 224, 224), "a2v")
@@ -542,18 +539,3 @@ def test_retrieval_head_learns_a_tiny_separable_problem(pair_head):
         assert new < 0.5, new
     else:
         assert new > 0.75, new
-
-
-def test_distance_head_by_hand():
-    """score = b - a·|h_q - h_g|_2 with a = 1, b = 0 at the start: query (0, 0), gallery (3, 4)
-    and (0, 1) -> distances 5 and 1 -> scores -5 and -1; with a = 2, b = 3: -7 and 1. As a
-    verification head its logits are [0, score]."""
-    head = DistanceHead()
-    q, g = torch.zeros(1, 2), torch.tensor([[[3.0, 4.0], [0.0, 1.0]]])
-    torch.testing.assert_close(head(q, g), torch.tensor([[-5.0, -1.0]]))
-    head.scale.data, head.bias.data = torch.tensor(2.0), torch.tensor(3.0)
-    torch.testing.assert_close(head(q, g), torch.tensor([[-7.0, 1.0]]))
-    torch.testing.assert_close(VerificationScoreHead(head)(q, g[:, 1]), torch.tensor([[0.0, 1.0]]))
-    q.requires_grad_(True)
-    head(q, q[:, None].detach()).sum().backward()  # distance 0: a zero gradient, not NaN
-    assert torch.isfinite(q.grad).all()

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from avtrain.losses import AMLLoss, LossConfig
-from avtrain.losses.metric import euclidean
 from avtrain.methods.base import Method, check_modality
 from avtrain.methods.encoders import FEATURE_DIM, AudioBranch, VisualBranch, init_weights
 
@@ -27,10 +26,9 @@ MATCHING_HEADS = ("concat_linear", "concat_mlp", "diff_mlp")
 # Verification and retrieval heads (ModelConfig.pair_head). "linear" is the paper's, and the
 # default; neither can learn its task: C_V (one layer on [h_q, h_g]) scores u·h_q + v·h_g + c,
 # a voice term plus a face term, and C_R (one layer on h_q - h_g) gives w·h_q - w·h_g + c, which
-# ranks the gallery by -w·h_g for every query. "diff_mlp" scores MLP(h_q - h_g) (DiffMLPHead);
-# "distance" scores b - a·|h_q - h_g|_2 (DistanceHead: a learned threshold on the distance).
+# ranks the gallery by -w·h_g for every query. "diff_mlp" scores MLP(h_q - h_g) (DiffMLPHead).
 # docs/training.md, "Verification and retrieval heads".
-PAIR_HEADS = ("linear", "diff_mlp", "distance")
+PAIR_HEADS = ("linear", "diff_mlp")
 CONCAT_MLP_HIDDEN = (1024, 512)  # SVHF-Net's fc8/fc9 after the concatenation
 DIFF_MLP_HIDDEN = 2 * EMBED_DIM  # enough for -sum|h_q - h_j| exactly: |x| = relu(x) + relu(-x)
 
@@ -216,28 +214,10 @@ class VerificationHead(nn.Module):
         return self.layers(torch.cat([h_query, h_gallery], dim=1))  # (B, 2)
 
 
-class DistanceHead(nn.Module):
-    """pair_head "distance": score = b - a·|h_q - h_g|_2, a learned scale a (from 1) and threshold
-    b (from 0) on the Euclidean distance (SSNet's verification rule). For a > 0 it ranks like
-    -L2; trained with a verification head's cross-entropy it is a logistic loss on the distance,
-    which pulls same-identity pairs together and pushes the others apart. Broadcasts like
-    RetrievalHead: (B, D) with (B, k, D) -> (B, k); (Q, 1, D) with (1, G, D) -> (Q, G)."""
-
-    def __init__(self):
-        super().__init__()
-        self.scale = nn.Parameter(torch.ones(()))
-        self.bias = nn.Parameter(torch.zeros(()))
-
-    def forward(self, h_query: torch.Tensor, h_gallery: torch.Tensor) -> torch.Tensor:
-        if h_query.dim() == 2:
-            h_query = h_query.unsqueeze(1)
-        return self.bias - self.scale * euclidean(h_query, h_gallery)
-
-
 class VerificationScoreHead(nn.Module):
-    """A verification head from a per-item score (pair_head "diff_mlp": :class:`DiffMLPHead`,
-    "distance": :class:`DistanceHead`): logits (B, 2) = [0, score(h_q, h_g)], so logit 1 - logit 0
-    is the score and the cross-entropy is a logistic loss on it."""
+    """A verification head from a per-item score (pair_head "diff_mlp": :class:`DiffMLPHead`):
+    logits (B, 2) = [0, score(h_q, h_g)], so logit 1 - logit 0 is the score and the
+    cross-entropy is a logistic loss on it."""
 
     def __init__(self, score: nn.Module):
         super().__init__()
@@ -281,14 +261,14 @@ def make_head(cfg: ModelConfig) -> nn.Module:
         if cfg.head == "diff_mlp":
             return DiffMLPHead(cfg.head_dropout)
         return MatchingHead(cfg.k, cfg.head_dropout)
-    if cfg.pair_head == "linear":
+    diff = cfg.pair_head == "diff_mlp"
+    if cfg.task == "verification":
         return (
-            VerificationHead(cfg.head_dropout)
-            if cfg.task == "verification"
-            else RetrievalHead(cfg.head_dropout)
+            VerificationScoreHead(DiffMLPHead(cfg.head_dropout))
+            if diff
+            else VerificationHead(cfg.head_dropout)
         )
-    score = DiffMLPHead(cfg.head_dropout) if cfg.pair_head == "diff_mlp" else DistanceHead()
-    return VerificationScoreHead(score) if cfg.task == "verification" else score
+    return DiffMLPHead(cfg.head_dropout) if diff else RetrievalHead(cfg.head_dropout)
 
 
 # ----------------------------------------------------------------------------- model
