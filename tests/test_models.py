@@ -20,8 +20,8 @@ from avtrain.methods.aml.model import (
     ModalityDiscriminator,
     ModelConfig,
     RetrievalHead,
-    VerificationDiffHead,
     VerificationHead,
+    VerificationScoreHead,
 )
 from avtrain.methods.encoders import AudioBranch, VisualBranch, normalise_audio, normalise_face
 
@@ -448,7 +448,7 @@ def test_pair_head_variants_in_the_model(task, pair_head):
     model = AML(ModelConfig(task=task, k=k, pair_head=pair_head)).eval()
     expected = {
         ("verification", "linear"): (VerificationHead, linear(256, 2)),
-        ("verification", "diff_mlp"): (VerificationDiffHead, head_params("diff_mlp", 1)),
+        ("verification", "diff_mlp"): (VerificationScoreHead, head_params("diff_mlp", 1)),
         ("retrieval", "linear"): (RetrievalHead, linear(128, 1)),
         ("retrieval", "diff_mlp"): (DiffMLPHead, head_params("diff_mlp", 1)),
     }[task, pair_head]

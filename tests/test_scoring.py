@@ -60,6 +60,12 @@ def lists(train_tuples, tmp_path_factory):
     return {"shards": shards, "ev": ev, "runs": runs, "tmp": tmp}
 
 
+@pytest.fixture(scope="module")
+def l2_metrics(lists) -> dict:
+    """metrics.json of the matching run under -L2 (a copy per test)."""
+    return _run_eval(lists, lists["runs"]["matching"], "l2", name="shared")
+
+
 def _run_eval(s, run, rule, name=None, **kw) -> dict:
     out = s["tmp"] / f"{Path(run).name}-{name or rule}.json"
     return evaluate(run, s["shards"], s["ev"], out=out, n_boot=20, batch_size=16, echo=None, score=rule, **kw)
@@ -315,11 +321,31 @@ def test_validation_scores_with_the_methods_default_rule(lists):
     by_auc.check(plain)
 
 
-def test_old_metrics_without_a_rule_read_as_neg_l2(lists):
-    m = _run_eval(lists, lists["runs"]["matching"], "l2", name="old")
+def test_old_metrics_without_a_rule_read_as_neg_l2(lists, l2_metrics):
+    m = json.loads(json.dumps(l2_metrics))
     del m["scoring"], m["not_scored"]
     assert score_kind(m) == "neg_l2" and "score -L2" in format_table(m)
     path = lists["tmp"] / "old.json"
     path.write_text(json.dumps(m))
     page = build_report(lists["runs"]["matching"], metrics=path, out=lists["tmp"] / "old.html").read_text()
     assert "Scoring rule: <b>−L2</b>" in page and "score −L2" in page
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        ({"scoring": {"kind": ["head"]}}, "scoring.kind is not one of neg_l2, cosine, head"),
+        ({"scoring": {"kind": "sqrt_l2"}}, "scoring.kind is not one of"),
+        ({"scoring": "head"}, "scoring"),
+        ({"not_scored": {"matching_test_a2v_k3": 3}}, "not_scored.matching_test_a2v_k3 is not a reason"),
+    ],
+)
+def test_report_refuses_a_bad_scoring_record_in_one_line(lists, l2_metrics, edit, message):
+    from avtrain.evaluation.report import ReportError, load_metrics
+
+    m = l2_metrics | edit
+    path = lists["tmp"] / "hostile.json"
+    path.write_text(json.dumps(m))
+    with pytest.raises(ReportError, match=message) as err:
+        load_metrics(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)

@@ -216,19 +216,9 @@ def _retrieval_head_scorer(model, tl: TupleList, hq: np.ndarray, hg: np.ndarray,
     """scorer(s, e) for :func:`metrics.retrieval_per_query`: the head's (e - s, G) scores of queries
     s..e-1 against the whole gallery, and the queries per block that keep one call bounded."""
     n_g = len(hg)
-    gallery = torch.from_numpy(hg).float().to(device)[None]  # (1, G, D)
 
-    def scorer(s: int, e: int) -> np.ndarray:
-        with torch.inference_mode():
-            out = model.head_scores(
-                "retrieval", n_g, tl.direction, torch.from_numpy(hq[s:e]).float().to(device)[:, None], gallery
-            )
-        if out is None or tuple(out.shape) != (e - s, n_g):
-            got = None if out is None else tuple(out.shape)
-            raise EvaluationError(
-                f"method {model.name}: head_scores(retrieval) gave {got}, expected {(e - s, n_g)}"
-            )
-        return out.float().cpu().numpy()
+    def scorer(s: int, e: int) -> np.ndarray:  # (Q, 1, D) against (1, G, D)
+        return _head(model, "retrieval", n_g, tl.direction, hq[s:e, None], hg[None], (e - s, n_g), device)
 
     return scorer, max(1, HEAD_RETRIEVAL_ELEMS // (n_g * hg.shape[1]))
 

@@ -260,7 +260,8 @@ def check_metrics(m, path: str | Path) -> None:
     for k in ("config", "items", "bootstrap", "pair_distance", "scoring", "not_scored"):
         if m.get(k) is not None:
             obj(m[k], k)
-    if score_kind(m) not in SCORE_NAMES:
+    kind = score_kind(m)
+    if not isinstance(kind, str) or kind not in SCORE_NAMES:
         raise bad(f"scoring.kind is not one of {', '.join(SCORE_NAMES)}")
     for name, why in (m.get("not_scored") or {}).items():
         if not isinstance(why, str):

@@ -214,13 +214,14 @@ class VerificationHead(nn.Module):
         return self.layers(torch.cat([h_query, h_gallery], dim=1))  # (B, 2)
 
 
-class VerificationDiffHead(nn.Module):
-    """pair_head "diff_mlp" for verification: logits (B, 2) = [0, MLP(h_q - h_g)], the MLP of
-    :class:`DiffMLPHead`, so logit 1 - logit 0 = MLP(h_q - h_g) can score closeness."""
+class VerificationScoreHead(nn.Module):
+    """A verification head from a per-item score (pair_head "diff_mlp": :class:`DiffMLPHead`):
+    logits (B, 2) = [0, score(h_q, h_g)], so logit 1 - logit 0 is the score and the
+    cross-entropy is a logistic loss on it."""
 
-    def __init__(self, dropout: float = 0.1):
+    def __init__(self, score: nn.Module):
         super().__init__()
-        self.score = DiffMLPHead(dropout)
+        self.score = score
 
     def forward(self, h_query: torch.Tensor, h_gallery: torch.Tensor) -> torch.Tensor:
         if h_gallery.dim() == 3:
@@ -260,13 +261,14 @@ def make_head(cfg: ModelConfig) -> nn.Module:
         if cfg.head == "diff_mlp":
             return DiffMLPHead(cfg.head_dropout)
         return MatchingHead(cfg.k, cfg.head_dropout)
+    diff = cfg.pair_head == "diff_mlp"
     if cfg.task == "verification":
-        if cfg.pair_head == "diff_mlp":
-            return VerificationDiffHead(cfg.head_dropout)
-        return VerificationHead(cfg.head_dropout)
-    if cfg.pair_head == "diff_mlp":
-        return DiffMLPHead(cfg.head_dropout)
-    return RetrievalHead(cfg.head_dropout)
+        return (
+            VerificationScoreHead(DiffMLPHead(cfg.head_dropout))
+            if diff
+            else VerificationHead(cfg.head_dropout)
+        )
+    return DiffMLPHead(cfg.head_dropout) if diff else RetrievalHead(cfg.head_dropout)
 
 
 # ----------------------------------------------------------------------------- model
