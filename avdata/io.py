@@ -224,6 +224,21 @@ def write_jsonl(path: str | Path, rows) -> None:
     atomic_write_text(path, jsonl_text(rows))
 
 
+_HELD_LOCK_FDS: set[int] = set()  # descriptors of the DIRECTORY/.lock files this process holds
+
+
+def close_inherited_locks() -> None:
+    """In a forked child (a DataLoader worker, a pool worker): close its copies of the parent's
+    lock descriptors. A flock belongs to the open file, which a fork shares: a child still holding
+    a copy would keep the lock after its parent is killed, until the child too exits."""
+    for fd in list(_HELD_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCK_FDS.clear()
+
+
 @contextlib.contextmanager
 def directory_lock(
     directory: str | Path,
@@ -259,9 +274,11 @@ def directory_lock(
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     except OSError:
         pass  # the pid is only for the message; a full disk must not stop the lock
+    _HELD_LOCK_FDS.add(fd)
     try:
         yield fd
     finally:
+        _HELD_LOCK_FDS.discard(fd)
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 

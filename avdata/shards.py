@@ -43,6 +43,7 @@ from avdata.io import (
     add_tar_member,
     atomic_output,
     atomic_write_text,
+    close_inherited_locks,
     directory_lock,
     make_output_dir,
     sha256_file,
@@ -334,7 +335,6 @@ def _write_tar(
 # ---------------------------------------------------------------- distributor
 
 _worker: dict = {}
-_lock_fd: int | None = None  # this process' OUT/.lock descriptor while it holds the lock
 
 
 # One torch thread per worker: fastest for MTCNN on few cores, and the same numerics for any -j.
@@ -379,13 +379,7 @@ def _worker_device(device: str) -> str:
 
 
 def _init_worker(messages, config: BuildConfig, out: str, class_of: dict, fail_fast: bool):
-    global _lock_fd
-    if _lock_fd is not None:  # forked: drop our copy, so only the parent holds OUT/.lock
-        try:
-            os.close(_lock_fd)
-        except OSError:
-            pass
-        _lock_fd = None
+    close_inherited_locks()  # forked: drop our copy, so only the parent holds OUT/.lock
     _die_with_parent()
     _worker.update(messages=messages, config=config, out=out, class_of=class_of, fail_fast=fail_fast)
 
@@ -607,15 +601,11 @@ def library_versions() -> dict:
 def output_lock(out: Path):
     """Hold OUT/.lock (:func:`avdata.io.directory_lock`) for the whole build: a second build into
     the same directory stops at once, naming the holder's pid, instead of deleting the first one's
-    temp files. Forked workers close their copy of the descriptor (``_lock_fd``)."""
-    global _lock_fd
+    temp files. Forked workers close their copy of the descriptor
+    (:func:`avdata.io.close_inherited_locks`)."""
     make_output_dir(out)
-    with directory_lock(out, "build", locked=OutputLockedError, failed=BuildError) as fd:
-        _lock_fd = fd
-        try:
-            yield
-        finally:
-            _lock_fd = None
+    with directory_lock(out, "build", locked=OutputLockedError, failed=BuildError):
+        yield
 
 
 def _shard_files(out: Path) -> list[Path]:

@@ -788,7 +788,9 @@ def test_resume_after_a_mid_epoch_kill_logs_each_step_once(train_tuples, tmp_pat
     """#20 item 15: the records a killed run wrote after its last checkpoint (and a line the kill
     cut short) are dropped before the resume appends, so log.jsonl has each step once, in order."""
     run = tmp_path / "run"
-    extra = ["--epochs", "3", "--seed", "4", *tiny_fit_sets(6)]
+    # 3 epochs of 30 small steps: a wide window between the first checkpoint and the run's end
+    # (the index loader is fast: 6 steps an epoch ended before a busy machine's poll caught one)
+    extra = ["--epochs", "3", "--seed", "4", *tiny_fit_sets(30, "batch_size=2")]
     first = _fit_process(train_tuples, run, *extra, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def past_checkpoint() -> bool:  # a step logged after a checkpoint: mid-epoch
@@ -797,7 +799,7 @@ def test_resume_after_a_mid_epoch_kill_logs_each_step_once(train_tuples, tmp_pat
             steps = [json.loads(l)["step"] for l in (run / "log.jsonl").read_text().splitlines()]
         except (OSError, ValueError):  # not there yet, or read mid-write
             return False
-        return saved < 18 and any(s > saved for s in steps)
+        return saved < 90 and any(s > saved for s in steps)
 
     try:
         _wait_for(past_checkpoint, first)
@@ -809,7 +811,7 @@ def test_resume_after_a_mid_epoch_kill_logs_each_step_once(train_tuples, tmp_pat
     res = CliRunner().invoke(main, _fit_args(train_tuples, run, *extra, "--resume"))
     assert res.exit_code == 0, res.output
     steps = [json.loads(l)["step"] for l in (run / "log.jsonl").read_text().splitlines()]
-    assert steps == list(range(1, 19)), steps
+    assert steps == list(range(1, 91)), steps
 
 
 def _with_row(val_tuples: Path, dest: Path, name: str, change) -> Path:

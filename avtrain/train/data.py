@@ -652,6 +652,9 @@ def load_sizes(root: str | Path, name: str, missing_hint: bool = False) -> tuple
 
 
 def _worker_init(_):
+    from avdata.io import close_inherited_locks
+
+    close_inherited_locks()  # a killed fit's workers must not keep RUN/.lock (forked copies)
     torch.set_num_threads(1)  # loader workers only decode; their cores belong to the trainer
 
 
