@@ -192,3 +192,27 @@ def media_split_names(protocol: Protocol, identity_split_names) -> list[str]:
     out = {s for s in present if s not in carved_whole}
     out |= {m for m, i in protocol.identity_split_of.items() if i in present}
     return sorted(out)
+
+
+def meta_rows(path: Path, columns, *, exact_width: bool = False, **read_kw):
+    """The data rows of a corpus meta file with their line numbers: (column index by name,
+    [(lineno, row)], problems). A missing file, an empty file, a wrong header or a missing column
+    is one InputError; a row with too few fields (``exact_width``: other than the header's) is one
+    InputError in ``problems`` and left out, so the good rows are kept."""
+    from avdata.errors import InputError
+    from avdata.splits import header_columns, read_table
+
+    rows = read_table(path, "meta file", **read_kw)
+    if not rows:
+        raise InputError(path, "empty meta file")
+    cols = header_columns(path, rows[0], columns, "meta file")
+    good, problems = [], []
+    for lineno, row in enumerate(rows[1:], 2):
+        short = len(row) != len(rows[0]) if exact_width else len(row) <= max(cols.values())
+        if short:
+            problems.append(
+                InputError(path, f"row {lineno}: {len(row)} fields, the header has {len(rows[0])}")
+            )
+        else:
+            good.append((lineno, row))
+    return cols, good, problems

@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from avdata.corpora.base import Corpus, CorpusError, Protocol, ProtocolOptions
+from avdata.corpora.base import Corpus, CorpusError, Protocol, ProtocolOptions, meta_rows
 from avdata.corpora.voxceleb1 import CUSTOM
 
 META_COLUMNS = ["ids", "name", "gender"]
@@ -56,20 +56,11 @@ def read_meta(path: str | Path):
     import pandas as pd
 
     from avdata.errors import InputError
-    from avdata.splits import header_columns, read_table
 
     path = Path(path)
-    rows = read_table(path, "meta file")
-    if not rows:
-        raise InputError(path, "empty meta file")
-    cols = header_columns(path, rows[0], META_COLUMNS, "meta file")
-    out, problems, seen = [], [], {}
-    for lineno, row in enumerate(rows[1:], 2):
-        if len(row) <= max(cols.values()):
-            problems.append(
-                InputError(path, f"row {lineno}: {len(row)} fields, the header has {len(rows[0])}")
-            )
-            continue
+    cols, good, problems = meta_rows(path, META_COLUMNS)
+    out, seen = [], {}
+    for lineno, row in good:
         ident, name, gender = (row[cols[c]] for c in META_COLUMNS)
         why = (
             f"id {ident!r} is not idNNNN"

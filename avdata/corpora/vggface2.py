@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from avdata.corpora.base import Corpus, Protocol, ProtocolOptions
+from avdata.corpora.base import Corpus, Protocol, ProtocolOptions, meta_rows
 from avdata.corpora.voxceleb1 import CUSTOM
 
 META_COLUMNS = ["Class_ID", "Name", "Sample_Num", "Flag", "Gender"]
@@ -41,20 +41,11 @@ def read_meta(path: str | Path):
     import pandas as pd
 
     from avdata.errors import InputError
-    from avdata.splits import header_columns, read_table
 
     path = Path(path)
-    rows = read_table(path, "meta file", skipinitialspace=True)
-    if not rows:
-        raise InputError(path, "empty meta file")
-    cols = header_columns(path, rows[0], META_COLUMNS, "meta file")
-    out, problems, seen = [], [], {}
-    for lineno, row in enumerate(rows[1:], 2):
-        if len(row) <= max(cols.values()):
-            problems.append(
-                InputError(path, f"row {lineno}: {len(row)} fields, the header has {len(rows[0])}")
-            )
-            continue
+    cols, good, problems = meta_rows(path, META_COLUMNS, skipinitialspace=True)
+    out, seen = [], {}
+    for lineno, row in good:
         class_id, name, flag, gender = (row[cols[c]] for c in ("Class_ID", "Name", "Flag", "Gender"))
         why = (
             f"Class_ID {class_id!r} is not nNNNNNN"

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from avdata.corpora.base import Corpus, Protocol, ProtocolOptions
+from avdata.corpora.base import Corpus, Protocol, ProtocolOptions, meta_rows
 from avdata.corpora.voxceleb1 import CUSTOM
 
 META_COLUMNS = ["VoxCeleb2 ID", "VGGFace2 ID", "Gender", "Set"]
@@ -46,20 +46,11 @@ def read_meta(path: str | Path):
     import pandas as pd
 
     from avdata.errors import InputError
-    from avdata.splits import header_columns, read_table
 
     path = Path(path)
-    rows = read_table(path, "meta file")
-    if not rows:
-        raise InputError(path, "empty meta file")
-    cols = header_columns(path, rows[0], META_COLUMNS, "meta file")
-    out, problems, seen = [], [], {}
-    for lineno, row in enumerate(rows[1:], 2):
-        if len(row) != len(rows[0]):
-            problems.append(
-                InputError(path, f"row {lineno}: {len(row)} fields, the header has {len(rows[0])}")
-            )
-            continue
+    cols, good, problems = meta_rows(path, META_COLUMNS, exact_width=True)
+    out, seen = [], {}
+    for lineno, row in good:
         vox_id, vgg_id, gender, set_ = (row[cols[c]] for c in META_COLUMNS)
         why = (
             f"VoxCeleb2 ID {vox_id!r} is not idNNNNN"
