@@ -26,8 +26,6 @@ import numpy as np
 from avdata.errors import AvmatchError
 from avtrain.methods.encoders import ENCODER_KEYS, frozen_encoders
 
-DEFAULT_DIR = "features"  # ITEM_SHARDS/features/ENCODER: avtrain features' default --out
-
 
 class FeatureInputError(AvmatchError):
     """A feature store that cannot feed this run (one line: which store, which key, why)."""
@@ -55,23 +53,6 @@ def is_item_shards(path: Path | None) -> bool:
         return False
 
 
-def _read_rejects(root: Path) -> dict[str, str]:
-    """key -> reason of every item of a store its encoder rejected (``rejects.jsonl``)."""
-    from avdata.untrusted import read_inside
-
-    raw = read_inside(root, "rejects.jsonl", missing="missing")
-    out = {}
-    for n, line in enumerate(raw.decode().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            out[str(row["key"])] = str(row.get("reason", ""))
-        except (ValueError, KeyError, TypeError):
-            raise FeatureInputError(f"{root / 'rejects.jsonl'}:{n}: not a reject line") from None
-    return out
-
-
 @dataclass
 class FrozenInputs:
     """modality -> the feature store its items are read from, and the store's rejects."""
@@ -90,7 +71,7 @@ class FrozenInputs:
         return {
             m: {
                 "encoder": s.encoder,
-                "store": str(s.root),
+                "store": str(Path(s.root).resolve()),
                 "manifest_sha256": sha256_file(Path(s.root) / "manifest.json"),
                 "weights_sha256": s.weights_sha256,
             }
@@ -133,7 +114,13 @@ class FrozenInputs:
 def _open_store(path: Path):
     from avtrain.encoders.store import FeatureStore
 
-    return FeatureStore(path)
+    return FeatureStore(path)  # not a store, or a damaged one: one line
+
+
+def default_store(shards: Path, name: str) -> Path:
+    from avtrain.encoders.store import default_store as place
+
+    return place(shards, name)
 
 
 def _check_weights(store, modality: str, name: str, weights: str | None) -> None:
@@ -192,7 +179,7 @@ def open_features(
                     "default place ITEM_SHARDS/features/ENCODER is unknown when the items are not read "
                     "from item shards"
                 )
-            default = Path(shards) / DEFAULT_DIR / name
+            default = default_store(shards, name)
             if not (default / "manifest.json").is_file():
                 raise FeatureInputError(
                     f"{key}={name}: no feature store at {default}; build it: avtrain features --shards "
@@ -211,7 +198,8 @@ def open_features(
             store.check_matches(shards)  # other shards or extraction settings: one line
         if check_weights:
             _check_weights(store, modality, name, getattr(model_cfg, f"{ENCODER_KEYS[modality]}_weights"))
-    return FrozenInputs(stores, {m: _read_rejects(Path(s.root)) for m, s in stores.items()})
+    rejects = {m: {str(r.get("key")): str(r.get("reason", "")) for r in s.rejects} for m, s in stores.items()}
+    return FrozenInputs(stores, rejects)
 
 
 def recorded_features(cfg, given=(), shards: Path | None = None) -> FrozenInputs | None:
