@@ -100,6 +100,7 @@ def test_encoder_settings_are_checked_one_line_naming_the_key():
     cases = {
         "model.voice_encoder=nope": "model.voice_encoder: expected aml or one of",
         "model.face_encoder=resemblyzer": "model.face_encoder: resemblyzer is a voice encoder",
+        "model.voice_encoder=dlib": "model.voice_encoder: dlib is a face encoder; expected aml or one of ecapa, resemblyzer",
         "model.voice_encoder_weights=w.pt": "model.voice_encoder_weights: only for a frozen encoder",
     }
     for setting, message in cases.items():
@@ -178,6 +179,26 @@ def test_methods_train_on_frozen_voice_features_resume_and_evaluate(
     )
 
 
+@pytest.mark.parametrize("method", ["dimnet", "fop"])
+def test_both_modalities_frozen_train_and_evaluate_without_decoding_an_item(
+    method, corpus, tmp_path, capfd, one_torch_thread
+):
+    """Resemblyzer voices and dlib faces, both stores given (--features): no item is read from
+    an item source (no note about the tuple shards), both stores recorded and read by evaluate."""
+    from avtrain.evaluation.evaluate import evaluate
+    from avtrain.train.loop import fit
+
+    run = tmp_path / "run"
+    cfg = load_config(None, sets=[*FIT, f"method={method}", VOICE, "model.face_encoder=dlib", "epochs=2"])
+    stores = [corpus["shards"] / "features" / name for name in ("resemblyzer", "dlib")]
+    summary = fit(cfg, corpus["tuples"], run, progress=False, features=stores)  # no --items: none read
+    assert summary["steps"] > 0 and "note:" not in capfd.readouterr().err
+    metrics = evaluate(run, corpus["shards"], corpus["test"], n_boot=5, echo=None)
+    assert set(metrics["features"]) == {"audio", "face", "skipped_rows"}
+    assert metrics["features"]["face"]["encoder"] == "dlib"
+    assert metrics["items"]["face"] > 0
+
+
 def test_frozen_vectors_are_read_as_they_are(corpus, tmp_path, one_torch_thread):
     """Training input and evaluation give the method the store's rows, not normalised or flipped."""
     from avtrain.encoders.store import FeatureStore
@@ -223,6 +244,9 @@ def test_a_store_of_other_shards_or_no_store_is_refused(corpus, tmp_path):
     assert "\n" not in str(err.value) and not (tmp_path / "run").exists()
     with pytest.raises(AvmatchError, match=r"no feature store at .*avtrain features --shards") as err:
         fit(cfg, tmp_path / "tuples-other", tmp_path / "run", progress=False, items=other)
+    faces = corpus["shards"] / "features" / "dlib"
+    with pytest.raises(AvmatchError, match="dlib embeds face items, but model.face_encoder is aml"):
+        fit(cfg, corpus["tuples"], tmp_path / "run", progress=False, items=corpus["shards"], features=[faces])
     plain = load_config(None, sets=FIT)
     with pytest.raises(AvmatchError, match="no feature store is read"):
         fit(
