@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import sys
@@ -138,6 +139,7 @@ def face_pairs(dlib) -> dict:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     import torch
 
     from avdata.media import decode_audio
