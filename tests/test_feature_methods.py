@@ -288,3 +288,53 @@ def test_the_loop_never_names_a_method_or_an_encoder():
     code = "\n".join(line.split("#")[0] for line in source.splitlines())
     for name in [*ENCODERS, *(m for m in METHODS if m != "aml")]:
         assert f'"{name}"' not in code and f"'{name}'" not in code, name
+
+
+# --------------------------------------------------------------------------- serving
+
+
+def test_serving_runs_the_frozen_encoders_on_raw_media_and_export_checks_their_weights(
+    corpus, tmp_path, one_torch_thread
+):
+    """load_model of a run on Resemblyzer + dlib features embeds a raw voice file and a raw face
+    photo through the encoders as avtrain features did: the same vectors as the stores' rows, so
+    the same embeddings as the method gives those rows. An export records the encoders' weights
+    sha256 (not the weights); other weights than recorded are refused at load in one line."""
+    from avdata.reader import index_items
+    from avtrain.encoders.store import FeatureStore
+    from avtrain.serve.export import export_model
+    from avtrain.serve.model import load_model
+    from avtrain.train.loop import fit
+
+    run = tmp_path / "run"
+    cfg = load_config(None, sets=[*FIT, "method=pins", VOICE, "model.face_encoder=dlib", "epochs=1"])
+    stores = {m: corpus["shards"] / "features" / n for m, n in (("audio", "resemblyzer"), ("face", "dlib"))}
+    fit(cfg, corpus["tuples"], run, progress=False, features=list(stores.values()))
+    items = index_items(corpus["shards"]).set_index("key")
+    rows = {m: FeatureStore(p) for m, p in stores.items()}
+    model = load_model(run)
+    assert set(model.encoders) == {"audio", "face"}
+    for modality, media, embed in (("audio", "wav", model.embed_voice), ("face", "faces", model.embed_face)):
+        key = next(k for k in rows[modality].rows if items.loc[k, "split"] == "train")
+        vector = rows[modality].array()[rows[modality].locate(key)]
+        with torch.inference_mode():
+            want = model.model.embed(modality, torch.from_numpy(np.array(vector[None]))).numpy()[0]
+        got = embed(corpus["root"] / "corpus" / media / items.loc[key, "source"])
+        # same encoder input and code as the store's build: equal up to float32 summation order
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    export_model(run, tmp_path / "export")
+    meta = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert meta["train_config"]["features"]["face"]["weights_sha256"] == rows["face"].weights_sha256
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "export" / "model.safetensors"), "pt") as f:  # the method's tensors only
+        assert set(f.keys()) == set(model.model.state_dict())
+    assert set(load_model(tmp_path / "export").encoders) == {"audio", "face"}
+    meta["train_config"]["features"]["audio"]["weights_sha256"] = "0" * 64
+    (tmp_path / "export" / "config.json").write_text(json.dumps(meta))
+    from avdata.errors import AvmatchError
+
+    with pytest.raises(
+        AvmatchError, match="encoder resemblyzer: the weights here .* are not those the model"
+    ):
+        load_model(tmp_path / "export")

@@ -252,3 +252,28 @@ def print_leakage(model_cfg, corpus: str) -> None:
         line = leakage_warning(name, corpus)
         if line:
             print(line, file=sys.stderr)
+
+
+def load_run_encoders(cfg) -> dict:
+    """modality -> the loaded frozen encoder of each frozen modality of a trained run (serving:
+    raw media in), checked to have the weights the run's features were built with (the sha256
+    recorded in ``cfg.features``; an export records it too): other installed weights are one line."""
+    from avtrain.encoders import load_encoder
+
+    out = {}
+    for modality, name in sorted(frozen_encoders(cfg.model).items()):
+        key = f"{ENCODER_KEYS[modality]}_weights"
+        encoder = load_encoder(name, getattr(cfg.model, key))  # a missing extra or bad weights: one line
+        want = ((cfg.features or {}).get(modality) or {}).get("weights_sha256")
+        if want is None:
+            raise FeatureInputError(
+                f"the run records no weights sha256 of its {modality} encoder {name} (cfg.features); "
+                "it was not trained by avtrain fit on a feature store"
+            )
+        if encoder.weights_sha256 != want:
+            raise FeatureInputError(
+                f"encoder {name}: the weights here (sha256 {encoder.weights_sha256[:12]}…) are not those the "
+                f"model was trained on ({want[:12]}…); install those or set model.{key}"
+            )
+        out[modality] = encoder
+    return out
