@@ -377,10 +377,18 @@ def evaluate_cmd(run, checkpoint, shards, tuples_dir, out, batch_size, device, n
     default=None,
     help="A decoded item store of --items (avdata cache) to train from (fastest) [default: read --items].",
 )
+@click.option(
+    "--features",
+    "features",
+    type=click.Path(file_okay=False, exists=True),
+    multiple=True,
+    help="Feature stores of the runs that freeze a modality (--set model.voice_encoder=..., "
+    "fit --features; repeatable).",
+)
 @_BOOTSTRAP_OPTION
 @user_errors
 def compare_cmd(
-    methods, tuples_dir, items, out, seeds, config_file, sets, val_shards, val_tuples, store, n_boot
+    methods, tuples_dir, items, out, seeds, config_file, sets, val_shards, val_tuples, store, n_boot, features
 ):
     """Train several methods on the same tuples with the same seeds and tabulate every metric."""
     import shlex
@@ -402,6 +410,7 @@ def compare_cmd(
         echo=click.echo,
         command="avtrain " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         store=store,
+        features=features,
     )
 
 

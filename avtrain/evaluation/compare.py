@@ -233,12 +233,15 @@ def compare(
     echo: Callable[[str], None] | None = print,
     command: str = "",
     store: str | Path | None = None,
+    features: list[str | Path] | tuple = (),
 ) -> dict:
     """Train and evaluate every method x seed, then write OUT/compare.{json,md,html}. Training reads
     the tuples' items from ``store`` (a decoded item store, avdata cache) or else from ``shards``,
-    by index; evaluation reads ``shards``."""
+    by index; evaluation reads ``shards``. ``features``: the feature stores of the runs whose
+    settings freeze a modality (``model.voice_encoder`` / ``face_encoder``; fit --features)."""
     from avdata.io import check_output_dir, make_output_dir
     from avtrain.evaluation.evaluate import evaluate
+    from avtrain.methods.encoders import frozen_encoders
     from avtrain.run.config import load_config
     from avtrain.train.loop import fit
 
@@ -264,6 +267,7 @@ def compare(
             val_tuples=val_tuples,
             val_shards=val_shards,
             items=store or shards,
+            features=features if frozen_encoders(cfg.model) else (),
         )
         evaluate(
             run, shards, tuples_dir, n_boot=n_boot, echo=None, checkpoint="best" if val_shards else "last"
