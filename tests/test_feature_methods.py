@@ -57,6 +57,8 @@ def corpus(tmp_path_factory):
     _cli(avdata, make_tuples_args(root / "shards", root / "tuples", direction="a2v"))
     _cli(avdata, make_tuples_args(root / "shards", root / "test", split="test", direction="a2v"))
     _cli(avdata, make_tuples_args(root / "shards", root / "test", task="verification", split="test"))
+    _cli(avdata, make_tuples_args(root / "shards", root / "val", split="val", direction="a2v"))
+    _cli(avdata, make_tuples_args(root / "shards", root / "val", task="verification", split="val"))
     shutil.copytree(c / "wav", root / "wav-cut")
     source = index_items(root / "shards").set_index("key")["source"]
     cut = []
@@ -76,6 +78,7 @@ def corpus(tmp_path_factory):
         "shards": root / "shards",
         "tuples": root / "tuples",
         "test": root / "test",
+        "val": root / "val",
         "cut": cut,
     }
 
@@ -184,16 +187,26 @@ def test_both_modalities_frozen_train_and_evaluate_without_decoding_an_item(
     method, corpus, tmp_path, capfd, one_torch_thread
 ):
     """Resemblyzer voices and dlib faces, both stores given (--features): no item is read from
-    an item source (no note about the tuple shards), both stores recorded and read by evaluate."""
+    an item source (no note about the tuple shards), validation embeds from the stores (best.pt),
+    both stores recorded and read by evaluate."""
     from avtrain.evaluation.evaluate import evaluate
     from avtrain.train.loop import fit
 
     run = tmp_path / "run"
     cfg = load_config(None, sets=[*FIT, f"method={method}", VOICE, "model.face_encoder=dlib", "epochs=2"])
     stores = [corpus["shards"] / "features" / name for name in ("resemblyzer", "dlib")]
-    summary = fit(cfg, corpus["tuples"], run, progress=False, features=stores)  # no --items: none read
+    summary = fit(  # no --items: nothing is read from an item source; validated on the stores too
+        cfg,
+        corpus["tuples"],
+        run,
+        progress=False,
+        features=stores,
+        val_tuples=corpus["val"],
+        val_shards=corpus["shards"],
+    )
     assert summary["steps"] > 0 and "note:" not in capfd.readouterr().err
-    metrics = evaluate(run, corpus["shards"], corpus["test"], n_boot=5, echo=None)
+    assert summary["best"]["value"] is not None and (run / "best.pt").is_file()
+    metrics = evaluate(run, corpus["shards"], corpus["test"], n_boot=5, echo=None, checkpoint="best")
     assert set(metrics["features"]) == {"audio", "face", "skipped_rows"}
     assert metrics["features"]["face"]["encoder"] == "dlib"
     assert metrics["items"]["face"] > 0

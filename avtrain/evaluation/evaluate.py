@@ -410,7 +410,14 @@ class ValidationSet:
         if self.decoded is None:
             self.decoded = decode_items(self.items, self.shards, self.frozen)
         emb = embed_items(
-            model, self.items, self.shards, self.batch_size, device, set(), decoded=self.decoded
+            model,
+            self.items,
+            self.shards,
+            self.batch_size,
+            device,
+            set(),
+            decoded=self.decoded,
+            frozen=self.frozen,
         )
         out = {}
         for tl in self.lists:
