@@ -13,8 +13,10 @@ Voice items are embedded from their whole source file (the item's ``source`` und
 given; every window of a clip shares the clip's embedding, computed once); face items from the
 aligned crop in the shard. The store is built in ``STORE.tmp-PID`` and renamed when complete, so a
 failed or killed build leaves no STORE (a dead builder's temp directory is removed by the next
-build). An existing STORE built from the same shards, settings and weights is reused; one built
-from others is refused (one line), never overwritten.
+build). The encoder runs on one torch thread, so the same inputs give byte-identical files (on one
+kind of CPU; another CPU's kernels may change a last bit of facenet's floats). An existing STORE
+built from the same shards, settings and weights is reused; one built from others is refused (one
+line), never overwritten.
 """
 
 from __future__ import annotations
@@ -270,6 +272,8 @@ def build_feature_store(
     (default SHARDS/features/ENCODER); reuse an identical existing store, refuse another one.
     ``media_root``: where the voice items' ``source`` paths lie (the --audio or --videos root
     the shards were built from; voice encoders only)."""
+    import torch
+
     from avdata.reader import index_items
     from avtrain.encoders import encoder_class, load_encoder
 
@@ -322,7 +326,11 @@ def build_feature_store(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    threads = torch.get_num_threads()
     try:
+        # one intra-op thread: facenet's convolutions sum in another order with more threads (a last
+        # bit differs), and the store is byte-identical for the same inputs only with a fixed count
+        torch.set_num_threads(1)
         embed = _embed_voices if card.modality == "audio" else _embed_faces
         vectors, lines, rejects, counts = embed(enc, items, shards, media_root, progress)
         counts = {"items": len(items), "embedded": len(lines), "rejected": len(rejects)} | counts
@@ -336,6 +344,8 @@ def build_feature_store(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        torch.set_num_threads(threads)
     return FeatureBuild(out, False, counts)
 
 
