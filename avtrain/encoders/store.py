@@ -47,6 +47,16 @@ def default_store(shards: str | Path, encoder: str) -> Path:
     return Path(shards) / "features" / encoder
 
 
+def shards_corpus(shards: str | Path) -> str:
+    """The corpus the item shards were built as (their manifest's config.corpus; build-shards
+    records it only when it is not voxceleb1, its default)."""
+    from avdata.untrusted import read_inside
+
+    config = json.loads(read_inside(Path(shards), "manifest.json")).get("config")
+    corpus = config.get("corpus", "voxceleb1") if isinstance(config, dict) else "voxceleb1"
+    return corpus if isinstance(corpus, str) else "voxceleb1"
+
+
 def shards_identity(shards: str | Path) -> tuple[dict, str]:
     """(extraction settings, sha256 of the manifest) of an item shard directory: what a feature
     store of it records and is checked against."""
@@ -241,6 +251,7 @@ class FeatureBuild:
     store: Path
     reused: bool
     counts: dict = field(default_factory=dict)
+    leakage: str | None = None  # avtrain.encoders.leakage_warning for the shards' corpus
 
 
 def _remove_dead_temps(out: Path) -> None:
@@ -275,7 +286,7 @@ def build_feature_store(
     import torch
 
     from avdata.reader import index_items
-    from avtrain.encoders import encoder_class, load_encoder
+    from avtrain.encoders import encoder_class, leakage_warning, load_encoder
 
     shards = Path(shards)
     cls = encoder_class(encoder)  # an unknown name, a missing extra: one line, before anything is read
@@ -287,6 +298,7 @@ def build_feature_store(
             f"--out {out} is the shard directory; choose a directory for the feature store"
         )
     extract, shards_sha = shards_identity(shards)
+    leakage = leakage_warning(encoder, shards_corpus(shards))
     if card.modality == "audio":
         if media_root is None:
             raise FeatureStoreError(
@@ -317,7 +329,7 @@ def build_feature_store(
                 f"{out} was built from other {' / '.join(changed)} than asked now; remove it or choose "
                 f"another --out (a store is never overwritten)"
             )
-        return FeatureBuild(out, True, old.manifest.get("counts", {}))
+        return FeatureBuild(out, True, old.manifest.get("counts", {}), leakage)
 
     items = index_items(shards)
     items = items[items["modality"] == card.modality]
@@ -346,7 +358,7 @@ def build_feature_store(
         raise
     finally:
         torch.set_num_threads(threads)
-    return FeatureBuild(out, False, counts)
+    return FeatureBuild(out, False, counts, leakage)
 
 
 def _line(row, n: int) -> dict:
