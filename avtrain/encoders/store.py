@@ -159,7 +159,17 @@ class FeatureStore:
                 refuse(f"items.jsonl:{n}: item {r['key']} listed twice")
             self.rows[r["key"]] = r["row"]
             self.items.append(r)
-        self.rejects = [json.loads(line) for line in texts["rejects.jsonl"].splitlines()]
+        self.rejects: list[dict] = []
+        for n, line in enumerate(texts["rejects.jsonl"].splitlines(), 1):
+            try:
+                r = json.loads(line)
+            except (ValueError, RecursionError):
+                refuse(f"rejects.jsonl:{n}: not JSON")
+            if not (
+                isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("key", "source", "reason"))
+            ):
+                refuse(f"rejects.jsonl:{n}: not a key, source and reason")
+            self.rejects.append(r)
         self._offset = self._check_array(refuse)
         self._array = None
         self._pid = None
