@@ -712,6 +712,8 @@ def features_cmd(shards, encoder, audio_root, videos_root, encoder_weights, allo
     click.echo(
         f"{c.get('embedded', '?')} of {c.get('items', '?')} items embedded, {c.get('rejected', '?')} rejected"
     )
+    if built.leakage:
+        click.echo(built.leakage)
 
 
 @main.command("export")

@@ -13,8 +13,10 @@ Voice items are embedded from their whole source file (the item's ``source`` und
 given; every window of a clip shares the clip's embedding, computed once); face items from the
 aligned crop in the shard. The store is built in ``STORE.tmp-PID`` and renamed when complete, so a
 failed or killed build leaves no STORE (a dead builder's temp directory is removed by the next
-build). An existing STORE built from the same shards, settings and weights is reused; one built
-from others is refused (one line), never overwritten.
+build). The encoder runs on one torch thread, so the same inputs give byte-identical files (on one
+kind of CPU; another CPU's kernels may change a last bit of facenet's floats). An existing STORE
+built from the same shards, settings and weights is reused; one built from others is refused (one
+line), never overwritten.
 """
 
 from __future__ import annotations
@@ -43,6 +45,16 @@ class FeatureStoreError(AvmatchError):
 
 def default_store(shards: str | Path, encoder: str) -> Path:
     return Path(shards) / "features" / encoder
+
+
+def shards_corpus(shards: str | Path) -> str:
+    """The corpus the item shards were built as (their manifest's config.corpus; build-shards
+    records it only when it is not voxceleb1, its default)."""
+    from avdata.untrusted import read_inside
+
+    config = json.loads(read_inside(Path(shards), "manifest.json")).get("config")
+    corpus = config.get("corpus", "voxceleb1") if isinstance(config, dict) else "voxceleb1"
+    return corpus if isinstance(corpus, str) else "voxceleb1"
 
 
 def shards_identity(shards: str | Path) -> tuple[dict, str]:
@@ -147,7 +159,17 @@ class FeatureStore:
                 refuse(f"items.jsonl:{n}: item {r['key']} listed twice")
             self.rows[r["key"]] = r["row"]
             self.items.append(r)
-        self.rejects = [json.loads(line) for line in texts["rejects.jsonl"].splitlines()]
+        self.rejects: list[dict] = []
+        for n, line in enumerate(texts["rejects.jsonl"].splitlines(), 1):
+            try:
+                r = json.loads(line)
+            except (ValueError, RecursionError):
+                refuse(f"rejects.jsonl:{n}: not JSON")
+            if not (
+                isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("key", "source", "reason"))
+            ):
+                refuse(f"rejects.jsonl:{n}: not a key, source and reason")
+            self.rejects.append(r)
         self._offset = self._check_array(refuse)
         self._array = None
         self._pid = None
@@ -239,6 +261,7 @@ class FeatureBuild:
     store: Path
     reused: bool
     counts: dict = field(default_factory=dict)
+    leakage: str | None = None  # avtrain.encoders.leakage_warning for the shards' corpus
 
 
 def _remove_dead_temps(out: Path) -> None:
@@ -270,8 +293,10 @@ def build_feature_store(
     (default SHARDS/features/ENCODER); reuse an identical existing store, refuse another one.
     ``media_root``: where the voice items' ``source`` paths lie (the --audio or --videos root
     the shards were built from; voice encoders only)."""
+    import torch
+
     from avdata.reader import index_items
-    from avtrain.encoders import encoder_class, load_encoder
+    from avtrain.encoders import encoder_class, leakage_warning, load_encoder
 
     shards = Path(shards)
     cls = encoder_class(encoder)  # an unknown name, a missing extra: one line, before anything is read
@@ -283,6 +308,7 @@ def build_feature_store(
             f"--out {out} is the shard directory; choose a directory for the feature store"
         )
     extract, shards_sha = shards_identity(shards)
+    leakage = leakage_warning(encoder, shards_corpus(shards))
     if card.modality == "audio":
         if media_root is None:
             raise FeatureStoreError(
@@ -313,7 +339,7 @@ def build_feature_store(
                 f"{out} was built from other {' / '.join(changed)} than asked now; remove it or choose "
                 f"another --out (a store is never overwritten)"
             )
-        return FeatureBuild(out, True, old.manifest.get("counts", {}))
+        return FeatureBuild(out, True, old.manifest.get("counts", {}), leakage)
 
     items = index_items(shards)
     items = items[items["modality"] == card.modality]
@@ -322,7 +348,11 @@ def build_feature_store(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    threads = torch.get_num_threads()
     try:
+        # one intra-op thread: facenet's convolutions sum in another order with more threads (a last
+        # bit differs), and the store is byte-identical for the same inputs only with a fixed count
+        torch.set_num_threads(1)
         embed = _embed_voices if card.modality == "audio" else _embed_faces
         vectors, lines, rejects, counts = embed(enc, items, shards, media_root, progress)
         counts = {"items": len(items), "embedded": len(lines), "rejected": len(rejects)} | counts
@@ -336,7 +366,9 @@ def build_feature_store(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return FeatureBuild(out, False, counts)
+    finally:
+        torch.set_num_threads(threads)
+    return FeatureBuild(out, False, counts, leakage)
 
 
 def _line(row, n: int) -> dict:
