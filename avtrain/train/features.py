@@ -32,24 +32,23 @@ class FeatureInputError(AvmatchError):
 
 
 def shards_corpus(shards: Path | None) -> str:
-    """The corpus an item shard directory was built from (its manifest's config; VoxCeleb1 where
-    the manifest leaves it out, as avdata.shards.ShardConfig.to_dict does)."""
-    if shards is None:
-        return "voxceleb1"
-    try:
-        manifest = json.loads((Path(shards) / "manifest.json").read_text())
-        return str(manifest.get("config", {}).get("corpus", "voxceleb1"))
-    except (OSError, ValueError, AttributeError):
-        return "voxceleb1"
+    """The corpus of the item shards a run reads (:func:`avtrain.encoders.store.shards_corpus`);
+    VoxCeleb1, build-shards' default, when the run reads no item shards (an item store only)."""
+    from avtrain.encoders.store import shards_corpus as corpus_of
+
+    return "voxceleb1" if shards is None else corpus_of(shards)
 
 
 def is_item_shards(path: Path | None) -> bool:
     """Whether ``path`` is an item shard directory (avdata build-shards), not an item store."""
-    if path is None or not (Path(path) / "manifest.json").is_file():
+    from avdata.items import STORE_KIND
+    from avdata.untrusted import read_inside
+
+    if path is None:
         return False
     try:
-        return json.loads((Path(path) / "manifest.json").read_text()).get("kind") != "avmatch.items"
-    except (OSError, ValueError, AttributeError):
+        return json.loads(read_inside(Path(path), "manifest.json")).get("kind") != STORE_KIND
+    except (AvmatchError, ValueError, AttributeError):
         return False
 
 
