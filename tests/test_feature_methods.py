@@ -351,3 +351,29 @@ def test_serving_runs_the_frozen_encoders_on_raw_media_and_export_checks_their_w
         AvmatchError, match="encoder resemblyzer: the weights here .* are not those the model"
     ):
         load_model(tmp_path / "export")
+
+
+def test_same_weights_for_any_worker_count_and_a_resume_on_another_store_is_refused(
+    corpus, tmp_path, one_torch_thread
+):
+    """Voices from the store, faces from the item shards read by 2 worker processes (the store is
+    mapped again in each) or in the main process: the same batches, so bit-identical weights. A
+    resume whose store changed (its manifest) is refused like any changed setting; --tuple-shards
+    is refused for a run on features."""
+    from avdata.errors import AvmatchError
+
+    sets = ("method=pins", VOICE, "epochs=1", "max_steps_per_epoch=3")
+    store = tmp_path / "store"
+    shutil.copytree(corpus["shards"] / "features" / "resemblyzer", store)
+    weights = []
+    for workers in (0, 2):
+        _fit(corpus, tmp_path / f"w{workers}", *sets, f"workers={workers}", features=[store])
+        weights.append(torch.load(tmp_path / f"w{workers}" / "checkpoint.pt", weights_only=True)["model"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    manifest = store / "manifest.json"
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()), indent=3))
+    with pytest.raises(AvmatchError, match="cannot resume with other settings: features"):
+        _fit(corpus, tmp_path / "w0", *sets, "epochs=2", resume=True, features=[store])
+    with pytest.raises(AvmatchError, match="drop --tuple-shards"):
+        _fit(corpus, tmp_path / "ts", *sets, "tuple_shards=true", features=[store])
