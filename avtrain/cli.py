@@ -124,13 +124,15 @@ def _pin_kernels() -> None:
     "--val-shards",
     type=click.Path(file_okay=False, exists=True),
     default=None,
-    help="Item shards (avdata build-shards) of the val lists: turns validation on.",
+    help="Item shards (avdata build-shards) of the val lists: turns validation on [default with "
+    "--val-tuples: the item shards its manifest links to].",
 )
 @click.option(
     "--val-tuples",
     type=click.Path(file_okay=False, exists=True),
     default=None,
-    help="Tuple directory with the val lists (make-tuples --split val) [default: the --shards directory].",
+    help="Tuple directory with the val lists (make-tuples --split val): turns validation on; its item "
+    "shards are found through its manifest [default: the --shards directory, with --val-shards].",
 )
 @click.option(
     "--val-every",
@@ -345,13 +347,14 @@ def evaluate_cmd(run, checkpoint, shards, tuples_dir, out, batch_size, device, n
     "--val-shards",
     type=click.Path(file_okay=False, exists=True),
     default=None,
-    help="Item shards of the val lists: each run keeps best.pt and is evaluated at it.",
+    help="Item shards of the val lists: each run keeps best.pt and is evaluated at it [default with "
+    "--val-tuples: those its manifest links to].",
 )
 @click.option(
     "--val-tuples",
     type=click.Path(file_okay=False, exists=True),
     default=None,
-    help="Tuple directory with the val lists [default: --shards].",
+    help="Tuple directory with the val lists (turns validation on) [default: --shards, with --val-shards].",
 )
 @click.option(
     "--store",
