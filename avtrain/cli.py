@@ -254,8 +254,9 @@ def fit_cmd(
 @click.option(
     "--shards",
     type=click.Path(file_okay=False, exists=True),
-    required=True,
-    help="Item shard directory (avdata build-shards) the tuple lists were drawn from.",
+    default=None,
+    help="Item shard directory (avdata build-shards) the tuple lists were drawn from [default: the "
+    "one the --tuples manifest links to].",
 )
 @click.option(
     "--tuples",

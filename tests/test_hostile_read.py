@@ -44,9 +44,10 @@ def run(main, *args):
 
 
 def one_line_error(res) -> str:
-    """The CLI failed with exactly one line, `Error: ...` (no traceback); that line."""
+    """The CLI failed with exactly one line, `Error: ...` (no traceback); that line. One-line notes
+    printed before it (fit's "note: ..." on what it could not find) are not errors."""
     assert res.exit_code == 1, (res.exit_code, res.output, res.exception)
-    lines = res.output.strip().splitlines()
+    lines = [line for line in res.output.strip().splitlines() if not line.startswith("note: ")]
     assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
     return lines[0]
 

@@ -80,6 +80,10 @@ def test_make_tuples_and_cache_link_their_item_shards(built, tmp_path):
     manifest = json.loads((built["tuples"] / "manifest.json").read_text())
     assert manifest["source_shards"] == os.path.relpath(built["shards"], built["tuples"])
     assert linked_source_shards(built["tuples"], manifest) == (built["tuples"] / "../shards", "")
+    # where the shards were is no part of what the tuples are: manifests (manifests/demo) leave it out
+    from avdata.manifest.describe import describe
+
+    assert "source_shards" not in describe(built["tuples"])
     # an item store links to them too, and fit --items STORE finds them through it
     store = tmp_path / "store"
     _avdata(["cache", "--shards", built["shards"], "--out", store])
@@ -235,3 +239,26 @@ def test_unknown_item_shards_are_recorded_as_unknown_with_the_reason(built, tmp_
     )
     assert res.output.count("\n") == 1 and "pass them with --val-shards" in res.output, res.output
     assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_finds_the_item_shards_of_its_tuples(built, tmp_path):
+    out = tmp_path / "metrics.json"
+    common = [
+        "evaluate",
+        "--run",
+        built["run"],
+        "--tuples",
+        built["val"],
+        "--device",
+        "cpu",
+        "--bootstrap",
+        10,
+    ]
+    _avtrain([*common, "--out", out])
+    metrics = json.loads(out.read_text())
+    _avtrain([*common, "--shards", built["shards"], "--out", tmp_path / "given.json"])
+    given = json.loads((tmp_path / "given.json").read_text())
+    assert metrics.pop("shards") == str(built["val"] / "../shards") and given.pop("shards") == str(
+        built["shards"]
+    )
+    assert metrics == given
