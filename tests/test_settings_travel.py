@@ -262,3 +262,22 @@ def test_evaluate_finds_the_item_shards_of_its_tuples(built, tmp_path):
         built["shards"]
     )
     assert metrics == given
+
+
+def test_a_bad_record_in_a_checkpoint_or_export_is_one_line(built, tmp_path):
+    from avtrain.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+    state = load_checkpoint(built["run"] / "checkpoint.pt")
+    state["data"]["item_shards"]["extract"]["face_margin"] = 5  # outside [0, 1]
+    save_checkpoint(tmp_path / "run" / "checkpoint.pt", state)
+    with pytest.raises(
+        CheckpointError, match=r"data\.item_shards\.extract\.face_margin: must be in \[0, 1\]"
+    ):
+        load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    out = tmp_path / "model"
+    _avtrain(["export", "--run", built["run"], "--out", out])
+    meta = json.loads((out / "config.json").read_text())
+    meta["data"]["tuples"]["lists"] = "matching_train_a2v_k2"  # not a list of names
+    (out / "config.json").write_text(json.dumps(meta))
+    res = _avtrain(["embed", "--run", out, "--audio", "x.wav", "--out", tmp_path / "e.npz"], code=1)
+    assert res.output.count("\n") == 1 and "data.tuples is not a record" in res.output, res.output
