@@ -135,9 +135,9 @@ def check_ids(path: str | Path, ids: list[str], expected: list[str], against: st
         raise InferenceError(f"{path}: {len(ids)} score line(s), but {against} has {len(expected)} ID(s)")
     for n, (got, want) in enumerate(zip(ids, expected), 1):
         if got != want:
-            where = "is not in" if got not in set(expected) else "is out of the order of"
+            why = f"{got!r} is not in it" if got not in set(expected) else "the lines are out of its order"
             raise InferenceError(
-                f"{path}: score line {n} has ID {got!r}, {against} has {want!r} there ({got!r} {where} it)"
+                f"{path}: score line {n} has ID {got!r}, {against} has {want!r} there: {why}"
             )
 
 
