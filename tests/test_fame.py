@@ -133,6 +133,9 @@ def test_summary_bad_files_are_one_line_each(fame_files, tmp_path):
     one_line_error(summary(), "needs four files", "missing sub_score_v1_English_heard.txt")
     res = run_cli(avtrain_main, "fame-summary", tmp_path / "nowhere.txt", "--keys", keys, ok=False)
     one_line_error(res, "nowhere.txt: score file not found")
+    eng.write_text(good)
+    res = run_cli(avtrain_main, "fame-summary", subs, "--keys", tmp_path, ok=False)
+    one_line_error(res, str(tmp_path / "English_test.txt"), "key file not found")
     lines = good.splitlines()
     eng.write_text("\n".join(lines[:-1]) + "\n")
     one_line_error(summary(), f"{eng}: 19 score line(s), but {keys / 'English_test.txt'} has 20 ID(s)")
@@ -155,6 +158,27 @@ def test_summary_bad_files_are_one_line_each(fame_files, tmp_path):
     lst.write_text("\n".join(reversed(lst.read_text().splitlines())) + "\n")
     one_line_error(summary("--lists", lists), f"{lst} has 'e00019' there")
     assert run_cli(avtrain_main, "fame-summary", subs, "--keys", keys).exit_code == 0
+
+
+def test_fame_score_checks_lists_and_keys_before_scoring(tmp_path):
+    from helpers import save_random_run
+
+    run = save_random_run(tmp_path / "run")
+    lists, keys = tmp_path / "lists", tmp_path / "keys"
+    write_lines(lists / "English_test.txt", ["e1 voices/English/00000.wav faces/English/00000.jpg"])
+    write_lines(keys / "English_test.txt", ["e1 1"])
+    base = ["fame-score", "--run", run, "--lists", lists, "--root", tmp_path, "--heard", "English"]
+    base += ["--unheard", "Urdu", "--out", tmp_path / "sub", "--no-progress"]
+    res = run_cli(avtrain_main, *base, "--mav-version", "v1", ok=False)
+    one_line_error(res, str(lists / "Urdu_test.txt"), "not found")
+    write_lines(lists / "Urdu_test.txt", ["u1 voices/Urdu/00000.wav faces/Urdu/00000.jpg"])
+    res = run_cli(avtrain_main, *base, "--mav-version", "v1", "--keys", keys, ok=False)
+    one_line_error(res, str(keys / "Urdu_test.txt"), "not found")
+    write_lines(keys / "Urdu_test.txt", ["u2 1"])
+    res = run_cli(avtrain_main, *base, "--mav-version", "v1", "--keys", keys, ok=False)
+    one_line_error(res, f"{lists / 'Urdu_test.txt'}: pair 1 has ID 'u1'", "'u1' is not in it")
+    one_line_error(run_cli(avtrain_main, *base, "--mav-version", "1", ok=False), "--mav-version")
+    assert not (tmp_path / "sub").exists()  # nothing scored, nothing written
 
 
 def test_find_files_refuses_other_names_and_incomplete_sets(fame_files, tmp_path):

@@ -128,17 +128,18 @@ def read_submission(path: str | Path, allow_missing: bool = False) -> tuple[list
     return [i for _, i in ids], np.array(scores, dtype=np.float64)
 
 
-def check_ids(path: str | Path, ids: list[str], expected: list[str], against: str | Path) -> None:
+def check_ids(
+    path: str | Path, ids: list[str], expected: list[str], against: str | Path, what: str = "score line"
+) -> None:
     """One line unless ``ids`` are ``expected`` in the same order: a FAME file has one line per ID
-    of its list, in the list's order (the baseline's test.py pairs scores and labels by position)."""
+    of its list, in the list's order (the baseline's test.py pairs scores and labels by position).
+    ``what`` names one of PATH's lines in the message."""
     if len(ids) != len(expected):
-        raise InferenceError(f"{path}: {len(ids)} score line(s), but {against} has {len(expected)} ID(s)")
+        raise InferenceError(f"{path}: {len(ids)} {what}(s), but {against} has {len(expected)} ID(s)")
     for n, (got, want) in enumerate(zip(ids, expected), 1):
         if got != want:
             why = f"{got!r} is not in it" if got not in set(expected) else "the lines are out of its order"
-            raise InferenceError(
-                f"{path}: score line {n} has ID {got!r}, {against} has {want!r} there: {why}"
-            )
+            raise InferenceError(f"{path}: {what} {n} has ID {got!r}, {against} has {want!r} there: {why}")
 
 
 def file_eer(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -214,30 +215,36 @@ def fame_score(
     names = {c: submission_name(version, heard, c) for c in CONDITIONS}
     submission_name(version, unheard, "heard")  # checks the unheard language's spelling
     lists, out = Path(lists), Path(out)
+    plan = {}  # both lists (and keys) read before any scoring: a missing one costs nothing
+    for condition, language in zip(CONDITIONS, (heard, unheard)):
+        list_path = lists / f"{language}_test.txt"
+        ids = [p.id for p in read_pair_list(list_path, "fame")[1]]
+        key_path = Path(keys) / f"{language}_test.txt" if keys is not None else None
+        if key_path is not None:
+            check_ids(list_path, ids, read_key(key_path)[0], key_path, "pair")
+        plan[condition] = (language, list_path, ids, key_path)
     make_output_dir(out)
     work = out / "scores"
     work.mkdir(exist_ok=True)
     result = {"version": version, "heard": heard, "unheard": unheard, "files": {}}
-    for condition, language in zip(CONDITIONS, (heard, unheard)):
-        list_path = lists / f"{language}_test.txt"
-        _, pairs = read_pair_list(list_path, "fame")
+    for condition, (language, list_path, ids, key_path) in plan.items():
         raw = work / f"{heard}_model.{language}_test.txt"
         summary = score_pairs(
             model, list_path, root, raw, fmt="fame", values="l2", batch_size=batch_size, progress=progress
         )
         sub = out / names[condition]
-        written = write_submission(raw, [p.id for p in pairs], sub)
+        written = write_submission(raw, ids, sub)
         entry = {
             "file": str(sub),
             "list": str(list_path),
             "test_language": language,
-            "pairs": len(pairs),
+            "pairs": len(ids),
             "failed": written["failed"],
             "fill": written["fill"],
             "rejects": summary["rejects"],
         }
-        if keys is not None:
-            entry["eer"] = submission_eer(sub, Path(keys) / f"{language}_test.txt")
+        if key_path is not None:
+            entry["eer"] = submission_eer(sub, key_path)
         result["files"][condition] = entry
         if echo:
             echo(_format_file(entry, heard, condition))
