@@ -647,5 +647,105 @@ def export_cmd(run, checkpoint, out):
     )
 
 
+@main.command("fame-score")
+@_MODEL_RUN_OPTION
+@_CHECKPOINT_OPTION
+@click.option(
+    "--lists",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Folder of FAME's test lists LANG_test.txt ('ID voices/LANG/N.wav faces/LANG/N.jpg').",
+)
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Folder the lists' paths are resolved in (the release's root with voices/ and faces/; never left).",
+)
+@click.option("--heard", required=True, help="The language the model was trained on, e.g. English.")
+@click.option("--unheard", required=True, help="The version's other language, e.g. Urdu.")
+@click.option(
+    "--mav-version",
+    "version",
+    required=True,
+    help="MAV-Celeb version in the file names: v1 (English/Urdu), v2 (English/Hindi), v3 (English/German).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for sub_score_VERSION_HEARD_heard.txt and ..._unheard.txt (avtrain score's own files, "
+    "rejects and resume journal in OUT/scores/).",
+)
+@click.option(
+    "--keys",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Folder of answer keys LANG_test.txt ('ID LABEL', 1 = same person): print each file's EER.",
+)
+@_BATCH_SIZE_OPTION
+@_MEDIA_DEVICE_OPTION
+@_PROGRESS_OPTION
+@user_errors
+def fame_score_cmd(
+    run, checkpoint, lists, root, heard, unheard, version, out, keys, batch_size, device, progress
+):
+    """Write the FAME challenge's two score files of a model trained on --heard (docs/fame.md).
+
+    The heard list (LISTS/HEARD_test.txt) and the unheard one (LISTS/UNHEARD_test.txt) are scored
+    from raw files: 'ID L2' per line (the L2 distance, lower = same person), in the list's order.
+    A pair that cannot be scored is named on one line and written with the largest scored distance
+    (a non-match), so the file stays a valid submission.
+    """
+    from avtrain.serve.fame import fame_score
+    from avtrain.serve.model import load_model
+
+    model = load_model(run, device, checkpoint=checkpoint)
+    fame_score(
+        model,
+        lists,
+        root,
+        out,
+        heard,
+        unheard,
+        version,
+        keys=keys,
+        batch_size=batch_size,
+        progress=progress,
+        echo=click.echo,
+    )
+
+
+@main.command("fame-summary")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--keys",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Folder of answer keys LANG_test.txt ('ID LABEL', 1 = same person, in the list's order).",
+)
+@click.option(
+    "--lists",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Folder of the test lists LANG_test.txt: also check each file's IDs against its list.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@user_errors
+def fame_summary_cmd(paths, keys, lists, as_json):
+    """The four EERs of FAME score files and the challenge's overall score, their mean.
+
+    PATHS: the four files sub_score_VERSION_LANG_heard|unheard.txt (two models, each on its heard
+    and its unheard list), or folders holding them. Each file must have one line per ID of its
+    key, in the key's order.
+    """
+    import json as json_
+
+    from avtrain.serve.fame import fame_summary, format_fame_summary
+
+    summary = fame_summary(list(paths), keys, lists)
+    click.echo(json_.dumps(summary, indent=1) if as_json else format_fame_summary(summary))
+
+
 if __name__ == "__main__":
     main()
