@@ -127,3 +127,15 @@ def save_random_run(run: Path, seed: int = 3, tuples: Path | None = None, **sett
         state[RECORD_KEY] = run_data_record(tuples, cfg.tuples)[0]
     save_checkpoint(run / LAST, state)
     return run
+
+
+def one_line_error(res, *words) -> str:
+    """A CliRunner result failed with exactly one line, ``Error: ...`` (no traceback), containing
+    every one of ``words``; that line. One-line notes printed before it (``note: ...``: a run that
+    records no extraction settings, what fit could not find) are not errors."""
+    assert res.exit_code == 1, (res.exit_code, res.output, res.exception)
+    lines = [line for line in res.output.strip().splitlines() if not line.startswith("note: ")]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]

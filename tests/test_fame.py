@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import one_line_error
 
 from avdata.cli import main as avdata_main
 from avdata.synth import synth_corpus
@@ -33,14 +34,6 @@ def run_cli(main, *args, ok=True):
     if ok:
         assert res.exit_code == 0, res.output
     return res
-
-
-def one_line_error(res, *words):
-    assert res.exit_code == 1, res.output
-    lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
-    for w in words:
-        assert w in lines[0], (w, lines[0])
 
 
 def write_lines(path: Path, lines) -> Path:
