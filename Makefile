@@ -135,6 +135,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/build_shards.py
 	$(BIN)/python bench/loader.py
 	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/encoders.py
+	$(BIN)/python bench/encoders_real.py
 
 clean:
 	rm -rf $(DEMO)

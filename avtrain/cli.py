@@ -622,6 +622,77 @@ def score_cmd(
     )
 
 
+@main.command("features")
+@click.option(
+    "--shards",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Item shard directory (avdata build-shards).",
+)
+@click.option(
+    "--encoder",
+    required=True,
+    help="Frozen encoder: resemblyzer (voices), dlib or facenet_vggface2 (faces), ecapa (docs/encoders.md).",
+)
+@click.option(
+    "--audio",
+    "audio_root",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Voice encoders: the audio root the shards were built from (each voice item's source file).",
+)
+@click.option(
+    "--videos",
+    "videos_root",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Voice encoders: the video root the shards were built from (the video's audio track).",
+)
+@click.option(
+    "--encoder-weights",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="Weights file of an encoder whose weights are not in a package (facenet_vggface2, ecapa).",
+)
+@click.option(
+    "--allow-download",
+    is_flag=True,
+    help="Download the encoder's weights from their authors' URL (checked against a pinned sha256).",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Feature store directory [default: SHARDS/features/ENCODER].",
+)
+@user_errors
+def features_cmd(shards, encoder, audio_root, videos_root, encoder_weights, allow_download, out):
+    """Embed every item of SHARDS once with a frozen pretrained encoder: a feature store."""
+    from avtrain.encoders.store import build_feature_store
+
+    if audio_root and videos_root:
+        raise click.UsageError("give --audio or --videos, not both")
+    built = build_feature_store(
+        shards,
+        encoder,
+        out=out,
+        media_root=audio_root or videos_root,
+        weights=encoder_weights,
+        allow_download=allow_download,
+        progress=None,
+    )
+    c = built.counts
+    if built.reused:
+        click.echo(f"reused {built.store}: built earlier from the same shards, settings and weights")
+    else:
+        click.echo(f"wrote {built.store}")
+    click.echo(
+        f"{c.get('embedded', '?')} of {c.get('items', '?')} items embedded, {c.get('rejected', '?')} rejected"
+    )
+    if built.leakage:
+        click.echo(built.leakage)
+
+
 @main.command("export")
 @click.option(
     "--run",

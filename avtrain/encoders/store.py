@@ -1,0 +1,494 @@
+"""The feature store: one frozen encoder's embedding of every item of some item shards, computed once.
+
+``avtrain features --shards SHARDS --encoder NAME [--audio ROOT | --videos ROOT]`` writes
+STORE (default SHARDS/features/NAME):
+
+* ``features.npy``  (N, dim) float32, one row per embedded item, in the shards' item order
+* ``items.jsonl``   one line per row: key, row, vox_id, split, modality
+* ``rejects.jsonl`` the items the encoder could not embed: key, source, reason
+* ``manifest.json`` (last): kind, the encoder's card, weights_sha256, modality, dim, the shards'
+  extraction settings and their manifest's sha256, each file's sha256, counts
+
+Voice items are embedded from their whole source file (the item's ``source`` under the root
+given; every window of a clip shares the clip's embedding, computed once); face items from the
+aligned crop in the shard. The store is built in ``STORE.tmp-PID`` and renamed when complete, so a
+failed or killed build leaves no STORE (a dead builder's temp directory is removed by the next
+build). The encoder runs on one torch thread, so the same inputs give byte-identical files (on one
+kind of CPU; another CPU's kernels may change a last bit of facenet's floats). An existing STORE
+built from the same shards, settings and weights is reused; one built from others is refused (one
+line), never overwritten.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from avdata.errors import AvmatchError, InputError
+
+STORE_KIND = "avmatch-feature-store-v1"
+DATA_FILES = ("features.npy", "items.jsonl", "rejects.jsonl")
+FACE_BATCH = 32  # crops per embed_faces call: bounds memory, not results (each crop is embedded alone)
+# what must be equal for a store to stand for these shards embedded by this encoder
+IDENTITY_FIELDS = ("encoder_name", "weights_sha256", "extract", "shards_manifest_sha256")
+
+
+class FeatureStoreError(AvmatchError):
+    """A feature store that cannot be used or built as asked (one line)."""
+
+
+def default_store(shards: str | Path, encoder: str) -> Path:
+    return Path(shards) / "features" / encoder
+
+
+def shards_corpus(shards: str | Path) -> str:
+    """The corpus the item shards were built as (their manifest's config.corpus; build-shards
+    records it only when it is not voxceleb1, its default)."""
+    from avdata.untrusted import read_inside
+
+    config = json.loads(read_inside(Path(shards), "manifest.json")).get("config")
+    corpus = config.get("corpus", "voxceleb1") if isinstance(config, dict) else "voxceleb1"
+    return corpus if isinstance(corpus, str) else "voxceleb1"
+
+
+def shards_identity(shards: str | Path) -> tuple[dict, str]:
+    """(extraction settings, sha256 of the manifest) of an item shard directory: what a feature
+    store of it records and is checked against."""
+    from avdata.tuples import source_manifest_sha256
+    from avdata.untrusted import read_inside
+
+    shards = Path(shards)
+    sha = source_manifest_sha256(shards)  # a readable JSON object, else one line
+    manifest = json.loads(read_inside(shards, "manifest.json"))
+    extract = (
+        (manifest.get("config") or {}).get("extract") if isinstance(manifest.get("config"), dict) else None
+    )
+    if not isinstance(extract, dict):
+        raise InputError(
+            shards / "manifest.json",
+            "no config.extract (extraction settings); rebuild the shards with avdata build-shards",
+        )
+    return extract, sha
+
+
+def _rebuild_hint(store: Path) -> str:
+    return f"remove it and run avtrain features again (--out {store})"
+
+
+class FeatureStore:
+    """A feature store, checked when opened: its manifest (kind, fields), ``items.jsonl`` and
+    ``rejects.jsonl`` against their sha256, every line of items.jsonl (a key once, rows 0..N-1 in
+    order) and the ``features.npy`` header (float32, (N, dim), no objects) and size. The array is
+    memory-mapped, once per process. Anything else is one line (:class:`FeatureStoreError`)."""
+
+    def __init__(self, root: str | Path):
+        from avdata.io import sha256_bytes
+        from avdata.untrusted import MAX_INDEX_BYTES, read_inside
+
+        self.root = Path(root)
+
+        def refuse(problem: str):
+            raise FeatureStoreError(f"{self.root}: {problem}; {_rebuild_hint(self.root)}")
+
+        raw = read_inside(
+            self.root, "manifest.json", missing="missing; not a feature store from avtrain features"
+        )
+        try:
+            m = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            refuse("manifest.json is not JSON")
+        if not (isinstance(m, dict) and m.get("kind") == STORE_KIND):
+            refuse(f"manifest.json is not a feature store's ({STORE_KIND})")
+        card, files = m.get("encoder"), m.get("files")
+        if not (
+            isinstance(card, dict)
+            and isinstance(card.get("name"), str)
+            and m.get("modality") in ("audio", "face")
+            and isinstance(m.get("dim"), int)
+            and m["dim"] > 0
+            and isinstance(m.get("weights_sha256"), str)
+            and isinstance(m.get("extract"), dict)
+            and isinstance(m.get("shards_manifest_sha256"), str)
+            and isinstance(files, dict)
+            and all(isinstance(files.get(n), str) for n in DATA_FILES)
+        ):
+            refuse(
+                "manifest.json lacks the encoder, modality, dim, weights_sha256, extract, shards sha256 or a file's sha256"
+            )
+        self.manifest = m
+        self.card: dict = card
+        self.encoder: str = card["name"]
+        self.modality: str = m["modality"]
+        self.dim: int = m["dim"]
+        self.weights_sha256: str = m["weights_sha256"]
+        self.extract: dict = m["extract"]
+        self.shards_manifest_sha256: str = m["shards_manifest_sha256"]
+        texts = {}
+        for name in ("items.jsonl", "rejects.jsonl"):
+            data = read_inside(
+                self.root, name, str(self.root / "manifest.json"), MAX_INDEX_BYTES, "listed but missing"
+            )
+            if sha256_bytes(data) != files[name]:
+                refuse(f"{name} differs from its sha256 in manifest.json")
+            texts[name] = data.decode("utf-8", "replace")
+        self.rows: dict[str, int] = {}
+        self.items: list[dict] = []
+        for n, line in enumerate(texts["items.jsonl"].splitlines(), 1):
+            try:
+                r = json.loads(line)
+            except (ValueError, RecursionError):
+                refuse(f"items.jsonl:{n}: not JSON")
+            if not (
+                isinstance(r, dict)
+                and isinstance(r.get("key"), str)
+                and r.get("row") == len(self.items)
+                and r.get("modality") == self.modality
+                and isinstance(r.get("vox_id"), str)
+                and isinstance(r.get("split"), str)
+            ):
+                refuse(
+                    f"items.jsonl:{n}: not a key, the next row, vox_id, split and modality {self.modality}"
+                )
+            if r["key"] in self.rows:
+                refuse(f"items.jsonl:{n}: item {r['key']} listed twice")
+            self.rows[r["key"]] = r["row"]
+            self.items.append(r)
+        self.rejects: list[dict] = []
+        for n, line in enumerate(texts["rejects.jsonl"].splitlines(), 1):
+            try:
+                r = json.loads(line)
+            except (ValueError, RecursionError):
+                refuse(f"rejects.jsonl:{n}: not JSON")
+            if not (
+                isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("key", "source", "reason"))
+            ):
+                refuse(f"rejects.jsonl:{n}: not a key, source and reason")
+            self.rejects.append(r)
+        self._offset = self._check_array(refuse)
+        self._array = None
+        self._pid = None
+
+    def _check_array(self, refuse) -> int:
+        from avdata.reader import npy_problem
+        from avdata.untrusted import open_inside
+
+        with open_inside(
+            self.root, "features.npy", str(self.root / "manifest.json"), missing="listed but missing"
+        ) as f:
+            problem = npy_problem(f)
+            if problem:
+                refuse(f"features.npy: {problem}")
+            f.seek(0)
+            version = np.lib.format.read_magic(f)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read(f)
+            offset = f.tell()
+            size = f.seek(0, io.SEEK_END)
+        want = (len(self.items), self.dim)
+        if tuple(shape) != want or dtype.str != "<f4" or fortran:
+            refuse(f"features.npy holds {tuple(shape)} {dtype.str}, items.jsonl and dim need {want} <f4")
+        if size != offset + 4 * want[0] * want[1]:
+            refuse(f"features.npy is {size:,} bytes, its header needs {offset + 4 * want[0] * want[1]:,}")
+        return offset
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def locate(self, key: str) -> int | None:
+        """The row of item ``key``, or None (rejected by the encoder, or not in the shards)."""
+        return self.rows.get(key)
+
+    def array(self) -> np.ndarray:
+        """The (N, dim) float32 features, memory-mapped read-only (once per process)."""
+        from avdata.untrusted import open_inside
+
+        if self._pid != os.getpid() or self._array is None:
+            shape = (len(self.items), self.dim)
+            with open_inside(self.root, "features.npy") as f:
+                self._array = (
+                    np.memmap(f, dtype="<f4", mode="r", offset=self._offset, shape=shape)
+                    if shape[0]
+                    else np.empty(shape, "<f4")
+                )
+            self._pid = os.getpid()
+        return self._array
+
+    def identity(self) -> dict:
+        return {
+            "encoder_name": self.encoder,
+            "weights_sha256": self.weights_sha256,
+            "extract": self.extract,
+            "shards_manifest_sha256": self.shards_manifest_sha256,
+        }
+
+    def check_matches(self, shards_dir: str | Path) -> None:
+        """One line (:class:`FeatureStoreError`) when this store was not built from ``shards_dir``
+        as it is now (its manifest's sha256) with its extraction settings."""
+        extract, sha = shards_identity(shards_dir)
+        if sha != self.shards_manifest_sha256:
+            raise FeatureStoreError(
+                f"{self.root}: built from other item shards than {shards_dir} (their manifest.json "
+                f"sha256 {sha[:12]}, the store's {self.shards_manifest_sha256[:12]}); {_rebuild_hint(self.root)}"
+            )
+        if extract != self.extract:
+            changed = sorted(
+                k for k in set(extract) | set(self.extract) if extract.get(k) != self.extract.get(k)
+            )
+            raise FeatureStoreError(
+                f"{self.root}: built with other extraction settings than {shards_dir} "
+                f"({', '.join(changed)}); {_rebuild_hint(self.root)}"
+            )
+
+    def __getstate__(self):  # a worker maps the file itself, never a pickled copy of the array
+        return {k: v for k, v in self.__dict__.items() if k not in ("_array", "_pid")} | {
+            "_array": None,
+            "_pid": None,
+        }
+
+
+@dataclass
+class FeatureBuild:
+    store: Path
+    reused: bool
+    counts: dict = field(default_factory=dict)
+    leakage: str | None = None  # avtrain.encoders.leakage_warning for the shards' corpus
+
+
+def _remove_dead_temps(out: Path) -> None:
+    """STORE.tmp-PID directories whose builder no longer runs (killed mid-build)."""
+    from avdata.io import _pid_alive
+
+    if not out.parent.is_dir():
+        return
+    for entry in out.parent.glob(f"{out.name}.tmp-*"):
+        pid = entry.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and entry.is_dir() and not entry.is_symlink() and not _pid_alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    return [k for k in IDENTITY_FIELDS if old.get(k) != new.get(k)]
+
+
+def build_feature_store(
+    shards: str | Path,
+    encoder: str,
+    out: str | Path | None = None,
+    media_root: str | Path | None = None,
+    weights: str | Path | None = None,
+    allow_download: bool = False,
+    progress=None,
+) -> FeatureBuild:
+    """Embed every item of ``shards`` of the encoder's modality with ``encoder`` into ``out``
+    (default SHARDS/features/ENCODER); reuse an identical existing store, refuse another one.
+    ``media_root``: where the voice items' ``source`` paths lie (the --audio or --videos root
+    the shards were built from; voice encoders only)."""
+    import torch
+
+    from avdata.reader import index_items
+    from avtrain.encoders import encoder_class, leakage_warning, load_encoder
+
+    shards = Path(shards)
+    cls = encoder_class(encoder)  # an unknown name, a missing extra: one line, before anything is read
+    cls.check_installed()
+    card = cls.card
+    out = Path(out) if out is not None else default_store(shards, encoder)
+    if out.resolve() == shards.resolve():
+        raise FeatureStoreError(
+            f"--out {out} is the shard directory; choose a directory for the feature store"
+        )
+    extract, shards_sha = shards_identity(shards)
+    leakage = leakage_warning(encoder, shards_corpus(shards))
+    if card.modality == "audio":
+        if media_root is None:
+            raise FeatureStoreError(
+                f"encoder {encoder} embeds each voice's whole source file: give --audio ROOT (or --videos "
+                f"ROOT), the media root {shards} was built from"
+            )
+        media_root = Path(media_root)
+        if not media_root.is_dir():
+            raise FeatureStoreError(f"{media_root}: no such media directory")
+    enc = load_encoder(
+        encoder, weights=weights, allow_download=allow_download, face_margin=extract.get("face_margin")
+    )
+    identity = {
+        "encoder_name": encoder,
+        "weights_sha256": enc.weights_sha256,
+        "extract": extract,
+        "shards_manifest_sha256": shards_sha,
+    }
+    if os.path.lexists(out):
+        if not os.path.lexists(out / "manifest.json"):
+            raise FeatureStoreError(
+                f"{out} exists and is not a feature store; remove it or choose another --out"
+            )
+        old = FeatureStore(out)
+        changed = _differences(old.identity(), identity)
+        if changed:
+            raise FeatureStoreError(
+                f"{out} was built from other {' / '.join(changed)} than asked now; remove it or choose "
+                f"another --out (a store is never overwritten)"
+            )
+        return FeatureBuild(out, True, old.manifest.get("counts", {}), leakage)
+
+    items = index_items(shards)
+    items = items[items["modality"] == card.modality]
+    _remove_dead_temps(out)
+    tmp = out.parent / f"{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    threads = torch.get_num_threads()
+    try:
+        # one intra-op thread: facenet's convolutions sum in another order with more threads (a last
+        # bit differs), and the store is byte-identical for the same inputs only with a fixed count
+        torch.set_num_threads(1)
+        embed = _embed_voices if card.modality == "audio" else _embed_faces
+        vectors, lines, rejects, counts = embed(enc, items, shards, media_root, progress)
+        counts = {"items": len(items), "embedded": len(lines), "rejected": len(rejects)} | counts
+        _write_store(tmp, enc, identity, vectors, lines, rejects, counts)
+        try:
+            os.rename(tmp, out)
+        except OSError as exc:
+            raise FeatureStoreError(
+                f"cannot move the finished store to {out} ({exc.strerror or exc})"
+            ) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    return FeatureBuild(out, False, counts, leakage)
+
+
+def _line(row, n: int) -> dict:
+    return {"key": row.key, "row": n, "vox_id": row.vox_id, "split": row.split, "modality": row.modality}
+
+
+def _reject(row, reason: str) -> dict:
+    return {"key": row.key, "source": row.source, "reason": reason}
+
+
+def _checked(vector: np.ndarray, dim: int) -> np.ndarray | str:
+    vector = np.asarray(vector, dtype=np.float32)
+    if vector.shape != (dim,):
+        return f"embedding of shape {vector.shape}, expected ({dim},)"
+    if not np.all(np.isfinite(vector)):
+        return "non-finite embedding"
+    return vector
+
+
+def _embed_voices(enc, items, shards: Path, media_root: Path, progress):
+    """Each source file once (every window of a clip shares its embedding)."""
+    from avdata.media import decode_audio
+    from avdata.untrusted import resolve_inside
+    from avtrain.encoders.base import SAMPLE_RATE, ItemRejected
+
+    by_source: dict[str, np.ndarray | str] = {}
+    missing = 0
+    for n, source in enumerate(sorted(set(items["source"]))):
+        try:
+            path = resolve_inside(media_root, source, f"{shards}: item source")
+        except AvmatchError as exc:
+            by_source[source] = f"source {source!r} refused: {exc}"
+            continue
+        if not path.is_file():
+            by_source[source] = f"source file not found under {media_root}"
+            missing += 1
+            continue
+        try:
+            by_source[source] = _checked(enc.embed_audio(decode_audio(path, SAMPLE_RATE)), enc.card.dim)
+        except InputError as exc:
+            by_source[source] = exc.reason
+        except ItemRejected as exc:
+            by_source[source] = str(exc)
+        if progress and (n + 1) % 100 == 0:
+            progress(f"{n + 1}/{len(by_source)} voice files")
+    if by_source and missing == len(by_source):
+        raise FeatureStoreError(
+            f"none of the {missing} voice source files of {shards} is under {media_root}: give the --audio "
+            f"or --videos root the shards were built from"
+        )
+    vectors, lines, rejects = [], [], []
+    for row in items.itertuples(index=False):
+        got = by_source[row.source]
+        if isinstance(got, str):
+            rejects.append(_reject(row, got))
+        else:
+            lines.append(_line(row, len(vectors)))
+            vectors.append(got)
+    embedded = sum(not isinstance(v, str) for v in by_source.values())
+    return vectors, lines, rejects, {"source_files": len(by_source), "source_files_embedded": embedded}
+
+
+def _embed_faces(enc, items, shards: Path, media_root, progress):
+    from avdata.items import ItemError, decode_item
+    from avdata.reader import read_member
+    from avtrain.encoders.base import ItemRejected
+
+    vectors, lines, rejects = [], [], []
+    rows = list(items.itertuples(index=False))
+    for start in range(0, len(rows), FACE_BATCH):
+        batch, crops = [], []
+        for row in rows[start : start + FACE_BATCH]:
+            data = read_member(shards / row.tar, int(row.data_offset), int(row.data_size))
+            try:
+                crops.append(decode_item("face", data, row.data_ext, f"{shards / row.tar}: {row.key}"))
+                batch.append(row)
+            except ItemError as exc:
+                rejects.append(_reject(row, str(exc)))
+        results = enc.embed_faces(np.stack(crops)) if crops else []
+        for row, got in zip(batch, results):
+            got = str(got) if isinstance(got, ItemRejected) else _checked(got, enc.card.dim)
+            if isinstance(got, str):
+                rejects.append(_reject(row, got))
+            else:
+                lines.append(_line(row, len(vectors)))
+                vectors.append(got)
+        if progress:
+            progress(f"{min(start + FACE_BATCH, len(rows))}/{len(rows)} faces")
+    rejects.sort(key=lambda r: r["key"])
+    return vectors, lines, rejects, {}
+
+
+def _write_store(tmp: Path, enc, identity: dict, vectors, lines, rejects, counts) -> None:
+    from avdata.io import jsonl_text, sha256_bytes, write_json
+
+    dim = enc.card.dim
+    array = np.stack(vectors).astype("<f4") if vectors else np.zeros((0, dim), "<f4")
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(array), version=(1, 0), allow_pickle=False)
+    blobs = {
+        "features.npy": buf.getvalue(),
+        "items.jsonl": jsonl_text(lines).encode(),
+        "rejects.jsonl": jsonl_text(rejects).encode(),
+    }
+    for name, data in blobs.items():
+        with open(tmp / name, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    write_json(
+        tmp / "manifest.json",
+        {
+            "kind": STORE_KIND,
+            "encoder": enc.card.to_dict(),
+            "weights_sha256": identity["weights_sha256"],
+            "modality": enc.card.modality,
+            "dim": dim,
+            "extract": identity["extract"],
+            "shards_manifest_sha256": identity["shards_manifest_sha256"],
+            "files": {name: sha256_bytes(data) for name, data in blobs.items()},
+            "counts": counts,
+        },
+    )
