@@ -231,16 +231,16 @@ def test_wrong_key_names_the_key(tmp_path, random_state):
 
 def test_not_weights_files(tmp_path, real_wavs):
     _one_line_error(real_wavs[0], "not a readable torch checkpoint")  # a wav
-    _one_line_error(tmp_path / "absent.ckpt", "no such weights file")
+    _one_line_error(tmp_path / "absent.ckpt", "file not found")
     empty = tmp_path / "empty.ckpt"
     empty.write_bytes(b"")
-    _one_line_error(empty, "not a readable torch checkpoint")
+    _one_line_error(empty, "empty file")
     not_dict = tmp_path / "list.ckpt"
     torch.save([torch.zeros(3)], not_dict)
     _one_line_error(not_dict, "not a state dict")
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{not json")
-    _one_line_error(garbage, "not a readable safetensors file")
+    _one_line_error(garbage, "not a weights file")
 
 
 class _Payload:  # any class: weights_only refuses to rebuild it
@@ -250,7 +250,7 @@ class _Payload:  # any class: weights_only refuses to rebuild it
 def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / "pickle.ckpt"
     torch.save({"blocks.0.conv.conv.weight": _Payload()}, path)
-    with pytest.raises(EncoderError, match="not a readable torch weights file") as info:
+    with pytest.raises(EncoderError, match="loads without pickle") as info:
         ECAPA(weights=path)
     assert "\n" not in str(info.value)
 
@@ -259,40 +259,28 @@ def test_pickled_objects_are_refused(tmp_path):
 
 
 def test_no_weights_and_no_download_is_one_line(tmp_path, monkeypatch):
-    monkeypatch.setenv("AVMATCH_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(EncoderError, match="needs its weights: pass --encoder-weights") as info:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(EncoderError, match="needs its weights: --encoder-weights FILE") as info:
         ECAPA()
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and "--allow-download" in str(info.value)
     assert not (tmp_path / "cache").exists()
 
 
-def test_checked_download(tmp_path):
-    """download_weights streams, hashes and renames only a file with the pinned sha256 (a file://
-    URL stands in for Hugging Face here); a wrong checksum leaves nothing behind."""
-    source = tmp_path / "served.bin"
-    source.write_bytes(b"ecapa weights stand-in")
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    dest = tmp_path / "cache" / "embedding_model.ckpt"
-    assert ecapa.download_weights(dest, url=source.as_uri(), sha256=digest) == dest
-    assert dest.read_bytes() == source.read_bytes()
-    other = tmp_path / "cache2" / "embedding_model.ckpt"
+def test_checked_download(tmp_path, monkeypatch, weights_file, voice, encoder):
+    """--allow-download fetches the pinned URL into the download cache and keeps it only with the
+    pinned sha256 (a file:// URL and the test's weights stand in for Hugging Face's file here)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(ecapa, "WEIGHTS_URL", weights_file.as_uri())
+    monkeypatch.setattr(ecapa, "WEIGHTS_SHA256", "0" * 64)
     with pytest.raises(EncoderError, match="expected " + "0" * 64) as info:
-        ecapa.download_weights(other, url=source.as_uri(), sha256="0" * 64)
+        ECAPA(allow_download=True)
     assert "\n" not in str(info.value)
-    assert list(other.parent.iterdir()) == []
-    with pytest.raises(EncoderError, match="download failed"):
-        ecapa.download_weights(other, url=(tmp_path / "missing").as_uri(), sha256=digest)
-    assert list(other.parent.iterdir()) == []
-
-
-def test_cached_file_must_be_the_published_one(tmp_path, monkeypatch, weights_file):
-    """A file in the download cache is used without a path only if it is SpeechBrain's file."""
-    monkeypatch.setenv("AVMATCH_CACHE", str(tmp_path))
-    cached = ecapa.cached_weights()
-    cached.parent.mkdir(parents=True)
-    cached.symlink_to(weights_file)
-    with pytest.raises(EncoderError, match="expected " + ecapa.WEIGHTS_SHA256):
-        ECAPA()
+    cache = tmp_path / "cache" / "avmatch" / "encoders"
+    assert not any(cache.iterdir())  # nothing kept
+    monkeypatch.setattr(ecapa, "WEIGHTS_SHA256", hashlib.sha256(weights_file.read_bytes()).hexdigest())
+    downloaded = ECAPA(allow_download=True)
+    assert downloaded.weights_path == cache / ecapa.CACHE_NAME and downloaded.published
+    assert np.array_equal(downloaded.embed_audio(voice), encoder.embed_audio(voice))
 
 
 def test_pinned_download_url():
@@ -300,4 +288,4 @@ def test_pinned_download_url():
         "https://huggingface.co/speechbrain/spkrec-ecapa-voxceleb/resolve/"
         "0f99f2d0ebe89ac095bcc5903c4dd8f72b367286/embedding_model.ckpt"
     )
-    assert len(ecapa.WEIGHTS_SHA256) == 64
+    assert ecapa.WEIGHTS_SHA256 == "0575cb64845e6b9a10db9bcb74d5ac32b326b8dc90352671d345e2ee3d0126a2"

@@ -27,10 +27,7 @@ embeddings against SpeechBrain's own on one file.
 
 from __future__ import annotations
 
-import io
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import ClassVar
 
@@ -39,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from avdata.io import sha256_bytes
+from avdata.io import sha256_file
 from avtrain.encoders.base import (
     EXTRA,
     SAMPLE_RATE,
@@ -59,7 +56,7 @@ HF_REVISION = "0f99f2d0ebe89ac095bcc5903c4dd8f72b367286"
 WEIGHTS_FILE = "embedding_model.ckpt"
 WEIGHTS_URL = f"https://huggingface.co/{HF_REPO}/resolve/{HF_REVISION}/{WEIGHTS_FILE}"
 WEIGHTS_SHA256 = "0575cb64845e6b9a10db9bcb74d5ac32b326b8dc90352671d345e2ee3d0126a2"
-WEIGHTS_BYTES = 83_316_686
+CACHE_NAME = f"spkrec-ecapa-voxceleb-{HF_REVISION[:7]}-{WEIGHTS_FILE}"  # in the encoders' download cache
 # A weights file bigger than this is not this network's (its float32 tensors take 80 MiB); refused
 # before a byte is parsed.
 MAX_WEIGHTS_BYTES = 256 << 20
@@ -293,44 +290,28 @@ def _fail(path: Path, reason: str) -> EncoderError:
     return EncoderError(f"{path}: {reason}")
 
 
-def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
-    """(tensors, sha256) of a weights file: ``.safetensors``, or a ``torch.save`` zip read with
-    ``weights_only=True`` (never unpickling objects). The file is read once: the sha256 is that of
-    the bytes loaded. One line naming the file otherwise."""
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """(tensors, sha256) of a weights file, read by the encoders' shared reader (safetensors, or
+    ``torch.load(weights_only=True)``: never unpickling objects) after the checks an untrusted
+    torch zip needs first: a size no ECAPA-TDNN file exceeds, and a zip directory whose records
+    unpack to a bounded size (:func:`avtrain.run.checkpoint.check_archive`). One line otherwise."""
+    from avdata.errors import InputError, check_readable_file
+    from avtrain.encoders.facenet import read_state_dict
     from avtrain.run.checkpoint import CheckpointError, UnsafeCheckpointError, check_archive
 
-    path = Path(path)
-    if not path.is_file():
-        raise _fail(path, "no such weights file" if not path.exists() else "not a regular file")
+    try:
+        check_readable_file(path)
+    except InputError as exc:
+        raise EncoderError(str(exc)) from None
     size = path.stat().st_size
     if size > MAX_WEIGHTS_BYTES:
         raise _fail(path, f"{size / 2**20:.0f} MiB, larger than ECAPA-TDNN weights can be; not its weights")
-    data = path.read_bytes()
-    if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load as load_safetensors
-
+    if path.suffix != ".safetensors":
         try:
-            state = load_safetensors(data)
-        except (SafetensorError, ValueError, RuntimeError) as exc:
-            raise _fail(path, f"not a readable safetensors file ({type(exc).__name__})") from None
-    else:
-        try:
-            check_archive(path)  # a zip whose records unpack to a bounded size, before torch reads it
+            check_archive(path)
         except (CheckpointError, UnsafeCheckpointError) as exc:
             raise EncoderError(f"{exc} (expected ECAPA-TDNN weights: SpeechBrain's {WEIGHTS_FILE})") from None
-        try:
-            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any failure to parse untrusted bytes is the file's, one line
-            first = (str(exc).strip().splitlines() or [""])[0]
-            raise _fail(
-                path, f"not a readable torch weights file ({type(exc).__name__}: {first[:120]})"
-            ) from None
-    if not isinstance(state, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
-        raise _fail(path, "not a state dict (a mapping of names to tensors)")
-    return state, sha256_bytes(data)
+    return read_state_dict(path), sha256_file(path)
 
 
 def check_state_dict(path: Path, state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -362,59 +343,6 @@ def check_state_dict(path: Path, state: dict[str, torch.Tensor], model: nn.Modul
     return ready
 
 
-def cache_dir() -> Path:
-    """Where downloaded weights are kept: $AVMATCH_CACHE, else $XDG_CACHE_HOME/avmatch, else
-    ~/.cache/avmatch; then encoders/ecapa."""
-    root = (
-        os.environ.get("AVMATCH_CACHE")
-        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "avmatch"
-    )
-    return Path(root) / "encoders" / "ecapa"
-
-
-def cached_weights() -> Path:
-    return cache_dir() / f"spkrec-ecapa-voxceleb-{HF_REVISION[:7]}-{WEIGHTS_FILE}"
-
-
-def download_weights(dest: Path, url: str = WEIGHTS_URL, sha256: str = WEIGHTS_SHA256) -> Path:
-    """Fetch the published weights into ``dest``: streamed to a temp file beside it, hashed on the
-    way, renamed over ``dest`` only when the size and sha256 are the pinned ones; one line otherwise
-    (nothing is left behind)."""
-    import hashlib
-    import urllib.error
-    import urllib.request
-
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    except OSError as exc:
-        raise EncoderError(f"{dest.parent}: cannot keep downloaded weights there ({exc.strerror})") from None
-    tmp = Path(tmp_name)
-    digest, size = hashlib.sha256(), 0
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - pinned https URL
-            while chunk := response.read(1 << 20):
-                size += len(chunk)
-                if size > WEIGHTS_BYTES:
-                    raise EncoderError(
-                        f"{url}: more than the {WEIGHTS_BYTES} bytes of {WEIGHTS_FILE}; refused"
-                    )
-                digest.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        if digest.hexdigest() != sha256:
-            raise EncoderError(
-                f"{url}: sha256 {digest.hexdigest()} ({size} bytes), expected {sha256}; refused, not saved"
-            )
-        os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
-        raise EncoderError(f"{url}: download failed ({type(exc).__name__}: {str(exc)[:120]})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
-
-
 # --------------------------------------------------------------------------- the encoder
 
 
@@ -424,9 +352,8 @@ class ECAPA(FrozenEncoder):
     ``weights``: the model's ``embedding_model.ckpt`` (or the same tensors as ``.safetensors``) by
     path; any file with this architecture's keys and shapes loads, and ``published`` says whether
     it is byte for byte the file SpeechBrain published (sha256 :data:`WEIGHTS_SHA256`).
-    Without a path: the copy downloaded earlier into :func:`cache_dir` (checked again), or, with
-    ``allow_download``, a download from :data:`WEIGHTS_URL` (a pinned revision) checked against the
-    pinned size and sha256."""
+    Without a path, only with ``allow_download``: the file from :data:`WEIGHTS_URL` (a pinned
+    revision) in the encoders' download cache, fetched once and checked against the pinned sha256."""
 
     card: ClassVar[EncoderCard] = EncoderCard(
         name="ecapa",
@@ -446,32 +373,23 @@ class ECAPA(FrozenEncoder):
     )
 
     def __init__(self, weights: str | Path | None = None, allow_download: bool = False):
-        path = self._weights_path(weights, allow_download)
-        state, self.weights_sha256 = read_state_dict(path)
+        from avtrain.encoders.facenet import cache_dir, fetch_weights  # the encoders' shared download
+
+        if weights is None:
+            if not allow_download:
+                raise EncoderError(
+                    f"encoder ecapa needs its weights: --encoder-weights FILE (SpeechBrain's {WEIGHTS_FILE} "
+                    f"from {HF_REPO}), or --allow-download to fetch and check it"
+                )
+            weights = fetch_weights(WEIGHTS_URL, cache_dir() / CACHE_NAME, WEIGHTS_SHA256)
+        path = Path(weights)
+        state, self.weights_sha256 = read_weights(path)
         self.weights_path = path
-        if weights is None and self.weights_sha256 != WEIGHTS_SHA256:  # the cache holds only checked files
-            raise _fail(
-                path, f"sha256 {self.weights_sha256}, expected {WEIGHTS_SHA256}; delete it and download again"
-            )
         self.published = self.weights_sha256 == WEIGHTS_SHA256
         model = ECAPATDNN()
         model.load_state_dict(check_state_dict(path, state, model), strict=True)
         self.model = model.eval().requires_grad_(False)
         self.filters = mel_filterbank()
-
-    @staticmethod
-    def _weights_path(weights: str | Path | None, allow_download: bool) -> Path:
-        if weights is not None:
-            return Path(weights)
-        cached = cached_weights()
-        if cached.is_file():
-            return cached
-        if allow_download:
-            return download_weights(cached)
-        raise EncoderError(
-            f"encoder ecapa needs its weights: pass --encoder-weights FILE (SpeechBrain's {WEIGHTS_FILE} "
-            f"from {HF_REPO}, sha256 {WEIGHTS_SHA256[:12]}...) or --allow-download"
-        )
 
     def features(self, wave: np.ndarray) -> torch.Tensor:
         """(frames, 80) normalised log-mels of a (T,) waveform: the network's input."""
