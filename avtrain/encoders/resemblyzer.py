@@ -24,7 +24,6 @@ from avtrain.encoders.base import (
     FrozenEncoder,
     ItemRejected,
     check_wave,
-    require_modules,
 )
 
 # Less voice than this after VAD would be mostly the zero padding of one 1.6 s partial window.
@@ -34,6 +33,7 @@ _LOSS_KEYS = ("similarity_weight", "similarity_bias")
 
 
 class Resemblyzer(FrozenEncoder):
+    requires = ("resemblyzer", "webrtcvad")
     card = EncoderCard(
         name="resemblyzer",
         modality="audio",
@@ -55,7 +55,7 @@ class Resemblyzer(FrozenEncoder):
                 f"encoder resemblyzer takes no --encoder-weights ({weights}): it uses the weights "
                 f"inside the resemblyzer package"
             )
-        resemblyzer, _ = require_modules("resemblyzer", "resemblyzer", "webrtcvad")
+        resemblyzer, _ = self.check_installed()
         import torch
         from resemblyzer import hparams
         from torch import nn

@@ -271,10 +271,12 @@ def build_feature_store(
     ``media_root``: where the voice items' ``source`` paths lie (the --audio or --videos root
     the shards were built from; voice encoders only)."""
     from avdata.reader import index_items
-    from avtrain.encoders import encoder_card, load_encoder
+    from avtrain.encoders import encoder_class, load_encoder
 
     shards = Path(shards)
-    card = encoder_card(encoder)  # an unknown name: one line, before anything is read
+    cls = encoder_class(encoder)  # an unknown name, a missing extra: one line, before anything is read
+    cls.check_installed()
+    card = cls.card
     out = Path(out) if out is not None else default_store(shards, encoder)
     if out.resolve() == shards.resolve():
         raise FeatureStoreError(
