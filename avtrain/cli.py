@@ -65,6 +65,13 @@ def _pin_kernels() -> None:
     "shards make-tuples drew from [default: the tuple directory's tuple shards].",
 )
 @click.option(
+    "--features",
+    "features",
+    type=click.Path(file_okay=False, exists=True),
+    multiple=True,
+    help="A feature store (avtrain features) of a frozen encoder's modality, one per model.voice_encoder / model.face_encoder that is not aml (repeatable) [default: ITEM_SHARDS/features/ENCODER].",
+)
+@click.option(
     "--tuple-shards",
     is_flag=True,
     default=None,
@@ -175,6 +182,7 @@ def _pin_kernels() -> None:
 def fit_cmd(
     tuples_dir,
     items,
+    features,
     tuple_shards,
     method,
     task,
@@ -230,6 +238,7 @@ def fit_cmd(
         val_tuples=val_tuples,
         val_shards=val_shards,
         items=items,
+        features=features,
     )
     final = ", ".join(f"{k}={v:.4f}" for k, v in summary["final"].items())
     click.echo(
@@ -283,8 +292,16 @@ def fit_cmd(
     "the method's learned head (lists it has no head for are reported as not scored) "
     "[default: the method's own, docs/evaluation.md].",
 )
+@click.option(
+    "--features",
+    "features",
+    type=click.Path(file_okay=False, exists=True),
+    multiple=True,
+    help="A run on frozen encoder features: a feature store to read instead of the one the run recorded "
+    "(same encoder and weights; repeatable, one per frozen modality).",
+)
 @user_errors
-def evaluate_cmd(run, checkpoint, shards, tuples_dir, out, batch_size, device, n_boot, seed, score):
+def evaluate_cmd(run, checkpoint, shards, tuples_dir, out, batch_size, device, n_boot, seed, score, features):
     """Score a run on matching, verification and retrieval lists (--score: -L2, cosine or the head)."""
     from avtrain.evaluation.evaluate import evaluate
 
@@ -300,6 +317,7 @@ def evaluate_cmd(run, checkpoint, shards, tuples_dir, out, batch_size, device, n
         echo=click.echo,
         checkpoint=checkpoint,
         score=score,
+        features=features,
     )
 
 

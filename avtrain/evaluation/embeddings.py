@@ -1,5 +1,7 @@
 """Every item referenced by the evaluation lists, read once from the item shards (explicit
-decoders, never unpickled), normalised as in training and embedded once, in batches."""
+decoders, never unpickled), normalised as in training and embedded once, in batches. A modality of
+a frozen encoder (``model.voice_encoder`` / ``face_encoder``) is read from its feature store
+instead: the encoder's vectors, by key (``frozen``, :class:`avtrain.train.features.FrozenInputs`)."""
 
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ def _sorted_items(items, modality: str):
     return items[items["modality"] == modality].sort_values("key", kind="mergesort")
 
 
-def decode_items(items, shards_root: str | Path) -> dict[str, np.ndarray]:
+def decode_items(items, shards_root: str | Path, frozen=None) -> dict[str, np.ndarray]:
     """modality -> the decoded arrays of every row of ``items`` (an index_items DataFrame) of that
     modality, in :func:`embed_items`' order: read and decoded once, for callers that embed the
     same items again and again (``fit``'s validation, every epoch). (N, 224, 125) float32
@@ -51,6 +53,9 @@ def decode_items(items, shards_root: str | Path) -> dict[str, np.ndarray]:
     root = Path(shards_root)
     out = {}
     for modality in ("audio", "face"):
+        if frozen is not None and modality in frozen.modalities:
+            out[modality] = frozen.vectors(modality, _sorted_items(items, modality)["key"].tolist())
+            continue
         recs = _sorted_items(items, modality)[["key", "tar", "data_ext", "data_offset", "data_size"]]
         arrays = [
             _decode(modality, read_member(root / tar, int(off), int(size)), ext, key)
@@ -69,14 +74,15 @@ def embed_items(
     keep_features: set[str],
     progress: Callable[[str], None] | None = None,
     decoded: dict[str, np.ndarray] | None = None,
+    frozen=None,
 ) -> Embeddings:
     """Embed every row of ``items`` (an index_items DataFrame, already restricted to the
     needed keys) exactly once with ``model.embed`` (any method on the seam); keep the
     diagnostic features (``model.features``, where the method has them) of ``keep_features``.
     ``decoded`` (:func:`decode_items` of the same items): the arrays, instead of reading and
-    decoding the items again."""
+    decoding the items again. ``frozen``: the feature stores of the frozen modalities."""
     from avdata.reader import read_member
-    from avtrain.methods.encoders import normalise_audio, normalise_face
+    from avtrain.methods.encoders import to_branch_input
 
     root = Path(shards_root)
     out = Embeddings({}, {}, {}, {}, {})
@@ -89,9 +95,12 @@ def embed_items(
         out.features[modality] = {}
         h = np.zeros((len(keys), model.embed_dim), dtype=np.float64)
         recs = df[["key", "tar", "data_ext", "data_offset", "data_size"]].to_records(index=False)
+        is_frozen = frozen is not None and modality in frozen.modalities
         for s in range(0, len(recs), batch_size):
             if decoded is not None:
                 batch = decoded[modality][s : s + batch_size]
+            elif is_frozen:
+                batch = frozen.vectors(modality, keys[s : s + batch_size])
             else:
                 batch = np.stack(
                     [
@@ -99,7 +108,7 @@ def embed_items(
                         for key, tar, ext, off, size in recs[s : s + batch_size]
                     ]
                 )
-            x = normalise_audio(batch) if modality == "audio" else normalise_face(batch)
+            x = to_branch_input(modality, batch, is_frozen)
             with torch.inference_mode():
                 hb, fb = model.embed_with_features(modality, x.to(device))
             out.forward_rows += x.shape[0]

@@ -48,6 +48,7 @@ from avtrain.evaluation.tuple_lists import (
     EvaluationError,
     TupleList,
     read_tuple_lists,
+    without_items,
 )
 from avtrain.methods.base import SCORE_RULES
 from avtrain.run.checkpoint import load_run, pick_device
@@ -348,10 +349,16 @@ class ValidationSet:
         select: str,
         split: str = "val",
         batch_size: int = 64,
+        frozen=None,
     ):
-        self.shards, self.batch_size = Path(shards), batch_size
+        """``frozen`` (:class:`avtrain.train.features.FrozenInputs`): the frozen modalities' feature
+        stores; rows naming an item their encoder rejected are left out (``self.skipped``)."""
+        self.shards, self.batch_size, self.frozen = Path(shards), batch_size, frozen
         self.direction, self.select = direction, select
         lists = read_tuple_lists(tuples_dir)
+        self.skipped: dict[str, int] = {}
+        if frozen is not None:
+            lists, self.skipped = without_items(lists, frozen.rejected_keys())
         want = f"matching_{split}_{direction}_k{k}"
         self.lists = [
             t
@@ -401,7 +408,7 @@ class ValidationSet:
         model.eval()
         rule = model.default_score
         if self.decoded is None:
-            self.decoded = decode_items(self.items, self.shards)
+            self.decoded = decode_items(self.items, self.shards, self.frozen)
         emb = embed_items(
             model, self.items, self.shards, self.batch_size, device, set(), decoded=self.decoded
         )
@@ -432,12 +439,16 @@ def evaluate(
     echo: Callable[[str], None] | None = print,
     checkpoint: str = "last",
     score: str | None = None,
+    features: list[str | Path] | tuple = (),
 ) -> dict:
     """Evaluate RUN's ``checkpoint`` (last, best or a path) on every list of tuples_dir/index,
     scored by ``score`` (l2, cosine or head; None: the method's default rule); write metrics.json
     (default RUN/metrics.json), RUN/embeddings.npz and the headline metrics into RUN/tb
     (TensorBoard); return the metrics dict. ``shards`` None: the item shards tuples_dir's lists
-    were drawn from, found through its manifest (:func:`avtrain.run.data_record.locate_item_shards`)."""
+    were drawn from, found through its manifest (:func:`avtrain.run.data_record.locate_item_shards`).
+    A run on frozen encoder features reads them from the feature stores it recorded (``features``:
+    other stores of the same encoders and weights); rows naming an item the encoder rejected are left
+    out and counted (``features.skipped``)."""
     run = Path(run)
     if shards is None:
         from avtrain.run.data_record import locate_item_shards
@@ -461,6 +472,20 @@ def evaluate(
         raise EvaluationError(
             f"{tuples_dir}: no non-empty matching, verification or retrieval list in index/"
         )
+    from avtrain.train.features import print_leakage, recorded_features, shards_corpus
+
+    frozen = recorded_features(cfg, features, Path(shards))
+    skipped_rows: dict[str, int] = {}
+    if frozen is not None:
+        print_leakage(cfg.model, shards_corpus(Path(shards)))
+        lists, skipped_rows = without_items(lists, frozen.rejected_keys())
+        if skipped_rows and echo:
+            echo(
+                f"{sum(skipped_rows.values())} rows of {len(skipped_rows)} list(s) left out: they name items "
+                f"the frozen encoder rejected ({', '.join(f'{k}: {v}' for k, v in sorted(skipped_rows.items()))})"
+            )
+        if not lists:
+            raise EvaluationError(f"{tuples_dir}: every list names only items the frozen encoder rejected")
     need, items = load_items(lists, shards, tuples_dir)
 
     # features are kept only for the sampled keys; the sample needs the key lists first
@@ -474,7 +499,7 @@ def evaluate(
         {},
     )
     keep, samples = sample_keys(pre, seed)
-    emb = embed_items(model, items, shards, batch_size, dev, keep)
+    emb = embed_items(model, items, shards, batch_size, dev, keep, frozen=frozen)
 
     result: dict = {
         "run": str(run),
@@ -492,6 +517,8 @@ def evaluate(
             "forward_rows": int(emb.forward_rows),
         },
     }
+    if frozen is not None:
+        result["features"] = {**frozen.record(), "skipped_rows": dict(sorted(skipped_rows.items()))}
 
     skipped: dict[str, str] = {}  # list -> why it is not scored (head rule, no head for it)
     # per-item outcomes of every list, for paired comparisons of runs (outcomes.py, compare.py)

@@ -8,7 +8,7 @@ which modality, they reference.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from avdata.errors import AvmatchError, InputError
@@ -159,3 +159,27 @@ def needed_items(lists: list[TupleList]) -> dict[str, str]:
             for g in r["gallery"]:
                 add(g, MODALITY_OF_ROLE[d, "gallery"], tl.name)
     return need
+
+
+def without_items(lists: list[TupleList], keys: set[str]) -> tuple[list[TupleList], dict[str, int]]:
+    """The lists without the rows that name one of ``keys`` (items a frozen encoder rejected:
+    they have no vector), and per list the number of rows left out (retrieval: queries and
+    gallery items). A list left with no row is left out."""
+    if not keys:
+        return lists, {}
+    out, dropped = [], {}
+    for tl in lists:
+        if tl.task == "retrieval":
+            rows = [r for r in tl.rows if r["query"] not in keys]
+            gallery = [g for g in tl.gallery if g["key"] not in keys]
+            n = len(tl.rows) - len(rows) + len(tl.gallery) - len(gallery)
+            kept = replace(tl, rows=rows, gallery=gallery)
+        else:
+            rows = [r for r in tl.rows if r["query"] not in keys and not keys.intersection(r["gallery"])]
+            n = len(tl.rows) - len(rows)
+            kept = replace(tl, rows=rows)
+        if n:
+            dropped[tl.name] = n
+        if kept.rows:
+            out.append(kept)
+    return out, dropped

@@ -12,17 +12,19 @@ from __future__ import annotations
 import torch
 
 from avtrain.methods.base import Method, check_modality
-from avtrain.methods.encoders import AudioBranch, VisualBranch
+from avtrain.methods.encoders import modality_branch
 
 
 class BranchMethod(Method):
     """The paper's audio and visual branches (``audio_branch``, ``visual_branch``: AML's names), the
-    leaky slope from the run's ``model.leaky_slope``."""
+    leaky slope from the run's ``model.leaky_slope``; a modality of a frozen encoder
+    (``model.voice_encoder`` / ``model.face_encoder``) has a trainable adapter over the encoder's
+    vectors instead (:func:`avtrain.methods.encoders.modality_branch`)."""
 
     def __init__(self, cfg, labels=None):
         super().__init__(cfg, labels)
-        self.audio_branch = AudioBranch(cfg.model.leaky_slope)
-        self.visual_branch = VisualBranch(cfg.model.leaky_slope)
+        self.audio_branch = modality_branch("audio", cfg.model)
+        self.visual_branch = modality_branch("face", cfg.model)
 
     def embedding(self, modality: str, features: torch.Tensor) -> torch.Tensor:
         """(N, 3200) branch features of ``modality`` -> (N, embed_dim) embeddings."""

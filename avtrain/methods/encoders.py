@@ -108,6 +108,79 @@ def branch_for(modality: str, slope: float = 0.2) -> nn.Module:
     return AudioBranch(slope) if modality == "audio" else VisualBranch(slope)
 
 
+# ------------------------------------------------------------ frozen pretrained encoders
+# model.voice_encoder / model.face_encoder: "aml" (avtrain.encoders.TRAINED) is the paper's branch,
+# trained with the method; an encoder name of avtrain.encoders.ENCODERS makes the modality's input
+# that frozen encoder's precomputed (N, dim) vectors (a feature store, avtrain.train.features), and
+# its branch the small trainable FeatureAdapter below. This is the one place that choice is made.
+
+ENCODER_KEYS = {"audio": "voice_encoder", "face": "face_encoder"}  # ModelConfig field per modality
+TRAINED_BRANCH = "aml"  # == avtrain.encoders.TRAINED (tests/test_feature_methods.py checks); the
+# default needs no import of avtrain.encoders, so a run of the paper's branches never loads it
+
+
+def encoder_choice_problem(modality: str, value) -> str | None:
+    """Why ``value`` cannot be ``model.{voice,face}_encoder`` of ``modality``, or None."""
+    if value == TRAINED_BRANCH:
+        return None
+    from avtrain.encoders import ENCODERS, TRAINED, encoder_card
+
+    if not isinstance(value, str) or value not in ENCODERS:
+        right = sorted(n for n in ENCODERS if encoder_card(n).modality == modality)
+        return f"expected {TRAINED} or one of {', '.join(right)}, got {value!r}"
+    card = encoder_card(value)
+    if card.modality != modality:
+        right = sorted(n for n in ENCODERS if encoder_card(n).modality == modality)
+        kind = "voice" if card.modality == "audio" else "face"
+        return f"{value} is a {kind} encoder; expected {TRAINED} or one of {', '.join(right)}"
+    return None
+
+
+def frozen_encoders(model_cfg) -> dict[str, str]:
+    """modality -> the frozen encoder's name, for the modalities a run reads as precomputed
+    vectors (none by default: both branches are the paper's, trained)."""
+    out = {}
+    for modality, key in ENCODER_KEYS.items():
+        name = getattr(model_cfg, key, TRAINED_BRANCH)
+        if name != TRAINED_BRANCH:
+            out[modality] = name
+    return out
+
+
+class FeatureAdapter(nn.Module):
+    """A frozen encoder's vector (B, dim) -> branch features (B, FEATURE_DIM): one linear layer and
+    the branches' leaky ReLU, so that every method's layers after the branch (built for the 3200-d
+    branch output) take it unchanged. Trained with the method; the encoder itself is not."""
+
+    def __init__(self, dim: int, slope: float = 0.2):
+        super().__init__()
+        self.layers = nn.Sequential(nn.Linear(dim, FEATURE_DIM), nn.LeakyReLU(slope))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def modality_branch(modality: str, model_cfg) -> nn.Module:
+    """The branch of ``modality`` a method is built with: the paper's (trained) or, for a frozen
+    encoder (``model.voice_encoder`` / ``model.face_encoder``), a :class:`FeatureAdapter` of the
+    encoder's embedding size. Either output flattens to (B, FEATURE_DIM)."""
+    name = frozen_encoders(model_cfg).get(modality)
+    if name is None:
+        return branch_for(modality, model_cfg.leaky_slope)
+    from avtrain.encoders import encoder_card
+
+    return FeatureAdapter(encoder_card(name).dim, model_cfg.leaky_slope)
+
+
+def to_branch_input(modality: str, x, frozen: bool) -> torch.Tensor:
+    """A batch of decoded items as the branch takes them: spectrograms and faces normalised
+    (:func:`normalise_audio` / :func:`normalise_face`); a frozen encoder's vectors as they are
+    (float32; the encoders' own scale, e.g. Resemblyzer's and dlib's unit-norm vectors)."""
+    if frozen:
+        return _as_tensor(x).float()
+    return normalise_audio(x) if modality == "audio" else normalise_face(x)
+
+
 # ---------------------------------------------------------------------- init / inputs
 
 

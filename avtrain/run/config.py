@@ -75,6 +75,9 @@ class TrainConfig:
     tuples_dir: str | None = None  # set by fit: the tuple directory trained on (run manifests read it)
     items: str | None = None  # set by fit: the item store or item shards read (None: the tuple shards)
     tuple_shards: bool = False  # stream the tuple shards (fit --tuple-shards) instead of reading by index
+    # set by fit when model.voice_encoder / face_encoder is a frozen encoder: modality -> the feature
+    # store read ({encoder, store, manifest_sha256, weights_sha256}; avtrain.train.features)
+    features: dict | None = None
     # optimisation (paper)
     epochs: int | None = None  # None -> 50 matching, 20 verification, 100 retrieval
     batch_size: int = 50
@@ -118,6 +121,8 @@ class TrainConfig:
             setattr(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name]))
         from avtrain.methods import method_names
 
+        if self.features is not None and not isinstance(self.features, dict):
+            raise ConfigError("features: recorded by fit from --features, not a setting")
         _check_choice("method", self.method, method_names())
         _check_choice("task", self.task, TASKS)
         _check_choice("direction", self.direction, ("a2v", "v2a"))
@@ -328,7 +333,10 @@ def _build_section(name: str, value, fixed: dict):
             raise ConfigError(f"{name}.{key}: must be >= 0, got {v}")
     try:
         return cls(**fixed, **kwargs)
-    except ValueError as exc:  # the section's own checks (choices)
+    except ValueError as exc:  # the section's own checks (choices); "key: why" names section.key
+        msg = str(exc)
+        if msg.split(":", 1)[0] in _section(name):
+            raise ConfigError(f"{name}.{msg}") from None
         raise ConfigError(f"{name}: {exc}") from None
 
 

@@ -13,7 +13,13 @@ same code, never a copy of it:
   on those decoded pixels, so raw-media embeddings equal shard embeddings (tests/test_inference.py);
 * normalisation and the forward pass: :func:`avtrain.methods.encoders.normalise_audio` /
   :func:`~avtrain.methods.encoders.normalise_face` and the method's ``embed(modality, x)`` (the
-  seam, :class:`avtrain.methods.base.Method`), as in ``avtrain evaluate``.
+  seam, :class:`avtrain.methods.base.Method`), as in ``avtrain evaluate``;
+* a modality of a frozen pretrained encoder (``model.voice_encoder`` / ``face_encoder``) is given
+  to the encoder as ``avtrain features`` gives it: a voice file decoded whole at 16 kHz
+  (:func:`avdata.media.decode_audio`) -> ``embed_audio``; a face's aligned crop as above ->
+  ``embed_faces``. The encoder's vector is the item; what it rejects is a reject. The encoder's
+  weights are the installed ones (or ``model.*_encoder_weights``), checked against the sha256 the
+  run recorded (:func:`avtrain.train.features.load_run_encoders`); an export holds no encoder weights.
 
 The extraction settings (face margin, video fps, ...) are those the model's item shards were built
 with, as the run recorded them (:mod:`avtrain.run.data_record`; an export carries them in its
@@ -84,6 +90,9 @@ class FaceVoiceModel:
         self._extractor = Extractor(self.extract, device=str(device) if device.type == "cuda" else "cpu")
         self._fingerprint: str | None = None
         self.embed_dim = int(model.embed_dim)  # the method's embedding size (AML: 128)
+        from avtrain.train.features import load_run_encoders
+
+        self.encoders = load_run_encoders(cfg)  # seam modality -> frozen encoder (none by default)
 
     def fingerprint(self) -> str:
         """sha256 of the model's tensors (names, dtypes, shapes and bytes), computed once: a
@@ -110,6 +119,15 @@ class FaceVoiceModel:
 
         if sr is None:
             raise ValueError("embed_voice(waveform) needs its sample rate: sr=")
+        if "audio" in self.encoders:  # the frozen encoder's vector of the whole waveform at 16 kHz
+            from avtrain.encoders import SAMPLE_RATE
+
+            wave = np.asarray(voice, dtype=np.float32)
+            if sr != SAMPLE_RATE:
+                import librosa
+
+                wave = librosa.resample(wave, orig_sr=sr, target_sr=SAMPLE_RATE, res_type="soxr_hq")
+            return self._frozen_voice(lambda: wave, source)
         return waveform_windows(voice, sr, 1, source)[0]  # a file's bounds: sample rate, streaming
 
     def face_input(self, face, source: str = "<image>") -> np.ndarray:
@@ -117,7 +135,35 @@ class FaceVoiceModel:
         if isinstance(face, (str, Path)):
             return self.first_array(self.extract_items(str(face), "face"))
         crop = self._extractor.aligner.align(face, source=source)
-        return _shard_jpeg_round_trip(crop.face, self.extract.jpeg_quality)
+        face = _shard_jpeg_round_trip(crop.face, self.extract.jpeg_quality)
+        return self.first_array(self._frozen_faces([Item(source, "face", face, path=source)]))
+
+    # a frozen encoder's input: what avtrain features gives it (avtrain.encoders.store)
+
+    def _frozen_voice(self, decode, path: str) -> np.ndarray:
+        """The frozen voice encoder's vector of ``decode()`` (a 16 kHz waveform); InputError naming
+        ``path`` when it cannot be decoded or the encoder rejects it."""
+        from avtrain.encoders import ItemRejected
+
+        try:
+            return self.encoders["audio"].embed_audio(decode())
+        except ItemRejected as exc:
+            raise InputError(path, str(exc)) from None
+
+    def _frozen_faces(self, items: list[Item]) -> list[Item]:
+        """Aligned faces -> the frozen face encoder's vectors (a crop it rejects: a reject);
+        unchanged without a frozen face encoder."""
+        if "face" not in self.encoders:
+            return items
+        good = [it for it in items if it.array is not None]
+        if good:
+            got = self.encoders["face"].embed_faces(np.stack([it.array for it in good]))
+            for it, vec in zip(good, got):
+                if isinstance(vec, np.ndarray):
+                    it.array = vec
+                else:
+                    it.array, it.reason = None, str(vec)
+        return items
 
     @staticmethod
     def first_array(items: list[Item]) -> np.ndarray:
@@ -127,7 +173,17 @@ class FaceVoiceModel:
         return items[0].array
 
     def extract_items(self, path: str, modality: str) -> list[Item]:
-        """Items of one file through avdata's Extractor; modality 'audio' or 'face'."""
+        """Items of one file through avdata's Extractor; modality 'audio' or 'face'. A frozen
+        encoder's modality: its vector of the file (voice: the whole file; face: each aligned crop)."""
+        if modality == "audio" and "audio" in self.encoders:
+            from avdata.media import decode_audio
+            from avtrain.encoders import SAMPLE_RATE
+
+            try:
+                vec = self._frozen_voice(lambda: decode_audio(path, SAMPLE_RATE), path)
+            except InputError as exc:
+                return [Item(path, "voice", None, exc.reason, path=path)]
+            return [Item(path, "voice", vec, path=path)]
         kind = (
             "video"
             if Path(path).suffix.lower() in VIDEO_EXTS
@@ -159,19 +215,20 @@ class FaceVoiceModel:
                 )
         for rej in result.rejects:
             items.append(Item(path, out_mod, None, rej["reason"], path=path))
-        return items
+        return self._frozen_faces(items) if modality == "face" else items
 
     # embedding ----------------------------------------------------------------------
 
     def embed_inputs(self, arrays: list[np.ndarray], modality: str, batch_size: int = 64) -> np.ndarray:
-        """(N, D) float32 embeddings of preprocessed arrays (spectrograms or aligned faces)."""
-        from avtrain.methods.encoders import normalise_audio, normalise_face
+        """(N, D) float32 embeddings of preprocessed arrays (spectrograms or aligned faces; a
+        frozen encoder's vectors)."""
+        from avtrain.methods.encoders import to_branch_input
 
         out = np.zeros((len(arrays), self.embed_dim), dtype=np.float32)
         seam_modality = "audio" if modality == "voice" else "face"  # the seam speaks avdata's names
-        norm = normalise_audio if modality == "voice" else normalise_face
+        frozen = seam_modality in self.encoders
         for s in range(0, len(arrays), batch_size):
-            x = norm(np.stack(arrays[s : s + batch_size]))
+            x = to_branch_input(seam_modality, np.stack(arrays[s : s + batch_size]), frozen)
             with torch.inference_mode():
                 out[s : s + x.shape[0]] = (
                     self.model.embed(seam_modality, x.to(self.device)).float().cpu().numpy()

@@ -248,6 +248,71 @@ class StoreItems:
         return self.store.array(modality)[np.asarray(rows)]  # a copy (fancy indexing)
 
 
+class FeatureItems:
+    """The items of a run with frozen modalities: those modalities' items are rows of their feature
+    stores (a frozen encoder's (dim,) float32 vectors; :mod:`avtrain.train.features`), the other
+    modality's come from ``base`` (an item source above, or None when both are frozen)."""
+
+    def __init__(self, frozen, base=None):
+        self.frozen, self.base = frozen, base
+        stores = ", ".join(f"the {m} features {s.root}" for m, s in sorted(frozen.stores.items()))
+        self.what = stores if base is None else f"{stores} and {base.what}"
+
+    def locate(self, key: str) -> tuple[str, int] | None:
+        for modality, store in self.frozen.stores.items():
+            row = store.locate(key)
+            if row is not None:
+                return modality, row
+        return None if self.base is None else self.base.locate(key)
+
+    def problem(self, modality: str, row: int) -> str | None:
+        if modality in self.frozen.stores:
+            return None  # checked with the store (avtrain.encoders.store.FeatureStore)
+        return self.base.problem(modality, row)
+
+    def read(self, modality: str, rows: np.ndarray) -> np.ndarray:
+        if modality in self.frozen.stores:
+            return np.asarray(self.frozen.stores[modality].array()[np.asarray(rows)], dtype=np.float32)
+        return self.base.read(modality, rows)
+
+
+def without_rejected(tl: TrainingList, frozen) -> tuple[TrainingList, str | None]:
+    """The list without the tuples that name an item a frozen encoder rejected, and the line that
+    counts them (None when there are none). A list left empty is one line."""
+    rejected = frozen.rejected_keys()
+    bad_key = np.array([k in rejected for k in tl.keys] or [False])
+    drop = bad_key[tl.query] | bad_key[tl.gallery].any(1)
+    if not drop.any():
+        return tl, None
+    used = {tl.keys[i] for i in np.flatnonzero(bad_key)}
+    line = frozen.skipped_line(tl.name, int(drop.sum()), len(tl), used)
+    if drop.all():
+        raise ItemError(f"{line}; no tuple is left to train on")
+    keep = ~drop
+    old = np.concatenate([tl.query[keep], tl.gallery[keep].ravel()])
+    order = np.unique(old, return_index=True)  # first use first, as read_training_list numbers them
+    kept = order[0][np.argsort(order[1])]
+    new_index = np.full(len(tl.keys), -1, dtype=np.int32)
+    new_index[kept] = np.arange(len(kept), dtype=np.int32)
+    return (
+        TrainingList(
+            name=tl.name,
+            path=tl.path,
+            direction=tl.direction,
+            k=tl.k,
+            tuple_ids=tl.tuple_ids[keep],
+            query=new_index[tl.query[keep]],
+            gallery=new_index[tl.gallery[keep]],
+            label=tl.label[keep],
+            query_identity=tl.query_identity[keep],
+            gallery_identities=tl.gallery_identities[keep],
+            keys=[tl.keys[i] for i in kept],
+            identities=tl.identities,
+        ),
+        line,
+    )
+
+
 def _tuple_manifest_source(tuples_dir: Path) -> str | None:
     from avdata.tuples import read_tuple_manifest
 
@@ -732,6 +797,14 @@ class ThreadedBatches:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _row_copies(source) -> bool:
+    """Whether a batch of ``source`` is row copies of memory-mapped arrays (an item store, feature
+    stores): made by one thread (:class:`ThreadedBatches`), not worker processes."""
+    if isinstance(source, FeatureItems):
+        return source.base is None or _row_copies(source.base)
+    return isinstance(source, StoreItems)
+
+
 class TrainingInput:
     """What ``fit`` trains on, every part checked in the calling process before training:
     by index (the list, its items located and checked in ``items`` or the tuple shards; see
@@ -752,10 +825,20 @@ class TrainingInput:
         items: str | Path | None = None,
         tuple_shards: bool = False,
         shuffle_size: int = 200,
+        frozen=None,
     ):
+        """``frozen`` (:class:`avtrain.train.features.FrozenInputs`): the modalities read as a frozen
+        encoder's vectors from feature stores; tuples naming an item the encoder rejected are
+        skipped (``self.skipped``: the line that counts them, or None)."""
         self.batch_size, self.seed, self.world, self.workers = batch_size, seed, world, workers
         self.streaming = tuple_shards
+        self.skipped = None
         self._loader = None
+        if tuple_shards and frozen is not None:
+            raise ItemError(
+                "--tuple-shards streams the tuple shards' decoded items; a run on frozen encoder "
+                "features reads its tuples by index: drop --tuple-shards"
+            )
         if tuple_shards:
             if items is not None:
                 raise ItemError(
@@ -767,7 +850,13 @@ class TrainingInput:
             self.source = f"{len(self.urls)} tuple shard(s), streamed"
         else:
             tl = read_training_list(tuples_dir, name, task, k, direction)
-            source = open_items(tuples_dir, items, tl)
+            if frozen is not None:
+                tl, self.skipped = without_rejected(tl, frozen)
+            # a tuple holds both modalities: with both frozen, no decoded item is read
+            both_frozen = frozen is not None and len(frozen.modalities) == 2
+            source = None if both_frozen else open_items(tuples_dir, items, tl)
+            if frozen is not None:
+                source = FeatureItems(frozen, source)
             self.dataset = IndexedBatches(locate(tl, source), batch_size, seed, rank, world)
             self.n_tuples = len(tl)
             self.source = f"by index from {source.what}"
@@ -789,7 +878,7 @@ class TrainingInput:
             self.dataset.set_epoch(epoch)
             return make_loader(self.dataset, self.workers, pin_memory)
         if self._loader is None:
-            if isinstance(self.dataset.located.source, StoreItems):
+            if _row_copies(self.dataset.located.source):
                 self._sampler = self._loader = ThreadedBatches(self.dataset, 2 * self.workers, pin_memory)
             else:
                 self._sampler = EpochSampler(len(self.dataset))
@@ -805,22 +894,26 @@ def to_model_inputs(
     train: bool,
     flip_generator: torch.Generator | None = None,
     channels_last: bool = False,
+    frozen: frozenset[str] | set[str] = frozenset(),
 ) -> tuple:
     """Move a batch to the device and normalise: spectrograms as the reference,
-    faces to [-1, 1] CHW; random horizontal face flips for training only."""
-    from avtrain.methods.encoders import normalise_audio, normalise_face
+    faces to [-1, 1] CHW; random horizontal face flips for training only. ``frozen``: the
+    modalities whose items are a frozen encoder's vectors (taken as they are, never flipped)."""
+    from avtrain.methods.encoders import to_branch_input
 
     q = batch["query"].to(device, non_blocking=True)
     g = batch["gallery"].to(device, non_blocking=True)
     label = batch["label"].to(device, non_blocking=True)
     audio, faces = (q, g) if direction == "a2v" else (g, q)
-    audio = normalise_audio(audio)  # (B,224,125) -> (B,1,224,125); (B,k,...) -> (B,k,1,...)
-    faces = normalise_face(faces)  # (..., 224, 224, 3) uint8 -> (..., 3, 224, 224) float
-    if train and flip_generator is not None:
+    # spectrograms (B,224,125) -> (B,1,224,125), (B,k,...) -> (B,k,1,...); faces (..., 224, 224, 3)
+    # uint8 -> (..., 3, 224, 224) float
+    audio = to_branch_input("audio", audio, "audio" in frozen)
+    faces = to_branch_input("face", faces, "face" in frozen)
+    if train and flip_generator is not None and "face" not in frozen:
         flip = (torch.rand(faces.shape[:-3], generator=flip_generator) < 0.5).to(device)
         faces = torch.where(flip[..., None, None, None], faces.flip(-1), faces)
     query, gallery = (audio, faces) if direction == "a2v" else (faces, audio)
-    if channels_last:
+    if channels_last and query.dim() == 4:
         query = query.contiguous(memory_format=torch.channels_last)
     return query, gallery, label
 

@@ -53,6 +53,7 @@ from avdata.io import (
     remove_stale_temps,
 )
 from avtrain.methods import Batch, StepContext, build_method, get_method
+from avtrain.methods.encoders import frozen_encoders
 from avtrain.run.checkpoint import (
     BEST,
     LAST,
@@ -69,6 +70,7 @@ from avtrain.run.checkpoint import (
 from avtrain.run.config import RESUMABLE_CHANGES, TrainConfig, save_config
 from avtrain.run.data_record import RECORD_KEY, run_data_record
 from avtrain.train.data import TrainingInput, label_space, to_model_inputs
+from avtrain.train.features import open_features, print_leakage, shards_corpus
 
 RESUME_KEYS = ("sched", "torch_rng")  # besides checkpoint.REQUIRED_KEYS and the method's optimisers
 
@@ -85,7 +87,13 @@ def to_batch(
     """A loader batch as the seam's :class:`~avtrain.methods.Batch` on the device (normalised,
     training face flips drawn from ``flip_generator``)."""
     query, gallery, label = to_model_inputs(
-        batch, cfg.direction, device, train=True, flip_generator=flip_generator, channels_last=channels_last
+        batch,
+        cfg.direction,
+        device,
+        train=True,
+        flip_generator=flip_generator,
+        channels_last=channels_last,
+        frozen=frozenset(frozen_encoders(cfg.model)),
     )
     return Batch(
         query,
@@ -300,11 +308,12 @@ def _optimizer_state_problem(opt, saved: dict) -> str | None:
     return None
 
 
-def _val_setup(cfg: TrainConfig, tuples_dir, val_tuples, val_shards):
+def _val_setup(cfg: TrainConfig, tuples_dir, val_tuples, val_shards, frozen=None):
     """The validation set and the item shards it reads (or None, None), prepared before anything
     is written. ``--val-tuples DIR`` alone validates on the item shards DIR's lists were drawn from,
     found through DIR's manifest (:func:`avtrain.run.data_record.locate_item_shards`);
-    ``--val-shards`` overrides them (and alone validates on the training tuple directory's lists)."""
+    ``--val-shards`` overrides them (and alone validates on the training tuple directory's lists).
+    ``frozen``: the run's feature stores, which must hold the validation items too."""
     if val_shards is None and val_tuples is None:
         return None, None
     from avtrain.evaluation.evaluate import EvaluationError, ValidationSet
@@ -318,12 +327,47 @@ def _val_setup(cfg: TrainConfig, tuples_dir, val_tuples, val_shards):
                 f"({why}); pass them with --val-shards"
             )
     try:
+        if frozen is not None:
+            for store in frozen.stores.values():
+                store.check_matches(val_shards)  # the val items must be in the same stores
         val = ValidationSet(
-            val_tuples or tuples_dir, val_shards, cfg.task, cfg.k, cfg.direction, cfg.select_metric
+            val_tuples or tuples_dir,
+            val_shards,
+            cfg.task,
+            cfg.k,
+            cfg.direction,
+            cfg.select_metric,
+            frozen=frozen,
         )
     except EvaluationError as exc:
         raise TrainingError(f"validation: {exc}") from None
     return val, val_shards
+
+
+def _item_shards(tuples_dir, items, val_shards) -> Path | None:
+    """The item shards a run reads: ``--items`` when it is item shards, else those its item store or
+    tuple directory links to (:func:`avtrain.run.data_record.locate_item_shards`), else
+    ``--val-shards``: where the feature stores' default place is, and whose corpus the leakage
+    warning names."""
+    from avtrain.run.data_record import locate_item_shards
+
+    found, _why = locate_item_shards(tuples_dir, items)
+    if found is not None:
+        return Path(found)
+    return Path(val_shards) if val_shards is not None else None
+
+
+def _frozen_inputs(cfg: TrainConfig, tuples_dir, items, val_shards, features):
+    """The run's feature stores (:func:`avtrain.train.features.open_features`), or None."""
+    from avdata.tuples import read_tuple_manifest
+
+    if not frozen_encoders(cfg.model) and not features:
+        return None
+    drawn_from = read_tuple_manifest(Path(tuples_dir), required=True).get("source_shards_manifest_sha256")
+    try:
+        return open_features(cfg.model, features, _item_shards(tuples_dir, items, val_shards), drawn_from)
+    except AvmatchError as exc:
+        raise TrainingError(str(exc)) from None
 
 
 def _val_check(val, model) -> None:
@@ -367,12 +411,15 @@ def fit(
     val_tuples: str | Path | None = None,
     val_shards: str | Path | None = None,
     items: str | Path | None = None,
+    features: list[str | Path] | tuple = (),
 ) -> dict:
     """Train; returns a summary (final losses, steps, tuples/s, best validation).
 
     ``items``: the decoded item store (``avdata cache``) or the item shards the tuples were
     drawn from; None reads the items from the tuple directory's tuple shards (slower: each
     face is decoded again every epoch). ``cfg.tuple_shards`` streams the tuple shards instead.
+    ``features``: the feature store of each frozen modality (``model.voice_encoder`` /
+    ``face_encoder``; default ITEM_SHARDS/features/ENCODER; :mod:`avtrain.train.features`).
 
     Everything that can fail on the user's input (settings, device, data, validation lists,
     the checkpoint to resume from) is checked before ``out`` is created. One fit per run
@@ -395,12 +442,20 @@ def fit(
 
         if out.is_dir():
             lock_run()
-        return _fit(cfg, tuples_dir, out, resume, progress, val_tuples, val_shards, items, lock_run)
+        return _fit(cfg, tuples_dir, out, resume, progress, val_tuples, val_shards, items, features, lock_run)
 
 
-def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, items, lock_run) -> dict:
+def _fit(
+    cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, items, features, lock_run
+) -> dict:
+    frozen = _frozen_inputs(cfg, tuples_dir, items, val_shards, features)
     # recorded in config.yaml (run manifests name the data); a copy: the caller's config is not changed
-    cfg = dataclasses.replace(cfg, tuples_dir=str(tuples_dir), items=None if items is None else str(items))
+    cfg = dataclasses.replace(
+        cfg,
+        tuples_dir=str(tuples_dir),
+        items=None if items is None else str(items),
+        features=None if frozen is None else frozen.record(),
+    )
     device = pick_device(cfg.device)
     if cfg.deterministic:
         _pin_cpu_kernels(device)
@@ -422,11 +477,12 @@ def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, i
         items=items,
         tuple_shards=cfg.tuple_shards,
         shuffle_size=cfg.shuffle_buffer,
+        frozen=frozen,
     )
     ckpt_path = out / LAST
     state = _resume_state(cfg, ckpt_path) if resume and ckpt_path.is_file() else None
     repair_best = state is not None and is_main_rank() and _best_needs_repair(ckpt_path, state)
-    val, val_shards = _val_setup(cfg, tuples_dir, val_tuples, val_shards)
+    val, val_shards = _val_setup(cfg, tuples_dir, val_tuples, val_shards, frozen)
     # what it trains on, from the manifests: the item shards' extraction settings travel to serving
     record, unknown = run_data_record(
         tuples_dir,
@@ -515,7 +571,18 @@ def _fit(cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, i
         )
     if is_main and unknown:
         print(f"note: {out}: {unknown}", file=sys.stderr)
-    if is_main and items is None and not cfg.tuple_shards:
+    if is_main and frozen is not None:
+        print_leakage(cfg.model, shards_corpus(_item_shards(tuples_dir, items, val_shards)))
+        for line in (
+            data.skipped,
+            *(
+                f"validation: {n}: {c} rows left out: they name items the frozen encoder rejected"
+                for n, c in sorted((val.skipped if val else {}).items())
+            ),
+        ):
+            if line:
+                print(line, file=sys.stderr)
+    if is_main and items is None and not cfg.tuple_shards and (frozen is None or len(frozen.modalities) < 2):
         print(
             f"note: {cfg.tuples}: items read {data.source}, each face decoded again every epoch; "
             "avdata cache and fit --items STORE decode them once (docs/training.md, Input pipeline)",

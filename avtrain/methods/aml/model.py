@@ -15,7 +15,13 @@ from torch import nn
 from avdata.tasks import TASKS
 from avtrain.losses import AMLLoss, LossConfig
 from avtrain.methods.base import Method, check_modality
-from avtrain.methods.encoders import FEATURE_DIM, AudioBranch, VisualBranch, init_weights
+from avtrain.methods.encoders import (
+    FEATURE_DIM,
+    TRAINED_BRANCH,
+    encoder_choice_problem,
+    init_weights,
+    modality_branch,
+)
 
 EMBED_DIM = 128  # size of the modality-independent feature h
 # Matching heads (ModelConfig.head). "concat_linear" is the paper's and its reference's, and the
@@ -47,8 +53,23 @@ class ModelConfig:
     clip_value: float | None = 0.01  # WGAN-style weight clipping of D (paper; WGAN's 0.01)
     head: str = "concat_linear"  # matching head: one of MATCHING_HEADS
     pair_head: str = "linear"  # verification / retrieval head: one of PAIR_HEADS
+    # Each modality's encoder: "aml", the paper's branch trained with the method (the default), or a
+    # frozen pretrained encoder of avtrain.encoders (voice: resemblyzer, ecapa; face: dlib,
+    # facenet_vggface2), whose precomputed vectors (a feature store) feed a small trainable adapter.
+    voice_encoder: str = TRAINED_BRANCH
+    face_encoder: str = TRAINED_BRANCH
+    # the weights file of an encoder that takes one by path (facenet_vggface2, ecapa); None: the
+    # weights its package installs. Its sha256 must be the one the feature store was built with.
+    voice_encoder_weights: str | None = None
+    face_encoder_weights: str | None = None
 
     def __post_init__(self):
+        for modality, key in (("audio", "voice_encoder"), ("face", "face_encoder")):
+            problem = encoder_choice_problem(modality, getattr(self, key))
+            if problem:
+                raise ValueError(f"{key}: {problem}")
+            if getattr(self, key) == TRAINED_BRANCH and getattr(self, f"{key}_weights") is not None:
+                raise ValueError(f"{key}_weights: only for a frozen encoder; {key} is aml (trained)")
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if self.task == "verification" and self.k != 1:
@@ -293,8 +314,8 @@ class AML(Method):
         run_cfg = cfg if cfg is not None and hasattr(cfg, "model") else None
         super().__init__(run_cfg, labels)
         self.cfg = cfg = run_cfg.model if run_cfg is not None else (cfg or ModelConfig())
-        self.audio_branch = AudioBranch(cfg.leaky_slope)
-        self.visual_branch = VisualBranch(cfg.leaky_slope)
+        self.audio_branch = modality_branch("audio", cfg)  # the paper's, or a frozen encoder's adapter
+        self.visual_branch = modality_branch("face", cfg)
         self.generator = Generator(cfg.generator_dropout, cfg.leaky_slope)
         # With shared_generator the face generator *is* the audio one (parameters counted once).
         self.face_generator = (
