@@ -197,13 +197,70 @@ def test_facenet_never_unpickles_a_weights_file(tmp_path):
     assert not marker.exists()
 
 
+def test_facenet_weights_over_the_cap_or_with_a_lying_zip_directory_are_refused_unread(tmp_path):
+    """The shared weights reader's checks before torch reads a byte: a file over the size cap (a
+    sparse file: nothing written), and a small torch zip whose directory says a record unpacks to
+    2 GiB (a decompression bomb's signature; avtrain.run.checkpoint.check_archive)."""
+    import io
+    import struct
+
+    import torch
+
+    from avtrain.encoders.weights import MAX_WEIGHTS_BYTES
+
+    big = tmp_path / "big.pt"
+    with open(big, "wb") as f:
+        f.truncate(MAX_WEIGHTS_BYTES + (1 << 20))
+    buf = io.BytesIO()
+    torch.save({"last_linear.weight": torch.zeros(4)}, buf)
+    data = bytearray(buf.getvalue())
+    entry = data.find(b"PK\x01\x02")  # the zip directory's first record: its unpacked size at +24
+    data[entry + 24 : entry + 28] = struct.pack("<I", 2**31 - 1)
+    lying = tmp_path / "lying.pt"
+    lying.write_bytes(bytes(data))
+    for path, words in (
+        (big, "big.pt: 257 MiB, more than a frozen encoder's weights file holds (256 MiB); refusing it"),
+        (lying, "lying.pt: its zip records unpack to 2048 MiB, more than"),
+    ):
+        with pytest.raises(EncoderError) as err:
+            load_encoder("facenet_vggface2", weights=path)
+        assert "\n" not in str(err.value) and words in str(err.value), str(err.value)
+
+
+def test_facenet_reads_torchs_legacy_format_without_unpickling(facenet_weights, real_crops, tmp_path):
+    """torch.save's pre-1.6, non-zip format (facenet-pytorch's own files are in it) loads to the
+    same embeddings; a pickled object in it is still refused unrun."""
+    import torch
+
+    legacy = tmp_path / "legacy.pt"
+    torch.save(
+        torch.load(facenet_weights["pt"], weights_only=True), legacy, _use_new_zipfile_serialization=False
+    )
+    assert not legacy.read_bytes().startswith(b"PK")
+    got = load_encoder("facenet_vggface2", weights=legacy).embed_faces(real_crops[:1])[0]
+    want = load_encoder("facenet_vggface2", weights=facenet_weights["pt"]).embed_faces(real_crops[:1])[0]
+    np.testing.assert_array_equal(got, want)
+
+    marker = tmp_path / "unpickled"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    evil = tmp_path / "evil_legacy.pt"
+    torch.save({"last_linear.weight": Payload()}, evil, _use_new_zipfile_serialization=False)
+    with pytest.raises(EncoderError, match="evil_legacy.pt: not a weights file.*without pickle"):
+        load_encoder("facenet_vggface2", weights=evil)
+    assert not marker.exists()
+
+
 def test_facenet_without_weights_or_download_names_both_ways():
     with pytest.raises(EncoderError, match="--encoder-weights FILE .*--allow-download"):
         load_encoder("facenet_vggface2")
 
 
 def test_download_is_kept_only_with_the_pinned_sha256(facenet_weights, tmp_path):
-    from avtrain.encoders.facenet import fetch_weights
+    from avtrain.encoders.weights import fetch_weights
 
     url = facenet_weights["pt"].as_uri()  # file:// through the same downloader as https://
     dest = tmp_path / "cache" / "w.pt"
