@@ -21,7 +21,7 @@ from avdata.errors import InputError, check_readable_file
 from avdata.io import sha256_file
 from avtrain.encoders.base import EncoderError
 
-# No frozen encoder's weights file is near this (ecapa's 80 MiB, facenet's ~107 MB with its
+# No frozen encoder's weights file is near this (ecapa's 80 MiB, facenet's ~107 MiB with its
 # classifier head); a bigger file is refused before a byte of it is parsed. The same bound as
 # what check_archive lets a zip's records unpack to (MAX_CHECKPOINT_BYTES).
 MAX_WEIGHTS_BYTES = 256 << 20
