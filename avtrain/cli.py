@@ -657,14 +657,16 @@ def score_cmd(
     "audio_root",
     type=click.Path(file_okay=False, exists=True),
     default=None,
-    help="Voice encoders: the audio root the shards were built from (each voice item's source file).",
+    help="Voice encoders: the audio root the shards were built from (the source file of each voice item "
+    "whose source_modality is audio).",
 )
 @click.option(
     "--videos",
     "videos_root",
     type=click.Path(file_okay=False, exists=True),
     default=None,
-    help="Voice encoders: the video root the shards were built from (the video's audio track).",
+    help="Voice encoders: the video root the shards were built from (the audio track of each voice item's "
+    "video); shards built from both take --audio and --videos.",
 )
 @click.option(
     "--encoder-weights",
@@ -688,13 +690,12 @@ def features_cmd(shards, encoder, audio_root, videos_root, encoder_weights, allo
     """Embed every item of SHARDS once with a frozen pretrained encoder: a feature store."""
     from avtrain.encoders.store import build_feature_store
 
-    if audio_root and videos_root:
-        raise click.UsageError("give --audio or --videos, not both")
     built = build_feature_store(
         shards,
         encoder,
         out=out,
-        media_root=audio_root or videos_root,
+        audio_root=audio_root,
+        videos_root=videos_root,
         weights=encoder_weights,
         allow_download=allow_download,
         progress=None,
@@ -709,6 +710,8 @@ def features_cmd(shards, encoder, audio_root, videos_root, encoder_weights, allo
     )
     if built.leakage:
         click.echo(built.leakage)
+    for note in built.notes:
+        click.echo(note, err=True)
 
 
 @main.command("export")

@@ -46,6 +46,7 @@ from avtrain.encoders.base import (
     ItemRejected,
     check_wave,
 )
+from avtrain.encoders.weights import cache_dir, check_state_dict, fetch_weights, read_state_dict
 
 # --------------------------------------------------------------------------- the published weights
 
@@ -57,9 +58,6 @@ WEIGHTS_FILE = "embedding_model.ckpt"
 WEIGHTS_URL = f"https://huggingface.co/{HF_REPO}/resolve/{HF_REVISION}/{WEIGHTS_FILE}"
 WEIGHTS_SHA256 = "0575cb64845e6b9a10db9bcb74d5ac32b326b8dc90352671d345e2ee3d0126a2"
 CACHE_NAME = f"spkrec-ecapa-voxceleb-{HF_REVISION[:7]}-{WEIGHTS_FILE}"  # in the encoders' download cache
-# A weights file bigger than this is not this network's (its float32 tensors take 80 MiB); refused
-# before a byte is parsed.
-MAX_WEIGHTS_BYTES = 256 << 20
 
 # --------------------------------------------------------------------------- the input
 
@@ -283,66 +281,6 @@ class ECAPATDNN(nn.Module):
         return self.fc(self.asp_bn(self.asp(x))).squeeze(2)
 
 
-# --------------------------------------------------------------------------- weights files
-
-
-def _fail(path: Path, reason: str) -> EncoderError:
-    return EncoderError(f"{path}: {reason}")
-
-
-def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
-    """(tensors, sha256) of a weights file, read by the encoders' shared reader (safetensors, or
-    ``torch.load(weights_only=True)``: never unpickling objects) after the checks an untrusted
-    torch zip needs first: a size no ECAPA-TDNN file exceeds, and a zip directory whose records
-    unpack to a bounded size (:func:`avtrain.run.checkpoint.check_archive`). One line otherwise."""
-    from avdata.errors import InputError, check_readable_file
-    from avtrain.encoders.facenet import read_state_dict
-    from avtrain.run.checkpoint import CheckpointError, UnsafeCheckpointError, check_archive
-
-    try:
-        check_readable_file(path)
-    except InputError as exc:
-        raise EncoderError(str(exc)) from None
-    size = path.stat().st_size
-    if size > MAX_WEIGHTS_BYTES:
-        raise _fail(path, f"{size / 2**20:.0f} MiB, larger than ECAPA-TDNN weights can be; not its weights")
-    if path.suffix != ".safetensors":
-        try:
-            check_archive(path)
-        except (CheckpointError, UnsafeCheckpointError) as exc:
-            raise EncoderError(f"{exc} (expected ECAPA-TDNN weights: SpeechBrain's {WEIGHTS_FILE})") from None
-    return read_state_dict(path), sha256_file(path)
-
-
-def check_state_dict(path: Path, state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """``state`` ready for ``model.load_state_dict(strict=True)``, or one line naming the file and
-    the first bad key in the model's order (missing or of another shape), then the first key the
-    model does not have. BatchNorm's ``num_batches_tracked`` (unused in eval) may be absent."""
-    expected = model.state_dict()
-    ready = {}
-    for key, want in expected.items():
-        got = state.get(key)
-        if got is None:
-            if key.endswith("num_batches_tracked"):
-                ready[key] = want.clone()
-                continue
-            raise _fail(
-                path, f"missing key {key} (not ECAPA-TDNN weights as SpeechBrain's {WEIGHTS_FILE} names them)"
-            )
-        if tuple(got.shape) != tuple(want.shape):
-            raise _fail(path, f"{key} has shape {tuple(got.shape)}, expected {tuple(want.shape)}")
-        if want.is_floating_point() and not got.is_floating_point():
-            raise _fail(path, f"{key} is {got.dtype}, expected floating point")
-        ready[key] = got.to(want.dtype)
-    extra = [k for k in state if k not in expected]
-    if extra:
-        raise _fail(
-            path,
-            f"unexpected key {extra[0]} (not ECAPA-TDNN weights as SpeechBrain's {WEIGHTS_FILE} names them)",
-        )
-    return ready
-
-
 # --------------------------------------------------------------------------- the encoder
 
 
@@ -373,8 +311,6 @@ class ECAPA(FrozenEncoder):
     )
 
     def __init__(self, weights: str | Path | None = None, allow_download: bool = False):
-        from avtrain.encoders.facenet import cache_dir, fetch_weights  # the encoders' shared download
-
         if weights is None:
             if not allow_download:
                 raise EncoderError(
@@ -383,11 +319,12 @@ class ECAPA(FrozenEncoder):
                 )
             weights = fetch_weights(WEIGHTS_URL, cache_dir() / CACHE_NAME, WEIGHTS_SHA256)
         path = Path(weights)
-        state, self.weights_sha256 = read_weights(path)
+        state = read_state_dict(path)
+        self.weights_sha256 = sha256_file(path)
         self.weights_path = path
         self.published = self.weights_sha256 == WEIGHTS_SHA256
         model = ECAPATDNN()
-        model.load_state_dict(check_state_dict(path, state, model), strict=True)
+        model.load_state_dict(check_state_dict(path, state, model, what="ECAPA-TDNN"), strict=True)
         self.model = model.eval().requires_grad_(False)
         self.filters = mel_filterbank()
 
