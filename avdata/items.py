@@ -133,7 +133,7 @@ def build_item_store(
         write_jsonl,
     )
     from avdata.reader import index_items, read_member
-    from avdata.tuples import check_out_dir, source_manifest_sha256
+    from avdata.tuples import SOURCE_SHARDS_KEY, check_out_dir, source_manifest_sha256, source_shards_link
 
     shards, out = Path(shards), Path(out)
     check_out_dir(shards, out)
@@ -180,6 +180,7 @@ def build_item_store(
                 "kind": STORE_KIND,
                 "format_version": STORE_FORMAT_VERSION,
                 "source_shards_manifest_sha256": source_sha,
+                SOURCE_SHARDS_KEY: source_shards_link(shards, out),
                 "splits": sorted(set(items["split"])),
                 "files": files,
             },
@@ -234,6 +235,7 @@ class ItemStore:
         ):
             refuse("manifest.json lacks source_shards_manifest_sha256 or a file's sha256")
         self.source_sha = m["source_shards_manifest_sha256"]
+        self.manifest = m  # its source_shards link: avdata.tuples.linked_source_shards
         data = read_inside(
             self.root, "items.jsonl", str(where), MAX_INDEX_BYTES, "listed in manifest.json but missing"
         )

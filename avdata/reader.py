@@ -278,7 +278,8 @@ META_FIELDS = ("vox_id", "name", "source_id", "source", "cls")
 
 def index_items(shards_root: str | Path):
     """All samples of a shard directory as a DataFrame: split, modality, key, vox_id,
-    name, source_id, source, cls, tar, data_ext, data_offset, data_size. Sorted by
+    name, source_id, source, cls, tar, data_ext, data_offset, data_size, source_modality
+    (the kind of file ``source`` is: audio, face or video; None in shards that lack it). Sorted by
     (split, modality, key), so downstream draws see one fixed order. Every shard name in
     sizes.json is checked to be a SPLIT/{audio,face}-N.tar path inside the directory, and
     every shard's sample count against sizes.json."""
@@ -328,6 +329,7 @@ def index_items(shards_root: str | Path):
                     "data_ext": r["data_ext"],
                     "data_offset": r["data_offset"],
                     "data_size": r["data_size"],
+                    "source_modality": m.get("source_modality"),
                 }
             )
     cols = [
@@ -343,6 +345,7 @@ def index_items(shards_root: str | Path):
         "data_ext",
         "data_offset",
         "data_size",
+        "source_modality",
     ]
     df = pd.DataFrame(records, columns=cols)
     return df.sort_values(["split", "modality", "key"], kind="mergesort").reset_index(drop=True)

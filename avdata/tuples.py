@@ -117,6 +117,41 @@ def source_manifest_sha256(shards: Path) -> str:
     return sha256_bytes(raw)
 
 
+SOURCE_SHARDS_KEY = "source_shards"  # tuple / item store manifests: where their item shards were
+
+
+def source_shards_link(shards: str | Path, out: str | Path) -> str:
+    """What a tuple directory's or an item store's manifest records as ``source_shards``: the
+    item shard directory it was made from, as a path relative to OUT (both usually move together),
+    beside ``source_shards_manifest_sha256`` that says which build it must be."""
+    return os.path.relpath(Path(shards).resolve(), Path(out).resolve())
+
+
+def linked_source_shards(dir: str | Path, manifest: dict) -> tuple[Path | None, str]:
+    """The item shard directory that DIR's manifest (a tuple directory's or an item store's) links
+    to, and "" -- or None and why not (one phrase): no ``source_shards`` recorded (made before
+    avmatch recorded it), the directory gone, or its manifest.json not the sha256 recorded beside
+    the link (rebuilt or replaced since). A link is only followed to a build whose manifest hashes
+    to what DIR recorded, so a moved or edited link never names other shards."""
+    link, want = manifest.get(SOURCE_SHARDS_KEY), manifest.get("source_shards_manifest_sha256")
+    where = Path(dir) / "manifest.json"
+    if link is None:
+        return None, f"{where} records no {SOURCE_SHARDS_KEY} (made before avmatch recorded it)"
+    if not isinstance(link, str) or not link or "\x00" in link or not isinstance(want, str):
+        return None, f"{where}: {SOURCE_SHARDS_KEY} is not a path with its manifest sha256"
+    shards = Path(dir) / link
+    try:
+        sha = source_manifest_sha256(shards)
+    except AvmatchError as exc:
+        return None, f"{where} names {link} as its item shards: {exc}"
+    if sha != want:
+        return None, (
+            f"{where} names {link} as its item shards, but their manifest.json is not the one it was "
+            f"made from (sha256 {sha[:12]}… vs {want[:12]}…)"
+        )
+    return shards, ""
+
+
 def read_splits(shards: str | Path) -> pd.DataFrame:
     """SHARDS/splits.csv (one row per identity: vox_id, split, attributes), read as a regular
     file inside the shard directory (:func:`avdata.untrusted.read_inside`); a missing, unreadable
@@ -700,6 +735,7 @@ def make_tuples(
     items = index_items(shards) if items is None else items
     manifest = read_tuple_manifest(out, required=False)
     manifest["source_shards_manifest_sha256"] = source_sha
+    manifest[SOURCE_SHARDS_KEY] = source_shards_link(shards, out)
     pools: dict[str, Pool] = {}
     summary = {}
     for cfg in configs:
@@ -1192,7 +1228,8 @@ def import_veriflist(list_path: str | Path, shards: str | Path, out: str | Path)
         "tuples": len(mapped),
         "unmapped": dict(sorted(reasons.items())),
     }
-    manifest.setdefault("source_shards_manifest_sha256", source_sha)
+    if manifest.setdefault("source_shards_manifest_sha256", source_sha) == source_sha:
+        manifest[SOURCE_SHARDS_KEY] = source_shards_link(shards, out)
     write_json(out / "manifest.json", manifest)
     return {
         "pairs": len(rows),

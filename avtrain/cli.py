@@ -131,13 +131,15 @@ def _pin_kernels() -> None:
     "--val-shards",
     type=click.Path(file_okay=False, exists=True),
     default=None,
-    help="Item shards (avdata build-shards) of the val lists: turns validation on.",
+    help="Item shards (avdata build-shards) of the val lists: turns validation on [default with "
+    "--val-tuples: the item shards its manifest links to].",
 )
 @click.option(
     "--val-tuples",
     type=click.Path(file_okay=False, exists=True),
     default=None,
-    help="Tuple directory with the val lists (make-tuples --split val) [default: the --shards directory].",
+    help="Tuple directory with the val lists (make-tuples --split val): turns validation on; its item "
+    "shards are found through its manifest [default: the --shards directory, with --val-shards].",
 )
 @click.option(
     "--val-every",
@@ -261,8 +263,9 @@ def fit_cmd(
 @click.option(
     "--shards",
     type=click.Path(file_okay=False, exists=True),
-    required=True,
-    help="Item shard directory (avdata build-shards) the tuple lists were drawn from.",
+    default=None,
+    help="Item shard directory (avdata build-shards) the tuple lists were drawn from [default: the "
+    "one the --tuples manifest links to].",
 )
 @click.option(
     "--tuples",
@@ -363,13 +366,14 @@ def evaluate_cmd(run, checkpoint, shards, tuples_dir, out, batch_size, device, n
     "--val-shards",
     type=click.Path(file_okay=False, exists=True),
     default=None,
-    help="Item shards of the val lists: each run keeps best.pt and is evaluated at it.",
+    help="Item shards of the val lists: each run keeps best.pt and is evaluated at it [default with "
+    "--val-tuples: those its manifest links to].",
 )
 @click.option(
     "--val-tuples",
     type=click.Path(file_okay=False, exists=True),
     default=None,
-    help="Tuple directory with the val lists [default: --shards].",
+    help="Tuple directory with the val lists (turns validation on) [default: --shards, with --val-shards].",
 )
 @click.option(
     "--store",
@@ -662,14 +666,16 @@ def score_cmd(
     "audio_root",
     type=click.Path(file_okay=False, exists=True),
     default=None,
-    help="Voice encoders: the audio root the shards were built from (each voice item's source file).",
+    help="Voice encoders: the audio root the shards were built from (the source file of each voice item "
+    "whose source_modality is audio).",
 )
 @click.option(
     "--videos",
     "videos_root",
     type=click.Path(file_okay=False, exists=True),
     default=None,
-    help="Voice encoders: the video root the shards were built from (the video's audio track).",
+    help="Voice encoders: the video root the shards were built from (the audio track of each voice item's "
+    "video); shards built from both take --audio and --videos.",
 )
 @click.option(
     "--encoder-weights",
@@ -693,13 +699,12 @@ def features_cmd(shards, encoder, audio_root, videos_root, encoder_weights, allo
     """Embed every item of SHARDS once with a frozen pretrained encoder: a feature store."""
     from avtrain.encoders.store import build_feature_store
 
-    if audio_root and videos_root:
-        raise click.UsageError("give --audio or --videos, not both")
     built = build_feature_store(
         shards,
         encoder,
         out=out,
-        media_root=audio_root or videos_root,
+        audio_root=audio_root,
+        videos_root=videos_root,
         weights=encoder_weights,
         allow_download=allow_download,
         progress=None,
@@ -714,6 +719,8 @@ def features_cmd(shards, encoder, audio_root, videos_root, encoder_weights, allo
     )
     if built.leakage:
         click.echo(built.leakage)
+    for note in built.notes:
+        click.echo(note, err=True)
 
 
 @main.command("export")
@@ -739,6 +746,106 @@ def export_cmd(run, checkpoint, out):
     click.echo(
         f"wrote {out}/model.safetensors ({len(meta['aliases'])} shared tensor alias(es)) and {out}/config.json"
     )
+
+
+@main.command("fame-score")
+@_MODEL_RUN_OPTION
+@_CHECKPOINT_OPTION
+@click.option(
+    "--lists",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Folder of FAME's test lists LANG_test.txt ('ID voices/LANG/N.wav faces/LANG/N.jpg').",
+)
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Folder the lists' paths are resolved in (the release's root with voices/ and faces/; never left).",
+)
+@click.option("--heard", required=True, help="The language the model was trained on, e.g. English.")
+@click.option("--unheard", required=True, help="The version's other language, e.g. Urdu.")
+@click.option(
+    "--mav-version",
+    "version",
+    required=True,
+    help="MAV-Celeb version in the file names: v1 (English/Urdu), v2 (English/Hindi), v3 (English/German).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for sub_score_VERSION_HEARD_heard.txt and ..._unheard.txt (avtrain score's own files, "
+    "rejects and resume journal in OUT/scores/).",
+)
+@click.option(
+    "--keys",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Folder of answer keys LANG_test.txt ('ID LABEL', 1 = same person): print each file's EER.",
+)
+@_BATCH_SIZE_OPTION
+@_MEDIA_DEVICE_OPTION
+@_PROGRESS_OPTION
+@user_errors
+def fame_score_cmd(
+    run, checkpoint, lists, root, heard, unheard, version, out, keys, batch_size, device, progress
+):
+    """Write the FAME challenge's two score files of a model trained on --heard (docs/fame.md).
+
+    The heard list (LISTS/HEARD_test.txt) and the unheard one (LISTS/UNHEARD_test.txt) are scored
+    from raw files: 'ID L2' per line (the L2 distance, lower = same person), in the list's order.
+    A pair that cannot be scored is named on one line and written with the largest scored distance
+    (a non-match), so the file stays a valid submission.
+    """
+    from avtrain.serve.fame import fame_score
+    from avtrain.serve.model import load_model
+
+    model = load_model(run, device, checkpoint=checkpoint)
+    fame_score(
+        model,
+        lists,
+        root,
+        out,
+        heard,
+        unheard,
+        version,
+        keys=keys,
+        batch_size=batch_size,
+        progress=progress,
+        echo=click.echo,
+    )
+
+
+@main.command("fame-summary")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--keys",
+    required=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Folder of answer keys LANG_test.txt ('ID LABEL', 1 = same person, in the list's order).",
+)
+@click.option(
+    "--lists",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Folder of the test lists LANG_test.txt: also check each file's IDs against its list.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@user_errors
+def fame_summary_cmd(paths, keys, lists, as_json):
+    """The four EERs of FAME score files and the challenge's overall score, their mean.
+
+    PATHS: the four files sub_score_VERSION_LANG_heard|unheard.txt (two models, each on its heard
+    and its unheard list), or folders holding them. Each file must have one line per ID of its
+    key, in the key's order.
+    """
+    import json as json_
+
+    from avtrain.serve.fame import fame_summary, format_fame_summary
+
+    summary = fame_summary(list(paths), keys, lists)
+    click.echo(json_.dumps(summary, indent=1) if as_json else format_fame_summary(summary))
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def store_sizes(identities: int) -> dict:
     with tempfile.TemporaryDirectory() as d:
         shards = synth_shards(Path(d), identities)
         for name, root in (("resemblyzer", Path(d) / "corpus" / "wav"), ("dlib", None)):
-            built = build_feature_store(shards, name, media_root=root)
+            built = build_feature_store(shards, name, audio_root=root)
             files = {p.name: p.stat().st_size for p in built.store.iterdir()}
             items = built.counts["items"]
             out[name] = {

@@ -106,9 +106,11 @@ def fifo_that_never_blocks(path: Path, grace_s: float = 15.0):
         watcher.join()
 
 
-def save_random_run(run: Path, seed: int = 3, **settings) -> Path:
+def save_random_run(run: Path, seed: int = 3, tuples: Path | None = None, **settings) -> Path:
     """RUN/checkpoint.pt of a randomly initialised model (matching k=2 a2v unless ``settings``
-    say otherwise): enough for tests of loading, exporting and consistency, no training."""
+    say otherwise): enough for tests of loading, exporting and consistency, no training. With
+    ``tuples`` (a tuple directory), it records them and their item shards as fit would
+    (avtrain.run.data_record), so serving preprocesses with those shards' settings, quietly."""
     import torch
 
     from avtrain.methods import build_method
@@ -118,7 +120,22 @@ def save_random_run(run: Path, seed: int = 3, **settings) -> Path:
     cfg = TrainConfig.from_dict({"task": "matching", "k": 2, "direction": "a2v", "seed": seed, **settings})
     torch.manual_seed(seed)
     run.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(
-        run / LAST, {"config": cfg.to_dict(), "model": build_method(cfg).state_dict(), "epoch": 0, "step": 0}
-    )
+    state = {"config": cfg.to_dict(), "model": build_method(cfg).state_dict(), "epoch": 0, "step": 0}
+    if tuples is not None:
+        from avtrain.run.data_record import RECORD_KEY, run_data_record
+
+        state[RECORD_KEY] = run_data_record(tuples, cfg.tuples)[0]
+    save_checkpoint(run / LAST, state)
     return run
+
+
+def one_line_error(res, *words) -> str:
+    """A CliRunner result failed with exactly one line, ``Error: ...`` (no traceback), containing
+    every one of ``words``; that line. One-line notes printed before it (``note: ...``: a run that
+    records no extraction settings, what fit could not find) are not errors."""
+    assert res.exit_code == 1, (res.exit_code, res.output, res.exception)
+    lines = [line for line in res.output.strip().splitlines() if not line.startswith("note: ")]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]

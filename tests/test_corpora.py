@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from helpers import one_line_error
 
 from avdata.cli import main
 from avdata.corpora import CORPORA, ProtocolOptions, get_corpus, protocol_names
@@ -29,14 +30,6 @@ def cli(*args, ok=True):
     if ok:
         assert res.exit_code == 0, res.output
     return res
-
-
-def one_line_error(res, *words):
-    assert res.exit_code == 1, res.output
-    lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
-    for w in words:
-        assert w in lines[0], (w, lines[0])
 
 
 def rejects(shards: Path) -> list[dict]:

@@ -197,13 +197,70 @@ def test_facenet_never_unpickles_a_weights_file(tmp_path):
     assert not marker.exists()
 
 
+def test_facenet_weights_over_the_cap_or_with_a_lying_zip_directory_are_refused_unread(tmp_path):
+    """The shared weights reader's checks before torch reads a byte: a file over the size cap (a
+    sparse file: nothing written), and a small torch zip whose directory says a record unpacks to
+    2 GiB (a decompression bomb's signature; avtrain.run.checkpoint.check_archive)."""
+    import io
+    import struct
+
+    import torch
+
+    from avtrain.encoders.weights import MAX_WEIGHTS_BYTES
+
+    big = tmp_path / "big.pt"
+    with open(big, "wb") as f:
+        f.truncate(MAX_WEIGHTS_BYTES + (1 << 20))
+    buf = io.BytesIO()
+    torch.save({"last_linear.weight": torch.zeros(4)}, buf)
+    data = bytearray(buf.getvalue())
+    entry = data.find(b"PK\x01\x02")  # the zip directory's first record: its unpacked size at +24
+    data[entry + 24 : entry + 28] = struct.pack("<I", 2**31 - 1)
+    lying = tmp_path / "lying.pt"
+    lying.write_bytes(bytes(data))
+    for path, words in (
+        (big, "big.pt: 257 MiB, more than a frozen encoder's weights file holds (256 MiB); refusing it"),
+        (lying, "lying.pt: its zip records unpack to 2048 MiB, more than"),
+    ):
+        with pytest.raises(EncoderError) as err:
+            load_encoder("facenet_vggface2", weights=path)
+        assert "\n" not in str(err.value) and words in str(err.value), str(err.value)
+
+
+def test_facenet_reads_torchs_legacy_format_without_unpickling(facenet_weights, real_crops, tmp_path):
+    """torch.save's pre-1.6, non-zip format (facenet-pytorch's own files are in it) loads to the
+    same embeddings; a pickled object in it is still refused unrun."""
+    import torch
+
+    legacy = tmp_path / "legacy.pt"
+    torch.save(
+        torch.load(facenet_weights["pt"], weights_only=True), legacy, _use_new_zipfile_serialization=False
+    )
+    assert not legacy.read_bytes().startswith(b"PK")
+    got = load_encoder("facenet_vggface2", weights=legacy).embed_faces(real_crops[:1])[0]
+    want = load_encoder("facenet_vggface2", weights=facenet_weights["pt"]).embed_faces(real_crops[:1])[0]
+    np.testing.assert_array_equal(got, want)
+
+    marker = tmp_path / "unpickled"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    evil = tmp_path / "evil_legacy.pt"
+    torch.save({"last_linear.weight": Payload()}, evil, _use_new_zipfile_serialization=False)
+    with pytest.raises(EncoderError, match="evil_legacy.pt: not a weights file.*without pickle"):
+        load_encoder("facenet_vggface2", weights=evil)
+    assert not marker.exists()
+
+
 def test_facenet_without_weights_or_download_names_both_ways():
     with pytest.raises(EncoderError, match="--encoder-weights FILE .*--allow-download"):
         load_encoder("facenet_vggface2")
 
 
 def test_download_is_kept_only_with_the_pinned_sha256(facenet_weights, tmp_path):
-    from avtrain.encoders.facenet import fetch_weights
+    from avtrain.encoders.weights import fetch_weights
 
     url = facenet_weights["pt"].as_uri()  # file:// through the same downloader as https://
     dest = tmp_path / "cache" / "w.pt"
@@ -337,6 +394,74 @@ def test_store_of_real_voices_holds_each_source_files_embedding(real_shards, res
         assert sha256_file(store_dir / name) == sha256_file(tmp_path / "b" / name), name
 
 
+@pytest.fixture(scope="module")
+def audio_and_video_shards(tmp_path_factory, real_wavs, real_mp4s) -> Path:
+    """Item shards built from --audio and --videos at once: one real utterance (wav/NAME.wav)
+    and one real talking-head video (mp4/NAME/CLIP.mp4, its audio track a voice item, its frames
+    face items), two identities in a vox1_meta.csv written here."""
+    root = tmp_path_factory.mktemp("audio_and_video")
+    corpus = root / "corpus"
+    (corpus / "wav").mkdir(parents=True)
+    shutil.copy(next(w for w in real_wavs if w.stem == "Alan_Tudyk"), corpus / "wav" / "Alan_Tudyk.wav")
+    (corpus / "mp4" / "Katie_Hill").mkdir(parents=True)
+    shutil.copy(real_mp4s[-1], corpus / "mp4" / "Katie_Hill" / real_mp4s[-1].name)
+    (corpus / "vox1_meta.csv").write_text(
+        "VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet\n"
+        "id10001\tAlan_Tudyk\tm\tUSA\tdev\nid10002\tKatie_Hill\tf\tUSA\tdev\n"
+    )
+    args = ["build-shards", "--audio", corpus / "wav", "--videos", corpus / "mp4"]
+    args += ["--meta", corpus / "vox1_meta.csv", "--out", root / "shards", "--no-progress"]
+    res = CliRunner().invoke(avdata_main, [str(a) for a in args])
+    assert res.exit_code == 0, res.output
+    return root / "shards"
+
+
+def test_store_of_shards_from_audio_and_videos_reads_each_voice_under_its_root(
+    audio_and_video_shards, resemblyzer, tmp_path
+):
+    """Each voice item's source lies under the root of its .json source_modality: both roots
+    together embed both; without --videos the video's voice is a reject that names it; a face
+    encoder given media roots says in a note that it does not use them."""
+    shards, corpus = audio_and_video_shards, audio_and_video_shards.parent / "corpus"
+    wav, mp4 = corpus / "wav" / "Alan_Tudyk.wav", next((corpus / "mp4").rglob("*.mp4"))
+    both = tmp_path / "both"
+    res = avtrain(
+        "features", "--shards", shards, "--encoder", "resemblyzer", "--audio", corpus / "wav",
+        "--videos", corpus / "mp4", "--out", both,
+    )  # fmt: skip
+    assert res.output.splitlines()[1] == "2 of 2 items embedded, 0 rejected" and not res.stderr
+    store = FeatureStore(both)
+    by_id = {item["vox_id"]: store.array()[item["row"]] for item in store.items}
+    np.testing.assert_array_equal(by_id["id10001"], resemblyzer.embed_audio(decode_audio(wav)))
+    np.testing.assert_array_equal(by_id["id10002"], resemblyzer.embed_audio(decode_audio(mp4)))
+
+    only_audio = tmp_path / "only_audio"
+    res = avtrain(
+        "features", "--shards", shards, "--encoder", "resemblyzer", "--audio", corpus / "wav",
+        "--out", only_audio,
+    )  # fmt: skip
+    assert res.output.splitlines()[1] == "1 of 2 items embedded, 1 rejected"
+    store = FeatureStore(only_audio)
+    (item,) = store.items
+    assert item["vox_id"] == "id10001"
+    np.testing.assert_array_equal(store.array()[0], by_id["id10001"])
+    (reject,) = store.rejects
+    assert reject["source"] == f"Katie_Hill/{mp4.name}"
+    assert reject["reason"].startswith(
+        "its source is a video file (source_modality video): give --videos ROOT"
+    )
+
+    res = avtrain(
+        "features", "--shards", shards, "--encoder", "dlib", "--audio", corpus / "wav",
+        "--videos", corpus / "mp4", "--out", tmp_path / "faces",
+    )  # fmt: skip
+    assert res.output.splitlines()[1] == "8 of 8 items embedded, 0 rejected"
+    assert res.stderr.splitlines() == [
+        f"note: --audio {corpus / 'wav'} not used: dlib embeds the face crops stored in the shards",
+        f"note: --videos {corpus / 'mp4'} not used: dlib embeds the face crops stored in the shards",
+    ]
+
+
 def test_store_of_real_faces_and_its_checks(real_shards, dlib_face, tmp_path):
     out = tmp_path / "dlib"
     avtrain("features", "--shards", real_shards, "--encoder", "dlib", "--out", out)
@@ -439,6 +564,20 @@ def test_synthetic_items_embedded_or_rejected_with_reasons(synth_shards):
         )
         for reject in store.rejects:
             assert set(reject) == {"key", "source", "reason"} and reject["reason"]
+
+
+def test_a_voice_encoder_notes_a_root_no_item_comes_from(synth_shards, tmp_path):
+    """Shards built from --audio alone, given --videos too: built from --audio, with a note."""
+    audio, videos = synth_shards.parent / "corpus" / "wav", tmp_path / "videos"
+    videos.mkdir()
+    res = avtrain(
+        "features", "--shards", synth_shards, "--encoder", "resemblyzer", "--audio", audio,
+        "--videos", videos, "--out", tmp_path / "store",
+    )  # fmt: skip
+    assert res.output.splitlines()[1] == "4 of 4 items embedded, 0 rejected"
+    assert res.stderr.splitlines() == [
+        f"note: --videos {videos} not used: no voice item of {synth_shards} comes from a video file"
+    ]
 
 
 def test_a_failed_build_leaves_no_store_and_a_killed_ones_temp_is_cleared(

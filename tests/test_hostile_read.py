@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import fifo_that_never_blocks, make_tuples_args, save_random_run, tiny_fit_sets
+from helpers import fifo_that_never_blocks, make_tuples_args, one_line_error, save_random_run, tiny_fit_sets
 
 from avdata.cli import main as avdata_main
 from avdata.errors import AvmatchError, UnsafeInputError
@@ -41,14 +41,6 @@ class Boom:
 
 def run(main, *args):
     return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def one_line_error(res) -> str:
-    """The CLI failed with exactly one line, `Error: ...` (no traceback); that line."""
-    assert res.exit_code == 1, (res.exit_code, res.output, res.exception)
-    lines = res.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), res.output
-    return lines[0]
 
 
 def fit(tuples_dir, out, workers=0, *extra):

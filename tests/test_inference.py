@@ -52,7 +52,7 @@ def setup(train_tuples, tmp_path_factory, one_torch_thread):
     _avdata(
         make_tuples_args(root / "shards", ev, "--pairs-per-identity", "4", task="verification", split="test")
     )
-    run = save_random_run(tmp / "run", seed=3)
+    run = save_random_run(tmp / "run", seed=3, tuples=train_tuples)  # records the shards' settings
     bad = tmp / "bad"
     bad.mkdir()
     _write_wav(bad / "silent.wav", np.zeros(32000))

@@ -174,7 +174,11 @@ def _describe_shards(dir: Path, m: dict) -> dict:
 
 
 def _describe_tuples(dir: Path, m: dict) -> dict:
+    from avdata.tuples import SOURCE_SHARDS_KEY
+
     desc = copy.deepcopy(m)
+    # where the source shards were (a path relative to DIR), not what they are: the sha256 beside it is
+    desc.pop(SOURCE_SHARDS_KEY, None)
     problems: list[str] = []
     _rehash(dir, desc.get("files", {}), problems)
     _rehash(dir, desc.get("shards", {}), problems)

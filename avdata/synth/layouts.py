@@ -17,8 +17,13 @@ into the other layout after they are written; what each layout adds:
   meta file ``v1_meta.csv`` (``ids,name,gender``), FAME's lists ``lists/English_train.txt`` and
   ``lists/Urdu_train.txt`` (one voice-face pair per video of the F-Z identities: the train
   identities) and, as the release has them, the unlabelled test files of the other identities in
-  ``voices/LANGUAGE/``, ``faces/LANGUAGE/`` with ``lists/LANGUAGE_test.txt``. The synthetic voices
-  have no language: heard and unheard differ only in which videos they are;
+  ``voices/LANGUAGE/``, ``faces/LANGUAGE/`` with ``lists/LANGUAGE_test.txt`` (``ID voice face``;
+  each line its own numbered copies). The test trials: per test video of a language, its voice
+  with its own face (label 1) and with the face of the next test identity's video in that language
+  (label 0), in a fixed hash order; their answers, hidden in the release, are written here as
+  ``lists/keys/LANGUAGE_test.txt`` (``ID LABEL`` in the list's order, the layout of the ground truth
+  the baseline's test.py reads), so the FAME recipe is scored end to end (docs/fame.md). The
+  synthetic voices have no language: heard and unheard differ only in which videos they are;
 * ``csv``: ``media/NAME/YTID/FILE`` and ``corpus.csv`` (``path,identity,modality,gender,
   nationality,split``; the split by the name-initial rule).
 """
@@ -158,8 +163,8 @@ def _mavceleb(out: Path, people) -> None:
         for at in people
     ]
     atomic_write_text(out / "v1_meta.csv", "\n".join(rows) + "\n")
-    lists = {f"{lang}_{kind}": [] for lang in MAV_LANGUAGES for kind in ("train", "test")}
-    test_no = dict.fromkeys(MAV_LANGUAGES, 0)
+    lists = {f"{lang}_train": [] for lang in MAV_LANGUAGES}
+    test_videos: dict[str, list[tuple[str, str, str]]] = {lang: [] for lang in MAV_LANGUAGES}
     for at in people:
         ident = mav_id[at.vox_id]
         wavs = sorted((p.parent.name, p) for p in (out / "wav" / at.vox_id).rglob("*.wav"))
@@ -179,18 +184,41 @@ def _mavceleb(out: Path, people) -> None:
             lang = language[y]
             if not _test_identity(at):
                 lists[f"{lang}_train"].append(f"{pair['voice'][0]} {pair['face'][0]}")
-            else:  # FAME's unlabelled test files: copies under the language folders
-                n = test_no[lang]
-                test_no[lang] += 1
-                voice, face = f"voices/{lang}/{n:05d}.wav", f"faces/{lang}/{n:05d}.jpg"
-                for src, dst in ((f"voices/{pair['voice'][0]}", voice), (f"faces/{pair['face'][0]}", face)):
-                    (out / dst).parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(out / src, out / dst)
-                lists[f"{lang}_test"].append(f"t{lang[0]}{n:06d} {voice} {face}")
+            else:
+                test_videos[lang].append((ident, pair["voice"][0], pair["face"][0]))
+    for lang, videos in test_videos.items():
+        lines, key = _fame_test_trials(out, lang, videos)
+        lists[f"{lang}_test"] = lines
+        atomic_write_text(out / "lists" / "keys" / f"{lang}_test.txt", "".join(k + "\n" for k in key))
     for name, lines in lists.items():
         atomic_write_text(out / "lists" / f"{name}.txt", "".join(line + "\n" for line in lines))
     for sub in ("wav", "faces.voxceleb1", "mp4"):
         shutil.rmtree(out / sub, ignore_errors=True)
+
+
+def _fame_test_trials(out: Path, lang: str, videos: list[tuple[str, str, str]]):
+    """FAME's unlabelled test list of one language and its key: each test video's voice with its
+    own face (1) and with the face of the next video of another identity (0), ordered by a hash
+    of the pair (the order never tells the label), each line's files copied to
+    ``voices/LANG/NNNNN.wav`` and ``faces/LANG/NNNNN.jpg`` as the release numbers them."""
+    import zlib
+
+    trials = []
+    for i, (ident, voice, face) in enumerate(videos):
+        trials.append((voice, face, 1))
+        other = next((v for v in videos[i + 1 :] + videos[:i] if v[0] != ident), None)
+        if other is not None:
+            trials.append((voice, other[2], 0))
+    trials.sort(key=lambda t: (zlib.crc32(f"{t[0]} {t[1]}".encode()), t))
+    lines, key = [], []
+    for n, (voice_src, face_src, label) in enumerate(trials):
+        voice, face = f"voices/{lang}/{n:05d}.wav", f"faces/{lang}/{n:05d}.jpg"
+        for src, dst in ((f"voices/{voice_src}", voice), (f"faces/{face_src}", face)):
+            (out / dst).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out / src, out / dst)
+        lines.append(f"t{lang[0]}{n:06d} {voice} {face}")
+        key.append(f"t{lang[0]}{n:06d} {label}")
+    return lines, key
 
 
 def _csv(out: Path, people) -> None:

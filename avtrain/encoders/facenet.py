@@ -5,10 +5,11 @@ The architecture is the installed facenet-pytorch's; its weights are not in any 
 ``--encoder-weights FILE`` (facenet-pytorch's release file ``20180402-114759-vggface2.pt``, or
 the same state dict as ``.safetensors``), or, only when the user allows it, are downloaded from
 facenet-pytorch's release URL into the avmatch cache and checked against :data:`PINNED_SHA256`.
-A file is read without pickle (safetensors, or ``torch.load(weights_only=True)``) and must hold
-exactly the network's keys and shapes (the release's classifier head ``logits.*`` over the 8,631
-VGGFace2 training identities is dropped: it is not part of the embedding); anything else is one
-line naming the file.
+The file is read and checked by :mod:`avtrain.encoders.weights` (a size cap, a zip's unpacked size
+bounded, no pickle: safetensors or ``torch.load(weights_only=True)``; torch's legacy non-zip format is
+read too: facenet-pytorch's packaged weights are in it, its release file probably as well) and must hold exactly the network's keys and shapes (the release's
+classifier head ``logits.*`` over the 8,631 VGGFace2 training identities is dropped: it is not part
+of the embedding); anything else is one line naming the file.
 
 Input: the aligned 224 crop resized to 160×160 (bilinear, as facenet-pytorch's MTCNN crops are),
 ``(x - 127.5) / 128`` (its fixed_image_standardization); output L2-normed. Each crop is run
@@ -17,12 +18,10 @@ alone, so an embedding does not depend on which other crops share its batch.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
-from avdata.errors import InputError, check_readable_file
 from avdata.io import sha256_file
 from avtrain.encoders.base import (
     EXTRA,
@@ -31,6 +30,7 @@ from avtrain.encoders.base import (
     FrozenEncoder,
     check_face_crops,
 )
+from avtrain.encoders.weights import cache_dir, check_state_dict, fetch_weights, read_state_dict
 
 INPUT_SIZE = 160
 WEIGHTS_NAME = "20180402-114759-vggface2.pt"
@@ -40,87 +40,6 @@ WEIGHTS_URL = f"https://github.com/timesler/facenet-pytorch/releases/download/v2
 # user can always pass the file by path instead.
 PINNED_SHA256 = "281cebca8662831adb987a874bdcb36e73f5b1c6dc5ee5878f305e985625d99b"
 _HEAD_PREFIX = "logits."  # the release's VGGFace2 classifier, not part of the embedding
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "avmatch" / "encoders"
-
-
-def fetch_weights(url: str, dest: Path, sha256: str) -> Path:
-    """Download ``url`` to ``dest`` (a temp name, renamed once its sha256 equals ``sha256``); a
-    file already at ``dest`` with that digest is reused. Wrong digest: one line, nothing kept."""
-    from torch.hub import download_url_to_file
-
-    dest = Path(dest)
-    if dest.is_file() and sha256_file(dest) == sha256:
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-    try:
-        try:
-            download_url_to_file(url, str(tmp), progress=False)
-        except Exception as exc:  # noqa: BLE001 - network errors of every kind: one line
-            raise EncoderError(
-                f"cannot download {url} ({type(exc).__name__}: {exc}); download it yourself and pass "
-                f"--encoder-weights FILE"
-            ) from None
-        got = sha256_file(tmp)
-        if got != sha256:
-            raise EncoderError(
-                f"{url}: downloaded file has sha256 {got}, expected {sha256}; refusing it (nothing kept)"
-            )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return dest
-
-
-def read_state_dict(path: Path) -> dict:
-    """A state dict of tensors from a safetensors file or a pickle-free torch file; one line else."""
-    import torch
-
-    try:
-        check_readable_file(path)
-    except InputError as exc:
-        raise EncoderError(str(exc)) from None
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to read untrusted weights is a bad file
-        raise EncoderError(
-            f"{path}: not a weights file: neither a .safetensors file nor a torch state dict that loads "
-            f"without pickle ({type(exc).__name__})"
-        ) from None
-    if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
-        raise EncoderError(f"{path}: not a state dict (a mapping of parameter names to tensors)")
-    return state
-
-
-def check_state_dict(path: Path, state: dict, model) -> dict:
-    """``state`` without the classifier head, if its keys and shapes are exactly the model's."""
-    state = {k: v for k, v in state.items() if not k.startswith(_HEAD_PREFIX)}
-    want = model.state_dict()
-    missing = sorted(set(want) - set(state))
-    unexpected = sorted(set(state) - set(want))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first {unexpected[0]})")
-        raise EncoderError(f"{path}: not InceptionResnetV1 weights: keys {', '.join(parts)}")
-    for key, tensor in want.items():
-        if tuple(state[key].shape) != tuple(tensor.shape):
-            raise EncoderError(
-                f"{path}: not InceptionResnetV1 weights: {key} has shape {tuple(state[key].shape)}, "
-                f"expected {tuple(tensor.shape)}"
-            )
-    return {k: v.to(want[k].dtype) for k, v in state.items()}
 
 
 class FacenetVGGFace2(FrozenEncoder):
@@ -153,7 +72,7 @@ class FacenetVGGFace2(FrozenEncoder):
         path = Path(weights)
         torch.manual_seed(0)  # the random init is overwritten; seeded so nothing depends on the RNG
         model = facenet_pytorch.InceptionResnetV1(pretrained=None, classify=False)
-        state = check_state_dict(path, read_state_dict(path), model)
+        state = check_state_dict(path, read_state_dict(path), model, drop_prefixes=(_HEAD_PREFIX,))
         model.load_state_dict(state, strict=True)
         self.model = model.eval().requires_grad_(False)
         self.weights_sha256 = sha256_file(path)

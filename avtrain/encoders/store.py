@@ -1,6 +1,6 @@
 """The feature store: one frozen encoder's embedding of every item of some item shards, computed once.
 
-``avtrain features --shards SHARDS --encoder NAME [--audio ROOT | --videos ROOT]`` writes
+``avtrain features --shards SHARDS --encoder NAME [--audio ROOT] [--videos ROOT]`` writes
 STORE (default SHARDS/features/NAME):
 
 * ``features.npy``  (N, dim) float32, one row per embedded item, in the shards' item order
@@ -9,9 +9,11 @@ STORE (default SHARDS/features/NAME):
 * ``manifest.json`` (last): kind, the encoder's card, weights_sha256, modality, dim, the shards'
   extraction settings and their manifest's sha256, each file's sha256, counts
 
-Voice items are embedded from their whole source file (the item's ``source`` under the root
-given; every window of a clip shares the clip's embedding, computed once); face items from the
-aligned crop in the shard. The store is built in ``STORE.tmp-PID`` and renamed when complete, so a
+Voice items are embedded from their whole source file (every window of a clip shares the clip's
+embedding, computed once): the item's ``source`` under the --audio root, or under the --videos
+root (the video's audio track) when its ``source_modality`` is ``video``, so shards built from
+both take both roots; face items from the aligned crop in the shard (a root given is not used:
+a note says so). The store is built in ``STORE.tmp-PID`` and renamed when complete, so a
 failed or killed build leaves no STORE (a dead builder's temp directory is removed by the next
 build). The encoder runs on one torch thread, so the same inputs give byte-identical files (on one
 kind of CPU; another CPU's kernels may change a last bit of facenet's floats). An existing STORE
@@ -35,6 +37,7 @@ from avdata.errors import AvmatchError, InputError
 STORE_KIND = "avmatch-feature-store-v1"
 DATA_FILES = ("features.npy", "items.jsonl", "rejects.jsonl")
 FACE_BATCH = 32  # crops per embed_faces call: bounds memory, not results (each crop is embedded alone)
+ROOT_FLAGS = {"audio": "--audio", "video": "--videos"}  # source_modality -> the root that holds it
 # what must be equal for a store to stand for these shards embedded by this encoder
 IDENTITY_FIELDS = ("encoder_name", "weights_sha256", "extract", "shards_manifest_sha256")
 
@@ -262,6 +265,7 @@ class FeatureBuild:
     reused: bool
     counts: dict = field(default_factory=dict)
     leakage: str | None = None  # avtrain.encoders.leakage_warning for the shards' corpus
+    notes: list[str] = field(default_factory=list)  # one line each: a media root given but not used
 
 
 def _remove_dead_temps(out: Path) -> None:
@@ -284,15 +288,17 @@ def build_feature_store(
     shards: str | Path,
     encoder: str,
     out: str | Path | None = None,
-    media_root: str | Path | None = None,
+    audio_root: str | Path | None = None,
+    videos_root: str | Path | None = None,
     weights: str | Path | None = None,
     allow_download: bool = False,
     progress=None,
 ) -> FeatureBuild:
     """Embed every item of ``shards`` of the encoder's modality with ``encoder`` into ``out``
     (default SHARDS/features/ENCODER); reuse an identical existing store, refuse another one.
-    ``media_root``: where the voice items' ``source`` paths lie (the --audio or --videos root
-    the shards were built from; voice encoders only)."""
+    ``audio_root`` / ``videos_root``: the --audio / --videos roots the shards were built from,
+    where the voice items' ``source`` paths lie (by each item's ``source_modality``; voice
+    encoders only: a face encoder's build notes a root given as not used)."""
     import torch
 
     from avdata.reader import index_items
@@ -309,15 +315,22 @@ def build_feature_store(
         )
     extract, shards_sha = shards_identity(shards)
     leakage = leakage_warning(encoder, shards_corpus(shards))
+    roots = {kind: Path(r) for kind, r in (("audio", audio_root), ("video", videos_root)) if r is not None}
+    notes = []
     if card.modality == "audio":
-        if media_root is None:
+        if not roots:
             raise FeatureStoreError(
-                f"encoder {encoder} embeds each voice's whole source file: give --audio ROOT (or --videos "
-                f"ROOT), the media root {shards} was built from"
+                f"encoder {encoder} embeds each voice's whole source file: give --audio ROOT (or --videos ROOT), "
+                f"the media root {shards} was built from (both, for shards built from both)"
             )
-        media_root = Path(media_root)
-        if not media_root.is_dir():
-            raise FeatureStoreError(f"{media_root}: no such media directory")
+        for root in roots.values():
+            if not root.is_dir():
+                raise FeatureStoreError(f"{root}: no such media directory")
+    else:
+        notes += [
+            f"note: {ROOT_FLAGS[kind]} {root} not used: {encoder} embeds the face crops stored in the shards"
+            for kind, root in roots.items()
+        ]
     enc = load_encoder(
         encoder, weights=weights, allow_download=allow_download, face_margin=extract.get("face_margin")
     )
@@ -339,7 +352,7 @@ def build_feature_store(
                 f"{out} was built from other {' / '.join(changed)} than asked now; remove it or choose "
                 f"another --out (a store is never overwritten)"
             )
-        return FeatureBuild(out, True, old.manifest.get("counts", {}), leakage)
+        return FeatureBuild(out, True, old.manifest.get("counts", {}), leakage, notes)
 
     items = index_items(shards)
     items = items[items["modality"] == card.modality]
@@ -353,8 +366,10 @@ def build_feature_store(
         # one intra-op thread: facenet's convolutions sum in another order with more threads (a last
         # bit differs), and the store is byte-identical for the same inputs only with a fixed count
         torch.set_num_threads(1)
-        embed = _embed_voices if card.modality == "audio" else _embed_faces
-        vectors, lines, rejects, counts = embed(enc, items, shards, media_root, progress)
+        if card.modality == "audio":
+            vectors, lines, rejects, counts = _embed_voices(enc, items, shards, roots, notes, progress)
+        else:
+            vectors, lines, rejects, counts = _embed_faces(enc, items, shards, progress)
         counts = {"items": len(items), "embedded": len(lines), "rejected": len(rejects)} | counts
         _write_store(tmp, enc, identity, vectors, lines, rejects, counts)
         try:
@@ -368,7 +383,7 @@ def build_feature_store(
         raise
     finally:
         torch.set_num_threads(threads)
-    return FeatureBuild(out, False, counts, leakage)
+    return FeatureBuild(out, False, counts, leakage, notes)
 
 
 def _line(row, n: int) -> dict:
@@ -388,40 +403,73 @@ def _checked(vector: np.ndarray, dim: int) -> np.ndarray | str:
     return vector
 
 
-def _embed_voices(enc, items, shards: Path, media_root: Path, progress):
-    """Each source file once (every window of a clip shares its embedding)."""
+def _voice_root(kind: str, roots: dict[str, Path]) -> tuple[Path | None, str | None]:
+    """(root, None) where a voice item whose source is a ``kind`` file lies, or (None, the reject
+    reason) when that root was not given."""
+    if kind in ROOT_FLAGS:
+        if kind in roots:
+            return roots[kind], None
+        return None, (
+            f"its source is a {kind} file (source_modality {kind}): give {ROOT_FLAGS[kind]} ROOT, the "
+            f"{kind} root the shards were built from"
+        )
+    if len(roots) == 1:  # shards without source_modality: the one root given
+        return next(iter(roots.values())), None
+    return (
+        None,
+        "its .json has no source_modality (audio or video): give only the root the shards were built from",
+    )
+
+
+def _embed_voices(enc, items, shards: Path, roots: dict[str, Path], notes: list[str], progress):
+    """Each source file once (every window of a clip shares its embedding), under the root of its
+    ``source_modality``."""
     from avdata.media import decode_audio
     from avdata.untrusted import resolve_inside
     from avtrain.encoders.base import SAMPLE_RATE, ItemRejected
 
-    by_source: dict[str, np.ndarray | str] = {}
-    missing = 0
-    for n, source in enumerate(sorted(set(items["source"]))):
+    kinds = [k if isinstance(k, str) else "" for k in items["source_modality"]]
+    sources = sorted(set(zip(kinds, items["source"])))
+    by_source: dict[tuple[str, str], np.ndarray | str] = {}
+    used: dict[Path, int] = {}  # root -> its source files
+    missing: dict[Path, int] = {}  # root -> its source files not under it
+    for n, (kind, source) in enumerate(sources):
+        root, reason = _voice_root(kind, roots)
+        if root is None:
+            by_source[kind, source] = reason
+            continue
+        used[root] = used.get(root, 0) + 1
         try:
-            path = resolve_inside(media_root, source, f"{shards}: item source")
+            path = resolve_inside(root, source, f"{shards}: item source")
         except AvmatchError as exc:
-            by_source[source] = f"source {source!r} refused: {exc}"
+            by_source[kind, source] = f"source {source!r} refused: {exc}"
             continue
         if not path.is_file():
-            by_source[source] = f"source file not found under {media_root}"
-            missing += 1
+            by_source[kind, source] = f"source file not found under {root}"
+            missing[root] = missing.get(root, 0) + 1
             continue
         try:
-            by_source[source] = _checked(enc.embed_audio(decode_audio(path, SAMPLE_RATE)), enc.card.dim)
+            by_source[kind, source] = _checked(enc.embed_audio(decode_audio(path, SAMPLE_RATE)), enc.card.dim)
         except InputError as exc:
-            by_source[source] = exc.reason
+            by_source[kind, source] = exc.reason
         except ItemRejected as exc:
-            by_source[source] = str(exc)
+            by_source[kind, source] = str(exc)
         if progress and (n + 1) % 100 == 0:
-            progress(f"{n + 1}/{len(by_source)} voice files")
-    if by_source and missing == len(by_source):
-        raise FeatureStoreError(
-            f"none of the {missing} voice source files of {shards} is under {media_root}: give the --audio "
-            f"or --videos root the shards were built from"
-        )
+            progress(f"{n + 1}/{len(sources)} voice files")
+    for kind, root in roots.items():
+        flag = ROOT_FLAGS[kind]
+        if used.get(root, 0) and missing.get(root, 0) == used[root]:
+            raise FeatureStoreError(
+                f"none of the {used[root]} voice source files of {shards} from {kind} files is under "
+                f"{root}: give the {flag} root the shards were built from"
+            )
+        if not used.get(root, 0):
+            notes.append(f"note: {flag} {root} not used: no voice item of {shards} comes from a {kind} file")
+    if sources and not used:
+        raise FeatureStoreError(f"no voice item of {shards} can be embedded: {by_source[sources[0]]}")
     vectors, lines, rejects = [], [], []
-    for row in items.itertuples(index=False):
-        got = by_source[row.source]
+    for row, kind in zip(items.itertuples(index=False), kinds):
+        got = by_source[kind, row.source]
         if isinstance(got, str):
             rejects.append(_reject(row, got))
         else:
@@ -431,7 +479,7 @@ def _embed_voices(enc, items, shards: Path, media_root: Path, progress):
     return vectors, lines, rejects, {"source_files": len(by_source), "source_files_embedded": embedded}
 
 
-def _embed_faces(enc, items, shards: Path, media_root, progress):
+def _embed_faces(enc, items, shards: Path, progress):
     from avdata.items import ItemError, decode_item
     from avdata.reader import read_member
     from avtrain.encoders.base import ItemRejected

@@ -270,7 +270,12 @@ def compare(
             features=features if frozen_encoders(cfg.model) else (),
         )
         evaluate(
-            run, shards, tuples_dir, n_boot=n_boot, echo=None, checkpoint="best" if val_shards else "last"
+            run,
+            shards,
+            tuples_dir,
+            n_boot=n_boot,
+            echo=None,
+            checkpoint="best" if (val_shards or val_tuples) else "last",
         )
         runs[m].append(run)
     table = summarise_runs(runs, n_boot=n_boot)

@@ -436,7 +436,7 @@ class ValidationSet:
 
 def evaluate(
     run: str | Path,
-    shards: str | Path,
+    shards: str | Path | None,
     tuples_dir: str | Path,
     out: str | Path | None = None,
     batch_size: int = 64,
@@ -451,10 +451,21 @@ def evaluate(
     """Evaluate RUN's ``checkpoint`` (last, best or a path) on every list of tuples_dir/index,
     scored by ``score`` (l2, cosine or head; None: the method's default rule); write metrics.json
     (default RUN/metrics.json), RUN/embeddings.npz and the headline metrics into RUN/tb
-    (TensorBoard); return the metrics dict. A run on frozen encoder features reads them from the
-    feature stores it recorded (``features``: other stores of the same encoders and weights);
-    rows naming an item the encoder rejected are left out and counted (``features.skipped``)."""
+    (TensorBoard); return the metrics dict. ``shards`` None: the item shards tuples_dir's lists
+    were drawn from, found through its manifest (:func:`avtrain.run.data_record.locate_item_shards`).
+    A run on frozen encoder features reads them from the feature stores it recorded (``features``:
+    other stores of the same encoders and weights); rows naming an item the encoder rejected are left
+    out and counted (``features.skipped``)."""
     run = Path(run)
+    if shards is None:
+        from avtrain.run.data_record import locate_item_shards
+
+        shards, why = locate_item_shards(tuples_dir)
+        if shards is None:
+            raise EvaluationError(
+                f"--tuples {tuples_dir}: cannot find the item shards its lists were drawn from ({why}); "
+                "pass them with --shards"
+            )
     out = Path(out) if out else run / "metrics.json"
     if batch_size < 1 or n_boot < 1:
         raise EvaluationError("--batch-size and --bootstrap must be >= 1")

@@ -329,6 +329,10 @@ def state_problem(state: dict) -> str | None:
         checks.append(_plan_problem(state["lr_plan"]))
     if "best" in state:
         checks.append(_best_problem(state["best"], state["epoch"] if _is_int(state["epoch"]) else 0))
+    if "data" in state:  # what it trained on (avtrain.run.data_record.RECORD_KEY)
+        from avtrain.run.data_record import record_problem
+
+        checks.append(record_problem(state["data"]))
     if "val" in state and not (
         isinstance(state["val"], dict)
         and all(isinstance(k, str) and _is_number(v) for k, v in state["val"].items())

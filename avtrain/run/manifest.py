@@ -89,10 +89,29 @@ def _without_volatile(d):
     return d
 
 
+def _recorded_data(state: dict) -> dict:
+    """What the checkpoint records of its data (:mod:`avtrain.run.data_record`), without the paths
+    (where the data was on the machine that trained, not what it was); {} for a run from before."""
+    from avtrain.run.data_record import RECORD_KEY
+
+    record = state.get(RECORD_KEY)
+    if record is None:
+        return {}
+    out = {"item_shards": None, "val": None}
+    if record["item_shards"] is not None:
+        out["item_shards"] = {k: v for k, v in record["item_shards"].items() if k != "path"}
+    else:
+        out["item_shards_unknown"] = record["item_shards_unknown"]
+    if record.get("val") is not None:
+        out["val"] = {k: record["val"][k] for k in ("manifest_sha256", "lists")}
+    return out
+
+
 def run_manifest(
     run_dir: str | Path, tuples: str | Path | None = None, checkpoint: str | Path | None = None
 ) -> dict:
-    """Config, seed, data (the tuple manifest's sha256), final losses and metrics, and
+    """Config, seed, data (the tuple manifest's sha256; the item shards' extraction settings and
+    the validation lists the checkpoint records), final losses and metrics, and
     the final weights' hash of a training run directory.
 
     ``tuples``: the tuple directory the run trained on (the trainer does not record it
@@ -135,7 +154,7 @@ def run_manifest(
         "format_version": FORMAT_VERSION,
         "config": cfg,
         "seed": cfg.get("seed"),
-        "data": {"tuples": cfg.get("tuples"), "tuples_manifest_sha256": tuples_sha},
+        "data": {"tuples": cfg.get("tuples"), "tuples_manifest_sha256": tuples_sha} | _recorded_data(state),
         "versions": library_versions(),
         "progress": {"epoch": state.get("epoch"), "step": state.get("step")}
         if isinstance(state, dict)

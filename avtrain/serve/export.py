@@ -35,6 +35,7 @@ _EXPORT_KEYS = (
     "source_run",
     "weights_sha256",
     "labels",  # the LabelSpace of a method that classifies identities (its classifier's size)
+    "data",  # what the run trained on (avtrain.run.data_record): where ``extract`` came from
 )
 
 
@@ -46,6 +47,7 @@ def _check_export_config(meta, cfg_path: Path):
     types, ranges). Returns (TrainConfig, ExtractConfig); anything else is one line naming the file."""
     from avtrain.run.checkpoint import labels_problem
     from avtrain.run.config import TrainConfig
+    from avtrain.run.data_record import record_problem
 
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         raise InferenceError(f"{cfg_path}: not an avtrain export (format is not {EXPORT_FORMAT!r})")
@@ -67,6 +69,8 @@ def _check_export_config(meta, cfg_path: Path):
         problem = "aliases is not an object of tensor name -> tensor name"
     elif "labels" in meta and labels_problem(meta["labels"]):
         problem = labels_problem(meta["labels"])
+    elif "data" in meta and record_problem(meta["data"]):
+        problem = record_problem(meta["data"])
     else:
         for key in ("epoch", "step"):
             v = meta.get(key)
@@ -85,9 +89,10 @@ def _check_export_config(meta, cfg_path: Path):
 
 
 def load_export(directory: Path, device: torch.device):
-    """(method, TrainConfig, ExtractConfig, source) of an export directory: config.json checked
-    first, then the weights' sha256, then the method built from the config and the tensors loaded
-    strictly; every problem is one line."""
+    """(method, TrainConfig, ExtractConfig, source, the run's data record or None, the one-line
+    note when ``extract`` may not be the item shards' own, else None) of an export directory:
+    config.json checked first, then the weights' sha256, then the method built from the config and
+    the tensors loaded strictly; every problem is one line."""
     from safetensors import SafetensorError
     from safetensors.torch import load as load_safetensors
 
@@ -120,12 +125,18 @@ def load_export(directory: Path, device: torch.device):
             f"{directory}: cannot load the exported model ({type(exc).__name__}: {first})"
         ) from None
     model.to(device).eval()
-    return (
-        model,
-        cfg,
-        extract,
-        {"kind": "export", "path": str(directory), "epoch": meta.get("epoch"), "step": meta.get("step")},
-    )
+    record = meta.get("data")
+    if record is None:
+        note = (
+            f"{cfg_path} does not record where its extract settings came from (exported before avmatch "
+            "recorded the run's item shards); they may be avdata's defaults rather than the build's"
+        )
+    else:
+        from avtrain.run.data_record import serving_extract
+
+        note = serving_extract(record, str(cfg_path))[1]
+    source = {"kind": "export", "path": str(directory), "epoch": meta.get("epoch"), "step": meta.get("step")}
+    return model, cfg, extract, source, record, note
 
 
 def export_model(
@@ -137,6 +148,7 @@ def export_model(
     from avdata.io import atomic_write_bytes, check_output_dir, make_output_dir, sha256_file, write_json
     from avtrain.run.checkpoint import BEST, LAST
     from avtrain.run.config import TrainConfig
+    from avtrain.run.data_record import RECORD_KEY
     from avtrain.serve.model import load_model  # here: avtrain.serve.model imports this module
 
     out = check_output_dir(out)  # a dangling symlink: one line, before the model is loaded
@@ -167,7 +179,10 @@ def export_model(
         "format_version": 1,
         "train_config": TrainConfig.to_dict(model.cfg),
         **({"labels": model.model.labels.to_dict()} if model.model.labels is not None else {}),
+        # what serving preprocesses with: the item shards' settings as the run recorded them (or
+        # the caller's override); "data" says where they came from (absent: the run recorded nothing)
         "extract": dataclasses.asdict(model.extract),
+        **({RECORD_KEY: model.record} if model.record is not None else {}),
         "spectrogram": SPEC_CONFIG,
         "scoring": {
             "kind": SCORE_KIND,

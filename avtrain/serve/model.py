@@ -21,6 +21,12 @@ same code, never a copy of it:
   weights are the installed ones (or ``model.*_encoder_weights``), checked against the sha256 the
   run recorded (:func:`avtrain.train.features.load_run_encoders`); an export holds no encoder weights.
 
+The extraction settings (face margin, video fps, ...) are those the model's item shards were built
+with, as the run recorded them (:mod:`avtrain.run.data_record`; an export carries them in its
+config.json), so a build with ``--face-margin 0.3`` is embedded at 0.3. A model without that record
+(its settings unknown, or trained before runs recorded them) is preprocessed with avdata's defaults,
+and :func:`load_model` says so in one line on stderr.
+
 A model is loaded from a run directory (``checkpoint.pt``, read with ``weights_only=True``) or
 from an ``avtrain export`` directory (``model.safetensors`` + ``config.json``: no pickle at all;
 read by :func:`avtrain.serve.export.load_export`).
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +75,17 @@ class FaceVoiceModel:
     :class:`avdata.errors.InputError` (one line naming the file).
     """
 
-    def __init__(self, model, cfg, device: torch.device, extract: ExtractConfig, source: dict):
+    def __init__(
+        self,
+        model,
+        cfg,
+        device: torch.device,
+        extract: ExtractConfig,
+        source: dict,
+        record: dict | None = None,
+    ):
         self.model, self.cfg, self.device, self.source = model, cfg, device, source
+        self.record = record  # what the run trained on (avtrain.run.data_record), None if not recorded
         self.extract = dataclasses.replace(extract, windows=1)  # a voice is its first window (_w0)
         self._extractor = Extractor(self.extract, device=str(device) if device.type == "cuda" else "cpu")
         self._fingerprint: str | None = None
@@ -258,18 +274,16 @@ def _device(name: str | torch.device) -> torch.device:
 
 def _load_from_run(run: Path, device: torch.device, which: str = "last"):
     from avtrain.run.checkpoint import load_run
+    from avtrain.run.data_record import RECORD_KEY
 
     model, state, cfg = load_run(run, device, which)  # checksummed, weights_only; errors are one line
-    return (
-        model,
-        cfg,
-        {
-            "kind": "run",
-            "path": str(run),
-            "epoch": int(state.get("epoch", 0)),
-            "step": int(state.get("step", 0)),
-        },
-    )
+    source = {
+        "kind": "run",
+        "path": str(run),
+        "epoch": int(state.get("epoch", 0)),
+        "step": int(state.get("step", 0)),
+    }
+    return model, cfg, source, state.get(RECORD_KEY)  # the record is checked by load_checkpoint
 
 
 def load_model(
@@ -282,8 +296,9 @@ def load_model(
 
     ``run_or_file``: a run directory (``checkpoint.pt``), an ``avtrain export`` directory
     (``model.safetensors`` + ``config.json``), or either file. ``device``: auto, cpu, cuda,
-    cuda:N. ``extract``: the preprocessing settings; default: those recorded in an export,
-    else avdata's defaults (what ``avdata build-shards`` uses unless told otherwise).
+    cuda:N. ``extract``: the preprocessing settings, overriding the recorded
+    ones; default: those the item shards were built with, as the run (or the export's config.json)
+    records them, else avdata's defaults with a one-line note on stderr.
     ``checkpoint``: of a run directory, ``last``, ``best`` (kept by ``fit --val-shards``) or a path,
     as ``avtrain evaluate --checkpoint``.
     """
@@ -297,6 +312,7 @@ def load_model(
         raise InferenceError(f"{run_or_file}: no such run or model directory")
     dev = _device(device)
     from avtrain.run.checkpoint import LAST as CHECKPOINT
+    from avtrain.run.checkpoint import resolve
 
     # --checkpoint best / a .pt path names a run's checkpoint; only the default may mean an export
     # (anything named model.safetensors is the export's: a FIFO or a link out is refused there)
@@ -308,11 +324,16 @@ def load_model(
             f"move the export out"
         )
     if export:
-        model, cfg, saved_extract, source = load_export(path, dev)
+        model, cfg, saved_extract, source, record, note = load_export(path, dev)
     elif which != "last" or (path / CHECKPOINT).is_file():
-        (model, cfg, source), saved_extract = _load_from_run(path, dev, which), ExtractConfig()
+        from avtrain.run.data_record import serving_extract
+
+        model, cfg, source, record = _load_from_run(path, dev, which)
+        saved_extract, note = serving_extract(record, str(resolve(path, which)))
     else:
         raise InferenceError(
             f"{path}: neither {CHECKPOINT} (avtrain fit) nor {EXPORT_WEIGHTS} (avtrain export)"
         )
-    return FaceVoiceModel(model, cfg, dev, extract or saved_extract, source)
+    if note and extract is None:
+        print(f"note: {note}", file=sys.stderr)
+    return FaceVoiceModel(model, cfg, dev, extract or saved_extract, source, record)

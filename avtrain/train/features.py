@@ -16,7 +16,6 @@ have no vector; tuples that name one are skipped, and counted in one line, never
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,19 +36,6 @@ def shards_corpus(shards: Path | None) -> str:
     from avtrain.encoders.store import shards_corpus as corpus_of
 
     return "voxceleb1" if shards is None else corpus_of(shards)
-
-
-def is_item_shards(path: Path | None) -> bool:
-    """Whether ``path`` is an item shard directory (avdata build-shards), not an item store."""
-    from avdata.items import STORE_KIND
-    from avdata.untrusted import read_inside
-
-    if path is None:
-        return False
-    try:
-        return json.loads(read_inside(Path(path), "manifest.json")).get("kind") != STORE_KIND
-    except (AvmatchError, ValueError, AttributeError):
-        return False
 
 
 @dataclass

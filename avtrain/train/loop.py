@@ -6,7 +6,7 @@ of the paper: forward once, T discriminator steps, one encoder/generator/head st
 loss terms the step returns. The first optimiser's learning rate decays logarithmically
 lr_start -> lr_end over the run.
 
-With validation lists (``--val-shards``) the val identities are scored every ``val_every``
+With validation lists (``--val-tuples`` and/or ``--val-shards``) the val identities are scored every ``val_every``
 epochs with the code of ``avtrain evaluate`` (−L2 rule); ``best.pt`` keeps the best epoch
 by ``select``, ``patience`` stops early.
 
@@ -20,7 +20,9 @@ Runs on CPU or CUDA (bf16 autocast, channels-last, non-blocking copies, pinned m
 ``torchrun`` with DistributedDataParallel (gloo on CPU, NCCL on GPU). A checkpoint is
 written atomically after every epoch with optimiser, scheduler and RNG state, so
 ``--resume`` continues a killed run to the same final weights. Every setting, the data and
-the checkpoint to resume from are checked before the run directory is created.
+the checkpoint to resume from are checked before the run directory is created. Every checkpoint
+records what the run trained on, from the manifests (:mod:`avtrain.run.data_record`): the item
+shards' extraction settings, which serving preprocesses raw media with, and the lists.
 """
 
 from __future__ import annotations
@@ -66,8 +68,9 @@ from avtrain.run.checkpoint import (
     saved_labels,
 )
 from avtrain.run.config import RESUMABLE_CHANGES, TrainConfig, save_config
+from avtrain.run.data_record import RECORD_KEY, run_data_record
 from avtrain.train.data import TrainingInput, label_space, to_model_inputs
-from avtrain.train.features import is_item_shards, open_features, print_leakage, shards_corpus
+from avtrain.train.features import open_features, print_leakage, shards_corpus
 
 RESUME_KEYS = ("sched", "torch_rng")  # besides checkpoint.REQUIRED_KEYS and the method's optimisers
 
@@ -306,20 +309,28 @@ def _optimizer_state_problem(opt, saved: dict) -> str | None:
 
 
 def _val_setup(cfg: TrainConfig, tuples_dir, val_tuples, val_shards, frozen=None):
-    """The validation set (or None), prepared before anything is written."""
-    if val_shards is None:
-        if val_tuples is not None:
-            raise TrainingError(
-                "--val-tuples needs --val-shards (the item shards the val lists were drawn from)"
-            )
-        return None
+    """The validation set and the item shards it reads (or None, None), prepared before anything
+    is written. ``--val-tuples DIR`` alone validates on the item shards DIR's lists were drawn from,
+    found through DIR's manifest (:func:`avtrain.run.data_record.locate_item_shards`);
+    ``--val-shards`` overrides them (and alone validates on the training tuple directory's lists).
+    ``frozen``: the run's feature stores, which must hold the validation items too."""
+    if val_shards is None and val_tuples is None:
+        return None, None
     from avtrain.evaluation.evaluate import EvaluationError, ValidationSet
+    from avtrain.run.data_record import locate_item_shards
 
+    if val_shards is None:
+        val_shards, why = locate_item_shards(val_tuples)
+        if val_shards is None:
+            raise TrainingError(
+                f"--val-tuples {val_tuples}: cannot find the item shards its lists were drawn from "
+                f"({why}); pass them with --val-shards"
+            )
     try:
         if frozen is not None:
             for store in frozen.stores.values():
                 store.check_matches(val_shards)  # the val items must be in the same stores
-        return ValidationSet(
+        val = ValidationSet(
             val_tuples or tuples_dir,
             val_shards,
             cfg.task,
@@ -330,13 +341,19 @@ def _val_setup(cfg: TrainConfig, tuples_dir, val_tuples, val_shards, frozen=None
         )
     except EvaluationError as exc:
         raise TrainingError(f"validation: {exc}") from None
+    return val, val_shards
 
 
-def _item_shards(items, val_shards) -> Path | None:
-    """The item shards a run reads (``--items`` when it is item shards, else ``--val-shards``):
-    where the feature stores' default place is, and whose corpus the leakage warning names."""
-    if items is not None and is_item_shards(Path(items)):
-        return Path(items)
+def _item_shards(tuples_dir, items, val_shards) -> Path | None:
+    """The item shards a run reads: ``--items`` when it is item shards, else those its item store or
+    tuple directory links to (:func:`avtrain.run.data_record.locate_item_shards`), else
+    ``--val-shards``: where the feature stores' default place is, and whose corpus the leakage
+    warning names."""
+    from avtrain.run.data_record import locate_item_shards
+
+    found, _why = locate_item_shards(tuples_dir, items)
+    if found is not None:
+        return Path(found)
     return Path(val_shards) if val_shards is not None else None
 
 
@@ -348,7 +365,7 @@ def _frozen_inputs(cfg: TrainConfig, tuples_dir, items, val_shards, features):
         return None
     drawn_from = read_tuple_manifest(Path(tuples_dir), required=True).get("source_shards_manifest_sha256")
     try:
-        return open_features(cfg.model, features, _item_shards(items, val_shards), drawn_from)
+        return open_features(cfg.model, features, _item_shards(tuples_dir, items, val_shards), drawn_from)
     except AvmatchError as exc:
         raise TrainingError(str(exc)) from None
 
@@ -465,7 +482,16 @@ def _fit(
     ckpt_path = out / LAST
     state = _resume_state(cfg, ckpt_path) if resume and ckpt_path.is_file() else None
     repair_best = state is not None and is_main_rank() and _best_needs_repair(ckpt_path, state)
-    val = _val_setup(cfg, tuples_dir, val_tuples, val_shards, frozen)
+    val, val_shards = _val_setup(cfg, tuples_dir, val_tuples, val_shards, frozen)
+    # what it trains on, from the manifests: the item shards' extraction settings travel to serving
+    record, unknown = run_data_record(
+        tuples_dir,
+        cfg.tuples,
+        items,
+        (val_tuples or tuples_dir) if val is not None else None,
+        val_shards,
+        [t.name for t in val.lists] if val is not None else [],
+    )
 
     ddp = Distributed(device)
     is_main = ddp.rank == 0
@@ -543,8 +569,10 @@ def _fit(
             f"{out / BEST}: rebuilt from {LAST} (epoch {state['epoch']}, the best; its save was cut short)",
             file=sys.stderr,
         )
+    if is_main and unknown:
+        print(f"note: {out}: {unknown}", file=sys.stderr)
     if is_main and frozen is not None:
-        print_leakage(cfg.model, shards_corpus(_item_shards(items, val_shards)))
+        print_leakage(cfg.model, shards_corpus(_item_shards(tuples_dir, items, val_shards)))
         for line in (
             data.skipped,
             *(
@@ -646,6 +674,7 @@ def _fit(
                 state = {
                     "config": cfg.to_dict(),
                     "model": model.state_dict(),
+                    RECORD_KEY: record,
                     **{name: opt.state_dict() for name, opt in optimizers.items()},
                     "sched": sched.state_dict(),
                     **({"labels": labels.to_dict()} if labels is not None else {}),
