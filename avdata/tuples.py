@@ -269,6 +269,7 @@ class IndexedList:
     constraint: str  # "+".join(constrain), "" when unconstrained
     path: Path  # the index file (retrieval: the queries file)
     gallery: Path | None = None  # retrieval: the gallery file
+    sha256: str = ""  # the index file's sha256 in manifest.json (retrieval: queries "+" gallery)
 
 
 def index_lists(tuples_dir: str | Path) -> list[IndexedList]:
@@ -298,6 +299,8 @@ def index_lists(tuples_dir: str | Path) -> list[IndexedList]:
                 constraint="+".join(list(cfg.get("constrain") or ()) + source_tokens(cfg)),
                 path=out / rel,
                 gallery=out / entry["gallery"] if task == "retrieval" else None,
+                sha256=entry["sha256"]
+                + (f"+{manifest['files'][entry['gallery']]['sha256']}" if task == "retrieval" else ""),
             )
         )
     return sorted(lists, key=lambda t: (t.task, t.name))

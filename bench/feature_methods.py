@@ -3,10 +3,10 @@ docs/evaluation.md, "Methods on frozen encoder features".
 
 Runs on frozen features leave out the evaluation rows that name an item their encoder rejected
 (avtrain evaluate: ``features.skipped_rows``). To compare like with like, every run is scored here
-on the rows no frozen run left out (the common rows): the frozen runs' own outcomes, and the
-reference run's outcomes (RUN/outcomes.npz) restricted to those rows. Per metric: value [95 %
-bootstrap CI] and the paired-bootstrap p against the reference on the same rows
-(avtrain.evaluation.compare.paired_p_value); the reference on all its rows beside it.
+on the rows every run scored (the common rows: avtrain.evaluation.compare.common_rows, by the
+row positions of RUN/outcomes.npz; runs evaluated before those were recorded: evaluate again).
+Per metric: value [95 % bootstrap CI] and the paired-bootstrap p against the reference on the
+same rows (avtrain.evaluation.compare.paired_p_value); the reference on all its rows beside it.
 
     .venv/bin/python bench/feature_methods.py --tuples demo-out/tuples-matching \\
         --reference cmp/demo/runs/aml-seed0 NAME=RUN [NAME=RUN ...]
@@ -17,7 +17,6 @@ RUN: a run evaluated by ``avtrain evaluate`` (metrics.json, outcomes.npz). Print
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +31,9 @@ ROWS = (
 
 
 def main():
-    from avtrain.encoders.store import FeatureStore
     from avtrain.evaluation import metrics as M
-    from avtrain.evaluation.compare import _statistic, paired_p_value
-    from avtrain.evaluation.outcomes import load_outcomes
+    from avtrain.evaluation.compare import _statistic, common_rows, outcome_sets, paired_p_value
+    from avtrain.evaluation.outcomes import OUTCOMES_FILE, load_outcomes
     from avtrain.evaluation.tuple_lists import read_tuple_lists
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -48,15 +46,9 @@ def main():
     args = ap.parse_args()
 
     runs = dict(item.split("=", 1) for item in args.runs)
-    metrics = {n: json.loads((Path(r) / "metrics.json").read_text()) for n, r in runs.items()}
-    rejected = set()
-    for m in metrics.values():
-        for modality, rec in m.get("features", {}).items():
-            if modality in ("audio", "face"):
-                rejected |= {r["key"] for r in FeatureStore(rec["store"]).rejects}
     lists = {tl.name: tl for tl in read_tuple_lists(args.tuples)}
-    ref = load_outcomes(args.reference / "outcomes.npz")
-    outcomes = {n: load_outcomes(Path(r) / "outcomes.npz") for n, r in runs.items()}
+    ref = load_outcomes(args.reference / OUTCOMES_FILE)
+    outcomes = {n: load_outcomes(Path(r) / OUTCOMES_FILE) for n, r in runs.items()}
 
     def value(key, o, idx):
         return _statistic(key)[1](o, idx)
@@ -66,20 +58,17 @@ def main():
     print("|" + "---|" * len(header))
     for key, name in ROWS:
         prefix = _statistic(key)[0]
-        rows = lists[name].rows
-        keep = np.array(
-            [r["query"] not in rejected and not rejected.intersection(r["gallery"]) for r in rows]
-        )
-        sub = lambda o: {k[len(prefix) + 1 :]: v for k, v in o.items() if k.startswith(prefix + "/")}  # noqa: E731
-        ref_all = sub(ref)
-        ref_common = {k: v[keep] for k, v in ref_all.items()}
-        n = int(keep.sum())
+        ref_all = outcome_sets(ref, prefix)
+        # the rows every run scored, matched by outcomes.npz's row positions (compare's pairing)
+        pairing = common_rows([ref_all, *(outcome_sets(outcomes[r], prefix) for r in runs)])
+        if isinstance(pairing, str):
+            raise SystemExit(f"{name}: {pairing}")
+        ref_common, *frozen = pairing.runs
+        if len(next(iter(ref_all.values()))) != len(lists[name].rows):
+            raise SystemExit(f"{name}: the reference did not score every row of {args.tuples}'s list")
         cells = []
-        for o in (ref_all, ref_common, *(sub(outcomes[r]) for r in runs)):
-            size = len(next(iter(o.values())))
-            if size != len(rows) and size != n:
-                raise SystemExit(f"{name}: a run has {size} rows; the list {len(rows)}, the common rows {n}")
-            idx = np.arange(size)
+        for o in (ref_all, ref_common, *frozen):
+            idx = np.arange(len(next(iter(o.values()))))
             v = value(key, o, idx)
             if prefix.startswith("verification"):
                 lo, hi = M.bootstrap_ci_pairs(o["scores"], o["labels"], n_boot=args.bootstrap)
@@ -90,7 +79,7 @@ def main():
                 p = paired_p_value([o], [ref_common], lambda x, i: value(key, x, i), n_boot=args.bootstrap)
                 text += f" (p={p:.3f})" if p is not None else ""
             cells.append(text)
-        print(f"| {key} (n {len(rows)} / {n}) | " + " | ".join(cells) + " |")
+        print(f"| {key} (n {len(lists[name].rows)} / {pairing.common}) | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

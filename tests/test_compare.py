@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner
 from test_methods import tiny_registered  # noqa: F401  (fixture: the tiny method of test_methods)
 
+from avdata.errors import AvmatchError
 from avtrain.cli import main
 from avtrain.evaluation.compare import CompareError, paired_p_value, plan_runs
 
@@ -58,3 +59,136 @@ def test_compare_two_methods_on_the_same_tuples(tiny_registered, train_tuples, t
     res = CliRunner().invoke(main, args)  # again: complete runs are not trained again
     assert res.exit_code == 0, res.output
     assert (out / "runs" / "tiny-seed0" / "log.jsonl").read_text() == steps
+
+
+# --------------------------------------------------------------------------- runs scored on different rows
+
+
+def test_common_rows_pairs_runs_on_the_rows_both_scored():
+    from avtrain.evaluation.compare import Pairing, common_rows
+
+    # 6 rows; the second run left out rows 1 and 4 (they named an item its encoder rejected)
+    scratch = {"correct": np.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0]), "row": np.arange(6.0)}
+    frozen = {"correct": np.array([1.0, 1.0, 0.0, 1.0]), "row": np.array([0.0, 2.0, 3.0, 5.0])}
+    got = common_rows([scratch, frozen])
+    assert isinstance(got, Pairing) and (got.common, got.scored) == (4, 6)
+    np.testing.assert_array_equal(got.runs[0]["correct"], [1, 1, 1, 1])  # rows 0, 2, 3, 5
+    np.testing.assert_array_equal(got.runs[1]["correct"], [1, 1, 0, 1])
+    np.testing.assert_array_equal(got.runs[0]["row"], got.runs[1]["row"])
+    # a third run missing row 3 too: 3 rows left, 6 scored by some run
+    third = {"correct": np.array([0.0, 0.0, 0.0, 0.0, 0.0]), "row": np.array([0.0, 1.0, 2.0, 4.0, 5.0])}
+    got = common_rows([scratch, frozen, third])
+    assert (got.common, got.scored) == (3, 6)
+    np.testing.assert_array_equal(got.runs[1]["correct"], [1, 1, 1])  # rows 0, 2, 5
+    # verification: scores and labels follow their rows
+    a = {"scores": np.array([0.9, 0.1, 0.8, 0.2]), "labels": np.array([1.0, 0, 1, 0]), "row": np.arange(4.0)}
+    b = {"scores": np.array([0.7, 0.3]), "labels": np.array([1.0, 0]), "row": np.array([2.0, 3.0])}
+    got = common_rows([a, b])
+    np.testing.assert_array_equal(got.runs[0]["scores"], [0.8, 0.2])
+    np.testing.assert_array_equal(got.runs[0]["labels"], got.runs[1]["labels"])
+    # outcomes written before row positions: the same number of rows pairs as before, else why not
+    old = [{"correct": np.ones(6)}, {"correct": np.zeros(6)}]
+    assert common_rows(old).common == 6
+    why = common_rows([{"correct": np.ones(6)}, {"correct": np.ones(4)}])
+    assert isinstance(why, str) and "different numbers of rows (4 vs 6)" in why and "evaluate again" in why
+
+
+def test_paired_p_value_on_common_rows_by_hand():
+    from avtrain.evaluation.compare import common_rows
+
+    # on the 4 rows both scored the runs agree, so every resampled difference is 0: p = 1 exactly;
+    # on all their rows they differ (1.0 vs 0.5 on rows 1, 4), which an unpaired reading would not see
+    scratch = {"correct": np.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0]), "row": np.arange(6.0)}
+    frozen = {"correct": np.array([1.0, 1.0, 1.0, 1.0]), "row": np.array([0.0, 2.0, 3.0, 5.0])}
+    assert paired_p_value([frozen], [scratch], _mean, n_boot=200) is None  # different n: no pairing
+    pairing = common_rows([frozen, scratch])
+    assert paired_p_value(pairing.runs[:1], pairing.runs[1:], _mean, n_boot=200) == 1.0
+    # one run right on all 100 common rows, the other on 50: p = 2 * (1 + 0) / (1 + 200), as unpaired
+    better = {"correct": np.ones(120), "row": np.arange(120.0)}
+    worse = {"correct": np.array([1.0] * 50 + [0.0] * 50), "row": np.arange(100.0)}
+    pairing = common_rows([better, worse])
+    assert (pairing.common, pairing.scored) == (100, 120)
+    assert paired_p_value(pairing.runs[:1], pairing.runs[1:], _mean, n_boot=200) == pytest.approx(2 / 201)
+
+
+def _write_run(run, correct, rows, skipped=None, sha="a" * 64, auc=None):
+    """A run directory as evaluate leaves it, with just what compare reads: metrics.json (one
+    matching list) and outcomes.npz."""
+    from avtrain.evaluation.outcomes import save_outcomes
+
+    run.mkdir(parents=True)
+    correct = np.asarray(correct, dtype=np.float64)
+    entry = {"value": float(correct.mean()), "ci95": [0.0, 1.0], "n": int(correct.size)}
+    entry |= {"list": "matching_test_a2v_k2", "list_sha256": sha}
+    metrics = {"matching": {"a2v": {"k2": entry}}, "matching_split": "test"}
+    if skipped:
+        metrics["features"] = {"skipped_rows": skipped}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    save_outcomes(run / "outcomes.npz", {"matching/a2v/k2/correct": correct, "matching/a2v/k2/row": rows})
+
+
+def test_compare_table_pairs_on_common_rows_and_says_so(tmp_path):
+    from avtrain.evaluation.compare import markdown, summarise_runs
+
+    _write_run(tmp_path / "aml", [1, 0, 1, 1, 0, 1], range(6))
+    _write_run(tmp_path / "fop", [1, 1, 1, 1], [0, 2, 3, 5], skipped={"matching_test_a2v_k2": 2})
+    table = summarise_runs({"aml": [tmp_path / "aml"], "fop": [tmp_path / "fop"]}, n_boot=200)
+    cell = table["rows"]["matching/a2v/k2"]["fop"]
+    # each run's value on its own rows; the paired test on the 4 rows both scored (equal there: p = 1)
+    assert cell["mean"] == 1.0 and table["rows"]["matching/a2v/k2"]["aml"]["mean"] == pytest.approx(4 / 6)
+    assert cell["p_vs_reference"] == 1.0
+    assert cell["paired"] == {"rows": 4, "of": 6, "one_run_only": 2, "rejected_items": True}
+    md = markdown(table)
+    assert "(p=1.000†)" in md
+    assert (
+        "fop vs aml, matching/a2v/k2: † paired on 4 of 6 rows: 2 rows scored by one run only "
+        "(rows naming items a frozen encoder rejected); each run's value is on its own rows." in md
+    )
+    # the same rows: no note, no mark
+    _write_run(tmp_path / "same", [1, 0, 1, 1, 0, 1], range(6))
+    table = summarise_runs({"aml": [tmp_path / "aml"], "same": [tmp_path / "same"]}, n_boot=200)
+    assert "paired" not in table["rows"]["matching/a2v/k2"]["same"] and "†" not in markdown(table)
+
+
+def test_compare_refuses_to_pair_runs_on_different_lists(tmp_path):
+    from avtrain.evaluation.compare import markdown, summarise_runs
+    from avtrain.evaluation.outcomes import load_outcomes
+
+    _write_run(tmp_path / "aml", [1, 0, 1, 1, 0, 1], range(6))
+    _write_run(tmp_path / "other", [1, 0, 1, 1, 0, 1], range(6), sha="b" * 64)
+    table = summarise_runs({"aml": [tmp_path / "aml"], "other": [tmp_path / "other"]}, n_boot=200)
+    cell = table["rows"]["matching/a2v/k2"]["other"]
+    assert cell["p_vs_reference"] is None and "different lists" in cell["paired"]["refused"]
+    assert "other vs aml, matching/a2v/k2: no p-value: different lists (list sha256 aaaa" in markdown(table)
+    # row positions must be whole, increasing and >= 0 (they index the list)
+    _write_run(tmp_path / "bad", [1, 0], [1, 1])
+    with pytest.raises(AvmatchError, match="matching/a2v/k2/row is not increasing row positions"):
+        load_outcomes(tmp_path / "bad" / "outcomes.npz")
+
+
+def test_common_rows_give_the_old_bench_restriction(tmp_path):
+    """bench/feature_methods.py used to restrict the reference run's outcomes to the rows that name
+    no rejected item (its own code, kept here as it was); common_rows on the row positions that
+    evaluate records (the list's rows kept by without_items) gives the same arrays and the same p."""
+    from avtrain.evaluation.compare import common_rows
+    from avtrain.evaluation.tuple_lists import TupleList, without_items
+
+    rng = np.random.default_rng(3)
+    rows = [{"query": f"v{i % 7}", "gallery": [f"f{i % 5}", f"f{(i + 2) % 5}"]} for i in range(40)]
+    rejected = {"v3", "f4"}
+    keep = np.array([r["query"] not in rejected and not rejected.intersection(r["gallery"]) for r in rows])
+    scratch = {"correct": rng.integers(0, 2, 40).astype(float)}
+    frozen = {"correct": rng.integers(0, 2, int(keep.sum())).astype(float)}
+    old_reference = {k: v[keep] for k, v in scratch.items()}  # the old restriction
+    old_p = paired_p_value([frozen], [old_reference], _mean, n_boot=300)
+
+    full = TupleList("matching_test_a2v_k2", "matching", "test", "a2v", 2, rows=rows, row_index=[*range(40)])
+    (kept,), skipped = without_items([full], rejected)
+    assert skipped == {"matching_test_a2v_k2": 40 - keep.sum()}
+    pairing = common_rows(
+        [scratch | {"row": np.arange(40.0)}, frozen | {"row": np.asarray(kept.row_index, dtype=float)}]
+    )
+    np.testing.assert_array_equal(pairing.runs[0]["correct"], old_reference["correct"])
+    np.testing.assert_array_equal(pairing.runs[1]["correct"], frozen["correct"])
+    assert pairing.common == keep.sum() < 40
+    assert paired_p_value(pairing.runs[1:], pairing.runs[:1], _mean, n_boot=300) == old_p

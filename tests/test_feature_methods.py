@@ -377,3 +377,47 @@ def test_same_weights_for_any_worker_count_and_a_resume_on_another_store_is_refu
         _fit(corpus, tmp_path / "w0", *sets, "epochs=2", resume=True, features=[store])
     with pytest.raises(AvmatchError, match="drop --tuple-shards"):
         _fit(corpus, tmp_path / "ts", *sets, "tuple_shards=true", features=[store])
+
+
+def test_compare_pairs_a_frozen_run_with_a_scratch_run_on_the_rows_both_scored(corpus, tmp_path):
+    """avtrain compare with AML from scratch and PINs on frozen voices: PINs' evaluation leaves out
+    the rows naming the rejected voice; outcomes.npz records which rows each run scored, and the
+    paired p against AML is computed on the rows both scored, with a line that says so."""
+    from avtrain.cli import main as avtrain
+    from avtrain.evaluation.outcomes import load_outcomes
+
+    out = tmp_path / "cmp"
+    store = corpus["shards"] / "features" / "resemblyzer"
+    output = _cli(
+        avtrain,
+        ["compare", "--methods", "aml,pins", "--shards", corpus["tuples"], "--items", corpus["shards"],
+         "--out", out, "--bootstrap", "50", "--set", "epochs=1", "--set", "max_steps_per_epoch=2",
+         *(a for s in FIT for a in ("--set", s)), "--set", f"pins:{VOICE}", "--features", store],
+    )  # fmt: skip
+    pins = json.loads((out / "runs" / "pins-seed0" / "metrics.json").read_text())
+    name = pins["matching"]["a2v"]["k2"]["list"]
+    skipped = pins["features"]["skipped_rows"][name]
+    rows = [
+        json.loads(line) for line in (corpus["tuples"] / "index" / f"{name}.jsonl").read_text().splitlines()
+    ]
+    naming_cut = [i for i, r in enumerate(rows) if corpus["cut"][0] in (r["query"], *r["gallery"])]
+    assert skipped == len(naming_cut) > 0
+    # row positions: the scratch run scored every row, the frozen one every row but those
+    aml_rows = load_outcomes(out / "runs" / "aml-seed0" / "outcomes.npz")["matching/a2v/k2/row"]
+    pins_rows = load_outcomes(out / "runs" / "pins-seed0" / "outcomes.npz")["matching/a2v/k2/row"]
+    np.testing.assert_array_equal(aml_rows, np.arange(len(rows)))
+    np.testing.assert_array_equal(pins_rows, [i for i in range(len(rows)) if i not in naming_cut])
+    cell = json.loads((out / "compare.json").read_text())["rows"]["matching/a2v/k2"]["pins"]
+    assert cell["paired"] == {
+        "rows": len(rows) - skipped,
+        "of": len(rows),
+        "one_run_only": skipped,
+        "rejected_items": True,
+    }
+    assert 0 < cell["p_vs_reference"] <= 1 and cell["values"] == [pins["matching"]["a2v"]["k2"]["value"]]
+    line = (
+        f"pins vs aml, matching/a2v/k2: † paired on {len(rows) - skipped} of {len(rows)} rows: {skipped} "
+        "rows scored by one run only (rows naming items a frozen encoder rejected)"
+    )
+    assert line in output and line in (out / "compare.md").read_text()
+    assert line in (out / "compare.html").read_text()

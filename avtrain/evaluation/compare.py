@@ -12,6 +12,13 @@ A run that is already complete is not trained again (fit resumes it: nothing lef
 interrupted comparison goes on where it stopped. Paired tests resample the items (tuples, pairs,
 queries) of a list with one seeded RNG, the same indices for both methods; the p-value is two-sided,
 (1 + #resamples on the other side of 0) / (1 + n) doubled, capped at 1.
+
+Runs scored on different subsets of the same list (a run on frozen encoder features leaves out the
+rows that name an item its encoder rejected) are paired on the rows both scored, found by the row
+positions of outcomes.npz; each run's own figure stays on its own rows, and the table says how many
+rows the test used (:func:`common_rows`). Different lists (another tuple directory or a changed
+list: the list's sha256 in metrics.json), or retrieval galleries of different items, get no p-value
+and a line saying why.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import numpy as np
 from avdata.errors import AvmatchError
 from avdata.io import atomic_write_text
 from avtrain.evaluation import metrics as M
-from avtrain.evaluation.outcomes import OUTCOMES_FILE, load_outcomes
+from avtrain.evaluation.outcomes import OUTCOMES_FILE, ROW, load_outcomes
 from avtrain.evaluation.results import MetricRow, metric_rows, not_scored, score_name
 
 REFERENCE = "aml"
@@ -121,7 +128,61 @@ def paired_p_value(
     return float(min(1.0, 2 * min(low, high)))
 
 
-def _outcome_sets(outcomes: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+@dataclass
+class Pairing:
+    """What a paired test of one list can use: every run's outcomes restricted to the rows all of
+    them scored (in list order), how many those are, and how many rows any run scored."""
+
+    runs: list[dict[str, np.ndarray]]
+    common: int
+    scored: int
+
+
+def common_rows(runs: list[dict[str, np.ndarray]]) -> Pairing | str:
+    """The outcome sets of one list (one dict of arrays per run, as :func:`outcome_sets` gives)
+    restricted to the rows that every run scored, matched by their ``row`` positions; or why they
+    cannot be paired (one line). Outcomes without row positions (written before them) pair only
+    when every run has the same number of rows, taken as the same rows in the same order."""
+    sizes = []
+    for o in runs:
+        lengths = {len(v) for v in o.values()}
+        if len(lengths) != 1:
+            return "a run's outcome arrays of this list differ in length"
+        sizes.append(lengths.pop())
+    if not all(ROW in o for o in runs):
+        if len(set(sizes)) != 1:
+            return (
+                f"the runs scored different numbers of rows ({' vs '.join(map(str, sorted(set(sizes))))}) "
+                "and outcomes.npz has no row positions to pair them by (evaluate again)"
+            )
+        return Pairing(list(runs), sizes[0], sizes[0])
+    positions = [o[ROW].astype(np.int64) for o in runs]
+    common = positions[0]
+    for p in positions[1:]:
+        common = np.intersect1d(common, p, assume_unique=True)
+    scored = np.unique(np.concatenate(positions)).size
+    kept = []
+    for o, p in zip(runs, positions):
+        take = np.searchsorted(p, common)  # p is increasing (load_outcomes checks it)
+        kept.append({k: v[take] for k, v in o.items()})
+    return Pairing(kept, int(common.size), int(scored))
+
+
+def _list_mismatch(entries: list[dict]) -> str | None:
+    """Why runs' metrics.json entries of one list name different lists (None: the same list)."""
+    shas = {e.get("list_sha256") for e in entries} - {None, ""}
+    if len(shas) > 1:
+        return "different lists (list sha256 " + " vs ".join(sorted(s[:12] + "…" for s in shas)) + ")"
+    galleries = {e["gallery"] for e in entries if "gallery" in e}
+    if len(galleries) > 1:  # retrieval: per-query hits against galleries of other items
+        return (
+            "retrieval galleries of different sizes (" + " vs ".join(map(str, sorted(galleries))) + " items)"
+        )
+    return None
+
+
+def outcome_sets(outcomes: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """One list's arrays of an outcomes.npz (``PREFIX/NAME``), named without the prefix."""
     return {k[len(prefix) + 1 :]: v for k, v in outcomes.items() if k.startswith(prefix + "/")}
 
 
@@ -134,12 +195,16 @@ def summarise_runs(runs: dict[str, list[Path]], n_boot: int = 1000, seed: int = 
     table["scoring"] = {m: score_name(ms[0]) for m, ms in metrics.items()}
     table["not_scored"] = {m: not_scored(ms[0]) for m, ms in metrics.items() if not_scored(ms[0])}
     order: list[str] = []
+    # key -> method -> per seed (the row's list entry, its rows left out for rejected items)
+    lists: dict[str, dict[str, list[tuple[dict, dict]]]] = {}
     for method, ms in metrics.items():
         for i, m in enumerate(ms):
+            skipped = m.get("features", {}).get("skipped_rows", {})
             for r in metric_rows(m):
                 key = row_key(r)
                 if key not in order:
                     order.append(key)
+                lists.setdefault(key, {}).setdefault(method, []).append((r.list_entry or {}, skipped))
                 cell = table["rows"].setdefault(key, {}).setdefault(method, {"values": [], "ci95": None})
                 if r.entry:
                     cell["values"].append(float(r.entry["value"]))
@@ -155,10 +220,25 @@ def summarise_runs(runs: dict[str, list[Path]], n_boot: int = 1000, seed: int = 
             stat = _statistic(key)
             if reference and method != reference and stat and reference in table["rows"][key]:
                 prefix, fn = stat
-                a = [_outcome_sets(o, prefix) for o in outcomes[method]]
-                b = [_outcome_sets(o, prefix) for o in outcomes[reference]]
-                if all(a) and all(b):
-                    cell["p_vs_reference"] = paired_p_value(a, b, fn, n_boot, seed)
+                a = [outcome_sets(o, prefix) for o in outcomes[method]]
+                b = [outcome_sets(o, prefix) for o in outcomes[reference]]
+                if not (all(a) and all(b)):
+                    continue
+                pair_lists = lists[key][method] + lists[key][reference]
+                pairing = _list_mismatch([e for e, _ in pair_lists]) or common_rows(a + b)
+                if isinstance(pairing, str):
+                    cell["paired"] = {"refused": pairing}
+                    continue
+                cell["p_vs_reference"] = paired_p_value(
+                    pairing.runs[: len(a)], pairing.runs[len(a) :], fn, n_boot, seed
+                )
+                if pairing.common < pairing.scored:
+                    cell["paired"] = {
+                        "rows": pairing.common,
+                        "of": pairing.scored,
+                        "one_run_only": pairing.scored - pairing.common,
+                        "rejected_items": any(e.get("list") in skipped for e, skipped in pair_lists),
+                    }
     table["order"] = order
     table["reference"] = reference
     return table
@@ -174,8 +254,33 @@ def _cell_text(cell: dict | None, seeds: int) -> str:
         text = f"{100 * cell['mean']:.1f}" + (f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]" if ci else "")
     p = cell.get("p_vs_reference")
     if p is not None:
-        text += f" (p={p:.3f})" if p >= 0.001 else " (p<0.001)"
+        mark = "†" if cell.get("paired") else ""  # on the rows both runs scored: see pairing_notes
+        text += f" (p={p:.3f}{mark})" if p >= 0.001 else f" (p<0.001{mark})"
     return text
+
+
+def pairing_notes(table: dict) -> list[str]:
+    """One line per method and list whose paired test did not use every row either run scored
+    († in the table), or that got no p-value because the runs' lists differ."""
+    notes: list[str] = []
+    for key in table["order"]:
+        stat = _statistic(key)
+        for method, cell in table["rows"][key].items():
+            paired = cell.get("paired")
+            if not paired or not stat:
+                continue
+            head = f"{method} vs {table['reference']}, {stat[0]}: "
+            if "refused" in paired:
+                line = head + f"no p-value: {paired['refused']}"
+            else:
+                why = " (rows naming items a frozen encoder rejected)" if paired["rejected_items"] else ""
+                line = (
+                    head + f"† paired on {paired['rows']} of {paired['of']} rows: "
+                    f"{paired['one_run_only']} rows scored by one run only{why}; each run's value is on its own rows"
+                )
+            if line not in notes:
+                notes.append(line)
+    return notes
 
 
 def table_rows(table: dict) -> tuple[list[str], list[list[str]]]:
@@ -202,6 +307,7 @@ def markdown(table: dict, command: str = "") -> str:
     foot = f"\n{what}{ref}; scoring rule per method in the header; – : not scored.\n"
     for method, lists in table.get("not_scored", {}).items():
         foot += f"{method}: {len(lists)} list(s) not scored ({next(iter(lists.values()))}).\n"
+    foot += "".join(f"{line}.\n" for line in pairing_notes(table))
     return (f"`{command}`\n\n" if command else "") + "\n".join(lines) + "\n" + foot
 
 
@@ -214,6 +320,7 @@ def html(table: dict, command: str = "") -> str:
         f"<style>{CSS}</style></head><body><h1>Methods compared on the same tuples</h1>"
         + (f"<p><code>{_esc(command)}</code></p>" if command else "")
         + _table(header, rows, "compare")
+        + "".join(f"<p>{_esc(line)}.</p>" for line in pairing_notes(table))
         + "</body></html>\n"
     )
 

@@ -227,6 +227,12 @@ def _retrieval_head_scorer(model, tl: TupleList, hq: np.ndarray, hg: np.ndarray,
 # --------------------------------------------------------------------------- entries of metrics.json
 
 
+def _list_rows(tl: TupleList) -> np.ndarray:
+    """outcomes' ``row``: each scored row's position in its index file (rows a frozen encoder's
+    rejects left out leave gaps), what pairs two runs scored on different subsets of one list."""
+    return np.asarray(tl.row_index or range(len(tl.rows)), dtype=np.int64)
+
+
 def _matching_entry(
     tl: TupleList, emb: Embeddings, model, rule: str, device, n_boot: int, seed: int, outcomes: dict
 ):
@@ -237,10 +243,10 @@ def _matching_entry(
         return None
     qi, gi, labels = _matching_rows(tl, emb)
     correct = (np.argmax(scores, axis=1) == labels).astype(np.float64)  # ties: first index
-    outcomes["correct"] = correct
+    outcomes.update(correct=correct, row=_list_rows(tl))
     acc = M.matching_accuracy(scores, labels)
     entry = _summary(acc, M.bootstrap_ci(correct, n_boot=n_boot, seed=seed))
-    entry.update(n=int(len(tl.rows)), chance=1.0 / tl.k, split=tl.split, list=tl.name)
+    entry.update(n=int(len(tl.rows)), chance=1.0 / tl.k, split=tl.split, list=tl.name, list_sha256=tl.sha256)
     if rule != "head" and has_head(model, "matching", tl.k, tl.direction):
         # the learned head beside, on the same gathered embeddings (no extra branch passes)
         qm, gm = _qg(tl.direction)
@@ -274,11 +280,12 @@ def _verification_entry(
         raise EvaluationError(f"{tl.name}: verification needs both positive and negative pairs")
     if scores is None:
         return None
-    outcomes.update(scores=scores, labels=y)
+    outcomes.update(scores=scores, labels=y, row=_list_rows(tl))
     fpr, tpr, _ = M.roc_curve(scores, y)
     entry = verification_metrics(scores, y, n_boot, seed) | {
         "split": tl.split,
         "list": tl.name,
+        "list_sha256": tl.sha256,
         "roc": _subsample_curve(fpr, tpr),
     }
     if rule != "head" and has_head(model, "verification", 1, direction):
@@ -313,7 +320,9 @@ def _retrieval_entry(
         "gallery": int(gi.size),
         "split": tl.split,
         "list": tl.name,
+        "list_sha256": tl.sha256,
     }
+    outcomes["row"] = _list_rows(tl)[has]
     for name, values in (
         ("R@1", per["hit@1"]),
         ("R@5", per["hit@5"]),

@@ -7,6 +7,9 @@ Arrays, all 1-D and in list order (plain numbers, loadable with allow_pickle=Fal
     matching_other/NAME/correct          the same for other matching lists
     verification/NAME/scores, .../labels the pair scores and 1 = same identity
     retrieval/SPLIT/DIR/{hit@1,hit@5,hit@10,ap}   per query with a relevant item
+    PREFIX/row                           each scored row's position (0-based) in its list's index
+                                         file; rows left out (items a frozen encoder rejected) leave
+                                         gaps. Files written before it lack it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from avdata.errors import AvmatchError
 from avdata.io import atomic_output
 
 OUTCOMES_FILE = "outcomes.npz"
+ROW = "row"  # the array of row positions beside each list's outcomes
 MAX_OUTCOMES_BYTES = 256 << 20  # 4.8M pairs of float64 + labels; the real lists are far smaller
 
 
@@ -44,4 +48,8 @@ def load_outcomes(path: Path) -> dict[str, np.ndarray]:
     for k, v in out.items():
         if v.ndim != 1 or v.dtype.kind not in "fiu" or not np.isfinite(v).all():
             raise AvmatchError(f"{path}: {k} is not a list of finite numbers")
+        if k.rsplit("/", 1)[-1] == ROW and not (
+            (v >= 0).all() and (v == np.round(v)).all() and (np.diff(v) > 0).all()
+        ):
+            raise AvmatchError(f"{path}: {k} is not increasing row positions (whole numbers >= 0)")
     return out

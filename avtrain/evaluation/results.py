@@ -55,6 +55,7 @@ class MetricRow:
     k: int | None = None  # matching gallery size
     name: str = ""  # verification list or matching_other list name
     head: dict | None = None  # matching: the learned head's accuracy, when the run has one
+    list_entry: dict | None = None  # the whole metrics.json entry of the row's list (list, list_sha256, ...)
 
 
 def metric_rows(m: dict) -> list[MetricRow]:
@@ -73,18 +74,23 @@ def metric_rows(m: dict) -> list[MetricRow]:
                     d,
                     int(kname[1:]),
                     head=e.get("head"),
+                    list_entry=e,
                 )
             )
     for name, e in m.get("matching_other", {}).items():
-        rows.append(MetricRow("matching_other", "accuracy", e, e.get("n"), name=name))
+        rows.append(MetricRow("matching_other", "accuracy", e, e.get("n"), name=name, list_entry=e))
     for name, e in m.get("verification", {}).items():
         for measure in ("auc", "eer", "head_auc"):
             if measure != "head_auc" or e.get(measure):
-                rows.append(MetricRow("verification", measure, e[measure], e.get("n"), name=name))
+                rows.append(
+                    MetricRow("verification", measure, e[measure], e.get("n"), name=name, list_entry=e)
+                )
     for split, dirs in m.get("retrieval", {}).items():
         for d, e in dirs.items():
             for measure in RETRIEVAL_MEASURES:
-                rows.append(MetricRow("retrieval", measure, e.get(measure), e.get("n"), split, d))
+                rows.append(
+                    MetricRow("retrieval", measure, e.get(measure), e.get("n"), split, d, list_entry=e)
+                )
     return rows
 
 

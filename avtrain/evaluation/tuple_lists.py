@@ -37,6 +37,10 @@ class TupleList:
     constraint: str = ""
     rows: list = field(default_factory=list)  # matching/verification tuples; retrieval queries
     gallery: list = field(default_factory=list)  # retrieval gallery lines
+    sha256: str = ""  # which list: its index file's sha256 in manifest.json (retrieval: queries+gallery)
+    # the position (0-based) of each row in its index file: rows left out (without_items) leave
+    # gaps, so that runs scored on different subsets of the same list can be paired row by row
+    row_index: list = field(default_factory=list)
 
 
 def iter_jsonl(root: Path, path: Path, kind: str):
@@ -86,7 +90,10 @@ def read_tuple_lists(tuples_dir: str | Path) -> list[TupleList]:
     lists: list[TupleList] = []
     for il in indexed:
         rows = _read_jsonl(root, il.path, il.task)
-        tl = TupleList(il.name, il.task, il.split, il.direction, il.k, il.constraint, rows)
+        tl = TupleList(
+            il.name, il.task, il.split, il.direction, il.k, il.constraint, rows, sha256=il.sha256,
+            row_index=list(range(len(rows))),
+        )  # fmt: skip
         if il.task == "retrieval":
             tl.gallery = _read_jsonl(root, il.gallery, "gallery")
             if bool(tl.rows) != bool(tl.gallery):
@@ -169,15 +176,21 @@ def without_items(lists: list[TupleList], keys: set[str]) -> tuple[list[TupleLis
         return lists, {}
     out, dropped = [], {}
     for tl in lists:
+        index = tl.row_index or range(len(tl.rows))
         if tl.task == "retrieval":
-            rows = [r for r in tl.rows if r["query"] not in keys]
+            kept_rows = [(i, r) for i, r in zip(index, tl.rows) if r["query"] not in keys]
             gallery = [g for g in tl.gallery if g["key"] not in keys]
-            n = len(tl.rows) - len(rows) + len(tl.gallery) - len(gallery)
-            kept = replace(tl, rows=rows, gallery=gallery)
+            n = len(tl.rows) - len(kept_rows) + len(tl.gallery) - len(gallery)
         else:
-            rows = [r for r in tl.rows if r["query"] not in keys and not keys.intersection(r["gallery"])]
-            n = len(tl.rows) - len(rows)
-            kept = replace(tl, rows=rows)
+            kept_rows = [
+                (i, r)
+                for i, r in zip(index, tl.rows)
+                if r["query"] not in keys and not keys.intersection(r["gallery"])
+            ]
+            n = len(tl.rows) - len(kept_rows)
+            gallery = tl.gallery
+        rows = [r for _, r in kept_rows]
+        kept = replace(tl, rows=rows, gallery=gallery, row_index=[i for i, _ in kept_rows])
         if n:
             dropped[tl.name] = n
         if kept.rows:
