@@ -144,6 +144,14 @@ def test_compare_table_pairs_on_common_rows_and_says_so(tmp_path):
         "fop vs aml, matching/a2v/k2: † paired on 4 of 6 rows: 2 rows scored by one run only "
         "(rows naming items a frozen encoder rejected); each run's value is on its own rows." in md
     )
+    # one row in common: too few to resample, no p-value, and the line says so
+    _write_run(tmp_path / "one", [1, 0], [0, 7], skipped={"matching_test_a2v_k2": 4})
+    table = summarise_runs({"aml": [tmp_path / "aml"], "one": [tmp_path / "one"]}, n_boot=200)
+    assert table["rows"]["matching/a2v/k2"]["one"]["p_vs_reference"] is None
+    assert (
+        "one vs aml, matching/a2v/k2: no p-value on the 1 of 7 rows: 6 rows scored by one run only"
+        in markdown(table)
+    )
     # the same rows: no note, no mark
     _write_run(tmp_path / "same", [1, 0, 1, 1, 0, 1], range(6))
     table = summarise_runs({"aml": [tmp_path / "aml"], "same": [tmp_path / "same"]}, n_boot=200)

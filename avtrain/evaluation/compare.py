@@ -274,8 +274,9 @@ def pairing_notes(table: dict) -> list[str]:
                 line = head + f"no p-value: {paired['refused']}"
             else:
                 why = " (rows naming items a frozen encoder rejected)" if paired["rejected_items"] else ""
+                how = "† paired on" if cell["p_vs_reference"] is not None else "no p-value on the"
                 line = (
-                    head + f"† paired on {paired['rows']} of {paired['of']} rows: "
+                    head + f"{how} {paired['rows']} of {paired['of']} rows: "
                     f"{paired['one_run_only']} rows scored by one run only{why}; each run's value is on its own rows"
                 )
             if line not in notes:
