@@ -17,7 +17,7 @@ Runs scored on different subsets of the same list (a run on frozen encoder featu
 rows that name an item its encoder rejected) are paired on the rows both scored, found by the row
 positions of outcomes.npz; each run's own figure stays on its own rows, and the table says how many
 rows the test used (:func:`common_rows`). Different lists (another tuple directory or a changed
-list: the list's sha256 in metrics.json), or retrieval galleries of different items, get no p-value
+list: the list's sha256 in metrics.json), or retrieval galleries of different sizes, get no p-value
 and a line saying why.
 """
 
