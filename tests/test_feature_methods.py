@@ -355,6 +355,21 @@ def test_serving_runs_the_frozen_encoders_on_raw_media_and_export_checks_their_w
         got = embed(corpus["root"] / "corpus" / media / items.loc[key, "source"])
         # same encoder input and code as the store's build: equal up to float32 summation order
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # the encoders run on one torch thread, as the store's build ran them, whatever the caller's
+    # count: a voice's vector is its store row bit for bit (and Resemblyzer's LSTM does not
+    # spin-wait on busy cores)
+    key = next(k for k in rows["audio"].rows if items.loc[k, "split"] == "train")
+    encoder, threads_seen = model.encoders["audio"], []
+    embed_audio = encoder.embed_audio
+    encoder.embed_audio = lambda wave: (threads_seen.append(torch.get_num_threads()), embed_audio(wave))[1]
+    torch.set_num_threads(2)
+    try:
+        got = model.extract_items(str(corpus["root"] / "corpus" / "wav" / items.loc[key, "source"]), "audio")
+    finally:
+        torch.set_num_threads(1)
+        del encoder.embed_audio
+    assert threads_seen == [1]
+    assert np.array_equal(got[0].array, rows["audio"].array()[rows["audio"].locate(key)])
     export_model(run, tmp_path / "export")
     meta = json.loads((tmp_path / "export" / "config.json").read_text())
     assert meta["train_config"]["features"]["face"]["weights_sha256"] == rows["face"].weights_sha256
