@@ -17,7 +17,8 @@ same code, never a copy of it:
 * a modality of a frozen pretrained encoder (``model.voice_encoder`` / ``face_encoder``) is given
   to the encoder as ``avtrain features`` gives it: a voice file decoded whole at 16 kHz
   (:func:`avdata.media.decode_audio`) -> ``embed_audio``; a face's aligned crop as above ->
-  ``embed_faces``. The encoder's vector is the item; what it rejects is a reject. The encoder's
+  ``embed_faces``, on one torch thread as there (the store's rows, bit for bit). The encoder's
+  vector is the item; what it rejects is a reject. The encoder's
   weights are the installed ones (or ``model.*_encoder_weights``), checked against the sha256 the
   run recorded (:func:`avtrain.train.features.load_run_encoders`); an export holds no encoder weights.
 
