@@ -1,6 +1,7 @@
 """The FAME challenge end to end (avtrain/serve/fame.py, docs/fame.md): the score files' format
 and checks, each file's EER and the overall score (the mean of the four), and the recipe on the
-synthetic corpus laid out as MAV-Celeb: build shards per training language, make-tuples, fit FOP,
+synthetic corpus laid out as MAV-Celeb: build shards per training language, (the frozen encoders'
+feature stores,) make-tuples, fit FOP (from scratch, or on Resemblyzer + dlib features),
 fame-score the heard and unheard lists, fame-summary."""
 
 import json
@@ -238,15 +239,22 @@ def test_synthetic_mavceleb_test_lists_have_labelled_trials(tmp_path):
 # ---------------------------------------------------------------- the recipe end to end
 
 
-def test_fame_recipe_end_to_end(tmp_path, one_torch_thread):
-    """docs/fame.md's recipe on a tiny synthetic MAV-Celeb: for each training language, shards with
-    the fame protocol, matching tuples, FOP for two steps, fame-score; then fame-summary. One test
-    file is unreadable: its pair is named and filled, the file stays valid."""
+FROZEN = ("model.voice_encoder=resemblyzer", "model.face_encoder=dlib")
+
+
+def run_recipe(tmp_path: Path, method: str, *sets: str) -> dict:
+    """docs/fame.md's recipe on a tiny synthetic MAV-Celeb, one test voice file unreadable: for each
+    training language, shards with the fame protocol, (with frozen encoders in ``sets``: the
+    Resemblyzer and dlib feature stores,) matching tuples, ``method`` for two steps, fame-score with
+    the keys; each file checked (one line per list ID in the list's order, every score a number,
+    the unreadable file's pair named and filled); then fame-summary's overall score checked against
+    the four EERs recomputed from the files. Returns the paths and each command's output."""
     corpus = tmp_path / "c"
     synth_corpus(corpus, identities=8, clips_per_identity=2, faces_per_identity=2, seed=1, layout="mavceleb")
     (corpus / "voices" / "English" / "00002.wav").write_bytes(b"not a wav")
     lists, keys, sub = corpus / "lists", corpus / "lists" / "keys", tmp_path / "sub"
     bad_id = (lists / "English_test.txt").read_text().splitlines()[2].split()[0]
+    out = {"corpus": corpus, "lists": lists, "keys": keys, "sub": sub, "output": {}}
     for heard, unheard in (LANGS, LANGS[::-1]):
         shards, tuples, run = (tmp_path / f"{x}_{heard}" for x in ("shards", "tuples", "run"))
         run_cli(
@@ -254,17 +262,22 @@ def test_fame_recipe_end_to_end(tmp_path, one_torch_thread):
             "--faces", corpus / "faces", "--meta", corpus / "v1_meta.csv", "--languages", f"{heard},{unheard}",
             "--splits", lists, "--out", shards, "--shard-size", "4", "--no-progress",
         )  # fmt: skip
+        if FROZEN[0] in sets:
+            out["output"][f"features-{heard}"] = run_cli(
+                avtrain_main, "features", "--shards", shards, "--encoder", "resemblyzer", "--audio", corpus / "voices"
+            ).output + run_cli(avtrain_main, "features", "--shards", shards, "--encoder", "dlib").output  # fmt: skip
         run_cli(avdata_main, "make-tuples", "--shards", shards, "--task", "matching", "--k", "2",
                 "--split", "train", "--out", tuples)  # fmt: skip
-        run_cli(
+        out["output"][f"fit-{heard}"] = run_cli(
             avtrain_main, "fit", "--shards", tuples, "--out", run, "--epochs", "1", "--no-progress",
-            *[a for s in ("method=fop", "batch_size=8", "workers=0", "threads=1", "max_steps_per_epoch=2")
-              for a in ("--set", s)],
-        )  # fmt: skip
+            *[a for s in (f"method={method}", "batch_size=8", "workers=0", "threads=1", "max_steps_per_epoch=2",
+                          *sets) for a in ("--set", s)],
+        ).output  # fmt: skip
         res = run_cli(
             avtrain_main, "fame-score", "--run", run, "--lists", lists, "--root", corpus, "--heard", heard,
             "--unheard", unheard, "--mav-version", "v1", "--out", sub, "--keys", keys, "--no-progress",
         )  # fmt: skip
+        out["output"][f"fame-score-{heard}"] = res.output
         assert ("1 pair(s) could not be scored (" + bad_id) in res.output
         for cond, lang in (("heard", heard), ("unheard", unheard)):
             f = sub / submission_name("v1", heard, cond)
@@ -275,8 +288,8 @@ def test_fame_recipe_end_to_end(tmp_path, one_torch_thread):
             )  # one line per ID, in order
             assert np.isfinite([float(r[1]) for r in rows]).all()
             assert f"{f}: {len(want)} pairs of {lists / f'{lang}_test.txt'}" in res.output
-    out = run_cli(avtrain_main, "fame-summary", sub, "--keys", keys, "--lists", lists, "--json").output
-    s = json.loads(out)
+    out_json = run_cli(avtrain_main, "fame-summary", sub, "--keys", keys, "--lists", lists, "--json").output
+    s = json.loads(out_json)
     recomputed = [
         file_eer(read_submission(r["file"])[1], read_key(keys / f"{r['test_language']}_test.txt")[1])
         for r in s["files"]
@@ -285,7 +298,42 @@ def test_fame_recipe_end_to_end(tmp_path, one_torch_thread):
     assert s["overall_eer"] == pytest.approx(sum(recomputed) / 4, abs=1e-15)
     text = run_cli(avtrain_main, "fame-summary", sub, "--keys", keys).output
     assert f"overall score (mean of the four EERs): {100 * s['overall_eer']:.2f}" in text
+    out["summary"] = s
+    return out
+
+
+def test_fame_recipe_end_to_end(tmp_path, one_torch_thread):
+    """docs/fame.md's recipe from scratch (FOP's trained branches), run_recipe's checks; the
+    submission folder holds the four files and avtrain score's own files apart."""
+    got = run_recipe(tmp_path, "fop")
+    sub = got["sub"]
     shutil.rmtree(sub / "scores")  # the submission is the four files; avtrain score's own stay apart
     assert sorted(p.name for p in sub.iterdir()) == sorted(
         submission_name("v1", h, c) for h in LANGS for c in ("heard", "unheard")
     )
+
+
+def test_fame_recipe_with_frozen_encoders(tmp_path, one_torch_thread):
+    """docs/fame.md's recipe with frozen encoders (FOP on Resemblyzer voices and dlib faces),
+    run_recipe's checks, and: no leakage warning (MAV-Celeb is in no encoder card's training
+    data); fame-score runs the run's encoders on the raw test files, no fallback: a line's score is
+    the L2 distance between the embeddings load_model gives that pair's voice and face, through
+    Resemblyzer and dlib."""
+    from avtrain.serve.model import load_model
+
+    got = run_recipe(tmp_path, "fop", *FROZEN)
+    for name, text in got["output"].items():
+        assert "warning: encoder" not in text and "leakage not checked" not in text, (name, text)
+    for heard in LANGS:
+        assert "items embedded" in got["output"][f"features-{heard}"]
+    model = load_model(tmp_path / "run_English")
+    assert {m: e.card.name for m, e in model.encoders.items()} == {"audio": "resemblyzer", "face": "dlib"}
+    rejects = got["sub"] / "scores" / "English_model.Urdu_test.txt.rejects.jsonl"
+    failed = {json.loads(ln)["id"] for ln in rejects.read_text().splitlines()}
+    lines = [ln.split() for ln in (got["lists"] / "Urdu_test.txt").read_text().splitlines()]
+    ids, voice, face = next(ln for ln in lines if ln[0] not in failed)
+    unheard = got["sub"] / submission_name("v1", "English", "unheard")
+    scored = dict(ln.split() for ln in unheard.read_text().splitlines())
+    distance = -model.score(model.embed_voice(got["corpus"] / voice), model.embed_face(got["corpus"] / face))
+    # written '%f' (to 5e-7), embedded in a batch there and alone here (float32 sums: ~1e-7)
+    assert float(scored[ids]) == pytest.approx(distance, abs=2e-6)

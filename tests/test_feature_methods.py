@@ -238,6 +238,39 @@ def test_frozen_vectors_are_read_as_they_are(corpus, tmp_path, one_torch_thread)
 # --------------------------------------------------------------------------- refusals
 
 
+def test_leakage_follows_the_shards_corpus_and_is_never_guessed(tmp_path, capsys):
+    """The frozen encoders' leakage warnings are those of the corpus the item shards were built as:
+    VoxCeleb1 (build-shards leaves its default out of the manifest) warns for both encoders,
+    MAV-Celeb (no card names it) for none. Shards that are not known (tuples made before the
+    source_shards link, trained from --features) or whose manifest is unreadable give one note that
+    the check was not made, never a guessed corpus's warnings."""
+    from avtrain.train.features import print_leakage
+
+    model = load_config(None, sets=[VOICE, "model.face_encoder=dlib"]).model
+
+    def shards(name: str, manifest: str) -> Path:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(manifest)
+        return tmp_path / name
+
+    print_leakage(model, shards("vox", json.dumps({"config": {"face_margin": 0.2}})))
+    err = capsys.readouterr().err.splitlines()
+    assert [line.split(" was trained on ")[0] for line in err] == [
+        "warning: encoder dlib",
+        "warning: encoder resemblyzer",
+    ]
+    print_leakage(model, shards("mav", json.dumps({"config": {"corpus": "mavceleb"}})))
+    assert capsys.readouterr().err == ""
+    print_leakage(model, None, "T/manifest.json records no source_shards (made before avmatch recorded it)")
+    err = capsys.readouterr().err
+    assert err.startswith("note: leakage not checked for dlib, resemblyzer: the corpus of the run's item")
+    assert "records no source_shards" in err and err.count("\n") == 1 and "warning" not in err
+    print_leakage(model, shards("bad", "[1"))
+    err = capsys.readouterr().err
+    assert err.startswith("note: leakage not checked") and str(tmp_path / "bad" / "manifest.json") in err
+    assert err.count("\n") == 1
+
+
 def test_a_store_of_other_shards_or_no_store_is_refused(corpus, tmp_path):
     """Tuples drawn from other item shards than the store's, a missing default store, and a store
     given to a run without a frozen encoder: one line each, nothing written."""
@@ -335,6 +368,21 @@ def test_serving_runs_the_frozen_encoders_on_raw_media_and_export_checks_their_w
         got = embed(corpus["root"] / "corpus" / media / items.loc[key, "source"])
         # same encoder input and code as the store's build: equal up to float32 summation order
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # the encoders run on one torch thread, as the store's build ran them, whatever the caller's
+    # count: a voice's vector is its store row bit for bit (and Resemblyzer's LSTM does not
+    # spin-wait on busy cores)
+    key = next(k for k in rows["audio"].rows if items.loc[k, "split"] == "train")
+    encoder, threads_seen = model.encoders["audio"], []
+    embed_audio = encoder.embed_audio
+    encoder.embed_audio = lambda wave: (threads_seen.append(torch.get_num_threads()), embed_audio(wave))[1]
+    torch.set_num_threads(2)
+    try:
+        got = model.extract_items(str(corpus["root"] / "corpus" / "wav" / items.loc[key, "source"]), "audio")
+    finally:
+        torch.set_num_threads(1)
+        del encoder.embed_audio
+    assert threads_seen == [1]
+    assert np.array_equal(got[0].array, rows["audio"].array()[rows["audio"].locate(key)])
     export_model(run, tmp_path / "export")
     meta = json.loads((tmp_path / "export" / "config.json").read_text())
     assert meta["train_config"]["features"]["face"]["weights_sha256"] == rows["face"].weights_sha256

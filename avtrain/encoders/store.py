@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from avdata.errors import AvmatchError, InputError
+from avtrain.encoders.base import one_torch_thread
 
 STORE_KIND = "avmatch-feature-store-v1"
 DATA_FILES = ("features.npy", "items.jsonl", "rejects.jsonl")
@@ -299,7 +300,6 @@ def build_feature_store(
     ``audio_root`` / ``videos_root``: the --audio / --videos roots the shards were built from,
     where the voice items' ``source`` paths lie (by each item's ``source_modality``; voice
     encoders only: a face encoder's build notes a root given as not used)."""
-    import torch
 
     from avdata.reader import index_items
     from avtrain.encoders import encoder_class, leakage_warning, load_encoder
@@ -361,15 +361,12 @@ def build_feature_store(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    threads = torch.get_num_threads()
     try:
-        # one intra-op thread: facenet's convolutions sum in another order with more threads (a last
-        # bit differs), and the store is byte-identical for the same inputs only with a fixed count
-        torch.set_num_threads(1)
-        if card.modality == "audio":
-            vectors, lines, rejects, counts = _embed_voices(enc, items, shards, roots, notes, progress)
-        else:
-            vectors, lines, rejects, counts = _embed_faces(enc, items, shards, progress)
+        with one_torch_thread():  # byte-identical stores
+            if card.modality == "audio":
+                vectors, lines, rejects, counts = _embed_voices(enc, items, shards, roots, notes, progress)
+            else:
+                vectors, lines, rejects, counts = _embed_faces(enc, items, shards, progress)
         counts = {"items": len(items), "embedded": len(lines), "rejected": len(rejects)} | counts
         _write_store(tmp, enc, identity, vectors, lines, rejects, counts)
         try:
@@ -381,8 +378,6 @@ def build_feature_store(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    finally:
-        torch.set_num_threads(threads)
     return FeatureBuild(out, False, counts, leakage, notes)
 
 

@@ -488,12 +488,12 @@ def evaluate(
         raise EvaluationError(
             f"{tuples_dir}: no non-empty matching, verification or retrieval list in index/"
         )
-    from avtrain.train.features import print_leakage, recorded_features, shards_corpus
+    from avtrain.train.features import print_leakage, recorded_features
 
     frozen = recorded_features(cfg, features, Path(shards))
     skipped_rows: dict[str, int] = {}
     if frozen is not None:
-        print_leakage(cfg.model, shards_corpus(Path(shards)))
+        print_leakage(cfg.model, Path(shards))
         lists, skipped_rows = without_items(lists, frozen.rejected_keys())
         if skipped_rows and echo:
             echo(

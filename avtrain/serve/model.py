@@ -17,7 +17,8 @@ same code, never a copy of it:
 * a modality of a frozen pretrained encoder (``model.voice_encoder`` / ``face_encoder``) is given
   to the encoder as ``avtrain features`` gives it: a voice file decoded whole at 16 kHz
   (:func:`avdata.media.decode_audio`) -> ``embed_audio``; a face's aligned crop as above ->
-  ``embed_faces``. The encoder's vector is the item; what it rejects is a reject. The encoder's
+  ``embed_faces``, on one torch thread as there (the store's rows, bit for bit). The encoder's
+  vector is the item; what it rejects is a reject. The encoder's
   weights are the installed ones (or ``model.*_encoder_weights``), checked against the sha256 the
   run recorded (:func:`avtrain.train.features.load_run_encoders`); an export holds no encoder weights.
 
@@ -45,6 +46,7 @@ import torch
 
 from avdata.errors import InputError
 from avdata.extract import ExtractConfig, Extractor
+from avtrain.encoders.base import one_torch_thread
 from avtrain.serve.errors import InferenceError
 from avtrain.serve.export import EXPORT_CONFIG, EXPORT_WEIGHTS, load_export
 
@@ -146,7 +148,9 @@ class FaceVoiceModel:
         from avtrain.encoders import ItemRejected
 
         try:
-            return self.encoders["audio"].embed_audio(decode())
+            wave = decode()
+            with one_torch_thread():
+                return self.encoders["audio"].embed_audio(wave)
         except ItemRejected as exc:
             raise InputError(path, str(exc)) from None
 
@@ -157,7 +161,8 @@ class FaceVoiceModel:
             return items
         good = [it for it in items if it.array is not None]
         if good:
-            got = self.encoders["face"].embed_faces(np.stack([it.array for it in good]))
+            with one_torch_thread():
+                got = self.encoders["face"].embed_faces(np.stack([it.array for it in good]))
             for it, vec in zip(good, got):
                 if isinstance(vec, np.ndarray):
                     it.array = vec

@@ -30,14 +30,6 @@ class FeatureInputError(AvmatchError):
     """A feature store that cannot feed this run (one line: which store, which key, why)."""
 
 
-def shards_corpus(shards: Path | None) -> str:
-    """The corpus of the item shards a run reads (:func:`avtrain.encoders.store.shards_corpus`);
-    VoxCeleb1, build-shards' default, when the run reads no item shards (an item store only)."""
-    from avtrain.encoders.store import shards_corpus as corpus_of
-
-    return "voxceleb1" if shards is None else corpus_of(shards)
-
-
 @dataclass
 class FrozenInputs:
     """modality -> the feature store its items are read from, and the store's rejects."""
@@ -128,12 +120,14 @@ def open_features(
     shards: Path | None = None,
     drawn_from: str | None = None,
     check_weights: bool = True,
+    shards_unknown: str = "",
 ) -> FrozenInputs | None:
     """The stores of a run's frozen modalities (None when both branches are trained): ``given``
     (``--features``, one per frozen modality) or ``shards/features/ENCODER``; each checked: a
     feature store, of the modality's encoder, of the weights ``model.*_encoder_weights`` names
     (``check_weights``), built from the item shards ``shards`` (their extraction settings) and,
-    for training, from the shards whose manifest sha256 is ``drawn_from`` (the tuples')."""
+    for training, from the shards whose manifest sha256 is ``drawn_from`` (the tuples'). ``shards``
+    None: ``shards_unknown`` says why they are not known (named when a store must be found there)."""
     frozen = frozen_encoders(model_cfg)
     given = [Path(p) for p in given]
     if not frozen:
@@ -161,8 +155,8 @@ def open_features(
             if shards is None:
                 raise FeatureInputError(
                     f"{key}={name}: pass --features STORE (avtrain features --encoder {name}); its "
-                    "default place ITEM_SHARDS/features/ENCODER is unknown when the items are not read "
-                    "from item shards"
+                    "default place ITEM_SHARDS/features/ENCODER is unknown: "
+                    f"{shards_unknown or 'the items are not read from item shards'}"
                 )
             default = default_store(shards, name)
             if not (default / "manifest.json").is_file():
@@ -228,12 +222,29 @@ def recorded_features(cfg, given=(), shards: Path | None = None) -> FrozenInputs
     return open_features(cfg.model, paths, shards, check_weights=False)
 
 
-def print_leakage(model_cfg, corpus: str) -> None:
-    """The frozen encoders' leakage warnings for ``corpus`` (avtrain.encoders.leakage_warning),
-    one line each, on stderr."""
+def print_leakage(model_cfg, shards: Path | None, unknown: str = "") -> None:
+    """The frozen encoders' leakage warnings (avtrain.encoders.leakage_warning) for the corpus the
+    item shards ``shards`` were built as, one line each, on stderr. Where the shards are not known
+    (``unknown`` says why), neither is their corpus: one note says the check was not made, rather
+    than a guessed corpus's warnings (a guess of voxceleb1 warned on MAV-Celeb runs)."""
     from avtrain.encoders import leakage_warning
+    from avtrain.encoders.store import shards_corpus
 
-    for name in sorted(set(frozen_encoders(model_cfg).values())):
+    names = sorted(set(frozen_encoders(model_cfg).values()))
+    corpus = None
+    if shards is not None:
+        try:
+            corpus = shards_corpus(shards)
+        except (AvmatchError, ValueError, AttributeError) as exc:
+            unknown = f"{Path(shards) / 'manifest.json'}: {exc or type(exc).__name__}"
+    if corpus is None:
+        print(
+            f"note: leakage not checked for {', '.join(names)}: the corpus of the run's item shards is "
+            f"unknown ({unknown or 'no item shards given'}); docs/encoders.md, Leakage",
+            file=sys.stderr,
+        )
+        return
+    for name in names:
         line = leakage_warning(name, corpus)
         if line:
             print(line, file=sys.stderr)

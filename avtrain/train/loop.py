@@ -70,7 +70,7 @@ from avtrain.run.checkpoint import (
 from avtrain.run.config import RESUMABLE_CHANGES, TrainConfig, save_config
 from avtrain.run.data_record import RECORD_KEY, run_data_record
 from avtrain.train.data import TrainingInput, label_space, to_model_inputs
-from avtrain.train.features import open_features, print_leakage, shards_corpus
+from avtrain.train.features import open_features, print_leakage
 
 RESUME_KEYS = ("sched", "torch_rng")  # besides checkpoint.REQUIRED_KEYS and the method's optimisers
 
@@ -344,17 +344,17 @@ def _val_setup(cfg: TrainConfig, tuples_dir, val_tuples, val_shards, frozen=None
     return val, val_shards
 
 
-def _item_shards(tuples_dir, items, val_shards) -> Path | None:
+def _item_shards(tuples_dir, items, val_shards) -> tuple[Path | None, str]:
     """The item shards a run reads: ``--items`` when it is item shards, else those its item store or
     tuple directory links to (:func:`avtrain.run.data_record.locate_item_shards`), else
     ``--val-shards``: where the feature stores' default place is, and whose corpus the leakage
-    warning names."""
+    warning names; or None and why they are not known."""
     from avtrain.run.data_record import locate_item_shards
 
-    found, _why = locate_item_shards(tuples_dir, items)
+    found, why = locate_item_shards(tuples_dir, items)
     if found is not None:
-        return Path(found)
-    return Path(val_shards) if val_shards is not None else None
+        return Path(found), ""
+    return (Path(val_shards), "") if val_shards is not None else (None, why)
 
 
 def _frozen_inputs(cfg: TrainConfig, tuples_dir, items, val_shards, features):
@@ -365,7 +365,8 @@ def _frozen_inputs(cfg: TrainConfig, tuples_dir, items, val_shards, features):
         return None
     drawn_from = read_tuple_manifest(Path(tuples_dir), required=True).get("source_shards_manifest_sha256")
     try:
-        return open_features(cfg.model, features, _item_shards(tuples_dir, items, val_shards), drawn_from)
+        shards, why = _item_shards(tuples_dir, items, val_shards)
+        return open_features(cfg.model, features, shards, drawn_from, shards_unknown=why)
     except AvmatchError as exc:
         raise TrainingError(str(exc)) from None
 
@@ -572,7 +573,7 @@ def _fit(
     if is_main and unknown:
         print(f"note: {out}: {unknown}", file=sys.stderr)
     if is_main and frozen is not None:
-        print_leakage(cfg.model, shards_corpus(_item_shards(tuples_dir, items, val_shards)))
+        print_leakage(cfg.model, *_item_shards(tuples_dir, items, val_shards))
         for line in (
             data.skipped,
             *(
