@@ -88,10 +88,20 @@ def _rebuild_hint(store: Path) -> str:
 class FeatureStore:
     """A feature store, checked when opened: its manifest (kind, fields), ``items.jsonl`` and
     ``rejects.jsonl`` against their sha256, every line of items.jsonl (a key once, rows 0..N-1 in
-    order) and the ``features.npy`` header (float32, (N, dim), no objects) and size. The array is
-    memory-mapped, once per process. Anything else is one line (:class:`FeatureStoreError`)."""
+    order) and the ``features.npy`` header (float32, (N, dim), no objects), size and values (finite:
+    the builder writes a reject for a non-finite embedding). Every file is a regular file inside the
+    store (:func:`avdata.untrusted.open_inside`). The array is memory-mapped, once per process.
+    Anything else is one line (:class:`FeatureStoreError`)."""
 
     def __init__(self, root: str | Path):
+        try:
+            self._open(root)
+        except FeatureStoreError:
+            raise
+        except AvmatchError as exc:  # a file that is a FIFO, a symlink out, missing: its own line
+            raise FeatureStoreError(str(exc)) from None
+
+    def _open(self, root: str | Path) -> None:
         from avdata.io import sha256_bytes
         from avdata.untrusted import MAX_INDEX_BYTES, read_inside
 
@@ -114,7 +124,7 @@ class FeatureStore:
             isinstance(card, dict)
             and isinstance(card.get("name"), str)
             and m.get("modality") in ("audio", "face")
-            and isinstance(m.get("dim"), int)
+            and type(m.get("dim")) is int  # not a bool
             and m["dim"] > 0
             and isinstance(m.get("weights_sha256"), str)
             and isinstance(m.get("extract"), dict)
@@ -140,7 +150,10 @@ class FeatureStore:
             )
             if sha256_bytes(data) != files[name]:
                 refuse(f"{name} differs from its sha256 in manifest.json")
-            texts[name] = data.decode("utf-8", "replace")
+            try:
+                texts[name] = data.decode("utf-8")
+            except UnicodeDecodeError:
+                refuse(f"{name}: not UTF-8")
         self.rows: dict[str, int] = {}
         self.items: list[dict] = []
         for n, line in enumerate(texts["items.jsonl"].splitlines(), 1):
@@ -151,7 +164,8 @@ class FeatureStore:
             if not (
                 isinstance(r, dict)
                 and isinstance(r.get("key"), str)
-                and r.get("row") == len(self.items)
+                and type(r.get("row")) is int  # not a bool (True == 1)
+                and r["row"] == len(self.items)
                 and r.get("modality") == self.modality
                 and isinstance(r.get("vox_id"), str)
                 and isinstance(r.get("split"), str)
@@ -203,7 +217,24 @@ class FeatureStore:
             refuse(f"features.npy holds {tuple(shape)} {dtype.str}, items.jsonl and dim need {want} <f4")
         if size != offset + 4 * want[0] * want[1]:
             refuse(f"features.npy is {size:,} bytes, its header needs {offset + 4 * want[0] * want[1]:,}")
+        self._check_finite(offset, refuse)
         return offset
+
+    def _check_finite(self, offset: int, refuse) -> None:
+        """Every value finite, read in blocks of rows (bounded memory, one pass over the file)."""
+        from avdata.untrusted import open_inside
+
+        n, dim = len(self.items), self.dim
+        block = max(1, (16 << 20) // (4 * dim))
+        with open_inside(self.root, "features.npy") as f:
+            for start in range(0, n, block):
+                rows = min(block, n - start)
+                f.seek(offset + 4 * start * dim)
+                values = np.frombuffer(f.read(4 * rows * dim), dtype="<f4").reshape(rows, dim)
+                bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+                if bad.size:
+                    row = start + int(bad[0])
+                    refuse(f"features.npy: row {row} (item {self.items[row]['key']}) is not finite")
 
     def __len__(self) -> int:
         return len(self.items)
