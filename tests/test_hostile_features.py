@@ -189,10 +189,11 @@ def test_store_with_a_non_finite_row_is_refused_naming_row_and_key(store, value)
         (['{"key": "a"'], ["items.jsonl:1: not JSON"]),
         (["[" * 100_000], ["items.jsonl:1: not JSON"]),
         ([b"\xff\xfe garbage"], ["items.jsonl: not UTF-8"]),
-        ([None, None], ["items.jsonl:2: item id10000_f0 listed twice"]),  # the first line twice
+        ([None, None], ["items.jsonl:2: item 'id10000_f0' listed twice"]),  # the first line twice
         (["row5"], ["items.jsonl:2: not a key, the next row"]),
         (["rowtrue"], ["items.jsonl:2: not a key, the next row"]),
         (["modality"], ["items.jsonl:1: not a key, the next row, vox_id, split and modality face"]),
+        (["newline"], ["items.jsonl:1: not a key, the next row"]),  # a key that would break the line
     ],
 )
 def test_store_items_jsonl_with_bad_lines(store, lines, words):
@@ -201,6 +202,8 @@ def test_store_items_jsonl_with_bad_lines(store, lines, words):
         bad = [good[0], good[1].replace(b'"row": 1', b'"row": 5'), good[2]]
     elif lines == ["rowtrue"]:
         bad = [good[0], good[1].replace(b'"row": 1', b'"row": true'), good[2]]
+    elif lines == ["newline"]:
+        bad = [good[0].replace(b"id10000_f0", b"id10000\\n\\u001b[2Jf0"), *good[1:]]
     elif lines == ["modality"]:
         bad = [good[0].replace(b'"face"', b'"audio"'), *good[1:]]
     elif lines == [None, None]:  # the first line's key again, at the next row
@@ -212,10 +215,26 @@ def test_store_items_jsonl_with_bad_lines(store, lines, words):
     refused(store, *words)
 
 
-def test_store_rejects_jsonl_with_bad_lines(store):
-    (store / "rejects.jsonl").write_bytes(b'{"key": "a", "source": 3, "reason": "x"}\n')
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"key": "a", "source": 3, "reason": "x"}',
+        b'{"key": "a", "source": "s", "reason": "fine\\nError: forged second line"}',
+        b'{"key": "a", "source": "s", "reason": "\\u001b]0;title\\u0007"}',
+    ],
+)
+def test_store_rejects_jsonl_with_bad_lines(store, line):
+    """A reject's reason is printed in fit's notes: one with a newline or a terminal escape is refused."""
+    (store / "rejects.jsonl").write_bytes(line + b"\n")
     reseal(store)
     refused(store, "rejects.jsonl:1: not a key, source and reason")
+
+
+@pytest.mark.parametrize("counts", [[], {"items": "3"}, {"items": -1}, {"items": True}])
+def test_store_counts_of_wrong_types(store, counts):
+    """build_feature_store returns a reused store's counts and `avtrain features` prints them."""
+    reseal(store, counts=counts)
+    refused(store, "counts is not an object of non-negative integers")
 
 
 def test_store_that_is_a_symlink_is_read_where_it_points_only_when_named(store, tmp_path):
@@ -590,3 +609,21 @@ def test_safetensors_weights_of_an_integer_dtype_are_refused_by_name(tmp_path):
     with pytest.raises(EncoderError) as err:
         load_encoder("facenet_vggface2", weights=path)
     one_line(err.value, "int.safetensors", "last_linear.weight is torch.int64, expected floating point")
+
+
+def test_store_builder_writes_a_multi_line_reject_reason_as_one_line(tmp_path):
+    """A decoder's message with newlines becomes one line in rejects.jsonl, so the builder's own
+    store passes the reader's check on control characters."""
+    from avtrain.encoders.store import _reject
+
+    row = SimpleNamespace(key="id10000_f0", source="faces/a\nb.jpg")
+    reject = _reject(row, "cannot decode\nffmpeg: error\x1b[0m")
+    assert reject == {
+        "key": "id10000_f0",
+        "source": "faces/a b.jpg",
+        "reason": "cannot decode ffmpeg: error [0m",
+    }
+    store = make_store(tmp_path / "store")
+    (store / "rejects.jsonl").write_text(json.dumps(reject) + "\n")
+    reseal(store)
+    assert FeatureStore(store).rejects == [reject]

@@ -81,6 +81,12 @@ def shards_identity(shards: str | Path) -> tuple[dict, str]:
     return extract, sha
 
 
+def _text(v) -> bool:
+    """A string without control characters: what the store's lines hold, and safe to print in a
+    one-line message or a note (a newline or a terminal escape from a store made elsewhere is not)."""
+    return isinstance(v, str) and not any(ord(c) < 32 or ord(c) == 127 for c in v)
+
+
 def _rebuild_hint(store: Path) -> str:
     return f"remove it and run avtrain features again (--out {store})"
 
@@ -135,6 +141,9 @@ class FeatureStore:
             refuse(
                 "manifest.json lacks the encoder, modality, dim, weights_sha256, extract, shards sha256 or a file's sha256"
             )
+        counts = m.get("counts", {})
+        if not (isinstance(counts, dict) and all(type(v) is int and v >= 0 for v in counts.values())):
+            refuse("manifest.json: counts is not an object of non-negative integers")
         self.manifest = m
         self.card: dict = card
         self.encoder: str = card["name"]
@@ -163,7 +172,7 @@ class FeatureStore:
                 refuse(f"items.jsonl:{n}: not JSON")
             if not (
                 isinstance(r, dict)
-                and isinstance(r.get("key"), str)
+                and _text(r.get("key"))
                 and type(r.get("row")) is int  # not a bool (True == 1)
                 and r["row"] == len(self.items)
                 and r.get("modality") == self.modality
@@ -174,7 +183,7 @@ class FeatureStore:
                     f"items.jsonl:{n}: not a key, the next row, vox_id, split and modality {self.modality}"
                 )
             if r["key"] in self.rows:
-                refuse(f"items.jsonl:{n}: item {r['key']} listed twice")
+                refuse(f"items.jsonl:{n}: item {r['key']!r} listed twice")
             self.rows[r["key"]] = r["row"]
             self.items.append(r)
         self.rejects: list[dict] = []
@@ -183,9 +192,7 @@ class FeatureStore:
                 r = json.loads(line)
             except (ValueError, RecursionError):
                 refuse(f"rejects.jsonl:{n}: not JSON")
-            if not (
-                isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("key", "source", "reason"))
-            ):
+            if not (isinstance(r, dict) and all(_text(r.get(k)) for k in ("key", "source", "reason"))):
                 refuse(f"rejects.jsonl:{n}: not a key, source and reason")
             self.rejects.append(r)
         self._offset = self._check_array(refuse)
@@ -416,8 +423,14 @@ def _line(row, n: int) -> dict:
     return {"key": row.key, "row": n, "vox_id": row.vox_id, "split": row.split, "modality": row.modality}
 
 
+def _one_line(text: str) -> str:
+    """``text`` with control characters (a decoder's multi-line message) as spaces: a reject's
+    fields must pass the reader's check (:func:`_text`)."""
+    return "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in str(text))
+
+
 def _reject(row, reason: str) -> dict:
-    return {"key": row.key, "source": row.source, "reason": reason}
+    return {"key": _one_line(row.key), "source": _one_line(row.source), "reason": _one_line(reason)}
 
 
 def _checked(vector: np.ndarray, dim: int) -> np.ndarray | str:
