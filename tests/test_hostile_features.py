@@ -313,6 +313,8 @@ def test_good_record_passes_and_gives_its_extract():
         (lambda r: r["tuples"].update(lists="matching"), ["data.tuples is not a record"]),
         (lambda r: r["tuples"].update(surprise=1), ["data.tuples: unknown key(s) 'surprise'"]),
         (lambda r: r.update(val=[]), ["data.val is not a record"]),
+        (lambda r: r["tuples"].update(dir=["t"]), ["data.tuples is not a record"]),
+        (lambda r: r.update(val=dict(r["tuples"], item_shards=3)), ["data.val is not a record"]),
         (lambda r: r["item_shards"].update(spectrogram=[1]), ["data.item_shards.spectrogram"]),
         (lambda r: r["item_shards"].update(spectrogram={"n": object()}), ["data.item_shards.spectrogram"]),
         (lambda r: r["item_shards"].update(spectrogram=_deep(100_000)), ["data.item_shards.spectrogram"]),

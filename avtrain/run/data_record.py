@@ -206,11 +206,16 @@ def record_problem(record) -> str | None:
         t = record.get(key)
         if t is None and key == "val":
             continue
-        if isinstance(t, dict) and _unknown(f"data.{key}", t, VAL_KEYS if key == "val" else TUPLES_KEYS):
-            return _unknown(f"data.{key}", t, VAL_KEYS if key == "val" else TUPLES_KEYS)
+        unknown = isinstance(t, dict) and _unknown(
+            f"data.{key}", t, VAL_KEYS if key == "val" else TUPLES_KEYS
+        )
+        if unknown:
+            return unknown
         if not (
             isinstance(t, dict)
             and isinstance(t.get("manifest_sha256"), str)
+            and _str_or_none(t.get("dir"))
+            and _str_or_none(t.get("item_shards"))
             and isinstance(t.get("lists"), list)
             and all(isinstance(n, str) for n in t["lists"])
         ):
