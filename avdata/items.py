@@ -218,7 +218,7 @@ class ItemStore:
         raw = read_inside(self.root, "manifest.json", missing="missing; not an item store from avdata cache")
         try:
             m = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             refuse("manifest.json is not JSON")
         if not (isinstance(m, dict) and m.get("kind") == STORE_KIND):
             refuse(f"{where.name} is not an item store's ({STORE_KIND}) manifest")

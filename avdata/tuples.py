@@ -109,7 +109,7 @@ def source_manifest_sha256(shards: Path) -> str:
     )
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         why = "empty file" if not raw else f"not valid JSON ({type(exc).__name__})"
         raise InputError(path, f"{why}; rebuild the shards with avdata build-shards") from None
     if not isinstance(data, dict):
@@ -127,18 +127,43 @@ def source_shards_link(shards: str | Path, out: str | Path) -> str:
     return os.path.relpath(Path(shards).resolve(), Path(out).resolve())
 
 
+def _link_problem(link: str) -> str | None:
+    """Why a ``source_shards`` link is not what :func:`source_shards_link` writes (a relative path,
+    ``..`` components allowed), or None. A URL is never fetched, an absolute path never taken."""
+    from avdata.untrusted import _SCHEME
+
+    if any(ord(c) < 32 for c in link):
+        return "contains control characters"
+    if _SCHEME.match(link):
+        return "a URL; avmatch reads local directories only"
+    if link.startswith("/"):
+        return "an absolute path"
+    if link.startswith("~"):
+        return "starts with ~"
+    if "\\" in link:
+        return "contains a backslash"
+    return None
+
+
 def linked_source_shards(dir: str | Path, manifest: dict) -> tuple[Path | None, str]:
     """The item shard directory that DIR's manifest (a tuple directory's or an item store's) links
     to, and "" -- or None and why not (one phrase): no ``source_shards`` recorded (made before
     avmatch recorded it), the directory gone, or its manifest.json not the sha256 recorded beside
     the link (rebuilt or replaced since). A link is only followed to a build whose manifest hashes
-    to what DIR recorded, so a moved or edited link never names other shards."""
+    to what DIR recorded, so a moved or edited link never names other shards; a link that is not a
+    relative path (a URL, an absolute path, ``~``, control characters) is not followed at all."""
     link, want = manifest.get(SOURCE_SHARDS_KEY), manifest.get("source_shards_manifest_sha256")
     where = Path(dir) / "manifest.json"
     if link is None:
         return None, f"{where} records no {SOURCE_SHARDS_KEY} (made before avmatch recorded it)"
     if not isinstance(link, str) or not link or "\x00" in link or not isinstance(want, str):
         return None, f"{where}: {SOURCE_SHARDS_KEY} is not a path with its manifest sha256"
+    problem = _link_problem(link)
+    if problem:
+        return (
+            None,
+            f"{where}: {SOURCE_SHARDS_KEY} {link!r} is not a relative path to a directory ({problem})",
+        )
     shards = Path(dir) / link
     try:
         sha = source_manifest_sha256(shards)
@@ -181,7 +206,7 @@ def read_tuple_manifest(out: Path, required: bool) -> dict:
     raw = read_inside(out, "manifest.json", missing="missing; not a tuple directory from avdata make-tuples")
     try:
         manifest = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InputError(path, f"not valid JSON ({type(exc).__name__})") from None
     if not (
         isinstance(manifest, dict)

@@ -82,7 +82,16 @@ def resolve_inside(root: str | Path, name, where: str) -> Path:
         raise UnsafeShardError(f"{where}: refusing the name {name!r}: {problem}")
     root = Path(root)
     path = root / name
-    if leads_outside(root, path):
+    try:
+        outside = leads_outside(root, path)
+    except (RuntimeError, OSError) as exc:  # a loop: RuntimeError on Python < 3.13, ELOOP after
+        why = (
+            "a symlink loop"
+            if isinstance(exc, RuntimeError) or exc.errno == errno.ELOOP
+            else f"cannot be examined ({exc.strerror or exc})"
+        )
+        raise UnsafeShardError(f"{where}: refusing the name {name!r}: {why}") from None
+    if outside:
         raise UnsafeShardError(f"{where}: refusing the name {name!r}: a symlink leads outside {root}")
     return path
 

@@ -81,6 +81,12 @@ def shards_identity(shards: str | Path) -> tuple[dict, str]:
     return extract, sha
 
 
+def _text(v) -> bool:
+    """A string without control characters: what the store's lines hold, and safe to print in a
+    one-line message or a note (a newline or a terminal escape from a store made elsewhere is not)."""
+    return isinstance(v, str) and not any(ord(c) < 32 or ord(c) == 127 for c in v)
+
+
 def _rebuild_hint(store: Path) -> str:
     return f"remove it and run avtrain features again (--out {store})"
 
@@ -88,10 +94,20 @@ def _rebuild_hint(store: Path) -> str:
 class FeatureStore:
     """A feature store, checked when opened: its manifest (kind, fields), ``items.jsonl`` and
     ``rejects.jsonl`` against their sha256, every line of items.jsonl (a key once, rows 0..N-1 in
-    order) and the ``features.npy`` header (float32, (N, dim), no objects) and size. The array is
-    memory-mapped, once per process. Anything else is one line (:class:`FeatureStoreError`)."""
+    order) and the ``features.npy`` header (float32, (N, dim), no objects), size and values (finite:
+    the builder writes a reject for a non-finite embedding). Every file is a regular file inside the
+    store (:func:`avdata.untrusted.open_inside`). The array is memory-mapped, once per process.
+    Anything else is one line (:class:`FeatureStoreError`)."""
 
     def __init__(self, root: str | Path):
+        try:
+            self._open(root)
+        except FeatureStoreError:
+            raise
+        except AvmatchError as exc:  # a file that is a FIFO, a symlink out, missing: its own line
+            raise FeatureStoreError(str(exc)) from None
+
+    def _open(self, root: str | Path) -> None:
         from avdata.io import sha256_bytes
         from avdata.untrusted import MAX_INDEX_BYTES, read_inside
 
@@ -114,7 +130,7 @@ class FeatureStore:
             isinstance(card, dict)
             and isinstance(card.get("name"), str)
             and m.get("modality") in ("audio", "face")
-            and isinstance(m.get("dim"), int)
+            and type(m.get("dim")) is int  # not a bool
             and m["dim"] > 0
             and isinstance(m.get("weights_sha256"), str)
             and isinstance(m.get("extract"), dict)
@@ -125,6 +141,9 @@ class FeatureStore:
             refuse(
                 "manifest.json lacks the encoder, modality, dim, weights_sha256, extract, shards sha256 or a file's sha256"
             )
+        counts = m.get("counts", {})
+        if not (isinstance(counts, dict) and all(type(v) is int and v >= 0 for v in counts.values())):
+            refuse("manifest.json: counts is not an object of non-negative integers")
         self.manifest = m
         self.card: dict = card
         self.encoder: str = card["name"]
@@ -140,7 +159,10 @@ class FeatureStore:
             )
             if sha256_bytes(data) != files[name]:
                 refuse(f"{name} differs from its sha256 in manifest.json")
-            texts[name] = data.decode("utf-8", "replace")
+            try:
+                texts[name] = data.decode("utf-8")
+            except UnicodeDecodeError:
+                refuse(f"{name}: not UTF-8")
         self.rows: dict[str, int] = {}
         self.items: list[dict] = []
         for n, line in enumerate(texts["items.jsonl"].splitlines(), 1):
@@ -150,8 +172,9 @@ class FeatureStore:
                 refuse(f"items.jsonl:{n}: not JSON")
             if not (
                 isinstance(r, dict)
-                and isinstance(r.get("key"), str)
-                and r.get("row") == len(self.items)
+                and _text(r.get("key"))
+                and type(r.get("row")) is int  # not a bool (True == 1)
+                and r["row"] == len(self.items)
                 and r.get("modality") == self.modality
                 and isinstance(r.get("vox_id"), str)
                 and isinstance(r.get("split"), str)
@@ -160,7 +183,7 @@ class FeatureStore:
                     f"items.jsonl:{n}: not a key, the next row, vox_id, split and modality {self.modality}"
                 )
             if r["key"] in self.rows:
-                refuse(f"items.jsonl:{n}: item {r['key']} listed twice")
+                refuse(f"items.jsonl:{n}: item {r['key']!r} listed twice")
             self.rows[r["key"]] = r["row"]
             self.items.append(r)
         self.rejects: list[dict] = []
@@ -169,9 +192,7 @@ class FeatureStore:
                 r = json.loads(line)
             except (ValueError, RecursionError):
                 refuse(f"rejects.jsonl:{n}: not JSON")
-            if not (
-                isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("key", "source", "reason"))
-            ):
+            if not (isinstance(r, dict) and all(_text(r.get(k)) for k in ("key", "source", "reason"))):
                 refuse(f"rejects.jsonl:{n}: not a key, source and reason")
             self.rejects.append(r)
         self._offset = self._check_array(refuse)
@@ -203,7 +224,24 @@ class FeatureStore:
             refuse(f"features.npy holds {tuple(shape)} {dtype.str}, items.jsonl and dim need {want} <f4")
         if size != offset + 4 * want[0] * want[1]:
             refuse(f"features.npy is {size:,} bytes, its header needs {offset + 4 * want[0] * want[1]:,}")
+        self._check_finite(offset, refuse)
         return offset
+
+    def _check_finite(self, offset: int, refuse) -> None:
+        """Every value finite, read in blocks of rows (bounded memory, one pass over the file)."""
+        from avdata.untrusted import open_inside
+
+        n, dim = len(self.items), self.dim
+        block = max(1, (16 << 20) // (4 * dim))
+        with open_inside(self.root, "features.npy") as f:
+            for start in range(0, n, block):
+                rows = min(block, n - start)
+                f.seek(offset + 4 * start * dim)
+                values = np.frombuffer(f.read(4 * rows * dim), dtype="<f4").reshape(rows, dim)
+                bad = np.flatnonzero(~np.isfinite(values).all(axis=1))
+                if bad.size:
+                    row = start + int(bad[0])
+                    refuse(f"features.npy: row {row} (item {self.items[row]['key']}) is not finite")
 
     def __len__(self) -> int:
         return len(self.items)
@@ -385,8 +423,14 @@ def _line(row, n: int) -> dict:
     return {"key": row.key, "row": n, "vox_id": row.vox_id, "split": row.split, "modality": row.modality}
 
 
+def _one_line(text: str) -> str:
+    """``text`` with control characters (a decoder's multi-line message) as spaces: a reject's
+    fields must pass the reader's check (:func:`_text`)."""
+    return "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in str(text))
+
+
 def _reject(row, reason: str) -> dict:
-    return {"key": row.key, "source": row.source, "reason": reason}
+    return {"key": _one_line(row.key), "source": _one_line(row.source), "reason": _one_line(reason)}
 
 
 def _checked(vector: np.ndarray, dim: int) -> np.ndarray | str:

@@ -39,7 +39,7 @@ def _manifest(dir: Path) -> tuple[bytes, dict]:
     raw = read_inside(dir, "manifest.json", missing="missing")
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         data = None
     if not isinstance(data, dict):
         raise AvmatchError(f"{dir / 'manifest.json'}: not a JSON object")
@@ -146,10 +146,35 @@ def _str_or_none(v) -> bool:
     return v is None or isinstance(v, str)
 
 
+# the keys fit writes (run_data_record, item_shards_record, _tuples_record): a record holding others
+# was not written by this avmatch, and is refused rather than partly read
+RECORD_KEYS = {"tuples", "item_shards", "item_shards_unknown", "val"}
+ITEM_SHARDS_KEYS = {
+    "path",
+    "manifest_sha256",
+    "extract",
+    "spectrogram",
+    "format_version",
+    "avmatch_version",
+    "corpus",
+    "protocol",
+}
+TUPLES_KEYS = {"dir", "manifest_sha256", "lists"}
+VAL_KEYS = TUPLES_KEYS | {"item_shards"}
+
+
+def _unknown(where: str, d: dict, known: set[str]) -> str | None:
+    extra = sorted(map(str, set(d) - known))
+    return f"{where}: unknown key(s) {', '.join(map(repr, extra))}" if extra else None
+
+
 def record_problem(record) -> str | None:
     """Why a checkpoint's (or an export's) record is not one fit writes (one phrase), or None."""
     if not isinstance(record, dict) or not {"tuples", "item_shards"} <= set(record):
         return "data is not a record of item shards and tuples"
+    problem = _unknown("data", record, RECORD_KEYS)
+    if problem:
+        return problem
     shards = record["item_shards"]
     if shards is None:
         if not isinstance(record.get("item_shards_unknown"), str):
@@ -160,6 +185,19 @@ def record_problem(record) -> str | None:
     ):
         return "data.item_shards is not a record of item shards"
     else:
+        problem = _unknown("data.item_shards", shards, ITEM_SHARDS_KEYS)
+        if problem:
+            return problem
+        version = shards.get("format_version")
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+            return f"data.item_shards.format_version {version!r} is not an integer"
+        spectrogram = shards.get("spectrogram")
+        try:  # compared as JSON by serving_extract; a checkpoint could hold a tensor or a deep nest
+            json.dumps(spectrogram)
+        except (TypeError, ValueError, RecursionError):
+            spectrogram = "not JSON"
+        if spectrogram is not None and not isinstance(spectrogram, dict):
+            return "data.item_shards.spectrogram is not null or a JSON object of settings"
         try:
             ExtractConfig.from_dict(shards.get("extract"))
         except AvmatchError as exc:
@@ -168,9 +206,16 @@ def record_problem(record) -> str | None:
         t = record.get(key)
         if t is None and key == "val":
             continue
+        unknown = isinstance(t, dict) and _unknown(
+            f"data.{key}", t, VAL_KEYS if key == "val" else TUPLES_KEYS
+        )
+        if unknown:
+            return unknown
         if not (
             isinstance(t, dict)
             and isinstance(t.get("manifest_sha256"), str)
+            and _str_or_none(t.get("dir"))
+            and _str_or_none(t.get("item_shards"))
             and isinstance(t.get("lists"), list)
             and all(isinstance(n, str) for n in t["lists"])
         ):

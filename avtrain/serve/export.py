@@ -104,7 +104,7 @@ def load_export(directory: Path, device: torch.device):
     raw = read_inside(directory, EXPORT_CONFIG)  # a regular file inside the directory, capped
     try:
         meta = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise InferenceError(f"{cfg_path}: not a readable model config ({type(exc).__name__})") from None
     cfg, extract = _check_export_config(meta, cfg_path)
     data = read_inside(directory, EXPORT_WEIGHTS, max_bytes=EXPORT_MAX_WEIGHTS_BYTES)

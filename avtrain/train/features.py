@@ -100,6 +100,17 @@ def default_store(shards: Path, name: str) -> Path:
     return place(shards, name)
 
 
+def _check_inside_shards(shards: Path, store: Path) -> None:
+    """The default store SHARDS/features/ENCODER is found inside shards that may come from
+    elsewhere: a symlink leading out of them (features/ or the store) is refused, not followed."""
+    from avdata.untrusted import resolve_inside
+
+    try:
+        resolve_inside(shards, store.relative_to(shards).as_posix(), str(shards))
+    except AvmatchError as exc:
+        raise FeatureInputError(str(exc)) from None
+
+
 def _check_weights(store, modality: str, name: str, weights: str | None) -> None:
     """The store's encoder weights are the ones the run's config names (installed, or by path)."""
     from avtrain.encoders import load_encoder
@@ -159,6 +170,7 @@ def open_features(
                     f"{shards_unknown or 'the items are not read from item shards'}"
                 )
             default = default_store(shards, name)
+            _check_inside_shards(shards, default)
             if not (default / "manifest.json").is_file():
                 raise FeatureInputError(
                     f"{key}={name}: no feature store at {default}; build it: avtrain features --shards "
