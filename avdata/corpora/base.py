@@ -216,3 +216,34 @@ def meta_rows(path: Path, columns, *, exact_width: bool = False, **read_kw):
         else:
             good.append((lineno, row))
     return cols, good, problems
+
+
+def meta_frame(path: Path, good, problems: list, parse, unique, columns):
+    """The meta frame of the rows :func:`meta_rows` kept, sorted by ``vox_id``: ``parse(row)`` gives
+    (record, None) or (None, why the row is bad); ``unique`` = [(index into the record, label
+    format)] of the fields no two rows may share ("identity {}", "name {!r}"). A bad or repeated
+    row is one InputError in ``attrs['problems']`` (after ``problems``) and the good rows are kept."""
+    import pandas as pd
+
+    from avdata.errors import InputError
+
+    out, seen = [], {}
+    for lineno, row in good:
+        record, why = parse(row)
+        if why is None:
+            why = next(
+                (
+                    f"{label.format(record[i])} repeats row {seen[(i, record[i])]}"
+                    for i, label in unique
+                    if (i, record[i]) in seen
+                ),
+                None,
+            )
+        if why:
+            problems.append(InputError(path, f"row {lineno}: {why}; row skipped"))
+            continue
+        seen.update({(i, record[i]): lineno for i, _ in unique})
+        out.append(record)
+    df = pd.DataFrame(out, columns=columns).sort_values("vox_id").reset_index(drop=True)
+    df.attrs["problems"] = problems
+    return df

@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from avdata.corpora.base import Corpus, CorpusError, Protocol, ProtocolOptions, meta_rows
+from avdata.corpora.base import Corpus, CorpusError, Protocol, ProtocolOptions, meta_frame, meta_rows
 from avdata.corpora.voxceleb1 import CUSTOM
 
 META_COLUMNS = ["ids", "name", "gender"]
@@ -53,35 +53,20 @@ def read_meta(path: str | Path):
     MAV-Celeb meta file, sorted by vox_id. A wrong header or a missing column is one InputError; a
     bad row (too few fields, an id that is not idNNNN, an id or name seen before) is one line in
     ``attrs['problems']`` and the good rows are kept."""
-    import pandas as pd
-
-    from avdata.errors import InputError
 
     path = Path(path)
     cols, good, problems = meta_rows(path, META_COLUMNS)
-    out, seen = [], {}
-    for lineno, row in good:
+
+    def parse(row):
         ident, name, gender = (row[cols[c]] for c in META_COLUMNS)
-        why = (
-            f"id {ident!r} is not idNNNN"
-            if not _MAV_ID.match(ident)
-            else "empty name"
-            if not name
-            else f"identity {ident} repeats row {seen[ident]}"
-            if ident in seen
-            else f"name {name!r} repeats row {seen[name]}"
-            if name in seen
-            else None
-        )
-        if why:
-            problems.append(InputError(path, f"row {lineno}: {why}; row skipped"))
-            continue
-        seen[ident] = seen[name] = lineno
-        out.append((ident, name, gender, "", ""))
-    df = pd.DataFrame(out, columns=["vox_id", "name", "gender", "nationality", "set"])
-    df = df.sort_values("vox_id").reset_index(drop=True)
-    df.attrs["problems"] = problems
-    return df
+        if not _MAV_ID.match(ident):
+            return None, f"id {ident!r} is not idNNNN"
+        if not name:
+            return None, "empty name"
+        return (ident, name, gender, "", ""), None
+
+    unique = [(0, "identity {}"), (1, "name {!r}")]
+    return meta_frame(path, good, problems, parse, unique, ["vox_id", "name", "gender", "nationality", "set"])
 
 
 def fame_train_identities(lists: Path, language: str, meta) -> tuple[set[str], list[str]]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from avdata.corpora.base import Corpus, Protocol, ProtocolOptions, meta_rows
+from avdata.corpora.base import Corpus, Protocol, ProtocolOptions, meta_frame, meta_rows
 from avdata.corpora.voxceleb1 import CUSTOM
 
 META_COLUMNS = ["Class_ID", "Name", "Sample_Num", "Flag", "Gender"]
@@ -38,37 +38,22 @@ def read_meta(path: str | Path):
     from ``identity_meta.csv``, sorted by vox_id. A wrong header or a missing column is one
     InputError; a bad row (too few fields, a Class_ID that is not nNNNNNN, a Flag other than 0/1,
     an id or name seen before) is one line in ``attrs['problems']`` and the good rows are kept."""
-    import pandas as pd
-
-    from avdata.errors import InputError
 
     path = Path(path)
     cols, good, problems = meta_rows(path, META_COLUMNS, skipinitialspace=True)
-    out, seen = [], {}
-    for lineno, row in good:
+
+    def parse(row):
         class_id, name, flag, gender = (row[cols[c]] for c in ("Class_ID", "Name", "Flag", "Gender"))
-        why = (
-            f"Class_ID {class_id!r} is not nNNNNNN"
-            if not _CLASS_ID.match(class_id)
-            else f"Flag {flag!r} is not 0 or 1"
-            if flag not in FLAG_TO_SPLIT
-            else "empty Name"
-            if not name
-            else f"identity {class_id} repeats row {seen[class_id]}"
-            if class_id in seen
-            else f"name {name!r} repeats row {seen[name]}"
-            if name in seen
-            else None
-        )
-        if why:
-            problems.append(InputError(path, f"row {lineno}: {why}; row skipped"))
-            continue
-        seen[class_id] = seen[name] = lineno
-        out.append((class_id, name, gender, "", FLAG_TO_SPLIT[flag]))
-    df = pd.DataFrame(out, columns=["vox_id", "name", "gender", "nationality", "set"])
-    df = df.sort_values("vox_id").reset_index(drop=True)
-    df.attrs["problems"] = problems
-    return df
+        if not _CLASS_ID.match(class_id):
+            return None, f"Class_ID {class_id!r} is not nNNNNNN"
+        if flag not in FLAG_TO_SPLIT:
+            return None, f"Flag {flag!r} is not 0 or 1"
+        if not name:
+            return None, "empty Name"
+        return (class_id, name, gender, "", FLAG_TO_SPLIT[flag]), None
+
+    unique = [(0, "identity {}"), (1, "name {!r}")]
+    return meta_frame(path, good, problems, parse, unique, ["vox_id", "name", "gender", "nationality", "set"])
 
 
 class VGGFace2(Corpus):

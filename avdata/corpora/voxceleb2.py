@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from avdata.corpora.base import Corpus, Protocol, ProtocolOptions, meta_rows
+from avdata.corpora.base import Corpus, Protocol, ProtocolOptions, meta_frame, meta_rows
 from avdata.corpora.voxceleb1 import CUSTOM
 
 META_COLUMNS = ["VoxCeleb2 ID", "VGGFace2 ID", "Gender", "Set"]
@@ -43,37 +43,23 @@ def read_meta(path: str | Path):
     InputError; a bad row (a field count other than the header's, an id that is not idNNNNN, a
     VGGFace2 id that is not nNNNNNN, a Set other than dev/test, an id seen before) is one line in
     ``attrs['problems']`` and the good rows are kept."""
-    import pandas as pd
-
-    from avdata.errors import InputError
 
     path = Path(path)
     cols, good, problems = meta_rows(path, META_COLUMNS, exact_width=True)
-    out, seen = [], {}
-    for lineno, row in good:
+
+    def parse(row):
         vox_id, vgg_id, gender, set_ = (row[cols[c]] for c in META_COLUMNS)
-        why = (
-            f"VoxCeleb2 ID {vox_id!r} is not idNNNNN"
-            if not _VOX2_ID.match(vox_id)
-            else f"VGGFace2 ID {vgg_id!r} is not nNNNNNN"
-            if not _VGGFACE2_ID.match(vgg_id)
-            else f"Set {set_!r} is not dev or test"
-            if set_ not in SET_TO_SPLIT
-            else f"identity {vox_id} repeats row {seen[vox_id]}"
-            if vox_id in seen
-            else f"VGGFace2 ID {vgg_id} repeats row {seen[vgg_id]}"
-            if vgg_id in seen
-            else None
-        )
-        if why:
-            problems.append(InputError(path, f"row {lineno}: {why}; row skipped"))
-            continue
-        seen[vox_id] = seen[vgg_id] = lineno
-        out.append((vox_id, vox_id, gender, "", set_, vgg_id))
-    df = pd.DataFrame(out, columns=["vox_id", "name", "gender", "nationality", "set", "vggface2_id"])
-    df = df.sort_values("vox_id").reset_index(drop=True)
-    df.attrs["problems"] = problems
-    return df
+        if not _VOX2_ID.match(vox_id):
+            return None, f"VoxCeleb2 ID {vox_id!r} is not idNNNNN"
+        if not _VGGFACE2_ID.match(vgg_id):
+            return None, f"VGGFace2 ID {vgg_id!r} is not nNNNNNN"
+        if set_ not in SET_TO_SPLIT:
+            return None, f"Set {set_!r} is not dev or test"
+        return (vox_id, vox_id, gender, "", set_, vgg_id), None
+
+    unique = [(0, "identity {}"), (5, "VGGFace2 ID {}")]
+    columns = ["vox_id", "name", "gender", "nationality", "set", "vggface2_id"]
+    return meta_frame(path, good, problems, parse, unique, columns)
 
 
 def sets_identity_splits(meta, set_to_split: dict[str, str]):
