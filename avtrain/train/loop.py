@@ -358,15 +358,17 @@ def _item_shards(tuples_dir, items, val_shards) -> tuple[Path | None, str]:
 
 
 def _frozen_inputs(cfg: TrainConfig, tuples_dir, items, val_shards, features):
-    """The run's feature stores (:func:`avtrain.train.features.open_features`), or None."""
+    """The run's feature stores (:func:`avtrain.train.features.open_features`) and the item shards
+    they were found beside (:func:`_item_shards`: the leakage warning names their corpus), or
+    (None, None, "") for a run that freezes nothing."""
     from avdata.tuples import read_tuple_manifest
 
     if not frozen_encoders(cfg.model) and not features:
-        return None
+        return None, None, ""
     drawn_from = read_tuple_manifest(Path(tuples_dir), required=True).get("source_shards_manifest_sha256")
     try:
         shards, why = _item_shards(tuples_dir, items, val_shards)
-        return open_features(cfg.model, features, shards, drawn_from, shards_unknown=why)
+        return open_features(cfg.model, features, shards, drawn_from, shards_unknown=why), shards, why
     except AvmatchError as exc:
         raise TrainingError(str(exc)) from None
 
@@ -449,7 +451,9 @@ def fit(
 def _fit(
     cfg, tuples_dir, out: Path, resume, progress, val_tuples, val_shards, items, features, lock_run
 ) -> dict:
-    frozen = _frozen_inputs(cfg, tuples_dir, items, val_shards, features)
+    frozen, frozen_shards, frozen_shards_unknown = _frozen_inputs(
+        cfg, tuples_dir, items, val_shards, features
+    )
     # recorded in config.yaml (run manifests name the data); a copy: the caller's config is not changed
     cfg = dataclasses.replace(
         cfg,
@@ -573,7 +577,7 @@ def _fit(
     if is_main and unknown:
         print(f"note: {out}: {unknown}", file=sys.stderr)
     if is_main and frozen is not None:
-        print_leakage(cfg.model, *_item_shards(tuples_dir, items, val_shards))
+        print_leakage(cfg.model, frozen_shards, frozen_shards_unknown)
         for line in (
             data.skipped,
             *(
