@@ -4,7 +4,9 @@ feature store's size. One process, one torch thread, the same real items for eve
   voices  the real VoxCeleb1 utterances of ../shared/data/media/voice/voxceleb1_named (decoded
           once, before timing): resemblyzer embeds the whole clip (preprocess_wav: volume + VAD,
           mel, LSTM over 1.6 s partials); AML's AudioBranch forwards the clip's first 224x125
-          spectrogram window (computed once, before timing)
+          spectrogram window (computed once, before timing); ecapa (random weights, saved to a
+          file and loaded as a weights file: the cost depends on shapes, not values) embeds the
+          whole clip (80 log-mel fbank, mean norm, ECAPA-TDNN)
   faces   the real photos of ../shared/data/media/faces/facenet_pytorch/test_images aligned once by
           avdata's FaceAligner (224 crops), repeated to --faces items: dlib (HOG gate, 5 points, face
           chip, ResNet), facenet_vggface2 (random weights: the cost does not depend on them; resize,
@@ -115,6 +117,12 @@ def main() -> None:
         weights = Path(d) / "random.pt"
         torch.save(InceptionResnetV1().state_dict(), weights)
         facenet = load_encoder("facenet_vggface2", weights=weights)
+        from avtrain.encoders.ecapa import ECAPATDNN
+
+        torch.manual_seed(0)
+        ecapa_weights = Path(d) / "ecapa_random.pt"
+        torch.save(ECAPATDNN().state_dict(), ecapa_weights)
+        ecapa = load_encoder("ecapa", weights=ecapa_weights)
     torch.manual_seed(0)
     audio_branch, visual_branch = AudioBranch().eval(), VisualBranch().eval()
 
@@ -123,6 +131,7 @@ def main() -> None:
             "resemblyzer": timed(
                 lambda: [resemblyzer.embed_audio(w) for w in waves], len(waves), args.repeats
             ),
+            "ecapa": timed(lambda: [ecapa.embed_audio(w) for w in waves], len(waves), args.repeats),
             "aml_audio_branch": timed(
                 batched(audio_branch, specs, args.batch_size), len(waves), max(args.repeats, 10)
             ),
@@ -145,12 +154,14 @@ def main() -> None:
         "items_per_s": {m: {k: round(v, 2) for k, v in r.items()} for m, r in rates.items()},
         "aml_over_encoder": {
             "resemblyzer": round(rates["voice"]["aml_audio_branch"] / rates["voice"]["resemblyzer"], 1),
+            "ecapa": round(rates["voice"]["aml_audio_branch"] / rates["voice"]["ecapa"], 1),
             "dlib": round(rates["face"]["aml_visual_branch"] / rates["face"]["dlib"], 1),
             "facenet_vggface2": round(
                 rates["face"]["aml_visual_branch"] / rates["face"]["facenet_vggface2"], 1
             ),
         },
         "resemblyzer_x_real_time": round(rates["voice"]["resemblyzer"] * seconds / len(waves), 1),
+        "ecapa_x_real_time": round(rates["voice"]["ecapa"] * seconds / len(waves), 1),
     }
     if not args.no_store:
         result["store"] = store_sizes(args.identities)

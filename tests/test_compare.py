@@ -12,6 +12,7 @@ from test_methods import tiny_registered  # noqa: F401  (fixture: the tiny metho
 from avdata.errors import AvmatchError
 from avtrain.cli import main
 from avtrain.evaluation.compare import CompareError, paired_p_value, plan_runs
+from avtrain.evaluation.outcomes import load_outcomes
 
 
 def _mean(o, idx):
@@ -51,8 +52,15 @@ def test_compare_two_methods_on_the_same_tuples(tiny_registered, train_tuples, t
     assert key.startswith("matching/a2v/k2")
     aml, tiny = table["rows"][key]["aml"], table["rows"][key]["tiny"]
     assert aml["p_vs_reference"] is None and 0 < tiny["p_vs_reference"] <= 1
-    for run in ("aml-seed0", "tiny-seed0"):
-        assert (out / "runs" / run / "outcomes.npz").is_file()
+    for method, cell in (("aml", aml), ("tiny", tiny)):
+        # the table's value is the one evaluate wrote for that method's run (not the other's), and
+        # that value is the share of correct answers in the run's outcomes (what the p-value pairs)
+        run = out / "runs" / f"{method}-seed0"
+        task, direction, k = key.split("/")[:3]
+        entry = json.loads((run / "metrics.json").read_text())[task][direction][k]
+        assert cell["values"] == [entry["value"]]
+        correct = load_outcomes(run / "outcomes.npz")[f"{task}/{direction}/{k}/correct"]
+        assert entry["value"] == pytest.approx(correct.mean(), abs=1e-12)  # one float64 mean of 0/1
     md = (out / "compare.md").read_text()
     assert "| metric (%) | aml (-L2) | tiny (-L2) |" in md and "(p=" in md
     steps = (out / "runs" / "tiny-seed0" / "log.jsonl").read_text()

@@ -19,6 +19,7 @@ from avdata.cli import main as avdata_main
 from avdata.faces import FaceAligner
 from avdata.io import sha256_file
 from avdata.media import decode_audio
+from avdata.reader import index_items
 from avtrain.cli import main as avtrain_main
 from avtrain.encoders import (
     EncoderError,
@@ -553,6 +554,7 @@ def test_synthetic_items_embedded_or_rejected_with_reasons(synth_shards):
     audio = synth_shards.parent / "corpus" / "wav"
     avtrain("features", "--shards", synth_shards, "--encoder", "resemblyzer", "--audio", audio)
     avtrain("features", "--shards", synth_shards, "--encoder", "dlib")
+    items = index_items(synth_shards)
     for name, n_items in (("resemblyzer", 4), ("dlib", 8)):
         store = FeatureStore(synth_shards / "features" / name)
         counts = json.loads((store.root / "manifest.json").read_text())["counts"]
@@ -564,6 +566,16 @@ def test_synthetic_items_embedded_or_rejected_with_reasons(synth_shards):
         )
         for reject in store.rejects:
             assert set(reject) == {"key", "source", "reason"} and reject["reason"]
+        # every item of the modality is either a row or a reject, never both, never lost; a row is
+        # a finite vector of the encoder's width (a store that rejected or dropped everything, or
+        # wrote rows of another width, fails here)
+        modality = encoder_card(name).modality
+        keys = set(items.loc[items["modality"] == modality, "key"])
+        rows, rejected = {item["key"] for item in store.items}, {r["key"] for r in store.rejects}
+        assert rows | rejected == keys and not rows & rejected and len(rows) == len(store)
+        vectors = store.array()
+        assert vectors.shape == (len(rows), encoder_card(name).dim) and np.isfinite(vectors).all()
+        assert len(rows) > 0 and np.linalg.norm(vectors, axis=1).min() > 0
 
 
 def test_a_voice_encoder_notes_a_root_no_item_comes_from(synth_shards, tmp_path):
