@@ -58,21 +58,16 @@ def member_problem(modality: str, ext: str, size: int, head: bytes) -> str | Non
     if size > fmt.max_bytes:
         return f"a .{ext} member of {size:,} bytes, above the {fmt.max_bytes:,} accepted"
     if ext == "npy":
-        from avdata.reader import npy_problem
+        from avdata.reader import npy_header
 
-        problem = npy_problem(io.BytesIO(head))
-        if problem:
-            return problem
-        f = io.BytesIO(head)
-        version = np.lib.format.read_magic(f)
-        read = (
-            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran, dtype = read(f)
-        if tuple(shape) != fmt.shape or dtype.str != fmt.dtype or fortran:
-            return f"an array of shape {tuple(shape)} {dtype.str}, expected {fmt.shape} {fmt.dtype}"
-        if size != f.tell() + dtype.itemsize * int(np.prod(shape)):
-            return f"a .npy of {size:,} bytes, not its header's {f.tell() + dtype.itemsize * int(np.prod(shape)):,}"
+        try:
+            header = npy_header(io.BytesIO(head))
+        except ValueError as exc:
+            return str(exc)
+        if header.shape != fmt.shape or header.dtype.str != fmt.dtype or header.fortran_order:
+            return f"an array of shape {header.shape} {header.dtype.str}, expected {fmt.shape} {fmt.dtype}"
+        if size != header.file_bytes:
+            return f"a .npy of {size:,} bytes, not its header's {header.file_bytes:,}"
         return None
     from PIL import Image
 
@@ -188,6 +183,21 @@ def build_item_store(
     return counts
 
 
+def stored_npy_header(root: Path, name: str, refuse):
+    """(header, file size) of the .npy array file ``name`` that a store's manifest.json lists
+    in ``root``: opened only as a regular file inside ``root``; not a plain array (or missing):
+    ``refuse("NAME: why")``. The item store's and the feature store's (avtrain.encoders.store) arrays."""
+    from avdata.reader import npy_header
+    from avdata.untrusted import open_inside
+
+    with open_inside(root, name, str(root / "manifest.json"), missing="listed but missing") as f:
+        try:
+            header = npy_header(f)
+        except ValueError as exc:
+            refuse(f"{name}: {exc}")
+        return header, f.seek(0, io.SEEK_END)
+
+
 @dataclass(frozen=True)
 class StoredItem:
     modality: str
@@ -266,34 +276,14 @@ class ItemStore:
 
     def _check_array(self, modality: str, refuse) -> tuple[int, tuple[int, ...], str]:
         """(data offset, shape, dtype) of one array file, from its header, checked."""
-        from avdata.reader import npy_problem
-        from avdata.untrusted import open_inside
-
         name, fmt = STORE_ARRAYS[modality], ITEM_FORMATS[modality]
-        with open_inside(
-            self.root, name, str(self.root / "manifest.json"), missing="listed but missing"
-        ) as f:
-            problem = npy_problem(f)
-            if problem:
-                refuse(f"{name}: {problem}")
-            f.seek(0)
-            version = np.lib.format.read_magic(f)
-            read = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = read(f)
-            offset = f.tell()
-            size = f.seek(0, io.SEEK_END)
+        header, size = stored_npy_header(self.root, name, refuse)
         want = (self.counts[modality], *fmt.shape)
-        if tuple(shape) != want or dtype.str != fmt.dtype or fortran:
-            refuse(f"{name} holds {tuple(shape)} {dtype.str}, items.jsonl needs {want} {fmt.dtype}")
-        if size != offset + dtype.itemsize * int(np.prod(shape)):
-            refuse(
-                f"{name} is {size:,} bytes, its header needs {offset + dtype.itemsize * int(np.prod(shape)):,}"
-            )
-        return offset, want, fmt.dtype
+        if header.shape != want or header.dtype.str != fmt.dtype or header.fortran_order:
+            refuse(f"{name} holds {header.shape} {header.dtype.str}, items.jsonl needs {want} {fmt.dtype}")
+        if size != header.file_bytes:
+            refuse(f"{name} is {size:,} bytes, its header needs {header.file_bytes:,}")
+        return header.offset, want, fmt.dtype
 
     def array(self, modality: str) -> np.ndarray:
         """The (N, ...) array of one modality, memory-mapped read-only (once per process)."""

@@ -22,6 +22,7 @@ import os
 import re
 import tarfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -37,22 +38,46 @@ class MissingInputError(AvmatchError, FileNotFoundError):
 PICKLE_EXTS = frozenset({"pyd", "pkl", "pickle", "pth", "pt", "ckpt"})
 
 
+class NpyHeader(NamedTuple):
+    """What a .npy header says: the array's shape, order, dtype, and where its data starts."""
+
+    shape: tuple[int, ...]
+    fortran_order: bool
+    dtype: np.dtype
+    offset: int
+
+    @property
+    def file_bytes(self) -> int:
+        """The size of a file holding exactly this array: header plus data."""
+        return self.offset + self.dtype.itemsize * int(np.prod(self.shape))
+
+
+def npy_header(f) -> NpyHeader:
+    """The header of the .npy stream ``f`` (positioned at its start; left at the data), read
+    without loading anything. ValueError saying why it is not a plain array that loads without
+    pickle (the line :func:`npy_problem` returns)."""
+    fmt = np.lib.format
+    read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}
+    try:
+        version = fmt.read_magic(f)
+        if version in read:
+            shape, fortran, dtype = read[version](f)
+    except (ValueError, EOFError, SyntaxError) as exc:
+        raise ValueError(f"not a .npy array ({' '.join(str(exc).split())})") from None
+    if version not in read:
+        raise ValueError(f"unsupported .npy format version {version}")
+    if dtype.hasobject:
+        raise ValueError("an object array (a .npy holding pickled objects); nothing was unpickled")
+    return NpyHeader(tuple(shape), fortran, dtype, f.tell())
+
+
 def npy_problem(f) -> str | None:
     """Why the .npy stream ``f`` (positioned at its start) cannot be loaded without
     pickle, from its header alone; None if it is a plain array."""
-    fmt = np.lib.format
     try:
-        version = fmt.read_magic(f)
-        if version == (1, 0):
-            _, _, dtype = fmt.read_array_header_1_0(f)
-        elif version == (2, 0):
-            _, _, dtype = fmt.read_array_header_2_0(f)
-        else:
-            return f"unsupported .npy format version {version}"
-    except (ValueError, EOFError, SyntaxError) as exc:
-        return f"not a .npy array ({' '.join(str(exc).split())})"
-    if dtype.hasobject:
-        return "an object array (a .npy holding pickled objects); nothing was unpickled"
+        npy_header(f)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 

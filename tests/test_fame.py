@@ -154,6 +154,28 @@ def test_summary_bad_files_are_one_line_each(fame_files, tmp_path):
     assert run_cli(avtrain_main, "fame-summary", subs, "--keys", keys).exit_code == 0
 
 
+def test_summary_refuses_symlinks_leading_out_of_its_folders(fame_files, tmp_path):
+    """Keys, lists and score files are looked up in folders avmatch did not write: a symlink there
+    that leads outside is refused in one line, naming the file (avdata.untrusted.resolve_inside)."""
+    subs, keys, lists = fame_files
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    for folder, name, extra in (
+        (keys, "English_test.txt", ()),
+        (lists, "English_test.txt", ("--lists", lists)),
+        (subs, "sub_score_v1_English_heard.txt", ()),
+    ):
+        link = folder / name
+        target = outside / f"{folder.name}_{name}"
+        link.rename(target)
+        link.symlink_to(target)
+        res = run_cli(avtrain_main, "fame-summary", subs, "--keys", keys, *extra, ok=False)
+        one_line_error(res, str(folder), repr(name), "a symlink leads outside")
+        link.unlink()
+        target.rename(link)
+    assert run_cli(avtrain_main, "fame-summary", subs, "--keys", keys, "--lists", lists).exit_code == 0
+
+
 def test_fame_score_checks_lists_and_keys_before_scoring(tmp_path):
     from helpers import save_random_run
 

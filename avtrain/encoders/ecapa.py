@@ -41,12 +41,11 @@ from avtrain.encoders.base import (
     EXTRA,
     SAMPLE_RATE,
     EncoderCard,
-    EncoderError,
     FrozenEncoder,
     ItemRejected,
     check_wave,
 )
-from avtrain.encoders.weights import cache_dir, check_state_dict, fetch_weights, read_state_dict
+from avtrain.encoders.weights import cache_dir, check_state_dict, given_or_fetched, read_state_dict
 
 # --------------------------------------------------------------------------- the published weights
 
@@ -311,14 +310,15 @@ class ECAPA(FrozenEncoder):
     )
 
     def __init__(self, weights: str | Path | None = None, allow_download: bool = False):
-        if weights is None:
-            if not allow_download:
-                raise EncoderError(
-                    f"encoder ecapa needs its weights: --encoder-weights FILE (SpeechBrain's {WEIGHTS_FILE} "
-                    f"from {HF_REPO}), or --allow-download to fetch and check it"
-                )
-            weights = fetch_weights(WEIGHTS_URL, cache_dir() / CACHE_NAME, WEIGHTS_SHA256)
-        path = Path(weights)
+        path = given_or_fetched(
+            weights,
+            allow_download,
+            "ecapa",
+            f"SpeechBrain's {WEIGHTS_FILE} from {HF_REPO}",
+            WEIGHTS_URL,
+            cache_dir() / CACHE_NAME,
+            WEIGHTS_SHA256,
+        )
         state = read_state_dict(path)
         self.weights_sha256 = sha256_file(path)
         self.weights_path = path

@@ -18,19 +18,16 @@ alone, so an embedding does not depend on which other crops share its batch.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from avdata.io import sha256_file
 from avtrain.encoders.base import (
     EXTRA,
     EncoderCard,
-    EncoderError,
     FrozenEncoder,
     check_face_crops,
 )
-from avtrain.encoders.weights import cache_dir, check_state_dict, fetch_weights, read_state_dict
+from avtrain.encoders.weights import cache_dir, check_state_dict, given_or_fetched, read_state_dict
 
 INPUT_SIZE = 160
 WEIGHTS_NAME = "20180402-114759-vggface2.pt"
@@ -62,14 +59,15 @@ class FacenetVGGFace2(FrozenEncoder):
         import torch
 
         (facenet_pytorch,) = self.check_installed()
-        if weights is None:
-            if not allow_download:
-                raise EncoderError(
-                    f"encoder facenet_vggface2 needs its weights: --encoder-weights FILE ({WEIGHTS_NAME} "
-                    f"from {WEIGHTS_URL}), or --allow-download to fetch and check it"
-                )
-            weights = fetch_weights(WEIGHTS_URL, cache_dir() / WEIGHTS_NAME, PINNED_SHA256)
-        path = Path(weights)
+        path = given_or_fetched(
+            weights,
+            allow_download,
+            "facenet_vggface2",
+            f"{WEIGHTS_NAME} from {WEIGHTS_URL}",
+            WEIGHTS_URL,
+            cache_dir() / WEIGHTS_NAME,
+            PINNED_SHA256,
+        )
         torch.manual_seed(0)  # the random init is overwritten; seeded so nothing depends on the RNG
         model = facenet_pytorch.InceptionResnetV1(pretrained=None, classify=False)
         state = check_state_dict(path, read_state_dict(path), model, drop_prefixes=(_HEAD_PREFIX,))

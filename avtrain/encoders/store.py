@@ -200,30 +200,17 @@ class FeatureStore:
         self._pid = None
 
     def _check_array(self, refuse) -> int:
-        from avdata.reader import npy_problem
-        from avdata.untrusted import open_inside
+        from avdata.items import stored_npy_header
 
-        with open_inside(
-            self.root, "features.npy", str(self.root / "manifest.json"), missing="listed but missing"
-        ) as f:
-            problem = npy_problem(f)
-            if problem:
-                refuse(f"features.npy: {problem}")
-            f.seek(0)
-            version = np.lib.format.read_magic(f)
-            read = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = read(f)
-            offset = f.tell()
-            size = f.seek(0, io.SEEK_END)
+        header, size = stored_npy_header(self.root, "features.npy", refuse)
         want = (len(self.items), self.dim)
-        if tuple(shape) != want or dtype.str != "<f4" or fortran:
-            refuse(f"features.npy holds {tuple(shape)} {dtype.str}, items.jsonl and dim need {want} <f4")
-        if size != offset + 4 * want[0] * want[1]:
-            refuse(f"features.npy is {size:,} bytes, its header needs {offset + 4 * want[0] * want[1]:,}")
+        if header.shape != want or header.dtype.str != "<f4" or header.fortran_order:
+            refuse(
+                f"features.npy holds {header.shape} {header.dtype.str}, items.jsonl and dim need {want} <f4"
+            )
+        offset = header.offset
+        if size != header.file_bytes:
+            refuse(f"features.npy is {size:,} bytes, its header needs {header.file_bytes:,}")
         self._check_finite(offset, refuse)
         return offset
 

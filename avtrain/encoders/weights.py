@@ -2,6 +2,7 @@
 
 One owner for what every such encoder (facenet_vggface2, ecapa) does with its weights file:
 
+* :func:`given_or_fetched`: the file the user gave, or (only when allowed) :func:`fetch_weights`'s;
 * :func:`fetch_weights` downloads the authors' file into :func:`cache_dir` only when the user
   allows it, under a temp name, kept only if its sha256 is the pinned one;
 * :func:`read_state_dict` reads a file given by path as untrusted input: a size cap, then
@@ -68,6 +69,28 @@ def fetch_weights(url: str, dest: Path, sha256: str) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return dest
+
+
+def given_or_fetched(
+    weights: str | Path | None,
+    allow_download: bool,
+    encoder: str,
+    wanted: str,
+    url: str,
+    dest: Path,
+    sha256: str,
+) -> Path:
+    """The weights file of ``encoder``: ``weights`` as given, else (when the user allows it)
+    :func:`fetch_weights` of ``url`` into ``dest``; neither: one line saying what to pass
+    (``wanted`` names the file the user should fetch)."""
+    if weights is None:
+        if not allow_download:
+            raise EncoderError(
+                f"encoder {encoder} needs its weights: --encoder-weights FILE ({wanted}), "
+                f"or --allow-download to fetch and check it"
+            )
+        weights = fetch_weights(url, dest, sha256)
+    return Path(weights)
 
 
 def _not_weights(path: Path, why: str) -> EncoderError:

@@ -66,6 +66,15 @@ def submission_name(version: str, heard: str, condition: str) -> str:
     return f"sub_score_{version}_{heard}_{condition}.txt"
 
 
+def _inside(folder: str | Path, name: str) -> Path:
+    """``FOLDER/name``, a file avmatch looks up in a folder it did not write (keys, lists, score
+    files): refused in one line if a symlink leads it outside the folder
+    (:func:`avdata.untrusted.resolve_inside`); then read as a capped regular file by :func:`_lines`."""
+    from avdata.untrusted import resolve_inside
+
+    return resolve_inside(Path(folder), name, str(folder))
+
+
 def _lines(path: Path, what: str) -> list[tuple[int, list[str]]]:
     """(line number, fields) of each non-empty line of a small text file; one line for a missing or
     unreadable file."""
@@ -217,9 +226,9 @@ def fame_score(
     lists, out = Path(lists), Path(out)
     plan = {}  # both lists (and keys) read before any scoring: a missing one costs nothing
     for condition, language in zip(CONDITIONS, (heard, unheard)):
-        list_path = lists / f"{language}_test.txt"
+        list_path = _inside(lists, f"{language}_test.txt")
         ids = [p.id for p in read_pair_list(list_path, "fame")[1]]
-        key_path = Path(keys) / f"{language}_test.txt" if keys is not None else None
+        key_path = _inside(keys, f"{language}_test.txt") if keys is not None else None
         if key_path is not None:
             check_ids(list_path, ids, read_key(key_path)[0], key_path, "pair")
         plan[condition] = (language, list_path, ids, key_path)
@@ -286,7 +295,7 @@ def find_files(paths: list[str | Path]) -> list[FameFile]:
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found += sorted(q for q in p.iterdir() if _NAME.match(q.name))
+            found += sorted(_inside(p, q.name) for q in p.iterdir() if _NAME.match(q.name))
         elif not p.exists():
             raise InferenceError(f"{p}: score file not found")
         else:
@@ -327,8 +336,8 @@ def fame_summary(paths: list[str | Path], keys: str | Path, lists: str | Path | 
     files = find_files(paths)
     rows = []
     for f in files:
-        key = Path(keys) / f"{f.test_language}_test.txt"
-        lst = Path(lists) / f"{f.test_language}_test.txt" if lists is not None else None
+        key = _inside(keys, f"{f.test_language}_test.txt")
+        lst = _inside(lists, f"{f.test_language}_test.txt") if lists is not None else None
         rows.append(
             {
                 "file": str(f.path),
